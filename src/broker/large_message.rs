@@ -1,0 +1,88 @@
+//! Content too large to queue inline goes to a file under `large-messages/`; the queued
+//! message carries a short summary and the path.
+//!
+//! File names are a UTC time and 64 random bits, created with `O_EXCL`: two messages can
+//! never share a name, and nothing a client sends is ever part of a path.
+
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use rand::RngCore;
+
+/// How much of the content the summary keeps.
+const SUMMARY_CHARS: usize = 200;
+
+/// Writes `content` to a new file (mode 0600) in `dir` and returns its path, after the file
+/// and its directory entry are on disk.
+pub fn write_file(dir: &Path, content: &str, now: DateTime<Utc>) -> std::io::Result<PathBuf> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mut random = [0u8; 8];
+    rand::rng().fill_bytes(&mut random);
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    let path = dir.join(format!("{}-{suffix}.md", now.format("%Y%m%dT%H%M%S%.3fZ")));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    let size_kb = content.len() as f64 / 1024.0;
+    write!(
+        file,
+        "# IPC Message\nTime: {}\nSize: {size_kb:.1}KB\n\n## Content\n{content}\n",
+        crate::clock::to_text(now)
+    )?;
+    file.sync_all()?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(path)
+}
+
+/// The inline text that replaces large content: its start, then where the rest is.
+pub fn summary(content: &str, path: &Path) -> String {
+    let trimmed = content.trim();
+    let mut start: String = trimmed.chars().take(SUMMARY_CHARS).collect();
+    if start.len() < trimmed.len() {
+        start.push('…');
+    }
+    format!("{start} Full content saved to: {}", path.display())
+}
+
+/// The size in KiB, to one decimal, as `data.original_size_kb` reports it.
+pub fn size_kb(content: &str) -> f64 {
+    (content.len() as f64 / 1024.0 * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn files_written_in_the_same_millisecond_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let paths: Vec<PathBuf> = (0..50)
+            .map(|i| write_file(dir.path(), &format!("body {i}"), now).unwrap())
+            .collect();
+        let mut unique = paths.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 50);
+        let text = fs::read_to_string(&paths[7]).unwrap();
+        assert!(text.contains("body 7"));
+        let mode = fs::metadata(&paths[0]).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn the_summary_keeps_the_start_and_names_the_file() {
+        let content = "x".repeat(5000);
+        let text = summary(&content, Path::new("/d/f.md"));
+        assert!(text.starts_with(&"x".repeat(200)));
+        assert!(text.ends_with("Full content saved to: /d/f.md"));
+        assert!(text.len() < 300);
+        assert_eq!(size_kb(&"y".repeat(15 * 1024 + 100)), 15.1);
+    }
+}

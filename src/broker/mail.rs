@@ -1,0 +1,406 @@
+//! Mail: send, broadcast, check, and the receipt that marks mail delivered only after its
+//! reply reached the socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rusqlite::Connection;
+use serde_json::{json, Map, Value};
+use tokio::sync::OwnedMutexGuard;
+
+use super::identity::Caller;
+use super::{large_message, minus, text, Broker, BrokerError, Outcome};
+use crate::protocol::request::SenderStamp;
+use crate::protocol::{InstanceName, MessageBody, Reply, LEGACY_READ_BYTES};
+use crate::store::queries::{self, MessageId, NewMessage, StoredMessage};
+
+/// A check reply is kept this far below the legacy single read, leaving room for the envelope.
+const CHECK_REPLY_BUDGET: usize = LEGACY_READ_BYTES - 1024;
+/// The most messages one check returns, whatever `limit` asks for.
+const CHECK_MAX_MESSAGES: u32 = 500;
+
+/// Mail handed to a client but not yet marked delivered. Confirm it with
+/// [`Broker::confirm_delivery`] after the reply is written; drop it to leave the mail queued.
+pub struct DeliveryReceipt {
+    ids: Vec<MessageId>,
+    /// Holds this session's check lock until the mail is marked.
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl DeliveryReceipt {
+    pub fn message_ids(&self) -> &[MessageId] {
+        &self.ids
+    }
+}
+
+/// A message body ready to store: content possibly swapped for a summary and a file.
+struct Prepared {
+    content: String,
+    data: Option<String>,
+    large_file: Option<PathBuf>,
+}
+
+impl Broker {
+    /// `send`: stores one message for `to_id` (following a live forward), or reports the
+    /// original id if the sender already used this nonce inside the replay window.
+    pub(super) async fn send(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        to_id: InstanceName,
+        message: MessageBody,
+        stamp: SenderStamp,
+    ) -> Result<Reply, BrokerError> {
+        self.check_stamp(&stamp)?;
+        let prepared = self.prepare(&message).await?;
+        let large_file = prepared.large_file.clone();
+        let cap = self.limits.queue_cap;
+        let replay_since = text(minus(self.now(), self.limits.replay_window));
+        let result = self
+            .as_caller(token, peer, move |conn, caller, now| {
+                store_send(
+                    conn,
+                    caller,
+                    now,
+                    to_id.as_str(),
+                    &prepared,
+                    &stamp,
+                    cap,
+                    &replay_since,
+                )
+            })
+            .await;
+        let keep_file = matches!(&result, Ok(reply) if !is_duplicate(reply));
+        if !keep_file {
+            remove_orphan(large_file);
+        }
+        result
+    }
+
+    /// `broadcast`: one copy for every registered instance except the sender. Instances whose
+    /// queue is full are skipped and named in `skipped`.
+    pub(super) async fn broadcast(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        message: MessageBody,
+        stamp: SenderStamp,
+    ) -> Result<Reply, BrokerError> {
+        self.check_stamp(&stamp)?;
+        let prepared = self.prepare(&message).await?;
+        let large_file = prepared.large_file.clone();
+        let cap = self.limits.queue_cap;
+        let result = self
+            .as_caller(token, peer, move |conn, caller, now| {
+                store_broadcast(conn, caller, now, &prepared, &stamp, cap)
+            })
+            .await;
+        if !matches!(&result, Ok(reply) if reply_count(reply) > 0) {
+            remove_orphan(large_file);
+        }
+        result
+    }
+
+    /// `check`: the caller's oldest pending mail, as much as fits a legacy single read. The
+    /// mail stays pending until the returned receipt is confirmed.
+    pub(super) async fn check(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        limit: Option<u32>,
+    ) -> Result<Outcome, BrokerError> {
+        let turn = self.check_turn(token.as_deref()).await;
+        let fetch = limit.unwrap_or(CHECK_MAX_MESSAGES).min(CHECK_MAX_MESSAGES);
+        let (pending, total) = self
+            .as_caller(token, peer, move |conn, caller: &Caller, _now| {
+                let pending = queries::pending_for(conn, &caller.name, fetch)?;
+                let total = queries::pending_count(conn, &caller.name)?;
+                Ok((pending, total))
+            })
+            .await?;
+        let (messages, ids) = fit_into_budget(&pending);
+        let more = (ids.len() as u32) < total;
+        let reply = Reply::ok().with("messages", messages).with("more", more);
+        let receipt = (!ids.is_empty()).then(|| DeliveryReceipt { ids, _turn: turn });
+        Ok(Outcome { reply, receipt })
+    }
+
+    /// Marks the receipt's mail delivered. Call only after the reply was written in full.
+    pub async fn confirm_delivery(&self, receipt: DeliveryReceipt) -> Result<usize, BrokerError> {
+        let now = text(self.now());
+        let marked = self
+            .run(move |conn| {
+                let marked = queries::mark_delivered(conn, &receipt.ids, &now)?;
+                drop(receipt);
+                Ok(marked)
+            })
+            .await?;
+        Ok(marked)
+    }
+
+    /// Waits for this session's turn to check; unauthenticated requests share one turn, which
+    /// is harmless because they are refused before reading mail.
+    async fn check_turn(&self, token: Option<&str>) -> OwnedMutexGuard<()> {
+        let key = token.map(super::session::token_hash).unwrap_or_default();
+        let lock = {
+            let mut locks = self.check_locks.lock().expect("check lock map poisoned");
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+            locks.entry(key).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    fn check_stamp(&self, stamp: &SenderStamp) -> Result<(), BrokerError> {
+        let Some(given) = stamp.timestamp else {
+            return Ok(());
+        };
+        let off_by = (given - self.now()).num_seconds().abs();
+        let limit = self.limits.max_clock_skew.as_secs() as i64;
+        if off_by > limit {
+            return Err(BrokerError::StaleTimestamp {
+                given: text(given),
+                off_by_seconds: off_by,
+                limit_seconds: limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the data size and moves large content to a file (off the async executor).
+    async fn prepare(&self, message: &MessageBody) -> Result<Prepared, BrokerError> {
+        let data = message
+            .data
+            .as_ref()
+            .map(|data| Value::Object(data.clone()).to_string());
+        let data_bytes = data.as_ref().map_or(0, String::len);
+        if data_bytes > self.limits.max_data_bytes {
+            return Err(BrokerError::DataTooLarge {
+                bytes: data_bytes,
+                limit: self.limits.max_data_bytes,
+            });
+        }
+        // Measured as JSON text, because that is what a check reply must fit.
+        let wire_bytes = Value::String(message.content.clone()).to_string().len();
+        if wire_bytes <= self.limits.large_message_bytes {
+            return Ok(Prepared {
+                content: message.content.clone(),
+                data,
+                large_file: None,
+            });
+        }
+        let dir = self.large_message_dir.clone();
+        let (content, now) = (message.content.clone(), self.now());
+        let written = tokio::task::spawn_blocking(move || {
+            large_message::write_file(&dir, &content, now).map(|path| (path, content))
+        })
+        .await
+        .map_err(|e| BrokerError::LargeFile(std::io::Error::other(e.to_string())))?;
+        let (path, content) = written.map_err(BrokerError::LargeFile)?;
+        let mut data_object = message.data.clone().unwrap_or_default();
+        data_object.insert(
+            "large_message_file".into(),
+            path.display().to_string().into(),
+        );
+        data_object.insert(
+            "original_size_kb".into(),
+            large_message::size_kb(&content).into(),
+        );
+        Ok(Prepared {
+            content: large_message::summary(&content, &path),
+            data: Some(Value::Object(data_object).to_string()),
+            large_file: Some(path),
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn store_send(
+    conn: &Connection,
+    caller: &Caller,
+    now: DateTime<Utc>,
+    to_id: &str,
+    prepared: &Prepared,
+    stamp: &SenderStamp,
+    cap: u32,
+    replay_since: &str,
+) -> Result<Reply, BrokerError> {
+    if let Some(nonce) = &stamp.nonce {
+        if let Some(original) = queries::find_nonce(conn, &caller.name, nonce, replay_since)? {
+            return Ok(Reply::ok()
+                .with("message", "Duplicate nonce: already stored")
+                .with("duplicate", true)
+                .with("message_id", original.0));
+        }
+    }
+    let forwarded_to = queries::resolve_forward(conn, to_id, &text(now))?;
+    let recipient = forwarded_to.as_deref().unwrap_or(to_id);
+    let registered = queries::instance_exists(conn, recipient)?;
+    ensure_room(conn, recipient, cap)?;
+    let id = insert(
+        conn, caller, now, to_id, recipient, "direct", prepared, stamp,
+    )?;
+    if let Some(nonce) = &stamp.nonce {
+        queries::record_nonce(conn, &caller.name, nonce, id, &text(now))?;
+    }
+    let message = match (&forwarded_to, registered) {
+        (Some(new), _) => format!("Message forwarded from {to_id} to {new}"),
+        (None, false) => format!("Message queued for {recipient} (not yet registered)"),
+        (None, true) => "Message sent".to_owned(),
+    };
+    Ok(Reply::ok()
+        .with("message", message)
+        .with("message_id", id.0)
+        .with("recipient", recipient)
+        .with("duplicate", false))
+}
+
+fn store_broadcast(
+    conn: &Connection,
+    caller: &Caller,
+    now: DateTime<Utc>,
+    prepared: &Prepared,
+    stamp: &SenderStamp,
+    cap: u32,
+) -> Result<Reply, BrokerError> {
+    let mut ids = Vec::new();
+    let mut skipped = Vec::new();
+    for (recipient, _) in queries::list_instances(conn)? {
+        if recipient == caller.name {
+            continue;
+        }
+        if ensure_room(conn, &recipient, cap).is_err() {
+            skipped.push(recipient);
+            continue;
+        }
+        ids.push(
+            insert(
+                conn,
+                caller,
+                now,
+                &recipient,
+                &recipient,
+                "broadcast",
+                prepared,
+                stamp,
+            )?
+            .0,
+        );
+    }
+    Ok(Reply::ok()
+        .with("message", format!("Broadcast to {} instances", ids.len()))
+        .with("count", ids.len())
+        .with("message_ids", ids)
+        .with("skipped", skipped))
+}
+
+fn ensure_room(conn: &Connection, recipient: &str, cap: u32) -> Result<(), BrokerError> {
+    if cap > 0 && queries::pending_count(conn, recipient)? >= cap {
+        return Err(BrokerError::QueueFull {
+            name: recipient.to_owned(),
+            cap,
+        });
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert(
+    conn: &Connection,
+    caller: &Caller,
+    now: DateTime<Utc>,
+    addressed_to: &str,
+    recipient: &str,
+    kind: &str,
+    prepared: &Prepared,
+    stamp: &SenderStamp,
+) -> Result<MessageId, BrokerError> {
+    let large_file = prepared
+        .large_file
+        .as_ref()
+        .map(|p| p.display().to_string());
+    let sender_timestamp = stamp.timestamp.map(text);
+    Ok(queries::insert_message(
+        conn,
+        &NewMessage {
+            sender: &caller.name,
+            addressed_to,
+            recipient,
+            kind,
+            content: &prepared.content,
+            data: prepared.data.as_deref(),
+            large_file: large_file.as_deref(),
+            nonce: stamp.nonce.as_deref(),
+            sender_timestamp: sender_timestamp.as_deref(),
+            received_at: &text(now),
+        },
+    )?)
+}
+
+/// Turns pending rows into reply entries, oldest first, stopping before the reply would
+/// outgrow a legacy client's single read. Always includes at least one message.
+fn fit_into_budget(pending: &[StoredMessage]) -> (Vec<Value>, Vec<MessageId>) {
+    let mut used = 64; // {"status":"ok","more":false,"messages":[]}
+    let mut messages = Vec::new();
+    let mut ids = Vec::new();
+    for stored in pending {
+        let entry = wire_message(stored);
+        let size = entry.to_string().len() + 1;
+        if !messages.is_empty() && used + size > CHECK_REPLY_BUDGET {
+            break;
+        }
+        used += size;
+        messages.push(entry);
+        ids.push(stored.id);
+    }
+    (messages, ids)
+}
+
+/// One message as `check` shows it: the legacy fields plus id, nonce and sender_timestamp.
+fn wire_message(stored: &StoredMessage) -> Value {
+    let mut body = Map::new();
+    body.insert("content".into(), stored.content.clone().into());
+    if let Some(data) = stored
+        .data
+        .as_deref()
+        .and_then(|d| serde_json::from_str::<Value>(d).ok())
+    {
+        body.insert("data".into(), data);
+    }
+    let mut entry = json!({
+        "id": stored.id.0,
+        "from": stored.sender,
+        "to": stored.recipient,
+        "addressed_to": stored.addressed_to,
+        "kind": stored.kind,
+        "timestamp": stored.received_at,
+        "message": body,
+    });
+    if let Some(nonce) = &stored.nonce {
+        entry["nonce"] = nonce.clone().into();
+    }
+    if let Some(at) = &stored.sender_timestamp {
+        entry["sender_timestamp"] = at.clone().into();
+    }
+    entry
+}
+
+fn is_duplicate(reply: &Reply) -> bool {
+    reply.get("duplicate") == Some(&Value::Bool(true))
+}
+
+fn reply_count(reply: &Reply) -> u64 {
+    reply.get("count").and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// Removes a large-message file whose message was not stored.
+fn remove_orphan(file: Option<PathBuf>) {
+    if let Some(file) = file {
+        if let Err(e) = std::fs::remove_file(&file) {
+            tracing::warn!(
+                "cannot remove unused large-message file {}: {e}",
+                file.display()
+            );
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The rules of the post office. [`Broker::handle`] takes one parsed request and returns the
+//! reply (and, for `check`, a receipt to confirm once the reply is written).
+//!
+//! Each request becomes one job on the store's writer thread, so authentication, the rate
+//! limit and the action itself see one consistent database and commit together.
+//!
+//! - [`identity`]: sessions, register, rename, list, the rate limit.
+//! - [`mail`]: send, broadcast, check and delivery receipts.
+//! - [`sweeper`]: expiry and purging in bounded batches.
+
+pub mod identity;
+pub mod large_message;
+pub mod mail;
+pub mod session;
+pub mod sweeper;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Duration, Utc};
+use rusqlite::Connection;
+
+use crate::clock::{self, Clock};
+use crate::config::Limits;
+use crate::protocol::{Action, ErrorCode, Reply, Request};
+use crate::store::{Store, StoreError};
+
+pub use identity::Caller;
+pub use mail::DeliveryReceipt;
+
+/// A refusal by a broker rule, or a failure underneath one. Each has a stable wire code.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("Invalid or missing session token")]
+    InvalidSession,
+    #[error("Invalid auth token")]
+    InvalidAuth,
+    #[error("`{0}` is reserved for broker notices; choose another name")]
+    ReservedName(String),
+    #[error("Message queue full for {name} ({cap} message limit)")]
+    QueueFull { name: String, cap: u32 },
+    #[error("Rate limit: can rename again in {minutes} minutes")]
+    RenameCooldown { minutes: i64 },
+    #[error(
+        "Rate limit: {limit} requests per 60 s exceeded for {name}; retry in {retry_seconds} s"
+    )]
+    RateLimited {
+        name: String,
+        limit: u32,
+        retry_seconds: i64,
+    },
+    #[error("Instance {0} already exists")]
+    NameTaken(String),
+    #[error("You are already named {0}")]
+    SameName(String),
+    #[error("`timestamp` {given} is {off_by_seconds} s away from the broker's clock (limit {limit_seconds} s); check this machine's clock")]
+    StaleTimestamp {
+        given: String,
+        off_by_seconds: i64,
+        limit_seconds: i64,
+    },
+    #[error("`message.data` is {bytes} bytes of JSON; the limit is {limit}. Put large payloads in `content`, which is stored as a file when large")]
+    DataTooLarge { bytes: usize, limit: usize },
+    #[error("cannot write the large-message file: {0}; nothing was stored")]
+    LargeFile(std::io::Error),
+    #[error("cannot make a session token: {0}")]
+    Entropy(std::io::Error),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for BrokerError {
+    fn from(error: rusqlite::Error) -> Self {
+        BrokerError::Store(StoreError::Sqlite(error))
+    }
+}
+
+impl BrokerError {
+    pub fn code(&self) -> ErrorCode {
+        use BrokerError::*;
+        match self {
+            InvalidSession => ErrorCode::InvalidSession,
+            InvalidAuth => ErrorCode::InvalidAuth,
+            ReservedName(_) => ErrorCode::ReservedName,
+            QueueFull { .. } => ErrorCode::QueueFull,
+            RenameCooldown { .. } => ErrorCode::RenameCooldown,
+            RateLimited { .. } => ErrorCode::RateLimited,
+            NameTaken(_) => ErrorCode::NameTaken,
+            SameName(_) => ErrorCode::SameName,
+            StaleTimestamp { .. } => ErrorCode::StaleTimestamp,
+            DataTooLarge { .. } => ErrorCode::DataTooLarge,
+            LargeFile(_) | Store(_) => ErrorCode::StorageFailed,
+            Entropy(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn into_reply(self) -> Reply {
+        Reply::error(self.code(), self.to_string())
+    }
+}
+
+/// What a request produced: the reply, and for a `check` the receipt that marks the mail
+/// delivered once the reply is on the socket.
+pub struct Outcome {
+    pub reply: Reply,
+    pub receipt: Option<DeliveryReceipt>,
+}
+
+impl From<Reply> for Outcome {
+    fn from(reply: Reply) -> Self {
+        Outcome {
+            reply,
+            receipt: None,
+        }
+    }
+}
+
+/// The broker: rules over a [`Store`]. Cheap to share behind an `Arc`.
+pub struct Broker {
+    store: Store,
+    limits: Limits,
+    shared_secret: Option<String>,
+    large_message_dir: PathBuf,
+    clock: Clock,
+    /// One check at a time per session, so two connections of one instance never both receive
+    /// the same mail before it is marked delivered. A std `Mutex` guards only the map and is
+    /// never held across an `.await`.
+    check_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Broker {
+    pub fn new(
+        store: Store,
+        limits: Limits,
+        shared_secret: Option<String>,
+        large_message_dir: PathBuf,
+        clock: Clock,
+    ) -> Self {
+        Broker {
+            store,
+            limits,
+            shared_secret,
+            large_message_dir,
+            clock,
+            check_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn is_open_mode(&self) -> bool {
+        self.shared_secret.is_none()
+    }
+
+    /// Answers one request from `peer` (an address, for the log and the auth-failure table).
+    pub async fn handle(&self, request: Request, peer: &str) -> Outcome {
+        let action_name = request.action.name();
+        let result = self.dispatch(request, peer).await;
+        match result {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                if let ErrorCode::StorageFailed | ErrorCode::Internal = error.code() {
+                    tracing::error!(action = action_name, peer, "request failed: {error}");
+                }
+                error.into_reply().into()
+            }
+        }
+    }
+
+    async fn dispatch(&self, request: Request, peer: &str) -> Result<Outcome, BrokerError> {
+        let token = request.session_token;
+        match request.action {
+            Action::Ping => Ok(Reply::ok()
+                .with("version", crate::VERSION)
+                .with("protocol", crate::protocol::PROTOCOL_VERSION)
+                .with(
+                    "mode",
+                    if self.is_open_mode() {
+                        "open"
+                    } else {
+                        "secret"
+                    },
+                )
+                .into()),
+            Action::Register {
+                instance_id,
+                auth_token,
+            } => self
+                .register(instance_id, auth_token, peer)
+                .await
+                .map(Outcome::from),
+            Action::Send {
+                to_id,
+                message,
+                stamp,
+            } => self
+                .send(token, peer, to_id, message, stamp)
+                .await
+                .map(Outcome::from),
+            Action::Broadcast { message, stamp } => self
+                .broadcast(token, peer, message, stamp)
+                .await
+                .map(Outcome::from),
+            Action::Check { limit } => self.check(token, peer, limit).await,
+            Action::List => self.list(token, peer).await.map(Outcome::from),
+            Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
+        }
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Runs `action` as the session's caller inside one store job. Rule refusals commit what
+    /// was recorded before them (an auth failure, say); storage errors roll the job back.
+    async fn as_caller<T, F>(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        action: F,
+    ) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
+    {
+        let auth = self.session_check(token, peer);
+        let now = self.now();
+        self.run(move |conn| {
+            let caller = auth.authenticate(conn, now)?;
+            action(conn, &caller, now)
+        })
+        .await
+    }
+
+    /// Runs `work` on the writer thread, keeping rule refusals apart from storage failures.
+    async fn run<T, F>(&self, work: F) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
+    {
+        let outcome = self
+            .store
+            .write(move |conn| match work(conn) {
+                Err(BrokerError::Store(error)) => Err(error),
+                other => Ok(other),
+            })
+            .await?;
+        outcome
+    }
+}
+
+/// Adds a std duration to a time, saturating instead of panicking on absurd configs.
+fn plus(at: DateTime<Utc>, by: std::time::Duration) -> DateTime<Utc> {
+    Duration::from_std(by)
+        .ok()
+        .and_then(|by| at.checked_add_signed(by))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn minus(at: DateTime<Utc>, by: std::time::Duration) -> DateTime<Utc> {
+    Duration::from_std(by)
+        .ok()
+        .and_then(|by| at.checked_sub_signed(by))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+fn text(at: DateTime<Utc>) -> String {
+    clock::to_text(at)
+}

@@ -1,0 +1,85 @@
+//! Session tokens and the shared-secret check.
+//!
+//! A token is 32 bytes from the OS random source, sent as base64url without padding (43
+//! characters). The broker keeps only its SHA-256, so a copy of the database cannot be used
+//! to speak as anyone.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use rand::rngs::OsRng;
+use rand::TryRngCore;
+use sha2::{Digest, Sha256};
+
+/// A fresh session token.
+pub fn new_token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    OsRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| std::io::Error::other(format!("the OS random source failed: {e}")))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// What the store keeps in place of a token: lowercase hex SHA-256.
+pub fn token_hash(token: &str) -> String {
+    sha256_hex(token.as_bytes())
+}
+
+/// The `auth_token` a client must send to register `name` when a shared secret is set:
+/// lowercase hex `sha256("<name>:<secret>")`.
+pub fn expected_auth_token(name: &str, secret: &str) -> String {
+    sha256_hex(format!("{name}:{secret}").as_bytes())
+}
+
+/// Compares two byte strings in time that depends only on their lengths, so a wrong
+/// `auth_token` reveals nothing about how much of it was right.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let difference = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_43_url_safe_characters_and_differ() {
+        let a = new_token().unwrap();
+        let b = new_token().unwrap();
+        assert_eq!(a.len(), 43);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_auth_token_matches_the_legacy_formula() {
+        // hashlib.sha256(b"alice:s3cret").hexdigest()
+        assert_eq!(
+            expected_auth_token("alice", "s3cret"),
+            sha256_hex(b"alice:s3cret")
+        );
+        assert_eq!(expected_auth_token("a", "b").len(), 64);
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_is_plain_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

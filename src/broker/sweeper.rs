@@ -1,0 +1,80 @@
+//! Expiry and purging: idle sessions, old forwards, undelivered future mail past its
+//! retention, delivered mail past its retention (with its large-message file), stale nonces
+//! and rate-limit rows. Each pass deletes in bounded batches, one short job at a time, so
+//! sends queued behind it wait for one small batch at most.
+
+use super::{minus, text, Broker, BrokerError};
+use crate::store::queries::{self, SweepCutoffs, SweepReport};
+
+/// Rows one sweep job may delete per table.
+const SWEEP_BATCH: u32 = 500;
+
+impl Broker {
+    /// Runs sweep jobs until nothing is left to remove, and returns the totals.
+    pub async fn sweep(&self) -> Result<SweepReport, BrokerError> {
+        let mut total = SweepReport::default();
+        loop {
+            let report = self.sweep_batch().await?;
+            let full = [
+                report.sessions,
+                report.forwards,
+                report.future_mail,
+                report.delivered_mail,
+                report.nonces,
+                report.request_log,
+            ]
+            .contains(&(SWEEP_BATCH as usize));
+            remove_files(&report.files_to_remove);
+            add(&mut total, report);
+            if !full {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    async fn sweep_batch(&self) -> Result<SweepReport, BrokerError> {
+        let now = self.now();
+        let limits = &self.limits;
+        let cutoffs = [
+            text(now),
+            text(minus(now, limits.session_idle_expiry)),
+            text(minus(now, limits.future_mail_retention)),
+            text(minus(now, limits.delivered_retention)),
+            text(minus(now, limits.replay_window)),
+            text(minus(now, std::time::Duration::from_secs(60))),
+        ];
+        self.run(move |conn| {
+            let cut = SweepCutoffs {
+                now: &cutoffs[0],
+                session_idle_before: &cutoffs[1],
+                future_mail_before: &cutoffs[2],
+                delivered_before: &cutoffs[3],
+                nonces_before: &cutoffs[4],
+                request_log_before: &cutoffs[5],
+            };
+            Ok(queries::sweep(conn, &cut, SWEEP_BATCH)?)
+        })
+        .await
+    }
+}
+
+fn remove_files(files: &[String]) {
+    for file in files {
+        if let Err(e) = std::fs::remove_file(file) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove purged large-message file {file}: {e}");
+            }
+        }
+    }
+}
+
+fn add(total: &mut SweepReport, report: SweepReport) {
+    total.sessions += report.sessions;
+    total.forwards += report.forwards;
+    total.future_mail += report.future_mail;
+    total.delivered_mail += report.delivered_mail;
+    total.nonces += report.nonces;
+    total.request_log += report.request_log;
+    total.files_to_remove.extend(report.files_to_remove);
+}

@@ -1,0 +1,27 @@
+//! `claude-ipc ping`: does a broker answer, and which version is it?
+
+use clap::Args;
+
+use super::{output, CliError, ClientArgs};
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub fn run(args: PingArgs) -> Result<(), CliError> {
+    let reply = args.client.connect()?.ping()?;
+    if args.client.json {
+        output::json(&reply);
+    } else {
+        println!(
+            "broker at {} is up: version {}, protocol {}, {} mode",
+            args.client.addr,
+            reply["version"].as_str().unwrap_or("?"),
+            reply["protocol"],
+            reply["mode"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! `claude-ipc register NAME`: get a session and save it to the session file.
+
+use clap::Args;
+use serde_json::json;
+
+use super::session_file::SessionFile;
+use super::{output, CliError, ClientArgs};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  IPC_SHARED_SECRET=... claude-ipc register alice")]
+pub struct RegisterArgs {
+    /// The name to register: 1-32 letters, digits, hyphens or underscores.
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub fn run(args: RegisterArgs) -> Result<(), CliError> {
+    let secret = std::env::var("IPC_SHARED_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let registered = args
+        .client
+        .connect()?
+        .register(&args.name, secret.as_deref())?;
+    let path = SessionFile {
+        instance_id: args.name.clone(),
+        session_token: registered.session_token,
+    }
+    .save()?;
+    if args.client.json {
+        // The token is in the session file; it is not printed.
+        output::json(&json!({
+            "status": "ok", "instance_id": args.name, "message": registered.message,
+            "queued": registered.queued, "session_file": path,
+        }));
+    } else {
+        println!(
+            "{} (session saved to {})",
+            registered.message,
+            path.display()
+        );
+    }
+    Ok(())
+}

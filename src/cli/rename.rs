@@ -1,0 +1,31 @@
+//! `claude-ipc rename NEW`: rename yourself and update the session file.
+
+use clap::Args;
+
+use super::session_file::SessionFile;
+use super::{output, CliError, ClientArgs};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  claude-ipc rename alice-review")]
+pub struct RenameArgs {
+    /// The new name.
+    pub new_name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub fn run(args: RenameArgs) -> Result<(), CliError> {
+    let mut session = SessionFile::load()?;
+    let reply = args
+        .client
+        .connect()?
+        .rename(&session.session_token, &args.new_name)?;
+    session.instance_id = args.new_name.clone();
+    session.save()?;
+    if args.client.json {
+        output::json(&reply);
+    } else {
+        println!("{}", reply["message"].as_str().unwrap_or("renamed"));
+    }
+    Ok(())
+}

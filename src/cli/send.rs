@@ -1,0 +1,84 @@
+//! `claude-ipc send TO MESSAGE...` and `claude-ipc broadcast MESSAGE...`.
+
+use clap::Args;
+use serde_json::Value;
+
+use super::session_file::SessionFile;
+use super::{output, CliError, ClientArgs};
+use crate::broker::session::new_token;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  claude-ipc send bob \"the API changed, see src/api.rs\"\n  claude-ipc send bob \"build done\" --data '{\"exit\": 0}'"
+)]
+pub struct SendArgs {
+    /// The recipient's name (it need not be registered yet).
+    pub to: String,
+    /// The message; several words are joined with spaces.
+    #[arg(required = true, num_args = 1..)]
+    pub message: Vec<String>,
+    /// A JSON object to attach as `data`.
+    #[arg(long)]
+    pub data: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Example:\n  claude-ipc broadcast \"deploying in 5 minutes\"")]
+pub struct BroadcastArgs {
+    /// The message; several words are joined with spaces.
+    #[arg(required = true, num_args = 1..)]
+    pub message: Vec<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+pub fn run(args: SendArgs) -> Result<(), CliError> {
+    let session = SessionFile::load()?;
+    let data = match &args.data {
+        None => None,
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(value @ Value::Object(_)) => Some(value),
+            _ => {
+                return Err(CliError::Usage(format!(
+                    "--data must be a JSON object, like '{{\"k\": 1}}', not {text}"
+                )))
+            }
+        },
+    };
+    // A fresh nonce per send: if this request is ever repeated, the broker stores it once.
+    let nonce = new_token().map_err(|e| CliError::Usage(e.to_string()))?;
+    let content = args.message.join(" ");
+    let mut client = args.client.connect()?;
+    let sent = client.send(
+        &session.session_token,
+        &args.to,
+        &content,
+        data,
+        Some(&nonce),
+    )?;
+    if args.client.json {
+        output::json(&serde_json::json!({
+            "status": "ok", "message": sent.message, "message_id": sent.message_id,
+            "duplicate": sent.duplicate,
+        }));
+    } else {
+        println!("{} (id {})", sent.message, sent.message_id);
+    }
+    Ok(())
+}
+
+pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
+    let session = SessionFile::load()?;
+    let reply = args
+        .client
+        .connect()?
+        .broadcast(&session.session_token, &args.message.join(" "))?;
+    if args.client.json {
+        output::json(&reply);
+    } else {
+        println!("{}", reply["message"].as_str().unwrap_or("broadcast sent"));
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! `claude-ipc serve`: run the broker until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::clock::Clock;
+use crate::config::{parse_duration, Config, Limits};
+use crate::server;
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n\nDurations are written like 30s, 10m, 24h or 7d."
+)]
+pub struct ServeArgs {
+    /// Address to listen on (loopback unless --allow-remote).
+    #[arg(long, env = "IPC_ADDR", default_value = "127.0.0.1:9876")]
+    pub addr: SocketAddr,
+    /// Directory for ipc.db and large-messages/ [default: ~/.claude-ipc-data]
+    #[arg(long, env = "IPC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Allow a non-loopback --addr. Anyone who can reach it can try to register.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// A session unused this long stops working.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub session_idle_expiry: Duration,
+    /// Mail for a name nobody registered is dropped after this long.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub future_mail_retention: Duration,
+    /// Delivered mail (and its large-message file) is purged after this long.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub delivered_retention: Duration,
+    /// After a rename, the old name forwards to the new one this long.
+    #[arg(long, default_value = "2h", value_parser = parse_duration)]
+    pub forward_duration: Duration,
+    /// Minimum time between two renames of one instance.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub rename_cooldown: Duration,
+    /// Pending messages per recipient; 0 means unlimited.
+    #[arg(long, default_value_t = 100)]
+    pub queue_cap: u32,
+    /// Requests per 60 s per instance; 0 turns the limit off.
+    #[arg(long, default_value_t = 100)]
+    pub rate_limit: u32,
+    /// Largest request in bytes; the connection is closed after a larger one.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_request_bytes: usize,
+    /// Content over this many bytes is stored in a file under large-messages/.
+    #[arg(long, default_value_t = 10 * 1024)]
+    pub large_message_bytes: usize,
+    /// Largest `message.data` object in bytes of JSON.
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub max_data_bytes: usize,
+    /// A send nonce repeated within this window is reported as a duplicate, not stored.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub replay_window: Duration,
+    /// A send timestamp further than this from the broker's clock is refused.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub max_clock_skew: Duration,
+    /// Simultaneous connections; more are refused with an error.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// A connection with no request for this long is closed.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// A request must arrive in full within this long of its first byte.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub read_timeout: Duration,
+    /// A reply the client does not read within this long closes the connection.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+    /// How often expired sessions, forwards and old mail are swept.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+}
+
+impl ServeArgs {
+    pub fn config(&self) -> Config {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| super::session_file::home_dir().join(".claude-ipc-data"));
+        let shared_secret = std::env::var("IPC_SHARED_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty());
+        Config {
+            addr: self.addr,
+            data_dir,
+            shared_secret,
+            limits: Limits {
+                session_idle_expiry: self.session_idle_expiry,
+                future_mail_retention: self.future_mail_retention,
+                delivered_retention: self.delivered_retention,
+                forward_duration: self.forward_duration,
+                rename_cooldown: self.rename_cooldown,
+                queue_cap: self.queue_cap,
+                rate_limit: self.rate_limit,
+                max_request_bytes: self.max_request_bytes,
+                large_message_bytes: self.large_message_bytes,
+                max_data_bytes: self.max_data_bytes,
+                replay_window: self.replay_window,
+                max_clock_skew: self.max_clock_skew,
+                max_connections: self.max_connections.max(1),
+                idle_timeout: self.idle_timeout,
+                read_timeout: self.read_timeout,
+                write_timeout: self.write_timeout,
+                sweep_interval: self.sweep_interval.max(Duration::from_millis(100)),
+            },
+        }
+    }
+}
+
+/// Runs the broker until a signal; returns an error that says why it could not start.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config();
+    let running = server::start(&config, args.allow_remote, Clock::system()).await?;
+    tracing::info!(
+        addr = %running.addr,
+        data_dir = %config.data_dir.display(),
+        database = %config.database_path().display(),
+        version = crate::VERSION,
+        pid = std::process::id(),
+        "claude-ipc broker listening"
+    );
+    if config.shared_secret.is_some() {
+        tracing::info!(
+            "security: shared-secret mode (IPC_SHARED_SECRET is set); register needs auth_token"
+        );
+    } else {
+        tracing::warn!(
+            "=========================================================================="
+        );
+        tracing::warn!(
+            "OPEN MODE: IPC_SHARED_SECRET is not set. Any local process can register any"
+        );
+        tracing::warn!("name. Set IPC_SHARED_SECRET to a long random string to require it.");
+        tracing::warn!(
+            "=========================================================================="
+        );
+    }
+    server::shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests in flight");
+    running.shutdown().await;
+    tracing::info!("database closed; bye");
+    Ok(())
+}

@@ -1,0 +1,25 @@
+//! claude-ipc: a local post office for AI assistants.
+//!
+//! A request travels through these modules, in this order:
+//!
+//! - [`protocol`]: bytes → frame → [`protocol::Request`]; [`protocol::Reply`] → bytes. No I/O.
+//! - [`server`]: the accept loop and one task per connection: limits, timeouts, shutdown.
+//! - [`broker`]: the rules: sessions, send/check/rename/broadcast, forwards, limits.
+//! - [`store`]: the only code that speaks SQL; one thread owns the write connection and
+//!   commits queued work together (group commit).
+//!
+//! Around them: [`config`] holds every window and limit, [`clock`] gives the time (injectable
+//! for tests), [`client`] is the typed client that the CLI and the tests use, and [`cli`] holds
+//! one file per subcommand.
+
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod protocol;
+pub mod server;
+pub mod store;
+
+/// The version reported by `ping` and logged at start.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

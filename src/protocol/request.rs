@@ -1,0 +1,405 @@
+//! Turning one frame into a typed [`Request`], with an error that names the bad field.
+//!
+//! Claimed identities (`from_id`, `instance_id` on anything but `register`, `old_id`) are
+//! deliberately not read at all: the session decides who is speaking.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+use super::reply::{ErrorCode, Reply};
+
+/// A request that passed parsing; the broker still checks the session and its rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// Absent on `ping` and `register`; on other actions a missing token is refused by the
+    /// broker with the legacy "Invalid or missing session token".
+    pub session_token: Option<String>,
+    pub action: Action,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    Ping,
+    Register {
+        instance_id: InstanceName,
+        auth_token: Option<String>,
+    },
+    Send {
+        to_id: InstanceName,
+        message: MessageBody,
+        stamp: SenderStamp,
+    },
+    Broadcast {
+        message: MessageBody,
+        stamp: SenderStamp,
+    },
+    Check {
+        /// At most this many messages; the reply also stays under the legacy read size.
+        limit: Option<u32>,
+    },
+    List,
+    Rename {
+        new_id: InstanceName,
+    },
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Ping => "ping",
+            Action::Register { .. } => "register",
+            Action::Send { .. } => "send",
+            Action::Broadcast { .. } => "broadcast",
+            Action::Check { .. } => "check",
+            Action::List => "list",
+            Action::Rename { .. } => "rename",
+        }
+    }
+}
+
+/// What a sender wrote: `{content, data?}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageBody {
+    pub content: String,
+    pub data: Option<Map<String, Value>>,
+}
+
+/// The sender's optional replay-protection fields.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SenderStamp {
+    pub nonce: Option<String>,
+    pub timestamp: Option<DateTime<Utc>>,
+}
+
+/// An instance name: `^[A-Za-z0-9_-]{1,32}$`, case-sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InstanceName(String);
+
+impl InstanceName {
+    pub fn parse(text: &str) -> Option<Self> {
+        let valid = (1..=32).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        valid.then(|| InstanceName(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a frame is not a usable request; becomes an error reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RequestError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        RequestError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn into_reply(self) -> Reply {
+        Reply::error(self.code, self.message)
+    }
+}
+
+const ACTIONS: &str = "ping, register, send, broadcast, check, list, rename";
+const NONCE_MAX_CHARS: usize = 128;
+
+impl Request {
+    /// Parses one frame's bytes.
+    pub fn parse(frame: &[u8]) -> Result<Request, RequestError> {
+        let value: Value = serde_json::from_slice(frame).map_err(|e| {
+            RequestError::new(
+                ErrorCode::InvalidJson,
+                format!("request is not valid JSON ({e}); send one JSON object per request"),
+            )
+        })?;
+        let Value::Object(fields) = value else {
+            return Err(RequestError::new(
+                ErrorCode::NotAnObject,
+                format!(
+                    "request must be a JSON object like {{\"action\": \"ping\"}}, not {}",
+                    kind_of(&value)
+                ),
+            ));
+        };
+        Fields(&fields).request()
+    }
+}
+
+/// The fields of one request object, with typed getters that explain what is wrong.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn request(&self) -> Result<Request, RequestError> {
+        let action = match self.0.get("action") {
+            None => {
+                return Err(RequestError::new(
+                    ErrorCode::MissingField,
+                    format!("request has no `action`; use one of: {ACTIONS}"),
+                ))
+            }
+            Some(Value::String(action)) => action.as_str(),
+            Some(other) => {
+                return Err(RequestError::new(
+                    ErrorCode::InvalidField,
+                    format!("`action` must be a string, not {}", kind_of(other)),
+                ))
+            }
+        };
+        let action = match action {
+            "ping" => Action::Ping,
+            "register" => Action::Register {
+                instance_id: self.name("instance_id", "Invalid instance ID format")?,
+                auth_token: self.optional_string("auth_token")?,
+            },
+            "send" => Action::Send {
+                to_id: self.name("to_id", "Invalid recipient ID format")?,
+                message: self.message()?,
+                stamp: self.stamp()?,
+            },
+            "broadcast" => Action::Broadcast {
+                message: self.message()?,
+                stamp: self.stamp()?,
+            },
+            "check" => Action::Check {
+                limit: self.optional_limit()?,
+            },
+            "list" => Action::List,
+            "rename" => Action::Rename {
+                new_id: self.name("new_id", "Invalid new instance ID format")?,
+            },
+            unknown => {
+                return Err(RequestError::new(
+                    ErrorCode::UnknownAction,
+                    format!("Unknown action: {unknown}"),
+                ))
+            }
+        };
+        Ok(Request {
+            session_token: self.optional_string("session_token")?,
+            action,
+        })
+    }
+
+    fn string(&self, key: &str) -> Result<&str, RequestError> {
+        match self.0.get(key) {
+            Some(Value::String(text)) => Ok(text),
+            None | Some(Value::Null) => Err(RequestError::new(
+                ErrorCode::MissingField,
+                format!("missing field `{key}` (a string)"),
+            )),
+            Some(other) => Err(wrong_type(key, "a string", other)),
+        }
+    }
+
+    fn optional_string(&self, key: &str) -> Result<Option<String>, RequestError> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(other) => Err(wrong_type(key, "a string", other)),
+        }
+    }
+
+    fn name(&self, key: &str, legacy_text: &str) -> Result<InstanceName, RequestError> {
+        let text = self.string(key)?;
+        InstanceName::parse(text).ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::InvalidName,
+                format!(
+                    "{legacy_text}: `{key}` must be 1-32 letters, digits, hyphens or underscores"
+                ),
+            )
+        })
+    }
+
+    fn message(&self) -> Result<MessageBody, RequestError> {
+        let message = match self.0.get("message") {
+            Some(Value::Object(message)) => message,
+            None | Some(Value::Null) => {
+                return Err(RequestError::new(
+                    ErrorCode::MissingField,
+                    "missing field `message` (an object like {\"content\": \"hi\"})",
+                ))
+            }
+            Some(other) => return Err(wrong_type("message", "an object", other)),
+        };
+        let content = match message.get("content") {
+            Some(Value::String(content)) => content.clone(),
+            None | Some(Value::Null) => {
+                return Err(RequestError::new(
+                    ErrorCode::MissingField,
+                    "missing field `message.content` (a string)",
+                ))
+            }
+            Some(other) => return Err(wrong_type("message.content", "a string", other)),
+        };
+        let data = match message.get("data") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(data)) => Some(data.clone()),
+            Some(other) => return Err(wrong_type("message.data", "an object", other)),
+        };
+        Ok(MessageBody { content, data })
+    }
+
+    fn stamp(&self) -> Result<SenderStamp, RequestError> {
+        let nonce = self.optional_string("nonce")?;
+        if let Some(nonce) = &nonce {
+            if nonce.is_empty() || nonce.chars().count() > NONCE_MAX_CHARS {
+                return Err(RequestError::new(
+                    ErrorCode::InvalidField,
+                    format!("`nonce` must be 1-{NONCE_MAX_CHARS} characters"),
+                ));
+            }
+        }
+        let timestamp = match self.optional_string("timestamp")? {
+            None => None,
+            Some(text) => Some(crate::clock::parse(&text).ok_or_else(|| {
+                RequestError::new(
+                    ErrorCode::InvalidField,
+                    format!(
+                        "`timestamp` must be RFC 3339, like 2026-01-02T03:04:05Z, not `{text}`"
+                    ),
+                )
+            })?),
+        };
+        Ok(SenderStamp { nonce, timestamp })
+    }
+
+    fn optional_limit(&self) -> Result<Option<u32>, RequestError> {
+        match self.0.get("limit") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(limit) if limit >= 1 => Ok(Some(limit.min(u64::from(u32::MAX)) as u32)),
+                _ => Err(wrong_type(
+                    "limit",
+                    "a positive whole number",
+                    &Value::Number(n.clone()),
+                )),
+            },
+            Some(other) => Err(wrong_type("limit", "a positive whole number", other)),
+        }
+    }
+}
+
+fn wrong_type(key: &str, expected: &str, got: &Value) -> RequestError {
+    RequestError::new(
+        ErrorCode::InvalidField,
+        format!("field `{key}` must be {expected}, not {}", kind_of(got)),
+    )
+}
+
+fn kind_of(value: &Value) -> String {
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(_) => "a boolean".into(),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Request, RequestError> {
+        Request::parse(text.as_bytes())
+    }
+
+    fn code_of(text: &str) -> ErrorCode {
+        parse(text).unwrap_err().code
+    }
+
+    #[test]
+    fn a_legacy_send_parses_and_its_claimed_sender_is_not_read() {
+        let request = parse(
+            r#"{"action": "send", "from_id": "admin", "to_id": "bob",
+                "message": {"content": "hi", "data": {"k": 1}}, "session_token": "t"}"#,
+        )
+        .unwrap();
+        assert_eq!(request.session_token.as_deref(), Some("t"));
+        let Action::Send { to_id, message, .. } = request.action else {
+            panic!("not a send")
+        };
+        assert_eq!(to_id.as_str(), "bob");
+        assert_eq!(message.content, "hi");
+        assert_eq!(message.data.unwrap()["k"], 1);
+    }
+
+    #[test]
+    fn names_follow_the_spec_pattern() {
+        assert!(InstanceName::parse("alice_B-2").is_some());
+        assert!(InstanceName::parse(&"a".repeat(32)).is_some());
+        assert!(InstanceName::parse(&"a".repeat(33)).is_none());
+        assert!(InstanceName::parse("").is_none());
+        assert!(InstanceName::parse("../etc").is_none());
+        assert!(InstanceName::parse("a b").is_none());
+        assert!(InstanceName::parse("é").is_none());
+    }
+
+    #[test]
+    fn each_kind_of_bad_request_has_its_own_code() {
+        assert_eq!(code_of("{not json"), ErrorCode::InvalidJson);
+        assert_eq!(code_of("[1, 2]"), ErrorCode::NotAnObject);
+        assert_eq!(code_of(r#"{"to_id": "x"}"#), ErrorCode::MissingField);
+        assert_eq!(code_of(r#"{"action": 7}"#), ErrorCode::InvalidField);
+        assert_eq!(code_of(r#"{"action": "fly"}"#), ErrorCode::UnknownAction);
+        assert_eq!(
+            code_of(r#"{"action": "send", "to_id": 5}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code_of(r#"{"action": "send", "to_id": "a/b", "message": {"content": ""}}"#),
+            ErrorCode::InvalidName
+        );
+        assert_eq!(
+            code_of(
+                r#"{"action": "send", "to_id": "b", "message": {"content": "x", "data": [1]}}"#
+            ),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code_of(
+                r#"{"action": "send", "to_id": "b", "message": {"content": "x"}, "timestamp": "yesterday"}"#
+            ),
+            ErrorCode::InvalidField
+        );
+    }
+
+    #[test]
+    fn the_unknown_action_text_is_the_legacy_one() {
+        assert_eq!(
+            parse(r#"{"action": "fly"}"#).unwrap_err().message,
+            "Unknown action: fly"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_and_deep_nesting_are_refused_not_panicked_on() {
+        assert_eq!(
+            Request::parse(b"{\"action\": \"ping\xff\"}")
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidJson
+        );
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert_eq!(code_of(&deep), ErrorCode::InvalidJson);
+    }
+}

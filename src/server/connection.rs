@@ -1,0 +1,191 @@
+//! One client connection: read a frame, hand the request to the broker, write the reply,
+//! and only then confirm delivery of any mail it carried. Requests on one connection are
+//! answered in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::broker::Broker;
+use crate::config::Limits;
+use crate::protocol::{ErrorCode, FrameScanner, Reply, Request, Scan};
+
+/// What reading the next request produced.
+enum Incoming {
+    Frame(Vec<u8>),
+    /// The client closed the connection (or it broke) between requests.
+    Closed,
+    /// The connection must end with this error reply.
+    Refused(Reply),
+}
+
+/// A socket and its read buffer.
+pub struct Connection<S> {
+    stream: S,
+    buffer: Vec<u8>,
+    scanner: FrameScanner,
+    /// When the request being read started to arrive, for the read timeout.
+    frame_started: Option<Instant>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub fn new(stream: S) -> Self {
+        Connection {
+            stream,
+            buffer: Vec::with_capacity(4096),
+            scanner: FrameScanner::new(),
+            frame_started: None,
+        }
+    }
+
+    /// Serves requests until the client leaves, a limit is hit, or shutdown is signalled
+    /// between requests.
+    pub async fn serve(
+        mut self,
+        broker: Arc<Broker>,
+        peer: String,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let limits = broker.limits().clone();
+        loop {
+            let incoming = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                incoming = self.read_frame(&limits) => incoming,
+            };
+            let frame = match incoming {
+                Incoming::Frame(frame) => frame,
+                Incoming::Closed => return,
+                Incoming::Refused(reply) => {
+                    let _ = self.write_reply(&reply, limits.write_timeout).await;
+                    return;
+                }
+            };
+            let outcome = match Request::parse(&frame) {
+                Ok(request) => broker.handle(request, &peer).await,
+                Err(error) => error.into_reply().into(),
+            };
+            if self
+                .write_reply(&outcome.reply, limits.write_timeout)
+                .await
+                .is_err()
+            {
+                // The receipt is dropped unconfirmed: the mail stays queued.
+                tracing::debug!(peer, "reply not written; mail stays queued");
+                return;
+            }
+            if let Some(receipt) = outcome.receipt {
+                if let Err(e) = broker.confirm_delivery(receipt).await {
+                    tracing::error!(
+                        peer,
+                        "marking mail delivered failed, it will be sent again: {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    async fn read_frame(&mut self, limits: &Limits) -> Incoming {
+        let idle_since = Instant::now();
+        loop {
+            if let Scan::Complete { frame, consumed } = self.scanner.scan(&self.buffer) {
+                let bytes = self.buffer[frame].to_vec();
+                self.buffer.drain(..consumed);
+                self.scanner.reset();
+                self.frame_started = None;
+                if bytes.len() > limits.max_request_bytes {
+                    return Incoming::Refused(too_large(limits));
+                }
+                return Incoming::Frame(bytes);
+            }
+            if self.buffer.len() > limits.max_request_bytes {
+                return Incoming::Refused(too_large(limits));
+            }
+            if self.scanner.in_frame() && self.frame_started.is_none() {
+                self.frame_started = Some(Instant::now());
+            }
+            let (deadline, expired) = match self.frame_started {
+                Some(started) => (
+                    started + limits.read_timeout,
+                    read_timed_out(limits, self.buffer.len()),
+                ),
+                None => (idle_since + limits.idle_timeout, idle_timed_out(limits)),
+            };
+            self.buffer.reserve(8192);
+            match timeout_at(deadline, self.stream.read_buf(&mut self.buffer)).await {
+                Err(_) => return Incoming::Refused(expired),
+                Ok(Ok(0)) => return self.end_of_stream(),
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return Incoming::Closed,
+            }
+        }
+    }
+
+    /// At EOF, a half-sent request is still answered (it may be a bare token); whitespace is not.
+    fn end_of_stream(&mut self) -> Incoming {
+        if !self.scanner.in_frame() {
+            return Incoming::Closed;
+        }
+        let rest = std::mem::take(&mut self.buffer);
+        self.scanner.reset();
+        self.frame_started = None;
+        Incoming::Frame(rest)
+    }
+
+    /// Writes the whole reply in one call, so a legacy client's single read gets all of it.
+    async fn write_reply(&mut self, reply: &Reply, limit: Duration) -> std::io::Result<()> {
+        let line = reply.to_line();
+        let write = async {
+            self.stream.write_all(&line).await?;
+            self.stream.flush().await
+        };
+        timeout(limit, write).await.map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "client did not read its reply",
+            )
+        })?
+    }
+}
+
+fn too_large(limits: &Limits) -> Reply {
+    Reply::error(
+        ErrorCode::RequestTooLarge,
+        format!(
+            "request is larger than {} bytes; the connection is closed. Send smaller requests",
+            limits.max_request_bytes
+        ),
+    )
+}
+
+fn read_timed_out(limits: &Limits, got: usize) -> Reply {
+    Reply::error(
+        ErrorCode::ReadTimeout,
+        format!(
+            "request incomplete after {} s ({got} bytes received); send each request whole, promptly",
+            limits.read_timeout.as_secs_f64()
+        ),
+    )
+}
+
+fn idle_timed_out(limits: &Limits) -> Reply {
+    Reply::error(
+        ErrorCode::IdleTimeout,
+        format!(
+            "no request for {} s; connection closed. Reconnect to send more",
+            limits.idle_timeout.as_secs_f64()
+        ),
+    )
+}
+
+/// Tells a client over the connection cap why it is being turned away.
+pub async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S, max: usize) {
+    let reply = Reply::error(
+        ErrorCode::TooManyConnections,
+        format!("the broker is at its limit of {max} connections; retry shortly"),
+    );
+    let _ = timeout(Duration::from_secs(1), stream.write_all(&reply.to_line())).await;
+}

@@ -1,0 +1,266 @@
+//! The SQLite store: the only module that speaks SQL.
+//!
+//! One dedicated thread owns the database connection. Async handlers hand it work as closures
+//! over a channel; the thread runs everything that has queued up inside one transaction and
+//! commits once (group commit), then answers each caller. A caller hears "ok" only after its
+//! work is committed, and with `synchronous=FULL` committed means on disk.
+//!
+//! Each job runs inside its own savepoint, so a job that fails (a broken rule, a constraint)
+//! rolls back only its own changes, never its neighbours'.
+
+pub mod queries;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+
+pub use queries::{MessageId, NewMessage, StoredMessage};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// How many queued jobs one transaction may take; bounds the latency a big batch adds.
+const MAX_BATCH: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database at {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the database write failed and nothing was stored: {0}")]
+    CommitFailed(String),
+    #[error("a database job panicked: {0}; nothing it did was kept")]
+    Panicked(String),
+    #[error("the store is shut down")]
+    Closed,
+}
+
+/// What the writer thread hands back to a job once the batch's commit is known.
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A unit of work for the writer thread. It is given `None` when no transaction could be
+/// started, so it does not run and its caller hears why.
+type Job = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
+
+enum Command {
+    Run(Job),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    commands: mpsc::Sender<Command>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (creating if needed, mode 0600) and migrates the database, then starts the writer
+    /// thread. Refuses a database that is corrupt, unreadable or read-only.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = open_connection(path)?;
+        let (commands, receiver) = mpsc::channel();
+        thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(conn, receiver))
+            .map_err(|e| open_error(path, format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            commands,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `work` on the writer thread inside the next group commit, and returns its result
+    /// once that commit is on disk. If `work` fails, its changes are rolled back and its error
+    /// returned; if the commit fails, the caller gets [`StoreError::CommitFailed`].
+    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = match conn {
+                Some(conn) => run_in_savepoint(conn, work),
+                None => {
+                    Err(StoreError::CommitFailed("no transaction could be started".into()).into())
+                }
+            };
+            Box::new(move |commit: Result<(), String>| {
+                let result = match commit {
+                    Ok(()) => result,
+                    Err(reason) => Err(StoreError::CommitFailed(reason).into()),
+                };
+                let _ = reply.send(result);
+            })
+        });
+        self.commands
+            .send(Command::Run(job))
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Finishes the queued work, closes the database cleanly and stops the writer thread.
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(done)).is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+fn open_error(path: &Path, reason: impl Into<String>) -> StoreError {
+    StoreError::Open {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    // Create the file ourselves so it is 0600 from the first byte; SQLite gives its -wal and
+    // -shm files the same mode.
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| open_error(path, format!("{e} (is the data directory writable?)")))?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn =
+        Connection::open_with_flags(path, flags).map_err(|e| open_error(path, e.to_string()))?;
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+        return Err(open_error(
+            path,
+            "the file is read-only; give the broker's user write access",
+        ));
+    }
+    configure(&conn).map_err(|e| explain_open_failure(path, e))?;
+    embedded::migrations::runner()
+        .run(&mut conn)
+        .map_err(|e| open_error(path, format!("migrating the schema failed: {e}")))?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection) -> rusqlite::Result<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(rusqlite::Error::InvalidParameterName(format!(
+            "journal_mode is {mode}, WAL is required"
+        )));
+    }
+    conn.execute_batch(
+        "PRAGMA synchronous = FULL;
+         PRAGMA busy_timeout = 5000;
+         PRAGMA foreign_keys = ON;",
+    )?;
+    // Reading the schema fails at once on a file that is not a database.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+}
+
+fn explain_open_failure(path: &Path, error: rusqlite::Error) -> StoreError {
+    let text = error.to_string();
+    let hint = if text.contains("not a database") || text.contains("malformed") {
+        "; the file is corrupt or not a SQLite database: restore a backup or move it aside"
+    } else {
+        ""
+    };
+    open_error(path, format!("{text}{hint}"))
+}
+
+fn run_in_savepoint<T, E, F>(conn: &Connection, work: F) -> Result<T, E>
+where
+    E: From<StoreError>,
+    F: FnOnce(&Connection) -> Result<T, E>,
+{
+    conn.execute_batch("SAVEPOINT job")
+        .map_err(StoreError::from)?;
+    let result = match catch_unwind(AssertUnwindSafe(|| work(conn))) {
+        Ok(result) => result,
+        Err(panic) => Err(StoreError::Panicked(panic_text(&panic)).into()),
+    };
+    let finish = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    conn.execute_batch(finish).map_err(StoreError::from)?;
+    result
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(text) = panic.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = panic.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+fn writer_loop(conn: Connection, commands: mpsc::Receiver<Command>) {
+    let mut shutdown = None;
+    while shutdown.is_none() {
+        let Ok(first) = commands.recv() else { break };
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(command) = next {
+            match command {
+                Command::Run(job) => batch.push(job),
+                Command::Shutdown(done) => {
+                    shutdown = Some(done);
+                    break;
+                }
+            }
+            next = if batch.len() < MAX_BATCH {
+                commands.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        run_batch(&conn, batch);
+    }
+    if let Err((_, e)) = conn.close() {
+        tracing::error!("closing the database failed: {e}");
+    }
+    if let Some(done) = shutdown {
+        let _ = done.send(());
+    }
+}
+
+fn run_batch(conn: &Connection, batch: Vec<Job>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let reason = e.to_string();
+        tracing::error!("cannot start a transaction: {reason}");
+        for job in batch {
+            job(None)(Err(reason.clone()));
+        }
+        return;
+    }
+    let completions: Vec<Completion> = batch.into_iter().map(|job| job(Some(conn))).collect();
+    let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+    if let Err(reason) = &commit {
+        tracing::error!(
+            "commit failed, {} job(s) refused: {reason}",
+            completions.len()
+        );
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    for complete in completions {
+        complete(commit.clone());
+    }
+}

@@ -1,0 +1,468 @@
+//! Every SQL statement the broker runs, as functions over a `&Connection` so that a caller's
+//! transaction (the writer thread's batch) is passed straight in. Hot statements are cached;
+//! "no row" comes back as `None`, not an error.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+/// The id of a stored message; also what `send` returns and `check` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub i64);
+
+/// A message about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewMessage<'a> {
+    pub sender: &'a str,
+    pub addressed_to: &'a str,
+    pub recipient: &'a str,
+    pub kind: &'a str,
+    pub content: &'a str,
+    pub data: Option<&'a str>,
+    pub large_file: Option<&'a str>,
+    pub nonce: Option<&'a str>,
+    pub sender_timestamp: Option<&'a str>,
+    pub received_at: &'a str,
+}
+
+/// A queued message as `check` returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub id: MessageId,
+    pub sender: String,
+    pub addressed_to: String,
+    pub recipient: String,
+    pub kind: String,
+    pub content: String,
+    pub data: Option<String>,
+    pub nonce: Option<String>,
+    pub sender_timestamp: Option<String>,
+    pub received_at: String,
+}
+
+/// A session found by its token hash.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub id: i64,
+    pub instance_name: String,
+    pub last_used_at: String,
+    pub revoked: bool,
+}
+
+// ---- instances and sessions ----
+
+pub fn find_session(conn: &Connection, token_sha256: &str) -> rusqlite::Result<Option<SessionRow>> {
+    conn.prepare_cached(
+        "SELECT id, instance_name, last_used_at, revoked_at IS NOT NULL
+         FROM sessions WHERE token_sha256 = ?1",
+    )?
+    .query_row([token_sha256], |row| {
+        Ok(SessionRow {
+            id: row.get(0)?,
+            instance_name: row.get(1)?,
+            last_used_at: row.get(2)?,
+            revoked: row.get(3)?,
+        })
+    })
+    .optional()
+}
+
+/// Refreshes the sliding expiry of a session and the instance's last-seen time.
+pub fn touch_session(
+    conn: &Connection,
+    session_id: i64,
+    name: &str,
+    now: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE sessions SET last_used_at = ?2 WHERE id = ?1")?
+        .execute(params![session_id, now])?;
+    conn.prepare_cached("UPDATE instances SET last_seen_at = ?2 WHERE name = ?1")?
+        .execute(params![name, now])?;
+    Ok(())
+}
+
+/// Revokes every active session of `name` (one active session per instance).
+pub fn revoke_sessions(conn: &Connection, name: &str, now: &str) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "UPDATE sessions SET revoked_at = ?2 WHERE instance_name = ?1 AND revoked_at IS NULL",
+    )?
+    .execute(params![name, now])
+}
+
+pub fn insert_session(
+    conn: &Connection,
+    name: &str,
+    token_sha256: &str,
+    now: &str,
+) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO sessions (instance_name, token_sha256, created_at, last_used_at)
+         VALUES (?1, ?2, ?3, ?3)",
+    )?
+    .execute(params![name, token_sha256, now])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Registers `name`, or refreshes its last-seen time if it is registered already.
+pub fn upsert_instance(conn: &Connection, name: &str, now: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO instances (name, registered_at, last_seen_at) VALUES (?1, ?2, ?2)
+         ON CONFLICT (name) DO UPDATE SET last_seen_at = excluded.last_seen_at",
+    )?
+    .execute(params![name, now])?;
+    Ok(())
+}
+
+pub fn instance_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
+    conn.prepare_cached("SELECT 1 FROM instances WHERE name = ?1")?
+        .exists([name])
+}
+
+/// When `name` last renamed itself, if ever.
+pub fn last_renamed_at(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT last_renamed_at FROM instances WHERE name = ?1")?
+        .query_row([name], |row| row.get(0))
+        .optional()
+        .map(Option::flatten)
+}
+
+/// Registered instances, by name, with their last-seen time.
+pub fn list_instances(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut statement =
+        conn.prepare_cached("SELECT name, last_seen_at FROM instances ORDER BY name")?;
+    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    rows.collect()
+}
+
+/// Moves everything that belongs to `old` to `new`: the instance row, its sessions, its pending
+/// mail (merged with mail already waiting for `new`), its rate-limit window, and forwards that
+/// pointed at `old`. Then `old` forwards to `new` until `forward_expires_at`.
+pub fn rename_instance(
+    conn: &Connection,
+    old: &str,
+    new: &str,
+    now: &str,
+    forward_expires_at: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE instances SET name = ?2, last_renamed_at = ?3, last_seen_at = ?3 WHERE name = ?1",
+        params![old, new, now],
+    )?;
+    conn.execute(
+        "UPDATE sessions SET instance_name = ?2 WHERE instance_name = ?1",
+        params![old, new],
+    )?;
+    conn.execute(
+        "UPDATE messages SET recipient = ?2 WHERE recipient = ?1 AND delivered_at IS NULL",
+        params![old, new],
+    )?;
+    conn.execute(
+        "UPDATE request_log SET instance_name = ?2 WHERE instance_name = ?1",
+        params![old, new],
+    )?;
+    conn.execute(
+        "UPDATE name_forwards SET new_name = ?2 WHERE new_name = ?1",
+        params![old, new],
+    )?;
+    delete_forward(conn, new)?;
+    conn.execute(
+        "INSERT INTO name_forwards (old_name, new_name, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (old_name) DO UPDATE SET
+           new_name = excluded.new_name, created_at = excluded.created_at,
+           expires_at = excluded.expires_at",
+        params![old, new, now, forward_expires_at],
+    )?;
+    Ok(())
+}
+
+// ---- forwards ----
+
+/// Where mail to `name` goes now, if `name` has a live forward.
+pub fn resolve_forward(
+    conn: &Connection,
+    name: &str,
+    now: &str,
+) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT new_name FROM name_forwards WHERE old_name = ?1 AND expires_at > ?2",
+    )?
+    .query_row(params![name, now], |row| row.get(0))
+    .optional()
+}
+
+/// Drops the forward from `name`: a real instance now holds that name.
+pub fn delete_forward(conn: &Connection, name: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM name_forwards WHERE old_name = ?1")?
+        .execute([name])?;
+    Ok(())
+}
+
+// ---- messages ----
+
+pub fn insert_message(conn: &Connection, message: &NewMessage<'_>) -> rusqlite::Result<MessageId> {
+    conn.prepare_cached(
+        "INSERT INTO messages (sender, addressed_to, recipient, kind, content, data, large_file,
+                               nonce, sender_timestamp, received_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        message.sender,
+        message.addressed_to,
+        message.recipient,
+        message.kind,
+        message.content,
+        message.data,
+        message.large_file,
+        message.nonce,
+        message.sender_timestamp,
+        message.received_at,
+    ])?;
+    Ok(MessageId(conn.last_insert_rowid()))
+}
+
+pub fn pending_count(conn: &Connection, recipient: &str) -> rusqlite::Result<u32> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM messages WHERE recipient = ?1 AND delivered_at IS NULL",
+    )?
+    .query_row([recipient], |row| row.get(0))
+}
+
+/// The oldest `limit` pending messages for `recipient`, oldest first.
+pub fn pending_for(
+    conn: &Connection,
+    recipient: &str,
+    limit: u32,
+) -> rusqlite::Result<Vec<StoredMessage>> {
+    let mut statement = conn.prepare_cached(
+        "SELECT id, sender, addressed_to, recipient, kind, content, data, nonce,
+                sender_timestamp, received_at
+         FROM messages WHERE recipient = ?1 AND delivered_at IS NULL
+         ORDER BY id LIMIT ?2",
+    )?;
+    let rows = statement.query_map(params![recipient, limit], stored_message)?;
+    rows.collect()
+}
+
+fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
+    Ok(StoredMessage {
+        id: MessageId(row.get(0)?),
+        sender: row.get(1)?,
+        addressed_to: row.get(2)?,
+        recipient: row.get(3)?,
+        kind: row.get(4)?,
+        content: row.get(5)?,
+        data: row.get(6)?,
+        nonce: row.get(7)?,
+        sender_timestamp: row.get(8)?,
+        received_at: row.get(9)?,
+    })
+}
+
+/// Marks exactly these messages delivered, by id. Already-delivered ones are left as they are.
+pub fn mark_delivered(conn: &Connection, ids: &[MessageId], now: &str) -> rusqlite::Result<usize> {
+    let mut statement = conn.prepare_cached(
+        "UPDATE messages SET delivered_at = ?2, delivery_count = delivery_count + 1
+         WHERE id = ?1 AND delivered_at IS NULL",
+    )?;
+    let mut marked = 0;
+    for id in ids {
+        marked += statement.execute(params![id.0, now])?;
+    }
+    Ok(marked)
+}
+
+// ---- replay protection ----
+
+/// The message a nonce from `sender` stored, if it was seen at or after `since`.
+pub fn find_nonce(
+    conn: &Connection,
+    sender: &str,
+    nonce: &str,
+    since: &str,
+) -> rusqlite::Result<Option<MessageId>> {
+    conn.prepare_cached(
+        "SELECT message_id FROM send_nonces WHERE sender = ?1 AND nonce = ?2 AND seen_at >= ?3",
+    )?
+    .query_row(params![sender, nonce, since], |row| {
+        Ok(MessageId(row.get(0)?))
+    })
+    .optional()
+}
+
+pub fn record_nonce(
+    conn: &Connection,
+    sender: &str,
+    nonce: &str,
+    id: MessageId,
+    now: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO send_nonces (sender, nonce, message_id, seen_at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (sender, nonce) DO UPDATE SET
+           message_id = excluded.message_id, seen_at = excluded.seen_at",
+    )?
+    .execute(params![sender, nonce, id.0, now])?;
+    Ok(())
+}
+
+// ---- rate limit and auth failures ----
+
+/// How many requests `name` made at or after `since`, and the earliest of them.
+pub fn requests_since(
+    conn: &Connection,
+    name: &str,
+    since: &str,
+) -> rusqlite::Result<(u32, Option<String>)> {
+    conn.prepare_cached(
+        "SELECT count(*), min(at) FROM request_log WHERE instance_name = ?1 AND at >= ?2",
+    )?
+    .query_row(params![name, since], |row| Ok((row.get(0)?, row.get(1)?)))
+}
+
+/// Records one request and forgets this instance's requests older than the window.
+pub fn log_request(
+    conn: &Connection,
+    name: &str,
+    now: &str,
+    window_start: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM request_log WHERE instance_name = ?1 AND at < ?2")?
+        .execute(params![name, window_start])?;
+    conn.prepare_cached("INSERT INTO request_log (instance_name, at) VALUES (?1, ?2)")?
+        .execute(params![name, now])?;
+    Ok(())
+}
+
+pub fn record_auth_failure(
+    conn: &Connection,
+    now: &str,
+    name: Option<&str>,
+    peer: &str,
+    reason: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO auth_failures (at, instance_name, peer, reason) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![now, name, peer, reason])?;
+    Ok(())
+}
+
+// ---- broker runs ----
+
+pub fn record_start(
+    conn: &Connection,
+    pid: u32,
+    version: &str,
+    addr: &str,
+    now: &str,
+) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO broker_runs (pid, version, addr, started_at) VALUES (?1, ?2, ?3, ?4)",
+        params![pid, version, addr, now],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+pub fn record_stop(conn: &Connection, run_id: i64, now: &str) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE broker_runs SET stopped_at = ?2 WHERE id = ?1",
+        params![run_id, now],
+    )?;
+    Ok(())
+}
+
+// ---- the sweeper: each call removes at most `batch` rows so it never holds the writer long ----
+
+/// What one sweep removed, and the large-message files that belonged to removed mail.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SweepReport {
+    pub sessions: usize,
+    pub forwards: usize,
+    pub future_mail: usize,
+    pub delivered_mail: usize,
+    pub nonces: usize,
+    pub request_log: usize,
+    pub files_to_remove: Vec<String>,
+}
+
+pub struct SweepCutoffs<'a> {
+    pub now: &'a str,
+    pub session_idle_before: &'a str,
+    pub future_mail_before: &'a str,
+    pub delivered_before: &'a str,
+    pub nonces_before: &'a str,
+    pub request_log_before: &'a str,
+}
+
+pub fn sweep(
+    conn: &Connection,
+    cut: &SweepCutoffs<'_>,
+    batch: u32,
+) -> rusqlite::Result<SweepReport> {
+    let mut report = SweepReport {
+        sessions: conn.execute(
+            "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions
+               WHERE revoked_at IS NOT NULL OR last_used_at < ?1 LIMIT ?2)",
+            params![cut.session_idle_before, batch],
+        )?,
+        forwards: conn.execute(
+            "DELETE FROM name_forwards WHERE old_name IN (SELECT old_name FROM name_forwards
+               WHERE expires_at <= ?1 LIMIT ?2)",
+            params![cut.now, batch],
+        )?,
+        nonces: conn.execute(
+            "DELETE FROM send_nonces WHERE rowid IN (SELECT rowid FROM send_nonces
+               WHERE seen_at < ?1 LIMIT ?2)",
+            params![cut.nonces_before, batch],
+        )?,
+        request_log: conn.execute(
+            "DELETE FROM request_log WHERE rowid IN (SELECT rowid FROM request_log
+               WHERE at < ?1 LIMIT ?2)",
+            params![cut.request_log_before, batch],
+        )?,
+        ..SweepReport::default()
+    };
+    let future = delete_messages_returning_files(
+        conn,
+        "SELECT id, large_file FROM messages
+         WHERE delivered_at IS NULL AND received_at < ?1
+           AND recipient NOT IN (SELECT name FROM instances)
+         LIMIT ?2",
+        cut.future_mail_before,
+        batch,
+    )?;
+    let delivered = delete_messages_returning_files(
+        conn,
+        "SELECT id, large_file FROM messages WHERE delivered_at < ?1 LIMIT ?2",
+        cut.delivered_before,
+        batch,
+    )?;
+    report.future_mail = future.0;
+    report.delivered_mail = delivered.0;
+    report.files_to_remove = future.1.into_iter().chain(delivered.1).collect();
+    Ok(report)
+}
+
+fn delete_messages_returning_files(
+    conn: &Connection,
+    select: &str,
+    before: &str,
+    batch: u32,
+) -> rusqlite::Result<(usize, Vec<String>)> {
+    let mut statement = conn.prepare(select)?;
+    let rows: Vec<(i64, Option<String>)> = statement
+        .query_map(params![before, batch], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut delete = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+    for (id, _) in &rows {
+        delete.execute([id])?;
+    }
+    // Broadcast copies share one file: remove it only when no message refers to it any more.
+    let mut still_used = conn.prepare_cached("SELECT 1 FROM messages WHERE large_file = ?1")?;
+    let mut files = Vec::new();
+    for file in rows.iter().filter_map(|(_, file)| file.as_deref()) {
+        if !still_used.exists([file])? && !files.iter().any(|f| f == file) {
+            files.push(file.to_owned());
+        }
+    }
+    Ok((rows.len(), files))
+}
