@@ -1,5 +1,6 @@
 //! The `claude-ipc` binary: parse arguments, set up logging, dispatch. The work is in the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,6 +16,7 @@ fn main() -> ExitCode {
     // Logs go to stderr so stdout stays clean for replies and JSON.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )

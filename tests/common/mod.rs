@@ -1,0 +1,279 @@
+//! Shared test harness: a real broker in-process on port 0 with a temp data directory, the
+//! real binary as a subprocess, and a client that speaks exactly like the legacy scripts.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use claude_ipc::client::Client;
+use claude_ipc::clock::Clock;
+use claude_ipc::config::Config;
+use claude_ipc::server::{self, RunningServer};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker running inside the test process, on its own runtime, with a manual clock.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub config: Config,
+    pub clock: Clock,
+    runtime: tokio::runtime::Runtime,
+    server: Option<RunningServer>,
+    dir: TempDir,
+}
+
+impl TestBroker {
+    /// Default limits, except the per-instance rate limit is off so tests can make many calls.
+    pub fn start() -> TestBroker {
+        Self::start_with(|_| {})
+    }
+
+    pub fn start_with(configure: impl FnOnce(&mut Config)) -> TestBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+        config.limits.rate_limit = 0;
+        configure(&mut config);
+        let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap());
+        Self::start_in(dir, config, clock)
+    }
+
+    fn start_in(dir: TempDir, config: Config, clock: Clock) -> TestBroker {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = runtime
+            .block_on(server::start(&config, false, clock.clone()))
+            .expect("broker starts");
+        TestBroker {
+            addr: server.addr,
+            config,
+            clock,
+            runtime,
+            server: Some(server),
+            dir,
+        }
+    }
+
+    /// Shuts down cleanly and starts again on the same data directory (a new port), keeping
+    /// the clock where it was.
+    pub fn restart(mut self) -> TestBroker {
+        let server = self.server.take().expect("running");
+        self.runtime.block_on(server.shutdown());
+        let mut config = self.config.clone();
+        config.addr = "127.0.0.1:0".parse().unwrap();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        let clock = self.clock.clone();
+        drop(self);
+        Self::start_in(dir, config, clock)
+    }
+
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.config.data_dir.clone()
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.config.database_path()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.addr(), TIMEOUT).expect("client connects")
+    }
+
+    /// Registers `name` (with the configured secret, if any) and returns its session token.
+    pub fn register(&self, name: &str) -> String {
+        let secret = self.config.shared_secret.clone();
+        self.client()
+            .register(name, secret.as_deref())
+            .expect("register")
+            .session_token
+    }
+
+    /// Runs one sweep now.
+    pub fn sweep(&self) -> claude_ipc::store::queries::SweepReport {
+        let broker = self.server.as_ref().unwrap().broker.clone();
+        self.runtime.block_on(broker.sweep()).expect("sweep")
+    }
+
+    /// A read-only look at the live database, as an operator's `sqlite3` would have.
+    pub fn sql(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open_with_flags(
+            &self.db_path(),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .expect("open db read-only")
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            self.runtime.block_on(server.shutdown());
+        }
+    }
+}
+
+/// Exactly what the legacy scripts do: connect, send one JSON object with no newline, read
+/// the reply with a single `recv(65536)`, close. Returns the raw bytes of that one read.
+pub fn legacy_raw(addr: &str, request: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(request).expect("send");
+    let mut buffer = vec![0u8; 65536];
+    let n = stream.read(&mut buffer).expect("one recv");
+    buffer.truncate(n);
+    buffer
+}
+
+/// [`legacy_raw`] with JSON in and out; panics if the single read is not one whole JSON reply.
+pub fn legacy(addr: &str, request: &Value) -> Value {
+    let bytes = legacy_raw(addr, request.to_string().as_bytes());
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "single read is not a whole JSON reply ({e}): {} bytes",
+            bytes.len()
+        )
+    })
+}
+
+/// A legacy-style register; returns the session token.
+pub fn legacy_register(addr: &str, name: &str) -> String {
+    let reply = legacy(
+        addr,
+        &json!({"action": "register", "instance_id": name, "auth_token": ""}),
+    );
+    assert_eq!(reply["status"], "ok", "{reply}");
+    reply["session_token"].as_str().unwrap().to_owned()
+}
+
+pub fn legacy_send(addr: &str, token: &str, to: &str, content: &str) -> Value {
+    legacy(
+        addr,
+        &json!({"action": "send", "from_id": "ignored", "to_id": to,
+                "message": {"content": content}, "session_token": token}),
+    )
+}
+
+pub fn legacy_check(addr: &str, token: &str) -> Value {
+    legacy(
+        addr,
+        &json!({"action": "check", "instance_id": "ignored", "session_token": token}),
+    )
+}
+
+/// The real `claude-ipc` binary.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_claude-ipc")
+}
+
+/// `claude-ipc serve` as a child process on port 0; learns its address from the start log.
+pub struct BrokerProcess {
+    pub child: Child,
+    pub addr: String,
+    pub data_dir: PathBuf,
+    /// Every stderr line, as the broker wrote them.
+    pub log: mpsc::Receiver<String>,
+}
+
+impl BrokerProcess {
+    pub fn spawn(data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
+        Self::spawn_with_env(data_dir, extra_args, &[])
+    }
+
+    pub fn spawn_with_env(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> BrokerProcess {
+        let mut command = Command::new(binary());
+        command
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra_args)
+            .env_remove("IPC_SHARED_SECRET")
+            .env_remove("IPC_ADDR")
+            .env_remove("IPC_DATA_DIR")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("spawn claude-ipc serve");
+        let stderr = child.stderr.take().unwrap();
+        let (lines, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+        let mut seen = Vec::new();
+        loop {
+            let line = log
+                .recv_timeout(TIMEOUT)
+                .unwrap_or_else(|_| panic!("broker did not start; it said: {seen:#?}"));
+            if let Some(addr) = line.split("addr=").nth(1) {
+                let addr = addr.split_whitespace().next().unwrap().to_owned();
+                return BrokerProcess {
+                    child,
+                    addr,
+                    data_dir: data_dir.to_owned(),
+                    log,
+                };
+            }
+            seen.push(line);
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        self.child.wait().expect("wait")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.addr, TIMEOUT).expect("client connects")
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary as a client with `IPC_ADDR` and `IPC_SESSION_FILE` set.
+pub fn cli(addr: &str, session_file: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(binary())
+        .args(args)
+        .env("IPC_ADDR", addr)
+        .env("IPC_SESSION_FILE", session_file)
+        .env_remove("IPC_SHARED_SECRET")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run claude-ipc")
+}
