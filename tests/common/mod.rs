@@ -110,7 +110,7 @@ impl TestBroker {
     /// A read-only look at the live database, as an operator's `sqlite3` would have.
     pub fn sql(&self) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(
-            &self.db_path(),
+            self.db_path(),
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
         )
         .expect("open db read-only")
@@ -212,6 +212,7 @@ impl BrokerProcess {
         for (key, value) in env {
             command.env(key, value);
         }
+        #[allow(clippy::zombie_processes)] // reaped by Drop, kill_9 or terminate
         let mut child = command.spawn().expect("spawn claude-ipc serve");
         let stderr = child.stderr.take().unwrap();
         let (lines, log) = mpsc::channel();
