@@ -101,6 +101,16 @@ impl TestBroker {
             .session_token
     }
 
+    /// The running broker, to drive a connection over an in-memory pipe.
+    pub fn broker(&self) -> std::sync::Arc<claude_ipc::broker::Broker> {
+        self.server.as_ref().unwrap().broker.clone()
+    }
+
+    /// Runs a future on the broker's runtime.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
     /// Runs one sweep now.
     pub fn sweep(&self) -> claude_ipc::store::queries::SweepReport {
         let broker = self.server.as_ref().unwrap().broker.clone();

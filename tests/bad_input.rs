@@ -1,0 +1,316 @@
+//! Bad input gets a clear error with a stable code, never takes the broker down, and never
+//! loses stored mail.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// Reads one reply line from a raw stream.
+fn read_reply(stream: &mut TcpStream) -> Value {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).expect("read reply") == 1 {
+        if byte[0] == b'\n' {
+            break;
+        }
+        bytes.push(byte[0]);
+    }
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not a JSON reply ({e}): {bytes:?}"))
+}
+
+/// True once the peer has closed the connection.
+fn closed_by_broker(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut rest = Vec::new();
+    matches!(stream.read_to_end(&mut rest), Ok(_))
+}
+
+/// Queues one message for bob, to prove later that nothing stored was lost.
+fn stored_mail(broker: &TestBroker) -> (String, String) {
+    let alice = broker.register("alice");
+    let bob = broker.register("bob");
+    broker
+        .client()
+        .send(&alice, "bob", "must survive", None, None)
+        .unwrap();
+    (alice, bob)
+}
+
+fn assert_mail_intact_and_broker_serving(broker: &TestBroker, bob: &str) {
+    assert_eq!(broker.client().ping().unwrap()["status"], "ok");
+    let checked = broker.client().check(bob).unwrap();
+    assert_eq!(checked.messages.len(), 1);
+    assert_eq!(checked.messages[0].message.content, "must survive");
+}
+
+#[test]
+fn malformed_requests_get_their_own_codes_on_one_persistent_connection() {
+    let broker = TestBroker::start();
+    let (_, bob) = stored_mail(&broker);
+    let cases: &[(&[u8], &str)] = &[
+        (b"{\"action\": \"ping\",,}\n", "invalid_json"),
+        (b"[1, 2, 3]\n", "not_an_object"),
+        (b"\"just a string\"\n", "not_an_object"),
+        (b"hello there\n", "invalid_json"),
+        (b"{\"to_id\": \"bob\"}\n", "missing_field"),
+        (b"{\"action\": 42}\n", "invalid_field"),
+        (b"{\"action\": \"send\", \"session_token\": \"x\", \"to_id\": [1], \"message\": {\"content\": \"x\"}}\n", "invalid_field"),
+        (b"{\"action\": \"send\", \"session_token\": \"x\", \"to_id\": \"bob\"}\n", "missing_field"),
+        (b"{\"action\": \"send\", \"session_token\": \"x\", \"to_id\": \"bob\", \"message\": \"hi\"}\n", "invalid_field"),
+        (b"{\"action\": \"teleport\"}\n", "unknown_action"),
+        (b"{\"action\": \"ping\xff\xfe\"}\n", "invalid_json"),
+    ];
+    let mut stream = TcpStream::connect(broker.addr()).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    for (request, code) in cases {
+        stream.write_all(request).unwrap();
+        let reply = read_reply(&mut stream);
+        assert_eq!(
+            reply["status"],
+            "error",
+            "{}",
+            String::from_utf8_lossy(request)
+        );
+        assert_eq!(
+            reply["code"],
+            *code,
+            "{}: {reply}",
+            String::from_utf8_lossy(request)
+        );
+        assert!(reply["message"].as_str().unwrap().len() > 10, "{reply}");
+    }
+    // The same connection still serves a good request after all of that.
+    stream.write_all(b"{\"action\": \"ping\"}\n").unwrap();
+    assert_eq!(read_reply(&mut stream)["status"], "ok");
+    assert_mail_intact_and_broker_serving(&broker, &bob);
+}
+
+#[test]
+fn json_nested_ten_thousand_deep_is_refused_cleanly() {
+    let broker = TestBroker::start();
+    let (_, bob) = stored_mail(&broker);
+    let deep = format!("{}{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
+    let reply: Value =
+        serde_json::from_slice(&legacy_raw(&broker.addr(), deep.as_bytes())).unwrap();
+    assert_eq!(reply["code"], "invalid_json", "{reply}");
+    assert_mail_intact_and_broker_serving(&broker, &bob);
+}
+
+#[test]
+fn a_request_over_the_size_limit_is_refused_and_the_connection_closed() {
+    let broker = TestBroker::start_with(|c| c.limits.max_request_bytes = 64 * 1024);
+    let (alice, bob) = stored_mail(&broker);
+    let mut stream = TcpStream::connect(broker.addr()).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let huge = json!({"action": "send", "session_token": alice, "to_id": "bob",
+                      "message": {"content": "x".repeat(100 * 1024)}});
+    // The broker may close while we are still writing; that is fine.
+    let _ = stream.write_all(huge.to_string().as_bytes());
+    let reply = read_reply(&mut stream);
+    assert_eq!(reply["code"], "request_too_large", "{reply}");
+    assert!(reply["message"].as_str().unwrap().contains("65536"));
+    assert!(closed_by_broker(&mut stream));
+    assert_mail_intact_and_broker_serving(&broker, &bob);
+}
+
+#[test]
+fn a_request_just_under_the_size_limit_is_accepted() {
+    let broker = TestBroker::start_with(|c| c.limits.max_request_bytes = 64 * 1024);
+    let alice = broker.register("alice");
+    let content = "y".repeat(60 * 1024);
+    let reply = legacy(
+        &broker.addr(),
+        &json!({"action": "send", "session_token": alice, "to_id": "bob", "message": {"content": content}}),
+    );
+    assert_eq!(reply["status"], "ok", "{reply}");
+}
+
+#[test]
+fn a_client_that_sends_nothing_is_closed_after_the_idle_timeout() {
+    let broker = TestBroker::start_with(|c| c.limits.idle_timeout = Duration::from_millis(300));
+    let (_, bob) = stored_mail(&broker);
+    let mut stream = TcpStream::connect(broker.addr()).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let started = Instant::now();
+    let reply = read_reply(&mut stream);
+    assert_eq!(reply["code"], "idle_timeout", "{reply}");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(closed_by_broker(&mut stream));
+    assert_mail_intact_and_broker_serving(&broker, &bob);
+}
+
+#[test]
+fn half_a_request_then_silence_hits_the_read_timeout() {
+    let broker = TestBroker::start_with(|c| c.limits.read_timeout = Duration::from_millis(300));
+    let (_, bob) = stored_mail(&broker);
+    let mut stream = TcpStream::connect(broker.addr()).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(b"{\"action\": \"pi").unwrap();
+    let reply = read_reply(&mut stream);
+    assert_eq!(reply["code"], "read_timeout", "{reply}");
+    assert!(reply["message"]
+        .as_str()
+        .unwrap()
+        .contains("bytes received"));
+    assert!(closed_by_broker(&mut stream));
+    assert_mail_intact_and_broker_serving(&broker, &bob);
+}
+
+#[test]
+fn dribbled_bytes_cannot_stretch_a_request_past_the_read_timeout() {
+    let broker = TestBroker::start_with(|c| c.limits.read_timeout = Duration::from_millis(400));
+    let mut stream = TcpStream::connect(broker.addr()).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    // One byte every 50 ms: each read arrives in time, but the request as a whole does not.
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for byte in b"{\"action\": \"ping\", \"padding\": \"aaaaaaaaaaaaaaaaaaaaaaa\"}" {
+                if stream.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let reply = read_reply(&mut stream);
+    assert_eq!(reply["code"], "read_timeout", "{reply}");
+    writer.join().unwrap();
+}
+
+#[test]
+fn connections_over_the_cap_are_told_so_and_the_broker_recovers() {
+    let broker = TestBroker::start_with(|c| c.limits.max_connections = 5);
+    let (_, bob) = stored_mail(&broker);
+    let held: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut stream = TcpStream::connect(broker.addr()).unwrap();
+            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            // A round trip proves the broker counted this connection.
+            stream.write_all(b"{\"action\": \"ping\"}\n").unwrap();
+            assert_eq!(read_reply(&mut stream)["status"], "ok");
+            stream
+        })
+        .collect();
+    let mut extra = TcpStream::connect(broker.addr()).unwrap();
+    extra.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let reply = read_reply(&mut extra);
+    assert_eq!(reply["code"], "too_many_connections", "{reply}");
+    drop(held);
+    // Slots free up as the held connections close.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let reply = legacy(&broker.addr(), &json!({"action": "ping"}));
+        if reply["status"] == "ok" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "broker never recovered: {reply}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_mail_intact_and_broker_serving(&broker, &bob);
+}
+
+/// Drives the real connection code over an in-memory pipe. The client writes a check; if
+/// `hang_up` it then disappears, so writing the reply fails. Returns what the client read.
+fn check_over_pipe(broker: &TestBroker, bob: &str, hang_up: bool) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let engine = broker.broker();
+    broker.block_on(async move {
+        let (mut client, server_end) = tokio::io::duplex(1024);
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let connection = tokio::spawn(claude_ipc::server::Connection::new(server_end).serve(
+            engine,
+            "pipe".into(),
+            stopped,
+        ));
+        let request = json!({"action": "check", "session_token": bob}).to_string();
+        client.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        if hang_up {
+            drop(client);
+        } else {
+            client.shutdown().await.unwrap();
+            client.read_to_end(&mut reply).await.unwrap();
+        }
+        connection.await.unwrap();
+        reply
+    })
+}
+
+#[test]
+fn mail_whose_reply_cannot_be_written_stays_queued() {
+    let broker = TestBroker::start();
+    let (_, bob) = stored_mail(&broker);
+    let pending = |broker: &TestBroker| -> i64 {
+        broker
+            .sql()
+            .query_row(
+                "SELECT count(*) FROM messages WHERE recipient = 'bob' AND delivered_at IS NULL",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    broker.clock.advance(chrono::Duration::minutes(1));
+    assert!(check_over_pipe(&broker, &bob, true).is_empty());
+    // The check was served (it refreshed bob's session), yet its mail stayed queued.
+    let last_used: String = broker
+        .sql()
+        .query_row(
+            "SELECT last_used_at FROM sessions WHERE instance_name = 'bob' AND revoked_at IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(last_used, claude_ipc::clock::to_text(broker.clock.now()));
+    assert_eq!(
+        pending(&broker),
+        1,
+        "a reply that was never written must not mark mail delivered"
+    );
+    let reply = check_over_pipe(&broker, &bob, false);
+    assert!(String::from_utf8_lossy(&reply).contains("must survive"));
+    assert_eq!(
+        pending(&broker),
+        0,
+        "a written reply marks the mail delivered"
+    );
+}
+
+#[test]
+fn names_that_try_path_tricks_are_refused_before_any_file_is_touched() {
+    let broker = TestBroker::start();
+    let alice = broker.register("alice");
+    for name in [
+        "../../etc/passwd",
+        "a/b",
+        "..",
+        "bob\u{0}",
+        "x".repeat(33).as_str(),
+        "",
+    ] {
+        let reply = legacy(
+            &broker.addr(),
+            &json!({"action": "send", "session_token": alice, "to_id": name,
+                    "message": {"content": "z".repeat(20 * 1024)}}),
+        );
+        assert_eq!(reply["code"], "invalid_name", "{name:?}: {reply}");
+        let reply = legacy(
+            &broker.addr(),
+            &json!({"action": "register", "instance_id": name}),
+        );
+        assert_eq!(reply["code"], "invalid_name", "{name:?}: {reply}");
+    }
+    let large_dir = broker.data_dir().join("large-messages");
+    let files = std::fs::read_dir(&large_dir)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        files, 0,
+        "no large-message file may be written for a refused send"
+    );
+}

@@ -1,0 +1,259 @@
+//! Rules that depend on time, driven by the broker's manual clock instead of sleeping:
+//! session idle expiry, rename cooldown, forward expiry, future-mail retention, delivered-mail
+//! purge, the request rate limit, clock skew and the replay window.
+mod common;
+
+use chrono::Duration;
+use common::*;
+use serde_json::json;
+
+fn code(reply: &serde_json::Value) -> &str {
+    reply["code"].as_str().unwrap_or("")
+}
+
+#[test]
+fn sessions_expire_after_the_idle_window_and_use_refreshes_them() {
+    let broker = TestBroker::start();
+    let token = broker.register("alice");
+    let list = || {
+        legacy(
+            &broker.addr(),
+            &json!({"action": "list", "session_token": token}),
+        )
+    };
+    broker.clock.advance(Duration::hours(23));
+    assert_eq!(list()["status"], "ok");
+    broker.clock.advance(Duration::hours(23));
+    assert_eq!(
+        list()["status"],
+        "ok",
+        "use within the window slides it forward"
+    );
+    broker
+        .clock
+        .advance(Duration::hours(24) + Duration::seconds(1));
+    let reply = list();
+    assert_eq!(code(&reply), "invalid_session", "{reply}");
+    assert_eq!(reply["message"], "Invalid or missing session token");
+    let failures: i64 = broker
+        .sql()
+        .query_row("SELECT count(*) FROM auth_failures WHERE reason = 'expired session token' AND instance_name = 'alice'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(failures, 1);
+    // Registering again gives a working session.
+    let fresh = broker.register("alice");
+    assert!(broker.client().list(&fresh).is_ok());
+}
+
+#[test]
+fn registering_again_revokes_the_old_token() {
+    let broker = TestBroker::start();
+    let old = broker.register("alice");
+    let new = broker.register("alice");
+    assert_ne!(old, new);
+    let reply = legacy(
+        &broker.addr(),
+        &json!({"action": "list", "session_token": old}),
+    );
+    assert_eq!(code(&reply), "invalid_session");
+    assert!(broker.client().list(&new).is_ok());
+}
+
+#[test]
+fn rename_cooldown_counts_down_with_the_clock() {
+    let broker = TestBroker::start();
+    let token = broker.register("alice");
+    let rename = |to: &str| {
+        legacy(
+            &broker.addr(),
+            &json!({"action": "rename", "session_token": token, "new_id": to}),
+        )
+    };
+    assert_eq!(rename("alice2")["message"], "Renamed alice to alice2");
+    broker.clock.advance(Duration::minutes(30));
+    let reply = rename("alice3");
+    assert_eq!(
+        reply["message"],
+        "Rate limit: can rename again in 30 minutes"
+    );
+    assert_eq!(code(&reply), "rename_cooldown");
+    broker
+        .clock
+        .advance(Duration::minutes(29) + Duration::seconds(30));
+    assert_eq!(
+        rename("alice3")["message"],
+        "Rate limit: can rename again in 1 minutes"
+    );
+    broker.clock.advance(Duration::seconds(31));
+    assert_eq!(rename("alice3")["message"], "Renamed alice2 to alice3");
+}
+
+#[test]
+fn forwards_stop_after_their_duration_and_are_swept() {
+    let broker = TestBroker::start();
+    let sender = broker.register("sender");
+    let alice = broker.register("alice");
+    broker.client().rename(&alice, "alice2").unwrap();
+    let send = || {
+        broker
+            .client()
+            .send(&sender, "alice", "hi", None, None)
+            .unwrap()
+            .message
+    };
+    broker.clock.advance(Duration::minutes(119));
+    assert_eq!(send(), "Message forwarded from alice to alice2");
+    broker.clock.advance(Duration::minutes(2));
+    assert_eq!(send(), "Message queued for alice (not yet registered)");
+    assert_eq!(broker.sweep().forwards, 1);
+    let forwards: i64 = broker
+        .sql()
+        .query_row("SELECT count(*) FROM name_forwards", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(forwards, 0);
+}
+
+#[test]
+fn future_mail_is_held_for_seven_days_then_expired() {
+    let broker = TestBroker::start();
+    let sender = broker.register("sender");
+    broker.register("bob");
+    let client = || broker.client();
+    client()
+        .send(&sender, "ghost", "early", None, None)
+        .unwrap();
+    broker.clock.advance(Duration::days(6));
+    // Six idle days outlast the sender's session; it registers again.
+    let sender = broker.register("sender");
+    client()
+        .send(&sender, "ghost", "later", None, None)
+        .unwrap();
+    client()
+        .send(&sender, "bob", "for a registered name", None, None)
+        .unwrap();
+    broker
+        .clock
+        .advance(Duration::days(1) + Duration::minutes(1));
+    let report = broker.sweep();
+    assert_eq!(
+        report.future_mail, 1,
+        "only the 7-day-old future mail expires: {report:?}"
+    );
+    let ghost = broker.register("ghost");
+    let messages = broker.client().check(&ghost).unwrap().messages;
+    let contents: Vec<_> = messages
+        .iter()
+        .map(|m| m.message.content.as_str())
+        .collect();
+    assert_eq!(contents, ["later"]);
+    // Mail for a registered instance is never expired as future mail, however old.
+    broker.clock.advance(Duration::days(30));
+    broker.sweep();
+    let bob = broker.register("bob");
+    assert_eq!(broker.client().check(&bob).unwrap().messages.len(), 1);
+}
+
+#[test]
+fn delivered_mail_and_its_large_file_are_purged_after_retention() {
+    let broker = TestBroker::start();
+    let alice = broker.register("alice");
+    let bob = broker.register("bob");
+    broker
+        .client()
+        .send(&alice, "bob", &"L".repeat(20 * 1024), None, None)
+        .unwrap();
+    let checked = broker.client().check(&bob).unwrap();
+    let file = checked.messages[0].message.data.as_ref().unwrap()["large_message_file"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(std::path::Path::new(&file).exists());
+    broker.clock.advance(Duration::days(6));
+    assert_eq!(broker.sweep().delivered_mail, 0);
+    assert!(std::path::Path::new(&file).exists());
+    broker
+        .clock
+        .advance(Duration::days(1) + Duration::minutes(1));
+    assert_eq!(broker.sweep().delivered_mail, 1);
+    assert!(
+        !std::path::Path::new(&file).exists(),
+        "purged mail takes its file with it"
+    );
+}
+
+#[test]
+fn the_request_rate_limit_is_per_instance_over_a_sliding_minute() {
+    let broker = TestBroker::start_with(|c| c.limits.rate_limit = 3);
+    let alice = broker.register("alice");
+    let bob = broker.register("bob");
+    let list = |token: &str| {
+        legacy(
+            &broker.addr(),
+            &json!({"action": "list", "session_token": token}),
+        )
+    };
+    for _ in 0..3 {
+        assert_eq!(list(&alice)["status"], "ok");
+    }
+    let refused = list(&alice);
+    assert_eq!(code(&refused), "rate_limited", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("retry in 60 s"),
+        "{refused}"
+    );
+    assert_eq!(
+        list(&bob)["status"],
+        "ok",
+        "another instance has its own budget"
+    );
+    broker.clock.advance(Duration::seconds(61));
+    assert_eq!(list(&alice)["status"], "ok");
+}
+
+#[test]
+fn timestamps_outside_the_allowed_skew_are_refused() {
+    let broker = TestBroker::start();
+    let alice = broker.register("alice");
+    let now = broker.clock.now();
+    let send = |at: chrono::DateTime<chrono::Utc>| {
+        legacy(
+            &broker.addr(),
+            &json!({"action": "send", "session_token": alice, "to_id": "bob",
+                    "message": {"content": "x"}, "timestamp": at.to_rfc3339()}),
+        )
+    };
+    assert_eq!(send(now - Duration::minutes(4))["status"], "ok");
+    assert_eq!(send(now + Duration::minutes(4))["status"], "ok");
+    let stale = send(now - Duration::minutes(6));
+    assert_eq!(code(&stale), "stale_timestamp", "{stale}");
+    assert_eq!(code(&send(now + Duration::minutes(6))), "stale_timestamp");
+}
+
+#[test]
+fn a_nonce_is_a_duplicate_only_inside_the_replay_window() {
+    let broker = TestBroker::start();
+    let alice = broker.register("alice");
+    let bob = broker.register("bob");
+    let send = || {
+        broker
+            .client()
+            .send(&alice, "bob", "once", None, Some("n-1"))
+            .unwrap()
+    };
+    let first = send();
+    broker.clock.advance(Duration::minutes(9));
+    let again = send();
+    assert!(again.duplicate);
+    assert_eq!(again.message_id, first.message_id);
+    broker.clock.advance(Duration::minutes(2));
+    let later = send();
+    assert!(
+        !later.duplicate,
+        "outside the window the nonce is new again"
+    );
+    assert_ne!(later.message_id, first.message_id);
+    assert_eq!(broker.client().check(&bob).unwrap().messages.len(), 2);
+}
