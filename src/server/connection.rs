@@ -60,7 +60,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Incoming::Frame(frame) => frame,
                 Incoming::Closed => return,
                 Incoming::Refused(reply) => {
-                    let _ = self.write_reply(&reply, limits.write_timeout).await;
+                    if self.write_reply(&reply, limits.write_timeout).await.is_ok() {
+                        self.linger().await;
+                    }
                     return;
                 }
             };
@@ -133,6 +135,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.scanner.reset();
         self.frame_started = None;
         Incoming::Frame(rest)
+    }
+
+    /// Closing a socket with unread input makes the kernel send a reset, which can destroy the
+    /// error reply before the client reads it. So: stop writing, then discard what the client
+    /// is still sending, briefly, before closing.
+    async fn linger(&mut self) {
+        const LINGER: Duration = Duration::from_secs(1);
+        const DISCARD_AT_MOST: usize = 4 * 1024 * 1024;
+        let _ = self.stream.shutdown().await;
+        let mut sink = [0u8; 8192];
+        let mut discarded = 0;
+        let deadline = Instant::now() + LINGER;
+        while discarded < DISCARD_AT_MOST {
+            match timeout_at(deadline, self.stream.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => discarded += n,
+                _ => return,
+            }
+        }
     }
 
     /// Writes the whole reply in one call, so a legacy client's single read gets all of it.
