@@ -41,6 +41,13 @@ struct Prepared {
     large_file: Option<PathBuf>,
 }
 
+/// A message on its way in: prepared body, the sender's stamp, and the queue cap to respect.
+struct Outgoing {
+    prepared: Prepared,
+    stamp: SenderStamp,
+    queue_cap: u32,
+}
+
 impl Broker {
     /// `send`: stores one message for `to_id` (following a live forward), or reports the
     /// original id if the sender already used this nonce inside the replay window.
@@ -52,30 +59,13 @@ impl Broker {
         message: MessageBody,
         stamp: SenderStamp,
     ) -> Result<Reply, BrokerError> {
-        self.check_stamp(&stamp)?;
-        let prepared = self.prepare(&message).await?;
-        let large_file = prepared.large_file.clone();
-        let cap = self.limits.queue_cap;
+        let outgoing = self.outgoing(&message, stamp).await?;
         let replay_since = text(minus(self.now(), self.limits.replay_window));
-        let result = self
-            .as_caller(token, peer, move |conn, caller, now| {
-                store_send(
-                    conn,
-                    caller,
-                    now,
-                    to_id.as_str(),
-                    &prepared,
-                    &stamp,
-                    cap,
-                    &replay_since,
-                )
-            })
-            .await;
-        let keep_file = matches!(&result, Ok(reply) if !is_duplicate(reply));
-        if !keep_file {
-            remove_orphan(large_file);
-        }
-        result
+        let store = move |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
+            store_send(conn, caller, now, to_id.as_str(), outgoing, &replay_since)
+        };
+        self.store_outgoing(token, peer, outgoing, store, |reply| !is_duplicate(reply))
+            .await
     }
 
     /// `broadcast`: one copy for every registered instance except the sender. Instances whose
@@ -87,16 +77,48 @@ impl Broker {
         message: MessageBody,
         stamp: SenderStamp,
     ) -> Result<Reply, BrokerError> {
+        let outgoing = self.outgoing(&message, stamp).await?;
+        self.store_outgoing(token, peer, outgoing, store_broadcast, |reply| {
+            reply_count(reply) > 0
+        })
+        .await
+    }
+
+    async fn outgoing(
+        &self,
+        message: &MessageBody,
+        stamp: SenderStamp,
+    ) -> Result<Outgoing, BrokerError> {
         self.check_stamp(&stamp)?;
-        let prepared = self.prepare(&message).await?;
-        let large_file = prepared.large_file.clone();
-        let cap = self.limits.queue_cap;
+        Ok(Outgoing {
+            prepared: self.prepare(message).await?,
+            stamp,
+            queue_cap: self.limits.queue_cap,
+        })
+    }
+
+    /// Runs `store` as the caller; removes the large-message file again unless `kept_file`
+    /// says the reply stored a message that refers to it.
+    async fn store_outgoing<F>(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        outgoing: Outgoing,
+        store: F,
+        kept_file: fn(&Reply) -> bool,
+    ) -> Result<Reply, BrokerError>
+    where
+        F: FnOnce(&Connection, &Caller, DateTime<Utc>, &Outgoing) -> Result<Reply, BrokerError>
+            + Send
+            + 'static,
+    {
+        let large_file = outgoing.prepared.large_file.clone();
         let result = self
             .as_caller(token, peer, move |conn, caller, now| {
-                store_broadcast(conn, caller, now, &prepared, &stamp, cap)
+                store(conn, caller, now, &outgoing)
             })
             .await;
-        if !matches!(&result, Ok(reply) if reply_count(reply) > 0) {
+        if !matches!(&result, Ok(reply) if kept_file(reply)) {
             remove_orphan(large_file);
         }
         result
@@ -214,17 +236,15 @@ impl Broker {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn store_send(
     conn: &Connection,
     caller: &Caller,
     now: DateTime<Utc>,
     to_id: &str,
-    prepared: &Prepared,
-    stamp: &SenderStamp,
-    cap: u32,
+    outgoing: &Outgoing,
     replay_since: &str,
 ) -> Result<Reply, BrokerError> {
+    let stamp = &outgoing.stamp;
     if let Some(nonce) = &stamp.nonce {
         if let Some(original) = queries::find_nonce(conn, &caller.name, nonce, replay_since)? {
             return Ok(Reply::ok()
@@ -236,10 +256,8 @@ fn store_send(
     let forwarded_to = queries::resolve_forward(conn, to_id, &text(now))?;
     let recipient = forwarded_to.as_deref().unwrap_or(to_id);
     let registered = queries::instance_exists(conn, recipient)?;
-    ensure_room(conn, recipient, cap)?;
-    let id = insert(
-        conn, caller, now, to_id, recipient, "direct", prepared, stamp,
-    )?;
+    ensure_room(conn, recipient, outgoing.queue_cap)?;
+    let id = insert(conn, caller, now, to_id, recipient, "direct", outgoing)?;
     if let Some(nonce) = &stamp.nonce {
         queries::record_nonce(conn, &caller.name, nonce, id, &text(now))?;
     }
@@ -259,9 +277,7 @@ fn store_broadcast(
     conn: &Connection,
     caller: &Caller,
     now: DateTime<Utc>,
-    prepared: &Prepared,
-    stamp: &SenderStamp,
-    cap: u32,
+    outgoing: &Outgoing,
 ) -> Result<Reply, BrokerError> {
     let mut ids = Vec::new();
     let mut skipped = Vec::new();
@@ -269,7 +285,7 @@ fn store_broadcast(
         if recipient == caller.name {
             continue;
         }
-        if ensure_room(conn, &recipient, cap).is_err() {
+        if ensure_room(conn, &recipient, outgoing.queue_cap).is_err() {
             skipped.push(recipient);
             continue;
         }
@@ -281,8 +297,7 @@ fn store_broadcast(
                 &recipient,
                 &recipient,
                 "broadcast",
-                prepared,
-                stamp,
+                outgoing,
             )?
             .0,
         );
@@ -304,7 +319,6 @@ fn ensure_room(conn: &Connection, recipient: &str, cap: u32) -> Result<(), Broke
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 fn insert(
     conn: &Connection,
     caller: &Caller,
@@ -312,9 +326,9 @@ fn insert(
     addressed_to: &str,
     recipient: &str,
     kind: &str,
-    prepared: &Prepared,
-    stamp: &SenderStamp,
+    outgoing: &Outgoing,
 ) -> Result<MessageId, BrokerError> {
+    let (prepared, stamp) = (&outgoing.prepared, &outgoing.stamp);
     let large_file = prepared
         .large_file
         .as_ref()
