@@ -264,3 +264,107 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         complete(commit.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(conn: &Connection) -> rusqlite::Result<i64> {
+        conn.query_row("SELECT count(*) FROM auth_failures", [], |r| r.get(0))
+    }
+
+    fn insert_failure(conn: &Connection, reason: &str) -> Result<(), StoreError> {
+        queries::record_auth_failure(conn, "2026-01-01T00:00:00.000Z", None, "test", reason)?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn migrations_run_twice_on_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipc.db");
+        let store = Store::open(&path).unwrap();
+        store
+            .write(|conn| insert_failure(conn, "first"))
+            .await
+            .unwrap();
+        store.shutdown().await;
+        let store = Store::open(&path).unwrap();
+        let rows = store
+            .write(|conn| Ok::<_, StoreError>(count(conn)?))
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "reopening kept the data and did not re-apply V1");
+        store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_rolls_back_alone_and_its_batch_neighbours_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ipc.db")).unwrap();
+        let jobs = (0..20).map(|i| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |conn| {
+                        insert_failure(conn, "kept or not")?;
+                        if i % 2 == 1 {
+                            return Err(StoreError::Closed);
+                        }
+                        if i == 4 {
+                            panic!("a bug in one job");
+                        }
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        let results = futures_join_all(jobs).await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 9, "even jobs but the panicking one succeed");
+        assert!(matches!(results[4], Err(StoreError::Panicked(_))));
+        let rows = store
+            .write(|conn| Ok::<_, StoreError>(count(conn)?))
+            .await
+            .unwrap();
+        assert_eq!(rows, 9, "failed and panicked jobs left nothing behind");
+        store.shutdown().await;
+    }
+
+    /// Runs futures concurrently so their jobs can share a batch.
+    async fn futures_join_all<F: std::future::Future + Send + 'static>(
+        futures: impl Iterator<Item = F>,
+    ) -> Vec<F::Output>
+    where
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = futures.map(tokio::spawn).collect();
+        let mut outputs = Vec::new();
+        for handle in handles {
+            outputs.push(handle.await.unwrap());
+        }
+        outputs
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_with_its_path_and_a_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipc.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let error = Store::open(&path)
+            .err()
+            .expect("corrupt file refused")
+            .to_string();
+        assert!(error.contains(&path.display().to_string()), "{error}");
+        assert!(error.contains("corrupt"), "{error}");
+    }
+
+    #[test]
+    fn the_database_file_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipc.db");
+        drop(Store::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+}
