@@ -214,7 +214,8 @@ impl Broker {
         }
     }
 
-    fn now(&self) -> DateTime<Utc> {
+    /// The broker's clock's "now" (injectable in tests).
+    pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
     }
 

@@ -107,7 +107,7 @@ impl RunningServer {
         let _ = self.stop.send(true);
         let _ = self.accept_loop.await;
         let _ = self.sweeper.await;
-        let stopped = clock::to_text(chrono::Utc::now());
+        let stopped = clock::to_text(self.broker.now());
         let run_id = self.run_id;
         let recorded = self
             .broker

@@ -288,3 +288,15 @@ pub fn cli(addr: &str, session_file: &Path, args: &[&str]) -> std::process::Outp
         .output()
         .expect("run claude-ipc")
 }
+
+impl TestBroker {
+    /// [`TestBroker::start_with`] on the given clock: the real one for checks that compare
+    /// stored times with SQLite's own `'now'`, as the operator views do.
+    pub fn start_with_clock(configure: impl FnOnce(&mut Config), clock: Clock) -> TestBroker {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
+        config.limits.rate_limit = 0;
+        configure(&mut config);
+        Self::start_in(dir, config, clock)
+    }
+}
