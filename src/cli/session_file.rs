@@ -47,23 +47,30 @@ impl SessionFile {
         })
     }
 
-    /// Writes the file with mode 0600, replacing any earlier one.
+    /// Writes the file with mode 0600, replacing any earlier one. It is written beside the
+    /// target and renamed over it, so a crash never leaves a half-written session.
     pub fn save(&self) -> Result<PathBuf, CliError> {
         let path = path();
         let fail =
             |e: std::io::Error| CliError::Usage(format!("cannot write {}: {e}", path.display()));
+        let mut temporary = path.clone().into_os_string();
+        temporary.push(format!(".{}.tmp", std::process::id()));
+        let temporary = PathBuf::from(temporary);
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&path)
+            .open(&temporary)
             .map_err(fail)?;
-        // An older file may have been created with a wider mode.
+        // A leftover temporary file may have been created with a wider mode.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(fail)?;
         let text = serde_json::to_string(self).expect("a session always serializes");
-        file.write_all(text.as_bytes()).map_err(fail)?;
+        file.write_all(text.as_bytes())
+            .and_then(|_| file.sync_all())
+            .and_then(|_| std::fs::rename(&temporary, &path))
+            .map_err(fail)?;
         Ok(path)
     }
 }
