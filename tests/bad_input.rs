@@ -314,3 +314,24 @@ fn names_that_try_path_tricks_are_refused_before_any_file_is_touched() {
         "no large-message file may be written for a refused send"
     );
 }
+
+#[test]
+fn strangers_cannot_make_the_broker_write_large_message_files() {
+    let broker = TestBroker::start();
+    let reply = legacy(
+        &broker.addr(),
+        &json!({"action": "send", "session_token": "not-a-session", "to_id": "bob",
+                "message": {"content": "q".repeat(50 * 1024)}}),
+    );
+    assert_eq!(reply["code"], "invalid_session", "{reply}");
+    let large_dir = broker.data_dir().join("large-messages");
+    let files = std::fs::read_dir(&large_dir)
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(files, 0);
+    let recorded: i64 = broker
+        .sql()
+        .query_row("SELECT count(*) FROM auth_failures", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(recorded, 1, "the refused stranger is counted");
+}

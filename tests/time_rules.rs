@@ -257,3 +257,38 @@ fn a_nonce_is_a_duplicate_only_inside_the_replay_window() {
     assert_ne!(later.message_id, first.message_id);
     assert_eq!(broker.client().check(&bob).unwrap().messages.len(), 2);
 }
+
+#[test]
+fn a_retried_broadcast_with_the_same_nonce_is_stored_once() {
+    let broker = TestBroker::start();
+    let alice = broker.register("alice");
+    let bob = broker.register("bob");
+    broker.register("carol");
+    let broadcast = || {
+        legacy(
+            &broker.addr(),
+            &json!({"action": "broadcast", "session_token": alice,
+                    "message": {"content": "deploying"}, "nonce": "b-1"}),
+        )
+    };
+    let first = broadcast();
+    assert_eq!(first["message"], "Broadcast to 2 instances");
+    let again = broadcast();
+    assert_eq!(again["duplicate"], true, "{again}");
+    assert_eq!(again["message_id"], first["message_ids"][0]);
+    assert_eq!(broker.client().check(&bob).unwrap().messages.len(), 1);
+}
+
+#[test]
+fn authentication_failures_are_kept_thirty_days() {
+    let broker = TestBroker::start();
+    let reply = legacy(
+        &broker.addr(),
+        &json!({"action": "list", "session_token": "bogus"}),
+    );
+    assert_eq!(code(&reply), "invalid_session");
+    broker.clock.advance(Duration::days(29));
+    assert_eq!(broker.sweep().auth_failures, 0);
+    broker.clock.advance(Duration::days(2));
+    assert_eq!(broker.sweep().auth_failures, 1);
+}

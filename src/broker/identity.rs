@@ -39,6 +39,19 @@ impl SessionCheck {
         conn: &Connection,
         now: DateTime<Utc>,
     ) -> Result<Caller, BrokerError> {
+        let caller = self.verify(conn, now)?;
+        self.enforce_rate_limit(conn, &caller.name, now)?;
+        queries::touch_session(conn, caller.session_id, &caller.name, &text(now))?;
+        Ok(caller)
+    }
+
+    /// Finds the live session for the token without counting or refreshing it. A failure is
+    /// recorded as an authentication failure.
+    pub(super) fn verify(
+        &self,
+        conn: &Connection,
+        now: DateTime<Utc>,
+    ) -> Result<Caller, BrokerError> {
         let Some(hash) = &self.token_hash else {
             return self.refuse(conn, now, None, "missing session token");
         };
@@ -62,8 +75,6 @@ impl SessionCheck {
                 "expired session token",
             );
         }
-        self.enforce_rate_limit(conn, &session.instance_name, now)?;
-        queries::touch_session(conn, session.id, &session.instance_name, &text(now))?;
         Ok(Caller {
             session_id: session.id,
             name: session.instance_name,

@@ -46,6 +46,62 @@ struct Outgoing {
     prepared: Prepared,
     stamp: SenderStamp,
     queue_cap: u32,
+    max_clock_skew: std::time::Duration,
+    replay_window: std::time::Duration,
+}
+
+impl Outgoing {
+    /// Refuses a sender `timestamp` too far from the broker's clock.
+    fn check_stamp(&self, now: DateTime<Utc>) -> Result<(), BrokerError> {
+        let Some(given) = self.stamp.timestamp else {
+            return Ok(());
+        };
+        let off_by = (given - now).num_seconds().abs();
+        let limit = self.max_clock_skew.as_secs() as i64;
+        if off_by > limit {
+            return Err(BrokerError::StaleTimestamp {
+                given: text(given),
+                off_by_seconds: off_by,
+                limit_seconds: limit,
+            });
+        }
+        Ok(())
+    }
+
+    /// The message this sender already stored under this nonce inside the replay window.
+    fn earlier_copy(
+        &self,
+        conn: &Connection,
+        sender: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<MessageId>, BrokerError> {
+        let Some(nonce) = &self.stamp.nonce else {
+            return Ok(None);
+        };
+        let since = text(minus(now, self.replay_window));
+        Ok(queries::find_nonce(conn, sender, nonce, &since)?)
+    }
+
+    fn remember_nonce(
+        &self,
+        conn: &Connection,
+        sender: &str,
+        id: MessageId,
+        now: DateTime<Utc>,
+    ) -> Result<(), BrokerError> {
+        if let Some(nonce) = &self.stamp.nonce {
+            queries::record_nonce(conn, sender, nonce, id, &text(now))?;
+        }
+        Ok(())
+    }
+}
+
+/// The reply to a send or broadcast whose nonce was already used: nothing new is stored.
+fn duplicate_reply(original: MessageId) -> Reply {
+    Reply::ok()
+        .with("message", "Duplicate nonce: already stored")
+        .with("duplicate", true)
+        .with("message_id", original.0)
 }
 
 impl Broker {
@@ -59,10 +115,9 @@ impl Broker {
         message: MessageBody,
         stamp: SenderStamp,
     ) -> Result<Reply, BrokerError> {
-        let outgoing = self.outgoing(&message, stamp).await?;
-        let replay_since = text(minus(self.now(), self.limits.replay_window));
+        let outgoing = self.outgoing(&token, peer, &message, stamp).await?;
         let store = move |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
-            store_send(conn, caller, now, to_id.as_str(), outgoing, &replay_since)
+            store_send(conn, caller, now, to_id.as_str(), outgoing)
         };
         self.store_outgoing(token, peer, outgoing, store, |reply| !is_duplicate(reply))
             .await
@@ -77,23 +132,32 @@ impl Broker {
         message: MessageBody,
         stamp: SenderStamp,
     ) -> Result<Reply, BrokerError> {
-        let outgoing = self.outgoing(&message, stamp).await?;
+        let outgoing = self.outgoing(&token, peer, &message, stamp).await?;
         self.store_outgoing(token, peer, outgoing, store_broadcast, |reply| {
             reply_count(reply) > 0
         })
         .await
     }
 
+    /// Prepares a message for storing. Large content is written to its file here, outside the
+    /// store's thread, so the session is verified first: strangers cannot make the broker
+    /// write files.
     async fn outgoing(
         &self,
+        token: &Option<String>,
+        peer: &str,
         message: &MessageBody,
         stamp: SenderStamp,
     ) -> Result<Outgoing, BrokerError> {
-        self.check_stamp(&stamp)?;
+        if self.needs_file(message) {
+            self.verify_session(token.clone(), peer).await?;
+        }
         Ok(Outgoing {
             prepared: self.prepare(message).await?,
             stamp,
             queue_cap: self.limits.queue_cap,
+            max_clock_skew: self.limits.max_clock_skew,
+            replay_window: self.limits.replay_window,
         })
     }
 
@@ -173,20 +237,10 @@ impl Broker {
         lock.lock_owned().await
     }
 
-    fn check_stamp(&self, stamp: &SenderStamp) -> Result<(), BrokerError> {
-        let Some(given) = stamp.timestamp else {
-            return Ok(());
-        };
-        let off_by = (given - self.now()).num_seconds().abs();
-        let limit = self.limits.max_clock_skew.as_secs() as i64;
-        if off_by > limit {
-            return Err(BrokerError::StaleTimestamp {
-                given: text(given),
-                off_by_seconds: off_by,
-                limit_seconds: limit,
-            });
-        }
-        Ok(())
+    /// Whether content is over the large-message threshold, measured as JSON text because
+    /// that is what a check reply must fit.
+    fn needs_file(&self, message: &MessageBody) -> bool {
+        Value::String(message.content.clone()).to_string().len() > self.limits.large_message_bytes
     }
 
     /// Checks the data size and moves large content to a file (off the async executor).
@@ -202,9 +256,7 @@ impl Broker {
                 limit: self.limits.max_data_bytes,
             });
         }
-        // Measured as JSON text, because that is what a check reply must fit.
-        let wire_bytes = Value::String(message.content.clone()).to_string().len();
-        if wire_bytes <= self.limits.large_message_bytes {
+        if !self.needs_file(message) {
             return Ok(Prepared {
                 content: message.content.clone(),
                 data,
@@ -242,25 +294,17 @@ fn store_send(
     now: DateTime<Utc>,
     to_id: &str,
     outgoing: &Outgoing,
-    replay_since: &str,
 ) -> Result<Reply, BrokerError> {
-    let stamp = &outgoing.stamp;
-    if let Some(nonce) = &stamp.nonce {
-        if let Some(original) = queries::find_nonce(conn, &caller.name, nonce, replay_since)? {
-            return Ok(Reply::ok()
-                .with("message", "Duplicate nonce: already stored")
-                .with("duplicate", true)
-                .with("message_id", original.0));
-        }
+    outgoing.check_stamp(now)?;
+    if let Some(original) = outgoing.earlier_copy(conn, &caller.name, now)? {
+        return Ok(duplicate_reply(original));
     }
     let forwarded_to = queries::resolve_forward(conn, to_id, &text(now))?;
     let recipient = forwarded_to.as_deref().unwrap_or(to_id);
     let registered = queries::instance_exists(conn, recipient)?;
     ensure_room(conn, recipient, outgoing.queue_cap)?;
     let id = insert(conn, caller, now, to_id, recipient, "direct", outgoing)?;
-    if let Some(nonce) = &stamp.nonce {
-        queries::record_nonce(conn, &caller.name, nonce, id, &text(now))?;
-    }
+    outgoing.remember_nonce(conn, &caller.name, id, now)?;
     let message = match (&forwarded_to, registered) {
         (Some(new), _) => format!("Message forwarded from {to_id} to {new}"),
         (None, false) => format!("Message queued for {recipient} (not yet registered)"),
@@ -279,6 +323,10 @@ fn store_broadcast(
     now: DateTime<Utc>,
     outgoing: &Outgoing,
 ) -> Result<Reply, BrokerError> {
+    outgoing.check_stamp(now)?;
+    if let Some(original) = outgoing.earlier_copy(conn, &caller.name, now)? {
+        return Ok(duplicate_reply(original));
+    }
     let mut ids = Vec::new();
     let mut skipped = Vec::new();
     for (recipient, _) in queries::list_instances(conn)? {
@@ -301,6 +349,10 @@ fn store_broadcast(
             )?
             .0,
         );
+    }
+    if let Some(first) = ids.first() {
+        // A retry with this nonce is answered with the first copy's id.
+        outgoing.remember_nonce(conn, &caller.name, MessageId(*first), now)?;
     }
     Ok(Reply::ok()
         .with("message", format!("Broadcast to {} instances", ids.len()))

@@ -66,7 +66,7 @@ pub enum BrokerError {
     LargeFile(std::io::Error),
     #[error("cannot make a session token: {0}")]
     Entropy(std::io::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -238,6 +238,15 @@ impl Broker {
             action(conn, &caller, now)
         })
         .await
+    }
+
+    /// Checks that `token` belongs to a live session, recording a failure if not, without
+    /// counting a request. Used before work that must not be done for strangers.
+    async fn verify_session(&self, token: Option<String>, peer: &str) -> Result<(), BrokerError> {
+        let check = self.session_check(token, peer);
+        let now = self.now();
+        self.run(move |conn| check.verify(conn, now).map(|_| ()))
+            .await
     }
 
     /// Runs `work` on the writer thread, keeping rule refusals apart from storage failures.

@@ -1,13 +1,16 @@
 //! Expiry and purging: idle sessions, old forwards, undelivered future mail past its
-//! retention, delivered mail past its retention (with its large-message file), stale nonces
-//! and rate-limit rows. Each pass deletes in bounded batches, one short job at a time, so
-//! sends queued behind it wait for one small batch at most.
+//! retention, delivered mail past its retention (with its large-message file), stale nonces,
+//! rate-limit rows, and authentication failures older than 30 days. Each pass deletes in
+//! bounded batches, one short job at a time, so sends queued behind it wait for one small
+//! batch at most.
 
 use super::{minus, text, Broker, BrokerError};
 use crate::store::queries::{self, SweepCutoffs, SweepReport};
 
 /// Rows one sweep job may delete per table.
 const SWEEP_BATCH: u32 = 500;
+/// Authentication failures are kept this long for operators, then dropped.
+const AUTH_FAILURE_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 impl Broker {
     /// Runs sweep jobs until nothing is left to remove, and returns the totals.
@@ -22,6 +25,7 @@ impl Broker {
                 report.delivered_mail,
                 report.nonces,
                 report.request_log,
+                report.auth_failures,
             ]
             .contains(&(SWEEP_BATCH as usize));
             remove_files(&report.files_to_remove);
@@ -43,6 +47,7 @@ impl Broker {
             text(minus(now, limits.delivered_retention)),
             text(minus(now, limits.replay_window)),
             text(minus(now, std::time::Duration::from_secs(60))),
+            text(minus(now, AUTH_FAILURE_RETENTION)),
         ];
         self.run(move |conn| {
             let cut = SweepCutoffs {
@@ -52,6 +57,7 @@ impl Broker {
                 delivered_before: &cutoffs[3],
                 nonces_before: &cutoffs[4],
                 request_log_before: &cutoffs[5],
+                auth_failures_before: &cutoffs[6],
             };
             Ok(queries::sweep(conn, &cut, SWEEP_BATCH)?)
         })
@@ -76,5 +82,6 @@ fn add(total: &mut SweepReport, report: SweepReport) {
     total.delivered_mail += report.delivered_mail;
     total.nonces += report.nonces;
     total.request_log += report.request_log;
+    total.auth_failures += report.auth_failures;
     total.files_to_remove.extend(report.files_to_remove);
 }

@@ -33,7 +33,7 @@ pub enum StartError {
     NotLoopback(SocketAddr),
     #[error("cannot use data directory {path}: {reason}")]
     DataDir { path: String, reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },

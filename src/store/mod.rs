@@ -11,7 +11,7 @@
 pub mod queries;
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -129,13 +129,14 @@ fn open_error(path: &Path, reason: impl Into<String>) -> StoreError {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    // Create the file ourselves so it is 0600 from the first byte; SQLite gives its -wal and
-    // -shm files the same mode.
+    // Create the file ourselves so it is 0600 from the first byte (and tighten an older one);
+    // SQLite gives its -wal and -shm files the same mode.
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)
+        .and_then(|file| file.set_permissions(std::fs::Permissions::from_mode(0o600)))
         .map_err(|e| open_error(path, format!("{e} (is the data directory writable?)")))?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn =

@@ -381,6 +381,7 @@ pub struct SweepReport {
     pub delivered_mail: usize,
     pub nonces: usize,
     pub request_log: usize,
+    pub auth_failures: usize,
     pub files_to_remove: Vec<String>,
 }
 
@@ -391,6 +392,7 @@ pub struct SweepCutoffs<'a> {
     pub delivered_before: &'a str,
     pub nonces_before: &'a str,
     pub request_log_before: &'a str,
+    pub auth_failures_before: &'a str,
 }
 
 pub fn sweep(
@@ -418,6 +420,11 @@ pub fn sweep(
             "DELETE FROM request_log WHERE rowid IN (SELECT rowid FROM request_log
                WHERE at < ?1 LIMIT ?2)",
             params![cut.request_log_before, batch],
+        )?,
+        auth_failures: conn.execute(
+            "DELETE FROM auth_failures WHERE id IN (SELECT id FROM auth_failures
+               WHERE at < ?1 LIMIT ?2)",
+            params![cut.auth_failures_before, batch],
         )?,
         ..SweepReport::default()
     };
