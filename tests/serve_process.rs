@@ -1,0 +1,109 @@
+//! `claude-ipc serve` as an operator runs it: what it logs at start, how it reports
+//! authentication failures, and that SIGINT stops it as cleanly as SIGTERM.
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+/// Collects the log lines that arrive within `wait`.
+fn lines_within(broker: &BrokerProcess, wait: Duration) -> Vec<String> {
+    let mut lines = Vec::new();
+    while let Ok(line) = broker.log.recv_timeout(wait) {
+        lines.push(line);
+    }
+    lines
+}
+
+#[test]
+fn open_mode_start_log_names_everything_and_warns_loudly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let broker = BrokerProcess::spawn(&data, &[]);
+    let log = lines_within(&broker, Duration::from_millis(300)).join("\n");
+    // The listening line itself was consumed by spawn; the address it gave works.
+    assert_eq!(broker.client().ping().unwrap()["mode"], "open");
+    assert!(log.contains("OPEN MODE"), "{log}");
+    assert!(log.contains("IPC_SHARED_SECRET"), "{log}");
+    assert!(
+        log.contains("WARN"),
+        "open mode is logged as a warning: {log}"
+    );
+}
+
+#[test]
+fn the_listening_line_has_address_directory_database_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let output = {
+        let mut child = Command::new(binary())
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .env("IPC_SHARED_SECRET", "s3cret")
+            .env("RUST_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "SIGINT stops the broker cleanly: {status}"
+        );
+        let mut log = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+        log
+    };
+    let listening = output
+        .lines()
+        .find(|l| l.contains("listening"))
+        .unwrap_or_else(|| panic!("no listening line: {output}"));
+    assert!(listening.contains("addr=127.0.0.1:"), "{listening}");
+    assert!(
+        listening.contains(&format!("data_dir={}", data.display())),
+        "{listening}"
+    );
+    assert!(
+        listening.contains(&format!("database={}", data.join("ipc.db").display())),
+        "{listening}"
+    );
+    assert!(listening.contains(claude_ipc::VERSION), "{listening}");
+    assert!(output.contains("shared-secret mode"), "{output}");
+    assert!(!output.contains("OPEN MODE"), "{output}");
+    assert!(!output.contains("s3cret"), "the secret is never logged");
+    assert!(output.contains("shutting down"), "{output}");
+    assert!(output.contains("database closed"), "{output}");
+}
+
+#[test]
+fn authentication_failures_are_logged_at_warn_with_name_and_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::spawn_with_env(
+        &dir.path().join("data"),
+        &[],
+        &[("IPC_SHARED_SECRET", "s3cret")],
+    );
+    let reply = legacy(
+        &broker.addr,
+        &json!({"action": "register", "instance_id": "mallory", "auth_token": "0".repeat(64)}),
+    );
+    assert_eq!(reply["message"], "Invalid auth token");
+    let log = lines_within(&broker, Duration::from_millis(300)).join("\n");
+    let line = log
+        .lines()
+        .find(|l| l.contains("authentication failed"))
+        .unwrap_or_else(|| panic!("no auth failure logged: {log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("mallory"), "{line}");
+    assert!(line.contains("peer=\"127.0.0.1:"), "{line}");
+    assert!(
+        !log.contains(&"0".repeat(64)),
+        "the offered token is not logged"
+    );
+}
