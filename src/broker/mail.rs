@@ -30,12 +30,6 @@ pub struct DeliveryReceipt {
     _turn: OwnedMutexGuard<()>,
 }
 
-impl DeliveryReceipt {
-    pub fn message_ids(&self) -> &[MessageId] {
-        &self.ids
-    }
-}
-
 /// A message body ready to store: content possibly swapped for a summary and a file.
 struct Prepared {
     content: String,

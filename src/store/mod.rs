@@ -58,7 +58,6 @@ enum Command {
 #[derive(Clone)]
 pub struct Store {
     commands: mpsc::Sender<Command>,
-    path: PathBuf,
 }
 
 impl Store {
@@ -71,14 +70,7 @@ impl Store {
             .name("store-writer".into())
             .spawn(move || writer_loop(conn, receiver))
             .map_err(|e| open_error(path, format!("cannot start the writer thread: {e}")))?;
-        Ok(Store {
-            commands,
-            path: path.to_owned(),
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Store { commands })
     }
 
     /// Runs `work` on the writer thread inside the next group commit, and returns its result
