@@ -247,13 +247,7 @@ fn mail_whose_reply_cannot_be_written_stays_queued() {
     let (_, bob) = stored_mail(&broker);
     let pending = |broker: &TestBroker| -> i64 {
         broker
-            .sql()
-            .query_row(
-                "SELECT count(*) FROM messages WHERE recipient = 'bob' AND delivered_at IS NULL",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
+            .count("SELECT count(*) FROM messages WHERE recipient = 'bob' AND delivered_at IS NULL")
     };
     broker.clock.advance(chrono::Duration::minutes(1));
     assert!(check_over_pipe(&broker, &bob, true).is_empty());
@@ -329,9 +323,6 @@ fn strangers_cannot_make_the_broker_write_large_message_files() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(files, 0);
-    let recorded: i64 = broker
-        .sql()
-        .query_row("SELECT count(*) FROM auth_failures", [], |r| r.get(0))
-        .unwrap();
+    let recorded: i64 = broker.count("SELECT count(*) FROM auth_failures");
     assert_eq!(recorded, 1, "the refused stranger is counted");
 }

@@ -12,22 +12,6 @@ use chrono::{DateTime, Duration as Span, Utc};
 use common::*;
 use serde_json::{json, Value};
 
-fn contents(check_reply: &Value) -> Vec<String> {
-    check_reply["messages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no messages array: {check_reply}"))
-        .iter()
-        .map(|m| m["message"]["content"].as_str().unwrap().to_owned())
-        .collect()
-}
-
-fn count(broker: &TestBroker, sql: &str) -> i64 {
-    broker
-        .sql()
-        .query_row(sql, [], |row| row.get(0))
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-}
-
 /// A read-write connection of the test's own, as a second process on the machine would have.
 fn writable_db(broker: &TestBroker) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open(broker.db_path()).expect("open db read-write");
@@ -144,8 +128,7 @@ fn defect_02_a_check_never_outgrows_one_read_and_the_rest_stays_queued() {
     // The broker marks mail delivered just after writing the reply, so the client may read
     // it a moment before the mark is committed.
     let queued = || {
-        count(
-            &broker,
+        broker.count(
             "SELECT count(*) FROM messages WHERE recipient = 'alice' AND delivered_at IS NULL",
         ) as usize
     };
@@ -204,8 +187,7 @@ fn defect_02_mail_whose_check_reply_could_not_be_written_stays_queued() {
     blocker.execute_batch("ROLLBACK").unwrap();
 
     wait_until("the held-up check has run", || {
-        count(
-            &broker,
+        broker.count(
             "SELECT count(*) FROM sessions WHERE instance_name = 'alice'
                AND revoked_at IS NULL AND last_used_at = '2026-01-01T12:01:00.000Z'",
         ) == 1
@@ -219,13 +201,10 @@ fn defect_02_mail_whose_check_reply_could_not_be_written_stays_queued() {
         .collect();
     assert_eq!(got, ["m0", "m1", "m2"], "the unwritten reply's mail");
     wait_until("the written reply's mail is marked delivered", || {
-        count(
-            &broker,
-            "SELECT count(*) FROM messages WHERE delivered_at IS NOT NULL",
-        ) == 3
+        broker.count("SELECT count(*) FROM messages WHERE delivered_at IS NOT NULL") == 3
     });
     assert_eq!(
-        count(&broker, "SELECT max(delivery_count) FROM messages"),
+        broker.count("SELECT max(delivery_count) FROM messages"),
         1,
         "each message was marked delivered once, by the check whose reply was written"
     );
@@ -281,10 +260,7 @@ fn defect_03_a_send_that_cannot_be_written_is_an_error_not_ok() {
         "the broker gave up after {waited:?}, before its busy timeout"
     );
     assert_eq!(
-        count(
-            &broker,
-            "SELECT count(*) FROM messages WHERE content = 'doomed'"
-        ),
+        broker.count("SELECT count(*) FROM messages WHERE content = 'doomed'"),
         0
     );
 
@@ -319,10 +295,7 @@ fn defect_03_a_send_whose_commit_fails_is_an_error_not_ok() {
     assert_eq!(reply["status"], "error", "{reply}");
     assert_eq!(reply["code"], "storage_failed", "{reply}");
     assert_eq!(
-        count(
-            &broker,
-            "SELECT count(*) FROM messages WHERE content = 'doomed'"
-        ),
+        broker.count("SELECT count(*) FROM messages WHERE content = 'doomed'"),
         0
     );
     assert_eq!(
@@ -359,10 +332,7 @@ fn defect_04_rename_ignores_a_claimed_old_id() {
         .collect();
     assert_eq!(names, ["bob", "stolen"]);
     assert_eq!(
-        count(
-            &broker,
-            "SELECT count(*) FROM name_forwards WHERE old_name = 'bob'"
-        ),
+        broker.count("SELECT count(*) FROM name_forwards WHERE old_name = 'bob'"),
         0
     );
     // Bob is still bob: his session speaks for him, his mail is his, mail to him is not
@@ -409,8 +379,7 @@ fn defect_05_renaming_onto_a_name_with_future_mail_merges_the_queues() {
     );
     assert_eq!(reply["message"], "Renamed alice to newname", "{reply}");
     assert_eq!(
-        count(
-            &broker,
+        broker.count(
             "SELECT count(*) FROM messages WHERE recipient = 'newname' AND delivered_at IS NULL"
         ),
         4
@@ -518,10 +487,7 @@ fn defect_07_delivery_is_marked_per_message_id() {
     legacy_send(&addr, &bob, "alice", "first");
     legacy_send(&addr, &bob, "alice", "second");
     assert_eq!(
-        count(
-            &broker,
-            "SELECT count(DISTINCT received_at) FROM messages WHERE recipient = 'alice'"
-        ),
+        broker.count("SELECT count(DISTINCT received_at) FROM messages WHERE recipient = 'alice'"),
         1,
         "the clock did not move: both messages share one timestamp"
     );
@@ -532,12 +498,7 @@ fn defect_07_delivery_is_marked_per_message_id() {
     );
     assert_eq!(contents(&one), ["first"]);
     assert_eq!(one["more"], true);
-    let delivered = || {
-        count(
-            &broker,
-            "SELECT count(*) FROM messages WHERE delivered_at IS NOT NULL",
-        )
-    };
+    let delivered = || broker.count("SELECT count(*) FROM messages WHERE delivered_at IS NOT NULL");
     wait_until("the returned message is marked delivered", || {
         delivered() > 0
     });
@@ -559,10 +520,7 @@ fn defect_07_delivery_is_marked_per_message_id() {
         contents(&legacy_check(&broker.addr(), &alice)).is_empty(),
         "nothing is delivered twice after a restart"
     );
-    assert_eq!(
-        count(&broker, "SELECT max(delivery_count) FROM messages"),
-        1
-    );
+    assert_eq!(broker.count("SELECT max(delivery_count) FROM messages"), 1);
 }
 
 /// Defect 8: no dedupe; the same request sent 10 times stored 10 messages.
@@ -590,10 +548,7 @@ fn defect_08_a_repeated_nonce_stores_one_message() {
         assert_eq!(reply["duplicate"], true, "{reply}");
     }
     assert_eq!(
-        count(
-            &broker,
-            "SELECT count(*) FROM messages WHERE nonce = 'retry-1'"
-        ),
+        broker.count("SELECT count(*) FROM messages WHERE nonce = 'retry-1'"),
         1
     );
 
@@ -640,10 +595,7 @@ fn defect_11_concurrent_sends_all_succeed_and_all_arrive() {
         }
     });
     assert_eq!(
-        count(
-            &broker,
-            "SELECT count(*) FROM messages WHERE recipient = 'sink'"
-        ),
+        broker.count("SELECT count(*) FROM messages WHERE recipient = 'sink'"),
         (SENDERS * EACH) as i64
     );
     let journal: String = broker
@@ -802,10 +754,7 @@ fn defect_12_every_time_is_utc_with_z_and_large_files_never_collide() {
         ("broker_runs", "started_at"),
     ];
     wait_until("the checked mail is marked delivered", || {
-        count(
-            &broker,
-            "SELECT count(*) FROM messages WHERE delivered_at IS NOT NULL",
-        ) == 3
+        broker.count("SELECT count(*) FROM messages WHERE delivered_at IS NOT NULL") == 3
     });
     let db = broker.sql();
     for (table, column) in columns {

@@ -48,15 +48,6 @@ fn check(token: &str) -> Value {
     json!({"action": "check", "session_token": token})
 }
 
-fn contents(check_reply: &Value) -> Vec<String> {
-    check_reply["messages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no messages array: {check_reply}"))
-        .iter()
-        .map(|m| m["message"]["content"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 // ---- framing ----
 
 #[test]

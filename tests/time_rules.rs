@@ -35,10 +35,7 @@ fn sessions_expire_after_the_idle_window_and_use_refreshes_them() {
     let reply = list();
     assert_eq!(code(&reply), "invalid_session", "{reply}");
     assert_eq!(reply["message"], "Invalid or missing session token");
-    let failures: i64 = broker
-        .sql()
-        .query_row("SELECT count(*) FROM auth_failures WHERE reason = 'expired session token' AND instance_name = 'alice'", [], |r| r.get(0))
-        .unwrap();
+    let failures: i64 = broker.count("SELECT count(*) FROM auth_failures WHERE reason = 'expired session token' AND instance_name = 'alice'");
     assert_eq!(failures, 1);
     // Registering again gives a working session.
     let fresh = broker.register("alice");
@@ -106,10 +103,7 @@ fn forwards_stop_after_their_duration_and_are_swept() {
     broker.clock.advance(Duration::minutes(2));
     assert_eq!(send(), "Message queued for alice (not yet registered)");
     assert_eq!(broker.sweep().forwards, 1);
-    let forwards: i64 = broker
-        .sql()
-        .query_row("SELECT count(*) FROM name_forwards", [], |r| r.get(0))
-        .unwrap();
+    let forwards: i64 = broker.count("SELECT count(*) FROM name_forwards");
     assert_eq!(forwards, 0);
 }
 

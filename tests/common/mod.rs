@@ -117,6 +117,13 @@ impl TestBroker {
         self.runtime.block_on(broker.sweep()).expect("sweep")
     }
 
+    /// The single number a `SELECT count(*) ...`-style query returns on the live database.
+    pub fn count(&self, sql: &str) -> i64 {
+        self.sql()
+            .query_row(sql, [], |row| row.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// A read-only look at the live database, as an operator's `sqlite3` would have.
     pub fn sql(&self) -> rusqlite::Connection {
         rusqlite::Connection::open_with_flags(
@@ -156,6 +163,16 @@ pub fn legacy(addr: &str, request: &Value) -> Value {
             bytes.len()
         )
     })
+}
+
+/// The contents of a check reply's messages, in order.
+pub fn contents(check_reply: &Value) -> Vec<String> {
+    check_reply["messages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no messages array: {check_reply}"))
+        .iter()
+        .map(|m| m["message"]["content"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// A legacy-style register; returns the session token.
