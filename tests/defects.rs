@@ -31,14 +31,6 @@ fn drain(addr: &str, token: &str) -> Vec<String> {
     }
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// Defect 1: the original read one `recv(4096)`, so any request over ~3.9 KB failed and the
 /// large-message path was unreachable.
 #[test]

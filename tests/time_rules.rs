@@ -162,6 +162,10 @@ fn delivered_mail_and_its_large_file_are_purged_after_retention() {
         .unwrap()
         .to_owned();
     assert!(std::path::Path::new(&file).exists());
+    // Delivery is marked just after the reply is written; let that land before time moves.
+    wait_until("the check's mail is marked delivered", || {
+        broker.count("SELECT count(*) FROM messages WHERE delivered_at IS NOT NULL") == 1
+    });
     broker.clock.advance(Duration::days(6));
     assert_eq!(broker.sweep().delivered_mail, 0);
     assert!(std::path::Path::new(&file).exists());

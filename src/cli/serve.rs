@@ -116,6 +116,7 @@ impl ServeArgs {
 /// Runs the broker until a signal; returns an error that says why it could not start.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config();
+    let mut signals = server::ShutdownSignals::install()?;
     let running = server::start(&config, args.allow_remote, Clock::system()).await?;
     tracing::info!(
         addr = %running.addr,
@@ -141,7 +142,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "=========================================================================="
         );
     }
-    server::shutdown_signal().await;
+    signals.recv().await;
     tracing::info!("shutting down: finishing requests in flight");
     running.shutdown().await;
     tracing::info!("database closed; bye");

@@ -165,6 +165,18 @@ pub fn legacy(addr: &str, request: &Value) -> Value {
     })
 }
 
+/// Polls `done` until it holds, failing the test after [`TIMEOUT`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The contents of a check reply's messages, in order.
 pub fn contents(check_reply: &Value) -> Vec<String> {
     check_reply["messages"]
