@@ -254,6 +254,14 @@ impl Fields<'_> {
             Some(Value::Object(data)) => Some(data.clone()),
             Some(other) => return Err(wrong_type("message.data", "an object", other)),
         };
+        if let Some(key) = data.as_ref().and_then(broker_owned_key) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "`message.data.{key}` is set by the broker for large content; leave it out"
+                ),
+            ));
+        }
         Ok(MessageBody { content, data })
     }
 
@@ -295,6 +303,16 @@ impl Fields<'_> {
             Some(other) => Err(wrong_type("limit", "a positive whole number", other)),
         }
     }
+}
+
+/// Keys the broker writes into `data` for large content. A sender may not supply them, or it
+/// could point a recipient at any file on the machine.
+const BROKER_OWNED_DATA_KEYS: [&str; 2] = ["large_message_file", "original_size_kb"];
+
+fn broker_owned_key(data: &Map<String, Value>) -> Option<&'static str> {
+    BROKER_OWNED_DATA_KEYS
+        .into_iter()
+        .find(|key| data.contains_key(*key))
 }
 
 fn wrong_type(key: &str, expected: &str, got: &Value) -> RequestError {
@@ -381,6 +399,17 @@ mod tests {
             ),
             ErrorCode::InvalidField
         );
+    }
+
+    #[test]
+    fn senders_cannot_forge_a_large_message_file_pointer() {
+        let error = parse(
+            r#"{"action": "send", "to_id": "b", "message": {"content": "see file",
+                "data": {"large_message_file": "/etc/shadow"}}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidField);
+        assert!(error.message.contains("large_message_file"));
     }
 
     #[test]
