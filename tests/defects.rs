@@ -796,3 +796,37 @@ fn defect_12_every_time_is_utc_with_z_and_large_files_never_collide() {
     };
     assert_eq!(live, expected);
 }
+
+/// Defect 11, the fsync half: the original did four fsyncs per send. Here concurrent sends
+/// share commits: the writer thread ran fewer transactions than it ran jobs.
+#[test]
+fn defect_11_concurrent_sends_share_commits() {
+    let broker = TestBroker::start_with(|c| c.limits.queue_cap = 0);
+    let alice = broker.register("alice");
+    broker.register("bob");
+    let before = broker.broker().store().stats();
+    let senders: Vec<_> = (0..16)
+        .map(|_| {
+            let (addr, token) = (broker.addr(), alice.clone());
+            std::thread::spawn(move || {
+                let mut client = claude_ipc::client::Client::connect(&addr, TIMEOUT).unwrap();
+                for i in 0..25 {
+                    client
+                        .send(&token, "bob", &format!("m{i}"), None, None)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let after = broker.broker().store().stats();
+    let (jobs, commits) = (after.jobs - before.jobs, after.commits - before.commits);
+    println!("400 concurrent sends: {jobs} jobs in {commits} commits");
+    assert!(jobs >= 400, "every send ran as a job: {jobs}");
+    assert!(
+        commits < jobs,
+        "group commit shares transactions: {commits} commits for {jobs} jobs"
+    );
+}

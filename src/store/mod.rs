@@ -14,7 +14,8 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use rusqlite::{Connection, OpenFlags};
@@ -58,6 +59,23 @@ enum Command {
 #[derive(Clone)]
 pub struct Store {
     commands: mpsc::Sender<Command>,
+    counters: Arc<Counters>,
+}
+
+/// How much work the writer thread has done, for tests and benchmarks.
+#[derive(Debug, Default)]
+struct Counters {
+    jobs: AtomicU64,
+    commits: AtomicU64,
+}
+
+/// A snapshot of [`Store::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Jobs run.
+    pub jobs: u64,
+    /// Transactions committed; fewer than `jobs` when group commit shared them.
+    pub commits: u64,
 }
 
 impl Store {
@@ -66,11 +84,13 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = open_connection(path)?;
         let (commands, receiver) = mpsc::channel();
+        let counters = Arc::new(Counters::default());
+        let thread_counters = counters.clone();
         thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(conn, receiver))
+            .spawn(move || writer_loop(conn, receiver, &thread_counters))
             .map_err(|e| open_error(path, format!("cannot start the writer thread: {e}")))?;
-        Ok(Store { commands })
+        Ok(Store { commands, counters })
     }
 
     /// Runs `work` on the writer thread inside the next group commit, and returns its result
@@ -102,6 +122,13 @@ impl Store {
             .send(Command::Run(job))
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            jobs: self.counters.jobs.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+        }
     }
 
     /// Finishes the queued work, closes the database cleanly and stops the writer thread.
@@ -202,7 +229,7 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn writer_loop(conn: Connection, commands: mpsc::Receiver<Command>) {
+fn writer_loop(conn: Connection, commands: mpsc::Receiver<Command>, counters: &Counters) {
     let mut shutdown = None;
     while shutdown.is_none() {
         let Ok(first) = commands.recv() else { break };
@@ -221,6 +248,12 @@ fn writer_loop(conn: Connection, commands: mpsc::Receiver<Command>) {
             } else {
                 None
             };
+        }
+        if !batch.is_empty() {
+            counters
+                .jobs
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            counters.commits.fetch_add(1, Ordering::Relaxed);
         }
         run_batch(&conn, batch);
     }
