@@ -400,12 +400,7 @@ fn rename_reply_says_renamed_old_to_new() {
     assert_eq!(reply["status"], "ok");
     assert_eq!(reply["message"], "Renamed alice to alice2");
     let list = legacy(&addr, &json!({"action": "list", "session_token": alice}));
-    let names: Vec<&str> = list["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap())
-        .collect();
+    let names = instance_names(&list);
     assert_eq!(names, ["alice2", "bob"]);
     // The same token now speaks for the new name.
     legacy_send(&addr, &alice, "bob", "hi");
@@ -889,11 +884,6 @@ fn a_rename_claiming_another_old_id_renames_the_caller() {
     );
     assert_eq!(reply["message"], "Renamed mallory to victim-new");
     let list = legacy(&addr, &json!({"action": "list", "session_token": victim}));
-    let names: Vec<&str> = list["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap())
-        .collect();
+    let names = instance_names(&list);
     assert_eq!(names, ["victim", "victim-new"]);
 }

@@ -187,6 +187,16 @@ pub fn contents(check_reply: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The instance names in a list reply, in order.
+pub fn instance_names(list_reply: &Value) -> Vec<String> {
+    list_reply["instances"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no instances array: {list_reply}"))
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// A legacy-style register; returns the session token.
 pub fn legacy_register(addr: &str, name: &str) -> String {
     let reply = legacy(
