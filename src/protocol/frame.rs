@@ -18,6 +18,10 @@ pub enum Scan {
     NeedMore,
 }
 
+/// A request is over the size limit; the connection answers it and closes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FrameTooLarge;
+
 /// Resumable scanner over a growing buffer. Call [`FrameScanner::reset`] after consuming a
 /// frame.
 #[derive(Debug, Default)]
@@ -46,6 +50,22 @@ impl FrameScanner {
     /// True once a frame has started arriving (non-whitespace bytes are buffered).
     pub fn in_frame(&self) -> bool {
         self.start.is_some()
+    }
+
+    /// [`FrameScanner::scan`] under a size limit: a complete frame longer than
+    /// `max_frame_bytes`, or more than that many bytes buffered without a complete frame, is
+    /// [`FrameTooLarge`]. Bounding the whole buffer (not only the frame) means a client cannot
+    /// grow it without end by sending whitespace.
+    pub fn scan_limited(
+        &mut self,
+        buf: &[u8],
+        max_frame_bytes: usize,
+    ) -> Result<Scan, FrameTooLarge> {
+        match self.scan(buf) {
+            Scan::Complete { frame, .. } if frame.len() > max_frame_bytes => Err(FrameTooLarge),
+            Scan::NeedMore if buf.len() > max_frame_bytes => Err(FrameTooLarge),
+            scan => Ok(scan),
+        }
     }
 
     /// Scans `buf`, which must be the same buffer as last time with bytes appended.
@@ -182,6 +202,24 @@ mod tests {
         let mut scanner = FrameScanner::new();
         assert_eq!(scanner.scan(b" \n\t "), Scan::NeedMore);
         assert!(!scanner.in_frame());
+    }
+
+    #[test]
+    fn the_size_limit_counts_whole_frames_and_unfinished_buffers() {
+        let mut scanner = FrameScanner::new();
+        assert_eq!(
+            scanner.scan_limited(b"{\"a\":1}", 7),
+            Ok(Scan::Complete {
+                frame: 0..7,
+                consumed: 7
+            })
+        );
+        scanner.reset();
+        assert_eq!(scanner.scan_limited(b"{\"a\":12}", 7), Err(FrameTooLarge));
+        scanner.reset();
+        assert_eq!(scanner.scan_limited(b"{\"a\":", 7), Ok(Scan::NeedMore));
+        scanner.reset();
+        assert_eq!(scanner.scan_limited(b"        ", 7), Err(FrameTooLarge));
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod frame;
 pub mod reply;
 pub mod request;
 
-pub use frame::{FrameScanner, Scan};
+pub use frame::{FrameScanner, FrameTooLarge, Scan};
 pub use reply::{ErrorCode, Reply};
 pub use request::{Action, InstanceName, MessageBody, Request};
 
