@@ -1,9 +1,12 @@
 //! A typed, blocking client for the broker's protocol, used by the CLI and the tests.
 //!
-//! It keeps one persistent connection and sends one JSON request per line.
+//! It keeps one persistent connection, over TCP or the broker's Unix socket, and sends one
+//! JSON request per line.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,8 +28,48 @@ pub enum ClientError {
 
 /// A connection to a broker.
 pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    reader: BufReader<Stream>,
+    writer: Stream,
+}
+
+/// The two ways to reach a broker; both carry the same protocol.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(stream) => Stream::Tcp(stream.try_clone()?),
+            Stream::Unix(stream) => Stream::Unix(stream.try_clone()?),
+        })
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(stream) => stream.read(buf),
+            Stream::Unix(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(stream) => stream.write(buf),
+            Stream::Unix(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(stream) => stream.flush(),
+            Stream::Unix(stream) => stream.flush(),
+        }
+    }
 }
 
 /// `register`'s reply.
@@ -100,6 +143,22 @@ impl Client {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
+        Self::over(Stream::Tcp(stream))
+    }
+
+    /// Connects to the broker's Unix socket at `path`, waiting at most `timeout` for each
+    /// read or write.
+    pub fn connect_unix(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|e| ClientError::Unreachable {
+            addr: format!("socket {}", path.display()),
+            reason: e.to_string(),
+        })?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        Self::over(Stream::Unix(stream))
+    }
+
+    fn over(stream: Stream) -> Result<Client, ClientError> {
         Ok(Client {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct Config {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
+    /// Also listen on this Unix socket (mode 0600, the broker's own user only).
+    pub socket: Option<PathBuf>,
     /// `IPC_SHARED_SECRET`; `None` means open mode.
     pub shared_secret: Option<String>,
     pub limits: Limits,
@@ -88,6 +90,7 @@ impl Config {
         Config {
             addr,
             data_dir,
+            socket: None,
             shared_secret: None,
             limits: Limits::default(),
         }

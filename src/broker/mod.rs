@@ -123,6 +123,8 @@ pub struct Broker {
     shared_secret: Option<String>,
     large_message_dir: PathBuf,
     clock: Clock,
+    /// The Unix socket the broker also listens on, reported by `ping`.
+    socket: Option<PathBuf>,
     /// One check at a time per session, so two connections of one instance never both receive
     /// the same mail before it is marked delivered. A std `Mutex` guards only the map and is
     /// never held across an `.await`.
@@ -143,8 +145,15 @@ impl Broker {
             shared_secret,
             large_message_dir,
             clock,
+            socket: None,
             check_locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records the Unix socket the server listens on, so `ping` can report it.
+    pub fn with_socket(mut self, socket: Option<PathBuf>) -> Self {
+        self.socket = socket;
+        self
     }
 
     pub fn store(&self) -> &Store {
@@ -174,21 +183,26 @@ impl Broker {
         }
     }
 
+    fn ping(&self) -> Reply {
+        let mode = if self.is_open_mode() {
+            "open"
+        } else {
+            "secret"
+        };
+        let reply = Reply::ok()
+            .with("version", crate::VERSION)
+            .with("protocol", crate::protocol::PROTOCOL_VERSION)
+            .with("mode", mode);
+        match &self.socket {
+            Some(path) => reply.with("socket", path.display().to_string()),
+            None => reply,
+        }
+    }
+
     async fn dispatch(&self, request: Request, peer: &str) -> Result<Outcome, BrokerError> {
         let token = request.session_token;
         match request.action {
-            Action::Ping => Ok(Reply::ok()
-                .with("version", crate::VERSION)
-                .with("protocol", crate::protocol::PROTOCOL_VERSION)
-                .with(
-                    "mode",
-                    if self.is_open_mode() {
-                        "open"
-                    } else {
-                        "secret"
-                    },
-                )
-                .into()),
+            Action::Ping => Ok(self.ping().into()),
             Action::Register {
                 instance_id,
                 auth_token,

@@ -12,6 +12,7 @@ mod send;
 pub mod serve;
 pub mod session_file;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -64,14 +65,34 @@ pub struct ClientArgs {
     /// The broker's address.
     #[arg(long, env = "IPC_ADDR", default_value = "127.0.0.1:9876")]
     pub addr: String,
+    /// The broker's Unix socket (`serve --socket`); when set, it is used instead of --addr.
+    #[arg(long, env = "IPC_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// Print the broker's reply as JSON, for scripts.
     #[arg(long)]
     pub json: bool,
 }
 
 impl ClientArgs {
+    /// The socket to use, if one was given (an empty `IPC_SOCKET` counts as unset).
+    fn socket(&self) -> Option<&std::path::Path> {
+        self.socket.as_deref().filter(|p| !p.as_os_str().is_empty())
+    }
+
     fn connect(&self) -> Result<Client, CliError> {
-        Ok(Client::connect(&self.addr, CLIENT_TIMEOUT)?)
+        let client = match self.socket() {
+            Some(path) => Client::connect_unix(path, CLIENT_TIMEOUT)?,
+            None => Client::connect(&self.addr, CLIENT_TIMEOUT)?,
+        };
+        Ok(client)
+    }
+
+    /// Where the broker is, as a person would write it.
+    fn target(&self) -> String {
+        match self.socket() {
+            Some(path) => format!("socket {}", path.display()),
+            None => self.addr.clone(),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ pub fn run(args: PingArgs) -> Result<(), CliError> {
     } else {
         println!(
             "broker at {} is up: version {}, protocol {}, {} mode",
-            args.client.addr,
+            args.client.target(),
             reply["version"].as_str().unwrap_or("?"),
             reply["protocol"],
             reply["mode"].as_str().unwrap_or("?")

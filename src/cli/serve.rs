@@ -21,6 +21,9 @@ pub struct ServeArgs {
     /// Directory for ipc.db and large-messages/ [default: ~/.claude-ipc-data]
     #[arg(long, env = "IPC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Also listen on this Unix socket: mode 0600, served only to this user's processes.
+    #[arg(long, env = "IPC_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// Allow a non-loopback --addr. Anyone who can reach it can try to register.
     #[arg(long)]
     pub allow_remote: bool,
@@ -89,6 +92,7 @@ impl ServeArgs {
         Config {
             addr: self.addr,
             data_dir,
+            socket: self.socket.clone(),
             shared_secret,
             limits: Limits {
                 session_idle_expiry: self.session_idle_expiry,
@@ -117,9 +121,15 @@ impl ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config();
     let mut signals = server::ShutdownSignals::install()?;
+    raise_open_file_limit(config.limits.max_connections);
     let running = server::start(&config, args.allow_remote, Clock::system()).await?;
+    let socket = running
+        .socket
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |s| s.path.display().to_string());
     tracing::info!(
         addr = %running.addr,
+        %socket,
         data_dir = %config.data_dir.display(),
         database = %config.database_path().display(),
         version = crate::VERSION,
@@ -147,4 +157,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     running.shutdown().await;
     tracing::info!("database closed; bye");
     Ok(())
+}
+
+/// Descriptors the broker needs besides one per connection: the database and its WAL, the
+/// listeners, large-message files being written, the runtime's own.
+const SPARE_DESCRIPTORS: u64 = 64;
+
+/// Raises the soft open-file limit to the hard limit, so the connection cap, not a default
+/// soft limit of 1,024, decides how many clients are served. Logs when it is still too low.
+fn raise_open_file_limit(max_connections: usize) {
+    let limit = match server::raise_open_file_limit() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!("cannot read or raise the open-file limit: {e}");
+            return;
+        }
+    };
+    let needed = max_connections as u64 + SPARE_DESCRIPTORS;
+    if limit < needed {
+        tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is below what --max-connections {max_connections} needs; \
+             connections past it fail at accept. Raise the hard limit (ulimit -Hn) or lower --max-connections"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 
 use crate::broker::Broker;
 use crate::config::Limits;
-use crate::protocol::{ErrorCode, FrameScanner, Reply, Request, Scan};
+use crate::protocol::{ErrorCode, FrameScanner, FrameTooLarge, Reply, Request, Scan};
 
 /// What reading the next request produced.
 enum Incoming {
@@ -93,18 +93,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn read_frame(&mut self, limits: &Limits) -> Incoming {
         let idle_since = Instant::now();
         loop {
-            if let Scan::Complete { frame, consumed } = self.scanner.scan(&self.buffer) {
-                let bytes = self.buffer[frame].to_vec();
-                self.buffer.drain(..consumed);
-                self.scanner.reset();
-                self.frame_started = None;
-                if bytes.len() > limits.max_request_bytes {
-                    return Incoming::Refused(too_large(limits));
+            match self
+                .scanner
+                .scan_limited(&self.buffer, limits.max_request_bytes)
+            {
+                Err(FrameTooLarge) => return Incoming::Refused(too_large(limits)),
+                Ok(Scan::Complete { frame, consumed }) => {
+                    let bytes = self.buffer[frame].to_vec();
+                    self.buffer.drain(..consumed);
+                    self.scanner.reset();
+                    self.frame_started = None;
+                    return Incoming::Frame(bytes);
                 }
-                return Incoming::Frame(bytes);
-            }
-            if self.buffer.len() > limits.max_request_bytes {
-                return Incoming::Refused(too_large(limits));
+                Ok(Scan::NeedMore) => {}
             }
             if self.scanner.in_frame() && self.frame_started.is_none() {
                 self.frame_started = Some(Instant::now());
@@ -202,10 +203,36 @@ fn idle_timed_out(limits: &Limits) -> Reply {
 }
 
 /// Tells a client over the connection cap why it is being turned away.
-pub async fn refuse_busy<S: AsyncWrite + Unpin>(mut stream: S, max: usize) {
+pub async fn refuse_busy<S: AsyncRead + AsyncWrite + Unpin>(stream: S, max: usize) {
     let reply = Reply::error(
         ErrorCode::TooManyConnections,
         format!("the broker is at its limit of {max} connections; retry shortly"),
     );
-    let _ = timeout(Duration::from_secs(1), stream.write_all(&reply.to_line())).await;
+    refuse(stream, reply).await;
+}
+
+/// Tells a socket peer of another user that this socket is not for it.
+pub async fn refuse_stranger<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    peer_uid: u32,
+    owner_uid: u32,
+) {
+    let reply = Reply::error(
+        ErrorCode::ForbiddenPeer,
+        format!(
+            "this socket serves only the broker's user (uid {owner_uid}), not uid {peer_uid}; run as that user, or connect over TCP"
+        ),
+    );
+    refuse(stream, reply).await;
+}
+
+/// Writes one error reply to a connection that will not be served, then lingers briefly
+/// reading what the client sends, so its request write does not fail (a Unix socket closed
+/// by the peer fails writes with EPIPE) before it can read why.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(stream: S, reply: Reply) {
+    let mut connection = Connection::new(stream);
+    let written = connection.write_reply(&reply, Duration::from_secs(1)).await;
+    if written.is_ok() {
+        connection.linger().await;
+    }
 }

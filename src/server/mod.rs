@@ -2,6 +2,7 @@
 //! run one task per connection, sweep periodically, and shut down cleanly.
 
 pub mod connection;
+pub mod unix_socket;
 
 use std::fs::DirBuilder;
 use std::net::SocketAddr;
@@ -10,7 +11,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::unix::UCred;
+use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixStream};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -20,6 +24,7 @@ use crate::config::Config;
 use crate::store::{queries, Store, StoreError};
 
 pub use connection::Connection;
+pub use unix_socket::{SocketError, SocketFile};
 
 /// How long shutdown waits for requests in flight before closing the database anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -37,6 +42,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
+    #[error(transparent)]
+    Socket(#[from] SocketError),
 }
 
 /// A broker that is accepting connections. Dropping it does not stop it; call
@@ -44,6 +51,8 @@ pub enum StartError {
 pub struct RunningServer {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// The Unix socket, when `--socket` was given.
+    pub socket: Option<SocketFile>,
     pub broker: Arc<Broker>,
     stop: watch::Sender<bool>,
     accept_loop: JoinHandle<()>,
@@ -67,6 +76,13 @@ pub async fn start(
         addr: config.addr,
         reason: e.to_string(),
     })?;
+    let (unix_listener, socket) = match &config.socket {
+        Some(path) => {
+            let (listener, file) = SocketFile::bind(path)?;
+            (Some(listener), Some(file))
+        }
+        None => (None, None),
+    };
     let started = clock::to_text(clock.now());
     let run_id = store
         .write(move |conn| {
@@ -80,18 +96,26 @@ pub async fn start(
             .map_err(StoreError::from)
         })
         .await?;
-    let broker = Arc::new(Broker::new(
-        store,
-        config.limits.clone(),
-        config.shared_secret.clone(),
-        config.large_message_dir(),
-        clock,
-    ));
+    let broker = Arc::new(
+        Broker::new(
+            store,
+            config.limits.clone(),
+            config.shared_secret.clone(),
+            config.large_message_dir(),
+            clock,
+        )
+        .with_socket(socket.as_ref().map(|s| s.path.clone())),
+    );
     let (stop, stopped) = watch::channel(false);
-    let accept_loop = tokio::spawn(accept_loop(listener, broker.clone(), stopped.clone()));
+    let listeners = Listeners {
+        tcp: listener,
+        unix: unix_listener.zip(socket.as_ref().map(|s| s.owner_uid)),
+    };
+    let accept_loop = tokio::spawn(accept_loop(listeners, broker.clone(), stopped.clone()));
     let sweeper = tokio::spawn(sweep_loop(broker.clone(), stopped));
     Ok(RunningServer {
         addr,
+        socket,
         broker,
         stop,
         accept_loop,
@@ -107,6 +131,9 @@ impl RunningServer {
         let _ = self.stop.send(true);
         let _ = self.accept_loop.await;
         let _ = self.sweeper.await;
+        if let Some(socket) = &self.socket {
+            socket.remove_file();
+        }
         let stopped = clock::to_text(self.broker.now());
         let run_id = self.run_id;
         let recorded = self
@@ -169,16 +196,52 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
     socket.listen(LISTEN_BACKLOG).map_err(fail)
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
+/// What the broker listens on: TCP always, a Unix socket (and the uid it serves) optionally.
+struct Listeners {
+    tcp: TcpListener,
+    unix: Option<(UnixListener, u32)>,
+}
+
+/// One accepted connection, before it is served.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(UnixStream, UCred),
+}
+
+impl Listeners {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        let unix = async {
+            match &self.unix {
+                Some((listener, _)) => {
+                    let (stream, _) = listener.accept().await?;
+                    let cred = stream.peer_cred()?;
+                    Ok(Accepted::Unix(stream, cred))
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            accepted = self.tcp.accept() => accepted.map(|(stream, peer)| {
+                let _ = stream.set_nodelay(true);
+                Accepted::Tcp(stream, peer)
+            }),
+            accepted = unix => accepted,
+        }
+    }
+}
+
+/// Accepts on every listener under one connection cap until shutdown, then waits (up to a
+/// grace period) for the connections to finish.
+async fn accept_loop(listeners: Listeners, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let max = broker.limits().max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => accepted,
+            accepted = listeners.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
+        let accepted = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
                 // Usually out of file descriptors: wait for connections to close, then retry.
@@ -189,31 +252,65 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut stop: watch
             }
         };
         backoff = Duration::from_millis(10);
-        let _ = stream.set_nodelay(true);
-        match slots.clone().try_acquire_owned() {
-            Ok(slot) => {
-                let broker = broker.clone();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    Connection::new(stream)
-                        .serve(broker, peer.to_string(), stop)
-                        .await;
-                    drop(slot);
-                });
-            }
-            Err(_) => {
-                tracing::warn!(%peer, "connection refused: {max} connections open");
-                tokio::spawn(connection::refuse_busy(stream, max));
+        let slot = slots.clone().try_acquire_owned().ok();
+        let serve = Serve {
+            broker: &broker,
+            stop: &stop,
+            slot,
+            max,
+        };
+        match accepted {
+            Accepted::Tcp(stream, peer) => serve.spawn(stream, peer.to_string()),
+            Accepted::Unix(stream, cred) => {
+                let peer = unix_socket::describe_peer(&cred);
+                let owner = listeners.unix.as_ref().map_or(u32::MAX, |(_, uid)| *uid);
+                if unix_socket::peer_allowed(&cred, owner) {
+                    serve.spawn(stream, peer);
+                } else {
+                    tracing::warn!(
+                        peer,
+                        "socket connection refused: uid {} is not the broker's uid {owner}",
+                        cred.uid()
+                    );
+                    tokio::spawn(connection::refuse_stranger(stream, cred.uid(), owner));
+                }
             }
         }
     }
-    drop(listener);
+    drop(listeners);
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     if tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; closing anyway");
+    }
+}
+
+/// Serves one accepted connection if a slot was free, or tells it the broker is busy.
+struct Serve<'a> {
+    broker: &'a Arc<Broker>,
+    stop: &'a watch::Receiver<bool>,
+    slot: Option<OwnedSemaphorePermit>,
+    max: usize,
+}
+
+impl Serve<'_> {
+    fn spawn<S>(self, stream: S, peer: String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(slot) = self.slot else {
+            tracing::warn!(peer, "connection refused: {} connections open", self.max);
+            tokio::spawn(connection::refuse_busy(stream, self.max));
+            return;
+        };
+        let broker = self.broker.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            Connection::new(stream).serve(broker, peer, stop).await;
+            drop(slot);
+        });
     }
 }
 
@@ -229,6 +326,30 @@ async fn sweep_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             Err(e) => tracing::warn!("sweep failed: {e}"),
         }
     }
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit.
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit for the call to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit that only raises the soft limit up to the hard one.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        limit = raised;
+    }
+    Ok(limit.rlim_cur)
 }
 
 /// SIGINT and SIGTERM, caught from the moment this is created, so a signal that arrives

@@ -254,6 +254,7 @@ impl BrokerProcess {
             .env_remove("IPC_SHARED_SECRET")
             .env_remove("IPC_ADDR")
             .env_remove("IPC_DATA_DIR")
+            .env_remove("IPC_SOCKET")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -318,14 +319,28 @@ impl Drop for BrokerProcess {
 
 /// Runs the binary as a client with `IPC_ADDR` and `IPC_SESSION_FILE` set.
 pub fn cli(addr: &str, session_file: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(binary())
+    cli_with_env(addr, session_file, args, &[])
+}
+
+/// [`cli`] with extra environment variables (such as `IPC_SOCKET`).
+pub fn cli_with_env(
+    addr: &str,
+    session_file: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut command = Command::new(binary());
+    command
         .args(args)
         .env("IPC_ADDR", addr)
         .env("IPC_SESSION_FILE", session_file)
         .env_remove("IPC_SHARED_SECRET")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run claude-ipc")
+        .env_remove("IPC_SOCKET")
+        .env("NO_COLOR", "1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run claude-ipc")
 }
 
 impl TestBroker {
