@@ -29,13 +29,18 @@ pub fn write_file(dir: &Path, content: &str, now: DateTime<Utc>) -> std::io::Res
         .mode(0o600)
         .open(&path)?;
     let size_kb = content.len() as f64 / 1024.0;
-    write!(
+    let written = write!(
         file,
         "# IPC Message\nTime: {}\nSize: {size_kb:.1}KB\n\n## Content\n{content}\n",
         crate::clock::to_text(now)
-    )?;
-    file.sync_all()?;
-    fs::File::open(dir)?.sync_all()?;
+    )
+    .and_then(|_| file.sync_all())
+    .and_then(|_| fs::File::open(dir)?.sync_all());
+    if let Err(e) = written {
+        // A full disk leaves a truncated file; no message will point at it, so remove it.
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(path)
 }
 

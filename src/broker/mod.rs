@@ -12,6 +12,7 @@ pub mod identity;
 pub mod large_message;
 pub mod mail;
 pub mod session;
+pub mod storage_failure;
 pub mod sweeper;
 
 use std::collections::HashMap;
@@ -178,9 +179,39 @@ impl Broker {
                 if let ErrorCode::StorageFailed | ErrorCode::Internal = error.code() {
                     tracing::error!(action = action_name, peer, "request failed: {error}");
                 }
+                if error.code() == ErrorCode::StorageFailed {
+                    return self.storage_failure_reply(error).await.into();
+                }
                 error.into_reply().into()
             }
         }
+    }
+
+    /// A storage failure's reply, saying "the disk is full" or "read-only" when that is why.
+    async fn storage_failure_reply(&self, error: BrokerError) -> Reply {
+        let data_dir = self.data_dir().to_owned();
+        let diagnosis = tokio::task::spawn_blocking(move || {
+            let problem = storage_failure::diagnose(&error, &data_dir);
+            (problem, error, data_dir)
+        })
+        .await;
+        match diagnosis {
+            Ok((Some(problem), _, data_dir)) => {
+                Reply::error(ErrorCode::StorageFailed, problem.advice(&data_dir))
+            }
+            Ok((None, error, _)) => error.into_reply(),
+            Err(e) => Reply::error(
+                ErrorCode::StorageFailed,
+                format!("storing failed and nothing was stored ({e}); retry"),
+            ),
+        }
+    }
+
+    /// The data directory: the parent of `large-messages/`.
+    fn data_dir(&self) -> &std::path::Path {
+        self.large_message_dir
+            .parent()
+            .unwrap_or(&self.large_message_dir)
     }
 
     fn ping(&self) -> Reply {
