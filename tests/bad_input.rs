@@ -1,33 +1,14 @@
 //! Bad input gets a clear error with a stable code, never takes the broker down, and never
-//! loses stored mail.
+//! loses stored mail. The issue's list of hostile inputs, one test each, is in
+//! `hostile_input.rs`; this file holds the cases around them.
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
-
-/// Reads one reply line from a raw stream.
-fn read_reply(stream: &mut TcpStream) -> Value {
-    let mut bytes = Vec::new();
-    let mut byte = [0u8; 1];
-    while stream.read(&mut byte).expect("read reply") == 1 {
-        if byte[0] == b'\n' {
-            break;
-        }
-        bytes.push(byte[0]);
-    }
-    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not a JSON reply ({e}): {bytes:?}"))
-}
-
-/// True once the peer has closed the connection.
-fn closed_by_broker(stream: &mut TcpStream) -> bool {
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut rest = Vec::new();
-    stream.read_to_end(&mut rest).is_ok()
-}
+use serde_json::json;
 
 /// Queues one message for bob, to prove later that nothing stored was lost.
 fn stored_mail(broker: &TestBroker) -> (String, String) {
@@ -45,76 +26,6 @@ fn assert_mail_intact_and_broker_serving(broker: &TestBroker, bob: &str) {
     let checked = broker.client().check(bob).unwrap();
     assert_eq!(checked.messages.len(), 1);
     assert_eq!(checked.messages[0].message.content, "must survive");
-}
-
-#[test]
-fn malformed_requests_get_their_own_codes_on_one_persistent_connection() {
-    let broker = TestBroker::start();
-    let (_, bob) = stored_mail(&broker);
-    let cases: &[(&[u8], &str)] = &[
-        (b"{\"action\": \"ping\",,}\n", "invalid_json"),
-        (b"[1, 2, 3]\n", "not_an_object"),
-        (b"\"just a string\"\n", "not_an_object"),
-        (b"hello there\n", "invalid_json"),
-        (b"{\"to_id\": \"bob\"}\n", "missing_field"),
-        (b"{\"action\": 42}\n", "invalid_field"),
-        (b"{\"action\": \"send\", \"session_token\": \"x\", \"to_id\": [1], \"message\": {\"content\": \"x\"}}\n", "invalid_field"),
-        (b"{\"action\": \"send\", \"session_token\": \"x\", \"to_id\": \"bob\"}\n", "missing_field"),
-        (b"{\"action\": \"send\", \"session_token\": \"x\", \"to_id\": \"bob\", \"message\": \"hi\"}\n", "invalid_field"),
-        (b"{\"action\": \"teleport\"}\n", "unknown_action"),
-        (b"{\"action\": \"ping\xff\xfe\"}\n", "invalid_json"),
-    ];
-    let mut stream = TcpStream::connect(broker.addr()).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    for (request, code) in cases {
-        stream.write_all(request).unwrap();
-        let reply = read_reply(&mut stream);
-        assert_eq!(
-            reply["status"],
-            "error",
-            "{}",
-            String::from_utf8_lossy(request)
-        );
-        assert_eq!(
-            reply["code"],
-            *code,
-            "{}: {reply}",
-            String::from_utf8_lossy(request)
-        );
-        assert!(reply["message"].as_str().unwrap().len() > 10, "{reply}");
-    }
-    // The same connection still serves a good request after all of that.
-    stream.write_all(b"{\"action\": \"ping\"}\n").unwrap();
-    assert_eq!(read_reply(&mut stream)["status"], "ok");
-    assert_mail_intact_and_broker_serving(&broker, &bob);
-}
-
-#[test]
-fn json_nested_ten_thousand_deep_is_refused_cleanly() {
-    let broker = TestBroker::start();
-    let (_, bob) = stored_mail(&broker);
-    let deep = format!("{}{}", "{\"a\":".repeat(10_000), "}".repeat(10_000));
-    let reply: Value =
-        serde_json::from_slice(&legacy_raw(&broker.addr(), deep.as_bytes())).unwrap();
-    assert_eq!(reply["code"], "invalid_json", "{reply}");
-    assert_mail_intact_and_broker_serving(&broker, &bob);
-}
-
-#[test]
-fn a_request_over_the_size_limit_is_refused_and_the_connection_closed() {
-    let broker = TestBroker::start_with(|c| c.limits.max_request_bytes = 64 * 1024);
-    let (alice, bob) = stored_mail(&broker);
-    let mut stream = TcpStream::connect(broker.addr()).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let huge = json!({"action": "send", "session_token": alice, "to_id": "bob",
-                      "message": {"content": "x".repeat(100 * 1024)}});
-    // The broker may close while we are still writing; that is fine.
-    let _ = stream.write_all(huge.to_string().as_bytes());
-    let reply = read_reply(&mut stream);
-    assert_eq!(reply["code"], "request_too_large", "{reply}");
-    assert!(reply["message"].as_str().unwrap().contains("65536"));
-    assert!(closed_by_broker(&mut stream));
-    assert_mail_intact_and_broker_serving(&broker, &bob);
 }
 
 #[test]
@@ -139,23 +50,6 @@ fn a_client_that_sends_nothing_is_closed_after_the_idle_timeout() {
     let reply = read_reply(&mut stream);
     assert_eq!(reply["code"], "idle_timeout", "{reply}");
     assert!(started.elapsed() >= Duration::from_millis(250));
-    assert!(closed_by_broker(&mut stream));
-    assert_mail_intact_and_broker_serving(&broker, &bob);
-}
-
-#[test]
-fn half_a_request_then_silence_hits_the_read_timeout() {
-    let broker = TestBroker::start_with(|c| c.limits.read_timeout = Duration::from_millis(300));
-    let (_, bob) = stored_mail(&broker);
-    let mut stream = TcpStream::connect(broker.addr()).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.write_all(b"{\"action\": \"pi").unwrap();
-    let reply = read_reply(&mut stream);
-    assert_eq!(reply["code"], "read_timeout", "{reply}");
-    assert!(reply["message"]
-        .as_str()
-        .unwrap()
-        .contains("bytes received"));
     assert!(closed_by_broker(&mut stream));
     assert_mail_intact_and_broker_serving(&broker, &bob);
 }
@@ -272,40 +166,6 @@ fn mail_whose_reply_cannot_be_written_stays_queued() {
         pending(&broker),
         0,
         "a written reply marks the mail delivered"
-    );
-}
-
-#[test]
-fn names_that_try_path_tricks_are_refused_before_any_file_is_touched() {
-    let broker = TestBroker::start();
-    let alice = broker.register("alice");
-    for name in [
-        "../../etc/passwd",
-        "a/b",
-        "..",
-        "bob\u{0}",
-        "x".repeat(33).as_str(),
-        "",
-    ] {
-        let reply = legacy(
-            &broker.addr(),
-            &json!({"action": "send", "session_token": alice, "to_id": name,
-                    "message": {"content": "z".repeat(20 * 1024)}}),
-        );
-        assert_eq!(reply["code"], "invalid_name", "{name:?}: {reply}");
-        let reply = legacy(
-            &broker.addr(),
-            &json!({"action": "register", "instance_id": name}),
-        );
-        assert_eq!(reply["code"], "invalid_name", "{name:?}: {reply}");
-    }
-    let large_dir = broker.data_dir().join("large-messages");
-    let files = std::fs::read_dir(&large_dir)
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(
-        files, 0,
-        "no large-message file may be written for a refused send"
     );
 }
 

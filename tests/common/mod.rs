@@ -165,6 +165,43 @@ pub fn legacy(addr: &str, request: &Value) -> Value {
     })
 }
 
+/// Reads one reply line from a raw stream, byte by byte (so nothing after it is consumed).
+pub fn read_reply(stream: &mut impl Read) -> Value {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while stream.read(&mut byte).expect("read reply") == 1 {
+        if byte[0] == b'\n' {
+            break;
+        }
+        bytes.push(byte[0]);
+    }
+    serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not a JSON reply ({e}): {bytes:?}"))
+}
+
+/// True once the broker has closed the connection (reading to the end succeeds).
+pub fn closed_by_broker(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).is_ok()
+}
+
+/// A well-behaved client's whole round trip on a fresh connection: two new names register,
+/// one sends the other a message, the other checks and gets exactly that message.
+pub fn a_normal_client_is_served(addr: &str, tag: &str) {
+    let mut client = Client::connect(addr, TIMEOUT).expect("a normal client connects");
+    let (from, to) = (format!("{tag}-from"), format!("{tag}-to"));
+    let sender = client
+        .register(&from, None)
+        .expect("register")
+        .session_token;
+    let receiver = client.register(&to, None).expect("register").session_token;
+    let text = format!("{tag}: business as usual");
+    client.send(&sender, &to, &text, None, None).expect("send");
+    let mail = client.check(&receiver).expect("check").messages;
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    assert_eq!(mail[0].message.content, text);
+}
+
 /// Polls `done` until it holds, failing the test after [`TIMEOUT`].
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + TIMEOUT;
