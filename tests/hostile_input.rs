@@ -371,6 +371,33 @@ impl SmallFilesystem {
     }
 }
 
+/// A read-only bind mount of a directory over itself: paths through it cannot be written,
+/// while files opened before it (the broker's database) keep working, as on a real system.
+struct ReadOnlyView {
+    path: PathBuf,
+}
+
+impl ReadOnlyView {
+    fn mount(path: &Path) -> ReadOnlyView {
+        let run = |args: &[&str]| {
+            let status = Command::new("mount").args(args).arg(path).status().unwrap();
+            assert!(status.success(), "mount {args:?} failed");
+        };
+        run(&["--bind", path.to_str().unwrap()]);
+        let view = ReadOnlyView {
+            path: path.to_owned(),
+        };
+        run(&["-o", "remount,bind,ro"]);
+        view
+    }
+}
+
+impl Drop for ReadOnlyView {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).status();
+    }
+}
+
 impl Drop for SmallFilesystem {
     fn drop(&mut self) {
         let _ = Command::new("umount")
@@ -380,13 +407,14 @@ impl Drop for SmallFilesystem {
     }
 }
 
-/// The data directory on a real filesystem that fills up: a 4 MiB tmpfs. Mounting needs root
-/// (CI and the development machines run as root); elsewhere the test says so and stops.
+/// The data directory on a real filesystem that fills up (a 4 MiB tmpfs), then made
+/// read-only (a read-only bind mount over it). Mounting needs root (CI and the development
+/// machines run as root); elsewhere the test says so and stops.
 ///
-/// A full disk is the case a running broker really meets: its database file is already open,
-/// so a read-only `chmod` would not stop its writes (and root ignores modes anyway). A full
-/// disk fails the database's next write with SQLITE_FULL and a large-message file's write
-/// with ENOSPC, which covers both ways a send stores data.
+/// A full disk fails the database's next write with SQLITE_FULL and a large-message file's
+/// write with ENOSPC, which covers both ways a send stores data. Read-only is the weaker
+/// case for a running broker: its database file is already open, so only new files (large
+/// messages) fail; a `chmod` would not even do that much for root, hence the bind mount.
 #[test]
 fn a_read_only_or_full_data_directory() {
     let dir = tempfile::tempdir().unwrap();
@@ -447,6 +475,23 @@ fn a_read_only_or_full_data_directory() {
     // Space comes back: sending works again, and everything stored before is delivered.
     std::fs::remove_file(filler).unwrap();
     client.send(&alice, "bob", "after", None, None).unwrap();
+
+    // Read-only: a large message needs a new file, which a read-only directory refuses.
+    let read_only = ReadOnlyView::mount(&data_dir);
+    let reply = client
+        .request(
+            &json!({"action": "send", "session_token": alice, "to_id": "bob",
+                         "message": {"content": "r".repeat(300 * 1024)}}),
+        )
+        .unwrap();
+    assert_eq!(reply["code"], "storage_failed", "{reply}");
+    let message = reply["message"].as_str().unwrap();
+    assert!(
+        message.contains("is not writable (Read-only file system"),
+        "{message}"
+    );
+    assert!(message.contains("make it writable"), "{message}");
+    drop(read_only);
     let broker = {
         // A restart proves it is on disk, not only in the broker's memory.
         assert!(broker.terminate().success());
