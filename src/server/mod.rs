@@ -205,16 +205,22 @@ struct Listeners {
 /// One accepted connection, before it is served.
 enum Accepted {
     Tcp(tokio::net::TcpStream, SocketAddr),
-    Unix(UnixStream, UCred),
+    /// A socket peer and its credentials (or why they could not be read).
+    Unix(UnixStream, std::io::Result<UCred>),
 }
 
 impl Listeners {
+    /// The uid the Unix socket serves.
+    fn socket_owner(&self) -> u32 {
+        self.unix.as_ref().map_or(u32::MAX, |(_, uid)| *uid)
+    }
+
     async fn accept(&self) -> std::io::Result<Accepted> {
         let unix = async {
             match &self.unix {
                 Some((listener, _)) => {
                     let (stream, _) = listener.accept().await?;
-                    let cred = stream.peer_cred()?;
+                    let cred = stream.peer_cred();
                     Ok(Accepted::Unix(stream, cred))
                 }
                 None => std::future::pending().await,
@@ -261,9 +267,13 @@ async fn accept_loop(listeners: Listeners, broker: Arc<Broker>, mut stop: watch:
         };
         match accepted {
             Accepted::Tcp(stream, peer) => serve.spawn(stream, peer.to_string()),
-            Accepted::Unix(stream, cred) => {
+            Accepted::Unix(_, Err(e)) => {
+                // Without credentials the peer cannot be checked, so it is not served.
+                tracing::warn!("socket connection dropped: cannot read its credentials: {e}");
+            }
+            Accepted::Unix(stream, Ok(cred)) => {
                 let peer = unix_socket::describe_peer(&cred);
-                let owner = listeners.unix.as_ref().map_or(u32::MAX, |(_, uid)| *uid);
+                let owner = listeners.socket_owner();
                 if unix_socket::peer_allowed(&cred, owner) {
                     serve.spawn(stream, peer);
                 } else {

@@ -189,6 +189,11 @@ pub fn closed_by_broker(stream: &mut TcpStream) -> bool {
 /// one sends the other a message, the other checks and gets exactly that message.
 pub fn a_normal_client_is_served(addr: &str, tag: &str) {
     let mut client = Client::connect(addr, TIMEOUT).expect("a normal client connects");
+    a_normal_client_is_served_on(&mut client, tag);
+}
+
+/// [`a_normal_client_is_served`] on a connection the caller already holds.
+pub fn a_normal_client_is_served_on(client: &mut Client, tag: &str) {
     let (from, to) = (format!("{tag}-from"), format!("{tag}-to"));
     let sender = client
         .register(&from, None)
