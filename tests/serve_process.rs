@@ -1,5 +1,6 @@
 //! `claude-ipc serve` as an operator runs it: what it logs at start, how it reports
-//! authentication failures, and that SIGINT stops it as cleanly as SIGTERM.
+//! authentication failures, that SIGINT stops it as cleanly as SIGTERM, and that it raises its
+//! open-file limit to fit its connection cap.
 mod common;
 
 use std::process::Command;
@@ -105,5 +106,65 @@ fn authentication_failures_are_logged_at_warn_with_name_and_peer() {
     assert!(
         !log.contains(&"0".repeat(64)),
         "the offered token is not logged"
+    );
+}
+
+/// Starts `serve` under the given open-file limits (soft:hard), waits for its start line, reads
+/// the soft limit it runs with from /proc, stops it, and returns that limit and its log.
+fn serve_under_open_file_limit(soft_hard: &str, extra_args: &[&str]) -> (u64, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new("prlimit")
+        .arg(format!("--nofile={soft_hard}"))
+        .arg(binary())
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(extra_args)
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    let mut log = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("broker listening") {
+            break;
+        }
+    }
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap()
+        .parse()
+        .unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    (soft, log)
+}
+
+#[test]
+fn serve_raises_its_open_file_limit_and_warns_when_the_cap_needs_more() {
+    let (soft, log) = serve_under_open_file_limit("256:4096", &["--max-connections", "1000"]);
+    assert_eq!(soft, 4096, "the soft limit is raised to the hard limit");
+    assert!(!log.contains("open-file limit is below"), "{log}");
+
+    let (soft, log) = serve_under_open_file_limit("256:512", &["--max-connections", "1024"]);
+    assert_eq!(soft, 512);
+    let warning = log
+        .lines()
+        .find(|l| l.contains("open-file limit is below"))
+        .unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("limit=512") && warning.contains("needed=1088"),
+        "{warning}"
     );
 }
