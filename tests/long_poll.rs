@@ -73,7 +73,7 @@ fn a_waiting_check_answers_as_soon_as_mail_is_sent() {
 #[test]
 fn a_waiting_check_answers_empty_at_its_deadline() {
     let broker = TestBroker::start();
-    let (addr, alice) = (broker.addr(), broker.register("alice"));
+    let alice = broker.register("alice");
     let (reply, took) = long_poll(&broker, &alice, 300).join().unwrap();
     assert_eq!(reply["status"], "ok");
     assert_eq!(contents(&reply), Vec::<String>::new());
@@ -83,7 +83,7 @@ fn a_waiting_check_answers_empty_at_its_deadline() {
 #[test]
 fn a_sleeping_waiter_makes_no_database_work() {
     let broker = TestBroker::start();
-    let (addr, alice) = (broker.addr(), broker.register("alice"));
+    let alice = broker.register("alice");
     let waiter = long_poll(&broker, &alice, 2_000);
     let jobs_asleep = store_jobs(&broker);
     thread::sleep(Duration::from_millis(1_000));
@@ -167,7 +167,7 @@ fn a_lease_running_out_wakes_the_waiter() {
 #[test]
 fn shutdown_answers_waiters_instead_of_making_them_wait() {
     let broker = TestBroker::start();
-    let (addr, alice) = (broker.addr(), broker.register("alice"));
+    let alice = broker.register("alice");
     let waiter = long_poll(&broker, &alice, 120_000);
     let stopping = Instant::now();
     drop(broker);
