@@ -6,13 +6,15 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::broker::session::expected_auth_token;
+use chrono::{DateTime, Utc};
+
+use crate::broker::session::{expected_auth_token, new_token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -20,16 +22,35 @@ pub enum ClientError {
     Unreachable { addr: String, reason: String },
     #[error("connection to the broker failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the broker closed the connection before replying; it may have stopped — `claude-ipc ping` tells")]
+    Closed,
     #[error("the broker sent something that is not a reply: {0}")]
     Protocol(String),
     #[error("{message} [{code}]")]
     Broker { code: String, message: String },
 }
 
+/// Extra read time allowed on top of a long-poll's wait when no read timeout was set.
+const WAIT_MARGIN: Duration = Duration::from_secs(10);
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
 /// A connection to a broker.
 pub struct Client {
     reader: BufReader<Stream>,
     writer: Stream,
+    /// Where it connected, so a stamped send can reconnect and retry.
+    target: Target,
+    timeout: Duration,
+}
+
+/// Where a client connects: a TCP address or the broker's Unix socket.
+#[derive(Debug, Clone)]
+enum Target {
+    Tcp(String),
+    Unix(PathBuf),
 }
 
 /// The two ways to reach a broker; both carry the same protocol.
@@ -44,6 +65,20 @@ impl Stream {
             Stream::Tcp(stream) => Stream::Tcp(stream.try_clone()?),
             Stream::Unix(stream) => Stream::Unix(stream.try_clone()?),
         })
+    }
+
+    fn read_timeout(&self) -> std::io::Result<Option<Duration>> {
+        match self {
+            Stream::Tcp(stream) => stream.read_timeout(),
+            Stream::Unix(stream) => stream.read_timeout(),
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(stream) => stream.set_read_timeout(timeout),
+            Stream::Unix(stream) => stream.set_read_timeout(timeout),
+        }
     }
 }
 
@@ -69,6 +104,28 @@ impl Write for Stream {
             Stream::Tcp(stream) => stream.flush(),
             Stream::Unix(stream) => stream.flush(),
         }
+    }
+}
+
+/// A sender's stamp: a nonce that makes a retry safe, and when the message was written.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    pub nonce: String,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl Stamp {
+    /// A fresh random nonce, stamped now.
+    pub fn fresh() -> std::io::Result<Stamp> {
+        Ok(Stamp {
+            nonce: new_token()?,
+            timestamp: Utc::now(),
+        })
+    }
+
+    fn apply(&self, request: &mut Value) {
+        request["nonce"] = self.nonce.clone().into();
+        request["timestamp"] = crate::clock::to_text(self.timestamp).into();
     }
 }
 
@@ -102,6 +159,9 @@ pub struct Received {
     pub nonce: Option<String>,
     #[serde(default)]
     pub sender_timestamp: Option<String>,
+    /// Which hand-out this is: 1 the first time, more after a lease ran out unacknowledged.
+    #[serde(default)]
+    pub delivery_count: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -117,6 +177,44 @@ pub struct Checked {
     pub messages: Vec<Received>,
     #[serde(default)]
     pub more: bool,
+    /// With a manual ack: until when the returned mail is held for this reader.
+    #[serde(default)]
+    pub lease_until: Option<String>,
+}
+
+impl Checked {
+    pub fn ids(&self) -> Vec<i64> {
+        self.messages.iter().map(|m| m.id).collect()
+    }
+}
+
+/// How to `check`: see [`Client::check_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions {
+    /// Lease the mail for this long instead of having it marked delivered; settle it with
+    /// [`Client::ack`].
+    pub manual_ack: Option<Duration>,
+    /// Wait up to this long for mail when none is waiting.
+    pub wait: Option<Duration>,
+    pub limit: Option<u32>,
+}
+
+/// `ack`'s reply.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Acked {
+    pub acked: u32,
+    #[serde(default)]
+    pub already_acked: Vec<i64>,
+    #[serde(default)]
+    pub refused: Vec<Refused>,
+}
+
+/// An id an `ack` could not settle, and why.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Refused {
+    pub id: i64,
+    pub code: String,
+    pub message: String,
 }
 
 /// One entry of `list`.
@@ -143,7 +241,7 @@ impl Client {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        Self::over(Stream::Tcp(stream))
+        Self::over(Stream::Tcp(stream), Target::Tcp(addr.to_owned()), timeout)
     }
 
     /// Connects to the broker's Unix socket at `path`, waiting at most `timeout` for each
@@ -155,14 +253,77 @@ impl Client {
         })?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        Self::over(Stream::Unix(stream))
+        Self::over(Stream::Unix(stream), Target::Unix(path.to_owned()), timeout)
     }
 
-    fn over(stream: Stream) -> Result<Client, ClientError> {
+    fn over(stream: Stream, target: Target, timeout: Duration) -> Result<Client, ClientError> {
         Ok(Client {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
+            target,
+            timeout,
         })
+    }
+
+    /// A new connection to the same broker, the same way.
+    fn reconnect(&self) -> Result<Client, ClientError> {
+        match &self.target {
+            Target::Tcp(addr) => Client::connect(addr, self.timeout),
+            Target::Unix(path) => Client::connect_unix(path, self.timeout),
+        }
+    }
+
+    /// Sends a stamped request; if the connection fails on the way, connects again and sends
+    /// the very same request once more. The nonce makes the broker store it only once.
+    fn call_stamped<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        mut request: Value,
+        stamp: &Stamp,
+    ) -> Result<T, ClientError> {
+        stamp.apply(&mut request);
+        match self.call_as(&request) {
+            Err(ClientError::Io(_) | ClientError::Closed) => {
+                *self = self.reconnect()?;
+                self.call_as(&request)
+            }
+            other => other,
+        }
+    }
+
+    /// `send` with a stamp, retried once with the same nonce after a connection failure.
+    pub fn send_stamped(
+        &mut self,
+        token: &str,
+        to: &str,
+        content: &str,
+        data: Option<Value>,
+        stamp: &Stamp,
+    ) -> Result<Sent, ClientError> {
+        let mut request = json!({
+            "action": "send", "session_token": token, "to_id": to,
+            "message": {"content": content},
+        });
+        if let Some(data) = data {
+            request["message"]["data"] = data;
+        }
+        self.call_stamped(request, stamp)
+    }
+
+    /// `broadcast` with a stamp, retried once with the same nonce after a connection failure.
+    pub fn broadcast_stamped(
+        &mut self,
+        token: &str,
+        content: &str,
+        data: Option<Value>,
+        stamp: &Stamp,
+    ) -> Result<Value, ClientError> {
+        let mut request = json!({
+            "action": "broadcast", "session_token": token, "message": {"content": content},
+        });
+        if let Some(data) = data {
+            request["message"]["data"] = data;
+        }
+        self.call_stamped(request, stamp)
     }
 
     /// Sends any request and returns the reply as JSON, whatever its status.
@@ -173,9 +334,7 @@ impl Client {
         self.writer.write_all(&line)?;
         let mut reply = String::new();
         if self.reader.read_line(&mut reply)? == 0 {
-            return Err(ClientError::Protocol(
-                "the broker closed the connection".into(),
-            ));
+            return Err(ClientError::Closed);
         }
         serde_json::from_str(&reply).map_err(|e| ClientError::Protocol(format!("{e}: {reply}")))
     }
@@ -245,8 +404,42 @@ impl Client {
         }))
     }
 
+    /// The legacy check: what it returns is marked delivered once the reply is written.
     pub fn check(&mut self, token: &str) -> Result<Checked, ClientError> {
         self.call_as(&json!({"action": "check", "session_token": token}))
+    }
+
+    /// A check with a manual ack, a long-poll, or a limit. While it long-polls, the read
+    /// timeout is stretched to cover the wait.
+    pub fn check_with(
+        &mut self,
+        token: &str,
+        options: CheckOptions,
+    ) -> Result<Checked, ClientError> {
+        let mut request = json!({"action": "check", "session_token": token});
+        if let Some(lease) = options.manual_ack {
+            request["ack"] = "manual".into();
+            request["lease_ms"] = millis(lease).into();
+        }
+        if let Some(limit) = options.limit {
+            request["limit"] = limit.into();
+        }
+        let Some(wait) = options.wait else {
+            return self.call_as(&request);
+        };
+        request["wait_ms"] = millis(wait).into();
+        let usual = self.reader.get_ref().read_timeout()?;
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(wait + usual.unwrap_or(WAIT_MARGIN)))?;
+        let checked = self.call_as(&request);
+        self.reader.get_ref().set_read_timeout(usual)?;
+        checked
+    }
+
+    /// Settles mail a manual-ack check returned.
+    pub fn ack(&mut self, token: &str, ids: &[i64]) -> Result<Acked, ClientError> {
+        self.call_as(&json!({"action": "ack", "session_token": token, "ids": ids}))
     }
 
     pub fn list(&mut self, token: &str) -> Result<Vec<Instance>, ClientError> {
