@@ -91,9 +91,9 @@ fn the_start_line_names_the_socket() {
 }
 
 #[test]
-fn the_cli_registers_sends_and_checks_over_ipc_socket() {
+fn the_cli_registers_sends_and_checks_over_ipc_socket_and_peers_are_named_by_uid() {
     let dir = tempfile::tempdir().unwrap();
-    let (_broker, socket) = socket_broker(dir.path());
+    let (broker, socket) = socket_broker(dir.path());
     let env = [("IPC_SOCKET", socket.to_str().unwrap())];
     let alice = dir.path().join("alice.session");
     let bob = dir.path().join("bob.session");
@@ -116,6 +116,16 @@ fn the_cli_registers_sends_and_checks_over_ipc_socket() {
         ping.contains(&format!("socket {}", socket.display())),
         "{ping}"
     );
+    // A socket peer is recorded by uid and pid, as an address would be for TCP.
+    let mut stranger = claude_ipc::client::Client::connect_unix(&socket, TIMEOUT).unwrap();
+    let refused = stranger.check("not-a-token").unwrap_err().to_string();
+    assert!(refused.contains("invalid_session"), "{refused}");
+    let db = rusqlite::Connection::open(broker.data_dir.join("ipc.db")).unwrap();
+    let peer: String = db
+        .query_row("SELECT peer FROM auth_failures", [], |row| row.get(0))
+        .unwrap();
+    let uid = claude_ipc::server::unix_socket::effective_uid();
+    assert_eq!(peer, format!("unix:uid={uid},pid={}", std::process::id()));
     // --addr alone, with IPC_SOCKET unset, goes to the dead TCP port and fails.
     let output = cli(NOWHERE, &bob, &["ping"]);
     assert_eq!(output.status.code(), Some(3));
