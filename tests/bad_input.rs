@@ -186,3 +186,27 @@ fn strangers_cannot_make_the_broker_write_large_message_files() {
     let recorded: i64 = broker.count("SELECT count(*) FROM auth_failures");
     assert_eq!(recorded, 1, "the refused stranger is counted");
 }
+
+#[test]
+fn pipelined_requests_in_one_write_and_a_trailing_half_request_are_each_answered_in_order() {
+    let broker = TestBroker::start();
+    let mut stream = std::net::TcpStream::connect(broker.addr()).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut requests = "{\"action\": \"ping\"}\n".repeat(2_000);
+    requests.push_str("{\"action\": \"teleport\"}{\"action\": \"ping\"}hello");
+    stream.write_all(requests.as_bytes()).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut replies = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut replies).unwrap();
+    let codes: Vec<String> = String::from_utf8(replies)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let reply: serde_json::Value = serde_json::from_str(line).unwrap();
+            reply["code"].as_str().unwrap_or("ok").to_owned()
+        })
+        .collect();
+    assert_eq!(codes.len(), 2_003);
+    assert!(codes[..2_000].iter().all(|c| c == "ok"));
+    assert_eq!(codes[2_000..], ["unknown_action", "ok", "invalid_json"]);
+}

@@ -13,6 +13,11 @@ use crate::broker::Broker;
 use crate::config::Limits;
 use crate::protocol::{ErrorCode, FrameScanner, FrameTooLarge, Reply, Request, Scan};
 
+/// A connection's read buffer starts this big.
+const INITIAL_BUFFER: usize = 4096;
+/// A buffer grown past this by a large request shrinks back once it is nearly empty.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
 /// What reading the next request produced.
 enum Incoming {
     Frame(Vec<u8>),
@@ -26,6 +31,8 @@ enum Incoming {
 pub struct Connection<S> {
     stream: S,
     buffer: Vec<u8>,
+    /// Bytes at the front of `buffer` already handed out as frames; dropped before the next read.
+    taken: usize,
     scanner: FrameScanner,
     /// When the request being read started to arrive, for the read timeout.
     frame_started: Option<Instant>,
@@ -35,7 +42,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub fn new(stream: S) -> Self {
         Connection {
             stream,
-            buffer: Vec::with_capacity(4096),
+            buffer: Vec::with_capacity(INITIAL_BUFFER),
+            taken: 0,
             scanner: FrameScanner::new(),
             frame_started: None,
         }
@@ -93,19 +101,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     async fn read_frame(&mut self, limits: &Limits) -> Incoming {
         let idle_since = Instant::now();
         loop {
-            match self
-                .scanner
-                .scan_limited(&self.buffer, limits.max_request_bytes)
-            {
+            let unread = &self.buffer[self.taken..];
+            match self.scanner.scan_limited(unread, limits.max_request_bytes) {
                 Err(FrameTooLarge) => return Incoming::Refused(too_large(limits)),
                 Ok(Scan::Complete { frame, consumed }) => {
-                    let bytes = self.buffer[frame].to_vec();
-                    self.buffer.drain(..consumed);
+                    let bytes = unread[frame].to_vec();
+                    self.taken += consumed;
                     self.scanner.reset();
                     self.frame_started = None;
                     return Incoming::Frame(bytes);
                 }
-                Ok(Scan::NeedMore) => {}
+                Ok(Scan::NeedMore) => self.compact(),
             }
             if self.scanner.in_frame() && self.frame_started.is_none() {
                 self.frame_started = Some(Instant::now());
@@ -127,12 +133,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Drops the frames already handed out from the front of the buffer: once per read, not
+    /// once per frame, so a read holding thousands of small pipelined requests is not moved
+    /// thousands of times. A buffer a large request grew is given back once it is nearly empty.
+    fn compact(&mut self) {
+        self.buffer.drain(..self.taken);
+        self.taken = 0;
+        if self.buffer.capacity() > SHRINK_ABOVE && self.buffer.len() < INITIAL_BUFFER {
+            self.buffer.shrink_to(INITIAL_BUFFER);
+        }
+    }
+
     /// At EOF, a half-sent request is still answered (it may be a bare token); whitespace is not.
     fn end_of_stream(&mut self) -> Incoming {
         if !self.scanner.in_frame() {
             return Incoming::Closed;
         }
-        let rest = std::mem::take(&mut self.buffer);
+        let rest = self.buffer.split_off(self.taken);
+        self.buffer.clear();
+        self.taken = 0;
         self.scanner.reset();
         self.frame_started = None;
         Incoming::Frame(rest)
