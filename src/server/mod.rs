@@ -95,7 +95,17 @@ pub async fn start(
             )
             .map_err(StoreError::from)
         })
-        .await?;
+        .await;
+    let run_id = match run_id {
+        Ok(run_id) => run_id,
+        Err(e) => {
+            // Not starting after all: leave no socket file behind.
+            if let Some(socket) = &socket {
+                socket.remove_file();
+            }
+            return Err(e.into());
+        }
+    };
     let broker = Arc::new(
         Broker::new(
             store,
