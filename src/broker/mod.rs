@@ -123,6 +123,8 @@ pub struct Broker {
     shared_secret: Option<String>,
     large_message_dir: PathBuf,
     clock: Clock,
+    /// When this broker started, by its clock; `ping` reports it and the uptime.
+    started_at: DateTime<Utc>,
     /// One check at a time per session, so two connections of one instance never both receive
     /// the same mail before it is marked delivered. A std `Mutex` guards only the map and is
     /// never held across an `.await`.
@@ -142,6 +144,7 @@ impl Broker {
             limits,
             shared_secret,
             large_message_dir,
+            started_at: clock.now(),
             clock,
             check_locks: Mutex::new(HashMap::new()),
         }
@@ -177,18 +180,7 @@ impl Broker {
     async fn dispatch(&self, request: Request, peer: &str) -> Result<Outcome, BrokerError> {
         let token = request.session_token;
         match request.action {
-            Action::Ping => Ok(Reply::ok()
-                .with("version", crate::VERSION)
-                .with("protocol", crate::protocol::PROTOCOL_VERSION)
-                .with(
-                    "mode",
-                    if self.is_open_mode() {
-                        "open"
-                    } else {
-                        "secret"
-                    },
-                )
-                .into()),
+            Action::Ping => Ok(self.ping().into()),
             Action::Register {
                 instance_id,
                 auth_token,
@@ -212,6 +204,24 @@ impl Broker {
             Action::List => self.list(token, peer).await.map(Outcome::from),
             Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
         }
+    }
+
+    /// `ping`: version, protocol and security mode, and which process hosts the broker since
+    /// when, for `claude-ipc status`.
+    fn ping(&self) -> Reply {
+        let mode = if self.is_open_mode() {
+            "open"
+        } else {
+            "secret"
+        };
+        let uptime = (self.now() - self.started_at).num_seconds().max(0);
+        Reply::ok()
+            .with("version", crate::VERSION)
+            .with("protocol", crate::protocol::PROTOCOL_VERSION)
+            .with("mode", mode)
+            .with("pid", std::process::id())
+            .with("started_at", text(self.started_at))
+            .with("uptime_seconds", uptime)
     }
 
     /// The broker's clock's "now" (injectable in tests).

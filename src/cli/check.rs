@@ -7,13 +7,18 @@ use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  claude-ipc check --json | jq '.messages[].message.content'")]
+#[command(
+    after_help = "Each message shows its id, sender and time (with how long ago); mail is marked\ndelivered only after the reply arrived, so an interrupted check loses nothing.\n\nExamples:\n  claude-ipc check\n  claude-ipc check --json | jq -r '.messages[].message.content'"
+)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  claude-ipc list\n  claude-ipc list --json | jq -r '.instances[].id'"
+)]
 pub struct ListArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -39,8 +44,11 @@ pub fn run(args: CheckArgs) -> Result<(), CliError> {
         println!("No new messages");
     }
     for message in &checked.messages {
+        let ago = output::relative_to_now(&message.timestamp)
+            .map(|ago| format!(" ({ago})"))
+            .unwrap_or_default();
         println!(
-            "[{}] from {} at {}",
+            "[{}] from {} at {}{ago}",
             message.id, message.from, message.timestamp
         );
         println!("  {}", message.message.content.replace('\n', "\n  "));
@@ -69,7 +77,10 @@ pub fn run_list(args: ListArgs) -> Result<(), CliError> {
         println!("No instances registered");
     }
     for instance in instances {
-        println!("{:<32}  last seen {}", instance.id, instance.last_seen);
+        let ago = output::relative_to_now(&instance.last_seen)
+            .map(|ago| format!(" ({ago})"))
+            .unwrap_or_default();
+        println!("{:<32}  last seen {}{ago}", instance.id, instance.last_seen);
     }
     Ok(())
 }

@@ -4,14 +4,17 @@
 //! registered yet"), 3 no broker answered.
 
 mod check;
-mod output;
+mod import_legacy;
+pub mod output;
 mod ping;
 mod register;
 mod rename;
 mod send;
 pub mod serve;
 pub mod session_file;
+mod status;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -56,6 +59,11 @@ pub enum Command {
     Rename(rename::RenameArgs),
     /// Check that a broker answers.
     Ping(ping::PingArgs),
+    /// Show the broker, its database, every instance and the mail waiting (works with the
+    /// broker down too).
+    Status(status::StatusArgs),
+    /// Import the Python original's messages.db: unread mail, instances and live forwards.
+    ImportLegacy(import_legacy::ImportLegacyArgs),
 }
 
 /// Options every client subcommand takes.
@@ -75,11 +83,21 @@ impl ClientArgs {
     }
 }
 
+/// The data directory `serve` uses: `--data-dir` / `IPC_DATA_DIR`, else `~/.claude-ipc-data`.
+pub fn data_dir_or_default(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| session_file::home_dir().join(".claude-ipc-data"))
+}
+
 /// A failure that ends a subcommand, with its exit code.
 #[derive(Debug)]
 pub enum CliError {
     Client(ClientError),
     Usage(String),
+    /// Something other than the broker failed (a file, a database); exit code 1.
+    Failed(String),
+    /// The subcommand already printed its full report; exit with this code and say nothing
+    /// more (`status` with no broker answering).
+    Reported(u8),
 }
 
 impl From<ClientError> for CliError {
@@ -92,6 +110,8 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
+            CliError::Failed(_) => EXIT_BROKER_ERROR,
+            CliError::Reported(code) => *code,
             CliError::Client(ClientError::Unreachable { .. }) => EXIT_UNREACHABLE,
             CliError::Client(ClientError::Io(_)) => EXIT_UNREACHABLE,
             CliError::Client(_) => EXIT_BROKER_ERROR,
@@ -102,9 +122,30 @@ impl CliError {
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CliError::Client(error) => write!(f, "{error}"),
-            CliError::Usage(text) => f.write_str(text),
+            CliError::Client(error) => write!(f, "{error}{}", next_step(error)),
+            CliError::Usage(text) | CliError::Failed(text) => f.write_str(text),
+            CliError::Reported(_) => Ok(()),
         }
+    }
+}
+
+/// What to do about a refusal whose message (kept word for word for the legacy scripts) does
+/// not already say it.
+fn next_step(error: &ClientError) -> &'static str {
+    let ClientError::Broker { code, .. } = error else {
+        return "";
+    };
+    match code.as_str() {
+        "invalid_session" => {
+            "; your session expired or was replaced: run `claude-ipc register NAME` again"
+        }
+        "invalid_auth" => {
+            "; set IPC_SHARED_SECRET to the broker's secret (or unset it for an open-mode broker) and register again"
+        }
+        "queue_full" => "; the recipient must run `claude-ipc check` before more mail fits",
+        "name_taken" => "; choose another name, or `claude-ipc list` to see who has it",
+        "storage_failed" => "; retry, and if it keeps failing read the broker's log",
+        _ => "",
     }
 }
 
@@ -119,9 +160,12 @@ pub fn run(command: Command) -> ExitCode {
         Command::List(args) => check::run_list(args),
         Command::Rename(args) => rename::run(args),
         Command::Ping(args) => ping::run(args),
+        Command::Status(args) => status::run(args),
+        Command::ImportLegacy(args) => import_legacy::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Reported(code)) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::from(error.exit_code())
