@@ -34,7 +34,26 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
     name = "claude-ipc",
     version,
     about = "A local post office for AI assistants: a broker, an MCP server and this client",
-    after_help = "Examples:\n  claude-ipc serve                    run the broker on 127.0.0.1:9876\n  claude-ipc register alice           register and save the session to ~/.ipc-session\n  claude-ipc send bob \"API changed\"    send bob a message\n  claude-ipc check                    read your mail"
+    after_help = "Examples:
+  claude-ipc serve                          run the broker on 127.0.0.1:9876
+  claude-ipc register alice                 register; the session goes to ~/.ipc-session
+  claude-ipc send bob \"API changed\"         send bob a message (registered or not yet)
+  claude-ipc check                          read your mail
+  claude-ipc status                         the broker, its instances and waiting mail
+  claude mcp add claude-ipc -s user -- claude-ipc mcp    give Claude Code the tools
+
+Environment:
+  IPC_ADDR            the broker's address (default 127.0.0.1:9876)
+  IPC_SESSION_FILE    where register saves the session (default ~/.ipc-session)
+  IPC_SHARED_SECRET   the shared secret; without it the broker runs in open mode
+  IPC_DATA_DIR        the broker's data directory (default ~/.claude-ipc-data)
+  RUST_LOG            log level: error, warn, info, debug
+  NO_COLOR            no colour, even on a terminal
+
+Exit codes: 0 success, 1 the broker refused (or a file or database failed), 2 usage error or
+not registered yet, 3 no broker answered.
+
+Each subcommand has its own --help. Guides: README.md and docs/ (OPERATIONS.md for running it)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -59,8 +78,7 @@ pub enum Command {
     Rename(rename::RenameArgs),
     /// Check that a broker answers.
     Ping(ping::PingArgs),
-    /// Show the broker, its database, every instance and the mail waiting (works with the
-    /// broker down too).
+    /// Show the broker, its instances and the mail waiting (also with the broker down).
     Status(status::StatusArgs),
     /// Import the Python original's messages.db: unread mail, instances and live forwards.
     ImportLegacy(import_legacy::ImportLegacyArgs),
