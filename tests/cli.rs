@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use claude_ipc::client::Received;
+use claude_ipc::clock::Clock;
 use common::{binary, cli, TestBroker};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -95,7 +96,7 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn register_saves_a_0600_session_file_and_prints_a_human_line() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let alice = Identity::new(&dir, "alice");
     // A file left with a wide mode by some earlier tool gets tightened.
@@ -131,7 +132,10 @@ fn register_saves_a_0600_session_file_and_prints_a_human_line() {
 
 #[test]
 fn register_uses_the_shared_secret_from_the_environment() {
-    let broker = TestBroker::start_with(|config| config.shared_secret = Some("s3cret".into()));
+    let broker = TestBroker::start_with_clock(
+        |config| config.shared_secret = Some("s3cret".into()),
+        Clock::system(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("session");
     let register = |secret: &str| {
@@ -157,7 +161,7 @@ fn register_uses_the_shared_secret_from_the_environment() {
 
 #[test]
 fn send_joins_words_and_attaches_data() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -211,7 +215,7 @@ fn send_joins_words_and_attaches_data() {
 
 #[test]
 fn broadcast_reaches_every_other_instance() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let [a, b, c] = ["a", "b", "c"].map(|n| Identity::new(&dir, n));
     for (identity, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
@@ -230,7 +234,7 @@ fn broadcast_reaches_every_other_instance() {
 
 #[test]
 fn check_prints_sender_and_content_and_consumes_the_mail() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -278,7 +282,7 @@ fn check_prints_sender_and_content_and_consumes_the_mail() {
 
 #[test]
 fn list_shows_every_registered_instance() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -304,7 +308,7 @@ fn list_shows_every_registered_instance() {
 
 #[test]
 fn rename_updates_the_session_file() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -330,7 +334,7 @@ fn rename_updates_the_session_file() {
 
 #[test]
 fn ping_reports_the_broker() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let nobody = Identity::new(&dir, "nobody");
     let stdout = nobody.ok(&broker, &["ping"]);
@@ -346,7 +350,7 @@ fn ping_reports_the_broker() {
 
 #[test]
 fn every_subcommand_prints_valid_json_with_json() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
 
@@ -392,7 +396,7 @@ fn every_subcommand_prints_valid_json_with_json() {
 
 #[test]
 fn addr_flag_overrides_ipc_addr() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("session");
     let closed = closed_port();
@@ -413,7 +417,7 @@ fn addr_flag_overrides_ipc_addr() {
 
 #[test]
 fn without_ipc_session_file_the_legacy_home_path_is_used() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let home = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         Command::new(binary())
@@ -457,7 +461,7 @@ fn without_ipc_session_file_the_legacy_home_path_is_used() {
 
 #[test]
 fn two_session_files_are_two_identities() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -483,7 +487,7 @@ fn two_session_files_are_two_identities() {
 
 #[test]
 fn a_broker_refusal_exits_1() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -513,7 +517,7 @@ fn a_broker_refusal_exits_1() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let alice = Identity::new(&dir, "alice");
 

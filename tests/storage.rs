@@ -36,6 +36,7 @@ const VIEWS: &[&str] = &[
     "instance_overview",
     "live_forwards",
     "recent_auth_failures",
+    "leased_mail",
 ];
 
 /// A broker with a little of everything in its database, and what the test needs to know

@@ -5,9 +5,11 @@
 //! limit and the action itself see one consistent database and commit together.
 //!
 //! - [`identity`]: sessions, register, rename, list, the rate limit.
-//! - [`mail`]: send, broadcast, check and delivery receipts.
+//! - [`mail`]: send, broadcast, check, ack and delivery receipts.
+//! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
 //! - [`sweeper`]: expiry and purging in bounded batches.
 
+pub mod doorbell;
 pub mod identity;
 pub mod large_message;
 pub mod mail;
@@ -129,6 +131,7 @@ pub struct Broker {
     /// the same mail before it is marked delivered. A std `Mutex` guards only the map and is
     /// never held across an `.await`.
     check_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    doorbells: doorbell::Doorbells,
 }
 
 impl Broker {
@@ -147,6 +150,7 @@ impl Broker {
             started_at: clock.now(),
             clock,
             check_locks: Mutex::new(HashMap::new()),
+            doorbells: doorbell::Doorbells::default(),
         }
     }
 
@@ -156,6 +160,11 @@ impl Broker {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Answers every waiting long-poll now (empty if no mail came): the broker is stopping.
+    pub fn stop_waiting(&self) {
+        self.doorbells.close();
     }
 
     pub fn is_open_mode(&self) -> bool {
@@ -200,7 +209,8 @@ impl Broker {
                 .broadcast(token, peer, message, stamp)
                 .await
                 .map(Outcome::from),
-            Action::Check { limit } => self.check(token, peer, limit).await,
+            Action::Check(options) => self.check(token, peer, options).await,
+            Action::Ack { ids } => self.ack(token, peer, ids).await.map(Outcome::from),
             Action::List => self.list(token, peer).await.map(Outcome::from),
             Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
         }
@@ -245,6 +255,27 @@ impl Broker {
         let now = self.now();
         self.run(move |conn| {
             let caller = auth.authenticate(conn, now)?;
+            action(conn, &caller, now)
+        })
+        .await
+    }
+
+    /// Like [`Broker::as_caller`], but neither counts a request nor refreshes the session: a
+    /// long-poll reading again after a wake-up is still the one request it was.
+    async fn as_caller_again<T, F>(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        action: F,
+    ) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
+    {
+        let check = self.session_check(token, peer);
+        let now = self.now();
+        self.run(move |conn| {
+            let caller = check.verify(conn, now)?;
             action(conn, &caller, now)
         })
         .await

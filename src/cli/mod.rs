@@ -70,8 +70,10 @@ pub enum Command {
     Send(send::SendArgs),
     /// Send a message to every other registered instance.
     Broadcast(send::BroadcastArgs),
-    /// Read (and so consume) your waiting mail.
+    /// Read your waiting mail; it is acknowledged once printed.
     Check(check::CheckArgs),
+    /// Print mail as it arrives, until interrupted.
+    Watch(check::WatchArgs),
     /// List registered instances.
     List(check::ListArgs),
     /// Rename your instance; the old name forwards to the new one for a while.
@@ -131,7 +133,7 @@ impl CliError {
             CliError::Failed(_) => EXIT_BROKER_ERROR,
             CliError::Reported(code) => *code,
             CliError::Client(ClientError::Unreachable { .. }) => EXIT_UNREACHABLE,
-            CliError::Client(ClientError::Io(_)) => EXIT_UNREACHABLE,
+            CliError::Client(ClientError::Io(_) | ClientError::Closed) => EXIT_UNREACHABLE,
             CliError::Client(_) => EXIT_BROKER_ERROR,
         }
     }
@@ -175,6 +177,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),
         Command::Check(args) => check::run(args),
+        Command::Watch(args) => check::run_watch(args),
         Command::List(args) => check::run_list(args),
         Command::Rename(args) => rename::run(args),
         Command::Ping(args) => ping::run(args),

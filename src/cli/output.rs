@@ -8,10 +8,14 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 pub fn json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("JSON always serializes")
-    );
+    println!("{}", json_text(value).trim_end());
+}
+
+/// Pretty JSON with a trailing newline, for callers that write it themselves.
+pub fn json_text(value: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).expect("JSON always serializes");
+    text.push('\n');
+    text
 }
 
 /// How long ago (or how far ahead) `then` is from `now`, for people: "just now", "42 s ago",

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
-use crate::broker::session::new_token;
+use crate::client::Stamp;
 
 #[derive(Debug, Args)]
 #[command(
@@ -60,16 +60,14 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
             }
         },
     };
-    // A fresh nonce per send: if this request is ever repeated, the broker stores it once.
-    let nonce = new_token().map_err(|e| CliError::Usage(e.to_string()))?;
     let content = args.message.join(" ");
     let mut client = args.client.connect()?;
-    let sent = client.send(
+    let sent = client.send_stamped(
         &session.session_token,
         &args.to,
         &content,
         data,
-        Some(&nonce),
+        &fresh_stamp()?,
     )?;
     if args.client.json {
         output::json(&serde_json::json!({
@@ -84,14 +82,26 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
 
 pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
-    let reply = args
-        .client
-        .connect()?
-        .broadcast(&session.session_token, &args.message.join(" "))?;
+    let reply = args.client.connect()?.broadcast_stamped(
+        &session.session_token,
+        &args.message.join(" "),
+        None,
+        &fresh_stamp()?,
+    )?;
     if args.client.json {
         output::json(&reply);
     } else {
         println!("{}", reply["message"].as_str().unwrap_or("broadcast sent"));
     }
     Ok(())
+}
+
+/// A fresh nonce and timestamp per send: if the connection fails, the client sends the same
+/// request again and the broker stores it once.
+fn fresh_stamp() -> Result<Stamp, CliError> {
+    Stamp::fresh().map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read randomness for the nonce ({e}); check that /dev/urandom is readable"
+        ))
+    })
 }

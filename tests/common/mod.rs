@@ -35,6 +35,12 @@ impl TestBroker {
         Self::start_with(|_| {})
     }
 
+    /// A broker on the machine's clock, for clients (the CLI, the MCP server) that stamp their
+    /// sends with the real time.
+    pub fn start_on_wall_clock() -> TestBroker {
+        Self::start_with_clock(|_| {}, Clock::system())
+    }
+
     pub fn start_with(configure: impl FnOnce(&mut Config)) -> TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
