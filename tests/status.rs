@@ -199,3 +199,41 @@ fn with_nothing_there_it_is_still_one_json_document() {
     assert_eq!(report["instances"], json!([]));
     assert_eq!(report["last_run"], Value::Null);
 }
+
+/// Colour appears on a terminal and never with NO_COLOR set. `script` (util-linux) gives the
+/// command a terminal; where it is missing the check is skipped.
+#[test]
+fn colour_only_on_a_terminal_and_never_with_no_color() {
+    let script = Path::new("/usr/bin/script");
+    if !script.exists() {
+        println!("note: /usr/bin/script is not installed; the terminal check is skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let on_terminal = |no_color: bool| -> String {
+        let mut command = std::process::Command::new(script);
+        command
+            .args(["-qec"])
+            .arg(format!(
+                "{} status --addr 127.0.0.1:1 --data-dir {}",
+                common::binary(),
+                dir.path().display()
+            ))
+            .arg("/dev/null")
+            .env_remove("NO_COLOR");
+        if no_color {
+            command.env("NO_COLOR", "1");
+        }
+        let output = command.output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let coloured = on_terminal(false);
+    assert!(coloured.contains("NOT ANSWERING"), "{coloured}");
+    assert!(
+        coloured.contains("\x1b[31m"),
+        "red on a terminal: {coloured:?}"
+    );
+    let plain = on_terminal(true);
+    assert!(plain.contains("NOT ANSWERING"), "{plain}");
+    assert!(!plain.contains("\x1b["), "NO_COLOR wins: {plain:?}");
+}
