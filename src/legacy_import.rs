@@ -552,15 +552,23 @@ fn fingerprint(fields: &Value) -> String {
 /// the original held is kept under `legacy_data`. A large message's data names its file
 /// (`large_message_file`) and size (`original_size_kb`), adding them when the original did not.
 pub fn imported_data(data: Option<&str>, large_file: Option<&str>) -> Option<String> {
-    let mut object = match data.map(str::trim).filter(|d| !d.is_empty()) {
-        None => Map::new(),
+    let given = match data.map(str::trim).filter(|d| !d.is_empty()) {
+        None => None,
         Some(text) => match serde_json::from_str::<Value>(text) {
-            Ok(Value::Object(object)) => object,
-            Ok(Value::Null) => Map::new(),
-            Ok(other) => Map::from_iter([("legacy_data".to_owned(), other)]),
-            Err(_) => Map::from_iter([("legacy_data".to_owned(), Value::from(text))]),
+            Ok(Value::Object(object)) => Some(object),
+            Ok(Value::Null) => None,
+            Ok(other) => Some(Map::from_iter([("legacy_data".to_owned(), other)])),
+            Err(_) => Some(Map::from_iter([(
+                "legacy_data".to_owned(),
+                Value::from(text),
+            )])),
         },
     };
+    // No data and no file: nothing (an empty object the original stored is kept as one).
+    if given.is_none() && large_file.is_none() {
+        return None;
+    }
+    let mut object = given.unwrap_or_default();
     if let Some(path) = large_file {
         object
             .entry("large_message_file")
@@ -572,7 +580,7 @@ pub fn imported_data(data: Option<&str>, large_file: Option<&str>) -> Option<Str
             }
         }
     }
-    (!object.is_empty()).then(|| Value::Object(object).to_string())
+    Some(Value::Object(object).to_string())
 }
 
 /// Whether a legacy large-message path is one the sweeper may delete with its mail: only files
@@ -674,6 +682,7 @@ mod tests {
     fn data_objects_are_kept_and_other_values_wrapped() {
         assert_eq!(imported_data(None, None), None);
         assert_eq!(imported_data(Some("null"), None), None);
+        assert_eq!(imported_data(Some("{}"), None).as_deref(), Some("{}"));
         assert_eq!(
             imported_data(Some(r#"{"b": 2, "a": [1]}"#), None).as_deref(),
             Some(r#"{"a":[1],"b":2}"#)
