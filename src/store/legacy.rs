@@ -6,7 +6,7 @@
 //! imported) and `name_history(old_name, new_name, changed_at)`. Its columns are read through
 //! `CAST(... AS TEXT)` so that a value of an unexpected type is read, not refused.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::queries::MessageId;
 
@@ -219,17 +219,4 @@ pub fn insert_forward(
         )?
         .execute(params![old_name, new_name, created_at, expires_at])?;
     Ok(added == 1)
-}
-
-/// The imported message's id for a legacy fingerprint, if any (for tests and people).
-pub fn imported_message_id(
-    conn: &Connection,
-    fingerprint: &str,
-) -> rusqlite::Result<Option<MessageId>> {
-    conn.prepare_cached(
-        "SELECT message_id FROM legacy_imports WHERE kind = 'message' AND fingerprint = ?1",
-    )?
-    .query_row([fingerprint], |row| row.get::<_, Option<i64>>(0))
-    .optional()
-    .map(|id| id.flatten().map(MessageId))
 }
