@@ -8,8 +8,8 @@
 //! - **Renames.** The original moved a renamed instance's queue in memory but left its rows
 //!   addressed to the old name. Mail follows a rename made after it was sent (it moved with
 //!   the queue) or less than the forward window before (the forward sent it on); an instance
-//!   follows a rename made after it was last seen. So such mail reaches the new name, as it
-//!   would have here.
+//!   row follows a rename the same way (the original kept the old row, and its forward won
+//!   over it). So such mail reaches the new name, as it would have here.
 //! - **Once only.** Each imported row is recorded in `legacy_imports` under a fingerprint of its
 //!   own content (see [`message_fingerprint`]); a second run, from the same file or a copy,
 //!   imports nothing new.
@@ -292,10 +292,10 @@ impl Importer<'_> {
                 continue;
             }
             let seen = legacy_time(last_seen).unwrap_or(self.options.now);
-            // An instance seen after its rename registered that name again: it stays.
-            let name = self
-                .renames
-                .current_name(legacy_name, seen, chrono::Duration::zero());
+            // The original kept a renamed instance's old row, and its forward won over that
+            // row while it lived; an instance seen after its forward ended is a new holder of
+            // the name and keeps it.
+            let name = self.renames.current_name(legacy_name, seen, self.window());
             if !acceptable_name(&name) {
                 report.invalid_names += 1;
                 continue;

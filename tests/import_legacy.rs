@@ -212,6 +212,13 @@ impl Legacy {
             [naive_local(now - Duration::hours(1))],
         )
         .unwrap();
+        // The original kept the old name's row after a rename; while the forward lives it is
+        // bob, not a separate instance that would end the forward.
+        conn.execute(
+            "INSERT INTO instances VALUES ('bobby', ?1)",
+            [naive_local(now - Duration::minutes(1))],
+        )
+        .unwrap();
         conn.execute(
             "INSERT INTO sessions VALUES ('hash', 'alice', ?1, ?1)",
             [naive_local(now)],
@@ -386,6 +393,19 @@ fn the_live_forward_is_imported_with_its_expiry_and_the_expired_one_is_not() {
         )]
     );
 
+    let instances: Vec<String> = db
+        .prepare("SELECT name FROM instances ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        instances,
+        ["alice", "bob"],
+        "the old name is not registered on its own"
+    );
+
     let session = legacy.dir.path().join("alice.session");
     assert!(cli(&broker.addr, &session, &["register", "alice"])
         .status
@@ -417,7 +437,7 @@ fn a_second_import_even_from_a_copy_imports_nothing_new() {
     assert_eq!(again["report"]["messages"], 0, "{again}");
     assert_eq!(again["report"]["instances"], 0, "{again}");
     assert_eq!(again["report"]["forwards"], 0, "{again}");
-    assert_eq!(again["report"]["already_imported"], 5 + 2 + 1, "{again}");
+    assert_eq!(again["report"]["already_imported"], 5 + 3 + 1, "{again}");
     let copy = legacy.dir.path().join("copy-of-messages.db");
     std::fs::copy(&legacy.path, &copy).unwrap();
     let from_copy = import(&copy, &data_dir, &[]);
