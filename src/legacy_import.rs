@@ -94,37 +94,47 @@ impl ImportReport {
             self.forwards,
             plural(self.forwards)
         );
+        let count = |n: u64, noun: &str| format!("{n} {noun}{}", plural(n));
         let notes = [
-            (self.skipped_read, "read message", "skipped"),
-            (self.already_imported, "", "already imported"),
-            (
-                self.instances_present,
-                "instance",
-                "already registered here",
-            ),
-            (self.forwards_not_live, "forward", "no longer live"),
-            (self.invalid_names, "row", "with a name this broker refuses"),
-            (
-                self.unreadable_times,
-                "message",
-                "with an unreadable time (given the import time)",
-            ),
-            (self.missing_large_files, "large-message file", "missing"),
+            (self.skipped_read > 0)
+                .then(|| format!("skipped {}", count(self.skipped_read, "read message"))),
+            (self.already_imported > 0)
+                .then(|| format!("{} already imported", self.already_imported)),
+            (self.instances_present > 0).then(|| {
+                format!(
+                    "{} already registered here",
+                    count(self.instances_present, "instance")
+                )
+            }),
+            (self.forwards_not_live > 0).then(|| {
+                format!(
+                    "{} no longer live",
+                    count(self.forwards_not_live, "forward")
+                )
+            }),
+            (self.invalid_names > 0).then(|| {
+                format!(
+                    "{} with a name this broker refuses",
+                    count(self.invalid_names, "row")
+                )
+            }),
+            (self.unreadable_times > 0).then(|| {
+                format!(
+                    "{} with an unreadable time (given the import time)",
+                    count(self.unreadable_times, "message")
+                )
+            }),
+            (self.missing_large_files > 0).then(|| {
+                format!(
+                    "{} missing",
+                    count(self.missing_large_files, "large-message file")
+                )
+            }),
         ];
-        let mut first = true;
-        for (count, noun, what) in notes {
-            if count == 0 {
-                continue;
-            }
-            line.push_str(if first { "; " } else { ", " });
-            first = false;
-            match (noun, what) {
-                ("", what) => line.push_str(&format!("{count} {what}")),
-                (noun, "skipped") => {
-                    line.push_str(&format!("skipped {count} {noun}{}", plural(count)))
-                }
-                (noun, what) => line.push_str(&format!("{count} {noun}{} {what}", plural(count))),
-            }
+        let notes: Vec<String> = notes.into_iter().flatten().collect();
+        if !notes.is_empty() {
+            line.push_str("; ");
+            line.push_str(&notes.join(", "));
         }
         line
     }
