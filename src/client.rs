@@ -20,11 +20,11 @@ use crate::broker::session::{expected_auth_token, new_token};
 pub enum ClientError {
     #[error("no broker at {addr} ({reason}); start one with `claude-ipc serve`")]
     Unreachable { addr: String, reason: String },
-    #[error("connection to the broker failed: {0}")]
+    #[error("connection to the broker failed: {0}; it may have stopped or restarted: check with `claude-ipc status`, then retry")]
     Io(#[from] std::io::Error),
-    #[error("the broker closed the connection before replying; it may have stopped — `claude-ipc ping` tells")]
+    #[error("the broker closed the connection before replying; it may have stopped — `claude-ipc status` tells")]
     Closed,
-    #[error("the broker sent something that is not a reply: {0}")]
+    #[error("the broker sent something that is not a reply: {0}; is another program listening at that address? `claude-ipc status` tells")]
     Protocol(String),
     #[error("{message} [{code}]")]
     Broker { code: String, message: String },

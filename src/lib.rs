@@ -10,13 +10,14 @@
 //!
 //! Around them: [`config`] holds every window and limit, [`clock`] gives the time (injectable
 //! for tests), [`client`] is the typed client that the CLI and the tests use, and [`cli`] holds
-//! one file per subcommand.
+//! one file per subcommand. [`legacy_import`] brings over the Python original's database.
 
 pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod legacy_import;
 pub mod protocol;
 pub mod server;
 pub mod store;

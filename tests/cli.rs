@@ -498,6 +498,7 @@ fn a_broker_refusal_exits_1() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_stderr_contains(&output, "already exists");
     assert_stderr_contains(&output, "name_taken");
+    assert_stderr_contains(&output, "choose another name");
     assert!(output.stdout.is_empty());
     assert_eq!(
         std::fs::read(&alice.file).unwrap(),
@@ -511,6 +512,7 @@ fn a_broker_refusal_exits_1() {
     let output = alice.run(&broker, &["check"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_stderr_contains(&output, "Invalid or missing session token");
+    assert_stderr_contains(&output, "run `claude-ipc register NAME` again");
 }
 
 #[test]
@@ -624,4 +626,52 @@ fn serve_help_lists_every_limit_flag() {
             "serve --help does not list {flag}:\n{help}"
         );
     }
+}
+
+#[test]
+fn every_subcommand_help_has_examples() {
+    let top = Command::new(binary()).arg("--help").output().unwrap();
+    let text = String::from_utf8(top.stdout).unwrap();
+    assert!(text.contains("Examples:"), "{text}");
+    let subcommands: Vec<String> = text
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect();
+    for expected in ["serve", "register", "check", "status", "import-legacy"] {
+        assert!(subcommands.iter().any(|s| s == expected), "{subcommands:?}");
+    }
+    for subcommand in &subcommands {
+        let output = Command::new(binary())
+            .args([subcommand.as_str(), "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8(output.stdout).unwrap();
+        // An example is a line that runs the subcommand; add one to its `after_help`.
+        assert!(
+            help.lines()
+                .skip_while(|line| !line.starts_with("Usage:"))
+                .skip(1)
+                .any(|line| line.contains(&format!("claude-ipc {subcommand}"))),
+            "`claude-ipc {subcommand} --help` shows no example of running it:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn check_shows_how_long_ago_each_message_arrived() {
+    let broker = TestBroker::start_with_clock(|_| {}, claude_ipc::clock::Clock::system());
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
+    alice.ok(&broker, &["register", "alice"]);
+    bob.ok(&broker, &["register", "bob"]);
+    alice.ok(&broker, &["send", "bob", "fresh"]);
+    let stdout = bob.ok(&broker, &["check"]);
+    assert!(stdout.contains("(just now)"), "{stdout}");
+    let listed = bob.ok(&broker, &["list"]);
+    assert!(listed.contains("(just now)"), "{listed}");
 }

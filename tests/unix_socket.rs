@@ -116,6 +116,18 @@ fn the_cli_registers_sends_and_checks_over_ipc_socket_and_peers_are_named_by_uid
         ping.contains(&format!("socket {}", socket.display())),
         "{ping}"
     );
+    // status finds the broker through the socket too, and says the socket protects it.
+    let data_dir = broker.data_dir.to_str().unwrap();
+    let output = cli_with_env(
+        NOWHERE,
+        &bob,
+        &["status", "--json"],
+        &[env[0], ("IPC_DATA_DIR", data_dir)],
+    );
+    let status: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["broker"]["answering"], true, "{status}");
+    assert_eq!(status["broker"]["socket"], socket.to_str().unwrap());
+    assert_eq!(status["broker"]["security"], "unix socket");
     // A socket peer is recorded by uid and pid, as an address would be for TCP.
     let mut stranger = claude_ipc::client::Client::connect_unix(&socket, TIMEOUT).unwrap();
     let refused = stranger.check("not-a-token").unwrap_err().to_string();

@@ -128,6 +128,8 @@ pub struct Broker {
     clock: Clock,
     /// The Unix socket the broker also listens on, reported by `ping`.
     socket: Option<PathBuf>,
+    /// When this broker started, by its clock; `ping` reports it and the uptime.
+    started_at: DateTime<Utc>,
     /// One check at a time per session, so two connections of one instance never both receive
     /// the same mail before it is marked delivered. A std `Mutex` guards only the map and is
     /// never held across an `.await`.
@@ -148,6 +150,7 @@ impl Broker {
             limits,
             shared_secret,
             large_message_dir,
+            started_at: clock.now(),
             clock,
             socket: None,
             check_locks: Mutex::new(HashMap::new()),
@@ -223,22 +226,6 @@ impl Broker {
             .unwrap_or(&self.large_message_dir)
     }
 
-    fn ping(&self) -> Reply {
-        let mode = if self.is_open_mode() {
-            "open"
-        } else {
-            "secret"
-        };
-        let reply = Reply::ok()
-            .with("version", crate::VERSION)
-            .with("protocol", crate::protocol::PROTOCOL_VERSION)
-            .with("mode", mode);
-        match &self.socket {
-            Some(path) => reply.with("socket", path.display().to_string()),
-            None => reply,
-        }
-    }
-
     async fn dispatch(&self, request: Request, peer: &str) -> Result<Outcome, BrokerError> {
         let token = request.session_token;
         match request.action {
@@ -266,6 +253,28 @@ impl Broker {
             Action::Ack { ids } => self.ack(token, peer, ids).await.map(Outcome::from),
             Action::List => self.list(token, peer).await.map(Outcome::from),
             Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
+        }
+    }
+
+    /// `ping`: version, protocol and security mode, which process hosts the broker since
+    /// when (for `claude-ipc status`), and the Unix socket when there is one.
+    fn ping(&self) -> Reply {
+        let mode = if self.is_open_mode() {
+            "open"
+        } else {
+            "secret"
+        };
+        let uptime = (self.now() - self.started_at).num_seconds().max(0);
+        let reply = Reply::ok()
+            .with("version", crate::VERSION)
+            .with("protocol", crate::protocol::PROTOCOL_VERSION)
+            .with("mode", mode)
+            .with("pid", std::process::id())
+            .with("started_at", text(self.started_at))
+            .with("uptime_seconds", uptime);
+        match &self.socket {
+            Some(path) => reply.with("socket", path.display().to_string()),
+            None => reply,
         }
     }
 

@@ -23,7 +23,7 @@ const WATCH_RECONNECT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  claude-ipc check\n  claude-ipc check --json | jq '.messages[].message.content'"
+    after_help = "Each message shows its id, sender and time (with how long ago). Mail is acknowledged only\nafter it was written to stdout, so an interrupted check loses nothing.\n\nExamples:\n  claude-ipc check\n  claude-ipc check --json | jq -r '.messages[].message.content'"
 )]
 pub struct CheckArgs {
     #[command(flatten)]
@@ -40,6 +40,9 @@ pub struct WatchArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  claude-ipc list\n  claude-ipc list --json | jq -r '.instances[].id'"
+)]
 pub struct ListArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -173,10 +176,14 @@ fn check_text(checked: &Checked) -> String {
     text
 }
 
-/// One message for a person: header line, indented content, then data if any.
+/// One message for a person: header line (with how long ago it arrived), indented content,
+/// then data if any.
 fn message_text(message: &Received) -> String {
+    let ago = output::relative_to_now(&message.timestamp)
+        .map(|ago| format!(" ({ago})"))
+        .unwrap_or_default();
     let mut text = format!(
-        "[{}] from {} at {}\n  {}\n",
+        "[{}] from {} at {}{ago}\n  {}\n",
         message.id,
         message.from,
         message.timestamp,
@@ -206,7 +213,10 @@ pub fn run_list(args: ListArgs) -> Result<(), CliError> {
         println!("No instances registered");
     }
     for instance in instances {
-        println!("{:<32}  last seen {}", instance.id, instance.last_seen);
+        let ago = output::relative_to_now(&instance.last_seen)
+            .map(|ago| format!(" ({ago})"))
+            .unwrap_or_default();
+        println!("{:<32}  last seen {}{ago}", instance.id, instance.last_seen);
     }
     Ok(())
 }

@@ -9,7 +9,14 @@ use crate::client::Stamp;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  claude-ipc send bob \"the API changed, see src/api.rs\"\n  claude-ipc send bob \"build done\" --data '{\"exit\": 0}'"
+    after_help = "Mail to a name nobody has registered yet waits for it (7 days). Content over 10 KiB is
+stored in a file and the recipient gets a summary with its path. Each send carries a fresh
+nonce, so a retried request is stored once.
+
+Examples:
+  claude-ipc send bob \"the API changed, see src/api.rs\"
+  claude-ipc send bob \"build done\" --data '{\"exit\": 0}'
+  claude-ipc send reviewer \"$(git diff --stat)\""
 )]
 pub struct SendArgs {
     /// The recipient's name (it need not be registered yet).
@@ -25,7 +32,13 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  claude-ipc broadcast \"deploying in 5 minutes\"")]
+#[command(
+    after_help = "Goes to every registered instance except you; instances whose queue is full are skipped and
+named in the reply.
+
+Example:
+  claude-ipc broadcast \"deploying in 5 minutes\""
+)]
 pub struct BroadcastArgs {
     /// The message; several words are joined with spaces.
     #[arg(required = true, num_args = 1..)]

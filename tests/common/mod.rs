@@ -370,7 +370,9 @@ pub fn cli(addr: &str, session_file: &Path, args: &[&str]) -> std::process::Outp
     cli_with_env(addr, session_file, args, &[])
 }
 
-/// [`cli`] with extra environment variables (such as `IPC_SOCKET`).
+/// [`cli`] with extra environment variables (`TZ`, `IPC_DATA_DIR`, `IPC_SOCKET`, ...).
+/// `IPC_DATA_DIR` and `IPC_SOCKET` are cleared unless given, so a test never touches the home
+/// directory's data or a socket from the environment.
 pub fn cli_with_env(
     addr: &str,
     session_file: &Path,
@@ -384,6 +386,7 @@ pub fn cli_with_env(
         .env("IPC_SESSION_FILE", session_file)
         .env_remove("IPC_SHARED_SECRET")
         .env_remove("IPC_SOCKET")
+        .env_remove("IPC_DATA_DIR")
         .env("NO_COLOR", "1");
     for (key, value) in env {
         command.env(key, value);
