@@ -97,8 +97,10 @@ fn bind_private(staging: &Path, path: &Path) -> Result<UnixListener, SocketError
 
 /// A new directory with mode 0700 beside the socket (the same filesystem, so `link` works).
 fn staging_dir(parent: &Path) -> std::io::Result<PathBuf> {
-    for attempt in 0..16 {
-        let name = format!(".claude-ipc-socket-{}-{attempt}", std::process::id());
+    // A random name, so another user cannot block the start by creating the names first in a
+    // shared directory such as /tmp (mkdir never follows a link they plant, either).
+    for _ in 0..16 {
+        let name = format!(".claude-ipc-socket-{:016x}", rand::random::<u64>());
         let dir = parent.join(name);
         match DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
