@@ -44,6 +44,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 Environment:
   IPC_ADDR            the broker's address (default 127.0.0.1:9876)
+  IPC_SOCKET          the broker's Unix socket (serve --socket); used instead of IPC_ADDR
   IPC_SESSION_FILE    where register saves the session (default ~/.ipc-session)
   IPC_SHARED_SECRET   the shared secret; without it the broker runs in open mode
   IPC_DATA_DIR        the broker's data directory (default ~/.claude-ipc-data)

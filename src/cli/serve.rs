@@ -12,7 +12,7 @@ use crate::server;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n\nDurations are written like 30s, 10m, 24h or 7d.\nIPC_SHARED_SECRET, when set, is the secret that register requires; without it the broker runs\nin open mode and says so loudly."
+    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n  claude-ipc serve --socket ~/.claude-ipc.sock    (also a Unix socket, for your user only)\n\nDurations are written like 30s, 10m, 24h or 7d.\nIPC_SHARED_SECRET, when set, is the secret that register requires; without it the broker runs\nin open mode and says so loudly."
 )]
 pub struct ServeArgs {
     /// Address to listen on (loopback unless --allow-remote).
