@@ -206,8 +206,11 @@ fn a_peer_with_another_uid_is_refused() {
     let (broker, socket) = socket_broker(dir.path());
     // Let `nobody` reach the directory, but not (yet) the socket.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A copy of the client that `nobody` can run wherever the build directory lives.
+    let client = dir.path().join("claude-ipc");
+    std::fs::copy(binary(), &client).unwrap();
     let as_nobody = || {
-        Command::new(binary())
+        Command::new(&client)
             .args(["ping", "--socket"])
             .arg(&socket)
             .env_remove("IPC_SOCKET")
