@@ -211,6 +211,7 @@ impl Broker {
             Action::Check { limit } => self.check(token, peer, limit).await,
             Action::List => self.list(token, peer).await.map(Outcome::from),
             Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
+            Action::Count => self.count(token, peer).await.map(Outcome::from),
         }
     }
 

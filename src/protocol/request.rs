@@ -43,6 +43,8 @@ pub enum Action {
     Rename {
         new_id: InstanceName,
     },
+    /// How much mail is waiting and from whom, without delivering any of it.
+    Count,
 }
 
 impl Action {
@@ -55,6 +57,7 @@ impl Action {
             Action::Check { .. } => "check",
             Action::List => "list",
             Action::Rename { .. } => "rename",
+            Action::Count => "count",
         }
     }
 }
@@ -117,7 +120,7 @@ impl RequestError {
     }
 }
 
-const ACTIONS: &str = "ping, register, send, broadcast, check, list, rename";
+const ACTIONS: &str = "ping, register, send, broadcast, check, list, rename, count";
 const NONCE_MAX_CHARS: usize = 128;
 
 impl Request {
@@ -181,6 +184,7 @@ impl Fields<'_> {
                 limit: self.optional_limit()?,
             },
             "list" => Action::List,
+            "count" => Action::Count,
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,
             },

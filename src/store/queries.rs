@@ -226,6 +226,25 @@ pub fn pending_count(conn: &Connection, recipient: &str) -> rusqlite::Result<u32
     .query_row([recipient], |row| row.get(0))
 }
 
+/// What `count` reports: how many messages wait for `recipient`, and up to `max_senders`
+/// distinct senders of them, ordered by each sender's oldest waiting message. Reads only.
+/// "Waiting" is the same condition [`pending_for`] uses; keep the two in step.
+pub fn waiting_summary(
+    conn: &Connection,
+    recipient: &str,
+    max_senders: u32,
+) -> rusqlite::Result<(u32, Vec<String>)> {
+    let count = pending_count(conn, recipient)?;
+    let mut statement = conn.prepare_cached(
+        "SELECT sender FROM messages WHERE recipient = ?1 AND delivered_at IS NULL
+         GROUP BY sender ORDER BY min(id) LIMIT ?2",
+    )?;
+    let senders = statement
+        .query_map(params![recipient, max_senders], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok((count, senders))
+}
+
 /// The oldest `limit` pending messages for `recipient`, oldest first.
 pub fn pending_for(
     conn: &Connection,
