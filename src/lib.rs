@@ -9,14 +9,16 @@
 //!   commits queued work together (group commit).
 //!
 //! Around them: [`config`] holds every window and limit, [`clock`] gives the time (injectable
-//! for tests), [`client`] is the typed client that the CLI and the tests use, and [`cli`] holds
-//! one file per subcommand.
+//! for tests), [`client`] is the typed client that the CLI, the MCP server and the tests use,
+//! [`mcp`] is the MCP server's tools over that client (and its broker election), and [`cli`]
+//! holds one file per subcommand.
 
 pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod mcp;
 pub mod protocol;
 pub mod server;
 pub mod store;

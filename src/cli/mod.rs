@@ -4,6 +4,8 @@
 //! registered yet"), 3 no broker answered.
 
 mod check;
+pub mod hook;
+pub mod mcp;
 mod output;
 mod ping;
 mod register;
@@ -56,6 +58,10 @@ pub enum Command {
     Rename(rename::RenameArgs),
     /// Check that a broker answers.
     Ping(ping::PingArgs),
+    /// Run the MCP server on stdio (for Claude Code, Gemini CLI and other MCP clients).
+    Mcp(mcp::McpArgs),
+    /// For Claude Code hooks: print one line if mail is waiting, else nothing.
+    Hook(hook::HookArgs),
 }
 
 /// Options every client subcommand takes.
@@ -108,10 +114,14 @@ impl std::fmt::Display for CliError {
     }
 }
 
-/// Runs one client subcommand (`serve` is run by `main`, which owns the runtime).
+/// Runs one client subcommand (`serve` and `mcp` are run by `main`, which owns the runtime).
 pub fn run(command: Command) -> ExitCode {
     let result = match command {
-        Command::Serve(_) => unreachable!("serve is dispatched by main"),
+        Command::Serve(_) | Command::Mcp(_) => unreachable!("dispatched by main"),
+        Command::Hook(args) => {
+            hook::run(args);
+            Ok(())
+        }
         Command::Register(args) => register::run(args),
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),
