@@ -453,7 +453,19 @@ impl IpcServer {
     }
 
     async fn do_check(&self) -> Result<String, ToolError> {
-        let checked = self.as_session(|client, token| client.check(token)).await?;
+        let checked = self
+            .as_session(|client, token| {
+                let checked = client.check(token)?;
+                // The broker marks mail delivered after writing the reply, before it reads the
+                // next request on this connection. A ping's answer therefore means the mark is
+                // committed, so a broker killed right after this tool returns does not hand
+                // the same mail out again.
+                if !checked.messages.is_empty() {
+                    let _ = client.ping();
+                }
+                Ok(checked)
+            })
+            .await?;
         Ok(format::mail(&checked, chrono::Utc::now()))
     }
 
