@@ -10,8 +10,13 @@ use serde_json::json;
 
 /// Runs the hook as Claude Code would, with this session file and broker address.
 fn hook(addr: &str, session_file: &Path) -> Output {
+    hook_with(addr, session_file, &[])
+}
+
+fn hook_with(addr: &str, session_file: &Path, args: &[&str]) -> Output {
     Command::new(binary())
         .arg("hook")
+        .args(args)
         .env("IPC_ADDR", addr)
         .env("IPC_SESSION_FILE", session_file)
         .env_remove("RUST_LOG")
@@ -58,6 +63,21 @@ fn the_hook_names_the_count_and_the_senders_and_leaves_the_mail_waiting() {
     assert_eq!(
         stdout(&output),
         "📬 3 new messages (from alice, bob): use the check tool\n"
+    );
+    let as_json = hook_with(&broker.addr(), &session_file, &["--event", "post-tool-use"]);
+    let as_json: serde_json::Value = serde_json::from_slice(&as_json.stdout).unwrap();
+    assert_eq!(
+        as_json["hookSpecificOutput"]["hookEventName"],
+        "PostToolUse"
+    );
+    assert_eq!(
+        format!(
+            "{}\n",
+            as_json["hookSpecificOutput"]["additionalContext"]
+                .as_str()
+                .unwrap()
+        ),
+        stdout(&output)
     );
     // Run again: still waiting, because the hook only counts.
     assert_eq!(

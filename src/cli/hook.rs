@@ -24,12 +24,33 @@ pub struct HookArgs {
     /// The broker's address.
     #[arg(long, env = "IPC_ADDR", default_value = "127.0.0.1:9876")]
     pub addr: String,
+    /// The hook event this runs for. Claude Code gives the model a UserPromptSubmit hook's
+    /// plain output, but a PostToolUse hook's only as JSON `additionalContext`.
+    #[arg(long, value_enum, default_value_t = HookEvent::UserPromptSubmit)]
+    pub event: HookEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookEvent {
+    /// Print the line as plain text.
+    UserPromptSubmit,
+    /// Print the line inside Claude Code's JSON hook output.
+    PostToolUse,
 }
 
 /// Prints the line if mail is waiting; never fails.
 pub fn run(args: HookArgs) {
-    if let Some(line) = waiting(&args.addr).as_ref().and_then(notice) {
-        println!("{line}");
+    let Some(line) = waiting(&args.addr).as_ref().and_then(notice) else {
+        return;
+    };
+    match args.event {
+        HookEvent::UserPromptSubmit => println!("{line}"),
+        HookEvent::PostToolUse => println!(
+            "{}",
+            serde_json::json!({"hookSpecificOutput": {
+                "hookEventName": "PostToolUse", "additionalContext": line,
+            }})
+        ),
     }
 }
 
