@@ -9,24 +9,60 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::broker::session::expected_auth_token;
+use chrono::{DateTime, Utc};
+
+use crate::broker::session::{expected_auth_token, new_token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no broker at {addr} ({reason}); start one with `claude-ipc serve`")]
     Unreachable { addr: String, reason: String },
-    #[error("connection to the broker failed: {0}")]
+    #[error("connection to the broker failed: {0}; it may have stopped or restarted: check with `claude-ipc status`, then retry")]
     Io(#[from] std::io::Error),
-    #[error("the broker sent something that is not a reply: {0}")]
+    #[error("the broker closed the connection before replying; it may have stopped — `claude-ipc status` tells")]
+    Closed,
+    #[error("the broker sent something that is not a reply: {0}; is another program listening at that address? `claude-ipc status` tells")]
     Protocol(String),
     #[error("{message} [{code}]")]
     Broker { code: String, message: String },
+}
+
+/// Extra read time allowed on top of a long-poll's wait when no read timeout was set.
+const WAIT_MARGIN: Duration = Duration::from_secs(10);
+
+fn millis(duration: Duration) -> u64 {
+    duration.as_millis().try_into().unwrap_or(u64::MAX)
 }
 
 /// A connection to a broker.
 pub struct Client {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// Where it connected, so a stamped send can reconnect and retry.
+    addr: String,
+    timeout: Duration,
+}
+
+/// A sender's stamp: a nonce that makes a retry safe, and when the message was written.
+#[derive(Debug, Clone)]
+pub struct Stamp {
+    pub nonce: String,
+    pub timestamp: DateTime<Utc>,
+}
+
+impl Stamp {
+    /// A fresh random nonce, stamped now.
+    pub fn fresh() -> std::io::Result<Stamp> {
+        Ok(Stamp {
+            nonce: new_token()?,
+            timestamp: Utc::now(),
+        })
+    }
+
+    fn apply(&self, request: &mut Value) {
+        request["nonce"] = self.nonce.clone().into();
+        request["timestamp"] = crate::clock::to_text(self.timestamp).into();
+    }
 }
 
 /// `register`'s reply.
@@ -59,6 +95,9 @@ pub struct Received {
     pub nonce: Option<String>,
     #[serde(default)]
     pub sender_timestamp: Option<String>,
+    /// Which hand-out this is: 1 the first time, more after a lease ran out unacknowledged.
+    #[serde(default)]
+    pub delivery_count: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -74,6 +113,44 @@ pub struct Checked {
     pub messages: Vec<Received>,
     #[serde(default)]
     pub more: bool,
+    /// With a manual ack: until when the returned mail is held for this reader.
+    #[serde(default)]
+    pub lease_until: Option<String>,
+}
+
+impl Checked {
+    pub fn ids(&self) -> Vec<i64> {
+        self.messages.iter().map(|m| m.id).collect()
+    }
+}
+
+/// How to `check`: see [`Client::check_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOptions {
+    /// Lease the mail for this long instead of having it marked delivered; settle it with
+    /// [`Client::ack`].
+    pub manual_ack: Option<Duration>,
+    /// Wait up to this long for mail when none is waiting.
+    pub wait: Option<Duration>,
+    pub limit: Option<u32>,
+}
+
+/// `ack`'s reply.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Acked {
+    pub acked: u32,
+    #[serde(default)]
+    pub already_acked: Vec<i64>,
+    #[serde(default)]
+    pub refused: Vec<Refused>,
+}
+
+/// An id an `ack` could not settle, and why.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Refused {
+    pub id: i64,
+    pub code: String,
+    pub message: String,
 }
 
 /// `count`'s reply: waiting mail, not consumed.
@@ -111,13 +188,69 @@ impl Client {
         Ok(Client {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
+            addr: addr.to_owned(),
+            timeout,
         })
+    }
+
+    /// Sends a stamped request; if the connection fails on the way, connects again and sends
+    /// the very same request once more. The nonce makes the broker store it only once.
+    fn call_stamped<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        mut request: Value,
+        stamp: &Stamp,
+    ) -> Result<T, ClientError> {
+        stamp.apply(&mut request);
+        match self.call_as(&request) {
+            Err(ClientError::Io(_) | ClientError::Closed) => {
+                *self = Client::connect(&self.addr, self.timeout)?;
+                self.call_as(&request)
+            }
+            other => other,
+        }
+    }
+
+    /// `send` with a stamp, retried once with the same nonce after a connection failure.
+    pub fn send_stamped(
+        &mut self,
+        token: &str,
+        to: &str,
+        content: &str,
+        data: Option<Value>,
+        stamp: &Stamp,
+    ) -> Result<Sent, ClientError> {
+        let mut request = json!({
+            "action": "send", "session_token": token, "to_id": to,
+            "message": {"content": content},
+        });
+        if let Some(data) = data {
+            request["message"]["data"] = data;
+        }
+        self.call_stamped(request, stamp)
+    }
+
+    /// `broadcast` with a stamp, retried once with the same nonce after a connection failure.
+    pub fn broadcast_stamped(
+        &mut self,
+        token: &str,
+        content: &str,
+        data: Option<Value>,
+        stamp: &Stamp,
+    ) -> Result<Value, ClientError> {
+        let mut request = json!({
+            "action": "broadcast", "session_token": token, "message": {"content": content},
+        });
+        if let Some(data) = data {
+            request["message"]["data"] = data;
+        }
+        self.call_stamped(request, stamp)
     }
 
     /// Changes how long each later request may wait for the broker (say, for a long poll).
     pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
         self.writer.set_read_timeout(Some(timeout))?;
         self.writer.set_write_timeout(Some(timeout))?;
+        self.timeout = timeout;
         Ok(())
     }
 
@@ -129,9 +262,7 @@ impl Client {
         self.writer.write_all(&line)?;
         let mut reply = String::new();
         if self.reader.read_line(&mut reply)? == 0 {
-            return Err(ClientError::Protocol(
-                "the broker closed the connection".into(),
-            ));
+            return Err(ClientError::Closed);
         }
         serde_json::from_str(&reply).map_err(|e| ClientError::Protocol(format!("{e}: {reply}")))
     }
@@ -201,8 +332,42 @@ impl Client {
         }))
     }
 
+    /// The legacy check: what it returns is marked delivered once the reply is written.
     pub fn check(&mut self, token: &str) -> Result<Checked, ClientError> {
         self.call_as(&json!({"action": "check", "session_token": token}))
+    }
+
+    /// A check with a manual ack, a long-poll, or a limit. While it long-polls, the read
+    /// timeout is stretched to cover the wait.
+    pub fn check_with(
+        &mut self,
+        token: &str,
+        options: CheckOptions,
+    ) -> Result<Checked, ClientError> {
+        let mut request = json!({"action": "check", "session_token": token});
+        if let Some(lease) = options.manual_ack {
+            request["ack"] = "manual".into();
+            request["lease_ms"] = millis(lease).into();
+        }
+        if let Some(limit) = options.limit {
+            request["limit"] = limit.into();
+        }
+        let Some(wait) = options.wait else {
+            return self.call_as(&request);
+        };
+        request["wait_ms"] = millis(wait).into();
+        let usual = self.reader.get_ref().read_timeout()?;
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(wait + usual.unwrap_or(WAIT_MARGIN)))?;
+        let checked = self.call_as(&request);
+        self.reader.get_ref().set_read_timeout(usual)?;
+        checked
+    }
+
+    /// Settles mail a manual-ack check returned.
+    pub fn ack(&mut self, token: &str, ids: &[i64]) -> Result<Acked, ClientError> {
+        self.call_as(&json!({"action": "ack", "session_token": token, "ids": ids}))
     }
 
     pub fn list(&mut self, token: &str) -> Result<Vec<Instance>, ClientError> {

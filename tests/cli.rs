@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use claude_ipc::client::Received;
+use claude_ipc::clock::Clock;
 use common::{binary, cli, TestBroker};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -95,7 +96,7 @@ fn mode(path: &Path) -> u32 {
 
 #[test]
 fn register_saves_a_0600_session_file_and_prints_a_human_line() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let alice = Identity::new(&dir, "alice");
     // A file left with a wide mode by some earlier tool gets tightened.
@@ -131,7 +132,10 @@ fn register_saves_a_0600_session_file_and_prints_a_human_line() {
 
 #[test]
 fn register_uses_the_shared_secret_from_the_environment() {
-    let broker = TestBroker::start_with(|config| config.shared_secret = Some("s3cret".into()));
+    let broker = TestBroker::start_with_clock(
+        |config| config.shared_secret = Some("s3cret".into()),
+        Clock::system(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("session");
     let register = |secret: &str| {
@@ -157,7 +161,7 @@ fn register_uses_the_shared_secret_from_the_environment() {
 
 #[test]
 fn send_joins_words_and_attaches_data() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -211,7 +215,7 @@ fn send_joins_words_and_attaches_data() {
 
 #[test]
 fn broadcast_reaches_every_other_instance() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let [a, b, c] = ["a", "b", "c"].map(|n| Identity::new(&dir, n));
     for (identity, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
@@ -230,7 +234,7 @@ fn broadcast_reaches_every_other_instance() {
 
 #[test]
 fn check_prints_sender_and_content_and_consumes_the_mail() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -278,7 +282,7 @@ fn check_prints_sender_and_content_and_consumes_the_mail() {
 
 #[test]
 fn list_shows_every_registered_instance() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -304,7 +308,7 @@ fn list_shows_every_registered_instance() {
 
 #[test]
 fn rename_updates_the_session_file() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -330,7 +334,7 @@ fn rename_updates_the_session_file() {
 
 #[test]
 fn ping_reports_the_broker() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let nobody = Identity::new(&dir, "nobody");
     let stdout = nobody.ok(&broker, &["ping"]);
@@ -346,7 +350,7 @@ fn ping_reports_the_broker() {
 
 #[test]
 fn every_subcommand_prints_valid_json_with_json() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
 
@@ -392,7 +396,7 @@ fn every_subcommand_prints_valid_json_with_json() {
 
 #[test]
 fn addr_flag_overrides_ipc_addr() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("session");
     let closed = closed_port();
@@ -413,7 +417,7 @@ fn addr_flag_overrides_ipc_addr() {
 
 #[test]
 fn without_ipc_session_file_the_legacy_home_path_is_used() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let home = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
         Command::new(binary())
@@ -457,7 +461,7 @@ fn without_ipc_session_file_the_legacy_home_path_is_used() {
 
 #[test]
 fn two_session_files_are_two_identities() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -483,7 +487,7 @@ fn two_session_files_are_two_identities() {
 
 #[test]
 fn a_broker_refusal_exits_1() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
     alice.ok(&broker, &["register", "alice"]);
@@ -494,6 +498,7 @@ fn a_broker_refusal_exits_1() {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_stderr_contains(&output, "already exists");
     assert_stderr_contains(&output, "name_taken");
+    assert_stderr_contains(&output, "choose another name");
     assert!(output.stdout.is_empty());
     assert_eq!(
         std::fs::read(&alice.file).unwrap(),
@@ -507,11 +512,12 @@ fn a_broker_refusal_exits_1() {
     let output = alice.run(&broker, &["check"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_stderr_contains(&output, "Invalid or missing session token");
+    assert_stderr_contains(&output, "run `claude-ipc register NAME` again");
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    let broker = TestBroker::start();
+    let broker = TestBroker::start_on_wall_clock();
     let dir = tempfile::tempdir().unwrap();
     let alice = Identity::new(&dir, "alice");
 
@@ -620,4 +626,52 @@ fn serve_help_lists_every_limit_flag() {
             "serve --help does not list {flag}:\n{help}"
         );
     }
+}
+
+#[test]
+fn every_subcommand_help_has_examples() {
+    let top = Command::new(binary()).arg("--help").output().unwrap();
+    let text = String::from_utf8(top.stdout).unwrap();
+    assert!(text.contains("Examples:"), "{text}");
+    let subcommands: Vec<String> = text
+        .lines()
+        .skip_while(|line| !line.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|line| line.starts_with("  "))
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect();
+    for expected in ["serve", "register", "check", "status", "import-legacy"] {
+        assert!(subcommands.iter().any(|s| s == expected), "{subcommands:?}");
+    }
+    for subcommand in &subcommands {
+        let output = Command::new(binary())
+            .args([subcommand.as_str(), "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8(output.stdout).unwrap();
+        // An example is a line that runs the subcommand; add one to its `after_help`.
+        assert!(
+            help.lines()
+                .skip_while(|line| !line.starts_with("Usage:"))
+                .skip(1)
+                .any(|line| line.contains(&format!("claude-ipc {subcommand}"))),
+            "`claude-ipc {subcommand} --help` shows no example of running it:\n{help}"
+        );
+    }
+}
+
+#[test]
+fn check_shows_how_long_ago_each_message_arrived() {
+    let broker = TestBroker::start_with_clock(|_| {}, claude_ipc::clock::Clock::system());
+    let dir = tempfile::tempdir().unwrap();
+    let (alice, bob) = (Identity::new(&dir, "alice"), Identity::new(&dir, "bob"));
+    alice.ok(&broker, &["register", "alice"]);
+    bob.ok(&broker, &["register", "bob"]);
+    alice.ok(&broker, &["send", "bob", "fresh"]);
+    let stdout = bob.ok(&broker, &["check"]);
+    assert!(stdout.contains("(just now)"), "{stdout}");
+    let listed = bob.ok(&broker, &["list"]);
+    assert!(listed.contains("(just now)"), "{listed}");
 }

@@ -36,6 +36,7 @@ const VIEWS: &[&str] = &[
     "instance_overview",
     "live_forwards",
     "recent_auth_failures",
+    "leased_mail",
 ];
 
 /// A broker with a little of everything in its database, and what the test needs to know
@@ -605,6 +606,30 @@ fn sql_block_parser_finds_only_sql_fences() {
 }
 
 #[test]
+fn every_operations_md_recipe_runs_against_a_live_database() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/OPERATIONS.md");
+    let markdown = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{path} cannot be read ({e}); the operations guide is missing"));
+    let state = populated();
+    let db = state.broker.sql();
+    let recipes = sql_blocks(&markdown);
+    assert!(
+        recipes.len() >= 4,
+        "only {} ```sql recipes in {path}",
+        recipes.len()
+    );
+    for recipe in recipes {
+        let ran = run_statements(&db, &recipe.text)
+            .unwrap_or_else(|e| panic!("OPERATIONS.md line {}: {e}", recipe.line));
+        assert!(
+            ran > 0,
+            "OPERATIONS.md line {} holds no statement",
+            recipe.line
+        );
+    }
+}
+
+#[test]
 fn every_storage_md_recipe_runs_against_a_live_database() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/STORAGE.md");
     let markdown = std::fs::read_to_string(path)
@@ -705,4 +730,68 @@ fn the_sqlite3_shell_reads_the_live_database() {
         stdout.lines().collect::<Vec<_>>(),
         ["alice=1", "bob=2", "carol=1", "dave2=1", "ghost=1"]
     );
+}
+
+/// The online backup of docs/OPERATIONS.md, section 4: `sqlite3 ipc.db ".backup FILE"` while
+/// the broker runs and writes, then a broker started on the copy delivers the mail.
+#[test]
+fn the_operations_md_online_backup_serves_a_broker_after_restore() {
+    let Some(sqlite3) = system_sqlite3() else {
+        println!("note: /usr/bin/sqlite3 is not installed; the backup recipe is not run");
+        return;
+    };
+    // The real clock: the restored broker runs on it, and sessions must still be fresh.
+    let broker = TestBroker::start_with_clock(|_| {}, Clock::system());
+    let alice = broker.register("alice");
+    let bob = broker.register("bob");
+    let mut client = broker.client();
+    for n in 0..50 {
+        client
+            .send(&alice, "bob", &format!("before the backup {n}"), None, None)
+            .unwrap();
+    }
+    let restored = tempfile::tempdir().unwrap();
+    let backup = restored.path().join("ipc.db");
+    // Writes keep arriving while the backup runs.
+    let writer = {
+        let addr = broker.addr();
+        let alice = alice.clone();
+        std::thread::spawn(move || {
+            let mut client = claude_ipc::client::Client::connect(&addr, TIMEOUT).unwrap();
+            for n in 0..50 {
+                client
+                    .send(&alice, "carol", &format!("during {n}"), None, None)
+                    .unwrap();
+            }
+        })
+    };
+    let status = Command::new(sqlite3)
+        .arg(broker.db_path())
+        .arg(format!(".backup '{}'", backup.display()))
+        .status()
+        .unwrap();
+    writer.join().unwrap();
+    assert!(status.success());
+    let copy = Connection::open(&backup).unwrap();
+    let check: String = copy
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(copy);
+
+    let mut config =
+        claude_ipc::config::Config::new("127.0.0.1:0".parse().unwrap(), restored.path().to_owned());
+    config.limits.rate_limit = 0;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let server = runtime
+        .block_on(claude_ipc::server::start(&config, false, Clock::system()))
+        .expect("a broker starts on the restored backup");
+    let mut restored_client =
+        claude_ipc::client::Client::connect(&server.addr.to_string(), TIMEOUT).unwrap();
+    let mail = restored_client
+        .check(&bob)
+        .expect("bob's session was restored too");
+    assert_eq!(mail.messages.len(), 50);
+    assert_eq!(mail.messages[0].message.content, "before the backup 0");
+    runtime.block_on(server.shutdown());
 }

@@ -211,39 +211,43 @@ impl Broker {
         let new = new_id.as_str().to_owned();
         let cooldown = self.limits.rename_cooldown;
         let forward_for = self.limits.forward_duration;
-        self.as_caller(token, peer, move |conn, caller, now| {
-            let old = caller.name.clone();
-            if new == old {
-                return Err(BrokerError::SameName(new));
-            }
-            if new == SYSTEM_SENDER {
-                return Err(BrokerError::ReservedName(new));
-            }
-            if queries::instance_exists(conn, &new)? {
-                return Err(BrokerError::NameTaken(new));
-            }
-            let last = queries::last_renamed_at(conn, &old)?;
-            if let Some(allowed_at) = last
-                .as_deref()
-                .and_then(crate::clock::parse)
-                .map(|at| plus(at, cooldown))
-            {
-                if allowed_at > now {
-                    let seconds = (allowed_at - now).num_seconds();
-                    return Err(BrokerError::RenameCooldown {
-                        minutes: (seconds + 59) / 60,
-                    });
+        let renamed = self
+            .as_caller(token, peer, move |conn, caller, now| {
+                let old = caller.name.clone();
+                if new == old {
+                    return Err(BrokerError::SameName(new));
                 }
-            }
-            let stamp = text(now);
-            queries::rename_instance(conn, &old, &new, &stamp, &text(plus(now, forward_for)))?;
-            notify_rename(conn, &old, &new, &stamp)?;
-            Ok(Reply::ok()
-                .with("message", format!("Renamed {old} to {new}"))
-                .with("old_id", old)
-                .with("new_id", new))
-        })
-        .await
+                if new == SYSTEM_SENDER {
+                    return Err(BrokerError::ReservedName(new));
+                }
+                if queries::instance_exists(conn, &new)? {
+                    return Err(BrokerError::NameTaken(new));
+                }
+                let last = queries::last_renamed_at(conn, &old)?;
+                if let Some(allowed_at) = last
+                    .as_deref()
+                    .and_then(crate::clock::parse)
+                    .map(|at| plus(at, cooldown))
+                {
+                    if allowed_at > now {
+                        let seconds = (allowed_at - now).num_seconds();
+                        return Err(BrokerError::RenameCooldown {
+                            minutes: (seconds + 59) / 60,
+                        });
+                    }
+                }
+                let stamp = text(now);
+                queries::rename_instance(conn, &old, &new, &stamp, &text(plus(now, forward_for)))?;
+                notify_rename(conn, &old, &new, &stamp)?;
+                Ok(Reply::ok()
+                    .with("message", format!("Renamed {old} to {new}"))
+                    .with("old_id", old)
+                    .with("new_id", new))
+            })
+            .await?;
+        // Notices went to everyone, and the caller's queued mail now waits under the new name.
+        self.doorbells.ring_all();
+        Ok(renamed)
     }
 
     /// `list`: every registered instance and when it was last seen.

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use serde_json::{json, Map, Value};
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{Notify, OwnedMutexGuard};
+use tokio::time::Instant;
 
 use super::identity::Caller;
-use super::{large_message, minus, text, Broker, BrokerError, Outcome};
+use super::{large_message, minus, plus, text, Broker, BrokerError, Outcome};
 use crate::protocol::request::SenderStamp;
+use crate::protocol::{AckMode, CheckOptions};
 use crate::protocol::{InstanceName, MessageBody, Reply, LEGACY_READ_BYTES};
-use crate::store::queries::{self, MessageId, NewMessage, StoredMessage};
+use crate::store::queries::{self, MessageId, NewMessage, Settled, StoredMessage};
 
 /// A check reply is kept under half the legacy single read. Loopback TCP may send the first
 /// part of a larger write ahead of the rest, and a client that reads once would then get half
@@ -30,6 +32,40 @@ pub struct DeliveryReceipt {
     ids: Vec<MessageId>,
     /// Holds this session's check lock until the mail is marked.
     _turn: OwnedMutexGuard<()>,
+}
+
+/// What one read of a mailbox found.
+struct Batch {
+    caller: String,
+    messages: Vec<Value>,
+    ids: Vec<MessageId>,
+    more: bool,
+    /// Set when the ack is manual: the lease on `ids` runs until then.
+    lease_until: Option<String>,
+    /// With nothing to hand out: when the caller's first leased message comes back.
+    next_lease_expiry: Option<String>,
+}
+
+impl Batch {
+    fn into_outcome(self, ack: AckMode, turn: OwnedMutexGuard<()>) -> Outcome {
+        let mut reply = Reply::ok()
+            .with("messages", self.messages)
+            .with("more", self.more);
+        let receipt = match ack {
+            AckMode::Manual { .. } => {
+                reply = reply.with("ack", "manual");
+                if let Some(until) = self.lease_until.filter(|_| !self.ids.is_empty()) {
+                    reply = reply.with("lease_until", until);
+                }
+                None
+            }
+            AckMode::Auto => (!self.ids.is_empty()).then(|| DeliveryReceipt {
+                ids: self.ids,
+                _turn: turn,
+            }),
+        };
+        Outcome { reply, receipt }
+    }
 }
 
 /// A message body ready to store: content possibly swapped for a summary and a file.
@@ -117,8 +153,13 @@ impl Broker {
         let store = move |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
             store_send(conn, caller, now, to_id.as_str(), outgoing)
         };
-        self.store_outgoing(token, peer, outgoing, store, |reply| !is_duplicate(reply))
-            .await
+        let reply = self
+            .store_outgoing(token, peer, outgoing, store, |reply| !is_duplicate(reply))
+            .await?;
+        if let Some(recipient) = reply.get("recipient").and_then(Value::as_str) {
+            self.doorbells.ring(recipient);
+        }
+        Ok(reply)
     }
 
     /// `broadcast`: one copy for every registered instance except the sender. Instances whose
@@ -131,8 +172,43 @@ impl Broker {
         stamp: SenderStamp,
     ) -> Result<Reply, BrokerError> {
         let outgoing = self.outgoing(&token, peer, &message, stamp).await?;
-        self.store_outgoing(token, peer, outgoing, store_broadcast, |reply| {
-            reply_count(reply) > 0
+        let reply = self
+            .store_outgoing(token, peer, outgoing, store_broadcast, |reply| {
+                reply_count(reply) > 0
+            })
+            .await?;
+        self.doorbells.ring_all();
+        Ok(reply)
+    }
+
+    /// `ack`: settles the caller's mail id by id. Unknown ids and other instances' ids are
+    /// refused one by one (alike, so ids cannot be probed) without stopping the rest.
+    pub(super) async fn ack(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        ids: Vec<i64>,
+    ) -> Result<Reply, BrokerError> {
+        self.as_caller(token, peer, move |conn, caller, now| {
+            let now = text(now);
+            let (mut acked, mut already, mut refused) = (0, Vec::new(), Vec::new());
+            for id in ids {
+                match queries::ack(conn, &caller.name, MessageId(id), &now)? {
+                    Settled::Acked => acked += 1,
+                    Settled::AlreadyAcked => already.push(id),
+                    Settled::Unknown => refused.push(json!({
+                        "id": id,
+                        "code": "unknown_message",
+                        "message": format!(
+                            "no message {id} is addressed to you; ack only ids your check returned"
+                        ),
+                    })),
+                }
+            }
+            Ok(Reply::ok()
+                .with("acked", acked)
+                .with("already_acked", already)
+                .with("refused", refused))
         })
         .await
     }
@@ -186,28 +262,108 @@ impl Broker {
         result
     }
 
-    /// `check`: the caller's oldest pending mail, as much as fits a legacy single read. The
-    /// mail stays pending until the returned receipt is confirmed.
+    /// `check`: the caller's oldest waiting mail, as much as fits a legacy single read.
+    ///
+    /// - Auto ack (legacy): the mail stays pending until the returned receipt is confirmed.
+    /// - Manual ack: the mail is leased in the same job that reads it; an `ack` settles it.
+    /// - `wait`: with nothing waiting, sleeps until a commit rings the caller's doorbell, a
+    ///   lease runs out, the deadline passes, or the broker stops.
     pub(super) async fn check(
         &self,
         token: Option<String>,
         peer: &str,
-        limit: Option<u32>,
+        options: CheckOptions,
     ) -> Result<Outcome, BrokerError> {
-        let turn = self.check_turn(token.as_deref()).await;
-        let fetch = limit.unwrap_or(CHECK_MAX_MESSAGES).min(CHECK_MAX_MESSAGES);
-        let (pending, total) = self
-            .as_caller(token, peer, move |conn, caller: &Caller, _now| {
-                let pending = queries::pending_for(conn, &caller.name, fetch)?;
-                let total = queries::pending_count(conn, &caller.name)?;
-                Ok((pending, total))
+        let deadline = options.wait.map(|wait| Instant::now() + wait);
+        let mut closing = self.doorbells.closing();
+        let mut bell: Option<Arc<Notify>> = None;
+        loop {
+            // Listen before reading, so a commit between the read and the wait is not missed.
+            let listening = bell.clone();
+            let mut rung = listening.as_deref().map(|bell| Box::pin(bell.notified()));
+            if let Some(rung) = rung.as_mut() {
+                rung.as_mut().enable();
+            }
+            let turn = self.check_turn(token.as_deref()).await;
+            let first_read = bell.is_none();
+            let batch = self
+                .read_batch(token.clone(), peer, &options, first_read)
+                .await?;
+            let out_of_time = deadline.is_none_or(|deadline| Instant::now() >= deadline);
+            if !batch.ids.is_empty() || out_of_time || self.doorbells.is_closing() {
+                return Ok(batch.into_outcome(options.ack, turn));
+            }
+            drop(turn);
+            let Some(rung) = rung else {
+                bell = Some(self.doorbells.bell(&batch.caller));
+                continue;
+            };
+            let wake_at = self.wake_time(deadline, batch.next_lease_expiry.as_deref());
+            tokio::select! {
+                _ = rung => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = closing.wait_for(|closing| *closing) => {}
+            }
+        }
+    }
+
+    /// One read of the caller's mailbox, leasing what it returns when the ack is manual. Only
+    /// the first read of a request counts against the rate limit.
+    async fn read_batch(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        options: &CheckOptions,
+        first_read: bool,
+    ) -> Result<Batch, BrokerError> {
+        let fetch = options
+            .limit
+            .unwrap_or(CHECK_MAX_MESSAGES)
+            .min(CHECK_MAX_MESSAGES);
+        let ack = options.ack;
+        let read = move |conn: &Connection, caller: &Caller, now: DateTime<Utc>| {
+            let now_text = text(now);
+            let rows = queries::available_for(conn, &caller.name, &now_text, fetch)?;
+            let available = queries::available_count(conn, &caller.name, &now_text)?;
+            let (messages, ids) = fit_into_budget(&rows);
+            let lease_until = match ack {
+                AckMode::Auto => None,
+                AckMode::Manual { lease } => {
+                    let until = text(plus(now, lease));
+                    queries::lease(conn, &ids, &until)?;
+                    Some(until)
+                }
+            };
+            let next_lease_expiry = if ids.is_empty() {
+                queries::next_lease_expiry(conn, &caller.name, &now_text)?
+            } else {
+                None
+            };
+            Ok(Batch {
+                caller: caller.name.clone(),
+                more: (ids.len() as u32) < available,
+                messages,
+                ids,
+                lease_until,
+                next_lease_expiry,
             })
-            .await?;
-        let (messages, ids) = fit_into_budget(&pending);
-        let more = (ids.len() as u32) < total;
-        let reply = Reply::ok().with("messages", messages).with("more", more);
-        let receipt = (!ids.is_empty()).then(|| DeliveryReceipt { ids, _turn: turn });
-        Ok(Outcome { reply, receipt })
+        };
+        if first_read {
+            self.as_caller(token, peer, read).await
+        } else {
+            self.as_caller_again(token, peer, read).await
+        }
+    }
+
+    /// When a waiting check should look again without being rung: its deadline, or when a
+    /// lease on its mail runs out and that mail becomes deliverable again.
+    fn wake_time(&self, deadline: Option<Instant>, lease_expiry: Option<&str>) -> Instant {
+        let deadline = deadline.unwrap_or_else(Instant::now);
+        let Some(expiry) = lease_expiry.and_then(crate::clock::parse) else {
+            return deadline;
+        };
+        let in_a_moment = (expiry - self.now()).to_std().unwrap_or_default();
+        deadline.min(Instant::now() + in_a_moment)
     }
 
     /// `count`: how many messages wait for the caller and the first few distinct senders,
@@ -227,6 +383,7 @@ impl Broker {
                 Ok(queries::waiting_summary(
                     conn,
                     &caller.name,
+                    &text(now),
                     COUNT_MAX_SENDERS,
                 )?)
             })
@@ -444,7 +601,8 @@ fn fit_into_budget(pending: &[StoredMessage]) -> (Vec<Value>, Vec<MessageId>) {
     (messages, ids)
 }
 
-/// One message as `check` shows it: the legacy fields plus id, nonce and sender_timestamp.
+/// One message as `check` shows it: the legacy fields plus id, nonce, sender_timestamp and
+/// which hand-out this is (`delivery_count`, 1 the first time).
 fn wire_message(stored: &StoredMessage) -> Value {
     let mut body = Map::new();
     body.insert("content".into(), stored.content.clone().into());
@@ -463,6 +621,7 @@ fn wire_message(stored: &StoredMessage) -> Value {
         "kind": stored.kind,
         "timestamp": stored.received_at,
         "message": body,
+        "delivery_count": stored.delivery_count + 1,
     });
     if let Some(nonce) = &stored.nonce {
         entry["nonce"] = nonce.clone().into();

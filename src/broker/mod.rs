@@ -5,9 +5,11 @@
 //! limit and the action itself see one consistent database and commit together.
 //!
 //! - [`identity`]: sessions, register, rename, list, the rate limit.
-//! - [`mail`]: send, broadcast, check and delivery receipts.
+//! - [`mail`]: send, broadcast, check, ack and delivery receipts.
+//! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
 //! - [`sweeper`]: expiry and purging in bounded batches.
 
+pub mod doorbell;
 pub mod identity;
 pub mod large_message;
 pub mod mail;
@@ -123,10 +125,13 @@ pub struct Broker {
     shared_secret: Option<String>,
     large_message_dir: PathBuf,
     clock: Clock,
+    /// When this broker started, by its clock; `ping` reports it and the uptime.
+    started_at: DateTime<Utc>,
     /// One check at a time per session, so two connections of one instance never both receive
     /// the same mail before it is marked delivered. A std `Mutex` guards only the map and is
     /// never held across an `.await`.
     check_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    doorbells: doorbell::Doorbells,
 }
 
 impl Broker {
@@ -142,8 +147,10 @@ impl Broker {
             limits,
             shared_secret,
             large_message_dir,
+            started_at: clock.now(),
             clock,
             check_locks: Mutex::new(HashMap::new()),
+            doorbells: doorbell::Doorbells::default(),
         }
     }
 
@@ -153,6 +160,11 @@ impl Broker {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Answers every waiting long-poll now (empty if no mail came): the broker is stopping.
+    pub fn stop_waiting(&self) {
+        self.doorbells.close();
     }
 
     pub fn is_open_mode(&self) -> bool {
@@ -177,18 +189,7 @@ impl Broker {
     async fn dispatch(&self, request: Request, peer: &str) -> Result<Outcome, BrokerError> {
         let token = request.session_token;
         match request.action {
-            Action::Ping => Ok(Reply::ok()
-                .with("version", crate::VERSION)
-                .with("protocol", crate::protocol::PROTOCOL_VERSION)
-                .with(
-                    "mode",
-                    if self.is_open_mode() {
-                        "open"
-                    } else {
-                        "secret"
-                    },
-                )
-                .into()),
+            Action::Ping => Ok(self.ping().into()),
             Action::Register {
                 instance_id,
                 auth_token,
@@ -208,11 +209,30 @@ impl Broker {
                 .broadcast(token, peer, message, stamp)
                 .await
                 .map(Outcome::from),
-            Action::Check { limit } => self.check(token, peer, limit).await,
+            Action::Check(options) => self.check(token, peer, options).await,
+            Action::Ack { ids } => self.ack(token, peer, ids).await.map(Outcome::from),
             Action::List => self.list(token, peer).await.map(Outcome::from),
             Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
             Action::Count => self.count(token, peer).await.map(Outcome::from),
         }
+    }
+
+    /// `ping`: version, protocol and security mode, and which process hosts the broker since
+    /// when, for `claude-ipc status`.
+    fn ping(&self) -> Reply {
+        let mode = if self.is_open_mode() {
+            "open"
+        } else {
+            "secret"
+        };
+        let uptime = (self.now() - self.started_at).num_seconds().max(0);
+        Reply::ok()
+            .with("version", crate::VERSION)
+            .with("protocol", crate::protocol::PROTOCOL_VERSION)
+            .with("mode", mode)
+            .with("pid", std::process::id())
+            .with("started_at", text(self.started_at))
+            .with("uptime_seconds", uptime)
     }
 
     /// The broker's clock's "now" (injectable in tests).
@@ -236,6 +256,27 @@ impl Broker {
         let now = self.now();
         self.run(move |conn| {
             let caller = auth.authenticate(conn, now)?;
+            action(conn, &caller, now)
+        })
+        .await
+    }
+
+    /// Like [`Broker::as_caller`], but neither counts a request nor refreshes the session: a
+    /// long-poll reading again after a wake-up is still the one request it was.
+    async fn as_caller_again<T, F>(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        action: F,
+    ) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
+    {
+        let check = self.session_check(token, peer);
+        let now = self.now();
+        self.run(move |conn| {
+            let caller = check.verify(conn, now)?;
             action(conn, &caller, now)
         })
         .await

@@ -1,19 +1,48 @@
-//! `claude-ipc check` (read your mail) and `claude-ipc list` (who is registered).
+//! `claude-ipc check` (read your mail), `claude-ipc watch` (print mail as it arrives) and
+//! `claude-ipc list` (who is registered).
+//!
+//! Both readers lease the mail with a manual ack and acknowledge it only once it has been
+//! written to stdout, so mail printed to a closed pipe comes back instead of being lost.
+
+use std::io::Write;
+use std::time::Duration;
 
 use clap::Args;
 use serde_json::json;
 
 use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
+use crate::client::{CheckOptions, Checked, Client, ClientError, Received};
+
+/// How long printed-but-unacknowledged mail is held before it is handed out again.
+const LEASE: Duration = Duration::from_secs(30);
+/// How long one `watch` long-poll waits before asking again.
+const WATCH_POLL: Duration = Duration::from_secs(25);
+/// Pause before `watch` reconnects to a broker that went away.
+const WATCH_RECONNECT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  claude-ipc check --json | jq '.messages[].message.content'")]
+#[command(
+    after_help = "Each message shows its id, sender and time (with how long ago). Mail is acknowledged only\nafter it was written to stdout, so an interrupted check loses nothing.\n\nExamples:\n  claude-ipc check\n  claude-ipc check --json | jq -r '.messages[].message.content'"
+)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub client: ClientArgs,
 }
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  claude-ipc watch\n  claude-ipc watch --json | jq -c .   (one JSON object per message)"
+)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  claude-ipc list\n  claude-ipc list --json | jq -r '.instances[].id'"
+)]
 pub struct ListArgs {
     #[command(flatten)]
     pub client: ClientArgs,
@@ -21,37 +50,152 @@ pub struct ListArgs {
 
 pub fn run(args: CheckArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
-    let checked = args.client.connect()?.check(&session.session_token)?;
-    if args.client.json {
-        let messages: Vec<_> = checked
-            .messages
-            .iter()
-            .map(|m| {
-                json!({"id": m.id, "from": m.from, "to": m.to, "timestamp": m.timestamp,
-                       "message": {"content": m.message.content, "data": m.message.data},
-                       "nonce": m.nonce, "sender_timestamp": m.sender_timestamp})
-            })
-            .collect();
-        output::json(&json!({"status": "ok", "messages": messages, "more": checked.more}));
-        return Ok(());
+    let mut client = args.client.connect()?;
+    let options = CheckOptions {
+        manual_ack: Some(LEASE),
+        ..CheckOptions::default()
+    };
+    let checked = client.check_with(&session.session_token, options)?;
+    let text = if args.client.json {
+        check_json(&checked)
+    } else {
+        check_text(&checked)
+    };
+    print_then_ack(&mut client, &session, &text, &checked)
+}
+
+/// `watch`: long-polls until interrupted, printing and acknowledging each batch. A broker
+/// that goes away is waited for, so a restart does not end the watch.
+pub fn run_watch(args: WatchArgs) -> Result<(), CliError> {
+    let session = SessionFile::load()?;
+    let options = CheckOptions {
+        manual_ack: Some(LEASE),
+        wait: Some(WATCH_POLL),
+        limit: None,
+    };
+    let mut client = args.client.connect()?;
+    if !args.client.json {
+        eprintln!("watching mail for {} (Ctrl-C to stop)", session.instance_id);
     }
-    if checked.messages.is_empty() {
-        println!("No new messages");
-    }
-    for message in &checked.messages {
-        println!(
-            "[{}] from {} at {}",
-            message.id, message.from, message.timestamp
-        );
-        println!("  {}", message.message.content.replace('\n', "\n  "));
-        if let Some(data) = &message.message.data {
-            println!("  data: {}", serde_json::Value::Object(data.clone()));
+    loop {
+        match client.check_with(&session.session_token, options) {
+            Ok(checked) if checked.messages.is_empty() => continue,
+            Ok(checked) => {
+                let text = if args.client.json {
+                    checked
+                        .messages
+                        .iter()
+                        .map(|m| format!("{}\n", message_json(m)))
+                        .collect()
+                } else {
+                    checked
+                        .messages
+                        .iter()
+                        .map(message_text)
+                        .collect::<String>()
+                };
+                print_then_ack(&mut client, &session, &text, &checked)?;
+            }
+            Err(ClientError::Io(_) | ClientError::Closed | ClientError::Unreachable { .. }) => {
+                client = reconnect(&args.client);
+            }
+            Err(other) => return Err(other.into()),
         }
     }
-    if checked.more {
-        println!("(more waiting: run check again)");
+}
+
+/// Connects again, waiting as long as it takes; says so once on stderr.
+fn reconnect(args: &ClientArgs) -> Client {
+    eprintln!(
+        "lost the broker at {}; waiting for it to come back",
+        args.addr
+    );
+    loop {
+        std::thread::sleep(WATCH_RECONNECT);
+        if let Ok(client) = args.connect() {
+            eprintln!("reconnected");
+            return client;
+        }
+    }
+}
+
+/// Writes the text to stdout and only then acknowledges the mail in it. If stdout is gone,
+/// nothing is acknowledged and the mail is handed out again after its lease.
+fn print_then_ack(
+    client: &mut Client,
+    session: &SessionFile,
+    text: &str,
+    checked: &Checked,
+) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .map_err(|e| {
+            CliError::Usage(format!(
+                "cannot write to stdout ({e}); the mail was not acknowledged and comes back in {} s",
+                LEASE.as_secs()
+            ))
+        })?;
+    let ids = checked.ids();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    if let Err(e) = client.ack(&session.session_token, &ids) {
+        eprintln!(
+            "warning: could not acknowledge the mail above ({e}); it will be shown again in {} s",
+            LEASE.as_secs()
+        );
     }
     Ok(())
+}
+
+fn check_json(checked: &Checked) -> String {
+    let messages: Vec<_> = checked.messages.iter().map(message_json).collect();
+    output::json_text(&json!({"status": "ok", "messages": messages, "more": checked.more}))
+}
+
+fn message_json(m: &Received) -> serde_json::Value {
+    json!({"id": m.id, "from": m.from, "to": m.to, "timestamp": m.timestamp,
+           "message": {"content": m.message.content, "data": m.message.data},
+           "nonce": m.nonce, "sender_timestamp": m.sender_timestamp,
+           "delivery_count": m.delivery_count})
+}
+
+fn check_text(checked: &Checked) -> String {
+    let mut text = String::new();
+    if checked.messages.is_empty() {
+        text.push_str("No new messages\n");
+    }
+    for message in &checked.messages {
+        text.push_str(&message_text(message));
+    }
+    if checked.more {
+        text.push_str("(more waiting: run check again)\n");
+    }
+    text
+}
+
+/// One message for a person: header line (with how long ago it arrived), indented content,
+/// then data if any.
+fn message_text(message: &Received) -> String {
+    let ago = output::relative_to_now(&message.timestamp)
+        .map(|ago| format!(" ({ago})"))
+        .unwrap_or_default();
+    let mut text = format!(
+        "[{}] from {} at {}{ago}\n  {}\n",
+        message.id,
+        message.from,
+        message.timestamp,
+        message.message.content.replace('\n', "\n  ")
+    );
+    if let Some(data) = &message.message.data {
+        text.push_str(&format!(
+            "  data: {}\n",
+            serde_json::Value::Object(data.clone())
+        ));
+    }
+    text
 }
 
 pub fn run_list(args: ListArgs) -> Result<(), CliError> {
@@ -69,7 +213,10 @@ pub fn run_list(args: ListArgs) -> Result<(), CliError> {
         println!("No instances registered");
     }
     for instance in instances {
-        println!("{:<32}  last seen {}", instance.id, instance.last_seen);
+        let ago = output::relative_to_now(&instance.last_seen)
+            .map(|ago| format!(" ({ago})"))
+            .unwrap_or_default();
+        println!("{:<32}  last seen {}{ago}", instance.id, instance.last_seen);
     }
     Ok(())
 }

@@ -5,15 +5,18 @@
 
 mod check;
 pub mod hook;
+mod import_legacy;
 pub mod mcp;
-mod output;
+pub mod output;
 mod ping;
 mod register;
 mod rename;
 mod send;
 pub mod serve;
 pub mod session_file;
+mod status;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -33,7 +36,26 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
     name = "claude-ipc",
     version,
     about = "A local post office for AI assistants: a broker, an MCP server and this client",
-    after_help = "Examples:\n  claude-ipc serve                    run the broker on 127.0.0.1:9876\n  claude-ipc register alice           register and save the session to ~/.ipc-session\n  claude-ipc send bob \"API changed\"    send bob a message\n  claude-ipc check                    read your mail"
+    after_help = "Examples:
+  claude-ipc serve                          run the broker on 127.0.0.1:9876
+  claude-ipc register alice                 register; the session goes to ~/.ipc-session
+  claude-ipc send bob \"API changed\"         send bob a message (registered or not yet)
+  claude-ipc check                          read your mail
+  claude-ipc status                         the broker, its instances and waiting mail
+  claude mcp add claude-ipc -s user -- claude-ipc mcp    give Claude Code the tools
+
+Environment:
+  IPC_ADDR            the broker's address (default 127.0.0.1:9876)
+  IPC_SESSION_FILE    where register saves the session (default ~/.ipc-session)
+  IPC_SHARED_SECRET   the shared secret; without it the broker runs in open mode
+  IPC_DATA_DIR        the broker's data directory (default ~/.claude-ipc-data)
+  RUST_LOG            log level: error, warn, info, debug
+  NO_COLOR            no colour, even on a terminal
+
+Exit codes: 0 success, 1 the broker refused (or a file or database failed), 2 usage error or
+not registered yet, 3 no broker answered.
+
+Each subcommand has its own --help. Guides: README.md and docs/ (OPERATIONS.md for running it)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -50,14 +72,20 @@ pub enum Command {
     Send(send::SendArgs),
     /// Send a message to every other registered instance.
     Broadcast(send::BroadcastArgs),
-    /// Read (and so consume) your waiting mail.
+    /// Read your waiting mail; it is acknowledged once printed.
     Check(check::CheckArgs),
+    /// Print mail as it arrives, until interrupted.
+    Watch(check::WatchArgs),
     /// List registered instances.
     List(check::ListArgs),
     /// Rename your instance; the old name forwards to the new one for a while.
     Rename(rename::RenameArgs),
     /// Check that a broker answers.
     Ping(ping::PingArgs),
+    /// Show the broker, its instances and the mail waiting (also with the broker down).
+    Status(status::StatusArgs),
+    /// Import the Python original's messages.db: unread mail, instances and live forwards.
+    ImportLegacy(import_legacy::ImportLegacyArgs),
     /// Run the MCP server on stdio (for Claude Code, Gemini CLI and other MCP clients).
     Mcp(mcp::McpArgs),
     /// For Claude Code hooks: print one line if mail is waiting, else nothing.
@@ -81,11 +109,21 @@ impl ClientArgs {
     }
 }
 
+/// The data directory `serve` uses: `--data-dir` / `IPC_DATA_DIR`, else `~/.claude-ipc-data`.
+pub fn data_dir_or_default(given: Option<PathBuf>) -> PathBuf {
+    given.unwrap_or_else(|| session_file::home_dir().join(".claude-ipc-data"))
+}
+
 /// A failure that ends a subcommand, with its exit code.
 #[derive(Debug)]
 pub enum CliError {
     Client(ClientError),
     Usage(String),
+    /// Something other than the broker failed (a file, a database); exit code 1.
+    Failed(String),
+    /// The subcommand already printed its full report; exit with this code and say nothing
+    /// more (`status` with no broker answering).
+    Reported(u8),
 }
 
 impl From<ClientError> for CliError {
@@ -98,8 +136,10 @@ impl CliError {
     fn exit_code(&self) -> u8 {
         match self {
             CliError::Usage(_) => EXIT_USAGE,
+            CliError::Failed(_) => EXIT_BROKER_ERROR,
+            CliError::Reported(code) => *code,
             CliError::Client(ClientError::Unreachable { .. }) => EXIT_UNREACHABLE,
-            CliError::Client(ClientError::Io(_)) => EXIT_UNREACHABLE,
+            CliError::Client(ClientError::Io(_) | ClientError::Closed) => EXIT_UNREACHABLE,
             CliError::Client(_) => EXIT_BROKER_ERROR,
         }
     }
@@ -108,9 +148,30 @@ impl CliError {
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CliError::Client(error) => write!(f, "{error}"),
-            CliError::Usage(text) => f.write_str(text),
+            CliError::Client(error) => write!(f, "{error}{}", next_step(error)),
+            CliError::Usage(text) | CliError::Failed(text) => f.write_str(text),
+            CliError::Reported(_) => Ok(()),
         }
+    }
+}
+
+/// What to do about a refusal whose message (kept word for word for the legacy scripts) does
+/// not already say it.
+fn next_step(error: &ClientError) -> &'static str {
+    let ClientError::Broker { code, .. } = error else {
+        return "";
+    };
+    match code.as_str() {
+        "invalid_session" => {
+            "; your session expired or was replaced: run `claude-ipc register NAME` again"
+        }
+        "invalid_auth" => {
+            "; set IPC_SHARED_SECRET to the broker's secret (or unset it for an open-mode broker) and register again"
+        }
+        "queue_full" => "; the recipient must run `claude-ipc check` before more mail fits",
+        "name_taken" => "; choose another name, or `claude-ipc list` to see who has it",
+        "storage_failed" => "; retry, and if it keeps failing read the broker's log",
+        _ => "",
     }
 }
 
@@ -126,12 +187,16 @@ pub fn run(command: Command) -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),
         Command::Check(args) => check::run(args),
+        Command::Watch(args) => check::run_watch(args),
         Command::List(args) => check::run_list(args),
         Command::Rename(args) => rename::run(args),
         Command::Ping(args) => ping::run(args),
+        Command::Status(args) => status::run(args),
+        Command::ImportLegacy(args) => import_legacy::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Reported(code)) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error}");
             ExitCode::from(error.exit_code())

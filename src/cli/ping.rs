@@ -5,6 +5,12 @@ use clap::Args;
 use super::{output, CliError, ClientArgs};
 
 #[derive(Debug, Args)]
+#[command(after_help = "Needs no session. Exits with 3 when no broker answers.
+
+Examples:
+  claude-ipc ping
+  claude-ipc ping --addr 127.0.0.1:9900
+  claude-ipc ping --json")]
 pub struct PingArgs {
     #[command(flatten)]
     pub client: ClientArgs,

@@ -7,7 +7,16 @@ use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  IPC_SHARED_SECRET=... claude-ipc register alice")]
+#[command(
+    after_help = "Registering again replaces your earlier session, and any mail already waiting for the name
+(sent before it was registered) is yours. The token is saved to IPC_SESSION_FILE or
+~/.ipc-session (mode 0600), never printed.
+
+Examples:
+  claude-ipc register alice
+  IPC_SHARED_SECRET=the-broker-secret claude-ipc register alice
+  IPC_SESSION_FILE=/tmp/bob.session claude-ipc register bob    (a second identity)"
+)]
 pub struct RegisterArgs {
     /// The name to register: 1-32 letters, digits, hyphens or underscores.
     pub name: String,

@@ -6,7 +6,13 @@ use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  claude-ipc rename alice-review")]
+#[command(
+    after_help = "At most once an hour. For two hours mail to the old name is forwarded; waiting mail moves
+with you, and every other instance gets a notice. The session file is updated.
+
+Example:
+  claude-ipc rename alice-review"
+)]
 pub struct RenameArgs {
     /// The new name.
     pub new_name: String,

@@ -5,11 +5,18 @@ use serde_json::Value;
 
 use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
-use crate::broker::session::new_token;
+use crate::client::Stamp;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  claude-ipc send bob \"the API changed, see src/api.rs\"\n  claude-ipc send bob \"build done\" --data '{\"exit\": 0}'"
+    after_help = "Mail to a name nobody has registered yet waits for it (7 days). Content over 10 KiB is
+stored in a file and the recipient gets a summary with its path. Each send carries a fresh
+nonce, so a retried request is stored once.
+
+Examples:
+  claude-ipc send bob \"the API changed, see src/api.rs\"
+  claude-ipc send bob \"build done\" --data '{\"exit\": 0}'
+  claude-ipc send reviewer \"$(git diff --stat)\""
 )]
 pub struct SendArgs {
     /// The recipient's name (it need not be registered yet).
@@ -25,7 +32,13 @@ pub struct SendArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Example:\n  claude-ipc broadcast \"deploying in 5 minutes\"")]
+#[command(
+    after_help = "Goes to every registered instance except you; instances whose queue is full are skipped and
+named in the reply.
+
+Example:
+  claude-ipc broadcast \"deploying in 5 minutes\""
+)]
 pub struct BroadcastArgs {
     /// The message; several words are joined with spaces.
     #[arg(required = true, num_args = 1..)]
@@ -47,16 +60,14 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
             }
         },
     };
-    // A fresh nonce per send: if this request is ever repeated, the broker stores it once.
-    let nonce = new_token().map_err(|e| CliError::Usage(e.to_string()))?;
     let content = args.message.join(" ");
     let mut client = args.client.connect()?;
-    let sent = client.send(
+    let sent = client.send_stamped(
         &session.session_token,
         &args.to,
         &content,
         data,
-        Some(&nonce),
+        &fresh_stamp()?,
     )?;
     if args.client.json {
         output::json(&serde_json::json!({
@@ -71,14 +82,26 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
 
 pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
-    let reply = args
-        .client
-        .connect()?
-        .broadcast(&session.session_token, &args.message.join(" "))?;
+    let reply = args.client.connect()?.broadcast_stamped(
+        &session.session_token,
+        &args.message.join(" "),
+        None,
+        &fresh_stamp()?,
+    )?;
     if args.client.json {
         output::json(&reply);
     } else {
         println!("{}", reply["message"].as_str().unwrap_or("broadcast sent"));
     }
     Ok(())
+}
+
+/// A fresh nonce and timestamp per send: if the connection fails, the client sends the same
+/// request again and the broker stores it once.
+fn fresh_stamp() -> Result<Stamp, CliError> {
+    Stamp::fresh().map_err(|e| {
+        CliError::Usage(format!(
+            "cannot read randomness for the nonce ({e}); check that /dev/urandom is readable"
+        ))
+    })
 }

@@ -79,10 +79,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     pub fn config(&self) -> Config {
-        let data_dir = self
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| super::session_file::home_dir().join(".claude-ipc-data"));
+        let data_dir = super::data_dir_or_default(self.data_dir.clone());
         let shared_secret = std::env::var("IPC_SHARED_SECRET")
             .ok()
             .filter(|s| !s.is_empty());

@@ -51,8 +51,9 @@ impl SessionFile {
     /// target and renamed over it, so a crash never leaves a half-written session.
     pub fn save(&self) -> Result<PathBuf, CliError> {
         let path = path();
-        let fail =
-            |e: std::io::Error| CliError::Usage(format!("cannot write {}: {e}", path.display()));
+        let fail = |e: std::io::Error| {
+            CliError::Usage(format!("cannot write the session file {}: {e}; make its directory writable or point IPC_SESSION_FILE elsewhere", path.display()))
+        };
         let mut temporary = path.clone().into_os_string();
         temporary.push(format!(".{}.tmp", std::process::id()));
         let temporary = PathBuf::from(temporary);

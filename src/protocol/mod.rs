@@ -11,7 +11,7 @@ pub mod request;
 
 pub use frame::{FrameScanner, Scan};
 pub use reply::{ErrorCode, Reply};
-pub use request::{Action, InstanceName, MessageBody, Request};
+pub use request::{AckMode, Action, CheckOptions, InstanceName, MessageBody, Request};
 
 /// The protocol revision reported by `ping`. Bumped when a field changes meaning.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -4,6 +4,7 @@
 //! deliberately not read at all: the session decides who is speaking.
 
 use std::fmt;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -35,9 +36,10 @@ pub enum Action {
         message: MessageBody,
         stamp: SenderStamp,
     },
-    Check {
-        /// At most this many messages; the reply also stays under the legacy read size.
-        limit: Option<u32>,
+    Check(CheckOptions),
+    /// Settles messages a manual-ack `check` leased.
+    Ack {
+        ids: Vec<i64>,
     },
     List,
     Rename {
@@ -54,13 +56,44 @@ impl Action {
             Action::Register { .. } => "register",
             Action::Send { .. } => "send",
             Action::Broadcast { .. } => "broadcast",
-            Action::Check { .. } => "check",
+            Action::Check(_) => "check",
+            Action::Ack { .. } => "ack",
             Action::List => "list",
             Action::Rename { .. } => "rename",
             Action::Count => "count",
         }
     }
 }
+
+/// How a `check` reads: how much, whether it settles the mail itself, and how long it waits.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CheckOptions {
+    /// At most this many messages; the reply also stays under the legacy read size.
+    pub limit: Option<u32>,
+    pub ack: AckMode,
+    /// Long-poll: with no mail waiting, answer as soon as some is committed, or empty at this
+    /// deadline.
+    pub wait: Option<Duration>,
+}
+
+/// Who settles the mail a `check` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckMode {
+    /// The legacy meaning: marked delivered once the reply is written.
+    #[default]
+    Auto,
+    /// Leased for `lease`; settled by an `ack`, or handed out again when the lease ends.
+    Manual { lease: Duration },
+}
+
+/// Default lease of a manual-ack `check`.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Longest lease a client may ask for.
+pub const MAX_LEASE_MS: u64 = 3_600_000;
+/// Longest long-poll a client may ask for; a client wanting longer asks again.
+pub const MAX_WAIT_MS: u64 = 300_000;
+/// Most ids one `ack` may settle.
+pub const MAX_ACK_IDS: usize = 1000;
 
 /// What a sender wrote: `{content, data?}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -120,7 +153,7 @@ impl RequestError {
     }
 }
 
-const ACTIONS: &str = "ping, register, send, broadcast, check, list, rename, count";
+const ACTIONS: &str = "ping, register, send, broadcast, check, ack, list, rename, count";
 const NONCE_MAX_CHARS: usize = 128;
 
 impl Request {
@@ -180,9 +213,8 @@ impl Fields<'_> {
                 message: self.message()?,
                 stamp: self.stamp()?,
             },
-            "check" => Action::Check {
-                limit: self.optional_limit()?,
-            },
+            "check" => Action::Check(self.check_options()?),
+            "ack" => Action::Ack { ids: self.ids()? },
             "list" => Action::List,
             "count" => Action::Count,
             "rename" => Action::Rename {
@@ -291,6 +323,80 @@ impl Fields<'_> {
             })?),
         };
         Ok(SenderStamp { nonce, timestamp })
+    }
+
+    fn check_options(&self) -> Result<CheckOptions, RequestError> {
+        let ack = match self.optional_string("ack")?.as_deref() {
+            None | Some("auto") => AckMode::Auto,
+            Some("manual") => AckMode::Manual {
+                lease: self
+                    .optional_millis("lease_ms", 1, MAX_LEASE_MS)?
+                    .unwrap_or(DEFAULT_LEASE),
+            },
+            Some(other) => {
+                return Err(RequestError::new(
+                    ErrorCode::InvalidField,
+                    format!("`ack` must be \"manual\" or \"auto\", not `{other}`"),
+                ))
+            }
+        };
+        if ack == AckMode::Auto && self.0.get("lease_ms").is_some_and(|v| !v.is_null()) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidField,
+                "`lease_ms` only applies with \"ack\": \"manual\"; add it or drop `lease_ms`",
+            ));
+        }
+        Ok(CheckOptions {
+            limit: self.optional_limit()?,
+            ack,
+            wait: self.optional_millis("wait_ms", 0, MAX_WAIT_MS)?,
+        })
+    }
+
+    /// An optional whole number of milliseconds in `min..=max`.
+    fn optional_millis(
+        &self,
+        key: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<Duration>, RequestError> {
+        let expected = format!("a whole number of milliseconds from {min} to {max}");
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(ms) if (min..=max).contains(&ms) => Ok(Some(Duration::from_millis(ms))),
+                _ => Err(wrong_type(key, &expected, &Value::Number(n.clone()))),
+            },
+            Some(other) => Err(wrong_type(key, &expected, other)),
+        }
+    }
+
+    /// `ids` of an `ack`: a non-empty array of message ids.
+    fn ids(&self) -> Result<Vec<i64>, RequestError> {
+        let expected = format!("an array of 1 to {MAX_ACK_IDS} message ids");
+        let items = match self.0.get("ids") {
+            Some(Value::Array(items)) if (1..=MAX_ACK_IDS).contains(&items.len()) => items,
+            Some(Value::Array(items)) => {
+                return Err(RequestError::new(
+                    ErrorCode::InvalidField,
+                    format!("`ids` has {} entries; send {expected}", items.len()),
+                ))
+            }
+            None | Some(Value::Null) => {
+                return Err(RequestError::new(
+                    ErrorCode::MissingField,
+                    format!("missing field `ids` ({expected}, as `check` returned them)"),
+                ))
+            }
+            Some(other) => return Err(wrong_type("ids", &expected, other)),
+        };
+        items
+            .iter()
+            .map(|item| {
+                item.as_i64()
+                    .ok_or_else(|| wrong_type("ids[]", "a message id (a whole number)", item))
+            })
+            .collect()
     }
 
     fn optional_limit(&self) -> Result<Option<u32>, RequestError> {

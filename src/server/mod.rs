@@ -129,6 +129,7 @@ impl RunningServer {
     /// stop and closes the database.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        self.broker.stop_waiting();
         let _ = self.accept_loop.await;
         let _ = self.sweeper.await;
         let stopped = clock::to_text(self.broker.now());

@@ -8,6 +8,8 @@
 //! Each job runs inside its own savepoint, so a job that fails (a broken rule, a constraint)
 //! rolls back only its own changes, never its neighbours'.
 
+pub mod inspect;
+pub mod legacy;
 pub mod queries;
 
 use std::fs::OpenOptions;
@@ -138,6 +140,14 @@ impl Store {
             let _ = finished.await;
         }
     }
+}
+
+/// Opens (creating and migrating if needed) a second read-write connection to the database,
+/// for a tool that writes beside a running broker, like `import-legacy`. WAL lets it share the
+/// file; each of its transactions briefly holds the write lock, and the broker's writer waits
+/// for it (up to its busy timeout), so such a tool must keep its transactions short.
+pub fn open_side_connection(path: &Path) -> Result<Connection, StoreError> {
+    open_connection(path)
 }
 
 fn open_error(path: &Path, reason: impl Into<String>) -> StoreError {

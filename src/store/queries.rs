@@ -36,6 +36,8 @@ pub struct StoredMessage {
     pub nonce: Option<String>,
     pub sender_timestamp: Option<String>,
     pub received_at: String,
+    /// How many times it was handed out before this read.
+    pub delivery_count: u32,
 }
 
 /// A session found by its token hash.
@@ -219,6 +221,7 @@ pub fn insert_message(conn: &Connection, message: &NewMessage<'_>) -> rusqlite::
     Ok(MessageId(conn.last_insert_rowid()))
 }
 
+/// Every message not yet delivered to `recipient`, leased or not: what the queue cap counts.
 pub fn pending_count(conn: &Connection, recipient: &str) -> rusqlite::Result<u32> {
     conn.prepare_cached(
         "SELECT count(*) FROM messages WHERE recipient = ?1 AND delivered_at IS NULL",
@@ -226,39 +229,63 @@ pub fn pending_count(conn: &Connection, recipient: &str) -> rusqlite::Result<u32
     .query_row([recipient], |row| row.get(0))
 }
 
-/// What `count` reports: how many messages wait for `recipient`, and up to `max_senders`
-/// distinct senders of them, ordered by each sender's oldest waiting message. Reads only.
-/// "Waiting" is the same condition [`pending_for`] uses; keep the two in step.
+/// Mail a `check` may hand out at `now`: not delivered, and not held by a live lease.
+const AVAILABLE: &str =
+    "recipient = ?1 AND delivered_at IS NULL AND (leased_until IS NULL OR leased_until <= ?2)";
+
+/// How many messages a `check` at `now` could hand out to `recipient`.
+pub fn available_count(conn: &Connection, recipient: &str, now: &str) -> rusqlite::Result<u32> {
+    conn.prepare_cached(&format!("SELECT count(*) FROM messages WHERE {AVAILABLE}"))?
+        .query_row(params![recipient, now], |row| row.get(0))
+}
+
+/// What `count` reports: how many messages a `check` at `now` could hand out to `recipient`
+/// (leased mail is not waiting), and up to `max_senders` distinct senders of them, ordered by
+/// each sender's oldest such message. Reads only.
 pub fn waiting_summary(
     conn: &Connection,
     recipient: &str,
+    now: &str,
     max_senders: u32,
 ) -> rusqlite::Result<(u32, Vec<String>)> {
-    let count = pending_count(conn, recipient)?;
-    let mut statement = conn.prepare_cached(
-        "SELECT sender FROM messages WHERE recipient = ?1 AND delivered_at IS NULL
-         GROUP BY sender ORDER BY min(id) LIMIT ?2",
-    )?;
+    let count = available_count(conn, recipient, now)?;
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT sender FROM messages WHERE {AVAILABLE} GROUP BY sender ORDER BY min(id) LIMIT ?3"
+    ))?;
     let senders = statement
-        .query_map(params![recipient, max_senders], |row| row.get(0))?
+        .query_map(params![recipient, now, max_senders], |row| row.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok((count, senders))
 }
 
-/// The oldest `limit` pending messages for `recipient`, oldest first.
-pub fn pending_for(
+/// The oldest `limit` messages a `check` at `now` may hand out to `recipient`, oldest first.
+pub fn available_for(
     conn: &Connection,
     recipient: &str,
+    now: &str,
     limit: u32,
 ) -> rusqlite::Result<Vec<StoredMessage>> {
-    let mut statement = conn.prepare_cached(
+    let mut statement = conn.prepare_cached(&format!(
         "SELECT id, sender, addressed_to, recipient, kind, content, data, nonce,
-                sender_timestamp, received_at
-         FROM messages WHERE recipient = ?1 AND delivered_at IS NULL
-         ORDER BY id LIMIT ?2",
-    )?;
-    let rows = statement.query_map(params![recipient, limit], stored_message)?;
+                sender_timestamp, received_at, delivery_count
+         FROM messages WHERE {AVAILABLE}
+         ORDER BY id LIMIT ?3"
+    ))?;
+    let rows = statement.query_map(params![recipient, now, limit], stored_message)?;
     rows.collect()
+}
+
+/// When the first lease held on `recipient`'s mail after `now` runs out, if any does.
+pub fn next_lease_expiry(
+    conn: &Connection,
+    recipient: &str,
+    now: &str,
+) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(
+        "SELECT min(leased_until) FROM messages
+         WHERE recipient = ?1 AND delivered_at IS NULL AND leased_until > ?2",
+    )?
+    .query_row(params![recipient, now], |row| row.get(0))
 }
 
 fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
@@ -273,6 +300,7 @@ fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
         nonce: row.get(7)?,
         sender_timestamp: row.get(8)?,
         received_at: row.get(9)?,
+        delivery_count: row.get(10)?,
     })
 }
 
@@ -287,6 +315,55 @@ pub fn mark_delivered(conn: &Connection, ids: &[MessageId], now: &str) -> rusqli
         marked += statement.execute(params![id.0, now])?;
     }
     Ok(marked)
+}
+
+/// Leases these messages until `until`, counting the hand-out.
+pub fn lease(conn: &Connection, ids: &[MessageId], until: &str) -> rusqlite::Result<usize> {
+    let mut statement = conn.prepare_cached(
+        "UPDATE messages SET leased_until = ?2, delivery_count = delivery_count + 1
+         WHERE id = ?1 AND delivered_at IS NULL",
+    )?;
+    let mut leased = 0;
+    for id in ids {
+        leased += statement.execute(params![id.0, until])?;
+    }
+    Ok(leased)
+}
+
+/// What an `ack` of one id did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// It was pending and is now delivered.
+    Acked,
+    /// It was already delivered (an earlier ack, or a legacy check).
+    AlreadyAcked,
+    /// No such message for this recipient. Someone else's message looks the same, so an ack
+    /// cannot probe which ids exist.
+    Unknown,
+}
+
+/// Settles message `id` if `recipient` owns it.
+pub fn ack(
+    conn: &Connection,
+    recipient: &str,
+    id: MessageId,
+    now: &str,
+) -> rusqlite::Result<Settled> {
+    let owned = conn
+        .prepare_cached(
+            "SELECT delivered_at IS NOT NULL FROM messages WHERE id = ?1 AND recipient = ?2",
+        )?
+        .query_row(params![id.0, recipient], |row| row.get::<_, bool>(0))
+        .optional()?;
+    match owned {
+        None => Ok(Settled::Unknown),
+        Some(true) => Ok(Settled::AlreadyAcked),
+        Some(false) => {
+            conn.prepare_cached("UPDATE messages SET delivered_at = ?2 WHERE id = ?1")?
+                .execute(params![id.0, now])?;
+            Ok(Settled::Acked)
+        }
+    }
 }
 
 // ---- replay protection ----

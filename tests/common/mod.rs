@@ -35,6 +35,12 @@ impl TestBroker {
         Self::start_with(|_| {})
     }
 
+    /// A broker on the machine's clock, for clients (the CLI, the MCP server) that stamp their
+    /// sends with the real time.
+    pub fn start_on_wall_clock() -> TestBroker {
+        Self::start_with_clock(|_| {}, Clock::system())
+    }
+
     pub fn start_with(configure: impl FnOnce(&mut Config)) -> TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
@@ -318,14 +324,29 @@ impl Drop for BrokerProcess {
 
 /// Runs the binary as a client with `IPC_ADDR` and `IPC_SESSION_FILE` set.
 pub fn cli(addr: &str, session_file: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(binary())
+    cli_with_env(addr, session_file, args, &[])
+}
+
+/// [`cli`] with extra environment variables (`TZ`, `IPC_DATA_DIR`, ...). `IPC_DATA_DIR` is
+/// cleared unless given, so a test never touches the home directory's data.
+pub fn cli_with_env(
+    addr: &str,
+    session_file: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let mut command = Command::new(binary());
+    command
         .args(args)
         .env("IPC_ADDR", addr)
         .env("IPC_SESSION_FILE", session_file)
         .env_remove("IPC_SHARED_SECRET")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run claude-ipc")
+        .env_remove("IPC_DATA_DIR")
+        .env("NO_COLOR", "1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("run claude-ipc")
 }
 
 impl TestBroker {
