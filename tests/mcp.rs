@@ -365,6 +365,8 @@ fn broadcast_rename_list_and_wait_for_messages_work_as_the_session() {
     for token in [&bob, &carol] {
         let got = mail(&broker, token);
         assert_eq!(got[0].from, "alice");
+        assert!(got[0].nonce.is_some(), "every send carries a nonce");
+        assert!(got[0].sender_timestamp.is_some(), "and a timestamp");
         assert_eq!(got[0].message.content, "standup");
         assert_eq!(got[0].message.data.as_ref().unwrap()["room"], 4);
     }
@@ -387,6 +389,13 @@ fn broadcast_rename_list_and_wait_for_messages_work_as_the_session() {
     let outcome = mcp.finish_call(waiting);
     assert!(!outcome.is_error, "{}", outcome.text);
     assert!(outcome.text.contains("wake up"), "{}", outcome.text);
+    // Acknowledged before the tool answered: delivered now, not merely leased.
+    assert_eq!(
+        broker.count(
+            "SELECT count(*) FROM messages WHERE recipient = 'alicia' AND delivered_at IS NULL"
+        ),
+        0
+    );
     assert_eq!(mcp.ok("check", json!({})), "No new messages.");
 }
 

@@ -30,10 +30,13 @@ pub fn messages(count: usize) -> String {
     }
 }
 
+/// What `check` says when nothing is waiting.
+pub const NO_MAIL: &str = "No new messages.";
+
 /// A check's mail: sender, relative and absolute time, content, and data when present.
 pub fn mail(checked: &Checked, now: DateTime<Utc>) -> String {
     if checked.messages.is_empty() {
-        return "No new messages.".to_owned();
+        return NO_MAIL.to_owned();
     }
     let mut text = format!("{}:\n", messages(checked.messages.len()));
     for message in &checked.messages {

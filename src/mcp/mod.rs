@@ -22,18 +22,19 @@ use rmcp::{schemars, tool, tool_handler, tool_router, ServerHandler};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::broker::session::new_token;
 use crate::cli::session_file::SessionFile;
-use crate::client::{Client, ClientError};
+use crate::client::{CheckOptions, Client, ClientError, Stamp};
 use crate::config::Config;
 use election::Election;
 
-/// How often `wait_for_messages` asks the broker whether mail arrived.
-const WAIT_POLL: Duration = Duration::from_millis(250);
+/// How long mail a tool read stays leased to it before it is handed out again unacknowledged.
+/// The ack follows within milliseconds; the lease only matters if this process or the broker
+/// dies in between.
+const CHECK_LEASE: Duration = Duration::from_secs(30);
 /// `wait_for_messages` without a timeout waits this long.
 const WAIT_DEFAULT_SECONDS: u64 = 30;
-/// `wait_for_messages` never waits longer than this.
-const WAIT_MAX_SECONDS: u64 = 600;
+/// `wait_for_messages` never waits longer than this (the broker's long-poll cap).
+const WAIT_MAX_SECONDS: u64 = 300;
 /// The largest file `share_file` sends; the broker refuses requests over 1 MiB, and JSON
 /// escaping can nearly double text.
 const SHARE_FILE_MAX_BYTES: u64 = 512 * 1024;
@@ -185,7 +186,7 @@ pub struct ShareCommandArgs {
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct WaitArgs {
-    /// How long to wait for mail, in seconds (default 30, at most 600).
+    /// How long to wait for mail, in seconds (default 30, at most 300).
     #[serde(default)]
     pub timeout_seconds: Option<f64>,
 }
@@ -311,7 +312,10 @@ async fn blocking<T: Send + 'static>(
 fn is_connection_lost(error: &ClientError) -> bool {
     matches!(
         error,
-        ClientError::Io(_) | ClientError::Unreachable { .. } | ClientError::Protocol(_)
+        ClientError::Io(_)
+            | ClientError::Closed
+            | ClientError::Unreachable { .. }
+            | ClientError::Protocol(_)
     )
 }
 
@@ -426,47 +430,47 @@ impl IpcServer {
         content: String,
         data: Option<Value>,
     ) -> Result<String, ToolError> {
-        let data = object_or_none(data)?;
-        let nonce =
-            new_token().map_err(|e| ToolError::Input(format!("cannot make a nonce: {e}")))?;
-        let timestamp = crate::clock::to_text(chrono::Utc::now());
+        let data = object_or_none(data)?.map(Value::Object);
+        // One stamp for every attempt: a retry after a lost connection (here or inside the
+        // client) repeats the same nonce, so the broker stores the message once.
+        let stamp =
+            Stamp::fresh().map_err(|e| ToolError::Input(format!("cannot make a nonce: {e}")))?;
         let reply = self
-            .as_session(move |client, token| {
-                let mut request = json!({
-                    "session_token": token, "message": {"content": content},
-                    "nonce": nonce, "timestamp": timestamp,
-                });
-                match &to {
-                    Some(to) => {
-                        request["action"] = "send".into();
-                        request["to_id"] = to.as_str().into();
-                    }
-                    None => request["action"] = "broadcast".into(),
-                }
-                if let Some(data) = &data {
-                    request["message"]["data"] = Value::Object(data.clone());
-                }
-                client.call(&request)
+            .as_session(move |client, token| match &to {
+                Some(to) => client
+                    .send_stamped(token, to, &content, data.clone(), &stamp)
+                    .map(|sent| json!({"message": sent.message, "message_id": sent.message_id})),
+                None => client.broadcast_stamped(token, &content, data.clone(), &stamp),
             })
             .await?;
         Ok(sent_text(&reply))
     }
 
-    async fn do_check(&self) -> Result<String, ToolError> {
-        let checked = self
-            .as_session(|client, token| {
-                let checked = client.check(token)?;
-                // The broker marks mail delivered after writing the reply, before it reads the
-                // next request on this connection. A ping's answer therefore means the mark is
-                // committed, so a broker killed right after this tool returns does not hand
-                // the same mail out again.
-                if !checked.messages.is_empty() {
-                    let _ = client.ping();
+    /// Reads waiting mail (long-polling up to `wait` when none is waiting), leased to this
+    /// reader, and acknowledges it only once the tool's text is built: a broker that dies in
+    /// between hands the mail out again when the lease runs out, instead of losing it.
+    async fn read_mail(&self, wait: Option<Duration>) -> Result<String, ToolError> {
+        self.as_session(move |client, token| {
+            let options = CheckOptions {
+                manual_ack: Some(CHECK_LEASE),
+                wait,
+                limit: None,
+            };
+            let checked = client.check_with(token, options)?;
+            let text = format::mail(&checked, chrono::Utc::now());
+            if !checked.messages.is_empty() {
+                let acked = client.ack(token, &checked.ids())?;
+                if !acked.refused.is_empty() {
+                    tracing::warn!(refused = ?acked.refused, "the broker refused some acks; that mail may come again");
                 }
-                Ok(checked)
-            })
-            .await?;
-        Ok(format::mail(&checked, chrono::Utc::now()))
+            }
+            Ok(text)
+        })
+        .await
+    }
+
+    async fn do_check(&self) -> Result<String, ToolError> {
+        self.read_mail(None).await
     }
 
     async fn do_list(&self) -> Result<String, ToolError> {
@@ -557,7 +561,9 @@ impl IpcServer {
         ))
     }
 
-    /// Waits until mail is waiting (asking the broker's non-consuming `count`), then reads it.
+    /// Long-polls the broker until mail arrives or the time is up. A broker that stops
+    /// answers its waiters early and empty, so the wait resumes (through the election) until
+    /// the deadline.
     async fn do_wait(&self, timeout_seconds: Option<f64>) -> Result<String, ToolError> {
         let seconds = timeout_seconds
             .filter(|s| s.is_finite())
@@ -565,14 +571,14 @@ impl IpcServer {
             .clamp(0.0, WAIT_MAX_SECONDS as f64);
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
         loop {
-            let waiting = self.as_session(|client, token| client.count(token)).await?;
-            if waiting.count > 0 {
-                return self.do_check().await;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let text = self.read_mail(Some(left)).await?;
+            if text != format::NO_MAIL {
+                return Ok(text);
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(format!("No new messages after waiting {seconds} s."));
             }
-            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + WAIT_POLL)).await;
         }
     }
 }
