@@ -505,3 +505,29 @@ fn share_file_sends_the_text_and_large_files_arrive_as_a_saved_file() {
     );
     assert!(text.contains("Cannot read"), "{text}");
 }
+
+#[test]
+fn a_long_poll_outlives_the_host_being_killed_and_still_gets_the_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = free_addr();
+    let mut host = McpProcess::start(&addr, &data, &[], &[]);
+    let mut bob = McpProcess::start(&addr, &data, &[], &[]);
+    host.ok("register", json!({"instance_id": "alice"}));
+    bob.ok("register", json!({"instance_id": "bob"}));
+    assert_eq!(lock_holder(&data), Some(host.pid()));
+    let waiting = bob.start_call("wait_for_messages", json!({"timeout_seconds": 20}));
+    // Lets the long poll reach the host's broker, so the kill cuts it off mid-wait. (Were it
+    // slower, the wait would start on the next broker: the outcome must be the same.)
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    host.kill_9();
+    let mut carol = McpProcess::start(&addr, &data, &[], &[]);
+    carol.ok("register", json!({"instance_id": "carol"}));
+    carol.ok(
+        "send",
+        json!({"to_id": "bob", "content": "after the crash"}),
+    );
+    let outcome = bob.finish_call(waiting);
+    assert!(!outcome.is_error, "{}", outcome.text);
+    assert!(outcome.text.contains("after the crash"), "{}", outcome.text);
+}

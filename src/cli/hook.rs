@@ -18,7 +18,7 @@ const HOOK_TIMEOUT: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "For Claude Code's UserPromptSubmit and PostToolUse hooks; see docs/CLAUDE_CODE.md.\nPrints e.g. \"📬 2 new messages (from alice, bob): use the check tool\", or nothing."
+    after_help = "Examples:\n  claude-ipc hook                            for a UserPromptSubmit hook\n  claude-ipc hook --event post-tool-use      for a PostToolUse hook\n\nPrints e.g. \"📬 2 new messages (from alice, bob): use the check tool\", or nothing.\nIt reads the session file (IPC_SESSION_FILE) and never consumes mail. See docs/CLAUDE_CODE.md."
 )]
 pub struct HookArgs {
     /// The broker's address.

@@ -13,7 +13,7 @@ use crate::server::ShutdownSignals;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Setup for Claude Code (one line):\n  claude mcp add claude-ipc -s user -- claude-ipc mcp\n\nIt finds the broker at IPC_ADDR; if none answers, it hosts one in its own process on the\nsame address and data directory (IPC_DATA_DIR), and another MCP server takes over if this\none exits. IPC_SHARED_SECRET is used to register (and by a hosted broker). If\nIPC_SESSION_FILE is set, the session is also written there for the CLI and the hook."
+    after_help = "Setup for Claude Code (one line):\n  claude mcp add claude-ipc -s user -- claude-ipc mcp\n\nExample, by hand (it speaks JSON-RPC on stdin and stdout):\n  IPC_ADDR=127.0.0.1:9876 claude-ipc mcp\n\nIt finds the broker at IPC_ADDR; if none answers, it hosts one in its own process on the\nsame address and data directory (IPC_DATA_DIR), and another MCP server takes over if this\none exits. IPC_SHARED_SECRET is used to register (and by a hosted broker). If\nIPC_SESSION_FILE is set, the session is also written there for the CLI and the hook."
 )]
 pub struct McpArgs {
     /// The broker's address (and where to host one if none answers).
