@@ -79,6 +79,12 @@ impl From<ClientError> for ToolError {
                 code,
                 message,
             },
+            // Its text quotes the raw reply, which for a register holds the new token: neither
+            // the model nor the log may see that.
+            ClientError::Protocol(_) => ToolError::Client(ClientError::Protocol(
+                "a reply this server does not understand (is another program listening at IPC_ADDR?)"
+                    .to_owned(),
+            )),
             other => ToolError::Client(other),
         }
     }
@@ -312,10 +318,7 @@ async fn blocking<T: Send + 'static>(
 fn is_connection_lost(error: &ClientError) -> bool {
     matches!(
         error,
-        ClientError::Io(_)
-            | ClientError::Closed
-            | ClientError::Unreachable { .. }
-            | ClientError::Protocol(_)
+        ClientError::Io(_) | ClientError::Closed | ClientError::Unreachable { .. }
     )
 }
 
