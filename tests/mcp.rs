@@ -531,3 +531,40 @@ fn a_long_poll_outlives_the_host_being_killed_and_still_gets_the_mail() {
     assert!(!outcome.is_error, "{}", outcome.text);
     assert!(outcome.text.contains("after the crash"), "{}", outcome.text);
 }
+
+#[test]
+fn with_a_shared_secret_the_hosted_broker_requires_it_and_the_servers_use_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = free_addr();
+    let secret = [("IPC_SHARED_SECRET", "s3cret")];
+    let mut alice = McpProcess::start(&addr, &data, &secret, &[]);
+    alice.ok("register", json!({"instance_id": "alice"}));
+    let mut client = Client::connect(&addr, TIMEOUT).unwrap();
+    assert_eq!(client.ping().unwrap()["mode"], "secret");
+    let refused = client.register("mallory", None).unwrap_err().to_string();
+    assert!(refused.contains("Invalid auth token"), "{refused}");
+
+    let mut wrong = McpProcess::start(&addr, &data, &[("IPC_SHARED_SECRET", "guess")], &[]);
+    let text = wrong.error("register", json!({"instance_id": "bob"}));
+    assert!(text.contains("Invalid auth token"), "{text}");
+    assert!(
+        text.contains("IPC_SHARED_SECRET"),
+        "says what to fix: {text}"
+    );
+}
+
+#[test]
+fn a_data_directory_held_by_a_broker_elsewhere_is_a_clear_error_after_a_bounded_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let elsewhere = BrokerProcess::spawn(&data, &[]);
+    let mut mcp = McpProcess::start(&free_addr(), &data, &[], &[]);
+    // The harness gives up on a reply after 10 s, so an answer at all shows the wait is bounded.
+    let text = mcp.error("register", json!({"instance_id": "alice"}));
+    let held = format!(
+        "another broker (pid {}) already serves",
+        elsewhere.child.id()
+    );
+    assert!(text.contains(&held), "{text}");
+}
