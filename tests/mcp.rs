@@ -231,10 +231,15 @@ fn serve_at(addr: &str, data: &Path) -> Served {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn serve");
-    let served = Served(child);
+    let mut served = Served(child);
     wait_until("the broker answers", || {
         Client::connect(addr, TIMEOUT).is_ok()
     });
+    let exited = served.0.try_wait().unwrap();
+    assert!(
+        exited.is_none(),
+        "serve exited ({exited:?}): {addr} was taken"
+    );
     served
 }
 

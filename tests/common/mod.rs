@@ -362,10 +362,18 @@ impl TestBroker {
 }
 
 /// A loopback address with a port that was free a moment ago, for processes that must meet at
-/// one fixed address (MCP servers electing a broker).
+/// one fixed address (MCP servers electing a broker). It is drawn at random from below the
+/// kernel's ephemeral range, so neither port 0 binds nor outgoing connections of tests running
+/// alongside will be handed the same port before the test binds it.
 pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().unwrap().to_string()
+    use rand::Rng;
+    loop {
+        let port: u16 = rand::rng().random_range(20_000..32_000);
+        let addr = format!("127.0.0.1:{port}");
+        if std::net::TcpListener::bind(&addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// `claude-ipc mcp` as a child process, driven as an MCP client would: newline-delimited
