@@ -160,8 +160,10 @@ fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
         .map_err(|e| fail(format!("{e}; create it or choose another with --data-dir")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| fail(format!("cannot set mode 0700: {e}")))?;
-    // Prove the directory is writable now, rather than at the first large message.
-    let probe = path.join(".write-probe");
+    // Prove the directory is writable now, rather than at the first large message. The name
+    // is this process's own: brokers starting at the same instant on one directory (MCP
+    // servers electing one) must not remove each other's probe.
+    let probe = path.join(format!(".write-probe-{}", std::process::id()));
     std::fs::write(&probe, b"")
         .and_then(|_| std::fs::remove_file(&probe))
         .map_err(|e| {
