@@ -533,7 +533,7 @@ fn a_long_poll_outlives_the_host_being_killed_and_still_gets_the_mail() {
         json!({"to_id": "bob", "content": "after the crash"}),
     );
     let outcome = bob.finish_call(waiting);
-    assert!(!outcome.is_error, "{}", outcome.text);
+    assert!(!outcome.is_error, "{}\n{}", outcome.text, bob.log());
     assert!(outcome.text.contains("after the crash"), "{}", outcome.text);
 }
 

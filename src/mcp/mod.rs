@@ -31,6 +31,10 @@ use election::Election;
 /// The ack follows within milliseconds; the lease only matters if this process or the broker
 /// dies in between.
 const CHECK_LEASE: Duration = Duration::from_secs(30);
+/// How many times a call is retried after losing its connection to the broker.
+const CONNECTION_RETRIES: u32 = 3;
+/// The pause before the first such retry; it grows with each one.
+const CONNECTION_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// `wait_for_messages` without a timeout waits this long.
 const WAIT_DEFAULT_SECONDS: u64 = 30;
 /// `wait_for_messages` never waits longer than this (the broker's long-poll cap).
@@ -351,22 +355,27 @@ impl IpcServer {
     }
 
     /// Runs `work` on a broker connection. If the connection is lost (the broker died), it
-    /// elects a broker again and retries once: every request this server sends is safe to
-    /// repeat (sends carry a nonce; mail is delivered only after its reply is read).
+    /// elects a broker again and retries, a few times: a dying broker closes its connections
+    /// before its listening socket, so the first reconnection can land on it and be reset too.
+    /// Every request this server sends is safe to repeat (sends carry a nonce; mail is acked
+    /// only after its reply is read).
     async fn call<T, F>(&self, work: F) -> Result<T, ToolError>
     where
         T: Send + 'static,
         F: Fn(&mut Client) -> Result<T, ClientError> + Clone + Send + 'static,
     {
-        let client = self.state.election.connect().await?;
-        let first = work.clone();
-        match blocking(move || first(&mut { client })).await {
-            Err(error) if is_connection_lost(&error) => {
-                tracing::info!("lost the broker ({error}); finding it again");
-                let client = self.state.election.connect().await?;
-                Ok(blocking(move || work(&mut { client })).await?)
+        let mut attempt = 0;
+        loop {
+            let client = self.state.election.connect().await?;
+            let this_try = work.clone();
+            match blocking(move || this_try(&mut { client })).await {
+                Err(error) if is_connection_lost(&error) && attempt < CONNECTION_RETRIES => {
+                    attempt += 1;
+                    tracing::info!("lost the broker ({error}); finding it again");
+                    tokio::time::sleep(CONNECTION_RETRY_PAUSE * attempt).await;
+                }
+                other => return Ok(other?),
             }
-            other => Ok(other?),
         }
     }
 
