@@ -509,8 +509,13 @@ impl IpcServer {
 
     async fn do_share_file(&self, args: ShareFileArgs) -> Result<String, ToolError> {
         self.identity()?;
-        let path = std::path::absolute(&args.filepath)
-            .map_err(|e| ToolError::Input(format!("cannot resolve {}: {e}", args.filepath)))?;
+        // The real path, with `..` and links resolved, is what the recipient is told.
+        let path = tokio::fs::canonicalize(&args.filepath).await.map_err(|e| {
+            ToolError::Input(format!(
+                "Cannot read {}: {e}. Give the path of a readable text file.",
+                args.filepath
+            ))
+        })?;
         let cannot = |e: std::io::Error| {
             ToolError::Input(format!(
                 "Cannot read {}: {e}. Give the path of a readable text file.",
