@@ -80,6 +80,13 @@ impl Stream {
             Stream::Unix(stream) => stream.set_read_timeout(timeout),
         }
     }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(stream) => stream.set_write_timeout(timeout),
+            Stream::Unix(stream) => stream.set_write_timeout(timeout),
+        }
+    }
 }
 
 impl Read for Stream {
@@ -217,6 +224,14 @@ pub struct Refused {
     pub message: String,
 }
 
+/// `count`'s reply: waiting mail, not consumed.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Waiting {
+    pub count: u32,
+    /// Distinct senders, by their oldest waiting message; at most ten.
+    pub senders: Vec<String>,
+}
+
 /// One entry of `list`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Instance {
@@ -324,6 +339,14 @@ impl Client {
             request["message"]["data"] = data;
         }
         self.call_stamped(request, stamp)
+    }
+
+    /// Changes how long each later request may wait for the broker (say, for a long poll).
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), ClientError> {
+        self.writer.set_read_timeout(Some(timeout))?;
+        self.writer.set_write_timeout(Some(timeout))?;
+        self.timeout = timeout;
+        Ok(())
     }
 
     /// Sends any request and returns the reply as JSON, whatever its status.
@@ -450,5 +473,10 @@ impl Client {
 
     pub fn rename(&mut self, token: &str, new_name: &str) -> Result<Value, ClientError> {
         self.call(&json!({"action": "rename", "session_token": token, "new_id": new_name}))
+    }
+
+    /// How much mail is waiting and from whom, without consuming any.
+    pub fn count(&mut self, token: &str) -> Result<Waiting, ClientError> {
+        self.call_as(&json!({"action": "count", "session_token": token}))
     }
 }

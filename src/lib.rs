@@ -9,8 +9,9 @@
 //!   commits queued work together (group commit).
 //!
 //! Around them: [`config`] holds every window and limit, [`clock`] gives the time (injectable
-//! for tests), [`client`] is the typed client that the CLI and the tests use, and [`cli`] holds
-//! one file per subcommand. [`legacy_import`] brings over the Python original's database.
+//! for tests), [`client`] is the typed client that the CLI, the MCP server and the tests use,
+//! [`mcp`] is the MCP server's tools over that client (and its broker election), and [`cli`]
+//! holds one file per subcommand. [`legacy_import`] brings over the Python original's database.
 
 pub mod broker;
 pub mod cli;
@@ -18,6 +19,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod legacy_import;
+pub mod mcp;
 pub mod protocol;
 pub mod server;
 pub mod store;

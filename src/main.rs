@@ -11,6 +11,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
+        // Which process hosts the broker is worth a line; the MCP library's chatter is not.
+        Command::Mcp(_) => "info,rmcp=warn",
         _ => "warn",
     };
     // Logs go to stderr so stdout stays clean for replies and JSON.
@@ -22,12 +24,13 @@ fn main() -> ExitCode {
         )
         .init();
     match cli.command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => run_async(cli::serve::run(args)),
+        Command::Mcp(args) => run_async(cli::mcp::run(args)),
         command => cli::run(command),
     }
 }
 
-fn serve(args: cli::serve::ServeArgs) -> ExitCode {
+fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -35,7 +38,7 @@ fn serve(args: cli::serve::ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::serve::run(args)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

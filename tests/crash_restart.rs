@@ -30,7 +30,7 @@ fn content_for(sender: &str, seq: u64) -> String {
 }
 
 fn data_for(sender: &str, seq: u64) -> Value {
-    json!({"sender": sender, "seq": seq, "nested": {"list": [seq, "ok", null], "flag": seq % 2 == 0}})
+    json!({"sender": sender, "seq": seq, "nested": {"list": [seq, "ok", null], "flag": seq.is_multiple_of(2)}})
 }
 
 fn nonce_for(sender: &str, seq: u64) -> String {

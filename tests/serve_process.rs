@@ -168,3 +168,64 @@ fn serve_raises_its_open_file_limit_and_warns_when_the_cap_needs_more() {
         "{warning}"
     );
 }
+
+/// Runs `serve` and returns how it ended and what it said. One that is still running after
+/// a few seconds (it started, wrongly) is killed, so the test fails instead of hanging.
+fn serve_and_wait(addr: &str, data: &std::path::Path) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(binary())
+        .args(["serve", "--addr", addr, "--data-dir"])
+        .arg(data)
+        .env_remove("IPC_SHARED_SECRET")
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run serve");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().expect("serve output");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_second_broker_on_the_same_data_directory_is_refused_with_the_first_ones_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = BrokerProcess::spawn(&data, &[]);
+    let (status, said) = serve_and_wait("127.0.0.1:0", &data);
+    assert!(!status.success(), "a second broker must not start: {said}");
+    let expected = format!(
+        "another broker (pid {}) already serves {}; stop it, or use another --data-dir",
+        first.child.id(),
+        data.display()
+    );
+    assert!(said.contains(&expected), "{said}");
+    assert_eq!(first.client().ping().unwrap()["status"], "ok");
+}
+
+#[test]
+fn a_broker_on_a_used_port_says_so_and_how_to_tell() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = BrokerProcess::spawn(&dir.path().join("one"), &[]);
+    let (status, said) = serve_and_wait(&first.addr, &dir.path().join("two"));
+    assert!(!status.success(), "{said}");
+    let expected = format!(
+        "{} is already in use; is another broker running? `claude-ipc ping` tells; or choose another --addr",
+        first.addr
+    );
+    assert!(said.contains(&expected), "{said}");
+}
+
+#[test]
+fn the_data_directory_is_free_again_once_its_broker_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    BrokerProcess::spawn(&data, &[]).kill_9();
+    let second = BrokerProcess::spawn(&data, &[]);
+    assert_eq!(second.client().ping().unwrap()["status"], "ok");
+}

@@ -21,6 +21,8 @@ use crate::store::queries::{self, MessageId, NewMessage, Settled, StoredMessage}
 /// part of a larger write ahead of the rest, and a client that reads once would then get half
 /// a reply; replies up to about 32 KiB were measured to arrive whole.
 const CHECK_REPLY_BUDGET: usize = LEGACY_READ_BYTES / 2 - 1024;
+/// The most distinct senders a `count` reply names.
+const COUNT_MAX_SENDERS: u32 = 10;
 /// The most messages one check returns, whatever `limit` asks for.
 const CHECK_MAX_MESSAGES: u32 = 500;
 
@@ -362,6 +364,31 @@ impl Broker {
         };
         let in_a_moment = (expiry - self.now()).to_std().unwrap_or_default();
         deadline.min(Instant::now() + in_a_moment)
+    }
+
+    /// `count`: how many messages wait for the caller and the first few distinct senders,
+    /// oldest first. Nothing is marked delivered. It is meant to be polled (by the hook on every
+    /// prompt, by `wait_for_messages`), so it neither counts against the rate limit nor
+    /// refreshes the session's idle timer or `last_seen`: peeking is not activity.
+    pub(super) async fn count(
+        &self,
+        token: Option<String>,
+        peer: &str,
+    ) -> Result<Reply, BrokerError> {
+        let auth = self.session_check(token, peer);
+        let now = self.now();
+        let (count, senders) = self
+            .run(move |conn| {
+                let caller = auth.verify(conn, now)?;
+                Ok(queries::waiting_summary(
+                    conn,
+                    &caller.name,
+                    &text(now),
+                    COUNT_MAX_SENDERS,
+                )?)
+            })
+            .await?;
+        Ok(Reply::ok().with("count", count).with("senders", senders))
     }
 
     /// Marks the receipt's mail delivered. Call only after the reply was written in full.

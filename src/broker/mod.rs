@@ -253,6 +253,7 @@ impl Broker {
             Action::Ack { ids } => self.ack(token, peer, ids).await.map(Outcome::from),
             Action::List => self.list(token, peer).await.map(Outcome::from),
             Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
+            Action::Count => self.count(token, peer).await.map(Outcome::from),
         }
     }
 
@@ -295,13 +296,8 @@ impl Broker {
         T: Send + 'static,
         F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
     {
-        let auth = self.session_check(token, peer);
-        let now = self.now();
-        self.run(move |conn| {
-            let caller = auth.authenticate(conn, now)?;
-            action(conn, &caller, now)
-        })
-        .await
+        self.in_session(token, peer, Activity::NewRequest, action)
+            .await
     }
 
     /// Like [`Broker::as_caller`], but neither counts a request nor refreshes the session: a
@@ -316,10 +312,28 @@ impl Broker {
         T: Send + 'static,
         F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
     {
+        self.in_session(token, peer, Activity::SameRequest, action)
+            .await
+    }
+
+    async fn in_session<T, F>(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        activity: Activity,
+        action: F,
+    ) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
+    {
         let check = self.session_check(token, peer);
         let now = self.now();
         self.run(move |conn| {
-            let caller = check.verify(conn, now)?;
+            let caller = match activity {
+                Activity::NewRequest => check.authenticate(conn, now)?,
+                Activity::SameRequest => check.verify(conn, now)?,
+            };
             action(conn, &caller, now)
         })
         .await
@@ -349,6 +363,14 @@ impl Broker {
             .await?;
         outcome
     }
+}
+
+/// Whether a session's work is a new request (counted by the rate limit, refreshing the
+/// session) or more of one already counted.
+#[derive(Clone, Copy)]
+enum Activity {
+    NewRequest,
+    SameRequest,
 }
 
 /// Adds a std duration to a time, saturating instead of panicking on absurd configs.

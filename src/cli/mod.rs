@@ -4,7 +4,9 @@
 //! registered yet"), 3 no broker answered.
 
 mod check;
+pub mod hook;
 mod import_legacy;
+pub mod mcp;
 pub mod output;
 mod ping;
 mod register;
@@ -85,6 +87,10 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Import the Python original's messages.db: unread mail, instances and live forwards.
     ImportLegacy(import_legacy::ImportLegacyArgs),
+    /// Run the MCP server on stdio (for Claude Code, Gemini CLI and other MCP clients).
+    Mcp(mcp::McpArgs),
+    /// For Claude Code hooks: print one line if mail is waiting, else nothing.
+    Hook(hook::HookArgs),
 }
 
 /// Options every client subcommand takes.
@@ -194,10 +200,14 @@ fn next_step(error: &ClientError) -> &'static str {
     }
 }
 
-/// Runs one client subcommand (`serve` is run by `main`, which owns the runtime).
+/// Runs one client subcommand (`serve` and `mcp` are run by `main`, which owns the runtime).
 pub fn run(command: Command) -> ExitCode {
     let result = match command {
-        Command::Serve(_) => unreachable!("serve is dispatched by main"),
+        Command::Serve(_) | Command::Mcp(_) => unreachable!("dispatched by main"),
+        Command::Hook(args) => {
+            hook::run(args);
+            Ok(())
+        }
         Command::Register(args) => register::run(args),
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),

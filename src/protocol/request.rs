@@ -45,6 +45,8 @@ pub enum Action {
     Rename {
         new_id: InstanceName,
     },
+    /// How much mail is waiting and from whom, without delivering any of it.
+    Count,
 }
 
 impl Action {
@@ -58,6 +60,7 @@ impl Action {
             Action::Ack { .. } => "ack",
             Action::List => "list",
             Action::Rename { .. } => "rename",
+            Action::Count => "count",
         }
     }
 }
@@ -150,7 +153,7 @@ impl RequestError {
     }
 }
 
-const ACTIONS: &str = "ping, register, send, broadcast, check, ack, list, rename";
+const ACTIONS: &str = "ping, register, send, broadcast, check, ack, list, rename, count";
 const NONCE_MAX_CHARS: usize = 128;
 
 impl Request {
@@ -213,6 +216,7 @@ impl Fields<'_> {
             "check" => Action::Check(self.check_options()?),
             "ack" => Action::Ack { ids: self.ids()? },
             "list" => Action::List,
+            "count" => Action::Count,
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,
             },

@@ -2,6 +2,7 @@
 //! run one task per connection, sweep periodically, and shut down cleanly.
 
 pub mod connection;
+pub mod lock;
 pub mod unix_socket;
 
 use std::fs::DirBuilder;
@@ -24,6 +25,7 @@ use crate::config::Config;
 use crate::store::{queries, Store, StoreError};
 
 pub use connection::Connection;
+pub use lock::DataDirLock;
 pub use unix_socket::{SocketError, SocketFile};
 
 /// How long shutdown waits for requests in flight before closing the database anyway.
@@ -40,10 +42,27 @@ pub enum StartError {
     DataDir { path: String, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(
+        "another broker (pid {pid}) already serves {data_dir}; stop it, or use another --data-dir"
+    )]
+    DataDirHeld { pid: String, data_dir: String },
+    #[error("{addr} is already in use; is another broker running? `claude-ipc ping` tells; or choose another --addr")]
+    AddrInUse { addr: SocketAddr },
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: SocketAddr, reason: String },
     #[error(transparent)]
     Socket(#[from] SocketError),
+}
+
+impl StartError {
+    /// Whether another broker holds the data directory or the port: someone else is serving
+    /// (or is starting to), so waiting for it is the right response.
+    pub fn is_taken(&self) -> bool {
+        matches!(
+            self,
+            StartError::DataDirHeld { .. } | StartError::AddrInUse { .. }
+        )
+    }
 }
 
 /// A broker that is accepting connections. Dropping it does not stop it; call
@@ -58,6 +77,8 @@ pub struct RunningServer {
     accept_loop: JoinHandle<()>,
     sweeper: JoinHandle<()>,
     run_id: i64,
+    /// Held until the server is shut down (or the process dies).
+    _lock: DataDirLock,
 }
 
 /// Opens everything and starts accepting. `allow_remote` permits a non-loopback address.
@@ -70,6 +91,8 @@ pub async fn start(
         return Err(StartError::NotLoopback(config.addr));
     }
     prepare_data_dir(&config.data_dir)?;
+    // Before the store: a second broker must not even open the database of a running one.
+    let lock = DataDirLock::acquire(&config.data_dir)?;
     let store = Store::open(&config.database_path())?;
     let listener = listen(config.addr)?;
     let addr = listener.local_addr().map_err(|e| StartError::Listen {
@@ -131,6 +154,7 @@ pub async fn start(
         accept_loop,
         sweeper,
         run_id,
+        _lock: lock,
     })
 }
 
@@ -173,8 +197,10 @@ fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
         .map_err(|e| fail(format!("{e}; create it or choose another with --data-dir")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| fail(format!("cannot set mode 0700: {e}")))?;
-    // Prove the directory is writable now, rather than at the first large message.
-    let probe = path.join(".write-probe");
+    // Prove the directory is writable now, rather than at the first large message. The name
+    // is this process's own: brokers starting at the same instant on one directory (MCP
+    // servers electing one) must not remove each other's probe.
+    let probe = path.join(format!(".write-probe-{}", std::process::id()));
     std::fs::write(&probe, b"")
         .and_then(|_| std::fs::remove_file(&probe))
         .map_err(|e| {
@@ -186,14 +212,12 @@ fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
 
 fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
     let fail = |e: std::io::Error| {
-        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
-            " (is another broker running? `claude-ipc ping` tells)"
-        } else {
-            ""
-        };
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            return StartError::AddrInUse { addr };
+        }
         StartError::Listen {
             addr,
-            reason: format!("{e}{hint}"),
+            reason: e.to_string(),
         }
     };
     let socket = if addr.is_ipv4() {

@@ -239,6 +239,25 @@ pub fn available_count(conn: &Connection, recipient: &str, now: &str) -> rusqlit
         .query_row(params![recipient, now], |row| row.get(0))
 }
 
+/// What `count` reports: how many messages a `check` at `now` could hand out to `recipient`
+/// (leased mail is not waiting), and up to `max_senders` distinct senders of them, ordered by
+/// each sender's oldest such message. Reads only.
+pub fn waiting_summary(
+    conn: &Connection,
+    recipient: &str,
+    now: &str,
+    max_senders: u32,
+) -> rusqlite::Result<(u32, Vec<String>)> {
+    let count = available_count(conn, recipient, now)?;
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT sender FROM messages WHERE {AVAILABLE} GROUP BY sender ORDER BY min(id) LIMIT ?3"
+    ))?;
+    let senders = statement
+        .query_map(params![recipient, now, max_senders], |row| row.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok((count, senders))
+}
+
 /// The oldest `limit` messages a `check` at `now` may hand out to `recipient`, oldest first.
 pub fn available_for(
     conn: &Connection,
@@ -287,28 +306,39 @@ fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
 
 /// Marks exactly these messages delivered, by id. Already-delivered ones are left as they are.
 pub fn mark_delivered(conn: &Connection, ids: &[MessageId], now: &str) -> rusqlite::Result<usize> {
-    let mut statement = conn.prepare_cached(
+    update_waiting(
+        conn,
         "UPDATE messages SET delivered_at = ?2, delivery_count = delivery_count + 1
          WHERE id = ?1 AND delivered_at IS NULL",
-    )?;
-    let mut marked = 0;
-    for id in ids {
-        marked += statement.execute(params![id.0, now])?;
-    }
-    Ok(marked)
+        ids,
+        now,
+    )
 }
 
 /// Leases these messages until `until`, counting the hand-out.
 pub fn lease(conn: &Connection, ids: &[MessageId], until: &str) -> rusqlite::Result<usize> {
-    let mut statement = conn.prepare_cached(
+    update_waiting(
+        conn,
         "UPDATE messages SET leased_until = ?2, delivery_count = delivery_count + 1
          WHERE id = ?1 AND delivered_at IS NULL",
-    )?;
-    let mut leased = 0;
+        ids,
+        until,
+    )
+}
+
+/// Runs `update` (with `?1` the id and `?2` the time) for each id; returns the rows changed.
+fn update_waiting(
+    conn: &Connection,
+    update: &str,
+    ids: &[MessageId],
+    at: &str,
+) -> rusqlite::Result<usize> {
+    let mut statement = conn.prepare_cached(update)?;
+    let mut changed = 0;
     for id in ids {
-        leased += statement.execute(params![id.0, until])?;
+        changed += statement.execute(params![id.0, at])?;
     }
-    Ok(leased)
+    Ok(changed)
 }
 
 /// What an `ack` of one id did.

@@ -405,3 +405,237 @@ impl TestBroker {
         Self::start_in(dir, config, clock)
     }
 }
+
+/// A loopback address with a port that was free a moment ago, for processes that must meet at
+/// one fixed address (MCP servers electing a broker). It is drawn at random from below the
+/// kernel's ephemeral range, so neither port 0 binds nor outgoing connections of tests running
+/// alongside will be handed the same port before the test binds it.
+pub fn free_addr() -> String {
+    use rand::Rng;
+    loop {
+        let port: u16 = rand::rng().random_range(20_000..32_000);
+        let addr = format!("127.0.0.1:{port}");
+        if std::net::TcpListener::bind(&addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
+/// `claude-ipc mcp` as a child process, driven as an MCP client would: newline-delimited
+/// JSON-RPC on its stdin and stdout.
+pub struct McpProcess {
+    pub child: Child,
+    stdin: std::process::ChildStdin,
+    replies: mpsc::Receiver<Value>,
+    /// Every byte the server wrote to stdout, to check nothing but JSON-RPC appears there.
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    /// Every line the server logged to stderr.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    next_id: u64,
+}
+
+impl McpProcess {
+    /// Starts the server with `IPC_ADDR` and `IPC_DATA_DIR` set and completes the handshake.
+    pub fn start(addr: &str, data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> McpProcess {
+        let mut mcp = Self::spawn(addr, data_dir, env, args);
+        mcp.initialize();
+        mcp
+    }
+
+    /// Starts the server without the handshake.
+    pub fn spawn(addr: &str, data_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> McpProcess {
+        let mut command = Command::new(binary());
+        command
+            .arg("mcp")
+            .args(args)
+            .env("IPC_ADDR", addr)
+            .env("IPC_DATA_DIR", data_dir)
+            .env_remove("IPC_SHARED_SECRET")
+            .env_remove("IPC_SESSION_FILE")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        #[allow(clippy::zombie_processes)] // reaped by Drop or kill_9
+        let mut child = command.spawn().expect("spawn claude-ipc mcp");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sender, replies) = mpsc::channel();
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let raw = stdout.clone();
+        std::thread::spawn(move || loop {
+            let mut line = Vec::new();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            raw.lock().unwrap().extend_from_slice(&line);
+            if let Ok(value) = serde_json::from_slice::<Value>(&line) {
+                let _ = sender.send(value);
+            }
+        });
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = stderr.clone();
+        let errors = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(errors).lines().map_while(Result::ok) {
+                log.lock().unwrap().push(line);
+            }
+        });
+        McpProcess {
+            child,
+            stdin,
+            replies,
+            stdout,
+            stderr,
+            next_id: 0,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn write(&mut self, message: &Value) {
+        let mut line = message.to_string();
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).expect("write to mcp");
+        self.stdin.flush().unwrap();
+    }
+
+    /// Sends a request without waiting; returns its id for [`McpProcess::reply_to`].
+    pub fn send_request(&mut self, method: &str, params: Value) -> u64 {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.write(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        id
+    }
+
+    /// The reply to request `id` (replies to others that arrive first are dropped).
+    pub fn reply_to(&mut self, id: u64) -> Value {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let message = self.replies.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no reply to request {id}; the server logged: {:#?}",
+                    self.log()
+                )
+            });
+            if message["id"] == id {
+                return message;
+            }
+        }
+    }
+
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send_request(method, params);
+        self.reply_to(id)
+    }
+
+    fn initialize(&mut self) {
+        let reply = self.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {},
+                   "clientInfo": {"name": "claude-ipc-tests", "version": "1"}}),
+        );
+        assert!(
+            reply["result"]["capabilities"]["tools"].is_object(),
+            "{reply}"
+        );
+        self.write(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    }
+
+    /// Starts a tool call without waiting for it.
+    pub fn start_call(&mut self, tool: &str, arguments: Value) -> u64 {
+        self.send_request("tools/call", json!({"name": tool, "arguments": arguments}))
+    }
+
+    /// The text and the `isError` flag of a finished tool call.
+    pub fn finish_call(&mut self, id: u64) -> ToolOutcome {
+        let reply = self.reply_to(id);
+        let result = &reply["result"];
+        assert!(result.is_object(), "not a tool result: {reply}");
+        let text = result["content"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no content: {reply}"))
+            .iter()
+            .filter_map(|c| c["text"].as_str())
+            .collect::<Vec<_>>()
+            .join("");
+        ToolOutcome {
+            is_error: result["isError"] == true,
+            text,
+        }
+    }
+
+    pub fn call(&mut self, tool: &str, arguments: Value) -> ToolOutcome {
+        let id = self.start_call(tool, arguments);
+        self.finish_call(id)
+    }
+
+    /// A tool call that must succeed; returns its text.
+    pub fn ok(&mut self, tool: &str, arguments: Value) -> String {
+        let outcome = self.call(tool, arguments.clone());
+        assert!(
+            !outcome.is_error,
+            "{tool}({arguments}) failed: {}",
+            outcome.text
+        );
+        outcome.text
+    }
+
+    /// A tool call that must fail as a tool error; returns its text.
+    pub fn error(&mut self, tool: &str, arguments: Value) -> String {
+        let outcome = self.call(tool, arguments.clone());
+        assert!(
+            outcome.is_error,
+            "{tool}({arguments}) should fail: {}",
+            outcome.text
+        );
+        outcome.text
+    }
+
+    /// Everything written to stdout so far.
+    pub fn raw_stdout(&self) -> Vec<u8> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// Everything logged to stderr so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for McpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tool call's result as the model sees it.
+#[derive(Debug, Clone)]
+pub struct ToolOutcome {
+    pub is_error: bool,
+    pub text: String,
+}
+
+/// The pid written into a data directory's broker lock, if any.
+pub fn lock_holder(data_dir: &Path) -> Option<u32> {
+    std::fs::read_to_string(data_dir.join("broker.lock"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,111 @@
+//! `claude-ipc hook`: one short line for Claude Code's hooks when mail is waiting.
+//!
+//! It reads the session file and asks the broker's non-consuming `count`, so the mail stays
+//! waiting for the `check` tool. Every failure (no session, no broker, a slow broker) prints
+//! nothing and exits 0: a hook must never get in the user's way. The whole run is bounded by
+//! short socket timeouts so it finishes well under 100 ms.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use super::session_file::SessionFile;
+use crate::client::{Client, Waiting};
+
+/// Connecting to a local broker takes well under a millisecond; a broker that is not there
+/// refuses at once. This only bounds a machine that is badly stuck.
+const HOOK_TIMEOUT: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  claude-ipc hook                            for a UserPromptSubmit hook\n  claude-ipc hook --event post-tool-use      for a PostToolUse hook\n\nPrints e.g. \"📬 2 new messages (from alice, bob): use the check tool\", or nothing.\nIt reads the session file (IPC_SESSION_FILE) and never consumes mail. See docs/CLAUDE_CODE.md."
+)]
+pub struct HookArgs {
+    /// The broker's address.
+    #[arg(long, env = "IPC_ADDR", default_value = "127.0.0.1:9876")]
+    pub addr: String,
+    /// The hook event this runs for. Claude Code gives the model a UserPromptSubmit hook's
+    /// plain output, but a PostToolUse hook's only as JSON `additionalContext`.
+    #[arg(long, value_enum, default_value_t = HookEvent::UserPromptSubmit)]
+    pub event: HookEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookEvent {
+    /// Print the line as plain text.
+    UserPromptSubmit,
+    /// Print the line inside Claude Code's JSON hook output.
+    PostToolUse,
+}
+
+/// Prints the line if mail is waiting; never fails.
+pub fn run(args: HookArgs) {
+    let Some(line) = waiting(&args.addr).as_ref().and_then(notice) else {
+        return;
+    };
+    match args.event {
+        HookEvent::UserPromptSubmit => println!("{line}"),
+        HookEvent::PostToolUse => println!(
+            "{}",
+            serde_json::json!({"hookSpecificOutput": {
+                "hookEventName": "PostToolUse", "additionalContext": line,
+            }})
+        ),
+    }
+}
+
+fn waiting(addr: &str) -> Option<Waiting> {
+    let session = SessionFile::load().ok()?;
+    let mut client = Client::connect(addr, HOOK_TIMEOUT).ok()?;
+    client.count(&session.session_token).ok()
+}
+
+/// The line for waiting mail, or nothing when none waits.
+pub fn notice(waiting: &Waiting) -> Option<String> {
+    let noun = match waiting.count {
+        0 => return None,
+        1 => "new message",
+        _ => "new messages",
+    };
+    let from = if waiting.senders.is_empty() {
+        String::new()
+    } else {
+        format!(" (from {})", waiting.senders.join(", "))
+    };
+    Some(format!(
+        "📬 {} {noun}{from}: use the check tool",
+        waiting.count
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_notice_counts_and_names_senders() {
+        let two = Waiting {
+            count: 2,
+            senders: vec!["alice".into(), "bob".into()],
+        };
+        assert_eq!(
+            notice(&two).unwrap(),
+            "📬 2 new messages (from alice, bob): use the check tool"
+        );
+        let one = Waiting {
+            count: 1,
+            senders: vec!["alice".into()],
+        };
+        assert_eq!(
+            notice(&one).unwrap(),
+            "📬 1 new message (from alice): use the check tool"
+        );
+        assert_eq!(
+            notice(&Waiting {
+                count: 0,
+                senders: vec![]
+            }),
+            None
+        );
+    }
+}

@@ -1,0 +1,125 @@
+//! Finding the broker, or becoming it: broker election for MCP servers.
+//!
+//! When no broker answers at the configured address, the MCP server starts one inside its own
+//! process with the same code as `claude-ipc serve`, on the same address and data directory.
+//! Two guards make the election safe when several MCP servers try at the same instant: the
+//! data-directory lock (`server::lock`) and the port. Whoever loses either one waits briefly for
+//! the winner to answer. When the hosting process dies, the kernel releases both, and the next
+//! MCP server that needs the broker takes over; all state is in SQLite, so nothing is lost.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+
+use super::ToolError;
+use crate::client::{Client, ClientError};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::server::{self, RunningServer, StartError};
+
+/// How long one connection attempt may take on loopback before the broker counts as absent.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long to wait for another process that holds the lock or the port to start answering.
+const ELECTION_WAIT: Duration = Duration::from_secs(5);
+/// The pause between two attempts while waiting for another process's broker.
+const ELECTION_RETRY: Duration = Duration::from_millis(100);
+/// How long each request on a connection may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the broker, hosting it in this process when none answers.
+pub struct Election {
+    config: Config,
+    /// The broker this process hosts, if it won an election. Holding it keeps it running; the
+    /// async mutex also makes elections inside one process take turns.
+    hosted: Mutex<Option<RunningServer>>,
+}
+
+impl Election {
+    pub fn new(config: Config) -> Self {
+        Election {
+            config,
+            hosted: Mutex::new(None),
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        self.config.addr.to_string()
+    }
+
+    /// A connection to the broker, electing (and perhaps becoming) it first if none answers.
+    pub async fn connect(&self) -> Result<Client, ToolError> {
+        let deadline = Instant::now() + ELECTION_WAIT;
+        loop {
+            let last_failure = match try_connect(self.addr()).await {
+                Ok(client) => return Ok(client),
+                Err(e) => e.to_string(),
+            };
+            match self.try_host().await {
+                Ok(()) => continue,
+                Err(e) if e.is_taken() && Instant::now() < deadline => {
+                    tracing::debug!("another process is starting the broker ({e}); waiting");
+                    tokio::time::sleep(ELECTION_RETRY).await;
+                }
+                Err(e) => {
+                    return Err(ToolError::NoBroker {
+                        addr: self.addr(),
+                        reason: format!("{last_failure}; starting one here failed: {e}"),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Starts the broker in this process, unless it already runs here.
+    async fn try_host(&self) -> Result<(), StartError> {
+        let mut hosted = self.hosted.lock().await;
+        if hosted.is_some() {
+            // Ours is running; the connection failed for another reason (say the connection
+            // cap). Report it as taken so the caller retries for a while.
+            return Err(StartError::AddrInUse {
+                addr: self.config.addr,
+            });
+        }
+        let running = server::start(&self.config, false, Clock::system()).await?;
+        tracing::info!(
+            pid = std::process::id(),
+            addr = %running.addr,
+            data_dir = %self.config.data_dir.display(),
+            "no broker answered, so this process (pid {}) now hosts the broker",
+            std::process::id()
+        );
+        if self.config.shared_secret.is_none() {
+            tracing::warn!(
+                "the hosted broker runs in OPEN MODE: IPC_SHARED_SECRET is not set, so any local process can register any name"
+            );
+        }
+        *hosted = Some(running);
+        Ok(())
+    }
+
+    /// Whether this process hosts the broker.
+    pub async fn is_hosting(&self) -> bool {
+        self.hosted.lock().await.is_some()
+    }
+
+    /// Stops the hosted broker cleanly, if this process hosts it.
+    pub async fn shutdown(&self) {
+        if let Some(running) = self.hosted.lock().await.take() {
+            tracing::info!(
+                pid = std::process::id(),
+                "stopping the broker this process hosts; the next client to need one takes over"
+            );
+            running.shutdown().await;
+        }
+    }
+}
+
+async fn try_connect(addr: String) -> Result<Client, ClientError> {
+    tokio::task::spawn_blocking(move || {
+        let mut client = Client::connect(&addr, CONNECT_TIMEOUT)?;
+        client.set_timeout(REQUEST_TIMEOUT)?;
+        Ok(client)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ClientError::Protocol(format!("connect task failed: {e}"))))
+}

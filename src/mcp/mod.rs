@@ -1,0 +1,641 @@
+//! The MCP server (`claude-ipc mcp`): tools for a model over the typed [`Client`].
+//!
+//! The server keeps the session: the model names itself once with `register`, and every other
+//! tool speaks as that session. The token never appears in a tool result. Failures come back as
+//! tool errors (`isError`) that say what went wrong and what to do.
+//!
+//! The client is blocking, so each broker call runs on tokio's blocking pool with a fresh
+//! loopback connection. One client implementation serves the CLI, the tests and this server,
+//! and a fresh connection per call means a broker takeover between two calls needs no
+//! reconnection logic beyond the election in [`election`].
+
+pub mod command;
+pub mod election;
+pub mod format;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::{schemars, tool, tool_handler, tool_router, ServerHandler};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::cli::session_file::SessionFile;
+use crate::client::{CheckOptions, Client, ClientError, Stamp};
+use crate::config::Config;
+use election::Election;
+
+/// How long mail a tool read stays leased to it before it is handed out again unacknowledged.
+/// The ack follows within milliseconds; the lease only matters if this process or the broker
+/// dies in between.
+const CHECK_LEASE: Duration = Duration::from_secs(30);
+/// How many times a call is retried after losing its connection to the broker.
+const CONNECTION_RETRIES: u32 = 3;
+/// The pause before the first such retry; it grows with each one.
+const CONNECTION_RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// `wait_for_messages` without a timeout waits this long.
+const WAIT_DEFAULT_SECONDS: u64 = 30;
+/// `wait_for_messages` never waits longer than this (the broker's long-poll cap).
+const WAIT_MAX_SECONDS: u64 = 300;
+/// The largest file `share_file` sends; the broker refuses requests over 1 MiB, and JSON
+/// escaping can nearly double text.
+const SHARE_FILE_MAX_BYTES: u64 = 512 * 1024;
+
+/// What the MCP server needs besides the broker's own configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The broker's configuration, used to find it and, if none answers, to host it.
+    pub broker: Config,
+    /// Write the session to the CLI's session file (`IPC_SESSION_FILE` is set).
+    pub write_session_file: bool,
+    /// `share_command`'s timeout.
+    pub command_timeout: Duration,
+    /// `share_command` keeps at most this many bytes of stdout and of stderr.
+    pub command_output_cap: usize,
+}
+
+/// A failure a tool reports to the model: what went wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("Not registered yet: call register with a name for this instance first (for example register(instance_id=\"alice\")).")]
+    NotRegistered,
+    #[error("No broker answers at {addr} and none could be started here ({reason}). Check IPC_ADDR and IPC_DATA_DIR, or start one with `claude-ipc serve`.")]
+    NoBroker { addr: String, reason: String },
+    #[error("The broker refused: {message} [{code}]. {hint}")]
+    Refused {
+        code: String,
+        message: String,
+        hint: &'static str,
+    },
+    #[error("Talking to the broker failed: {0}. Try again; if it keeps failing, check the MCP server's log.")]
+    Client(ClientError),
+    #[error("{0}")]
+    Input(String),
+}
+
+impl From<ClientError> for ToolError {
+    fn from(error: ClientError) -> Self {
+        match error {
+            ClientError::Broker { code, message } => ToolError::Refused {
+                hint: hint_for(&code),
+                code,
+                message,
+            },
+            // Its text quotes the raw reply, which for a register holds the new token: neither
+            // the model nor the log may see that.
+            ClientError::Protocol(_) => ToolError::Client(ClientError::Protocol(
+                "a reply this server does not understand (is another program listening at IPC_ADDR?)"
+                    .to_owned(),
+            )),
+            other => ToolError::Client(other),
+        }
+    }
+}
+
+impl ToolError {
+    fn is_invalid_session(&self) -> bool {
+        matches!(self, ToolError::Refused { code, .. } if code == "invalid_session")
+    }
+}
+
+/// What to do about a broker refusal, by its code.
+fn hint_for(code: &str) -> &'static str {
+    match code {
+        "invalid_auth" => {
+            "IPC_SHARED_SECRET in this MCP server's environment must match the broker's."
+        }
+        "invalid_session" => "Call register again with your name.",
+        "invalid_name" => "Names are 1-32 letters, digits, hyphens or underscores.",
+        "name_taken" => "Choose another name, or ask its holder to rename.",
+        "rename_cooldown" | "rate_limited" => "Wait and try again later.",
+        "queue_full" => "The recipient must read its mail (check) before more can be sent.",
+        "data_too_large" => "Put large payloads in content instead of data.",
+        "reserved_name" => "Choose another name.",
+        "same_name" => "Nothing to do.",
+        _ => "Fix the request and try again.",
+    }
+}
+
+/// The session this server speaks as.
+#[derive(Debug, Clone)]
+struct Identity {
+    name: String,
+    token: String,
+}
+
+/// The MCP server: tools over the broker, with the session kept out of the model's sight.
+#[derive(Clone)]
+pub struct IpcServer {
+    state: Arc<State>,
+}
+
+struct State {
+    settings: Settings,
+    election: Election,
+    /// A std `Mutex`: it is only held to copy or replace the identity, never across `.await`.
+    identity: Mutex<Option<Identity>>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct RegisterArgs {
+    /// The name for this instance: 1-32 letters, digits, hyphens or underscores.
+    pub instance_id: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SendArgs {
+    /// The recipient's name (it need not be registered yet).
+    pub to_id: String,
+    /// The message text.
+    pub content: String,
+    /// Optional structured data: a JSON object.
+    #[serde(default)]
+    #[schemars(extend("type" = ["object", "null"]))]
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct BroadcastArgs {
+    /// The message text.
+    pub content: String,
+    /// Optional structured data: a JSON object.
+    #[serde(default)]
+    #[schemars(extend("type" = ["object", "null"]))]
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct RenameArgs {
+    /// The new name: 1-32 letters, digits, hyphens or underscores.
+    pub new_id: String,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ShareFileArgs {
+    /// The recipient's name.
+    pub to_id: String,
+    /// Path of a local text file (relative paths are from this server's working directory).
+    pub filepath: String,
+    /// Optional note on what the file is and why it is shared.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ShareCommandArgs {
+    /// The recipient's name.
+    pub to_id: String,
+    /// A program and its arguments, quoted like in a shell; it runs without a shell.
+    pub command: String,
+    /// Optional note on why the output is shared.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct WaitArgs {
+    /// How long to wait for mail, in seconds (default 30, at most 300).
+    #[serde(default)]
+    pub timeout_seconds: Option<f64>,
+}
+
+/// A tool's outcome as the model sees it.
+fn reply(result: Result<String, ToolError>) -> CallToolResult {
+    match result {
+        Ok(text) => CallToolResult::success(vec![ContentBlock::text(text)]),
+        Err(error) => {
+            tracing::debug!("tool error: {error}");
+            CallToolResult::error(vec![ContentBlock::text(error.to_string())])
+        }
+    }
+}
+
+#[tool_router]
+impl IpcServer {
+    pub fn new(settings: Settings) -> Self {
+        let election = Election::new(settings.broker.clone());
+        IpcServer {
+            state: Arc::new(State {
+                settings,
+                election,
+                identity: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Stops the broker this process hosts, if any.
+    pub async fn shutdown(&self) {
+        self.state.election.shutdown().await;
+    }
+
+    #[tool(
+        description = "Use first, once per session: registers this instance under a name so others can message it; says how many messages are waiting."
+    )]
+    async fn register(&self, Parameters(args): Parameters<RegisterArgs>) -> CallToolResult {
+        reply(self.do_register(args.instance_id).await)
+    }
+
+    #[tool(
+        description = "Use to send a message to one other instance by name (it may register later; the mail waits)."
+    )]
+    async fn send(&self, Parameters(args): Parameters<SendArgs>) -> CallToolResult {
+        reply(
+            self.do_send(Some(args.to_id), args.content, args.data)
+                .await,
+        )
+    }
+
+    #[tool(description = "Use to send one message to every other registered instance.")]
+    async fn broadcast(&self, Parameters(args): Parameters<BroadcastArgs>) -> CallToolResult {
+        reply(self.do_send(None, args.content, args.data).await)
+    }
+
+    #[tool(
+        description = "Use to read your waiting messages (each is shown once), e.g. when the user says \"check messages\"."
+    )]
+    async fn check(&self) -> CallToolResult {
+        reply(self.do_check().await)
+    }
+
+    #[tool(description = "Use to see which instances are registered and when each was last seen.")]
+    async fn list_instances(&self) -> CallToolResult {
+        reply(self.do_list().await)
+    }
+
+    #[tool(
+        description = "Use to change this instance's name; mail to the old name forwards to the new one for a while."
+    )]
+    async fn rename(&self, Parameters(args): Parameters<RenameArgs>) -> CallToolResult {
+        reply(self.do_rename(args.new_id).await)
+    }
+
+    #[tool(
+        description = "Use to send the contents of a local text file to another instance (large files arrive as a saved file)."
+    )]
+    async fn share_file(&self, Parameters(args): Parameters<ShareFileArgs>) -> CallToolResult {
+        reply(self.do_share_file(args).await)
+    }
+
+    #[tool(
+        description = "Use to run a command here (no shell, 30 s limit) and send its stdout, stderr and exit code to another instance."
+    )]
+    async fn share_command(
+        &self,
+        Parameters(args): Parameters<ShareCommandArgs>,
+    ) -> CallToolResult {
+        reply(self.do_share_command(args).await)
+    }
+
+    #[tool(
+        description = "Use to wait for a reply: returns as soon as mail arrives (and shows it), or empty at the timeout."
+    )]
+    async fn wait_for_messages(&self, Parameters(args): Parameters<WaitArgs>) -> CallToolResult {
+        reply(self.do_wait(args.timeout_seconds).await)
+    }
+}
+
+#[tool_handler]
+impl ServerHandler for IpcServer {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("claude-ipc", crate::VERSION))
+            .with_instructions(
+                "A local post office for AI assistants on this machine. Call register once with \
+                 a name, then send, check, broadcast and list_instances. Your identity comes \
+                 from the session; you never pass your own name again.",
+            )
+    }
+}
+
+/// Runs blocking client work on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ClientError> + Send + 'static,
+) -> Result<T, ClientError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(ClientError::Protocol(format!("client task failed: {e}"))))
+}
+
+/// Whether a client error means the connection (or the broker behind it) went away.
+fn is_connection_lost(error: &ClientError) -> bool {
+    matches!(
+        error,
+        ClientError::Io(_) | ClientError::Closed | ClientError::Unreachable { .. }
+    )
+}
+
+impl IpcServer {
+    fn settings(&self) -> &Settings {
+        &self.state.settings
+    }
+
+    fn identity(&self) -> Result<Identity, ToolError> {
+        self.state
+            .identity
+            .lock()
+            .expect("identity lock poisoned")
+            .clone()
+            .ok_or(ToolError::NotRegistered)
+    }
+
+    fn set_identity(&self, identity: Identity) {
+        if self.settings().write_session_file {
+            let file = SessionFile {
+                instance_id: identity.name.clone(),
+                session_token: identity.token.clone(),
+            };
+            match file.save() {
+                Ok(path) => tracing::info!(path = %path.display(), "session file written"),
+                Err(e) => tracing::warn!("could not write the session file: {e}"),
+            }
+        }
+        *self.state.identity.lock().expect("identity lock poisoned") = Some(identity);
+    }
+
+    /// Runs `work` on a broker connection. If the connection is lost (the broker died), it
+    /// elects a broker again and retries, a few times: a dying broker closes its connections
+    /// before its listening socket, so the first reconnection can land on it and be reset too.
+    /// Every request this server sends is safe to repeat (sends carry a nonce; mail is acked
+    /// only after its reply is read).
+    async fn call<T, F>(&self, work: F) -> Result<T, ToolError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Client) -> Result<T, ClientError> + Clone + Send + 'static,
+    {
+        let mut attempt = 0;
+        loop {
+            let client = self.state.election.connect().await?;
+            let this_try = work.clone();
+            match blocking(move || this_try(&mut { client })).await {
+                Err(error) if is_connection_lost(&error) && attempt < CONNECTION_RETRIES => {
+                    attempt += 1;
+                    tracing::info!("lost the broker ({error}); finding it again");
+                    tokio::time::sleep(CONNECTION_RETRY_PAUSE * attempt).await;
+                }
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// Runs `work` with this server's session. If the broker no longer knows the session
+    /// (expired, revoked, or a reset data directory), registers the same name again, once,
+    /// and retries.
+    async fn as_session<T, F>(&self, work: F) -> Result<T, ToolError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Client, &str) -> Result<T, ClientError> + Clone + Send + Sync + 'static,
+    {
+        let identity = self.identity()?;
+        let token = identity.token.clone();
+        let first = work.clone();
+        match self.call(move |client| first(client, &token)).await {
+            Err(error) if error.is_invalid_session() => {
+                tracing::info!(
+                    name = %identity.name,
+                    "the broker no longer knows this session; registering the same name again"
+                );
+                let renewed = self.register_name(identity.name).await?;
+                let token = renewed.token;
+                self.call(move |client| work(client, &token)).await
+            }
+            other => other,
+        }
+    }
+
+    /// Registers `name` with the secret this server has, and makes it the session.
+    async fn register_name(&self, name: String) -> Result<Registration, ToolError> {
+        let secret = self.settings().broker.shared_secret.clone();
+        let wanted = name.clone();
+        let registered = self
+            .call(move |client| client.register(&wanted, secret.as_deref()))
+            .await?;
+        let identity = Identity {
+            name,
+            token: registered.session_token,
+        };
+        self.set_identity(identity.clone());
+        Ok(Registration {
+            token: identity.token,
+            queued: registered.queued,
+        })
+    }
+
+    async fn do_register(&self, name: String) -> Result<String, ToolError> {
+        let registration = self.register_name(name.clone()).await?;
+        let waiting = match registration.queued {
+            0 => "No messages are waiting.".to_owned(),
+            n => format!(
+                "{} waiting: call check to read them.",
+                format::messages(n as usize)
+            ),
+        };
+        Ok(format!("Registered as {name}. {waiting}"))
+    }
+
+    /// `send` (with a recipient) or `broadcast` (without), with a fresh nonce and the
+    /// sender's timestamp; a retry after a lost connection repeats the same nonce.
+    async fn do_send(
+        &self,
+        to: Option<String>,
+        content: String,
+        data: Option<Value>,
+    ) -> Result<String, ToolError> {
+        let data = object_or_none(data)?.map(Value::Object);
+        // One stamp for every attempt: a retry after a lost connection (here or inside the
+        // client) repeats the same nonce, so the broker stores the message once.
+        let stamp =
+            Stamp::fresh().map_err(|e| ToolError::Input(format!("cannot make a nonce: {e}")))?;
+        let reply = self
+            .as_session(move |client, token| match &to {
+                Some(to) => client
+                    .send_stamped(token, to, &content, data.clone(), &stamp)
+                    .map(|sent| json!({"message": sent.message, "message_id": sent.message_id})),
+                None => client.broadcast_stamped(token, &content, data.clone(), &stamp),
+            })
+            .await?;
+        Ok(sent_text(&reply))
+    }
+
+    /// Reads waiting mail (long-polling up to `wait` when none is waiting), leased to this
+    /// reader, and acknowledges it only once the tool's text is built: a broker that dies in
+    /// between hands the mail out again when the lease runs out, instead of losing it.
+    async fn read_mail(&self, wait: Option<Duration>) -> Result<String, ToolError> {
+        self.as_session(move |client, token| {
+            let options = CheckOptions {
+                manual_ack: Some(CHECK_LEASE),
+                wait,
+                limit: None,
+            };
+            let checked = client.check_with(token, options)?;
+            let text = format::mail(&checked, chrono::Utc::now());
+            if !checked.messages.is_empty() {
+                let acked = client.ack(token, &checked.ids())?;
+                if !acked.refused.is_empty() {
+                    tracing::warn!(refused = ?acked.refused, "the broker refused some acks; that mail may come again");
+                }
+            }
+            Ok(text)
+        })
+        .await
+    }
+
+    async fn do_check(&self) -> Result<String, ToolError> {
+        self.read_mail(None).await
+    }
+
+    async fn do_list(&self) -> Result<String, ToolError> {
+        let instances = self.as_session(|client, token| client.list(token)).await?;
+        let me = self.identity()?.name;
+        Ok(format::instances(&instances, &me, chrono::Utc::now()))
+    }
+
+    async fn do_rename(&self, new_name: String) -> Result<String, ToolError> {
+        let wanted = new_name.clone();
+        let reply = self
+            .as_session(move |client, token| client.rename(token, &wanted))
+            .await?;
+        let token = self.identity()?.token;
+        self.set_identity(Identity {
+            name: new_name.clone(),
+            token,
+        });
+        let said = reply["message"].as_str().unwrap_or("Renamed");
+        Ok(format!(
+            "{said}. You are now {new_name}; mail to the old name forwards to you for a while."
+        ))
+    }
+
+    async fn do_share_file(&self, args: ShareFileArgs) -> Result<String, ToolError> {
+        self.identity()?;
+        // The real path, with `..` and links resolved, is what the recipient is told.
+        let path = tokio::fs::canonicalize(&args.filepath).await.map_err(|e| {
+            ToolError::Input(format!(
+                "Cannot read {}: {e}. Give the path of a readable text file.",
+                args.filepath
+            ))
+        })?;
+        let cannot = |e: std::io::Error| {
+            ToolError::Input(format!(
+                "Cannot read {}: {e}. Give the path of a readable text file.",
+                path.display()
+            ))
+        };
+        let size = tokio::fs::metadata(&path).await.map_err(cannot)?.len();
+        if size > SHARE_FILE_MAX_BYTES {
+            return Err(ToolError::Input(format!(
+                "{} is {size} bytes; share_file sends at most {SHARE_FILE_MAX_BYTES}. Share a smaller part, or tell the recipient the path.",
+                path.display()
+            )));
+        }
+        let bytes = tokio::fs::read(&path).await.map_err(cannot)?;
+        let text = String::from_utf8(bytes).map_err(|_| {
+            ToolError::Input(format!(
+                "{} is not UTF-8 text; share_file sends text files only.",
+                path.display()
+            ))
+        })?;
+        let mut content = format!("Shared file: {} ({size} bytes)\n", path.display());
+        if let Some(description) = &args.description {
+            content.push_str(&format!("{description}\n"));
+        }
+        content.push('\n');
+        content.push_str(&text);
+        let data = json!({"shared_file": path.display().to_string(), "size_bytes": size});
+        let sent = self.do_send(Some(args.to_id), content, Some(data)).await?;
+        Ok(format!("Shared {} ({size} bytes). {sent}", path.display()))
+    }
+
+    async fn do_share_command(&self, args: ShareCommandArgs) -> Result<String, ToolError> {
+        self.identity()?;
+        let timeout = self.settings().command_timeout;
+        let run = command::run(&args.command, timeout, self.settings().command_output_cap)
+            .await
+            .map_err(|e| ToolError::Input(format!("{e}; nothing was sent.")))?;
+        let mut content = String::new();
+        if let Some(description) = &args.description {
+            content.push_str(&format!("{description}\n"));
+        }
+        content.push_str(&format::command_report(
+            &args.command,
+            &run,
+            timeout.as_secs(),
+        ));
+        let data = json!({
+            "command": args.command, "argv": run.argv, "exit_code": run.exit_code,
+            "timed_out": run.timed_out, "truncated": run.truncated,
+        });
+        let sent = self.do_send(Some(args.to_id), content, Some(data)).await?;
+        let outcome = match (run.exit_code, run.timed_out) {
+            (_, true) => format!("was killed after {} s", timeout.as_secs()),
+            (Some(code), _) => format!("exited with {code}"),
+            (None, _) => "was killed by a signal".to_owned(),
+        };
+        Ok(format!(
+            "`{}` {outcome}; its output was sent. {sent}",
+            args.command
+        ))
+    }
+
+    /// Long-polls the broker until mail arrives or the time is up. A broker that stops
+    /// answers its waiters early and empty, so the wait resumes (through the election) until
+    /// the deadline.
+    async fn do_wait(&self, timeout_seconds: Option<f64>) -> Result<String, ToolError> {
+        let seconds = timeout_seconds
+            .filter(|s| s.is_finite())
+            .unwrap_or(WAIT_DEFAULT_SECONDS as f64)
+            .clamp(0.0, WAIT_MAX_SECONDS as f64);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let text = self.read_mail(Some(left)).await?;
+            if text != format::NO_MAIL {
+                return Ok(text);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(format!("No new messages after waiting {seconds} s."));
+            }
+        }
+    }
+}
+
+/// What `register_name` learned.
+struct Registration {
+    token: String,
+    queued: u32,
+}
+
+/// `data` must be a JSON object; a string holding one is accepted too, since models often
+/// pass JSON as text.
+fn object_or_none(data: Option<Value>) -> Result<Option<Map<String, Value>>, ToolError> {
+    let bad = |what: &str| {
+        ToolError::Input(format!(
+            "`data` must be a JSON object like {{\"key\": \"value\"}}, not {what}."
+        ))
+    };
+    match data {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => Ok(Some(map)),
+        Some(Value::String(text)) => match serde_json::from_str(&text) {
+            Ok(Value::Object(map)) => Ok(Some(map)),
+            _ => Err(bad("a string that is not one")),
+        },
+        Some(_) => Err(bad("another kind of value")),
+    }
+}
+
+/// The broker's reply to a send or broadcast, for the model.
+fn sent_text(reply: &Value) -> String {
+    let said = reply["message"].as_str().unwrap_or("Sent");
+    let mut text = said.to_owned();
+    if let Some(id) = reply["message_id"].as_i64() {
+        text.push_str(&format!(" (message id {id})"));
+    }
+    if let Some(skipped) = reply["skipped"].as_array().filter(|s| !s.is_empty()) {
+        let names: Vec<&str> = skipped.iter().filter_map(Value::as_str).collect();
+        text.push_str(&format!("; skipped (queue full): {}", names.join(", ")));
+    }
+    text.push('.');
+    text
+}

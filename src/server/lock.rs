@@ -1,0 +1,96 @@
+//! The data-directory lock: at most one broker per data directory, on this machine.
+//!
+//! `<data_dir>/broker.lock` is held with an exclusive, non-blocking `flock` for the life of a
+//! running broker. The kernel drops it when the process exits, even on SIGKILL, so a crashed
+//! broker never leaves a stale lock behind. The holder's pid is written into the file only to
+//! name it in error messages; the lock itself, not the pid, decides who holds the directory.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::StartError;
+
+/// The lock file's name inside the data directory.
+pub const LOCK_FILE: &str = "broker.lock";
+
+/// A held data-directory lock. Dropping it releases the directory.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Takes the lock on `data_dir` or says which process holds it.
+    pub fn acquire(data_dir: &Path) -> Result<DataDirLock, StartError> {
+        let path = data_dir.join(LOCK_FILE);
+        let fail = |e: std::io::Error| StartError::DataDir {
+            path: path.display().to_string(),
+            reason: format!("cannot open the lock file: {e}"),
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(fail)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StartError::DataDirHeld {
+                    pid: holder_pid(&mut file),
+                    data_dir: data_dir.display().to_string(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+        }
+        write_pid(&mut file).map_err(fail)?;
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// The pid the holder wrote, or `?` when it has not written it yet.
+fn holder_pid(file: &mut File) -> String {
+    let mut text = String::new();
+    let _ = file.read_to_string(&mut text);
+    let pid = text.trim();
+    if pid.is_empty() {
+        "?".to_owned()
+    } else {
+        pid.to_owned()
+    }
+}
+
+fn write_pid(file: &mut File) -> std::io::Result<()> {
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    writeln!(file, "{}", std::process::id())
+}
+
+/// The lock file for a data directory (for tests and messages).
+pub fn lock_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(LOCK_FILE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_holder_is_refused_with_the_first_ones_pid_until_it_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDirLock::acquire(dir.path()).expect("first lock");
+        let refused = DataDirLock::acquire(dir.path()).unwrap_err();
+        let text = refused.to_string();
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        assert!(text.contains("another broker"), "{text}");
+        drop(first);
+        DataDirLock::acquire(dir.path()).expect("free again after drop");
+    }
+}
