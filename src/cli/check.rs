@@ -50,7 +50,7 @@ pub struct ListArgs {
 
 pub fn run(args: CheckArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
-    let mut client = args.client.connect()?;
+    let mut client = args.client.connect_or_start()?;
     let options = CheckOptions {
         manual_ack: Some(LEASE),
         ..CheckOptions::default()
@@ -73,7 +73,7 @@ pub fn run_watch(args: WatchArgs) -> Result<(), CliError> {
         wait: Some(WATCH_POLL),
         limit: None,
     };
-    let mut client = args.client.connect()?;
+    let mut client = args.client.connect_or_start()?;
     if !args.client.json {
         eprintln!("watching mail for {} (Ctrl-C to stop)", session.instance_id);
     }
@@ -112,7 +112,7 @@ fn reconnect(args: &ClientArgs) -> Client {
     );
     loop {
         std::thread::sleep(WATCH_RECONNECT);
-        if let Ok(client) = args.connect() {
+        if let Ok(client) = args.connect_or_start() {
             eprintln!("reconnected");
             return client;
         }
@@ -200,7 +200,10 @@ fn message_text(message: &Received) -> String {
 
 pub fn run_list(args: ListArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
-    let instances = args.client.connect()?.list(&session.session_token)?;
+    let instances = args
+        .client
+        .connect_or_start()?
+        .list(&session.session_token)?;
     if args.client.json {
         let instances: Vec<_> = instances
             .iter()

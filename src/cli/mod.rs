@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the broker refused the request, 2 a usage error (including "not
 //! registered yet"), 3 no broker answered.
 
+mod autostart;
 mod check;
 pub mod hook;
 mod import_legacy;
@@ -50,6 +51,7 @@ Environment:
   IPC_SESSION_FILE    where register saves the session (default ~/.ipc-session)
   IPC_SHARED_SECRET   the shared secret; without it the broker runs in open mode
   IPC_DATA_DIR        the broker's data directory (default ~/.claude-ipc-data)
+  IPC_AUTOSTART       0 stops a mail command from starting a broker when none answers
   RUST_LOG            log level: error, warn, info, debug
   NO_COLOR            no colour, even on a terminal
 
@@ -115,6 +117,11 @@ impl ClientArgs {
 
     fn connect(&self) -> Result<Client, CliError> {
         Ok(self.connect_within(CLIENT_TIMEOUT)?)
+    }
+
+    /// Connects, starting a broker in the background if none answers (see [`autostart`]).
+    fn connect_or_start(&self) -> Result<Client, CliError> {
+        Ok(autostart::connect_or_start(self, CLIENT_TIMEOUT)?)
     }
 
     /// Connects over the socket if one was given, else over TCP, waiting at most `timeout`.

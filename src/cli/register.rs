@@ -30,7 +30,7 @@ pub fn run(args: RegisterArgs) -> Result<(), CliError> {
         .filter(|s| !s.is_empty());
     let registered = args
         .client
-        .connect()?
+        .connect_or_start()?
         .register(&args.name, secret.as_deref())?;
     let path = SessionFile {
         instance_id: args.name.clone(),

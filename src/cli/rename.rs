@@ -24,7 +24,7 @@ pub fn run(args: RenameArgs) -> Result<(), CliError> {
     let mut session = SessionFile::load()?;
     let reply = args
         .client
-        .connect()?
+        .connect_or_start()?
         .rename(&session.session_token, &args.new_name)?;
     session.instance_id = args.new_name.clone();
     session.save()?;

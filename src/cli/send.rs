@@ -61,7 +61,7 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
         },
     };
     let content = args.message.join(" ");
-    let mut client = args.client.connect()?;
+    let mut client = args.client.connect_or_start()?;
     let sent = client.send_stamped(
         &session.session_token,
         &args.to,
@@ -82,7 +82,7 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
 
 pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
-    let reply = args.client.connect()?.broadcast_stamped(
+    let reply = args.client.connect_or_start()?.broadcast_stamped(
         &session.session_token,
         &args.message.join(" "),
         None,

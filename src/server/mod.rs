@@ -185,7 +185,8 @@ impl RunningServer {
     }
 }
 
-fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
+/// Creates the data directory with mode 0700 if needed and proves it is writable.
+pub fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
     let fail = |reason: String| StartError::DataDir {
         path: path.display().to_string(),
         reason,

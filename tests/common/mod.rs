@@ -372,7 +372,8 @@ pub fn cli(addr: &str, session_file: &Path, args: &[&str]) -> std::process::Outp
 
 /// [`cli`] with extra environment variables (`TZ`, `IPC_DATA_DIR`, `IPC_SOCKET`, ...).
 /// `IPC_DATA_DIR` and `IPC_SOCKET` are cleared unless given, so a test never touches the home
-/// directory's data or a socket from the environment.
+/// directory's data or a socket from the environment, and `IPC_AUTOSTART=0` unless given, so
+/// a command that finds no broker reports it instead of starting one in the background.
 pub fn cli_with_env(
     addr: &str,
     session_file: &Path,
@@ -387,6 +388,7 @@ pub fn cli_with_env(
         .env_remove("IPC_SHARED_SECRET")
         .env_remove("IPC_SOCKET")
         .env_remove("IPC_DATA_DIR")
+        .env("IPC_AUTOSTART", "0")
         .env("NO_COLOR", "1");
     for (key, value) in env {
         command.env(key, value);

@@ -1,0 +1,108 @@
+//! The CLI's part in broker takeover: a mail command (register, send, broadcast, check, watch,
+//! list, rename) that finds no broker starts `claude-ipc serve` in the background on the same
+//! address and data directory, then carries on.
+//!
+//! A CLI process exits as soon as its command is done, so it cannot host the broker itself the
+//! way an MCP server does; it starts a detached `serve` instead, in its own process group so a
+//! Ctrl-C in the terminal does not take it down. The data-directory lock still decides: if
+//! another process wins the race, this one's `serve` exits and the winner answers.
+//! `IPC_AUTOSTART=0` turns this off; `ping`, `status` and `hook` never start a broker.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{data_dir_or_default, ClientArgs};
+use crate::client::{Client, ClientError};
+
+/// How long a freshly started broker gets to answer.
+const START_WAIT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(25);
+/// The started broker's log, inside its data directory.
+const LOG_FILE: &str = "broker.log";
+
+/// Whether `IPC_AUTOSTART` allows starting a broker (anything but `0`, `false`, `no`, `off`).
+fn enabled() -> bool {
+    let value = std::env::var("IPC_AUTOSTART").unwrap_or_default();
+    !matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "0" | "false" | "no" | "off"
+    )
+}
+
+/// Connects, starting a broker in the background first if none answers.
+pub fn connect_or_start(args: &ClientArgs, timeout: Duration) -> Result<Client, ClientError> {
+    let unreachable = match args.connect_within(timeout) {
+        Err(error @ ClientError::Unreachable { .. }) => error,
+        other => return other,
+    };
+    if !enabled() || !loopback(args) {
+        return Err(unreachable);
+    }
+    let data_dir = data_dir_or_default(std::env::var_os("IPC_DATA_DIR").map(PathBuf::from));
+    let pid = match spawn_serve(args, &data_dir) {
+        Ok(pid) => pid,
+        Err(e) => {
+            eprintln!("could not start a broker in the background: {e}");
+            return Err(unreachable);
+        }
+    };
+    let started = Instant::now();
+    while started.elapsed() < START_WAIT {
+        if let Ok(client) = args.connect_within(timeout) {
+            eprintln!(
+                "note: no broker answered at {}, so one was started in the background \
+                 (pid {pid}, data {}, log {}); stop it with `kill {pid}`",
+                args.target(),
+                data_dir.display(),
+                data_dir.join(LOG_FILE).display()
+            );
+            return Ok(client);
+        }
+        std::thread::sleep(POLL);
+    }
+    eprintln!(
+        "a broker was started in the background (pid {pid}) but did not answer within {} s; \
+         see {}",
+        START_WAIT.as_secs(),
+        data_dir.join(LOG_FILE).display()
+    );
+    Err(unreachable)
+}
+
+/// Only a broker on this machine can be started from here.
+fn loopback(args: &ClientArgs) -> bool {
+    if args.socket().is_some() {
+        return true;
+    }
+    args.addr
+        .parse::<std::net::SocketAddr>()
+        .is_ok_and(|addr| addr.ip().is_loopback())
+}
+
+/// Starts `claude-ipc serve` detached, logging to `<data_dir>/broker.log`; returns its pid.
+fn spawn_serve(args: &ClientArgs, data_dir: &std::path::Path) -> std::io::Result<u32> {
+    crate::server::prepare_data_dir(data_dir).map_err(std::io::Error::other)?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(data_dir.join(LOG_FILE))?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .args(["serve", "--addr", &args.addr, "--data-dir"])
+        .arg(data_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .env("NO_COLOR", "1")
+        .process_group(0);
+    if let Some(socket) = args.socket() {
+        command.arg("--socket").arg(socket);
+    }
+    let child = command.spawn()?;
+    Ok(child.id())
+}
