@@ -212,8 +212,13 @@ fn a_second_broker_on_the_same_data_directory_is_refused_with_the_first_ones_pid
 fn a_broker_on_a_used_port_says_so_and_how_to_tell() {
     let dir = tempfile::tempdir().unwrap();
     let first = BrokerProcess::spawn(&dir.path().join("one"), &[]);
-    let (status, said) = serve_and_wait(&first.addr, &dir.path().join("two"));
+    let second_data = dir.path().join("two");
+    let (status, said) = serve_and_wait(&first.addr, &second_data);
     assert!(!status.success(), "{said}");
+    assert!(
+        !second_data.join("ipc.db").exists(),
+        "a broker that cannot listen leaves no new database behind"
+    );
     let expected = format!(
         "{} is already in use; is another broker running? `claude-ipc ping` tells; or choose another --addr",
         first.addr

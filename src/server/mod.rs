@@ -93,8 +93,9 @@ pub async fn start(
     prepare_data_dir(&config.data_dir)?;
     // Before the store: a second broker must not even open the database of a running one.
     let lock = DataDirLock::acquire(&config.data_dir)?;
-    let store = Store::open(&config.database_path())?;
+    // And the port before the store, so a start that cannot listen leaves no new database.
     let listener = listen(config.addr)?;
+    let store = Store::open(&config.database_path())?;
     let addr = listener.local_addr().map_err(|e| StartError::Listen {
         addr: config.addr,
         reason: e.to_string(),
