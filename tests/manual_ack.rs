@@ -265,3 +265,25 @@ fn bad_ack_and_check_options_say_what_to_send() {
         );
     }
 }
+
+#[test]
+fn a_restart_hands_leased_mail_out_again_at_once() {
+    // A lease may be committed without its reply reaching the reader (the broker died in
+    // between), so leases do not outlive the broker that granted them.
+    let broker = TestBroker::start();
+    let (addr, alice, bob) = (
+        broker.addr(),
+        broker.register("alice"),
+        broker.register("bob"),
+    );
+    legacy_send(&addr, &bob, "alice", "leased when the broker stopped");
+    let leased = manual_check(&addr, &alice);
+    assert_eq!(contents(&manual_check(&addr, &alice)), Vec::<String>::new());
+
+    let broker = broker.restart();
+    let again = manual_check(&broker.addr(), &alice);
+    assert_eq!(contents(&again), ["leased when the broker stopped"]);
+    assert_eq!(again["messages"][0]["id"], leased["messages"][0]["id"]);
+    assert_eq!(again["messages"][0]["delivery_count"], 2);
+    assert_eq!(ack(&broker.addr(), &alice, &ids(&leased))["acked"], 1);
+}

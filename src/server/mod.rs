@@ -110,6 +110,13 @@ pub async fn start(
     let started = clock::to_text(clock.now());
     let run_id = store
         .write(move |conn| {
+            let released = queries::release_leases(conn)?;
+            if released > 0 {
+                tracing::info!(
+                    released,
+                    "mail leased by readers of the previous run can be read again"
+                );
+            }
             queries::record_start(
                 conn,
                 std::process::id(),

@@ -341,6 +341,18 @@ fn update_waiting(
     Ok(changed)
 }
 
+/// Ends every lease. Run at start-up: a lease taken by a reader of the previous run may have
+/// been committed without its reply ever reaching the reader (the broker died in between), so
+/// the mail is handed out again at once instead of staying hidden until the lease runs out.
+/// A reader that did get it may see it twice, which at-least-once allows; its ack still works.
+pub fn release_leases(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.execute(
+        "UPDATE messages SET leased_until = NULL
+         WHERE delivered_at IS NULL AND leased_until IS NOT NULL",
+        [],
+    )
+}
+
 /// What an `ack` of one id did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settled {
