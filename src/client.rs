@@ -33,6 +33,15 @@ pub enum ClientError {
 /// Extra read time allowed on top of a long-poll's wait when no read timeout was set.
 const WAIT_MARGIN: Duration = Duration::from_secs(10);
 
+/// A request's `message`: `{content, data?}`.
+fn message(content: &str, data: Option<Value>) -> Value {
+    let mut message = json!({"content": content});
+    if let Some(data) = data {
+        message["data"] = data;
+    }
+    message
+}
+
 fn millis(duration: Duration) -> u64 {
     duration.as_millis().try_into().unwrap_or(u64::MAX)
 }
@@ -314,13 +323,8 @@ impl Client {
         data: Option<Value>,
         stamp: &Stamp,
     ) -> Result<Sent, ClientError> {
-        let mut request = json!({
-            "action": "send", "session_token": token, "to_id": to,
-            "message": {"content": content},
-        });
-        if let Some(data) = data {
-            request["message"]["data"] = data;
-        }
+        let mut request = json!({"action": "send", "session_token": token, "to_id": to});
+        request["message"] = message(content, data);
         self.call_stamped(request, stamp)
     }
 
@@ -332,12 +336,8 @@ impl Client {
         data: Option<Value>,
         stamp: &Stamp,
     ) -> Result<Value, ClientError> {
-        let mut request = json!({
-            "action": "broadcast", "session_token": token, "message": {"content": content},
-        });
-        if let Some(data) = data {
-            request["message"]["data"] = data;
-        }
+        let mut request = json!({"action": "broadcast", "session_token": token});
+        request["message"] = message(content, data);
         self.call_stamped(request, stamp)
     }
 
@@ -408,13 +408,8 @@ impl Client {
         data: Option<Value>,
         nonce: Option<&str>,
     ) -> Result<Sent, ClientError> {
-        let mut request = json!({
-            "action": "send", "session_token": token, "to_id": to,
-            "message": {"content": content},
-        });
-        if let Some(data) = data {
-            request["message"]["data"] = data;
-        }
+        let mut request = json!({"action": "send", "session_token": token, "to_id": to});
+        request["message"] = message(content, data);
         if let Some(nonce) = nonce {
             request["nonce"] = nonce.into();
         }
