@@ -14,14 +14,29 @@ fn hook(addr: &str, session_file: &Path) -> Output {
 }
 
 fn hook_with(addr: &str, session_file: &Path, args: &[&str]) -> Output {
-    Command::new(binary())
-        .arg("hook")
+    hook_command(addr, session_file)
         .args(args)
-        .env("IPC_ADDR", addr)
-        .env("IPC_SESSION_FILE", session_file)
-        .env_remove("RUST_LOG")
         .output()
         .expect("run claude-ipc hook")
+}
+
+/// The hook with `IPC_SOCKET` set and `IPC_ADDR` at a port nobody listens on.
+fn hook_over_socket(socket: &Path, session_file: &Path) -> Output {
+    hook_command(NOWHERE, session_file)
+        .env("IPC_SOCKET", socket)
+        .output()
+        .expect("run claude-ipc hook")
+}
+
+fn hook_command(addr: &str, session_file: &Path) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .arg("hook")
+        .env("IPC_ADDR", addr)
+        .env("IPC_SESSION_FILE", session_file)
+        .env_remove("IPC_SOCKET")
+        .env_remove("RUST_LOG");
+    command
 }
 
 fn stdout(output: &Output) -> String {
@@ -111,6 +126,47 @@ fn the_hook_is_silent_without_a_session_without_mail_and_without_a_broker() {
     assert_silent(&hook(&closed, &session_file));
     std::fs::write(&session_file, "not json").unwrap();
     assert_silent(&hook(&broker.addr(), &session_file));
+}
+
+#[test]
+fn the_hook_uses_ipc_socket_and_is_silent_when_nothing_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ipc.sock");
+    let broker = BrokerProcess::spawn(
+        &dir.path().join("data"),
+        &["--socket", socket.to_str().unwrap()],
+    );
+    let session_file = dir.path().join("session");
+    let over_socket = [("IPC_SOCKET", socket.to_str().unwrap())];
+    let registered = cli_with_env(NOWHERE, &session_file, &["register", "carol"], &over_socket);
+    assert!(registered.status.success(), "{registered:?}");
+    let mut client = broker.client();
+    let alice = client.register("alice", None).unwrap().session_token;
+    client.send(&alice, "carol", "hi", None, None).unwrap();
+
+    assert_eq!(
+        stdout(&hook_over_socket(&socket, &session_file)),
+        "📬 1 new message (from alice): use the check tool\n"
+    );
+    assert_silent(&hook_over_socket(
+        &dir.path().join("missing.sock"),
+        &session_file,
+    ));
+    // The socket wins over the address: a live TCP broker is not asked when IPC_SOCKET is set.
+    let tcp = hook_command(&broker.addr, &session_file)
+        .env("IPC_SOCKET", dir.path().join("missing.sock"))
+        .output()
+        .unwrap();
+    assert_silent(&tcp);
+    // An empty IPC_SOCKET counts as unset.
+    let empty = hook_command(&broker.addr, &session_file)
+        .env("IPC_SOCKET", "")
+        .output()
+        .unwrap();
+    assert!(!stdout(&empty).is_empty(), "{empty:?}");
+    broker.kill_9();
+    assert!(socket.exists(), "kill -9 leaves the socket file behind");
+    assert_silent(&hook_over_socket(&socket, &session_file));
 }
 
 #[test]

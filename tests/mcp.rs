@@ -573,3 +573,99 @@ fn a_data_directory_held_by_a_broker_elsewhere_is_a_clear_error_after_a_bounded_
     );
     assert!(text.contains(&held), "{text}");
 }
+
+/// The socket file's permission bits.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The pid of the broker answering on the socket.
+fn pid_on_socket(socket: &Path) -> Value {
+    Client::connect_unix(socket, TIMEOUT)
+        .expect("the broker answers on the socket")
+        .ping()
+        .unwrap()["pid"]
+        .clone()
+}
+
+#[test]
+fn with_ipc_socket_the_hosted_broker_listens_on_it_and_a_survivor_takes_it_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let socket = dir.path().join("ipc.sock");
+    let env = [("IPC_SOCKET", socket.to_str().unwrap())];
+    // Port 0: each hosted broker listens on a port of its own, so the servers can only find
+    // each other's broker through the socket.
+    let tcp = "127.0.0.1:0";
+    let mut alice = McpProcess::start(tcp, &data, &env, &[]);
+    let mut bob = McpProcess::start(tcp, &data, &env, &[]);
+    alice.ok("register", json!({"instance_id": "alice"}));
+    assert_eq!(lock_holder(&data), Some(alice.pid()), "alice hosts");
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(pid_on_socket(&socket), alice.pid());
+    bob.ok("register", json!({"instance_id": "bob"}));
+    assert_eq!(
+        lock_holder(&data),
+        Some(alice.pid()),
+        "bob found alice's broker"
+    );
+
+    // The CLI, with IPC_SOCKET and an address nobody listens on, reaches the same broker.
+    let session = dir.path().join("dave.session");
+    let output = cli_with_env(NOWHERE, &session, &["register", "dave"], &env);
+    assert!(output.status.success(), "{output:?}");
+    let output = cli_with_env(NOWHERE, &session, &["send", "bob", "from the CLI"], &env);
+    assert!(output.status.success(), "{output:?}");
+    alice.ok(
+        "send",
+        json!({"to_id": "bob", "content": "over the socket"}),
+    );
+    let read = bob.ok("check", json!({}));
+    assert!(read.contains("from the CLI"), "{read}");
+    assert!(read.contains("over the socket"), "{read}");
+    bob.ok("send", json!({"to_id": "alice", "content": "thanks"}));
+    assert!(alice.ok("check", json!({})).contains("thanks"));
+
+    alice.kill_9();
+    assert!(socket.exists(), "kill -9 leaves the socket file behind");
+    let sent = bob.ok(
+        "send",
+        json!({"to_id": "alice", "content": "while you were gone"}),
+    );
+    assert!(sent.contains("Message sent"), "{sent}");
+    assert_eq!(lock_holder(&data), Some(bob.pid()), "bob took over");
+    assert!(
+        bob.log().contains("removing a stale socket"),
+        "{}",
+        bob.log()
+    );
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(pid_on_socket(&socket), bob.pid());
+
+    let mut carol = McpProcess::start(tcp, &data, &env, &[]);
+    let registered = carol.ok("register", json!({"instance_id": "alice"}));
+    assert!(registered.contains("1 message waiting"), "{registered}");
+    let read = carol.ok("check", json!({}));
+    assert!(read.contains("From bob"), "{read}");
+    assert!(read.contains("while you were gone"), "{read}");
+    assert_eq!(
+        lock_holder(&data),
+        Some(bob.pid()),
+        "carol found bob's broker"
+    );
+}
+
+#[test]
+fn an_unusable_ipc_socket_is_a_tool_error_that_names_the_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("no-such-dir").join("ipc.sock");
+    let env = [("IPC_SOCKET", socket.to_str().unwrap())];
+    let mut mcp = McpProcess::start("127.0.0.1:0", &dir.path().join("data"), &env, &[]);
+    let text = mcp.error("register", json!({"instance_id": "alice"}));
+    assert!(
+        text.contains(&format!("No broker answers at socket {}", socket.display())),
+        "{text}"
+    );
+    assert!(text.contains("IPC_SOCKET"), "says what to check: {text}");
+}

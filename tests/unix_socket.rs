@@ -14,9 +14,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// A port nobody listens on, so a client that reaches the broker can only have used the socket.
-const NOWHERE: &str = "127.0.0.1:1";
-
 fn socket_broker(dir: &Path) -> (BrokerProcess, PathBuf) {
     let socket = dir.join("ipc.sock");
     let broker = BrokerProcess::spawn(&dir.join("data"), &["--socket", socket.to_str().unwrap()]);
@@ -141,6 +138,9 @@ fn the_cli_registers_sends_and_checks_over_ipc_socket_and_peers_are_named_by_uid
     // --addr alone, with IPC_SOCKET unset, goes to the dead TCP port and fails.
     let output = cli(NOWHERE, &bob, &["ping"]);
     assert_eq!(output.status.code(), Some(3));
+    // An empty IPC_SOCKET counts as unset, not as a usage error: TCP is used.
+    let output = cli_with_env(&broker.addr, &bob, &["ping"], &[("IPC_SOCKET", "")]);
+    assert!(output.status.success(), "{output:?}");
 }
 
 #[test]

@@ -1,16 +1,17 @@
 //! `claude-ipc hook`: one short line for Claude Code's hooks when mail is waiting.
 //!
-//! It reads the session file and asks the broker's non-consuming `count`, so the mail stays
-//! waiting for the `check` tool. Every failure (no session, no broker, a slow broker) prints
+//! It reads the session file and asks the broker's non-consuming `count` (over the Unix socket
+//! when `IPC_SOCKET` is set, else over TCP), so the mail stays waiting for the `check` tool. Every failure (no session, no broker, a slow broker) prints
 //! nothing and exits 0: a hook must never get in the user's way. The whole run is bounded by
 //! short socket timeouts so it finishes well under 100 ms.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 
 use super::session_file::SessionFile;
-use crate::client::{Client, Waiting};
+use crate::client::Waiting;
 
 /// Connecting to a local broker takes well under a millisecond; a broker that is not there
 /// refuses at once. This only bounds a machine that is badly stuck.
@@ -18,12 +19,15 @@ const HOOK_TIMEOUT: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  claude-ipc hook                            for a UserPromptSubmit hook\n  claude-ipc hook --event post-tool-use      for a PostToolUse hook\n\nPrints e.g. \"📬 2 new messages (from alice, bob): use the check tool\", or nothing.\nIt reads the session file (IPC_SESSION_FILE) and never consumes mail. See docs/CLAUDE_CODE.md."
+    after_help = "Examples:\n  claude-ipc hook                            for a UserPromptSubmit hook\n  claude-ipc hook --event post-tool-use      for a PostToolUse hook\n\nPrints e.g. \"📬 2 new messages (from alice, bob): use the check tool\", or nothing.\nIt reads the session file (IPC_SESSION_FILE) and never consumes mail. It finds the broker at\nIPC_SOCKET if that is set, else at IPC_ADDR. See docs/CLAUDE_CODE.md."
 )]
 pub struct HookArgs {
     /// The broker's address.
     #[arg(long, env = "IPC_ADDR", default_value = "127.0.0.1:9876")]
     pub addr: String,
+    /// The broker's Unix socket (`serve --socket`); when set, it is used instead of --addr.
+    #[arg(long, env = "IPC_SOCKET", value_parser = super::socket_parser())]
+    pub socket: Option<PathBuf>,
     /// The hook event this runs for. Claude Code gives the model a UserPromptSubmit hook's
     /// plain output, but a PostToolUse hook's only as JSON `additionalContext`.
     #[arg(long, value_enum, default_value_t = HookEvent::UserPromptSubmit)]
@@ -40,7 +44,8 @@ pub enum HookEvent {
 
 /// Prints the line if mail is waiting; never fails.
 pub fn run(args: HookArgs) {
-    let Some(line) = waiting(&args.addr).as_ref().and_then(notice) else {
+    let socket = super::given_socket(&args.socket);
+    let Some(line) = waiting(&args.addr, socket).as_ref().and_then(notice) else {
         return;
     };
     match args.event {
@@ -54,9 +59,9 @@ pub fn run(args: HookArgs) {
     }
 }
 
-fn waiting(addr: &str) -> Option<Waiting> {
+fn waiting(addr: &str, socket: Option<&Path>) -> Option<Waiting> {
     let session = SessionFile::load().ok()?;
-    let mut client = Client::connect(addr, HOOK_TIMEOUT).ok()?;
+    let mut client = super::connect_to(addr, socket, HOOK_TIMEOUT).ok()?;
     client.count(&session.session_token).ok()
 }
 

@@ -13,12 +13,16 @@ use crate::server::ShutdownSignals;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Setup for Claude Code (one line):\n  claude mcp add claude-ipc -s user -- claude-ipc mcp\n\nExample, by hand (it speaks JSON-RPC on stdin and stdout):\n  IPC_ADDR=127.0.0.1:9876 claude-ipc mcp\n\nIt finds the broker at IPC_ADDR; if none answers, it hosts one in its own process on the\nsame address and data directory (IPC_DATA_DIR), and another MCP server takes over if this\none exits. IPC_SHARED_SECRET is used to register (and by a hosted broker). If\nIPC_SESSION_FILE is set, the session is also written there for the CLI and the hook."
+    after_help = "Setup for Claude Code (one line):\n  claude mcp add claude-ipc -s user -- claude-ipc mcp\n\nExample, by hand (it speaks JSON-RPC on stdin and stdout):\n  IPC_ADDR=127.0.0.1:9876 claude-ipc mcp\n  IPC_SOCKET=$HOME/.claude-ipc.sock claude-ipc mcp\n\nIt finds the broker at IPC_ADDR, or on the Unix socket IPC_SOCKET when that is set; if none\nanswers, it hosts one in its own process on the same address, socket and data directory\n(IPC_DATA_DIR), and another MCP server takes over if this one exits. IPC_SHARED_SECRET is\nused to register (and by a hosted broker). If IPC_SESSION_FILE is set, the session is also\nwritten there for the CLI and the hook."
 )]
 pub struct McpArgs {
     /// The broker's address (and where to host one if none answers).
     #[arg(long, env = "IPC_ADDR", default_value = "127.0.0.1:9876")]
     pub addr: SocketAddr,
+    /// The broker's Unix socket (`serve --socket`): used instead of --addr to find the broker,
+    /// and a hosted broker listens on it too.
+    #[arg(long, env = "IPC_SOCKET", value_parser = super::socket_parser())]
+    pub socket: Option<PathBuf>,
     /// The data directory a hosted broker uses [default: ~/.claude-ipc-data]
     #[arg(long, env = "IPC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -37,6 +41,7 @@ impl McpArgs {
             .clone()
             .unwrap_or_else(|| super::session_file::home_dir().join(".claude-ipc-data"));
         let mut broker = Config::new(self.addr, data_dir);
+        broker.socket = super::given_socket(&self.socket).map(PathBuf::from);
         broker.shared_secret = std::env::var("IPC_SHARED_SECRET")
             .ok()
             .filter(|s| !s.is_empty());
@@ -53,10 +58,17 @@ impl McpArgs {
 /// the broker this process hosts, if any.
 pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
-    let server = IpcServer::new(args.settings());
+    let settings = args.settings();
+    let socket = settings
+        .broker
+        .socket
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |s| s.display().to_string());
+    let server = IpcServer::new(settings);
     tracing::info!(
         pid = std::process::id(),
         addr = %args.addr,
+        %socket,
         version = crate::VERSION,
         "claude-ipc MCP server ready on stdio"
     );

@@ -17,10 +17,11 @@ pub mod serve;
 pub mod session_file;
 mod status;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::{Client, ClientError};
@@ -102,7 +103,7 @@ pub struct ClientArgs {
     #[arg(long, env = "IPC_ADDR", default_value = "127.0.0.1:9876")]
     pub addr: String,
     /// The broker's Unix socket (`serve --socket`); when set, it is used instead of --addr.
-    #[arg(long, env = "IPC_SOCKET")]
+    #[arg(long, env = "IPC_SOCKET", value_parser = socket_parser())]
     pub socket: Option<PathBuf>,
     /// Print the broker's reply as JSON, for scripts.
     #[arg(long)]
@@ -111,8 +112,8 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     /// The socket to use, if one was given (an empty `IPC_SOCKET` counts as unset).
-    fn socket(&self) -> Option<&std::path::Path> {
-        self.socket.as_deref().filter(|p| !p.as_os_str().is_empty())
+    fn socket(&self) -> Option<&Path> {
+        given_socket(&self.socket)
     }
 
     fn connect(&self) -> Result<Client, CliError> {
@@ -126,10 +127,7 @@ impl ClientArgs {
 
     /// Connects over the socket if one was given, else over TCP, waiting at most `timeout`.
     fn connect_within(&self, timeout: Duration) -> Result<Client, ClientError> {
-        match self.socket() {
-            Some(path) => Client::connect_unix(path, timeout),
-            None => Client::connect(&self.addr, timeout),
-        }
+        connect_to(&self.addr, self.socket(), timeout)
     }
 
     /// Where the broker is, as a person would write it.
@@ -138,6 +136,27 @@ impl ClientArgs {
             Some(path) => format!("socket {}", path.display()),
             None => self.addr.clone(),
         }
+    }
+}
+
+/// Parses `--socket` / `IPC_SOCKET` keeping an empty value, which clap's path parser refuses:
+/// `IPC_SOCKET=` must mean "no socket" (see [`given_socket`]), not a usage error, above all for
+/// the hook, which must never fail.
+pub fn socket_parser() -> impl TypedValueParser<Value = PathBuf> {
+    OsStringValueParser::new().map(PathBuf::from)
+}
+
+/// The socket from `--socket` / `IPC_SOCKET`, if one was given: an empty value (say
+/// `IPC_SOCKET=` in a configuration file) counts as unset.
+pub fn given_socket(socket: &Option<PathBuf>) -> Option<&Path> {
+    socket.as_deref().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Connects over the socket if there is one, else over TCP to `addr`, waiting at most `timeout`.
+fn connect_to(addr: &str, socket: Option<&Path>, timeout: Duration) -> Result<Client, ClientError> {
+    match socket {
+        Some(path) => Client::connect_unix(path, timeout),
+        None => Client::connect(addr, timeout),
     }
 }
 

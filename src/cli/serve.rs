@@ -22,7 +22,7 @@ pub struct ServeArgs {
     #[arg(long, env = "IPC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Also listen on this Unix socket: mode 0600, served only to this user's processes.
-    #[arg(long, env = "IPC_SOCKET")]
+    #[arg(long, env = "IPC_SOCKET", value_parser = super::socket_parser())]
     pub socket: Option<PathBuf>,
     /// Allow a non-loopback --addr. Anyone who can reach it can try to register.
     #[arg(long)]
@@ -89,7 +89,7 @@ impl ServeArgs {
         Config {
             addr: self.addr,
             data_dir,
-            socket: self.socket.clone(),
+            socket: super::given_socket(&self.socket).map(PathBuf::from),
             shared_secret,
             limits: Limits {
                 session_idle_expiry: self.session_idle_expiry,

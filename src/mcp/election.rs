@@ -6,6 +6,11 @@
 //! data-directory lock (`server::lock`) and the port. Whoever loses either one waits briefly for
 //! the winner to answer. When the hosting process dies, the kernel releases both, and the next
 //! MCP server that needs the broker takes over; all state is in SQLite, so nothing is lost.
+//!
+//! With a Unix socket configured (`IPC_SOCKET`), the broker is looked for on the socket instead,
+//! and a hosted broker listens on it as well as on the address, exactly as `serve --socket`
+//! does. The socket file a killed host leaves behind is replaced by `server::unix_socket` when
+//! the next host binds it.
 
 use std::time::{Duration, Instant};
 
@@ -42,15 +47,19 @@ impl Election {
         }
     }
 
-    pub fn addr(&self) -> String {
-        self.config.addr.to_string()
+    /// Where the broker is looked for, as a person would write it.
+    pub fn target(&self) -> String {
+        match &self.config.socket {
+            Some(path) => format!("socket {}", path.display()),
+            None => self.config.addr.to_string(),
+        }
     }
 
     /// A connection to the broker, electing (and perhaps becoming) it first if none answers.
     pub async fn connect(&self) -> Result<Client, ToolError> {
         let deadline = Instant::now() + ELECTION_WAIT;
         loop {
-            let last_failure = match try_connect(self.addr()).await {
+            let last_failure = match self.try_connect().await {
                 Ok(client) => return Ok(client),
                 Err(e) => e.to_string(),
             };
@@ -62,7 +71,7 @@ impl Election {
                 }
                 Err(e) => {
                     return Err(ToolError::NoBroker {
-                        addr: self.addr(),
+                        target: self.target(),
                         reason: format!("{last_failure}; starting one here failed: {e}"),
                     })
                 }
@@ -81,9 +90,14 @@ impl Election {
             });
         }
         let running = server::start(&self.config, false, Clock::system()).await?;
+        let socket = running
+            .socket
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |s| s.path.display().to_string());
         tracing::info!(
             pid = std::process::id(),
             addr = %running.addr,
+            %socket,
             data_dir = %self.config.data_dir.display(),
             "no broker answered, so this process (pid {}) now hosts the broker",
             std::process::id()
@@ -112,14 +126,20 @@ impl Election {
             running.shutdown().await;
         }
     }
-}
 
-async fn try_connect(addr: String) -> Result<Client, ClientError> {
-    tokio::task::spawn_blocking(move || {
-        let mut client = Client::connect(&addr, CONNECT_TIMEOUT)?;
-        client.set_timeout(REQUEST_TIMEOUT)?;
-        Ok(client)
-    })
-    .await
-    .unwrap_or_else(|e| Err(ClientError::Protocol(format!("connect task failed: {e}"))))
+    /// One attempt to reach the broker: over the socket if one is configured, else over TCP.
+    async fn try_connect(&self) -> Result<Client, ClientError> {
+        let addr = self.config.addr.to_string();
+        let socket = self.config.socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut client = match socket {
+                Some(path) => Client::connect_unix(&path, CONNECT_TIMEOUT)?,
+                None => Client::connect(&addr, CONNECT_TIMEOUT)?,
+            };
+            client.set_timeout(REQUEST_TIMEOUT)?;
+            Ok(client)
+        })
+        .await
+        .unwrap_or_else(|e| Err(ClientError::Protocol(format!("connect task failed: {e}"))))
+    }
 }

@@ -61,8 +61,8 @@ pub struct Settings {
 pub enum ToolError {
     #[error("Not registered yet: call register with a name for this instance first (for example register(instance_id=\"alice\")).")]
     NotRegistered,
-    #[error("No broker answers at {addr} and none could be started here ({reason}). Check IPC_ADDR and IPC_DATA_DIR, or start one with `claude-ipc serve`.")]
-    NoBroker { addr: String, reason: String },
+    #[error("No broker answers at {target} and none could be started here ({reason}). Check IPC_ADDR (or IPC_SOCKET) and IPC_DATA_DIR, or start one with `claude-ipc serve`.")]
+    NoBroker { target: String, reason: String },
     #[error("The broker refused: {message} [{code}]. {hint}")]
     Refused {
         code: String,

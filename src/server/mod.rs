@@ -55,12 +55,14 @@ pub enum StartError {
 }
 
 impl StartError {
-    /// Whether another broker holds the data directory or the port: someone else is serving
-    /// (or is starting to), so waiting for it is the right response.
+    /// Whether another broker holds the data directory, the port or the Unix socket: someone
+    /// else is serving (or is starting to), so waiting for it is the right response.
     pub fn is_taken(&self) -> bool {
         matches!(
             self,
-            StartError::DataDirHeld { .. } | StartError::AddrInUse { .. }
+            StartError::DataDirHeld { .. }
+                | StartError::AddrInUse { .. }
+                | StartError::Socket(SocketError::InUse(_))
         )
     }
 }

@@ -270,6 +270,9 @@ pub fn legacy_check(addr: &str, token: &str) -> Value {
     )
 }
 
+/// A port nobody listens on, so a client that reaches the broker can only have used the socket.
+pub const NOWHERE: &str = "127.0.0.1:1";
+
 /// The real `claude-ipc` binary.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_claude-ipc")
@@ -454,6 +457,7 @@ impl McpProcess {
             .env("IPC_DATA_DIR", data_dir)
             .env_remove("IPC_SHARED_SECRET")
             .env_remove("IPC_SESSION_FILE")
+            .env_remove("IPC_SOCKET")
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
