@@ -55,11 +55,7 @@ fn start_waiting(broker: &TestBroker, request: Value) -> thread::JoinHandle<(Val
 #[test]
 fn a_waiting_check_answers_as_soon_as_mail_is_sent() {
     let broker = TestBroker::start();
-    let (addr, alice, bob) = (
-        broker.addr(),
-        broker.register("alice"),
-        broker.register("bob"),
-    );
+    let (addr, alice, bob) = broker.alice_and_bob();
     let waiter = long_poll(&broker, &alice, 30_000);
     legacy_send(&addr, &bob, "alice", "wake up");
     let (reply, took) = waiter.join().unwrap();
@@ -144,11 +140,7 @@ fn broadcasts_and_rename_notices_wake_waiters() {
 #[test]
 fn a_lease_running_out_wakes_the_waiter() {
     let broker = TestBroker::start_with_clock(|_| {}, Clock::system());
-    let (addr, alice, bob) = (
-        broker.addr(),
-        broker.register("alice"),
-        broker.register("bob"),
-    );
+    let (addr, alice, bob) = broker.alice_and_bob();
     legacy_send(&addr, &bob, "alice", "unacked");
     let first = legacy(
         &addr,
@@ -184,11 +176,7 @@ fn shutdown_answers_waiters_instead_of_making_them_wait() {
 #[test]
 fn a_legacy_check_can_long_poll_too() {
     let broker = TestBroker::start();
-    let (addr, alice, bob) = (
-        broker.addr(),
-        broker.register("alice"),
-        broker.register("bob"),
-    );
+    let (addr, alice, bob) = broker.alice_and_bob();
     let waiter = start_waiting(
         &broker,
         json!({"action": "check", "session_token": alice, "wait_ms": 30_000}),

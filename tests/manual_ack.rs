@@ -35,11 +35,7 @@ fn ids(check_reply: &Value) -> Vec<i64> {
 #[test]
 fn a_manual_check_leases_instead_of_delivering() {
     let broker = TestBroker::start();
-    let (addr, alice, bob) = (
-        broker.addr(),
-        broker.register("alice"),
-        broker.register("bob"),
-    );
+    let (addr, alice, bob) = broker.alice_and_bob();
     legacy_send(&addr, &bob, "alice", "one");
     legacy_send(&addr, &bob, "alice", "two");
 
@@ -62,11 +58,7 @@ fn a_manual_check_leases_instead_of_delivering() {
 #[test]
 fn an_ack_settles_the_mail_for_good() {
     let broker = TestBroker::start();
-    let (addr, alice, bob) = (
-        broker.addr(),
-        broker.register("alice"),
-        broker.register("bob"),
-    );
+    let (addr, alice, bob) = broker.alice_and_bob();
     legacy_send(&addr, &bob, "alice", "settle me");
     let checked = manual_check(&addr, &alice);
 
@@ -89,11 +81,7 @@ fn an_ack_settles_the_mail_for_good() {
 #[test]
 fn unacknowledged_mail_comes_back_after_the_lease_with_a_higher_count() {
     let broker = TestBroker::start();
-    let (addr, alice, bob) = (
-        broker.addr(),
-        broker.register("alice"),
-        broker.register("bob"),
-    );
+    let (addr, alice, bob) = broker.alice_and_bob();
     legacy_send(&addr, &bob, "alice", "did you get this?");
     let first = legacy(
         &addr,
@@ -117,11 +105,7 @@ fn unacknowledged_mail_comes_back_after_the_lease_with_a_higher_count() {
 #[test]
 fn a_late_ack_still_settles_mail_whose_lease_ran_out() {
     let broker = TestBroker::start();
-    let (addr, alice, bob) = (
-        broker.addr(),
-        broker.register("alice"),
-        broker.register("bob"),
-    );
+    let (addr, alice, bob) = broker.alice_and_bob();
     legacy_send(&addr, &bob, "alice", "slow reader");
     let checked = manual_check(&addr, &alice);
     broker.clock.advance(chrono::Duration::seconds(60));
@@ -180,11 +164,7 @@ fn acks_for_unknown_or_foreign_ids_are_refused_one_by_one() {
 #[test]
 fn the_legacy_check_still_delivers_on_read() {
     let broker = TestBroker::start();
-    let (addr, alice, bob) = (
-        broker.addr(),
-        broker.register("alice"),
-        broker.register("bob"),
-    );
+    let (addr, alice, bob) = broker.alice_and_bob();
     legacy_send(&addr, &bob, "alice", "legacy");
     let reply = legacy_check(&addr, &alice);
     assert_eq!(contents(&reply), ["legacy"]);
@@ -271,11 +251,7 @@ fn a_restart_hands_leased_mail_out_again_at_once() {
     // A lease may be committed without its reply reaching the reader (the broker died in
     // between), so leases do not outlive the broker that granted them.
     let broker = TestBroker::start();
-    let (addr, alice, bob) = (
-        broker.addr(),
-        broker.register("alice"),
-        broker.register("bob"),
-    );
+    let (addr, alice, bob) = broker.alice_and_bob();
     legacy_send(&addr, &bob, "alice", "leased when the broker stopped");
     let leased = manual_check(&addr, &alice);
     assert_eq!(contents(&manual_check(&addr, &alice)), Vec::<String>::new());

@@ -98,6 +98,11 @@ impl TestBroker {
         Client::connect(&self.addr(), TIMEOUT).expect("client connects")
     }
 
+    /// The address plus sessions for `alice` and `bob`: the cast of most mail tests.
+    pub fn alice_and_bob(&self) -> (String, String, String) {
+        (self.addr(), self.register("alice"), self.register("bob"))
+    }
+
     /// Registers `name` (with the configured secret, if any) and returns its session token.
     pub fn register(&self, name: &str) -> String {
         let secret = self.config.shared_secret.clone();
