@@ -51,21 +51,25 @@ pub struct SessionRow {
 
 // ---- instances and sessions ----
 
+pub(crate) const FIND_SESSION: &str =
+    "SELECT id, instance_name, last_used_at, revoked_at IS NOT NULL
+     FROM sessions WHERE token_sha256 = ?1";
+
 pub fn find_session(conn: &Connection, token_sha256: &str) -> rusqlite::Result<Option<SessionRow>> {
-    conn.prepare_cached(
-        "SELECT id, instance_name, last_used_at, revoked_at IS NOT NULL
-         FROM sessions WHERE token_sha256 = ?1",
-    )?
-    .query_row([token_sha256], |row| {
-        Ok(SessionRow {
-            id: row.get(0)?,
-            instance_name: row.get(1)?,
-            last_used_at: row.get(2)?,
-            revoked: row.get(3)?,
+    conn.prepare_cached(FIND_SESSION)?
+        .query_row([token_sha256], |row| {
+            Ok(SessionRow {
+                id: row.get(0)?,
+                instance_name: row.get(1)?,
+                last_used_at: row.get(2)?,
+                revoked: row.get(3)?,
+            })
         })
-    })
-    .optional()
+        .optional()
 }
+
+pub(crate) const TOUCH_SESSION: &str = "UPDATE sessions SET last_used_at = ?2 WHERE id = ?1";
+pub(crate) const TOUCH_INSTANCE: &str = "UPDATE instances SET last_seen_at = ?2 WHERE name = ?1";
 
 /// Refreshes the sliding expiry of a session and the instance's last-seen time.
 pub fn touch_session(
@@ -74,20 +78,25 @@ pub fn touch_session(
     name: &str,
     now: &str,
 ) -> rusqlite::Result<()> {
-    conn.prepare_cached("UPDATE sessions SET last_used_at = ?2 WHERE id = ?1")?
+    conn.prepare_cached(TOUCH_SESSION)?
         .execute(params![session_id, now])?;
-    conn.prepare_cached("UPDATE instances SET last_seen_at = ?2 WHERE name = ?1")?
+    conn.prepare_cached(TOUCH_INSTANCE)?
         .execute(params![name, now])?;
     Ok(())
 }
 
+pub(crate) const REVOKE_SESSIONS: &str =
+    "UPDATE sessions SET revoked_at = ?2 WHERE instance_name = ?1 AND revoked_at IS NULL";
+
 /// Revokes every active session of `name` (one active session per instance).
 pub fn revoke_sessions(conn: &Connection, name: &str, now: &str) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "UPDATE sessions SET revoked_at = ?2 WHERE instance_name = ?1 AND revoked_at IS NULL",
-    )?
-    .execute(params![name, now])
+    conn.prepare_cached(REVOKE_SESSIONS)?
+        .execute(params![name, now])
 }
+
+pub(crate) const INSERT_SESSION: &str =
+    "INSERT INTO sessions (instance_name, token_sha256, created_at, last_used_at)
+     VALUES (?1, ?2, ?3, ?3)";
 
 pub fn insert_session(
     conn: &Connection,
@@ -95,44 +104,63 @@ pub fn insert_session(
     token_sha256: &str,
     now: &str,
 ) -> rusqlite::Result<i64> {
-    conn.prepare_cached(
-        "INSERT INTO sessions (instance_name, token_sha256, created_at, last_used_at)
-         VALUES (?1, ?2, ?3, ?3)",
-    )?
-    .execute(params![name, token_sha256, now])?;
+    conn.prepare_cached(INSERT_SESSION)?
+        .execute(params![name, token_sha256, now])?;
     Ok(conn.last_insert_rowid())
 }
 
+pub(crate) const UPSERT_INSTANCE: &str =
+    "INSERT INTO instances (name, registered_at, last_seen_at) VALUES (?1, ?2, ?2)
+     ON CONFLICT (name) DO UPDATE SET last_seen_at = excluded.last_seen_at";
+
 /// Registers `name`, or refreshes its last-seen time if it is registered already.
 pub fn upsert_instance(conn: &Connection, name: &str, now: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO instances (name, registered_at, last_seen_at) VALUES (?1, ?2, ?2)
-         ON CONFLICT (name) DO UPDATE SET last_seen_at = excluded.last_seen_at",
-    )?
-    .execute(params![name, now])?;
+    conn.prepare_cached(UPSERT_INSTANCE)?
+        .execute(params![name, now])?;
     Ok(())
 }
 
+pub(crate) const INSTANCE_EXISTS: &str = "SELECT 1 FROM instances WHERE name = ?1";
+
 pub fn instance_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
-    conn.prepare_cached("SELECT 1 FROM instances WHERE name = ?1")?
-        .exists([name])
+    conn.prepare_cached(INSTANCE_EXISTS)?.exists([name])
 }
+
+pub(crate) const LAST_RENAMED_AT: &str = "SELECT last_renamed_at FROM instances WHERE name = ?1";
 
 /// When `name` last renamed itself, if ever.
 pub fn last_renamed_at(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
-    conn.prepare_cached("SELECT last_renamed_at FROM instances WHERE name = ?1")?
+    conn.prepare_cached(LAST_RENAMED_AT)?
         .query_row([name], |row| row.get(0))
         .optional()
         .map(Option::flatten)
 }
 
+pub(crate) const LIST_INSTANCES: &str = "SELECT name, last_seen_at FROM instances ORDER BY name";
+
 /// Registered instances, by name, with their last-seen time.
 pub fn list_instances(conn: &Connection) -> rusqlite::Result<Vec<(String, String)>> {
-    let mut statement =
-        conn.prepare_cached("SELECT name, last_seen_at FROM instances ORDER BY name")?;
+    let mut statement = conn.prepare_cached(LIST_INSTANCES)?;
     let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     rows.collect()
 }
+
+pub(crate) const RENAME_INSTANCE_ROW: &str =
+    "UPDATE instances SET name = ?2, last_renamed_at = ?3, last_seen_at = ?3 WHERE name = ?1";
+pub(crate) const RENAME_SESSIONS: &str =
+    "UPDATE sessions SET instance_name = ?2 WHERE instance_name = ?1";
+pub(crate) const RENAME_PENDING_MAIL: &str =
+    "UPDATE messages SET recipient = ?2 WHERE recipient = ?1 AND delivered_at IS NULL";
+pub(crate) const RENAME_REQUEST_LOG: &str =
+    "UPDATE request_log SET instance_name = ?2 WHERE instance_name = ?1";
+pub(crate) const RENAME_FORWARD_TARGETS: &str =
+    "UPDATE name_forwards SET new_name = ?2 WHERE new_name = ?1";
+pub(crate) const UPSERT_FORWARD: &str =
+    "INSERT INTO name_forwards (old_name, new_name, created_at, expires_at)
+     VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (old_name) DO UPDATE SET
+       new_name = excluded.new_name, created_at = excluded.created_at,
+       expires_at = excluded.expires_at";
 
 /// Moves everything that belongs to `old` to `new`: the instance row, its sessions, its pending
 /// mail (merged with mail already waiting for `new`), its rate-limit window, and forwards that
@@ -144,39 +172,20 @@ pub fn rename_instance(
     now: &str,
     forward_expires_at: &str,
 ) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE instances SET name = ?2, last_renamed_at = ?3, last_seen_at = ?3 WHERE name = ?1",
-        params![old, new, now],
-    )?;
-    conn.execute(
-        "UPDATE sessions SET instance_name = ?2 WHERE instance_name = ?1",
-        params![old, new],
-    )?;
-    conn.execute(
-        "UPDATE messages SET recipient = ?2 WHERE recipient = ?1 AND delivered_at IS NULL",
-        params![old, new],
-    )?;
-    conn.execute(
-        "UPDATE request_log SET instance_name = ?2 WHERE instance_name = ?1",
-        params![old, new],
-    )?;
-    conn.execute(
-        "UPDATE name_forwards SET new_name = ?2 WHERE new_name = ?1",
-        params![old, new],
-    )?;
+    conn.execute(RENAME_INSTANCE_ROW, params![old, new, now])?;
+    conn.execute(RENAME_SESSIONS, params![old, new])?;
+    conn.execute(RENAME_PENDING_MAIL, params![old, new])?;
+    conn.execute(RENAME_REQUEST_LOG, params![old, new])?;
+    conn.execute(RENAME_FORWARD_TARGETS, params![old, new])?;
     delete_forward(conn, new)?;
-    conn.execute(
-        "INSERT INTO name_forwards (old_name, new_name, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (old_name) DO UPDATE SET
-           new_name = excluded.new_name, created_at = excluded.created_at,
-           expires_at = excluded.expires_at",
-        params![old, new, now, forward_expires_at],
-    )?;
+    conn.execute(UPSERT_FORWARD, params![old, new, now, forward_expires_at])?;
     Ok(())
 }
 
 // ---- forwards ----
+
+pub(crate) const RESOLVE_FORWARD: &str =
+    "SELECT new_name FROM name_forwards WHERE old_name = ?1 AND expires_at > ?2";
 
 /// Where mail to `name` goes now, if `name` has a live forward.
 pub fn resolve_forward(
@@ -184,29 +193,28 @@ pub fn resolve_forward(
     name: &str,
     now: &str,
 ) -> rusqlite::Result<Option<String>> {
-    conn.prepare_cached(
-        "SELECT new_name FROM name_forwards WHERE old_name = ?1 AND expires_at > ?2",
-    )?
-    .query_row(params![name, now], |row| row.get(0))
-    .optional()
+    conn.prepare_cached(RESOLVE_FORWARD)?
+        .query_row(params![name, now], |row| row.get(0))
+        .optional()
 }
+
+pub(crate) const DELETE_FORWARD: &str = "DELETE FROM name_forwards WHERE old_name = ?1";
 
 /// Drops the forward from `name`: a real instance now holds that name.
 pub fn delete_forward(conn: &Connection, name: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM name_forwards WHERE old_name = ?1")?
-        .execute([name])?;
+    conn.prepare_cached(DELETE_FORWARD)?.execute([name])?;
     Ok(())
 }
 
 // ---- messages ----
 
+pub(crate) const INSERT_MESSAGE: &str =
+    "INSERT INTO messages (sender, addressed_to, recipient, kind, content, data, large_file,
+                           nonce, sender_timestamp, received_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
 pub fn insert_message(conn: &Connection, message: &NewMessage<'_>) -> rusqlite::Result<MessageId> {
-    conn.prepare_cached(
-        "INSERT INTO messages (sender, addressed_to, recipient, kind, content, data, large_file,
-                               nonce, sender_timestamp, received_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
+    conn.prepare_cached(INSERT_MESSAGE)?.execute(params![
         message.sender,
         message.addressed_to,
         message.recipient,
@@ -221,23 +229,39 @@ pub fn insert_message(conn: &Connection, message: &NewMessage<'_>) -> rusqlite::
     Ok(MessageId(conn.last_insert_rowid()))
 }
 
+pub(crate) const PENDING_COUNT: &str =
+    "SELECT count(*) FROM messages WHERE recipient = ?1 AND delivered_at IS NULL";
+
 /// Every message not yet delivered to `recipient`, leased or not: what the queue cap counts.
 pub fn pending_count(conn: &Connection, recipient: &str) -> rusqlite::Result<u32> {
-    conn.prepare_cached(
-        "SELECT count(*) FROM messages WHERE recipient = ?1 AND delivered_at IS NULL",
-    )?
-    .query_row([recipient], |row| row.get(0))
+    conn.prepare_cached(PENDING_COUNT)?
+        .query_row([recipient], |row| row.get(0))
 }
 
-/// Mail a `check` may hand out at `now`: not delivered, and not held by a live lease.
-const AVAILABLE: &str =
-    "recipient = ?1 AND delivered_at IS NULL AND (leased_until IS NULL OR leased_until <= ?2)";
+/// Mail a `check` may hand out at `now`: not delivered, and not held by a live lease. A macro,
+/// not a `const`, so that `concat!` can build whole statements from it at compile time.
+macro_rules! available_to_recipient {
+    () => {
+        "recipient = ?1 AND delivered_at IS NULL AND (leased_until IS NULL OR leased_until <= ?2)"
+    };
+}
+
+pub(crate) const AVAILABLE_COUNT: &str = concat!(
+    "SELECT count(*) FROM messages WHERE ",
+    available_to_recipient!()
+);
 
 /// How many messages a `check` at `now` could hand out to `recipient`.
 pub fn available_count(conn: &Connection, recipient: &str, now: &str) -> rusqlite::Result<u32> {
-    conn.prepare_cached(&format!("SELECT count(*) FROM messages WHERE {AVAILABLE}"))?
+    conn.prepare_cached(AVAILABLE_COUNT)?
         .query_row(params![recipient, now], |row| row.get(0))
 }
+
+pub(crate) const WAITING_SENDERS: &str = concat!(
+    "SELECT sender FROM messages WHERE ",
+    available_to_recipient!(),
+    " GROUP BY sender ORDER BY min(id) LIMIT ?3"
+);
 
 /// What `count` reports: how many messages a `check` at `now` could hand out to `recipient`
 /// (leased mail is not waiting), and up to `max_senders` distinct senders of them, ordered by
@@ -249,14 +273,20 @@ pub fn waiting_summary(
     max_senders: u32,
 ) -> rusqlite::Result<(u32, Vec<String>)> {
     let count = available_count(conn, recipient, now)?;
-    let mut statement = conn.prepare_cached(&format!(
-        "SELECT sender FROM messages WHERE {AVAILABLE} GROUP BY sender ORDER BY min(id) LIMIT ?3"
-    ))?;
+    let mut statement = conn.prepare_cached(WAITING_SENDERS)?;
     let senders = statement
         .query_map(params![recipient, now, max_senders], |row| row.get(0))?
         .collect::<rusqlite::Result<Vec<String>>>()?;
     Ok((count, senders))
 }
+
+pub(crate) const AVAILABLE_FOR: &str = concat!(
+    "SELECT id, sender, addressed_to, recipient, kind, content, data, nonce,
+            sender_timestamp, received_at, delivery_count
+     FROM messages WHERE ",
+    available_to_recipient!(),
+    " ORDER BY id LIMIT ?3"
+);
 
 /// The oldest `limit` messages a `check` at `now` may hand out to `recipient`, oldest first.
 pub fn available_for(
@@ -265,15 +295,13 @@ pub fn available_for(
     now: &str,
     limit: u32,
 ) -> rusqlite::Result<Vec<StoredMessage>> {
-    let mut statement = conn.prepare_cached(&format!(
-        "SELECT id, sender, addressed_to, recipient, kind, content, data, nonce,
-                sender_timestamp, received_at, delivery_count
-         FROM messages WHERE {AVAILABLE}
-         ORDER BY id LIMIT ?3"
-    ))?;
+    let mut statement = conn.prepare_cached(AVAILABLE_FOR)?;
     let rows = statement.query_map(params![recipient, now, limit], stored_message)?;
     rows.collect()
 }
+
+pub(crate) const NEXT_LEASE_EXPIRY: &str = "SELECT min(leased_until) FROM messages
+     WHERE recipient = ?1 AND delivered_at IS NULL AND leased_until > ?2";
 
 /// When the first lease held on `recipient`'s mail after `now` runs out, if any does.
 pub fn next_lease_expiry(
@@ -281,11 +309,8 @@ pub fn next_lease_expiry(
     recipient: &str,
     now: &str,
 ) -> rusqlite::Result<Option<String>> {
-    conn.prepare_cached(
-        "SELECT min(leased_until) FROM messages
-         WHERE recipient = ?1 AND delivered_at IS NULL AND leased_until > ?2",
-    )?
-    .query_row(params![recipient, now], |row| row.get(0))
+    conn.prepare_cached(NEXT_LEASE_EXPIRY)?
+        .query_row(params![recipient, now], |row| row.get(0))
 }
 
 fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
@@ -304,26 +329,22 @@ fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     })
 }
 
+pub(crate) const MARK_DELIVERED: &str =
+    "UPDATE messages SET delivered_at = ?2, delivery_count = delivery_count + 1
+     WHERE id = ?1 AND delivered_at IS NULL";
+
 /// Marks exactly these messages delivered, by id. Already-delivered ones are left as they are.
 pub fn mark_delivered(conn: &Connection, ids: &[MessageId], now: &str) -> rusqlite::Result<usize> {
-    update_waiting(
-        conn,
-        "UPDATE messages SET delivered_at = ?2, delivery_count = delivery_count + 1
-         WHERE id = ?1 AND delivered_at IS NULL",
-        ids,
-        now,
-    )
+    update_waiting(conn, MARK_DELIVERED, ids, now)
 }
+
+pub(crate) const LEASE: &str =
+    "UPDATE messages SET leased_until = ?2, delivery_count = delivery_count + 1
+     WHERE id = ?1 AND delivered_at IS NULL";
 
 /// Leases these messages until `until`, counting the hand-out.
 pub fn lease(conn: &Connection, ids: &[MessageId], until: &str) -> rusqlite::Result<usize> {
-    update_waiting(
-        conn,
-        "UPDATE messages SET leased_until = ?2, delivery_count = delivery_count + 1
-         WHERE id = ?1 AND delivered_at IS NULL",
-        ids,
-        until,
-    )
+    update_waiting(conn, LEASE, ids, until)
 }
 
 /// Runs `update` (with `?1` the id and `?2` the time) for each id; returns the rows changed.
@@ -341,18 +362,18 @@ fn update_waiting(
     Ok(changed)
 }
 
+// Left to itself the planner scans every waiting message; the partial index holds only the
+// leased ones, so start-up time does not grow with the queue.
+pub(crate) const RELEASE_LEASES: &str =
+    "UPDATE messages INDEXED BY messages_leased_by_recipient SET leased_until = NULL
+     WHERE delivered_at IS NULL AND leased_until IS NOT NULL";
+
 /// Ends every lease. Run at start-up: a lease taken by a reader of the previous run may have
 /// been committed without its reply ever reaching the reader (the broker died in between), so
 /// the mail is handed out again at once instead of staying hidden until the lease runs out.
 /// A reader that did get it may see it twice, which at-least-once allows; its ack still works.
 pub fn release_leases(conn: &Connection) -> rusqlite::Result<usize> {
-    // Left to itself the planner scans every waiting message; the partial index holds only
-    // the leased ones, so start-up time does not grow with the queue.
-    conn.execute(
-        "UPDATE messages INDEXED BY messages_leased_by_recipient SET leased_until = NULL
-         WHERE delivered_at IS NULL AND leased_until IS NOT NULL",
-        [],
-    )
+    conn.execute(RELEASE_LEASES, [])
 }
 
 /// What an `ack` of one id did.
@@ -367,6 +388,10 @@ pub enum Settled {
     Unknown,
 }
 
+pub(crate) const ACK_OWNED: &str =
+    "SELECT delivered_at IS NOT NULL FROM messages WHERE id = ?1 AND recipient = ?2";
+pub(crate) const ACK_SETTLE: &str = "UPDATE messages SET delivered_at = ?2 WHERE id = ?1";
+
 /// Settles message `id` if `recipient` owns it.
 pub fn ack(
     conn: &Connection,
@@ -375,16 +400,14 @@ pub fn ack(
     now: &str,
 ) -> rusqlite::Result<Settled> {
     let owned = conn
-        .prepare_cached(
-            "SELECT delivered_at IS NOT NULL FROM messages WHERE id = ?1 AND recipient = ?2",
-        )?
+        .prepare_cached(ACK_OWNED)?
         .query_row(params![id.0, recipient], |row| row.get::<_, bool>(0))
         .optional()?;
     match owned {
         None => Ok(Settled::Unknown),
         Some(true) => Ok(Settled::AlreadyAcked),
         Some(false) => {
-            conn.prepare_cached("UPDATE messages SET delivered_at = ?2 WHERE id = ?1")?
+            conn.prepare_cached(ACK_SETTLE)?
                 .execute(params![id.0, now])?;
             Ok(Settled::Acked)
         }
@@ -393,6 +416,9 @@ pub fn ack(
 
 // ---- replay protection ----
 
+pub(crate) const FIND_NONCE: &str =
+    "SELECT message_id FROM send_nonces WHERE sender = ?1 AND nonce = ?2 AND seen_at >= ?3";
+
 /// The message a nonce from `sender` stored, if it was seen at or after `since`.
 pub fn find_nonce(
     conn: &Connection,
@@ -400,14 +426,17 @@ pub fn find_nonce(
     nonce: &str,
     since: &str,
 ) -> rusqlite::Result<Option<MessageId>> {
-    conn.prepare_cached(
-        "SELECT message_id FROM send_nonces WHERE sender = ?1 AND nonce = ?2 AND seen_at >= ?3",
-    )?
-    .query_row(params![sender, nonce, since], |row| {
-        Ok(MessageId(row.get(0)?))
-    })
-    .optional()
+    conn.prepare_cached(FIND_NONCE)?
+        .query_row(params![sender, nonce, since], |row| {
+            Ok(MessageId(row.get(0)?))
+        })
+        .optional()
 }
+
+pub(crate) const RECORD_NONCE: &str =
+    "INSERT INTO send_nonces (sender, nonce, message_id, seen_at) VALUES (?1, ?2, ?3, ?4)
+     ON CONFLICT (sender, nonce) DO UPDATE SET
+       message_id = excluded.message_id, seen_at = excluded.seen_at";
 
 pub fn record_nonce(
     conn: &Connection,
@@ -416,16 +445,15 @@ pub fn record_nonce(
     id: MessageId,
     now: &str,
 ) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO send_nonces (sender, nonce, message_id, seen_at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (sender, nonce) DO UPDATE SET
-           message_id = excluded.message_id, seen_at = excluded.seen_at",
-    )?
-    .execute(params![sender, nonce, id.0, now])?;
+    conn.prepare_cached(RECORD_NONCE)?
+        .execute(params![sender, nonce, id.0, now])?;
     Ok(())
 }
 
 // ---- rate limit and auth failures ----
+
+pub(crate) const REQUESTS_SINCE: &str =
+    "SELECT count(*), min(at) FROM request_log WHERE instance_name = ?1 AND at >= ?2";
 
 /// How many requests `name` made at or after `since`, and the earliest of them.
 pub fn requests_since(
@@ -433,11 +461,13 @@ pub fn requests_since(
     name: &str,
     since: &str,
 ) -> rusqlite::Result<(u32, Option<String>)> {
-    conn.prepare_cached(
-        "SELECT count(*), min(at) FROM request_log WHERE instance_name = ?1 AND at >= ?2",
-    )?
-    .query_row(params![name, since], |row| Ok((row.get(0)?, row.get(1)?)))
+    conn.prepare_cached(REQUESTS_SINCE)?
+        .query_row(params![name, since], |row| Ok((row.get(0)?, row.get(1)?)))
 }
+
+pub(crate) const FORGET_OLD_REQUESTS: &str =
+    "DELETE FROM request_log WHERE instance_name = ?1 AND at < ?2";
+pub(crate) const LOG_REQUEST: &str = "INSERT INTO request_log (instance_name, at) VALUES (?1, ?2)";
 
 /// Records one request and forgets this instance's requests older than the window.
 pub fn log_request(
@@ -446,12 +476,15 @@ pub fn log_request(
     now: &str,
     window_start: &str,
 ) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM request_log WHERE instance_name = ?1 AND at < ?2")?
+    conn.prepare_cached(FORGET_OLD_REQUESTS)?
         .execute(params![name, window_start])?;
-    conn.prepare_cached("INSERT INTO request_log (instance_name, at) VALUES (?1, ?2)")?
+    conn.prepare_cached(LOG_REQUEST)?
         .execute(params![name, now])?;
     Ok(())
 }
+
+pub(crate) const RECORD_AUTH_FAILURE: &str =
+    "INSERT INTO auth_failures (at, instance_name, peer, reason) VALUES (?1, ?2, ?3, ?4)";
 
 pub fn record_auth_failure(
     conn: &Connection,
@@ -460,14 +493,15 @@ pub fn record_auth_failure(
     peer: &str,
     reason: &str,
 ) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO auth_failures (at, instance_name, peer, reason) VALUES (?1, ?2, ?3, ?4)",
-    )?
-    .execute(params![now, name, peer, reason])?;
+    conn.prepare_cached(RECORD_AUTH_FAILURE)?
+        .execute(params![now, name, peer, reason])?;
     Ok(())
 }
 
 // ---- broker runs ----
+
+pub(crate) const RECORD_START: &str =
+    "INSERT INTO broker_runs (pid, version, addr, started_at) VALUES (?1, ?2, ?3, ?4)";
 
 pub fn record_start(
     conn: &Connection,
@@ -476,18 +510,14 @@ pub fn record_start(
     addr: &str,
     now: &str,
 ) -> rusqlite::Result<i64> {
-    conn.execute(
-        "INSERT INTO broker_runs (pid, version, addr, started_at) VALUES (?1, ?2, ?3, ?4)",
-        params![pid, version, addr, now],
-    )?;
+    conn.execute(RECORD_START, params![pid, version, addr, now])?;
     Ok(conn.last_insert_rowid())
 }
 
+pub(crate) const RECORD_STOP: &str = "UPDATE broker_runs SET stopped_at = ?2 WHERE id = ?1";
+
 pub fn record_stop(conn: &Connection, run_id: i64, now: &str) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE broker_runs SET stopped_at = ?2 WHERE id = ?1",
-        params![run_id, now],
-    )?;
+    conn.execute(RECORD_STOP, params![run_id, now])?;
     Ok(())
 }
 
@@ -516,54 +546,49 @@ pub struct SweepCutoffs<'a> {
     pub auth_failures_before: &'a str,
 }
 
+pub(crate) const SWEEP_SESSIONS: &str = "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions
+       WHERE revoked_at IS NOT NULL OR last_used_at < ?1 LIMIT ?2)";
+pub(crate) const SWEEP_FORWARDS: &str =
+    "DELETE FROM name_forwards WHERE old_name IN (SELECT old_name FROM name_forwards
+       WHERE expires_at <= ?1 LIMIT ?2)";
+pub(crate) const SWEEP_NONCES: &str =
+    "DELETE FROM send_nonces WHERE rowid IN (SELECT rowid FROM send_nonces
+       WHERE seen_at < ?1 LIMIT ?2)";
+pub(crate) const SWEEP_REQUEST_LOG: &str =
+    "DELETE FROM request_log WHERE rowid IN (SELECT rowid FROM request_log
+       WHERE at < ?1 LIMIT ?2)";
+pub(crate) const SWEEP_AUTH_FAILURES: &str =
+    "DELETE FROM auth_failures WHERE id IN (SELECT id FROM auth_failures
+       WHERE at < ?1 LIMIT ?2)";
+pub(crate) const SWEEP_FUTURE_MAIL: &str = "SELECT id, large_file FROM messages
+     WHERE delivered_at IS NULL AND received_at < ?1
+       AND recipient NOT IN (SELECT name FROM instances)
+     LIMIT ?2";
+pub(crate) const SWEEP_DELIVERED_MAIL: &str =
+    "SELECT id, large_file FROM messages WHERE delivered_at < ?1 LIMIT ?2";
+pub(crate) const DELETE_MESSAGE: &str = "DELETE FROM messages WHERE id = ?1";
+pub(crate) const LARGE_FILE_IN_USE: &str = "SELECT 1 FROM messages WHERE large_file = ?1";
+
 pub fn sweep(
     conn: &Connection,
     cut: &SweepCutoffs<'_>,
     batch: u32,
 ) -> rusqlite::Result<SweepReport> {
     let mut report = SweepReport {
-        sessions: conn.execute(
-            "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions
-               WHERE revoked_at IS NOT NULL OR last_used_at < ?1 LIMIT ?2)",
-            params![cut.session_idle_before, batch],
-        )?,
-        forwards: conn.execute(
-            "DELETE FROM name_forwards WHERE old_name IN (SELECT old_name FROM name_forwards
-               WHERE expires_at <= ?1 LIMIT ?2)",
-            params![cut.now, batch],
-        )?,
-        nonces: conn.execute(
-            "DELETE FROM send_nonces WHERE rowid IN (SELECT rowid FROM send_nonces
-               WHERE seen_at < ?1 LIMIT ?2)",
-            params![cut.nonces_before, batch],
-        )?,
-        request_log: conn.execute(
-            "DELETE FROM request_log WHERE rowid IN (SELECT rowid FROM request_log
-               WHERE at < ?1 LIMIT ?2)",
-            params![cut.request_log_before, batch],
-        )?,
+        sessions: conn.execute(SWEEP_SESSIONS, params![cut.session_idle_before, batch])?,
+        forwards: conn.execute(SWEEP_FORWARDS, params![cut.now, batch])?,
+        nonces: conn.execute(SWEEP_NONCES, params![cut.nonces_before, batch])?,
+        request_log: conn.execute(SWEEP_REQUEST_LOG, params![cut.request_log_before, batch])?,
         auth_failures: conn.execute(
-            "DELETE FROM auth_failures WHERE id IN (SELECT id FROM auth_failures
-               WHERE at < ?1 LIMIT ?2)",
+            SWEEP_AUTH_FAILURES,
             params![cut.auth_failures_before, batch],
         )?,
         ..SweepReport::default()
     };
-    let future = delete_messages_returning_files(
-        conn,
-        "SELECT id, large_file FROM messages
-         WHERE delivered_at IS NULL AND received_at < ?1
-           AND recipient NOT IN (SELECT name FROM instances)
-         LIMIT ?2",
-        cut.future_mail_before,
-        batch,
-    )?;
-    let delivered = delete_messages_returning_files(
-        conn,
-        "SELECT id, large_file FROM messages WHERE delivered_at < ?1 LIMIT ?2",
-        cut.delivered_before,
-        batch,
-    )?;
+    let future =
+        delete_messages_returning_files(conn, SWEEP_FUTURE_MAIL, cut.future_mail_before, batch)?;
+    let delivered =
+        delete_messages_returning_files(conn, SWEEP_DELIVERED_MAIL, cut.delivered_before, batch)?;
     report.future_mail = future.0;
     report.delivered_mail = delivered.0;
     report.files_to_remove = future.1.into_iter().chain(delivered.1).collect();
@@ -580,12 +605,12 @@ fn delete_messages_returning_files(
     let rows: Vec<(i64, Option<String>)> = statement
         .query_map(params![before, batch], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut delete = conn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
+    let mut delete = conn.prepare_cached(DELETE_MESSAGE)?;
     for (id, _) in &rows {
         delete.execute([id])?;
     }
     // Broadcast copies share one file: remove it only when no message refers to it any more.
-    let mut still_used = conn.prepare_cached("SELECT 1 FROM messages WHERE large_file = ?1")?;
+    let mut still_used = conn.prepare_cached(LARGE_FILE_IN_USE)?;
     let mut files = Vec::new();
     for file in rows.iter().filter_map(|(_, file)| file.as_deref()) {
         if !still_used.exists([file])? && !files.iter().any(|f| f == file) {
