@@ -11,6 +11,8 @@
 pub mod inspect;
 pub mod legacy;
 pub mod queries;
+#[cfg(test)]
+mod query_plans;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

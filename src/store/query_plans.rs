@@ -1,0 +1,228 @@
+//! Keeps every statement on a hot path behind an index: runs `EXPLAIN QUERY PLAN` on the real
+//! SQL (the `const`s in `queries`) against a freshly migrated database file, prints each plan,
+//! and fails if one reads every row of a table that grows with use.
+//!
+//! `cargo test query_plan -- --nocapture` prints the plans; docs/QUERY_PLANS.md shows them.
+
+use rusqlite::types::Null;
+use rusqlite::Connection;
+
+use super::queries::*;
+
+/// Tables that grow with traffic or with the number of instances.
+const HOT_TABLES: [&str; 6] = [
+    "messages",
+    "request_log",
+    "send_nonces",
+    "sessions",
+    "instances",
+    "name_forwards",
+];
+
+/// One statement, the request paths that run it, and the one scan it may make, if any.
+struct Hot {
+    name: &'static str,
+    paths: &'static str,
+    sql: &'static str,
+    allowed: Option<AllowedScan>,
+}
+
+/// A scan a statement makes on purpose: the plan line exactly, and why it is fine.
+struct AllowedScan {
+    line: &'static str,
+    why: &'static str,
+}
+
+const fn hot(name: &'static str, paths: &'static str, sql: &'static str) -> Hot {
+    Hot {
+        name,
+        paths,
+        sql,
+        allowed: None,
+    }
+}
+
+const fn scans(
+    name: &'static str,
+    paths: &'static str,
+    sql: &'static str,
+    line: &'static str,
+    why: &'static str,
+) -> Hot {
+    Hot {
+        name,
+        paths,
+        sql,
+        allowed: Some(AllowedScan { line, why }),
+    }
+}
+
+const AUTH: &str = "every authenticated request";
+
+const STATEMENTS: &[Hot] = &[
+    hot("find_session", AUTH, FIND_SESSION),
+    hot("requests_since", AUTH, REQUESTS_SINCE),
+    hot("forget_old_requests", AUTH, FORGET_OLD_REQUESTS),
+    hot("log_request", AUTH, LOG_REQUEST),
+    hot("touch_session", AUTH, TOUCH_SESSION),
+    hot("touch_instance", AUTH, TOUCH_INSTANCE),
+    hot(
+        "record_auth_failure",
+        "refused request",
+        RECORD_AUTH_FAILURE,
+    ),
+    hot("resolve_forward", "send", RESOLVE_FORWARD),
+    hot("instance_exists", "send, rename", INSTANCE_EXISTS),
+    hot("find_nonce", "send", FIND_NONCE),
+    hot("pending_count", "send, broadcast, register", PENDING_COUNT),
+    hot("insert_message", "send, broadcast, rename", INSERT_MESSAGE),
+    hot("record_nonce", "send", RECORD_NONCE),
+    hot("available_for", "check (every read)", AVAILABLE_FOR),
+    hot(
+        "available_count",
+        "check (every read), count",
+        AVAILABLE_COUNT,
+    ),
+    hot("mark_delivered", "check, auto ack", MARK_DELIVERED),
+    hot("lease", "check, manual ack", LEASE),
+    hot("next_lease_expiry", "check (long-poll)", NEXT_LEASE_EXPIRY),
+    hot("waiting_senders", "count", WAITING_SENDERS),
+    hot("ack_owned", "ack", ACK_OWNED),
+    hot("ack_settle", "ack", ACK_SETTLE),
+    hot("revoke_sessions", "register", REVOKE_SESSIONS),
+    hot("upsert_instance", "register", UPSERT_INSTANCE),
+    hot("delete_forward", "register, rename", DELETE_FORWARD),
+    hot("insert_session", "register", INSERT_SESSION),
+    hot("last_renamed_at", "rename", LAST_RENAMED_AT),
+    hot("rename_instance_row", "rename", RENAME_INSTANCE_ROW),
+    hot("rename_sessions", "rename", RENAME_SESSIONS),
+    hot("rename_pending_mail", "rename", RENAME_PENDING_MAIL),
+    hot("rename_request_log", "rename", RENAME_REQUEST_LOG),
+    hot("rename_forward_targets", "rename", RENAME_FORWARD_TARGETS),
+    hot("upsert_forward", "rename", UPSERT_FORWARD),
+    scans(
+        "list_instances",
+        "list, broadcast",
+        LIST_INSTANCES,
+        "SCAN instances USING INDEX sqlite_autoindex_instances_1",
+        "it returns every instance, in name order",
+    ),
+    scans(
+        "release_leases",
+        "start-up",
+        RELEASE_LEASES,
+        "SCAN messages USING INDEX messages_leased_by_recipient",
+        "the partial index holds only leased mail, not the whole queue",
+    ),
+    hot("record_start", "start-up", RECORD_START),
+    hot("record_stop", "shutdown", RECORD_STOP),
+    scans(
+        "sweep_sessions",
+        "sweeper",
+        SWEEP_SESSIONS,
+        "SCAN sessions",
+        "one live row per instance; an index on last_used_at would cost every request a write",
+    ),
+    hot("sweep_forwards", "sweeper", SWEEP_FORWARDS),
+    hot("sweep_nonces", "sweeper", SWEEP_NONCES),
+    hot("sweep_request_log", "sweeper", SWEEP_REQUEST_LOG),
+    hot("sweep_auth_failures", "sweeper", SWEEP_AUTH_FAILURES),
+    hot("sweep_future_mail", "sweeper", SWEEP_FUTURE_MAIL),
+    hot("sweep_delivered_mail", "sweeper", SWEEP_DELIVERED_MAIL),
+    hot("delete_message", "sweeper", DELETE_MESSAGE),
+    hot("large_file_in_use", "sweeper", LARGE_FILE_IN_USE),
+];
+
+/// A migrated database file, opened the way the broker opens it.
+fn migrated() -> (tempfile::TempDir, Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = super::open_side_connection(&dir.path().join("ipc.db")).unwrap();
+    (dir, conn)
+}
+
+/// The plan's lines, indented by depth as the sqlite3 shell shows them.
+fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+    let mut statement = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap_or_else(|e| panic!("{e} in {sql}"));
+    let nulls = vec![Null; statement.parameter_count()];
+    let rows: Vec<(i64, i64, String)> = statement
+        .query_map(rusqlite::params_from_iter(nulls), |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(3)?))
+        })
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    let mut depths: Vec<(i64, usize)> = Vec::new();
+    rows.into_iter()
+        .map(|(id, parent, detail)| {
+            let depth = depths
+                .iter()
+                .find(|(seen, _)| *seen == parent)
+                .map_or(0, |(_, depth)| depth + 1);
+            depths.push((id, depth));
+            format!("{}{detail}", "  ".repeat(depth))
+        })
+        .collect()
+}
+
+/// Whether a plan line reads a hot table from end to end: any `SCAN` of it (through an index
+/// or not: a partial index of waiting mail still holds the whole queue), or a `SEARCH` through
+/// an automatic index, which SQLite builds by reading the whole table.
+fn is_scan_of_hot_table(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["SCAN", table, ..] => HOT_TABLES.contains(table),
+        ["SEARCH", table, ..] => HOT_TABLES.contains(table) && line.contains("AUTOMATIC"),
+        _ => false,
+    }
+}
+
+/// The plan lines of `sql` that scan a hot table.
+fn scans_of_hot_tables(conn: &Connection, sql: &str) -> Vec<String> {
+    plan(conn, sql)
+        .into_iter()
+        .map(|line| line.trim().to_owned())
+        .filter(|line| is_scan_of_hot_table(line))
+        .collect()
+}
+
+#[test]
+fn query_plans_of_hot_statements_read_no_hot_table_in_full() {
+    let (_dir, conn) = migrated();
+    let mut offenders = Vec::new();
+    for statement in STATEMENTS {
+        println!("-- {} ({})", statement.name, statement.paths);
+        for line in plan(&conn, statement.sql) {
+            println!("   {line}");
+        }
+        let allowed = statement.allowed.as_ref();
+        if let Some(allowed) = allowed {
+            println!("   (scans on purpose: {})", allowed.why);
+        }
+        let unexpected: Vec<String> = scans_of_hot_tables(&conn, statement.sql)
+            .into_iter()
+            .filter(|line| allowed.is_none_or(|allowed| line != allowed.line))
+            .collect();
+        if !unexpected.is_empty() {
+            offenders.push(format!("{}: {unexpected:?}", statement.name));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "statements on hot paths read a whole table; add an index in a new migration: {offenders:?}"
+    );
+}
+
+#[test]
+fn query_plan_check_catches_a_missing_index() {
+    let (_dir, conn) = migrated();
+    assert!(scans_of_hot_tables(&conn, AVAILABLE_FOR).is_empty());
+    conn.execute_batch("DROP INDEX messages_pending_by_recipient")
+        .unwrap();
+    let scans = scans_of_hot_tables(&conn, AVAILABLE_FOR);
+    assert!(
+        scans.iter().any(|line| line.starts_with("SCAN messages")),
+        "{scans:?}"
+    );
+}
