@@ -10,6 +10,13 @@ CREATE INDEX messages_waiting_by_recipient ON messages (recipient, id, sender, l
     WHERE delivered_at IS NULL;
 DROP INDEX messages_pending_by_recipient;
 
+-- Waiting mail by age, carrying its recipient, for the sweeper: it looks for old mail whose
+-- recipient never registered. With V1's index on received_at alone it read the row of every
+-- old waiting message to learn its recipient, in every batch, even when none could go.
+CREATE INDEX messages_waiting_by_received_at ON messages (received_at, recipient)
+    WHERE delivered_at IS NULL;
+DROP INDEX messages_pending_received_at;
+
 -- A rename moves every session of the old name, revoked ones too; the V1 index holds only
 -- active sessions, so without this the rename reads every session.
 CREATE INDEX sessions_by_instance ON sessions (instance_name);

@@ -190,6 +190,10 @@ fn scans_of_hot_tables(conn: &Connection, sql: &str) -> Vec<String> {
 #[test]
 fn query_plans_of_hot_statements_read_no_hot_table_in_full() {
     let (_dir, conn) = migrated();
+    let version: String = conn
+        .query_row("SELECT sqlite_version()", [], |row| row.get(0))
+        .unwrap();
+    println!("-- SQLite {version}");
     let mut offenders = Vec::new();
     for statement in STATEMENTS {
         println!("-- {} ({})", statement.name, statement.paths);
