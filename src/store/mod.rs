@@ -33,9 +33,9 @@ mod embedded {
 
 /// How many queued jobs one transaction may take; bounds the latency a big batch adds.
 const MAX_BATCH: usize = 512;
-/// Prepared statements the connection keeps. The request paths use 29 distinct statements
-/// (`queries`, all `prepare_cached`), the writer thread 5 more for its transactions and
-/// savepoints; rusqlite's default of 16 would make a send followed by a check evict and
+/// Prepared statements the connection keeps. `queries` caches 29 distinct statements (all
+/// of send, check, ack, count, register and list), the writer thread 5 more for its
+/// transactions and savepoints; rusqlite's default of 16 would make a send followed by a check evict and
 /// re-parse statements on every request. 64 leaves room for the import's 5 and for growth.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
 
