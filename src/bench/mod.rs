@@ -17,6 +17,7 @@ mod wire;
 mod workloads;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use echo::EchoServer;
@@ -44,6 +45,10 @@ pub struct Options {
     pub million: bool,
     /// Print the report as JSON instead of a table.
     pub json: bool,
+    /// Run only the workloads whose names contain this text.
+    pub only: Option<String>,
+    /// Where started brokers keep their throwaway data directories: the disk under test.
+    pub data_parent: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,7 +113,7 @@ impl<'a> Bench<'a> {
         self.idle()?;
         if self.options.million {
             self.million()?;
-        } else {
+        } else if self.options.only.is_none() {
             self.pass_over("million-message run", "skipped (pass --million)");
         }
         Ok(())
@@ -116,26 +121,35 @@ impl<'a> Bench<'a> {
 
     /// Announces the next workload and returns a fresh target for it: a new broker on an
     /// empty data directory, or the given address.
-    fn begin(&mut self, name: &str) -> Result<Target, BenchError> {
+    fn begin(&mut self, name: &str) -> Result<Option<Target>, BenchError> {
         self.step += 1;
+        if !self
+            .options
+            .only
+            .iter()
+            .all(|part| name.contains(part.as_str()))
+        {
+            return Ok(None);
+        }
         eprint!("[{:>2}/{STEPS}] {name} ... ", self.step);
         let addr = match self.options.addr {
             Some(addr) => addr,
             None => {
                 self.spawned = None;
-                let broker = SpawnedBroker::start(&format!("step{}", self.step))?;
+                let broker =
+                    SpawnedBroker::start(&self.options.data_parent, &format!("step{}", self.step))?;
                 let addr = broker.addr;
                 self.spawned = Some(broker);
                 addr
             }
         };
         let persistent = target::supports_persistent(addr).map_err(|e| wire_error(name, e))?;
-        Ok(Target {
+        Ok(Some(Target {
             addr,
             persistent,
             secret: self.options.secret.clone(),
             prefix: format!("bench{}-{}", std::process::id(), self.step),
-        })
+        }))
     }
 
     /// Counts a step that does not run.
@@ -152,7 +166,9 @@ impl<'a> Bench<'a> {
     }
 
     fn sends(&mut self, name: &str, kind: Kind, clients: usize) -> Result<(), BenchError> {
-        let target = self.begin(name)?;
+        let Some(target) = self.begin(name)? else {
+            return Ok(());
+        };
         if kind == Kind::Persistent && !target.persistent {
             self.skip(name, "the target closes connections after one request");
             return Ok(());
@@ -184,7 +200,9 @@ impl<'a> Bench<'a> {
 
     fn mixed(&mut self, clients: usize) -> Result<(), BenchError> {
         let name = format!("mixed send+check, {clients} clients");
-        let target = self.begin(&name)?;
+        let Some(target) = self.begin(&name)? else {
+            return Ok(());
+        };
         if !target.persistent {
             self.skip(&name, "the target closes connections after one request");
             return Ok(());
@@ -237,7 +255,9 @@ impl<'a> Bench<'a> {
 
     fn check_queued(&mut self, queued: usize) -> Result<(), BenchError> {
         let name = format!("check of {queued} queued messages");
-        let target = self.begin(&name)?;
+        let Some(target) = self.begin(&name)? else {
+            return Ok(());
+        };
         let at = |e| wire_error(&name, e);
         let ceiling = self.echo_persistent_1(&target, &name)?;
         let (samples, short) =
@@ -258,7 +278,9 @@ impl<'a> Bench<'a> {
 
     fn fan_out(&mut self, receivers: usize) -> Result<(), BenchError> {
         let name = format!("broadcast to {receivers} instances");
-        let target = self.begin(&name)?;
+        let Some(target) = self.begin(&name)? else {
+            return Ok(());
+        };
         let at = |e| wire_error(&name, e);
         let ceiling = self.echo_persistent_1(&target, &name)?;
         let fan = workloads::fan_out(&target, receivers, self.options.duration).map_err(at)?;
@@ -283,7 +305,9 @@ impl<'a> Bench<'a> {
 
     fn long_poll(&mut self) -> Result<(), BenchError> {
         let name = "long-poll wake-up";
-        let target = self.begin(name)?;
+        let Some(target) = self.begin(name)? else {
+            return Ok(());
+        };
         let ceiling = self.echo_persistent_1(&target, name)?;
         let wakeups = workloads::long_poll(&target, self.options.duration)
             .map_err(|e| wire_error(name, e))?;
@@ -300,7 +324,9 @@ impl<'a> Bench<'a> {
 
     fn idle(&mut self) -> Result<(), BenchError> {
         let name = format!("{} idle connections", self.options.idle_connections);
-        let target = self.begin(&name)?;
+        let Some(target) = self.begin(&name)? else {
+            return Ok(());
+        };
         let idle =
             memory::idle_connections(&target, self.options.idle_connections, self.broker_pid())
                 .map_err(|e| wire_error(&name, e))?;
@@ -312,7 +338,9 @@ impl<'a> Bench<'a> {
 
     fn million(&mut self) -> Result<(), BenchError> {
         let name = "million-message run";
-        let target = self.begin(name)?;
+        let Some(target) = self.begin(name)? else {
+            return Ok(());
+        };
         let broker = self
             .spawned
             .as_mut()

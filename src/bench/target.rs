@@ -3,7 +3,7 @@
 //! protocol, such as a broker it did not start or another implementation.
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,9 +31,9 @@ pub struct SpawnedBroker {
 }
 
 impl SpawnedBroker {
-    /// Starts a broker on a new, empty data directory.
-    pub fn start(label: &str) -> Result<SpawnedBroker, TargetError> {
-        let data_dir = std::env::temp_dir().join(format!(
+    /// Starts a broker on a new, empty data directory under `parent`.
+    pub fn start(parent: &Path, label: &str) -> Result<SpawnedBroker, TargetError> {
+        let data_dir = parent.join(format!(
             "claude-ipc-bench-{}-{label}-{}",
             std::process::id(),
             chrono::Utc::now().timestamp_micros()

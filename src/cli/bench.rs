@@ -1,6 +1,7 @@
 //! `claude-ipc bench`: run the load generator and print its report.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -33,6 +34,13 @@ pub struct BenchArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Run only the workloads whose names contain this text, like "persistent sends, 8".
+    #[arg(long)]
+    pub only: Option<String>,
+    /// Where started brokers keep their throwaway data directories; the disk (and its fsync)
+    /// is part of what is measured. [default: the system's temporary directory]
+    #[arg(long, conflicts_with = "addr")]
+    pub data_dir: Option<PathBuf>,
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
@@ -46,6 +54,8 @@ pub fn run(args: BenchArgs) -> ExitCode {
         idle_connections: args.idle,
         million: args.million,
         json: args.json,
+        only: args.only,
+        data_parent: args.data_dir.unwrap_or_else(std::env::temp_dir),
     };
     match bench::run(&options) {
         Ok(report) => {

@@ -214,19 +214,23 @@ where
     E: From<StoreError>,
     F: FnOnce(&Connection) -> Result<T, E>,
 {
-    conn.execute_batch("SAVEPOINT job")
-        .map_err(StoreError::from)?;
+    run_statement(conn, "SAVEPOINT job")?;
     let result = match catch_unwind(AssertUnwindSafe(|| work(conn))) {
         Ok(result) => result,
         Err(panic) => Err(StoreError::Panicked(panic_text(&panic)).into()),
     };
-    let finish = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
-    conn.execute_batch(finish).map_err(StoreError::from)?;
+    if result.is_err() {
+        run_statement(conn, "ROLLBACK TO job")?;
+    }
+    run_statement(conn, "RELEASE job")?;
     result
+}
+
+/// Runs a statement without parameters through the statement cache: the savepoint and
+/// transaction statements run for every job, so they are parsed once, not every time.
+fn run_statement(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -279,7 +283,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = run_statement(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
         tracing::error!("cannot start a transaction: {reason}");
         for job in batch {
@@ -288,7 +292,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         return;
     }
     let completions: Vec<Completion> = batch.into_iter().map(|job| job(Some(conn))).collect();
-    let commit = conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+    let commit = run_statement(conn, "COMMIT").map_err(|e| e.to_string());
     if let Err(reason) = &commit {
         tracing::error!(
             "commit failed, {} job(s) refused: {reason}",
