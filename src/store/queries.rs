@@ -233,10 +233,18 @@ pub fn pending_count(conn: &Connection, recipient: &str) -> rusqlite::Result<u32
 const AVAILABLE: &str =
     "recipient = ?1 AND delivered_at IS NULL AND (leased_until IS NULL OR leased_until <= ?2)";
 
-/// How many messages a `check` at `now` could hand out to `recipient`.
+/// How many messages a `check` at `now` could hand out to `recipient`: its pending mail less
+/// what live leases hold. Both counts are read from partial indexes alone, never the table.
 pub fn available_count(conn: &Connection, recipient: &str, now: &str) -> rusqlite::Result<u32> {
-    conn.prepare_cached(&format!("SELECT count(*) FROM messages WHERE {AVAILABLE}"))?
-        .query_row(params![recipient, now], |row| row.get(0))
+    let pending = pending_count(conn, recipient)?;
+    let leased: u32 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM messages
+             WHERE recipient = ?1 AND delivered_at IS NULL
+               AND leased_until IS NOT NULL AND leased_until > ?2",
+        )?
+        .query_row(params![recipient, now], |row| row.get(0))?;
+    Ok(pending.saturating_sub(leased))
 }
 
 /// What `count` reports: how many messages a `check` at `now` could hand out to `recipient`
@@ -258,21 +266,31 @@ pub fn waiting_summary(
     Ok((count, senders))
 }
 
-/// The oldest `limit` messages a `check` at `now` may hand out to `recipient`, oldest first.
+/// Hands the oldest messages a `check` at `now` may give `recipient` to `take`, oldest first,
+/// until `take` refuses one or `limit` were taken. Returns whether any such message was left
+/// (the reply's `more`). Rows are read one at a time, so a long queue costs only what fits.
 pub fn available_for(
     conn: &Connection,
     recipient: &str,
     now: &str,
     limit: u32,
-) -> rusqlite::Result<Vec<StoredMessage>> {
+    mut take: impl FnMut(&StoredMessage) -> bool,
+) -> rusqlite::Result<bool> {
     let mut statement = conn.prepare_cached(&format!(
         "SELECT id, sender, addressed_to, recipient, kind, content, data, nonce,
                 sender_timestamp, received_at, delivery_count
          FROM messages WHERE {AVAILABLE}
          ORDER BY id LIMIT ?3"
     ))?;
-    let rows = statement.query_map(params![recipient, now, limit], stored_message)?;
-    rows.collect()
+    let mut rows = statement.query(params![recipient, now, i64::from(limit) + 1])?;
+    let mut taken = 0;
+    while let Some(row) = rows.next()? {
+        if taken == limit || !take(&stored_message(row)?) {
+            return Ok(true);
+        }
+        taken += 1;
+    }
+    Ok(false)
 }
 
 /// When the first lease held on `recipient`'s mail after `now` runs out, if any does.
