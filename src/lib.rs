@@ -11,8 +11,9 @@
 //! Around them: [`config`] holds every window and limit, [`clock`] gives the time (injectable
 //! for tests), [`client`] is the typed client that the CLI, the MCP server and the tests use,
 //! [`mcp`] is the MCP server's tools over that client (and its broker election), and [`cli`]
-//! holds one file per subcommand. [`legacy_import`] brings over the Python original's database.
+//! holds one file per subcommand. [`bench`] is the load generator behind `claude-ipc bench`. [`legacy_import`] brings over the Python original's database.
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

@@ -19,6 +19,8 @@ pub const SYSTEM_SENDER: &str = "system";
 pub struct Caller {
     pub session_id: i64,
     pub name: String,
+    /// When the session was last refreshed, as stored.
+    pub last_used_at: String,
 }
 
 /// Everything needed to check a session on the writer thread.
@@ -30,6 +32,10 @@ pub(super) struct SessionCheck {
 }
 
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+/// A session used within this long is not refreshed again: its idle expiry is measured in
+/// hours, and skipping the two updates keeps a busy sender's requests from rewriting the
+/// same two pages on every commit.
+const TOUCH_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl SessionCheck {
     /// Finds the live session for the token, enforces the rate limit, and refreshes the
@@ -41,7 +47,9 @@ impl SessionCheck {
     ) -> Result<Caller, BrokerError> {
         let caller = self.verify(conn, now)?;
         self.enforce_rate_limit(conn, &caller.name, now)?;
-        queries::touch_session(conn, caller.session_id, &caller.name, &text(now))?;
+        if caller.last_used_at < text(minus(now, TOUCH_GRANULARITY)) {
+            queries::touch_session(conn, caller.session_id, &caller.name, &text(now))?;
+        }
         Ok(caller)
     }
 
@@ -78,6 +86,7 @@ impl SessionCheck {
         Ok(Caller {
             session_id: session.id,
             name: session.instance_name,
+            last_used_at: session.last_used_at,
         })
     }
 

@@ -323,9 +323,11 @@ impl Broker {
         let ack = options.ack;
         let read = move |conn: &Connection, caller: &Caller, now: DateTime<Utc>| {
             let now_text = text(now);
-            let rows = queries::available_for(conn, &caller.name, &now_text, fetch)?;
-            let available = queries::available_count(conn, &caller.name, &now_text)?;
-            let (messages, ids) = fit_into_budget(&rows);
+            let mut budget = ReplyBudget::new();
+            let more = queries::available_for(conn, &caller.name, &now_text, fetch, |stored| {
+                budget.take(stored)
+            })?;
+            let (messages, ids) = (budget.messages, budget.ids);
             let lease_until = match ack {
                 AckMode::Auto => None,
                 AckMode::Manual { lease } => {
@@ -341,7 +343,7 @@ impl Broker {
             };
             Ok(Batch {
                 caller: caller.name.clone(),
-                more: (ids.len() as u32) < available,
+                more,
                 messages,
                 ids,
                 lease_until,
@@ -582,23 +584,35 @@ fn insert(
     )?)
 }
 
-/// Turns pending rows into reply entries, oldest first, stopping before the reply would
-/// outgrow a legacy client's single read. Always includes at least one message.
-fn fit_into_budget(pending: &[StoredMessage]) -> (Vec<Value>, Vec<MessageId>) {
-    let mut used = 64; // {"status":"ok","more":false,"messages":[]}
-    let mut messages = Vec::new();
-    let mut ids = Vec::new();
-    for stored in pending {
+/// The reply entries of one `check`, oldest first, filled until the next would make the reply
+/// outgrow a legacy client's single read. Always takes at least one message.
+struct ReplyBudget {
+    used: usize,
+    messages: Vec<Value>,
+    ids: Vec<MessageId>,
+}
+
+impl ReplyBudget {
+    fn new() -> Self {
+        ReplyBudget {
+            used: 64, // {"status":"ok","more":false,"messages":[]}
+            messages: Vec::new(),
+            ids: Vec::new(),
+        }
+    }
+
+    /// Adds the message if it fits; false means it did not and the reply is full.
+    fn take(&mut self, stored: &StoredMessage) -> bool {
         let entry = wire_message(stored);
         let size = entry.to_string().len() + 1;
-        if !messages.is_empty() && used + size > CHECK_REPLY_BUDGET {
-            break;
+        if !self.messages.is_empty() && self.used + size > CHECK_REPLY_BUDGET {
+            return false;
         }
-        used += size;
-        messages.push(entry);
-        ids.push(stored.id);
+        self.used += size;
+        self.messages.push(entry);
+        self.ids.push(stored.id);
+        true
     }
-    (messages, ids)
 }
 
 /// One message as `check` shows it: the legacy fields plus id, nonce, sender_timestamp and

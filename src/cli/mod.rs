@@ -4,6 +4,7 @@
 //! registered yet"), 3 no broker answered.
 
 mod autostart;
+mod bench;
 mod check;
 pub mod hook;
 mod import_legacy;
@@ -94,6 +95,8 @@ pub enum Command {
     Mcp(mcp::McpArgs),
     /// For Claude Code hooks: print one line if mail is waiting, else nothing.
     Hook(hook::HookArgs),
+    /// Measure a broker under load, beside a bare echo server (docs/PERFORMANCE.md).
+    Bench(bench::BenchArgs),
 }
 
 /// Options every client subcommand takes.
@@ -230,6 +233,7 @@ fn next_step(error: &ClientError) -> &'static str {
 pub fn run(command: Command) -> ExitCode {
     let result = match command {
         Command::Serve(_) | Command::Mcp(_) => unreachable!("dispatched by main"),
+        Command::Bench(args) => return bench::run(args),
         Command::Hook(args) => {
             hook::run(args);
             Ok(())

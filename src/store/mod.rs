@@ -35,8 +35,8 @@ mod embedded {
 const MAX_BATCH: usize = 512;
 /// Prepared statements the connection keeps. `queries` caches 29 distinct statements (all
 /// of send, check, ack, count, register and list), the writer thread 5 more for its
-/// transactions and savepoints; rusqlite's default of 16 would make a send followed by a check evict and
-/// re-parse statements on every request. 64 leaves room for the import's 5 and for growth.
+/// transactions and savepoints; rusqlite's default of 16 would make a send followed by a
+/// check evict and re-parse statements on every request. 64 leaves room for the import's 5.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -222,21 +222,21 @@ where
     E: From<StoreError>,
     F: FnOnce(&Connection) -> Result<T, E>,
 {
-    run_cached(conn, "SAVEPOINT job").map_err(StoreError::from)?;
+    run_statement(conn, "SAVEPOINT job")?;
     let result = match catch_unwind(AssertUnwindSafe(|| work(conn))) {
         Ok(result) => result,
         Err(panic) => Err(StoreError::Panicked(panic_text(&panic)).into()),
     };
     if result.is_err() {
-        run_cached(conn, "ROLLBACK TO job").map_err(StoreError::from)?;
+        run_statement(conn, "ROLLBACK TO job")?;
     }
-    run_cached(conn, "RELEASE job").map_err(StoreError::from)?;
+    run_statement(conn, "RELEASE job")?;
     result
 }
 
-/// Runs a statement that takes no parameters from the statement cache: the writer runs these
-/// around every job, and parsing them again each time is measurable under load.
-fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+/// Runs a statement without parameters through the statement cache: the savepoint and
+/// transaction statements run for every job, so they are parsed once, not every time.
+fn run_statement(conn: &Connection, sql: &str) -> Result<(), StoreError> {
     conn.prepare_cached(sql)?.execute([])?;
     Ok(())
 }
@@ -291,7 +291,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
     if batch.is_empty() {
         return;
     }
-    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
+    if let Err(e) = run_statement(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
         tracing::error!("cannot start a transaction: {reason}");
         for job in batch {
@@ -300,7 +300,7 @@ fn run_batch(conn: &Connection, batch: Vec<Job>) {
         return;
     }
     let completions: Vec<Completion> = batch.into_iter().map(|job| job(Some(conn))).collect();
-    let commit = run_cached(conn, "COMMIT").map_err(|e| e.to_string());
+    let commit = run_statement(conn, "COMMIT").map_err(|e| e.to_string());
     if let Err(reason) = &commit {
         tracing::error!(
             "commit failed, {} job(s) refused: {reason}",

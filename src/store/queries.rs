@@ -246,15 +246,18 @@ macro_rules! available_to_recipient {
     };
 }
 
-pub(crate) const AVAILABLE_COUNT: &str = concat!(
-    "SELECT count(*) FROM messages WHERE ",
-    available_to_recipient!()
-);
+pub(crate) const LEASED_COUNT: &str = "SELECT count(*) FROM messages
+     WHERE recipient = ?1 AND delivered_at IS NULL
+       AND leased_until IS NOT NULL AND leased_until > ?2";
 
-/// How many messages a `check` at `now` could hand out to `recipient`.
+/// How many messages a `check` at `now` could hand out to `recipient`: its pending mail less
+/// what live leases hold. Both counts are read from partial indexes alone, never the table.
 pub fn available_count(conn: &Connection, recipient: &str, now: &str) -> rusqlite::Result<u32> {
-    conn.prepare_cached(AVAILABLE_COUNT)?
-        .query_row(params![recipient, now], |row| row.get(0))
+    let pending = pending_count(conn, recipient)?;
+    let leased: u32 = conn
+        .prepare_cached(LEASED_COUNT)?
+        .query_row(params![recipient, now], |row| row.get(0))?;
+    Ok(pending.saturating_sub(leased))
 }
 
 pub(crate) const WAITING_SENDERS: &str = concat!(
@@ -288,16 +291,26 @@ pub(crate) const AVAILABLE_FOR: &str = concat!(
     " ORDER BY id LIMIT ?3"
 );
 
-/// The oldest `limit` messages a `check` at `now` may hand out to `recipient`, oldest first.
+/// Hands the oldest messages a `check` at `now` may give `recipient` to `take`, oldest first,
+/// until `take` refuses one or `limit` were taken. Returns whether any such message was left
+/// (the reply's `more`). Rows are read one at a time, so a long queue costs only what fits.
 pub fn available_for(
     conn: &Connection,
     recipient: &str,
     now: &str,
     limit: u32,
-) -> rusqlite::Result<Vec<StoredMessage>> {
+    mut take: impl FnMut(&StoredMessage) -> bool,
+) -> rusqlite::Result<bool> {
     let mut statement = conn.prepare_cached(AVAILABLE_FOR)?;
-    let rows = statement.query_map(params![recipient, now, limit], stored_message)?;
-    rows.collect()
+    let mut rows = statement.query(params![recipient, now, i64::from(limit) + 1])?;
+    let mut taken = 0;
+    while let Some(row) = rows.next()? {
+        if taken == limit || !take(&stored_message(row)?) {
+            return Ok(true);
+        }
+        taken += 1;
+    }
+    Ok(false)
 }
 
 pub(crate) const NEXT_LEASE_EXPIRY: &str = "SELECT min(leased_until) FROM messages

@@ -78,11 +78,7 @@ const STATEMENTS: &[Hot] = &[
     hot("insert_message", "send, broadcast, rename", INSERT_MESSAGE),
     hot("record_nonce", "send", RECORD_NONCE),
     hot("available_for", "check (every read)", AVAILABLE_FOR),
-    hot(
-        "available_count",
-        "check (every read), count",
-        AVAILABLE_COUNT,
-    ),
+    hot("leased_count", "count", LEASED_COUNT),
     hot("mark_delivered", "check, auto ack", MARK_DELIVERED),
     hot("lease", "check, manual ack", LEASE),
     hot("next_lease_expiry", "check (long-poll)", NEXT_LEASE_EXPIRY),
@@ -263,11 +259,12 @@ fn reads_table_rows(conn: &Connection, sql: &str, table: &str) -> bool {
         .any(|(opcode, cursor, _)| opcode == "Column" && table_cursors.contains(cursor))
 }
 
-/// The statements that count a recipient's waiting mail run on every check and every `count`
-/// poll; reading each waiting message's row made them cost milliseconds per thousand waiting.
+/// The statements that count a recipient's waiting mail run on every send (the queue cap) and
+/// every `count` poll; reading each waiting message's row made them cost milliseconds per
+/// thousand waiting.
 const COUNTS_FROM_THE_INDEX: [(&str, &str); 3] = [
     ("pending_count", PENDING_COUNT),
-    ("available_count", AVAILABLE_COUNT),
+    ("leased_count", LEASED_COUNT),
     ("waiting_senders", WAITING_SENDERS),
 ];
 
@@ -291,6 +288,5 @@ fn query_plan_check_sees_a_count_that_reads_the_table() {
              WHERE delivered_at IS NULL;",
     )
     .unwrap();
-    assert!(reads_table_rows(&conn, AVAILABLE_COUNT, "messages"));
     assert!(reads_table_rows(&conn, WAITING_SENDERS, "messages"));
 }

@@ -1,0 +1,401 @@
+//! `claude-ipc bench`: the load generator. It drives a broker (one it starts, or any address
+//! that speaks the protocol) through each workload, measures a bare echo server over the same
+//! kind of connection in the same run, and prints every figure beside that ceiling.
+//!
+//! - [`wire`]: the minimal blocking clients both sides are driven with.
+//! - [`echo`]: the ceiling.
+//! - [`target`]: the broker under test, started here or reached at an address.
+//! - [`workloads`]: what is measured; [`memory`]: the million-message run and idle connections.
+//! - [`report`]: the table and the targets.
+
+mod echo;
+mod latency;
+mod memory;
+mod report;
+mod target;
+mod wire;
+mod workloads;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use echo::EchoServer;
+use report::{Report, Row};
+use target::SpawnedBroker;
+use workloads::{Delivery, Kind, Mailbox, Target};
+
+pub use target::TargetError;
+pub use wire::WireError;
+
+/// What to measure and where.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Drive this address instead of starting a broker for each workload.
+    pub addr: Option<SocketAddr>,
+    /// The target broker's pid, to read its memory when it was not started here.
+    pub pid: Option<u32>,
+    /// The target's shared secret, for register.
+    pub secret: Option<String>,
+    /// How long each workload (and each ceiling) runs.
+    pub duration: Duration,
+    /// Idle connections to hold open while reading the broker's memory.
+    pub idle_connections: usize,
+    /// Also store a million messages, restart on them and drain them (started brokers only).
+    pub million: bool,
+    /// Print the report as JSON instead of a table.
+    pub json: bool,
+    /// Run only the workloads whose names contain this text.
+    pub only: Option<String>,
+    /// Where started brokers keep their throwaway data directories: the disk under test.
+    pub data_parent: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("{workload}: {source}")]
+    Wire { workload: String, source: WireError },
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("cannot start the echo server: {0}")]
+    Echo(std::io::Error),
+    #[error("--million needs a broker this run starts (drop --addr): it restarts the broker")]
+    MillionNeedsSpawn,
+}
+
+/// Runs every workload and prints the report on stdout; progress goes to stderr.
+pub fn run(options: &Options) -> Result<Report, BenchError> {
+    if options.million && options.addr.is_some() {
+        return Err(BenchError::MillionNeedsSpawn);
+    }
+    let _ = crate::server::raise_open_file_limit();
+    let echo = EchoServer::start().map_err(BenchError::Echo)?;
+    let mut bench = Bench::new(options, echo.addr);
+    bench.all()?;
+    Ok(bench.report)
+}
+
+/// One run in progress: the options, the ceiling's address and the rows measured so far.
+struct Bench<'a> {
+    options: &'a Options,
+    echo: SocketAddr,
+    report: Report,
+    step: usize,
+    /// The broker the current workload runs against, when this run starts them.
+    spawned: Option<SpawnedBroker>,
+}
+
+/// Workload names, in the order they run; progress counts through them.
+const STEPS: usize = 11;
+
+impl<'a> Bench<'a> {
+    fn new(options: &'a Options, echo: SocketAddr) -> Self {
+        Bench {
+            options,
+            echo,
+            report: Report::new(options.addr.is_none()),
+            step: 0,
+            spawned: None,
+        }
+    }
+
+    fn all(&mut self) -> Result<(), BenchError> {
+        self.sends("legacy sends, 1 client", Kind::Legacy, 1)?;
+        self.sends("legacy sends, 4 clients", Kind::Legacy, 4)?;
+        for clients in [1, 8, 32] {
+            let name = format!("persistent sends, {clients} client{}", plural(clients));
+            self.sends(&name, Kind::Persistent, clients)?;
+        }
+        self.mixed(8)?;
+        self.check_queued(100)?;
+        self.fan_out(50)?;
+        self.long_poll()?;
+        self.idle()?;
+        if self.options.million {
+            self.million()?;
+        } else if self.options.only.is_none() {
+            self.pass_over("million-message run", "skipped (pass --million)");
+        }
+        Ok(())
+    }
+
+    /// Announces the next workload and returns a fresh target for it: a new broker on an
+    /// empty data directory, or the given address.
+    fn begin(&mut self, name: &str) -> Result<Option<Target>, BenchError> {
+        self.step += 1;
+        if !self
+            .options
+            .only
+            .iter()
+            .all(|part| name.contains(part.as_str()))
+        {
+            return Ok(None);
+        }
+        eprint!("[{:>2}/{STEPS}] {name} ... ", self.step);
+        let addr = match self.options.addr {
+            Some(addr) => addr,
+            None => {
+                self.spawned = None;
+                let broker =
+                    SpawnedBroker::start(&self.options.data_parent, &format!("step{}", self.step))?;
+                let addr = broker.addr;
+                self.spawned = Some(broker);
+                addr
+            }
+        };
+        let persistent = target::supports_persistent(addr).map_err(|e| wire_error(name, e))?;
+        Ok(Some(Target {
+            addr,
+            persistent,
+            secret: self.options.secret.clone(),
+            prefix: format!("bench{}-{}", std::process::id(), self.step),
+        }))
+    }
+
+    /// Counts a step that does not run.
+    fn pass_over(&mut self, name: &str, why: &str) {
+        self.step += 1;
+        eprintln!("[{:>2}/{STEPS}] {name} ... {why}", self.step);
+    }
+
+    fn broker_pid(&self) -> Option<u32> {
+        self.spawned
+            .as_ref()
+            .map(SpawnedBroker::pid)
+            .or(self.options.pid)
+    }
+
+    fn sends(&mut self, name: &str, kind: Kind, clients: usize) -> Result<(), BenchError> {
+        let Some(target) = self.begin(name)? else {
+            return Ok(());
+        };
+        if kind == Kind::Persistent && !target.persistent {
+            self.skip(name, "the target closes connections after one request");
+            return Ok(());
+        }
+        let at = |e| wire_error(name, e);
+        let senders = workloads::register_many(&target, "sender", clients).map_err(at)?;
+        let sink = format!("{}-sink", target.prefix);
+        let sink_token = workloads::register(&target, &sink).map_err(at)?;
+        let tokens: Vec<String> = senders.into_iter().map(|(_, token)| token).collect();
+        let duration = self.options.duration;
+        let (ceiling, _) =
+            workloads::sends(self.echo, kind, &tokens, &sink, duration, false).map_err(at)?;
+        let (run, sent) =
+            workloads::sends(target.addr, kind, &tokens, &sink, duration, true).map_err(at)?;
+        let drain_started = Instant::now();
+        let received = Mailbox::open(&target, &sink_token)
+            .and_then(|mut mailbox| mailbox.drain())
+            .map_err(at)?;
+        let delivery = Delivery::compare(workloads::expected_contents(&sent), &received);
+        let row = Row::new(name, &run, &ceiling)
+            .deliveries(workloads::per_second(
+                delivery.delivered,
+                drain_started.elapsed(),
+            ))
+            .delivery(delivery);
+        self.finish(row);
+        Ok(())
+    }
+
+    fn mixed(&mut self, clients: usize) -> Result<(), BenchError> {
+        let name = format!("mixed send+check, {clients} clients");
+        let Some(target) = self.begin(&name)? else {
+            return Ok(());
+        };
+        if !target.persistent {
+            self.skip(&name, "the target closes connections after one request");
+            return Ok(());
+        }
+        let at = |e| wire_error(&name, e);
+        let names = workloads::register_many(&target, "mixed", clients).map_err(at)?;
+        let tokens: Vec<String> = names.iter().map(|(_, token)| token.clone()).collect();
+        let duration = self.options.duration;
+        let (ceiling, _) = workloads::sends(
+            self.echo,
+            Kind::Persistent,
+            &tokens,
+            &names[0].0,
+            duration,
+            false,
+        )
+        .map_err(at)?;
+        let (run, mut finished) = workloads::mixed(&target, &names, duration).map_err(at)?;
+        let delivered_during_run: u64 = finished.iter().map(|c| c.received.len() as u64).sum();
+        for (client, (_, token)) in finished.iter_mut().zip(&names) {
+            let rest = Mailbox::open(&target, token)
+                .and_then(|mut mailbox| mailbox.drain())
+                .map_err(at)?;
+            client.received.extend(rest);
+        }
+        let sent: Vec<u64> = finished.iter().map(|c| c.sent).collect();
+        // Client i's mail went to client i+1: line each client's sends up with its reader.
+        let mut received = Vec::new();
+        for client in &finished {
+            received.extend(client.received.iter().cloned());
+        }
+        let delivery = Delivery::compare(workloads::expected_contents(&sent), &received);
+        let mut send_latency = latency::Samples::default();
+        let mut check_latency = latency::Samples::default();
+        for client in finished {
+            send_latency.merge(client.send_latency);
+            check_latency.merge(client.check_latency);
+        }
+        let row = Row::new(&name, &run, &ceiling)
+            .deliveries(workloads::per_second(delivered_during_run, run.elapsed))
+            .delivery(delivery)
+            .note(format!(
+                "send p99 {}, check p99 {}",
+                report::millis(send_latency.summary().p99),
+                report::millis(check_latency.summary().p99)
+            ));
+        self.finish(row);
+        Ok(())
+    }
+
+    fn check_queued(&mut self, queued: usize) -> Result<(), BenchError> {
+        let name = format!("check of {queued} queued messages");
+        let Some(target) = self.begin(&name)? else {
+            return Ok(());
+        };
+        let at = |e| wire_error(&name, e);
+        let ceiling = self.echo_persistent_1(&target, &name)?;
+        let (samples, short) =
+            workloads::check_queued(&target, queued, self.options.duration).map_err(at)?;
+        let run = workloads::Run {
+            ops: samples.len() as u64,
+            elapsed: Duration::ZERO,
+            latency: samples,
+        };
+        let mut row = Row::latency_only(&name, &run.latency, &ceiling);
+        if short > 0 {
+            row = row.note(format!("{short} checks returned fewer than {queued}"));
+        }
+        self.report.check_queued_p99 = Some(run.latency.summary().p99);
+        self.finish(row);
+        Ok(())
+    }
+
+    fn fan_out(&mut self, receivers: usize) -> Result<(), BenchError> {
+        let name = format!("broadcast to {receivers} instances");
+        let Some(target) = self.begin(&name)? else {
+            return Ok(());
+        };
+        let at = |e| wire_error(&name, e);
+        let ceiling = self.echo_persistent_1(&target, &name)?;
+        let fan = workloads::fan_out(&target, receivers, self.options.duration).map_err(at)?;
+        let delivery = Delivery {
+            expected: fan.expected_deliveries,
+            delivered: fan.deliveries,
+            missing: fan.expected_deliveries.saturating_sub(fan.deliveries),
+            duplicated: fan.deliveries.saturating_sub(fan.expected_deliveries),
+        };
+        let mut row = Row::new(&name, &fan.broadcasts, &ceiling)
+            .deliveries(workloads::per_second(fan.deliveries, fan.delivery_elapsed))
+            .delivery(delivery);
+        let spread = fan.delivery_latency.summary();
+        row = row.note(format!(
+            "broadcast->receiver p50 {}, p99 {}",
+            report::millis(spread.p50),
+            report::millis(spread.p99)
+        ));
+        self.finish(row);
+        Ok(())
+    }
+
+    fn long_poll(&mut self) -> Result<(), BenchError> {
+        let name = "long-poll wake-up";
+        let Some(target) = self.begin(name)? else {
+            return Ok(());
+        };
+        let ceiling = self.echo_persistent_1(&target, name)?;
+        let wakeups = workloads::long_poll(&target, self.options.duration)
+            .map_err(|e| wire_error(name, e))?;
+        let full = wakeups.send_to_reply.summary();
+        let row = Row::latency_only(name, &wakeups.ack_to_reply, &ceiling).note(format!(
+            "from the sender's ack; from its send: p50 {}, p99 {}",
+            report::millis(full.p50),
+            report::millis(full.p99)
+        ));
+        self.report.wake_p99 = Some(wakeups.ack_to_reply.summary().p99);
+        self.finish(row);
+        Ok(())
+    }
+
+    fn idle(&mut self) -> Result<(), BenchError> {
+        let name = format!("{} idle connections", self.options.idle_connections);
+        let Some(target) = self.begin(&name)? else {
+            return Ok(());
+        };
+        let idle =
+            memory::idle_connections(&target, self.options.idle_connections, self.broker_pid())
+                .map_err(|e| wire_error(&name, e))?;
+        let outcome = idle.describe();
+        self.report.idle = Some(idle);
+        eprintln!("{outcome}");
+        Ok(())
+    }
+
+    fn million(&mut self) -> Result<(), BenchError> {
+        let name = "million-message run";
+        let Some(target) = self.begin(name)? else {
+            return Ok(());
+        };
+        let broker = self
+            .spawned
+            .as_mut()
+            .expect("--million always starts its broker");
+        let run = memory::million(&target, broker).map_err(|e| match e {
+            memory::MillionError::Wire(e) => wire_error(name, e),
+            memory::MillionError::Target(e) => BenchError::Target(e),
+        })?;
+        eprintln!("{}", run.describe());
+        self.report.million = Some(run);
+        Ok(())
+    }
+
+    /// The persistent echo ceiling for one client, with a ping-sized request.
+    fn echo_persistent_1(&self, target: &Target, name: &str) -> Result<workloads::Run, BenchError> {
+        let tokens = [String::from("ceiling")];
+        let kind = if target.persistent {
+            Kind::Persistent
+        } else {
+            Kind::Legacy
+        };
+        let (ceiling, _) = workloads::sends(
+            self.echo,
+            kind,
+            &tokens,
+            "ceiling",
+            self.options.duration,
+            false,
+        )
+        .map_err(|e| wire_error(name, e))?;
+        Ok(ceiling)
+    }
+
+    fn skip(&mut self, name: &str, why: &str) {
+        eprintln!("skipped: {why}");
+        self.report.rows.push(Row::skipped(name, why));
+    }
+
+    fn finish(&mut self, row: Row) {
+        eprintln!("{}", row.progress_line());
+        self.report.rows.push(row);
+    }
+}
+
+fn wire_error(workload: &str, source: WireError) -> BenchError {
+    BenchError::Wire {
+        workload: workload.to_owned(),
+        source,
+    }
+}
+
+fn plural(count: usize) -> &'static str {
+    if count == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

@@ -1,0 +1,332 @@
+//! The load generator's report: one row per workload beside its echo ceiling, then each of the
+//! performance targets with the figure that meets or misses it.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::latency::{Samples, Summary};
+use super::memory::{mib, IdleFigures, MillionFigures};
+use super::workloads::{Delivery, Run};
+
+/// One workload's figures.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub workload: String,
+    /// Operations per second, where throughput is what the workload measures.
+    pub rate: Option<f64>,
+    pub ceiling_rate: Option<f64>,
+    pub deliveries_per_second: Option<f64>,
+    pub latency: Summary,
+    pub ceiling_latency: Summary,
+    pub delivery: Option<Delivery>,
+    pub note: String,
+    pub skipped: bool,
+}
+
+impl Row {
+    /// A throughput workload beside the echo ceiling measured with the same clients.
+    pub fn new(workload: &str, run: &Run, ceiling: &Run) -> Row {
+        Row {
+            workload: workload.to_owned(),
+            rate: Some(run.rate()),
+            ceiling_rate: Some(ceiling.rate()),
+            latency: run.latency.summary(),
+            ceiling_latency: ceiling.latency.summary(),
+            ..Row::default()
+        }
+    }
+
+    /// A latency workload; the ceiling is one persistent client's echo round trip.
+    pub fn latency_only(workload: &str, samples: &Samples, ceiling: &Run) -> Row {
+        Row {
+            workload: workload.to_owned(),
+            latency: samples.summary(),
+            ceiling_latency: ceiling.latency.summary(),
+            ..Row::default()
+        }
+    }
+
+    pub fn skipped(workload: &str, why: &str) -> Row {
+        Row {
+            workload: workload.to_owned(),
+            note: format!("skipped: {why}"),
+            skipped: true,
+            ..Row::default()
+        }
+    }
+
+    pub fn deliveries(mut self, per_second: f64) -> Row {
+        self.deliveries_per_second = Some(per_second);
+        self
+    }
+
+    pub fn delivery(mut self, delivery: Delivery) -> Row {
+        self.delivery = Some(delivery);
+        self
+    }
+
+    pub fn note(mut self, note: String) -> Row {
+        self.note = note;
+        self
+    }
+
+    pub fn ratio(&self) -> Option<f64> {
+        Some(self.rate? / self.ceiling_rate?)
+    }
+
+    /// The one line shown when the workload finishes.
+    pub fn progress_line(&self) -> String {
+        let mut line = match (self.rate, self.ratio()) {
+            (Some(rate), Some(ratio)) => format!("{rate:.0}/s = {ratio:.2}x echo, "),
+            _ => String::new(),
+        };
+        let _ = write!(line, "p99 {}", millis(self.latency.p99));
+        if let Some(delivery) = self.delivery {
+            let _ = write!(line, ", {}", delivered(&delivery));
+        }
+        line
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "workload": self.workload,
+            "skipped": self.skipped,
+            "per_second": self.rate,
+            "echo_per_second": self.ceiling_rate,
+            "ratio_to_echo": self.ratio(),
+            "deliveries_per_second": self.deliveries_per_second,
+            "latency_ms": summary_json(&self.latency),
+            "echo_latency_ms": summary_json(&self.ceiling_latency),
+            "delivery": self.delivery.map(|d| json!({
+                "expected": d.expected, "delivered": d.delivered,
+                "missing": d.missing, "duplicated": d.duplicated,
+            })),
+            "note": self.note,
+        })
+    }
+}
+
+fn summary_json(summary: &Summary) -> Value {
+    json!({
+        "count": summary.count,
+        "p50": summary.p50.as_secs_f64() * 1e3,
+        "p99": summary.p99.as_secs_f64() * 1e3,
+        "max": summary.max.as_secs_f64() * 1e3,
+    })
+}
+
+fn delivered(delivery: &Delivery) -> String {
+    if delivery.complete() {
+        format!("all {} delivered once", delivery.expected)
+    } else {
+        format!(
+            "LOST {} and DUPLICATED {} of {}",
+            delivery.missing, delivery.duplicated, delivery.expected
+        )
+    }
+}
+
+/// Milliseconds with two decimals, for latencies.
+pub fn millis(duration: Duration) -> String {
+    format!("{:.2} ms", duration.as_secs_f64() * 1e3)
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// The brokers were started by this run (so their memory could be read).
+    pub spawned: bool,
+    pub rows: Vec<Row>,
+    pub check_queued_p99: Option<Duration>,
+    pub wake_p99: Option<Duration>,
+    pub idle: Option<IdleFigures>,
+    pub million: Option<MillionFigures>,
+}
+
+/// A performance target and the figure measured for it.
+struct Verdict {
+    target: &'static str,
+    figure: String,
+    met: bool,
+}
+
+impl Report {
+    pub fn new(spawned: bool) -> Report {
+        Report {
+            spawned,
+            ..Report::default()
+        }
+    }
+
+    /// True when every message acknowledged in the run was delivered exactly once.
+    pub fn all_delivered(&self) -> bool {
+        let mut rows = self.rows.iter().filter_map(|r| r.delivery);
+        let million = self.million.iter().all(|m| m.incomplete_receivers == 0);
+        rows.all(|d| d.complete()) && million
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<34} {:>9} {:>9} {:>7} {:>12} {:>9} {:>9} {:>9} {:>9}",
+            "workload",
+            "per s",
+            "echo/s",
+            "x echo",
+            "deliveries/s",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "echo p99"
+        );
+        for row in &self.rows {
+            let _ = writeln!(out, "{}", table_line(row));
+        }
+        let _ = writeln!(out);
+        for row in self
+            .rows
+            .iter()
+            .filter(|r| !r.note.is_empty() || r.delivery.is_some())
+        {
+            let delivery = row.delivery.as_ref().map(delivered).unwrap_or_default();
+            let sep = if delivery.is_empty() || row.note.is_empty() {
+                ""
+            } else {
+                "; "
+            };
+            let _ = writeln!(out, "  {}: {delivery}{sep}{}", row.workload, row.note);
+        }
+        if let Some(idle) = &self.idle {
+            let _ = writeln!(out, "  idle connections: {}", idle.describe());
+        }
+        if let Some(million) = &self.million {
+            let _ = writeln!(out, "  million-message run: {}", million.describe());
+        }
+        let _ = writeln!(out, "\ntargets:");
+        for verdict in self.verdicts() {
+            let mark = if verdict.met { "met   " } else { "MISSED" };
+            let _ = writeln!(out, "  {mark} {:<52} {}", verdict.target, verdict.figure);
+        }
+        out
+    }
+
+    fn ratio_of(&self, workload: &str) -> Option<f64> {
+        self.rows.iter().find(|r| r.workload == workload)?.ratio()
+    }
+
+    fn verdicts(&self) -> Vec<Verdict> {
+        let mut verdicts = Vec::new();
+        let mut ratio = |target, workload, goal: f64| {
+            if let Some(ratio) = self.ratio_of(workload) {
+                verdicts.push(Verdict {
+                    target,
+                    figure: format!("{ratio:.2}x"),
+                    met: ratio >= goal,
+                });
+            }
+        };
+        ratio(
+            "legacy sends, 1 client >= 0.7x echo",
+            "legacy sends, 1 client",
+            0.7,
+        );
+        ratio(
+            "persistent sends, 8 clients >= 0.5x echo",
+            "persistent sends, 8 clients",
+            0.5,
+        );
+        let two_ms = Duration::from_millis(2);
+        let mut under = |target, figure: Option<Duration>, goal: Duration| {
+            if let Some(figure) = figure {
+                verdicts.push(Verdict {
+                    target,
+                    figure: millis(figure),
+                    met: figure < goal,
+                });
+            }
+        };
+        under(
+            "check of 100 queued: p99 < 2 ms",
+            self.check_queued_p99,
+            two_ms,
+        );
+        under("long-poll wake-up: p99 < 2 ms", self.wake_p99, two_ms);
+        if let Some(million) = &self.million {
+            under(
+                "start-up on 1,000,000 messages < 300 ms",
+                Some(million.slowest_start()),
+                Duration::from_millis(300),
+            );
+            let peak = million
+                .peak_after_fill_kib
+                .max(million.peak_after_drain_kib)
+                .unwrap_or_default();
+            verdicts.push(Verdict {
+                target: "peak RSS in the million-message run < 64 MB",
+                figure: mib(peak),
+                met: peak < 64 * 1000 * 1000 / 1024,
+            });
+        }
+        verdicts.push(Verdict {
+            target: "every acknowledged message delivered exactly once",
+            figure: if self.all_delivered() { "yes" } else { "NO" }.into(),
+            met: self.all_delivered(),
+        });
+        verdicts
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "spawned_brokers": self.spawned,
+            "workloads": self.rows.iter().map(Row::json).collect::<Vec<_>>(),
+            "check_100_p99_ms": self.check_queued_p99.map(|d| d.as_secs_f64() * 1e3),
+            "long_poll_wake_p99_ms": self.wake_p99.map(|d| d.as_secs_f64() * 1e3),
+            "idle": self.idle.as_ref().map(|i| json!({
+                "connections": i.connections,
+                "rss_kib_before": i.rss_kib.map(|r| r.0),
+                "rss_kib_during": i.rss_kib.map(|r| r.1),
+                "ping_ms": i.ping.as_secs_f64() * 1e3,
+            })),
+            "million": self.million.as_ref().map(|m| json!({
+                "stored": m.stored,
+                "fill_seconds": m.fill_elapsed.as_secs_f64(),
+                "restart_ms": m.restarts.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
+                "restart_after_sigkill_ms": m.crash_restart.as_secs_f64() * 1e3,
+                "drained": m.drained,
+                "drain_seconds": m.drain_elapsed.as_secs_f64(),
+                "incomplete_receivers": m.incomplete_receivers,
+                "peak_rss_kib_fill": m.peak_after_fill_kib,
+                "peak_rss_kib_drain": m.peak_after_drain_kib,
+            })),
+            "all_delivered": self.all_delivered(),
+            "targets": self.verdicts().iter().map(|v| json!({
+                "target": v.target, "figure": v.figure, "met": v.met,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+fn table_line(row: &Row) -> String {
+    if row.skipped {
+        return format!("{:<34} {}", row.workload, row.note);
+    }
+    let number = |value: Option<f64>, decimals: usize| {
+        value.map_or("-".into(), |v| format!("{v:.decimals$}"))
+    };
+    let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
+    format!(
+        "{:<34} {:>9} {:>9} {:>7} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        row.workload,
+        number(row.rate, 0),
+        number(row.ceiling_rate, 0),
+        number(row.ratio(), 2),
+        number(row.deliveries_per_second, 0),
+        ms(row.latency.p50),
+        ms(row.latency.p99),
+        ms(row.latency.max),
+        ms(row.ceiling_latency.p99),
+    )
+}

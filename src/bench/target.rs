@@ -1,0 +1,142 @@
+//! What the load generator drives: a broker it starts itself (a fresh data directory for each
+//! workload, limits lifted, memory readable from /proc), or any address that speaks the
+//! protocol, such as a broker it did not start or another implementation.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::wire::{self, WireError};
+
+/// How long a started broker may take to answer its first ping.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot start the broker to measure ({0}); is the data directory's disk full?")]
+    Spawn(std::io::Error),
+    #[error("the broker started for the run did not answer a ping within {0:?}; its log is {1}")]
+    NoAnswer(Duration, PathBuf),
+}
+
+/// A broker this run started: `claude-ipc serve` from this same binary, on a free port, with
+/// a throwaway data directory that is removed when the run ends.
+pub struct SpawnedBroker {
+    child: Child,
+    pub addr: SocketAddr,
+    data_dir: PathBuf,
+    /// How long the last start took, from spawning the process to its first answered ping.
+    pub start_time: Duration,
+}
+
+impl SpawnedBroker {
+    /// Starts a broker on a new, empty data directory under `parent`.
+    pub fn start(parent: &Path, label: &str) -> Result<SpawnedBroker, TargetError> {
+        let data_dir = parent.join(format!(
+            "claude-ipc-bench-{}-{label}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        ));
+        let addr = free_port().map_err(TargetError::Spawn)?;
+        let (child, start_time) = spawn_serve(&data_dir, addr)?;
+        Ok(SpawnedBroker {
+            child,
+            addr,
+            data_dir,
+            start_time,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the broker (SIGTERM, or SIGKILL when `crash`) and starts it again on the same
+    /// data directory and port; returns the time from spawn to the first answered ping.
+    pub fn restart(&mut self, crash: bool) -> Result<Duration, TargetError> {
+        self.stop(if crash { libc::SIGKILL } else { libc::SIGTERM });
+        let (child, start_time) = spawn_serve(&self.data_dir, self.addr)?;
+        self.child = child;
+        self.start_time = start_time;
+        Ok(start_time)
+    }
+
+    fn stop(&mut self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid, which we have not yet waited for.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SpawnedBroker {
+    fn drop(&mut self) {
+        self.stop(libc::SIGTERM);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Starts `serve` with the limits that would otherwise throttle a load test lifted, and waits
+/// for its first answered ping.
+fn spawn_serve(
+    data_dir: &std::path::Path,
+    addr: SocketAddr,
+) -> Result<(Child, Duration), TargetError> {
+    std::fs::create_dir_all(data_dir).map_err(TargetError::Spawn)?;
+    let log_path = data_dir.join("bench-broker.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(TargetError::Spawn)?;
+    let exe = std::env::current_exe().map_err(TargetError::Spawn)?;
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["serve", "--addr", &addr.to_string(), "--data-dir"])
+        .arg(data_dir)
+        .args(["--rate-limit", "0", "--queue-cap", "0"])
+        .env_remove("IPC_SHARED_SECRET")
+        .env_remove("IPC_SOCKET")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log.try_clone().map_err(TargetError::Spawn)?)
+        .spawn()
+        .map_err(TargetError::Spawn)?;
+    while started.elapsed() < START_TIMEOUT {
+        if wire::legacy_request(addr, br#"{"action":"ping"}"#).is_ok() {
+            return Ok((child, started.elapsed()));
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Err(TargetError::NoAnswer(START_TIMEOUT, log_path))
+}
+
+fn free_port() -> std::io::Result<SocketAddr> {
+    TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// Resident memory of a process, from /proc: (now, peak), in KiB.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Whether the target keeps a connection open for a second request (this broker does; the
+/// Python original answers one request per connection).
+pub fn supports_persistent(addr: SocketAddr) -> Result<bool, WireError> {
+    let mut connection = wire::Connection::open(addr)?;
+    connection.request(br#"{"action":"ping"}"#)?;
+    Ok(connection.request(br#"{"action":"ping"}"#).is_ok())
+}

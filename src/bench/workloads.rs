@@ -1,0 +1,562 @@
+//! The workloads. Each drives the target with blocking clients, one thread per client, and
+//! returns what it measured; the same closed loop drives the echo ceiling with the same bytes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::latency::Samples;
+use super::wire::{self, expect_ok, Connection, WireError};
+use crate::broker::session::expected_auth_token;
+
+/// How often a legacy-only target is polled where this broker would be long-polled.
+const LEGACY_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// How long fan-out readers keep reading after the last broadcast before giving up on mail
+/// that never came.
+const DELIVERY_GRACE: Duration = Duration::from_secs(10);
+
+/// How a client uses its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Connect, one request, one reply, close: what the Python original's clients do.
+    Legacy,
+    /// One connection per client, request after request.
+    Persistent,
+}
+
+/// Where a workload sends, and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// The target keeps connections open for more than one request.
+    pub persistent: bool,
+    /// The broker's shared secret, for register's auth token.
+    pub secret: Option<String>,
+    /// Makes this run's names unique on a broker that other runs have used.
+    pub prefix: String,
+}
+
+/// A closed loop's totals: operations finished, how long the loop ran, and each latency.
+#[derive(Debug, Default)]
+pub struct Run {
+    pub ops: u64,
+    pub elapsed: Duration,
+    pub latency: Samples,
+}
+
+impl Run {
+    pub fn rate(&self) -> f64 {
+        per_second(self.ops, self.elapsed)
+    }
+}
+
+pub fn per_second(count: u64, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Runs `clients` threads, each repeating `op` on its own state until `duration` has passed;
+/// the clock starts once every client has finished `setup`. Returns the totals and the
+/// clients' final states.
+pub fn closed_loop<S: Send>(
+    clients: usize,
+    duration: Duration,
+    setup: impl Fn(usize) -> Result<S, WireError> + Sync,
+    op: impl Fn(&mut S, u64) -> Result<(), WireError> + Sync,
+) -> Result<(Run, Vec<S>), WireError> {
+    let barrier = Barrier::new(clients);
+    let outcomes: Vec<Result<(S, Samples, Duration), WireError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|client| {
+                let (barrier, setup, op) = (&barrier, &setup, &op);
+                scope.spawn(move || {
+                    let state = setup(client);
+                    barrier.wait();
+                    let mut state = state?;
+                    let (started, mut samples) = (Instant::now(), Samples::default());
+                    let mut seq = 0;
+                    while started.elapsed() < duration {
+                        let begun = Instant::now();
+                        op(&mut state, seq)?;
+                        samples.record(begun.elapsed());
+                        seq += 1;
+                    }
+                    Ok((state, samples, started.elapsed()))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a bench client panicked"))
+            .collect()
+    });
+    let mut run = Run::default();
+    let mut states = Vec::new();
+    for outcome in outcomes {
+        let (state, samples, elapsed) = outcome?;
+        run.ops += samples.len() as u64;
+        run.elapsed = run.elapsed.max(elapsed);
+        run.latency.merge(samples);
+        states.push(state);
+    }
+    Ok((run, states))
+}
+
+/// Registers `name` and returns its session token.
+pub fn register(target: &Target, name: &str) -> Result<String, WireError> {
+    let auth = target
+        .secret
+        .as_deref()
+        .map(|secret| expected_auth_token(name, secret))
+        .unwrap_or_default();
+    let request = json!({"action": "register", "instance_id": name, "auth_token": auth});
+    let reply = expect_ok(wire::legacy_request(
+        target.addr,
+        &frame(&request, Kind::Legacy),
+    )?)?;
+    reply["session_token"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| WireError::Refused(format!("register replied without a token: {reply}")))
+}
+
+/// Registers `count` names `<prefix>-<role>-<i>` and returns their names and tokens.
+pub fn register_many(
+    target: &Target,
+    role: &str,
+    count: usize,
+) -> Result<Vec<(String, String)>, WireError> {
+    (0..count)
+        .map(|i| {
+            let name = format!("{}-{role}-{i}", target.prefix);
+            let token = register(target, &name)?;
+            Ok((name, token))
+        })
+        .collect()
+}
+
+/// A request's bytes: legacy clients send the bare object, persistent ones end it with `\n`.
+pub fn frame(request: &Value, kind: Kind) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(request).expect("JSON values always serialize");
+    if kind == Kind::Persistent {
+        bytes.push(b'\n');
+    }
+    bytes
+}
+
+pub fn send_request(token: &str, to: &str, content: &str) -> Value {
+    json!({"action": "send", "session_token": token, "to_id": to, "message": {"content": content}})
+}
+
+/// The content a sender puts in its `seq`th message, so the drain can match every one.
+pub fn content(sender: usize, seq: u64) -> String {
+    format!("bench message {seq} from client {sender}")
+}
+
+/// A client of [`sends`]: its connection (persistent only) and how many sends it finished.
+pub struct Sender {
+    connection: Option<Connection>,
+    token: String,
+    client: usize,
+    sent: u64,
+}
+
+/// Sends as fast as `clients` closed-loop clients can, every one to `sink`. Against the echo
+/// ceiling (`check_replies` false) the same bytes are written and echoed back.
+pub fn sends(
+    addr: SocketAddr,
+    kind: Kind,
+    tokens: &[String],
+    sink: &str,
+    duration: Duration,
+    check_replies: bool,
+) -> Result<(Run, Vec<u64>), WireError> {
+    let setup = |client: usize| {
+        let connection = match kind {
+            Kind::Persistent => Some(Connection::open(addr)?),
+            Kind::Legacy => None,
+        };
+        let token = tokens[client % tokens.len()].clone();
+        Ok(Sender {
+            connection,
+            token,
+            client,
+            sent: 0,
+        })
+    };
+    let op = |sender: &mut Sender, seq: u64| {
+        let text = content(sender.client, seq);
+        let request = frame(&send_request(&sender.token, sink, &text), kind);
+        let reply = match &mut sender.connection {
+            Some(connection) => connection.request(&request)?,
+            None => wire::legacy_request(addr, &request)?,
+        };
+        if check_replies {
+            expect_ok(reply)?;
+        }
+        sender.sent += 1;
+        Ok(())
+    };
+    let (run, senders) = closed_loop(tokens.len(), duration, setup, op)?;
+    Ok((run, senders.iter().map(|s| s.sent).collect()))
+}
+
+/// The texts of the mail in a `check` reply (the Python original nests them the same way).
+pub fn contents(reply: &Value) -> Vec<String> {
+    reply["messages"]
+        .as_array()
+        .map(|messages| {
+            messages
+                .iter()
+                .filter_map(|m| m["message"]["content"].as_str().or(m["content"].as_str()))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Reads one instance's mail: over one persistent connection (long-polling when asked), or
+/// one legacy connection per check where the target only speaks legacy.
+pub struct Mailbox {
+    addr: SocketAddr,
+    token: String,
+    connection: Option<Connection>,
+}
+
+impl Mailbox {
+    pub fn open(target: &Target, token: &str) -> Result<Mailbox, WireError> {
+        let connection = if target.persistent {
+            Some(Connection::open(target.addr)?)
+        } else {
+            None
+        };
+        Ok(Mailbox {
+            addr: target.addr,
+            token: token.to_owned(),
+            connection,
+        })
+    }
+
+    /// One `check`, auto-acknowledged. `wait` long-polls on a persistent connection; a
+    /// legacy-only target is polled instead, so it may return empty early.
+    pub fn check(&mut self, wait: Option<Duration>) -> Result<Vec<String>, WireError> {
+        let mut request = json!({"action": "check", "session_token": self.token});
+        if let (Some(wait), Some(_)) = (wait, &self.connection) {
+            request["wait_ms"] = json!(wait.as_millis() as u64);
+        }
+        let reply = match &mut self.connection {
+            Some(connection) => connection.request(&frame(&request, Kind::Persistent))?,
+            None => wire::legacy_request(self.addr, &frame(&request, Kind::Legacy))?,
+        };
+        let mail = contents(&expect_ok(reply)?);
+        if mail.is_empty() && wait.is_some() && self.connection.is_none() {
+            std::thread::sleep(LEGACY_POLL_INTERVAL);
+        }
+        Ok(mail)
+    }
+
+    /// Checks until a check comes back empty; returns everything read.
+    pub fn drain(&mut self) -> Result<Vec<String>, WireError> {
+        let mut all = Vec::new();
+        loop {
+            let batch = self.check(None)?;
+            if batch.is_empty() {
+                return Ok(all);
+            }
+            all.extend(batch);
+        }
+    }
+}
+
+/// Whether every message that was acknowledged arrived exactly once.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Delivery {
+    pub expected: u64,
+    pub delivered: u64,
+    pub missing: u64,
+    pub duplicated: u64,
+}
+
+impl Delivery {
+    pub fn compare(expected: impl IntoIterator<Item = String>, received: &[String]) -> Delivery {
+        let mut seen: HashMap<&str, u64> = HashMap::new();
+        for text in received {
+            *seen.entry(text.as_str()).or_default() += 1;
+        }
+        let mut delivery = Delivery {
+            delivered: received.len() as u64,
+            ..Delivery::default()
+        };
+        for text in expected {
+            delivery.expected += 1;
+            match seen.get(text.as_str()) {
+                None => delivery.missing += 1,
+                Some(times) => delivery.duplicated += times - 1,
+            }
+        }
+        delivery
+    }
+
+    pub fn complete(&self) -> bool {
+        self.missing == 0 && self.duplicated == 0
+    }
+}
+
+/// What [`sends`] sent, as the contents the drain should find.
+pub fn expected_contents(sent_per_client: &[u64]) -> impl Iterator<Item = String> + '_ {
+    sent_per_client
+        .iter()
+        .enumerate()
+        .flat_map(|(client, &sent)| (0..sent).map(move |seq| content(client, seq)))
+}
+
+/// A mixed client: sends to its neighbour, then checks its own mail, over and over.
+pub struct MixedClient {
+    connection: Connection,
+    token: String,
+    neighbour: String,
+    client: usize,
+    pub sent: u64,
+    pub received: Vec<String>,
+    pub send_latency: Samples,
+    pub check_latency: Samples,
+}
+
+/// Clients in a ring, each alternating a send to the next with a check of its own mail.
+pub fn mixed(
+    target: &Target,
+    names: &[(String, String)],
+    duration: Duration,
+) -> Result<(Run, Vec<MixedClient>), WireError> {
+    let setup = |client: usize| {
+        Ok(MixedClient {
+            connection: Connection::open(target.addr)?,
+            token: names[client].1.clone(),
+            neighbour: names[(client + 1) % names.len()].0.clone(),
+            client,
+            sent: 0,
+            received: Vec::new(),
+            send_latency: Samples::default(),
+            check_latency: Samples::default(),
+        })
+    };
+    let op = |c: &mut MixedClient, seq: u64| {
+        let begun = Instant::now();
+        if seq.is_multiple_of(2) {
+            let text = content(c.client, c.sent);
+            let request = send_request(&c.token, &c.neighbour, &text);
+            expect_ok(c.connection.request(&frame(&request, Kind::Persistent))?)?;
+            c.sent += 1;
+            c.send_latency.record(begun.elapsed());
+        } else {
+            let request = json!({"action": "check", "session_token": c.token});
+            let reply = expect_ok(c.connection.request(&frame(&request, Kind::Persistent))?)?;
+            c.received.extend(contents(&reply));
+            c.check_latency.record(begun.elapsed());
+        }
+        Ok(())
+    };
+    closed_loop(names.len(), duration, setup, op)
+}
+
+/// `check` latency with exactly `queued` messages waiting, repeated until `duration` passes:
+/// a sender queues them (pipelined on one connection), then one timed check reads them.
+pub fn check_queued(
+    target: &Target,
+    queued: usize,
+    duration: Duration,
+) -> Result<(Samples, u64), WireError> {
+    let sender = register(target, &format!("{}-queue-sender", target.prefix))?;
+    let reader_name = format!("{}-queue-reader", target.prefix);
+    let reader = register(target, &reader_name)?;
+    let mut sending = Connection::open(target.addr)?;
+    let mut mailbox = Mailbox::open(target, &reader)?;
+    let (started, mut samples, mut short_checks) = (Instant::now(), Samples::default(), 0);
+    while started.elapsed() < duration || samples.is_empty() {
+        let batch: Vec<u8> = (0..queued)
+            .flat_map(|i| {
+                let request = send_request(&sender, &reader_name, &format!("queued {i}"));
+                frame(&request, Kind::Persistent)
+            })
+            .collect();
+        sending.write(&batch)?;
+        for _ in 0..queued {
+            expect_ok(sending.read_reply()?)?;
+        }
+        let begun = Instant::now();
+        let read = mailbox.check(None)?.len();
+        samples.record(begun.elapsed());
+        if read < queued {
+            short_checks += 1;
+            mailbox.drain()?;
+        }
+    }
+    Ok((samples, short_checks))
+}
+
+/// Long-poll wake-up: a reader waits in `check`; a sender sends it one message. Records the
+/// time from the send's first byte to the reader's reply, and from the send's acknowledgement
+/// (which follows its commit) to the reader's reply.
+pub struct Wakeups {
+    pub send_to_reply: Samples,
+    pub ack_to_reply: Samples,
+}
+
+pub fn long_poll(target: &Target, duration: Duration) -> Result<Wakeups, WireError> {
+    let sender = register(target, &format!("{}-poll-sender", target.prefix))?;
+    let reader_name = format!("{}-poll-reader", target.prefix);
+    let reader = register(target, &reader_name)?;
+    let mut sending = Connection::open(target.addr)?;
+    let mut mailbox = Mailbox::open(target, &reader)?;
+    let (woken_tx, woken) = mpsc::channel::<Result<Instant, WireError>>();
+    let (go_tx, go) = mpsc::channel::<()>();
+    let mut wakeups = Wakeups {
+        send_to_reply: Samples::default(),
+        ack_to_reply: Samples::default(),
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            while go.recv().is_ok() {
+                let result = loop {
+                    match mailbox.check(Some(Duration::from_secs(10))) {
+                        Ok(mail) if mail.is_empty() => continue,
+                        Ok(_) => break Ok(Instant::now()),
+                        Err(e) => break Err(e),
+                    }
+                };
+                if woken_tx.send(result).is_err() {
+                    return;
+                }
+            }
+        });
+        let started = Instant::now();
+        let mut seq = 0u64;
+        while started.elapsed() < duration || wakeups.send_to_reply.is_empty() {
+            go_tx.send(()).expect("the reader outlives the loop");
+            // Give the reader's check time to reach the broker and go to sleep there.
+            std::thread::sleep(Duration::from_millis(2));
+            let begun = Instant::now();
+            let request = send_request(&sender, &reader_name, &format!("wake {seq}"));
+            expect_ok(sending.request(&frame(&request, Kind::Persistent))?)?;
+            let acked = Instant::now();
+            let woke = woken.recv().expect("the reader answers every go")?;
+            wakeups.send_to_reply.record(woke - begun);
+            wakeups
+                .ack_to_reply
+                .record(woke.saturating_duration_since(acked));
+            seq += 1;
+        }
+        drop(go_tx);
+        Ok(wakeups)
+    })
+}
+
+/// Broadcast fan-out: one sender broadcasts to `receivers` instances that all long-poll.
+pub struct FanOut {
+    pub broadcasts: Run,
+    pub deliveries: u64,
+    pub expected_deliveries: u64,
+    /// From the start of a broadcast to each receiver's reply carrying it.
+    pub delivery_latency: Samples,
+    /// From the first broadcast to the last delivery.
+    pub delivery_elapsed: Duration,
+}
+
+pub fn fan_out(target: &Target, receivers: usize, duration: Duration) -> Result<FanOut, WireError> {
+    let sender = register(target, &format!("{}-fan-sender", target.prefix))?;
+    let names = register_many(target, "fan", receivers)?;
+    let epoch = Instant::now();
+    let stopped_at: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+    let delivered = AtomicU64::new(0);
+    let expected = AtomicU64::new(u64::MAX);
+    std::thread::scope(|scope| {
+        let readers: Vec<_> = names
+            .iter()
+            .map(|(_, token)| {
+                let (stopped_at, delivered, expected) = (&stopped_at, &delivered, &expected);
+                scope.spawn(move || -> Result<(Samples, Instant), WireError> {
+                    let mut mailbox = Mailbox::open(target, token)?;
+                    let (mut samples, mut last) = (Samples::default(), Instant::now());
+                    let mut mine = 0u64;
+                    let finished = |mine: u64| match *stopped_at.lock().expect("not poisoned") {
+                        None => false,
+                        Some(at) => {
+                            mine >= expected.load(Ordering::SeqCst) || at.elapsed() > DELIVERY_GRACE
+                        }
+                    };
+                    while !finished(mine) {
+                        for text in mailbox.check(Some(Duration::from_millis(200)))? {
+                            let now = Instant::now();
+                            if let Some(sent_at) = broadcast_sent_at(&text) {
+                                samples.record(now.duration_since(epoch + sent_at));
+                            }
+                            mine += 1;
+                            last = now;
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok((samples, last))
+                })
+            })
+            .collect();
+        let sent = fan_out_sender(target, &sender, epoch, duration);
+        let broadcasts = sent.as_ref().map(|run| run.ops).unwrap_or(0);
+        expected.store(broadcasts, Ordering::SeqCst);
+        *stopped_at.lock().expect("not poisoned") = Some(Instant::now());
+        let mut latency = Samples::default();
+        let mut last_delivery = epoch;
+        for reader in readers {
+            let (samples, last) = reader.join().expect("a bench reader panicked")?;
+            latency.merge(samples);
+            last_delivery = last_delivery.max(last);
+        }
+        let broadcasts_run = sent?;
+        Ok(FanOut {
+            expected_deliveries: broadcasts_run.ops * receivers as u64,
+            broadcasts: broadcasts_run,
+            deliveries: delivered.load(Ordering::SeqCst),
+            delivery_latency: latency,
+            delivery_elapsed: last_delivery.duration_since(epoch),
+        })
+    })
+}
+
+/// Broadcasts in a closed loop; each carries the moment it was sent, relative to `epoch`.
+fn fan_out_sender(
+    target: &Target,
+    token: &str,
+    epoch: Instant,
+    duration: Duration,
+) -> Result<Run, WireError> {
+    let kind = if target.persistent {
+        Kind::Persistent
+    } else {
+        Kind::Legacy
+    };
+    let setup = |_| match kind {
+        Kind::Persistent => Connection::open(target.addr).map(Some),
+        Kind::Legacy => Ok(None),
+    };
+    let op = |connection: &mut Option<Connection>, seq: u64| {
+        let sent_at = epoch.elapsed().as_micros();
+        let request = json!({"action": "broadcast", "session_token": token,
+            "message": {"content": format!("broadcast {seq} at {sent_at}")}});
+        let bytes = frame(&request, kind);
+        let reply = match connection {
+            Some(connection) => connection.request(&bytes)?,
+            None => wire::legacy_request(target.addr, &bytes)?,
+        };
+        expect_ok(reply)?;
+        Ok(())
+    };
+    Ok(closed_loop(1, duration, setup, op)?.0)
+}
+
+fn broadcast_sent_at(text: &str) -> Option<Duration> {
+    let micros = text.rsplit(' ').next()?.parse().ok()?;
+    Some(Duration::from_micros(micros))
+}
