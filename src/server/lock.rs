@@ -9,11 +9,18 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::StartError;
 
 /// The lock file's name inside the data directory.
 pub const LOCK_FILE: &str = "broker.lock";
+/// How long a held lock is retried before the directory counts as taken. A forked child holds
+/// a copy of every descriptor of its parent until it execs, so a lock released just before
+/// some thread of the same process forks stays held for that instant: seen when a broker
+/// restarts inside a process that is also spawning programs. Only start-up waits, and only
+/// when the lock is held.
+const HELD_RETRY: Duration = Duration::from_millis(50);
 
 /// A held data-directory lock. Dropping it releases the directory.
 #[derive(Debug)]
@@ -37,15 +44,11 @@ impl DataDirLock {
             .mode(0o600)
             .open(&path)
             .map_err(fail)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StartError::DataDirHeld {
-                    pid: holder_pid(&mut file),
-                    data_dir: data_dir.display().to_string(),
-                })
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(fail(e)),
+        if !try_lock_briefly(&file).map_err(fail)? {
+            return Err(StartError::DataDirHeld {
+                pid: holder_pid(&mut file),
+                data_dir: data_dir.display().to_string(),
+            });
         }
         write_pid(&mut file).map_err(fail)?;
         Ok(DataDirLock { _file: file })
@@ -53,6 +56,21 @@ impl DataDirLock {
 }
 
 /// The pid the holder wrote, or `?` when it has not written it yet.
+/// Takes the lock, retrying for [`HELD_RETRY`] while it is held; `false` if it stayed held.
+fn try_lock_briefly(file: &File) -> std::io::Result<bool> {
+    let deadline = Instant::now() + HELD_RETRY;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+}
+
 fn holder_pid(file: &mut File) -> String {
     let mut text = String::new();
     let _ = file.read_to_string(&mut text);
