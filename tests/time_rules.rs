@@ -43,6 +43,34 @@ fn sessions_expire_after_the_idle_window_and_use_refreshes_them() {
 }
 
 #[test]
+fn a_session_is_refreshed_at_most_once_a_minute_so_busy_requests_do_not_rewrite_it() {
+    let broker = TestBroker::start();
+    let alice = broker.register("alice");
+    let registered = broker.clock.now();
+    let send = || legacy_send(&broker.addr(), &alice, "bob", "hello");
+    let last_used = || -> String {
+        broker
+            .sql()
+            .query_row(
+                "SELECT last_used_at FROM sessions WHERE instance_name = 'alice'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    broker.clock.advance(Duration::seconds(59));
+    send();
+    assert_eq!(
+        last_used(),
+        claude_ipc::clock::to_text(registered),
+        "used again within a minute: not rewritten"
+    );
+    broker.clock.advance(Duration::seconds(1));
+    send();
+    assert_eq!(last_used(), claude_ipc::clock::to_text(broker.clock.now()));
+}
+
+#[test]
 fn registering_again_revokes_the_old_token() {
     let broker = TestBroker::start();
     let old = broker.register("alice");
