@@ -69,6 +69,13 @@ fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything()
         if let Some(ratio) = workload["ratio_to_echo"].as_f64() {
             assert!(ratio > 0.0 && workload["per_second"].as_f64().unwrap() > 0.0);
         }
+        if name.as_str().unwrap().contains("sends") {
+            let per_commit = workload["jobs_per_commit"].as_f64();
+            assert!(
+                per_commit.is_some_and(|j| j >= 1.0),
+                "{name}: {per_commit:?}"
+            );
+        }
         if !workload["delivery"].is_null() {
             let delivery = &workload["delivery"];
             assert_eq!(delivery["missing"], 0, "{name}: {delivery}");

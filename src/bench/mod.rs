@@ -181,8 +181,10 @@ impl<'a> Bench<'a> {
         let duration = self.options.duration;
         let (ceiling, _) =
             workloads::sends(self.echo, kind, &tokens, &sink, duration, false).map_err(at)?;
+        let work_before = target::store_work(target.addr);
         let (run, sent) =
             workloads::sends(target.addr, kind, &tokens, &sink, duration, true).map_err(at)?;
+        let per_commit = target::jobs_per_commit(work_before, target::store_work(target.addr));
         let drain_started = Instant::now();
         let received = Mailbox::open(&target, &sink_token)
             .and_then(|mut mailbox| mailbox.drain())
@@ -193,7 +195,8 @@ impl<'a> Bench<'a> {
                 delivery.delivered,
                 drain_started.elapsed(),
             ))
-            .delivery(delivery);
+            .delivery(delivery)
+            .per_commit(per_commit);
         self.finish(row);
         Ok(())
     }
@@ -220,7 +223,9 @@ impl<'a> Bench<'a> {
             false,
         )
         .map_err(at)?;
+        let work_before = target::store_work(target.addr);
         let (run, mut finished) = workloads::mixed(&target, &names, duration).map_err(at)?;
+        let per_commit = target::jobs_per_commit(work_before, target::store_work(target.addr));
         let delivered_during_run: u64 = finished.iter().map(|c| c.received.len() as u64).sum();
         for (client, (_, token)) in finished.iter_mut().zip(&names) {
             let rest = Mailbox::open(&target, token)
@@ -244,6 +249,7 @@ impl<'a> Bench<'a> {
         let row = Row::new(&name, &run, &ceiling)
             .deliveries(workloads::per_second(delivered_during_run, run.elapsed))
             .delivery(delivery)
+            .per_commit(per_commit)
             .note(format!(
                 "send p99 {}, check p99 {}",
                 report::millis(send_latency.summary().p99),

@@ -23,6 +23,8 @@ pub struct Row {
     pub delivery: Option<Delivery>,
     pub note: String,
     pub skipped: bool,
+    /// Store jobs per commit while the workload ran, where the target reports it.
+    pub jobs_per_commit: Option<f64>,
 }
 
 impl Row {
@@ -72,6 +74,11 @@ impl Row {
         self
     }
 
+    pub fn per_commit(mut self, jobs_per_commit: Option<f64>) -> Row {
+        self.jobs_per_commit = jobs_per_commit;
+        self
+    }
+
     pub fn ratio(&self) -> Option<f64> {
         Some(self.rate? / self.ceiling_rate?)
     }
@@ -104,6 +111,7 @@ impl Row {
                 "missing": d.missing, "duplicated": d.duplicated,
             })),
             "note": self.note,
+            "jobs_per_commit": self.jobs_per_commit,
         })
     }
 }
@@ -191,13 +199,16 @@ impl Report {
             .iter()
             .filter(|r| !r.note.is_empty() || r.delivery.is_some())
         {
-            let delivery = row.delivery.as_ref().map(delivered).unwrap_or_default();
-            let sep = if delivery.is_empty() || row.note.is_empty() {
-                ""
-            } else {
-                "; "
-            };
-            let _ = writeln!(out, "  {}: {delivery}{sep}{}", row.workload, row.note);
+            let mut parts = Vec::new();
+            parts.extend(row.delivery.as_ref().map(delivered));
+            parts.extend(
+                row.jobs_per_commit
+                    .map(|j| format!("{j:.1} jobs per commit")),
+            );
+            if !row.note.is_empty() {
+                parts.push(row.note.clone());
+            }
+            let _ = writeln!(out, "  {}: {}", row.workload, parts.join("; "));
         }
         if let Some(idle) = &self.idle {
             let _ = writeln!(out, "  idle connections: {}", idle.describe());

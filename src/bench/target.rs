@@ -140,3 +140,22 @@ pub fn supports_persistent(addr: SocketAddr) -> Result<bool, WireError> {
     connection.request(br#"{"action":"ping"}"#)?;
     Ok(connection.request(br#"{"action":"ping"}"#).is_ok())
 }
+
+/// The broker's writer work so far, from `ping`: (jobs, commits). None for a target that does
+/// not report it.
+pub fn store_work(addr: SocketAddr) -> Option<(u64, u64)> {
+    let reply = wire::legacy_request(addr, br#"{"action":"ping"}"#).ok()?;
+    Some((
+        reply["store"]["jobs"].as_u64()?,
+        reply["store"]["commits"].as_u64()?,
+    ))
+}
+
+/// Jobs per commit between two [`store_work`] readings: how many requests shared each flush.
+pub fn jobs_per_commit(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((jobs_before, commits_before), (jobs_after, commits_after)) = (before?, after?);
+    let commits = commits_after
+        .checked_sub(commits_before)
+        .filter(|c| *c > 0)?;
+    Some(jobs_after.saturating_sub(jobs_before) as f64 / commits as f64)
+}

@@ -177,6 +177,13 @@ impl Broker {
         self.doorbells.close();
     }
 
+    /// The writer's work so far, for `ping`: jobs run and commits made. Jobs per commit is
+    /// how much group commit is sharing each disk flush.
+    fn store_work(&self) -> serde_json::Value {
+        let stats = self.store.stats();
+        serde_json::json!({"jobs": stats.jobs, "commits": stats.commits})
+    }
+
     pub fn is_open_mode(&self) -> bool {
         self.shared_secret.is_none()
     }
@@ -272,7 +279,8 @@ impl Broker {
             .with("mode", mode)
             .with("pid", std::process::id())
             .with("started_at", text(self.started_at))
-            .with("uptime_seconds", uptime);
+            .with("uptime_seconds", uptime)
+            .with("store", self.store_work());
         match &self.socket {
             Some(path) => reply.with("socket", path.display().to_string()),
             None => reply,
