@@ -75,7 +75,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 }
             };
             let outcome = match Request::parse(&frame) {
-                Ok(request) => broker.handle(request, &peer).await,
+                // Boxed, so that only a connection in the middle of a request holds the rules'
+                // sizeable future; an idle one stays small.
+                Ok(request) => Box::pin(broker.handle(request, &peer)).await,
                 Err(error) => error.into_reply().into(),
             };
             if self
@@ -88,7 +90,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 return;
             }
             if let Some(receipt) = outcome.receipt {
-                if let Err(e) = broker.confirm_delivery(receipt).await {
+                if let Err(e) = Box::pin(broker.confirm_delivery(receipt)).await {
                     tracing::error!(
                         peer,
                         "marking mail delivered failed, it will be sent again: {e}"
@@ -123,7 +125,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 ),
                 None => (idle_since + limits.idle_timeout, idle_timed_out(limits)),
             };
-            self.buffer.reserve(8192);
+            // Room for one more read. Reserving more than the starting size would double every
+            // idle connection's buffer; a large request grows it as it arrives instead.
+            self.buffer.reserve(INITIAL_BUFFER);
             match timeout_at(deadline, self.stream.read_buf(&mut self.buffer)).await {
                 Err(_) => return Incoming::Refused(expired),
                 Ok(Ok(0)) => return self.end_of_stream(),
@@ -164,7 +168,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         const LINGER: Duration = Duration::from_secs(1);
         const DISCARD_AT_MOST: usize = 4 * 1024 * 1024;
         let _ = self.stream.shutdown().await;
-        let mut sink = [0u8; 8192];
+        // On the heap: an array here would sit in every connection's future, lingering or not.
+        let mut sink = vec![0u8; 8192];
         let mut discarded = 0;
         let deadline = Instant::now() + LINGER;
         while discarded < DISCARD_AT_MOST {
