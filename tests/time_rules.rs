@@ -318,3 +318,32 @@ fn authentication_failures_are_kept_thirty_days() {
     broker.clock.advance(Duration::days(2));
     assert_eq!(broker.sweep().auth_failures, 1);
 }
+
+#[test]
+fn a_sweep_runs_batch_after_batch_until_every_table_is_done() {
+    let broker = TestBroker::start();
+    broker.register("bob");
+    // More old delivered mail and more old future mail than three batches of 500 hold, written
+    // straight into the database the broker has open.
+    let writer = rusqlite::Connection::open(broker.db_path()).unwrap();
+    writer
+        .busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    writer
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1234)
+             INSERT INTO messages (sender, addressed_to, recipient, content, received_at, delivered_at)
+             SELECT 'alice', 'bob', 'bob', 'old ' || i, '2025-01-01T00:00:00.000Z',
+                    '2025-01-01T00:00:01.000Z' FROM n;
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 700)
+             INSERT INTO messages (sender, addressed_to, recipient, content, received_at)
+             SELECT 'alice', 'ghost', 'ghost', 'never read ' || i, '2025-01-01T00:00:00.000Z'
+             FROM n;",
+        )
+        .unwrap();
+    let report = broker.sweep();
+    assert_eq!(report.delivered_mail, 1234, "{report:?}");
+    assert_eq!(report.future_mail, 700, "{report:?}");
+    assert_eq!(broker.count("SELECT count(*) FROM messages"), 0);
+    assert_eq!(broker.sweep().delivered_mail, 0);
+}

@@ -5,7 +5,7 @@
 //! batch at most.
 
 use super::{minus, text, Broker, BrokerError};
-use crate::store::queries::{self, SweepCutoffs, SweepReport};
+use crate::store::queries::{self, SweepCutoffs, SweepReport, SweepTables};
 
 /// Rows one sweep job may delete per table.
 const SWEEP_BATCH: u32 = 500;
@@ -16,28 +16,20 @@ impl Broker {
     /// Runs sweep jobs until nothing is left to remove, and returns the totals.
     pub async fn sweep(&self) -> Result<SweepReport, BrokerError> {
         let mut total = SweepReport::default();
+        let mut tables = SweepTables::ALL;
         loop {
-            let report = self.sweep_batch().await?;
-            let full = [
-                report.sessions,
-                report.forwards,
-                report.future_mail,
-                report.delivered_mail,
-                report.nonces,
-                report.request_log,
-                report.auth_failures,
-            ]
-            .contains(&(SWEEP_BATCH as usize));
+            let report = self.sweep_batch(tables).await?;
+            tables = SweepTables::still_full(&report, SWEEP_BATCH as usize);
             remove_files(&report.files_to_remove);
             add(&mut total, report);
-            if !full {
+            if !tables.any() {
                 return Ok(total);
             }
             tokio::task::yield_now().await;
         }
     }
 
-    async fn sweep_batch(&self) -> Result<SweepReport, BrokerError> {
+    async fn sweep_batch(&self, tables: SweepTables) -> Result<SweepReport, BrokerError> {
         let now = self.now();
         let limits = &self.limits;
         let cutoffs = [
@@ -59,7 +51,7 @@ impl Broker {
                 request_log_before: &cutoffs[5],
                 auth_failures_before: &cutoffs[6],
             };
-            Ok(queries::sweep(conn, &cut, SWEEP_BATCH)?)
+            Ok(queries::sweep(conn, &cut, tables, SWEEP_BATCH)?)
         })
         .await
     }

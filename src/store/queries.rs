@@ -585,27 +585,102 @@ pub(crate) const LARGE_FILE_IN_USE: &str = "SELECT 1 FROM messages WHERE large_f
 pub fn sweep(
     conn: &Connection,
     cut: &SweepCutoffs<'_>,
+    tables: SweepTables,
     batch: u32,
 ) -> rusqlite::Result<SweepReport> {
+    let delete = |wanted: bool, sql: &str, before: &str| -> rusqlite::Result<usize> {
+        if wanted {
+            conn.execute(sql, params![before, batch])
+        } else {
+            Ok(0)
+        }
+    };
     let mut report = SweepReport {
-        sessions: conn.execute(SWEEP_SESSIONS, params![cut.session_idle_before, batch])?,
-        forwards: conn.execute(SWEEP_FORWARDS, params![cut.now, batch])?,
-        nonces: conn.execute(SWEEP_NONCES, params![cut.nonces_before, batch])?,
-        request_log: conn.execute(SWEEP_REQUEST_LOG, params![cut.request_log_before, batch])?,
-        auth_failures: conn.execute(
+        sessions: delete(tables.sessions, SWEEP_SESSIONS, cut.session_idle_before)?,
+        forwards: delete(tables.forwards, SWEEP_FORWARDS, cut.now)?,
+        nonces: delete(tables.nonces, SWEEP_NONCES, cut.nonces_before)?,
+        request_log: delete(
+            tables.request_log,
+            SWEEP_REQUEST_LOG,
+            cut.request_log_before,
+        )?,
+        auth_failures: delete(
+            tables.auth_failures,
             SWEEP_AUTH_FAILURES,
-            params![cut.auth_failures_before, batch],
+            cut.auth_failures_before,
         )?,
         ..SweepReport::default()
     };
-    let future =
-        delete_messages_returning_files(conn, SWEEP_FUTURE_MAIL, cut.future_mail_before, batch)?;
-    let delivered =
-        delete_messages_returning_files(conn, SWEEP_DELIVERED_MAIL, cut.delivered_before, batch)?;
+    let mail = |wanted: bool, select: &str, before: &str| {
+        if wanted {
+            delete_messages_returning_files(conn, select, before, batch)
+        } else {
+            Ok((0, Vec::new()))
+        }
+    };
+    let future = mail(
+        tables.future_mail,
+        SWEEP_FUTURE_MAIL,
+        cut.future_mail_before,
+    )?;
+    let delivered = mail(
+        tables.delivered_mail,
+        SWEEP_DELIVERED_MAIL,
+        cut.delivered_before,
+    )?;
     report.future_mail = future.0;
     report.delivered_mail = delivered.0;
     report.files_to_remove = future.1.into_iter().chain(delivered.1).collect();
     Ok(report)
+}
+
+/// Which tables a sweep job works on. The first job of a sweep takes them all; each later one
+/// only those whose last batch came back full, so a table that is done is not searched again
+/// (the search for old mail of unregistered names walks every old waiting message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SweepTables {
+    pub sessions: bool,
+    pub forwards: bool,
+    pub future_mail: bool,
+    pub delivered_mail: bool,
+    pub nonces: bool,
+    pub request_log: bool,
+    pub auth_failures: bool,
+}
+
+impl SweepTables {
+    pub const ALL: SweepTables = SweepTables {
+        sessions: true,
+        forwards: true,
+        future_mail: true,
+        delivered_mail: true,
+        nonces: true,
+        request_log: true,
+        auth_failures: true,
+    };
+
+    /// The tables whose batch in `report` was full, so may hold more to remove.
+    pub fn still_full(report: &SweepReport, batch: usize) -> SweepTables {
+        SweepTables {
+            sessions: report.sessions >= batch,
+            forwards: report.forwards >= batch,
+            future_mail: report.future_mail >= batch,
+            delivered_mail: report.delivered_mail >= batch,
+            nonces: report.nonces >= batch,
+            request_log: report.request_log >= batch,
+            auth_failures: report.auth_failures >= batch,
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        self.sessions
+            || self.forwards
+            || self.future_mail
+            || self.delivered_mail
+            || self.nonces
+            || self.request_log
+            || self.auth_failures
+    }
 }
 
 fn delete_messages_returning_files(
