@@ -3,11 +3,13 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const WORKLOADS: [&str; 9] = [
     "legacy sends, 1 client",
@@ -101,36 +103,141 @@ fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything()
     );
 }
 
-/// A target that speaks the protocol, acknowledges every send, and delivers nothing.
-fn start_lossy_target() -> String {
+/// A stand-in for another implementation on a free port: answers each JSON request with
+/// `answer`'s reply. With `keep_open` false it closes after every reply and ends its replies
+/// without a newline, as the Python original does.
+fn start_target(
+    keep_open: bool,
+    answer: impl Fn(&Value) -> Value + Send + Sync + 'static,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let answer = Arc::new(answer);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
+            let answer = answer.clone();
             std::thread::spawn(move || {
-                let mut buffer = [0u8; 65536];
-                while let Ok(read) = stream.read(&mut buffer) {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 65536];
+                while let Ok(read) = stream.read(&mut chunk) {
                     if read == 0 {
                         return;
                     }
-                    let request: Value = match serde_json::from_slice(&buffer[..read]) {
-                        Ok(request) => request,
-                        Err(_) => return,
-                    };
-                    let reply = match request["action"].as_str() {
-                        Some("register") => r#"{"status":"ok","session_token":"t"}"#,
-                        Some("check") => r#"{"status":"ok","messages":[]}"#,
-                        _ => r#"{"status":"ok"}"#,
-                    };
-                    if stream.write_all(format!("{reply}\n").as_bytes()).is_err() {
-                        return;
+                    buffer.extend_from_slice(&chunk[..read]);
+                    // Requests arrive whole or in pieces; answer each once it parses.
+                    let mut requests = serde_json::Deserializer::from_slice(&buffer).into_iter();
+                    let mut replies = Vec::new();
+                    let mut used = 0;
+                    while let Some(Ok(request)) = requests.next() {
+                        used = requests.byte_offset();
+                        replies.push(answer(&request));
+                    }
+                    buffer.drain(..used);
+                    for reply in replies {
+                        let end = if keep_open { "\n" } else { "" };
+                        if stream
+                            .write_all(format!("{reply}{end}").as_bytes())
+                            .is_err()
+                        {
+                            return;
+                        }
+                        if !keep_open {
+                            return;
+                        }
                     }
                 }
             });
         }
     });
     addr
+}
+
+/// A target that acknowledges every send and delivers nothing.
+fn start_lossy_target() -> String {
+    start_target(true, |request| match request["action"].as_str() {
+        Some("register") => json!({"status": "ok", "session_token": "t"}),
+        Some("check") => json!({"status": "ok", "messages": []}),
+        _ => json!({"status": "ok"}),
+    })
+}
+
+/// A small in-memory broker that speaks only the legacy protocol (one request per
+/// connection), the way the Python original does.
+fn start_legacy_only_broker() -> String {
+    let queues: Mutex<HashMap<String, Vec<Value>>> = Mutex::default();
+    start_target(false, move |request| {
+        let mut queues = queues.lock().unwrap();
+        let me = |request: &Value| {
+            let token = request["session_token"].as_str().unwrap_or_default();
+            token.strip_prefix("token-").unwrap_or_default().to_owned()
+        };
+        match request["action"].as_str() {
+            Some("register") => {
+                let name = request["instance_id"].as_str().unwrap().to_owned();
+                queues.entry(name.clone()).or_default();
+                json!({"status": "ok", "session_token": format!("token-{name}")})
+            }
+            Some("send") => {
+                let to = request["to_id"].as_str().unwrap().to_owned();
+                let mail = json!({"from": me(request), "message": request["message"]});
+                queues.entry(to).or_default().push(mail);
+                json!({"status": "ok", "message": "Message sent"})
+            }
+            Some("broadcast") => {
+                let sender = me(request);
+                for (name, queue) in queues.iter_mut().filter(|(name, _)| **name != sender) {
+                    let mail = json!({"from": sender, "to": name, "message": request["message"]});
+                    queue.push(mail);
+                }
+                json!({"status": "ok", "count": queues.len() - 1})
+            }
+            Some("check") => {
+                let mail = std::mem::take(queues.entry(me(request)).or_default());
+                json!({"status": "ok", "messages": mail})
+            }
+            _ => json!({"status": "error", "message": "Unknown action"}),
+        }
+    })
+}
+
+#[test]
+fn a_target_that_speaks_only_the_legacy_protocol_is_measured_where_it_can_be() {
+    let addr = start_legacy_only_broker();
+    let output = bench(&[
+        "--addr",
+        &addr,
+        "--duration",
+        "100ms",
+        "--idle",
+        "20",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for workload in report["workloads"].as_array().unwrap() {
+        let name = workload["workload"].as_str().unwrap();
+        let persistent_only = name.starts_with("persistent") || name.starts_with("mixed");
+        assert_eq!(workload["skipped"], persistent_only, "{name}: {workload}");
+        if persistent_only {
+            let note = workload["note"].as_str().unwrap();
+            assert!(
+                note.contains("closes connections after one request"),
+                "{note}"
+            );
+        } else {
+            assert!(
+                workload["latency_ms"]["count"].as_u64().unwrap() > 0,
+                "{name}"
+            );
+        }
+    }
+    assert_eq!(report["all_delivered"], true);
+    assert!(
+        report["idle"]["rss_kib_before"].is_null(),
+        "no pid, no memory figures"
+    );
 }
 
 #[test]

@@ -219,25 +219,69 @@ pub fn contents(reply: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Reads one instance's mail: over one persistent connection (long-polling when asked), or
-/// one legacy connection per check where the target only speaks legacy.
-pub struct Mailbox {
+/// One client's way to the target: a persistent connection where the target keeps them open,
+/// else a new connection for every request, as the Python original requires.
+pub struct Link {
     addr: SocketAddr,
-    token: String,
     connection: Option<Connection>,
 }
 
-impl Mailbox {
-    pub fn open(target: &Target, token: &str) -> Result<Mailbox, WireError> {
+impl Link {
+    pub fn open(target: &Target) -> Result<Link, WireError> {
         let connection = if target.persistent {
             Some(Connection::open(target.addr)?)
         } else {
             None
         };
-        Ok(Mailbox {
+        Ok(Link {
             addr: target.addr,
-            token: token.to_owned(),
             connection,
+        })
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.connection.is_some()
+    }
+
+    /// One request and its reply, which must be `ok`.
+    pub fn request(&mut self, request: &Value) -> Result<Value, WireError> {
+        let reply = match &mut self.connection {
+            Some(connection) => connection.request(&frame(request, Kind::Persistent))?,
+            None => wire::legacy_request(self.addr, &frame(request, Kind::Legacy))?,
+        };
+        expect_ok(reply)
+    }
+
+    /// Several requests: written in one go and then read (pipelined) on a persistent
+    /// connection, one after another otherwise. Every reply must be `ok`.
+    pub fn requests(&mut self, requests: &[Value]) -> Result<Vec<Value>, WireError> {
+        let Some(connection) = &mut self.connection else {
+            return requests.iter().map(|r| self.request(r)).collect();
+        };
+        let bytes: Vec<u8> = requests
+            .iter()
+            .flat_map(|r| frame(r, Kind::Persistent))
+            .collect();
+        connection.write(&bytes)?;
+        requests
+            .iter()
+            .map(|_| expect_ok(connection.read_reply()?))
+            .collect()
+    }
+}
+
+/// Reads one instance's mail: over one persistent connection (long-polling when asked), or
+/// one legacy connection per check where the target only speaks legacy.
+pub struct Mailbox {
+    token: String,
+    link: Link,
+}
+
+impl Mailbox {
+    pub fn open(target: &Target, token: &str) -> Result<Mailbox, WireError> {
+        Ok(Mailbox {
+            token: token.to_owned(),
+            link: Link::open(target)?,
         })
     }
 
@@ -245,15 +289,12 @@ impl Mailbox {
     /// legacy-only target is polled instead, so it may return empty early.
     pub fn check(&mut self, wait: Option<Duration>) -> Result<Vec<String>, WireError> {
         let mut request = json!({"action": "check", "session_token": self.token});
-        if let (Some(wait), Some(_)) = (wait, &self.connection) {
+        let persistent = self.link.is_persistent();
+        if let (Some(wait), true) = (wait, persistent) {
             request["wait_ms"] = json!(wait.as_millis() as u64);
         }
-        let reply = match &mut self.connection {
-            Some(connection) => connection.request(&frame(&request, Kind::Persistent))?,
-            None => wire::legacy_request(self.addr, &frame(&request, Kind::Legacy))?,
-        };
-        let mail = contents(&expect_ok(reply)?);
-        if mail.is_empty() && wait.is_some() && self.connection.is_none() {
+        let mail = contents(&self.link.request(&request)?);
+        if mail.is_empty() && wait.is_some() && !persistent {
             std::thread::sleep(LEGACY_POLL_INTERVAL);
         }
         Ok(mail)
@@ -373,20 +414,14 @@ pub fn check_queued(
     let sender = register(target, &format!("{}-queue-sender", target.prefix))?;
     let reader_name = format!("{}-queue-reader", target.prefix);
     let reader = register(target, &reader_name)?;
-    let mut sending = Connection::open(target.addr)?;
+    let mut sending = Link::open(target)?;
     let mut mailbox = Mailbox::open(target, &reader)?;
     let (started, mut samples, mut short_checks) = (Instant::now(), Samples::default(), 0);
     while started.elapsed() < duration || samples.is_empty() {
-        let batch: Vec<u8> = (0..queued)
-            .flat_map(|i| {
-                let request = send_request(&sender, &reader_name, &format!("queued {i}"));
-                frame(&request, Kind::Persistent)
-            })
+        let batch: Vec<Value> = (0..queued)
+            .map(|i| send_request(&sender, &reader_name, &format!("queued {i}")))
             .collect();
-        sending.write(&batch)?;
-        for _ in 0..queued {
-            expect_ok(sending.read_reply()?)?;
-        }
+        sending.requests(&batch)?;
         let begun = Instant::now();
         let read = mailbox.check(None)?.len();
         samples.record(begun.elapsed());
@@ -410,7 +445,7 @@ pub fn long_poll(target: &Target, duration: Duration) -> Result<Wakeups, WireErr
     let sender = register(target, &format!("{}-poll-sender", target.prefix))?;
     let reader_name = format!("{}-poll-reader", target.prefix);
     let reader = register(target, &reader_name)?;
-    let mut sending = Connection::open(target.addr)?;
+    let mut sending = Link::open(target)?;
     let mut mailbox = Mailbox::open(target, &reader)?;
     let (woken_tx, woken) = mpsc::channel::<Result<Instant, WireError>>();
     let (go_tx, go) = mpsc::channel::<()>();
@@ -441,7 +476,7 @@ pub fn long_poll(target: &Target, duration: Duration) -> Result<Wakeups, WireErr
             std::thread::sleep(Duration::from_millis(2));
             let begun = Instant::now();
             let request = send_request(&sender, &reader_name, &format!("wake {seq}"));
-            expect_ok(sending.request(&frame(&request, Kind::Persistent))?)?;
+            sending.request(&request)?;
             let acked = Instant::now();
             let woke = woken.recv().expect("the reader answers every go")?;
             wakeups.send_to_reply.record(woke - begun);
@@ -532,28 +567,13 @@ fn fan_out_sender(
     epoch: Instant,
     duration: Duration,
 ) -> Result<Run, WireError> {
-    let kind = if target.persistent {
-        Kind::Persistent
-    } else {
-        Kind::Legacy
-    };
-    let setup = |_| match kind {
-        Kind::Persistent => Connection::open(target.addr).map(Some),
-        Kind::Legacy => Ok(None),
-    };
-    let op = |connection: &mut Option<Connection>, seq: u64| {
+    let op = |link: &mut Link, seq: u64| {
         let sent_at = epoch.elapsed().as_micros();
         let request = json!({"action": "broadcast", "session_token": token,
             "message": {"content": format!("broadcast {seq} at {sent_at}")}});
-        let bytes = frame(&request, kind);
-        let reply = match connection {
-            Some(connection) => connection.request(&bytes)?,
-            None => wire::legacy_request(target.addr, &bytes)?,
-        };
-        expect_ok(reply)?;
-        Ok(())
+        link.request(&request).map(drop)
     };
-    Ok(closed_loop(1, duration, setup, op)?.0)
+    Ok(closed_loop(1, duration, |_| Link::open(target), op)?.0)
 }
 
 fn broadcast_sent_at(text: &str) -> Option<Duration> {
