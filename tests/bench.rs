@@ -163,40 +163,42 @@ fn start_lossy_target() -> String {
 }
 
 /// A small in-memory broker that speaks only the legacy protocol (one request per
-/// connection), the way the Python original does.
+/// connection) and, like a naive original, takes the sender from `from_id` and the mailbox
+/// from `instance_id`, so the load generator must send both as the Python clients do.
 fn start_legacy_only_broker() -> String {
     let queues: Mutex<HashMap<String, Vec<Value>>> = Mutex::default();
     start_target(false, move |request| {
         let mut queues = queues.lock().unwrap();
-        let me = |request: &Value| {
-            let token = request["session_token"].as_str().unwrap_or_default();
-            token.strip_prefix("token-").unwrap_or_default().to_owned()
-        };
-        match request["action"].as_str() {
-            Some("register") => {
-                let name = request["instance_id"].as_str().unwrap().to_owned();
+        let field = |name: &str| request[name].as_str().map(str::to_owned);
+        match (request["action"].as_str(), field("from_id")) {
+            (Some("register"), _) => {
+                let name = field("instance_id").unwrap();
                 queues.entry(name.clone()).or_default();
                 json!({"status": "ok", "session_token": format!("token-{name}")})
             }
-            Some("send") => {
-                let to = request["to_id"].as_str().unwrap().to_owned();
-                let mail = json!({"from": me(request), "message": request["message"]});
-                queues.entry(to).or_default().push(mail);
+            (Some("send"), Some(sender)) => {
+                let mail = json!({"from": sender, "message": request["message"]});
+                queues
+                    .entry(field("to_id").unwrap())
+                    .or_default()
+                    .push(mail);
                 json!({"status": "ok", "message": "Message sent"})
             }
-            Some("broadcast") => {
-                let sender = me(request);
+            (Some("broadcast"), Some(sender)) => {
                 for (name, queue) in queues.iter_mut().filter(|(name, _)| **name != sender) {
                     let mail = json!({"from": sender, "to": name, "message": request["message"]});
                     queue.push(mail);
                 }
                 json!({"status": "ok", "count": queues.len() - 1})
             }
-            Some("check") => {
-                let mail = std::mem::take(queues.entry(me(request)).or_default());
-                json!({"status": "ok", "messages": mail})
-            }
-            _ => json!({"status": "error", "message": "Unknown action"}),
+            (Some("check"), _) => match field("instance_id") {
+                Some(me) => {
+                    let mail = std::mem::take(queues.entry(me).or_default());
+                    json!({"status": "ok", "messages": mail})
+                }
+                None => json!({"status": "error", "message": "instance_id required"}),
+            },
+            _ => json!({"status": "error", "message": "Unknown action or missing from_id"}),
         }
     })
 }

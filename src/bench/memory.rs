@@ -10,7 +10,9 @@ use serde_json::json;
 
 use super::target::{memory_kib, SpawnedBroker, TargetError};
 use super::wire::{self, expect_ok, Connection, WireError};
-use super::workloads::{frame, register, register_many, Kind, Mailbox, Target};
+use super::workloads::{
+    broadcast_request, frame, register, register_many, Instance, Kind, Mailbox, Target,
+};
 
 /// Messages the million-message run stores: broadcasts of one copy per receiver.
 const MILLION: u64 = 1_000_000;
@@ -177,13 +179,13 @@ pub fn million(
 
 /// Broadcasts until a million copies are stored, over a few pipelined connections; shows
 /// progress. Returns the number of broadcasts.
-fn fill(target: &Target, token: &str) -> Result<u64, WireError> {
+fn fill(target: &Target, sender: &Instance) -> Result<u64, WireError> {
     let total = MILLION / MILLION_RECEIVERS;
     let next = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     std::thread::scope(|scope| {
         let fillers: Vec<_> = (0..FILLERS)
-            .map(|_| scope.spawn(|| fill_from(target, token, &next, &done, total)))
+            .map(|_| scope.spawn(|| fill_from(target, sender, &next, &done, total)))
             .collect();
         while fillers.iter().any(|f| !f.is_finished()) {
             std::thread::sleep(Duration::from_millis(250));
@@ -200,7 +202,7 @@ fn fill(target: &Target, token: &str) -> Result<u64, WireError> {
 
 fn fill_from(
     target: &Target,
-    token: &str,
+    sender: &Instance,
     next: &AtomicU64,
     done: &AtomicU64,
     total: u64,
@@ -214,9 +216,10 @@ fn fill_from(
         let last = (first + PIPELINE).min(total);
         let batch: Vec<u8> = (first..last)
             .flat_map(|seq| {
-                let request = json!({"action": "broadcast", "session_token": token,
-                    "message": {"content": format!("million {seq}")}});
-                frame(&request, Kind::Persistent)
+                frame(
+                    &broadcast_request(sender, &format!("million {seq}")),
+                    Kind::Persistent,
+                )
             })
             .collect();
         connection.write(&batch)?;
@@ -237,15 +240,13 @@ fn fill_from(
 /// did not get each broadcast exactly once.
 fn drain_all(
     target: &Target,
-    receivers: &[(String, String)],
+    receivers: &[Instance],
     broadcasts: u64,
 ) -> Result<(u64, usize), WireError> {
     std::thread::scope(|scope| {
         let drains: Vec<_> = receivers
             .iter()
-            .map(|(_, token)| {
-                scope.spawn(move || Mailbox::open(target, token).and_then(|mut m| m.drain()))
-            })
+            .map(|who| scope.spawn(move || Mailbox::open(target, who).and_then(|mut m| m.drain())))
             .collect();
         let (mut read, mut incomplete) = (0, 0);
         for drain in drains {

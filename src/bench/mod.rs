@@ -175,18 +175,16 @@ impl<'a> Bench<'a> {
         }
         let at = |e| wire_error(name, e);
         let senders = workloads::register_many(&target, "sender", clients).map_err(at)?;
-        let sink = format!("{}-sink", target.prefix);
-        let sink_token = workloads::register(&target, &sink).map_err(at)?;
-        let tokens: Vec<String> = senders.into_iter().map(|(_, token)| token).collect();
+        let sink = workloads::register(&target, &format!("{}-sink", target.prefix)).map_err(at)?;
         let duration = self.options.duration;
         let (ceiling, _) =
-            workloads::sends(self.echo, kind, &tokens, &sink, duration, false).map_err(at)?;
+            workloads::sends(self.echo, kind, &senders, &sink.name, duration, false).map_err(at)?;
         let work_before = target::store_work(target.addr);
-        let (run, sent) =
-            workloads::sends(target.addr, kind, &tokens, &sink, duration, true).map_err(at)?;
+        let (run, sent) = workloads::sends(target.addr, kind, &senders, &sink.name, duration, true)
+            .map_err(at)?;
         let per_commit = target::jobs_per_commit(work_before, target::store_work(target.addr));
         let drain_started = Instant::now();
-        let received = Mailbox::open(&target, &sink_token)
+        let received = Mailbox::open(&target, &sink)
             .and_then(|mut mailbox| mailbox.drain())
             .map_err(at)?;
         let delivery = Delivery::compare(workloads::expected_contents(&sent), &received);
@@ -212,13 +210,12 @@ impl<'a> Bench<'a> {
         }
         let at = |e| wire_error(&name, e);
         let names = workloads::register_many(&target, "mixed", clients).map_err(at)?;
-        let tokens: Vec<String> = names.iter().map(|(_, token)| token.clone()).collect();
         let duration = self.options.duration;
         let (ceiling, _) = workloads::sends(
             self.echo,
             Kind::Persistent,
-            &tokens,
-            &names[0].0,
+            &names,
+            &names[0].name,
             duration,
             false,
         )
@@ -227,8 +224,8 @@ impl<'a> Bench<'a> {
         let (run, mut finished) = workloads::mixed(&target, &names, duration).map_err(at)?;
         let per_commit = target::jobs_per_commit(work_before, target::store_work(target.addr));
         let delivered_during_run: u64 = finished.iter().map(|c| c.received.len() as u64).sum();
-        for (client, (_, token)) in finished.iter_mut().zip(&names) {
-            let rest = Mailbox::open(&target, token)
+        for (client, who) in finished.iter_mut().zip(&names) {
+            let rest = Mailbox::open(&target, who)
                 .and_then(|mut mailbox| mailbox.drain())
                 .map_err(at)?;
             client.received.extend(rest);
@@ -357,7 +354,10 @@ impl<'a> Bench<'a> {
 
     /// The persistent echo ceiling for one client, with a ping-sized request.
     fn echo_persistent_1(&self, target: &Target, name: &str) -> Result<workloads::Run, BenchError> {
-        let tokens = [String::from("ceiling")];
+        let nobody = [workloads::Instance {
+            name: "ceiling".into(),
+            token: "ceiling".into(),
+        }];
         let kind = if target.persistent {
             Kind::Persistent
         } else {
@@ -366,7 +366,7 @@ impl<'a> Bench<'a> {
         let (ceiling, _) = workloads::sends(
             self.echo,
             kind,
-            &tokens,
+            &nobody,
             "ceiling",
             self.options.duration,
             false,

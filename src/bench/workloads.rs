@@ -106,8 +106,15 @@ pub fn closed_loop<S: Send>(
     Ok((run, states))
 }
 
-/// Registers `name` and returns its session token.
-pub fn register(target: &Target, name: &str) -> Result<String, WireError> {
+/// A registered name and its session token.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    pub name: String,
+    pub token: String,
+}
+
+/// Registers `name` and returns it with its session token.
+pub fn register(target: &Target, name: &str) -> Result<Instance, WireError> {
     let auth = target
         .secret
         .as_deref()
@@ -118,24 +125,23 @@ pub fn register(target: &Target, name: &str) -> Result<String, WireError> {
         target.addr,
         &frame(&request, Kind::Legacy),
     )?)?;
-    reply["session_token"]
+    let token = reply["session_token"]
         .as_str()
-        .map(str::to_owned)
-        .ok_or_else(|| WireError::Refused(format!("register replied without a token: {reply}")))
+        .ok_or_else(|| WireError::Refused(format!("register replied without a token: {reply}")))?;
+    Ok(Instance {
+        name: name.to_owned(),
+        token: token.to_owned(),
+    })
 }
 
-/// Registers `count` names `<prefix>-<role>-<i>` and returns their names and tokens.
+/// Registers `count` names `<prefix>-<role>-<i>`.
 pub fn register_many(
     target: &Target,
     role: &str,
     count: usize,
-) -> Result<Vec<(String, String)>, WireError> {
+) -> Result<Vec<Instance>, WireError> {
     (0..count)
-        .map(|i| {
-            let name = format!("{}-{role}-{i}", target.prefix);
-            let token = register(target, &name)?;
-            Ok((name, token))
-        })
+        .map(|i| register(target, &format!("{}-{role}-{i}", target.prefix)))
         .collect()
 }
 
@@ -148,8 +154,21 @@ pub fn frame(request: &Value, kind: Kind) -> Vec<u8> {
     bytes
 }
 
-pub fn send_request(token: &str, to: &str, content: &str) -> Value {
-    json!({"action": "send", "session_token": token, "to_id": to, "message": {"content": content}})
+// Requests carry `from_id` and `instance_id` as the Python clients do: this broker ignores
+// them (the session decides who speaks), but the original may expect them.
+
+pub fn send_request(from: &Instance, to: &str, content: &str) -> Value {
+    json!({"action": "send", "session_token": from.token, "from_id": from.name, "to_id": to,
+        "message": {"content": content}})
+}
+
+pub fn broadcast_request(from: &Instance, content: &str) -> Value {
+    json!({"action": "broadcast", "session_token": from.token, "from_id": from.name,
+        "message": {"content": content}})
+}
+
+pub fn check_request(who: &Instance) -> Value {
+    json!({"action": "check", "session_token": who.token, "instance_id": who.name})
 }
 
 /// The content a sender puts in its `seq`th message, so the drain can match every one.
@@ -160,7 +179,7 @@ pub fn content(sender: usize, seq: u64) -> String {
 /// A client of [`sends`]: its connection (persistent only) and how many sends it finished.
 pub struct Sender {
     connection: Option<Connection>,
-    token: String,
+    me: Instance,
     client: usize,
     sent: u64,
 }
@@ -170,7 +189,7 @@ pub struct Sender {
 pub fn sends(
     addr: SocketAddr,
     kind: Kind,
-    tokens: &[String],
+    senders: &[Instance],
     sink: &str,
     duration: Duration,
     check_replies: bool,
@@ -180,17 +199,16 @@ pub fn sends(
             Kind::Persistent => Some(Connection::open(addr)?),
             Kind::Legacy => None,
         };
-        let token = tokens[client % tokens.len()].clone();
         Ok(Sender {
             connection,
-            token,
+            me: senders[client].clone(),
             client,
             sent: 0,
         })
     };
     let op = |sender: &mut Sender, seq: u64| {
         let text = content(sender.client, seq);
-        let request = frame(&send_request(&sender.token, sink, &text), kind);
+        let request = frame(&send_request(&sender.me, sink, &text), kind);
         let reply = match &mut sender.connection {
             Some(connection) => connection.request(&request)?,
             None => wire::legacy_request(addr, &request)?,
@@ -201,8 +219,8 @@ pub fn sends(
         sender.sent += 1;
         Ok(())
     };
-    let (run, senders) = closed_loop(tokens.len(), duration, setup, op)?;
-    Ok((run, senders.iter().map(|s| s.sent).collect()))
+    let (run, finished) = closed_loop(senders.len(), duration, setup, op)?;
+    Ok((run, finished.iter().map(|s| s.sent).collect()))
 }
 
 /// The texts of the mail in a `check` reply (the Python original nests them the same way).
@@ -273,14 +291,14 @@ impl Link {
 /// Reads one instance's mail: over one persistent connection (long-polling when asked), or
 /// one legacy connection per check where the target only speaks legacy.
 pub struct Mailbox {
-    token: String,
+    who: Instance,
     link: Link,
 }
 
 impl Mailbox {
-    pub fn open(target: &Target, token: &str) -> Result<Mailbox, WireError> {
+    pub fn open(target: &Target, who: &Instance) -> Result<Mailbox, WireError> {
         Ok(Mailbox {
-            token: token.to_owned(),
+            who: who.clone(),
             link: Link::open(target)?,
         })
     }
@@ -288,7 +306,7 @@ impl Mailbox {
     /// One `check`, auto-acknowledged. `wait` long-polls on a persistent connection; a
     /// legacy-only target is polled instead, so it may return empty early.
     pub fn check(&mut self, wait: Option<Duration>) -> Result<Vec<String>, WireError> {
-        let mut request = json!({"action": "check", "session_token": self.token});
+        let mut request = check_request(&self.who);
         let persistent = self.link.is_persistent();
         if let (Some(wait), true) = (wait, persistent) {
             request["wait_ms"] = json!(wait.as_millis() as u64);
@@ -358,7 +376,7 @@ pub fn expected_contents(sent_per_client: &[u64]) -> impl Iterator<Item = String
 /// A mixed client: sends to its neighbour, then checks its own mail, over and over.
 pub struct MixedClient {
     connection: Connection,
-    token: String,
+    me: Instance,
     neighbour: String,
     client: usize,
     pub sent: u64,
@@ -370,14 +388,14 @@ pub struct MixedClient {
 /// Clients in a ring, each alternating a send to the next with a check of its own mail.
 pub fn mixed(
     target: &Target,
-    names: &[(String, String)],
+    names: &[Instance],
     duration: Duration,
 ) -> Result<(Run, Vec<MixedClient>), WireError> {
     let setup = |client: usize| {
         Ok(MixedClient {
             connection: Connection::open(target.addr)?,
-            token: names[client].1.clone(),
-            neighbour: names[(client + 1) % names.len()].0.clone(),
+            me: names[client].clone(),
+            neighbour: names[(client + 1) % names.len()].name.clone(),
             client,
             sent: 0,
             received: Vec::new(),
@@ -389,12 +407,12 @@ pub fn mixed(
         let begun = Instant::now();
         if seq.is_multiple_of(2) {
             let text = content(c.client, c.sent);
-            let request = send_request(&c.token, &c.neighbour, &text);
+            let request = send_request(&c.me, &c.neighbour, &text);
             expect_ok(c.connection.request(&frame(&request, Kind::Persistent))?)?;
             c.sent += 1;
             c.send_latency.record(begun.elapsed());
         } else {
-            let request = json!({"action": "check", "session_token": c.token});
+            let request = check_request(&c.me);
             let reply = expect_ok(c.connection.request(&frame(&request, Kind::Persistent))?)?;
             c.received.extend(contents(&reply));
             c.check_latency.record(begun.elapsed());
@@ -412,14 +430,13 @@ pub fn check_queued(
     duration: Duration,
 ) -> Result<(Samples, u64), WireError> {
     let sender = register(target, &format!("{}-queue-sender", target.prefix))?;
-    let reader_name = format!("{}-queue-reader", target.prefix);
-    let reader = register(target, &reader_name)?;
+    let reader = register(target, &format!("{}-queue-reader", target.prefix))?;
     let mut sending = Link::open(target)?;
     let mut mailbox = Mailbox::open(target, &reader)?;
     let (started, mut samples, mut short_checks) = (Instant::now(), Samples::default(), 0);
     while started.elapsed() < duration || samples.is_empty() {
         let batch: Vec<Value> = (0..queued)
-            .map(|i| send_request(&sender, &reader_name, &format!("queued {i}")))
+            .map(|i| send_request(&sender, &reader.name, &format!("queued {i}")))
             .collect();
         sending.requests(&batch)?;
         let begun = Instant::now();
@@ -443,8 +460,7 @@ pub struct Wakeups {
 
 pub fn long_poll(target: &Target, duration: Duration) -> Result<Wakeups, WireError> {
     let sender = register(target, &format!("{}-poll-sender", target.prefix))?;
-    let reader_name = format!("{}-poll-reader", target.prefix);
-    let reader = register(target, &reader_name)?;
+    let reader = register(target, &format!("{}-poll-reader", target.prefix))?;
     let mut sending = Link::open(target)?;
     let mut mailbox = Mailbox::open(target, &reader)?;
     let (woken_tx, woken) = mpsc::channel::<Result<Instant, WireError>>();
@@ -475,7 +491,7 @@ pub fn long_poll(target: &Target, duration: Duration) -> Result<Wakeups, WireErr
             // Give the reader's check time to reach the broker and go to sleep there.
             std::thread::sleep(Duration::from_millis(2));
             let begun = Instant::now();
-            let request = send_request(&sender, &reader_name, &format!("wake {seq}"));
+            let request = send_request(&sender, &reader.name, &format!("wake {seq}"));
             sending.request(&request)?;
             let acked = Instant::now();
             let woke = woken.recv().expect("the reader answers every go")?;
@@ -511,10 +527,10 @@ pub fn fan_out(target: &Target, receivers: usize, duration: Duration) -> Result<
     std::thread::scope(|scope| {
         let readers: Vec<_> = names
             .iter()
-            .map(|(_, token)| {
+            .map(|who| {
                 let (stopped_at, delivered, expected) = (&stopped_at, &delivered, &expected);
                 scope.spawn(move || -> Result<(Samples, Instant), WireError> {
-                    let mut mailbox = Mailbox::open(target, token)?;
+                    let mut mailbox = Mailbox::open(target, who)?;
                     let (mut samples, mut last) = (Samples::default(), Instant::now());
                     let mut mine = 0u64;
                     let finished = |mine: u64| match *stopped_at.lock().expect("not poisoned") {
@@ -563,14 +579,13 @@ pub fn fan_out(target: &Target, receivers: usize, duration: Duration) -> Result<
 /// Broadcasts in a closed loop; each carries the moment it was sent, relative to `epoch`.
 fn fan_out_sender(
     target: &Target,
-    token: &str,
+    sender: &Instance,
     epoch: Instant,
     duration: Duration,
 ) -> Result<Run, WireError> {
     let op = |link: &mut Link, seq: u64| {
         let sent_at = epoch.elapsed().as_micros();
-        let request = json!({"action": "broadcast", "session_token": token,
-            "message": {"content": format!("broadcast {seq} at {sent_at}")}});
+        let request = broadcast_request(sender, &format!("broadcast {seq} at {sent_at}"));
         link.request(&request).map(drop)
     };
     Ok(closed_loop(1, duration, |_| Link::open(target), op)?.0)
