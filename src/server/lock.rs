@@ -55,7 +55,6 @@ impl DataDirLock {
     }
 }
 
-/// The pid the holder wrote, or `?` when it has not written it yet.
 /// Takes the lock, retrying for [`HELD_RETRY`] while it is held; `false` if it stayed held.
 fn try_lock_briefly(file: &File) -> std::io::Result<bool> {
     let deadline = Instant::now() + HELD_RETRY;
@@ -71,6 +70,7 @@ fn try_lock_briefly(file: &File) -> std::io::Result<bool> {
     }
 }
 
+/// The pid the holder wrote, or `?` when it has not written it yet.
 fn holder_pid(file: &mut File) -> String {
     let mut text = String::new();
     let _ = file.read_to_string(&mut text);
