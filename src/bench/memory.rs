@@ -11,7 +11,8 @@ use serde_json::json;
 use super::target::{memory_kib, SpawnedBroker, TargetError};
 use super::wire::{self, expect_ok, Connection, WireError};
 use super::workloads::{
-    broadcast_request, frame, register, register_many, Instance, Kind, Mailbox, Target,
+    broadcast_request, check_request, contents, frame, register, register_many, Instance, Kind,
+    Link, Mailbox, Target,
 };
 
 /// Messages the million-message run stores: broadcasts of one copy per receiver.
@@ -20,6 +21,10 @@ const MILLION_RECEIVERS: u64 = 50;
 /// Broadcasts each filling connection writes before reading their replies.
 const PIPELINE: u64 = 16;
 const FILLERS: usize = 4;
+/// Manual-ack checks each receiver makes and never acks before the first restart.
+const LEASED_BATCHES: usize = 4;
+/// Their lease: long enough that only the restart can end it.
+const LEASE_MS: u64 = 600_000;
 
 /// What holding many idle connections cost the broker.
 #[derive(Debug, Clone)]
@@ -102,7 +107,14 @@ pub struct MillionFigures {
     pub fill_elapsed: Duration,
     /// Peak resident memory of the broker that stored them.
     pub peak_after_fill_kib: Option<u64>,
-    /// Spawn to first answered ping, after a clean stop, three times.
+    /// Messages held under manual-ack leases when the broker was first restarted; start-up
+    /// hands them out again.
+    pub leased: u64,
+    /// Right after the first restart: how long a `count` (a request that needs the store, so
+    /// waits behind the release of those leases) took.
+    pub release_wait: Duration,
+    /// Spawn to first answered ping, after a clean stop, three times; the first with
+    /// `leased` leases to release.
     pub restarts: Vec<Duration>,
     /// Spawn to first answered ping after a SIGKILL.
     pub crash_restart: Duration,
@@ -122,11 +134,14 @@ impl MillionFigures {
             .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
             .collect();
         format!(
-            "stored {} in {:.1} s, restarts {} (after SIGKILL {:.0} ms), drained {} in {:.1} s, \
+            "stored {} in {:.1} s, restarts {} (the first with {} leases to release, and a count \
+             right after it took {:.0} ms; after SIGKILL {:.0} ms), drained {} in {:.1} s, \
              peak RSS {} / {}",
             self.stored,
             self.fill_elapsed.as_secs_f64(),
             restarts.join(", "),
+            self.leased,
+            self.release_wait.as_secs_f64() * 1e3,
             self.crash_restart.as_secs_f64() * 1e3,
             self.drained,
             self.drain_elapsed.as_secs_f64(),
@@ -157,8 +172,10 @@ pub fn million(
     let broadcasts = fill(target, &sender)?;
     let fill_elapsed = started.elapsed();
     let peak_after_fill_kib = memory_kib(broker.pid()).map(|(_, peak)| peak);
-    let mut restarts = Vec::new();
-    for _ in 0..3 {
+    let leased = lease_some(target, &receivers)?;
+    let mut restarts = vec![broker.restart(false)?];
+    let release_wait = time_a_count(target, &receivers[0])?;
+    for _ in 0..2 {
         restarts.push(broker.restart(false)?);
     }
     let crash_restart = broker.restart(true)?;
@@ -168,6 +185,8 @@ pub fn million(
         stored: broadcasts * MILLION_RECEIVERS,
         fill_elapsed,
         peak_after_fill_kib,
+        leased,
+        release_wait,
         restarts,
         crash_restart,
         drained,
@@ -175,6 +194,30 @@ pub fn million(
         incomplete_receivers: incomplete,
         peak_after_drain_kib: memory_kib(broker.pid()).map(|(_, peak)| peak),
     })
+}
+
+/// Readers that crash or stop mid-work leave leases behind: every receiver takes a few
+/// batches with manual acks and a long lease, and never acks them. Returns how many messages
+/// are leased.
+fn lease_some(target: &Target, receivers: &[Instance]) -> Result<u64, WireError> {
+    let mut leased = 0;
+    for who in receivers {
+        let mut link = Link::open(target)?;
+        for _ in 0..LEASED_BATCHES {
+            let mut request = check_request(who);
+            request["ack"] = json!("manual");
+            request["lease_ms"] = json!(LEASE_MS);
+            leased += contents(&link.request(&request)?).len() as u64;
+        }
+    }
+    Ok(leased)
+}
+
+/// The round trip of one `count` by `who`.
+fn time_a_count(target: &Target, who: &Instance) -> Result<Duration, WireError> {
+    let begun = Instant::now();
+    Link::open(target)?.request(&json!({"action": "count", "session_token": who.token}))?;
+    Ok(begun.elapsed())
 }
 
 /// Broadcasts until a million copies are stored, over a few pipelined connections; shows

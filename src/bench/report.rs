@@ -304,6 +304,8 @@ impl Report {
             "million": self.million.as_ref().map(|m| json!({
                 "stored": m.stored,
                 "fill_seconds": m.fill_elapsed.as_secs_f64(),
+                "leased_at_first_restart": m.leased,
+                "count_after_first_restart_ms": m.release_wait.as_secs_f64() * 1e3,
                 "restart_ms": m.restarts.iter().map(|d| d.as_secs_f64() * 1e3).collect::<Vec<_>>(),
                 "restart_after_sigkill_ms": m.crash_restart.as_secs_f64() * 1e3,
                 "drained": m.drained,

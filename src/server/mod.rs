@@ -112,13 +112,6 @@ pub async fn start(
     let started = clock::to_text(clock.now());
     let run_id = store
         .write(move |conn| {
-            let released = queries::release_leases(conn)?;
-            if released > 0 {
-                tracing::info!(
-                    released,
-                    "mail leased by readers of the previous run can be read again"
-                );
-            }
             queries::record_start(
                 conn,
                 std::process::id(),
@@ -149,6 +142,7 @@ pub async fn start(
         )
         .with_socket(socket.as_ref().map(|s| s.path.clone())),
     );
+    release_leases_of_the_last_run(broker.store());
     let (stop, stopped) = watch::channel(false);
     let listeners = Listeners {
         tcp: listener,
@@ -368,6 +362,27 @@ impl Serve<'_> {
             drop(slot);
         });
     }
+}
+
+/// Queues the release of every lease left by the previous run: its readers are gone, and the
+/// mail they held may never have reached them. It is queued before the first connection is
+/// accepted, so every request's job runs after it and sees that mail again; it is not waited
+/// for, so start-up does not grow with the number of leases (a `ping` needs no job).
+fn release_leases_of_the_last_run(store: &Store) {
+    let released = store.queue(|conn| Ok::<_, StoreError>(queries::release_leases(conn)?));
+    tokio::spawn(async move {
+        match released.await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!(
+                released,
+                "mail leased by readers of the previous run can be read again"
+            ),
+            Err(e) => tracing::error!(
+                "releasing the previous run's leases failed; that mail comes back when each \
+                 lease runs out: {e}"
+            ),
+        }
+    });
 }
 
 async fn sweep_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {

@@ -111,6 +111,18 @@ impl Store {
         E: From<StoreError> + Send + 'static,
         F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
+        self.queue(work).await
+    }
+
+    /// [`Store::write`], but the job is queued now, before this returns, rather than when the
+    /// returned future is first polled: every job queued after this call runs after it. The
+    /// future resolves once the job's commit is on disk.
+    pub fn queue<T, E, F>(&self, work: F) -> impl std::future::Future<Output = Result<T, E>>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let result = match conn {
@@ -127,10 +139,11 @@ impl Store {
                 let _ = reply.send(result);
             })
         });
-        self.commands
-            .send(Command::Run(job))
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let queued = self.commands.send(Command::Run(job));
+        async move {
+            queued.map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        }
     }
 
     pub fn stats(&self) -> StoreStats {
@@ -391,6 +404,23 @@ mod tests {
             outputs.push(handle.await.unwrap());
         }
         outputs
+    }
+
+    #[tokio::test]
+    async fn a_queued_job_runs_before_later_jobs_even_if_nobody_awaits_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ipc.db")).unwrap();
+        let not_awaited = store.queue(|conn| insert_failure(conn, "queued"));
+        drop(not_awaited);
+        let rows = store
+            .write(|conn| Ok::<_, StoreError>(count(conn)?))
+            .await
+            .unwrap();
+        assert_eq!(
+            rows, 1,
+            "the queued job ran first, though its future was dropped"
+        );
+        store.shutdown().await;
     }
 
     #[test]
