@@ -136,19 +136,29 @@ fn migrated() -> (tempfile::TempDir, Connection) {
     (dir, conn)
 }
 
-/// The plan's lines, indented by depth as the sqlite3 shell shows them.
-fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+/// The rows of `EXPLAIN …` (or `EXPLAIN QUERY PLAN …`) for `sql`, every parameter NULL.
+fn explain<T>(
+    conn: &Connection,
+    explain: &str,
+    sql: &str,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Vec<T> {
     let mut statement = conn
-        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .prepare(&format!("{explain} {sql}"))
         .unwrap_or_else(|e| panic!("{e} in {sql}"));
     let nulls = vec![Null; statement.parameter_count()];
-    let rows: Vec<(i64, i64, String)> = statement
-        .query_map(rusqlite::params_from_iter(nulls), |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(3)?))
-        })
+    statement
+        .query_map(rusqlite::params_from_iter(nulls), row)
         .unwrap()
         .collect::<rusqlite::Result<_>>()
-        .unwrap();
+        .unwrap()
+}
+
+/// The plan's lines, indented by depth as the sqlite3 shell shows them.
+fn plan(conn: &Connection, sql: &str) -> Vec<String> {
+    let rows: Vec<(i64, i64, String)> = explain(conn, "EXPLAIN QUERY PLAN", sql, |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(3)?))
+    });
     let mut depths: Vec<(i64, usize)> = Vec::new();
     rows.into_iter()
         .map(|(id, parent, detail)| {
@@ -240,15 +250,9 @@ fn reads_table_rows(conn: &Connection, sql: &str, table: &str) -> bool {
             |row| row.get(0),
         )
         .unwrap();
-    let mut statement = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
-    let nulls = vec![Null; statement.parameter_count()];
-    let program: Vec<(String, i64, i64)> = statement
-        .query_map(rusqlite::params_from_iter(nulls), |row| {
-            Ok((row.get(1)?, row.get(2)?, row.get(3)?))
-        })
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
+    let program: Vec<(String, i64, i64)> = explain(conn, "EXPLAIN", sql, |row| {
+        Ok((row.get(1)?, row.get(2)?, row.get(3)?))
+    });
     let table_cursors: Vec<i64> = program
         .iter()
         .filter(|(opcode, _, page)| opcode == "OpenRead" && *page == root)
