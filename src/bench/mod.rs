@@ -262,7 +262,7 @@ impl<'a> Bench<'a> {
             return Ok(());
         };
         let at = |e| wire_error(&name, e);
-        let ceiling = self.echo_persistent_1(&target, &name)?;
+        let ceiling = self.echo_one_client(&target, &name)?;
         let (samples, short) =
             workloads::check_queued(&target, queued, self.options.duration).map_err(at)?;
         let mut row = Row::latency_only(&name, &samples, &ceiling);
@@ -280,7 +280,7 @@ impl<'a> Bench<'a> {
             return Ok(());
         };
         let at = |e| wire_error(&name, e);
-        let ceiling = self.echo_persistent_1(&target, &name)?;
+        let ceiling = self.echo_one_client(&target, &name)?;
         let fan = workloads::fan_out(&target, receivers, self.options.duration).map_err(at)?;
         let delivery = Delivery {
             expected: fan.expected_deliveries,
@@ -306,7 +306,7 @@ impl<'a> Bench<'a> {
         let Some(target) = self.begin(name)? else {
             return Ok(());
         };
-        let ceiling = self.echo_persistent_1(&target, name)?;
+        let ceiling = self.echo_one_client(&target, name)?;
         let wakeups = workloads::long_poll(&target, self.options.duration)
             .map_err(|e| wire_error(name, e))?;
         let full = wakeups.send_to_reply.summary();
@@ -352,8 +352,8 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
-    /// The persistent echo ceiling for one client, with a ping-sized request.
-    fn echo_persistent_1(&self, target: &Target, name: &str) -> Result<workloads::Run, BenchError> {
+    /// The echo ceiling for one client over the connection kind the target supports.
+    fn echo_one_client(&self, target: &Target, name: &str) -> Result<workloads::Run, BenchError> {
         let nobody = [workloads::Instance {
             name: "ceiling".into(),
             token: "ceiling".into(),

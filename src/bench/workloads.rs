@@ -178,7 +178,7 @@ pub fn content(sender: usize, seq: u64) -> String {
 
 /// A client of [`sends`]: its connection (persistent only) and how many sends it finished.
 pub struct Sender {
-    connection: Option<Connection>,
+    link: Link,
     me: Instance,
     client: usize,
     sent: u64,
@@ -195,12 +195,8 @@ pub fn sends(
     check_replies: bool,
 ) -> Result<(Run, Vec<u64>), WireError> {
     let setup = |client: usize| {
-        let connection = match kind {
-            Kind::Persistent => Some(Connection::open(addr)?),
-            Kind::Legacy => None,
-        };
         Ok(Sender {
-            connection,
+            link: Link::with_kind(addr, kind)?,
             me: senders[client].clone(),
             client,
             sent: 0,
@@ -208,11 +204,9 @@ pub fn sends(
     };
     let op = |sender: &mut Sender, seq: u64| {
         let text = content(sender.client, seq);
-        let request = frame(&send_request(&sender.me, sink, &text), kind);
-        let reply = match &mut sender.connection {
-            Some(connection) => connection.request(&request)?,
-            None => wire::legacy_request(addr, &request)?,
-        };
+        let reply = sender
+            .link
+            .exchange(&send_request(&sender.me, sink, &text))?;
         if check_replies {
             expect_ok(reply)?;
         }
@@ -245,29 +239,41 @@ pub struct Link {
 }
 
 impl Link {
+    /// The kind of link the target supports: persistent where it can be.
     pub fn open(target: &Target) -> Result<Link, WireError> {
-        let connection = if target.persistent {
-            Some(Connection::open(target.addr)?)
+        let kind = if target.persistent {
+            Kind::Persistent
         } else {
-            None
+            Kind::Legacy
         };
-        Ok(Link {
-            addr: target.addr,
-            connection,
-        })
+        Link::with_kind(target.addr, kind)
+    }
+
+    /// A link of the given kind, whatever the target supports: the send workloads measure
+    /// legacy connections against a broker that could keep them open.
+    pub fn with_kind(addr: SocketAddr, kind: Kind) -> Result<Link, WireError> {
+        let connection = match kind {
+            Kind::Persistent => Some(Connection::open(addr)?),
+            Kind::Legacy => None,
+        };
+        Ok(Link { addr, connection })
     }
 
     pub fn is_persistent(&self) -> bool {
         self.connection.is_some()
     }
 
+    /// One request and its reply, whatever the reply says.
+    pub fn exchange(&mut self, request: &Value) -> Result<Value, WireError> {
+        match &mut self.connection {
+            Some(connection) => connection.request(&frame(request, Kind::Persistent)),
+            None => wire::legacy_request(self.addr, &frame(request, Kind::Legacy)),
+        }
+    }
+
     /// One request and its reply, which must be `ok`.
     pub fn request(&mut self, request: &Value) -> Result<Value, WireError> {
-        let reply = match &mut self.connection {
-            Some(connection) => connection.request(&frame(request, Kind::Persistent))?,
-            None => wire::legacy_request(self.addr, &frame(request, Kind::Legacy))?,
-        };
-        expect_ok(reply)
+        expect_ok(self.exchange(request)?)
     }
 
     /// Several requests: written in one go and then read (pipelined) on a persistent
