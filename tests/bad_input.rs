@@ -118,7 +118,7 @@ fn check_over_pipe(broker: &TestBroker, bob: &str, hang_up: bool) -> Vec<u8> {
         let (_stop, stopped) = tokio::sync::watch::channel(false);
         let connection = tokio::spawn(claude_ipc::server::Connection::new(server_end).serve(
             engine,
-            "pipe".into(),
+            claude_ipc::broker::Peer::unknown("pipe"),
             stopped,
         ));
         let request = json!({"action": "check", "session_token": bob}).to_string();

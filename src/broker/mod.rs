@@ -13,6 +13,7 @@ pub mod doorbell;
 pub mod identity;
 pub mod large_message;
 pub mod mail;
+pub mod peer;
 pub mod session;
 pub mod storage_failure;
 pub mod sweeper;
@@ -31,6 +32,7 @@ use crate::store::{Store, StoreError};
 
 pub use identity::Caller;
 pub use mail::DeliveryReceipt;
+pub use peer::Peer;
 
 /// A refusal by a broker rule, or a failure underneath one. Each has a stable wire code.
 #[derive(Debug, thiserror::Error)]
@@ -188,10 +190,11 @@ impl Broker {
         self.shared_secret.is_none()
     }
 
-    /// Answers one request from `peer` (an address, for the log and the auth-failure table).
-    pub async fn handle(&self, request: Request, peer: &str) -> Outcome {
+    /// Answers one request from `peer`.
+    pub async fn handle(&self, request: Request, peer: &Peer) -> Outcome {
         let action_name = request.action.name();
         let result = self.dispatch(request, peer).await;
+        let peer = peer.label.as_str();
         match result {
             Ok(outcome) => outcome,
             Err(error) => {
@@ -233,8 +236,9 @@ impl Broker {
             .unwrap_or(&self.large_message_dir)
     }
 
-    async fn dispatch(&self, request: Request, peer: &str) -> Result<Outcome, BrokerError> {
+    async fn dispatch(&self, request: Request, peer: &Peer) -> Result<Outcome, BrokerError> {
         let token = request.session_token;
+        let peer = peer.label.as_str();
         match request.action {
             Action::Ping => Ok(self.ping().into()),
             Action::Register {

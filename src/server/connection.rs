@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Peer};
 use crate::config::Limits;
 use crate::protocol::{ErrorCode, FrameScanner, FrameTooLarge, Reply, Request, Scan};
 
@@ -54,7 +54,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn serve(
         mut self,
         broker: Arc<Broker>,
-        peer: String,
+        peer: Peer,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let limits = broker.limits().clone();
@@ -86,13 +86,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 .is_err()
             {
                 // The receipt is dropped unconfirmed: the mail stays queued.
-                tracing::debug!(peer, "reply not written; mail stays queued");
+                tracing::debug!(peer = %peer, "reply not written; mail stays queued");
                 return;
             }
             if let Some(receipt) = outcome.receipt {
                 if let Err(e) = Box::pin(broker.confirm_delivery(receipt)).await {
                     tracing::error!(
-                        peer,
+                        peer = %peer,
                         "marking mail delivered failed, it will be sent again: {e}"
                     );
                 }

@@ -19,7 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Peer};
 use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::store::{queries, Store, StoreError};
@@ -306,7 +306,7 @@ async fn accept_loop(listeners: Listeners, broker: Arc<Broker>, mut stop: watch:
             max,
         };
         match accepted {
-            Accepted::Tcp(stream, peer) => serve.spawn(stream, peer.to_string()),
+            Accepted::Tcp(stream, peer) => serve.spawn(stream, Peer::unknown(peer.to_string())),
             Accepted::Unix(_, Err(e)) => {
                 // Without credentials the peer cannot be checked, so it is not served.
                 tracing::warn!("socket connection dropped: cannot read its credentials: {e}");
@@ -315,7 +315,7 @@ async fn accept_loop(listeners: Listeners, broker: Arc<Broker>, mut stop: watch:
                 let peer = unix_socket::describe_peer(&cred);
                 let owner = listeners.socket_owner();
                 if unix_socket::peer_allowed(&cred, owner) {
-                    serve.spawn(stream, peer);
+                    serve.spawn(stream, Peer::new(peer, Some(cred.uid())));
                 } else {
                     tracing::warn!(
                         peer,
@@ -346,12 +346,12 @@ struct Serve<'a> {
 }
 
 impl Serve<'_> {
-    fn spawn<S>(self, stream: S, peer: String)
+    fn spawn<S>(self, stream: S, peer: Peer)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let Some(slot) = self.slot else {
-            tracing::warn!(peer, "connection refused: {} connections open", self.max);
+            tracing::warn!(peer = %peer, "connection refused: {} connections open", self.max);
             tokio::spawn(connection::refuse_busy(stream, self.max));
             return;
         };
