@@ -110,18 +110,10 @@ pub enum ConfigError {
         margin: String,
         suggested: String,
     },
-    #[error("--large-message-bytes {content} plus --max-data-bytes {data} do not leave room for one message in a {budget}-byte reply, which legacy clients read in one go; keep the two at most {most} bytes together")]
-    MessageOutgrowsReply {
-        content: usize,
-        data: usize,
-        budget: usize,
-        most: usize,
-    },
 }
 
 impl Limits {
-    /// Refuses limits that contradict each other: a replay window a replay can outlast, or a
-    /// message too big for the reply that must carry it.
+    /// Refuses limits that contradict each other: a replay window a replay can outlast.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let minimum = self.max_clock_skew * 2 + REPLAY_WINDOW_MARGIN;
         if self.replay_window <= minimum {
@@ -134,16 +126,25 @@ impl Limits {
                 suggested: duration_text(Duration::from_secs(next_minute)),
             });
         }
-        let most = crate::protocol::REPLY_BUDGET - MESSAGE_OVERHEAD_BYTES;
-        if self.large_message_bytes.saturating_add(self.max_data_bytes) > most {
-            return Err(ConfigError::MessageOutgrowsReply {
-                content: self.large_message_bytes,
-                data: self.max_data_bytes,
-                budget: crate::protocol::REPLY_BUDGET,
-                most,
-            });
-        }
         Ok(())
+    }
+
+    /// A warning for limits that let one message outgrow a legacy client's single read: a
+    /// `check` always returns at least one message, however large. Not refused, because a
+    /// user who raises `--large-message-bytes` may have no legacy clients.
+    pub fn legacy_read_warning(&self) -> Option<String> {
+        let most = crate::protocol::REPLY_BUDGET - MESSAGE_OVERHEAD_BYTES;
+        let largest = self.large_message_bytes.saturating_add(self.max_data_bytes);
+        (largest > most).then(|| {
+            format!(
+                "--large-message-bytes {} plus --max-data-bytes {} let one message outgrow the \
+                 {}-byte reply a legacy client reads in one go; keep the two at most {most} \
+                 bytes together if legacy clients use this broker",
+                self.large_message_bytes,
+                self.max_data_bytes,
+                crate::protocol::REPLY_BUDGET
+            )
+        })
     }
 }
 
@@ -244,12 +245,13 @@ mod tests {
     }
 
     #[test]
-    fn limits_that_make_one_message_outgrow_a_reply_are_refused() {
+    fn limits_that_let_one_message_outgrow_a_legacy_read_are_warned_about() {
+        assert_eq!(Limits::default().legacy_read_warning(), None);
         let limits = Limits {
             large_message_bytes: 64 * 1024,
             ..Limits::default()
         };
-        let text = limits.validate().unwrap_err().to_string();
+        let text = limits.legacy_read_warning().unwrap();
         assert!(text.contains("--large-message-bytes 65536"), "{text}");
     }
 

@@ -46,28 +46,6 @@ fn one_read(addr: &str, request: &Value) -> Value {
     })
 }
 
-/// A 32-character name, the longest allowed, so pages and summaries are at their largest.
-fn long_name(prefix: &str, i: usize) -> String {
-    format!("{prefix}{i:0>width$}", width = 32 - prefix.len())
-}
-
-/// Registers `count` instances straight through the broker's store, in one job: the wire
-/// would take minutes for ten thousand.
-fn register_through_the_store(broker: &TestBroker, prefix: &str, count: usize) -> Vec<String> {
-    let names: Vec<String> = (0..count).map(|i| long_name(prefix, i)).collect();
-    let now = clock::to_text(broker.clock.now());
-    let to_store = names.clone();
-    broker
-        .block_on(broker.broker().store().write(move |conn| {
-            for name in &to_store {
-                queries::upsert_instance(conn, name, &now)?;
-            }
-            Ok::<_, StoreError>(())
-        }))
-        .expect("instances stored");
-    names
-}
-
 /// The instance names of one page, and the cursor it gave for the next.
 fn page_names(page: &Value) -> (Vec<String>, Option<String>) {
     let next = page["next_after"].as_str().map(str::to_owned);
@@ -180,7 +158,7 @@ fn a_list_of_1500_instances_registered_over_the_wire_pages_within_one_legacy_rea
 fn paging_ten_thousand_instances_returns_each_exactly_once_even_while_names_come_and_go() {
     let broker = TestBroker::start();
     let addr = broker.addr();
-    let stored = register_through_the_store(&broker, "m", 10_000);
+    let stored = broker.store_instances("m", 10_000);
     let lister = broker.register("lister");
     let mut expected: BTreeSet<String> = stored.iter().cloned().collect();
     expected.insert("lister".into());
@@ -223,7 +201,7 @@ fn paging_ten_thousand_instances_returns_each_exactly_once_even_while_names_come
 #[test]
 fn the_cli_and_the_mcp_list_show_every_one_of_ten_thousand_instances() {
     let broker = TestBroker::start();
-    let stored = register_through_the_store(&broker, "c", 10_000);
+    let stored = broker.store_instances("c", 10_000);
     let dir = tempfile::tempdir().unwrap();
     let session = dir.path().join("session.json");
     let registered = cli(&broker.addr(), &session, &["register", "cli-user"]);
@@ -253,7 +231,7 @@ fn the_cli_and_the_mcp_list_show_every_one_of_ten_thousand_instances() {
 fn a_broadcast_to_6000_recipients_is_summarised_within_one_read() {
     let broker = TestBroker::start_with(|c| c.limits.queue_cap = 1);
     let addr = broker.addr();
-    let recipients = register_through_the_store(&broker, "r", 6_000);
+    let recipients = broker.store_instances("r", 6_000);
     let sender = legacy_register(&addr, "sender");
     let broadcast = || {
         one_read(
@@ -403,7 +381,7 @@ fn escaped(len: usize) -> String {
 fn every_action_replies_within_one_legacy_read_however_large_the_data() {
     let broker = TestBroker::start_with(|c| c.limits.queue_cap = 0);
     let addr = broker.addr();
-    register_through_the_store(&broker, "x", 10_000);
+    broker.store_instances("x", 10_000);
     let walker = legacy_register(&addr, "walker");
     let sender = legacy_register(&addr, "sender");
     let limits = broker.config.limits.clone();

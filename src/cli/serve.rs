@@ -118,6 +118,9 @@ impl ServeArgs {
 /// Runs the broker until a signal; returns an error that says why it could not start.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config();
+    if let Some(warning) = config.limits.legacy_read_warning() {
+        tracing::warn!("{warning}");
+    }
     let mut signals = server::ShutdownSignals::install()?;
     raise_open_file_limit(config.limits.max_connections);
     let running = server::start(&config, args.allow_remote, Clock::system()).await?;
