@@ -215,14 +215,21 @@ pub struct CheckOptions {
     pub limit: Option<u32>,
 }
 
-/// `ack`'s reply.
+/// `ack`'s reply. The lists hold only the first few ids of each kind; the counts cover all.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Acked {
     pub acked: u32,
     #[serde(default)]
     pub already_acked: Vec<i64>,
     #[serde(default)]
+    pub already_acked_count: u32,
+    #[serde(default)]
     pub refused: Vec<Refused>,
+    #[serde(default)]
+    pub refused_count: u32,
+    /// Some ids were counted but not listed.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// An id an `ack` could not settle, and why.
@@ -246,6 +253,17 @@ pub struct Waiting {
 pub struct Instance {
     pub id: String,
     pub last_seen: String,
+}
+
+/// One page of `list`: instances in name order, and where the next page starts.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct InstancePage {
+    pub instances: Vec<Instance>,
+    #[serde(default)]
+    pub more: bool,
+    /// With `more`: the last name on this page, to pass as `after` for the next.
+    #[serde(default)]
+    pub next_after: Option<String>,
 }
 
 impl Client {
@@ -460,10 +478,45 @@ impl Client {
         self.call_as(&json!({"action": "ack", "session_token": token, "ids": ids}))
     }
 
+    /// Every registered instance, in name order: follows `list`'s pages to the end.
     pub fn list(&mut self, token: &str) -> Result<Vec<Instance>, ClientError> {
-        let reply = self.call(&json!({"action": "list", "session_token": token}))?;
-        serde_json::from_value(reply["instances"].clone())
-            .map_err(|e| ClientError::Protocol(format!("{e}: {reply}")))
+        let mut instances = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.list_page(token, after.as_deref(), None)?;
+            instances.extend(page.instances);
+            if !page.more {
+                return Ok(instances);
+            }
+            match page.next_after {
+                // A cursor that does not move on would ask for the same page for ever.
+                Some(next) if after.as_deref().is_none_or(|last| next.as_str() > last) => {
+                    after = Some(next)
+                }
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "`list` said there is more but gave no later cursor ({other:?})"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// One page of `list`: instances named after `after`, at most `limit` of them.
+    pub fn list_page(
+        &mut self,
+        token: &str,
+        after: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<InstancePage, ClientError> {
+        let mut request = json!({"action": "list", "session_token": token});
+        if let Some(after) = after {
+            request["after"] = after.into();
+        }
+        if let Some(limit) = limit {
+            request["limit"] = limit.into();
+        }
+        self.call_as(&request)
     }
 
     pub fn rename(&mut self, token: &str, new_name: &str) -> Result<Value, ClientError> {

@@ -41,7 +41,8 @@ pub struct Limits {
     pub large_message_bytes: usize,
     /// The largest `message.data` object accepted, in bytes of JSON.
     pub max_data_bytes: usize,
-    /// A `send` nonce seen again within this window is a duplicate.
+    /// A `send` nonce seen again within this window is a duplicate. Must be longer than twice
+    /// `max_clock_skew` plus [`REPLAY_WINDOW_MARGIN`].
     pub replay_window: Duration,
     /// A `send` timestamp further than this from the broker's clock is refused.
     pub max_clock_skew: Duration,
@@ -73,7 +74,9 @@ impl Default for Limits {
             max_request_bytes: 1024 * 1024,
             large_message_bytes: 10 * 1024,
             max_data_bytes: 16 * 1024,
-            replay_window: Duration::from_secs(10 * MINUTE),
+            // Longer than twice the skew plus the margin (see `Limits::validate`); the spec's
+            // 10 minutes is exactly twice its 5-minute skew, which lets a replay through.
+            replay_window: Duration::from_secs(11 * MINUTE),
             max_clock_skew: Duration::from_secs(5 * MINUTE),
             max_connections: 1024,
             idle_timeout: Duration::from_secs(5 * MINUTE),
@@ -84,7 +87,74 @@ impl Default for Limits {
     }
 }
 
+/// How much longer than twice the clock skew the replay window must be. A stamped request is
+/// accepted only while the broker's clock is within the skew of its stamp, so two accepted
+/// copies of it arrive at most twice the skew apart; the window must still hold the first
+/// copy's nonce when the last one comes. The margin covers millisecond rounding of stored
+/// times and a broker whose skew check and nonce times read slightly different clocks.
+pub const REPLAY_WINDOW_MARGIN: Duration = Duration::from_secs(30);
+
+/// The most a `check` reply adds to one message besides its content and data: the ids,
+/// names, times, a 128-character nonce fully escaped, the large-file fields and the reply's
+/// own fields.
+pub const MESSAGE_OVERHEAD_BYTES: usize = 2048;
+
+/// A configuration that would break one of the broker's promises, refused before it starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--replay-window {window} is too short for --max-clock-skew {skew}: a replayed request can arrive up to twice the skew after the first, so the window must be longer than {minimum} (twice the skew plus {margin}). Pass --replay-window {suggested} or more, or a smaller --max-clock-skew")]
+    ReplayWindowTooShort {
+        window: String,
+        skew: String,
+        minimum: String,
+        margin: String,
+        suggested: String,
+    },
+}
+
+impl Limits {
+    /// Refuses limits that contradict each other: a replay window a replay can outlast.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let minimum = self.max_clock_skew * 2 + REPLAY_WINDOW_MARGIN;
+        if self.replay_window <= minimum {
+            let next_minute = (minimum.as_secs() / 60 + 1) * 60;
+            return Err(ConfigError::ReplayWindowTooShort {
+                window: duration_text(self.replay_window),
+                skew: duration_text(self.max_clock_skew),
+                minimum: duration_text(minimum),
+                margin: duration_text(REPLAY_WINDOW_MARGIN),
+                suggested: duration_text(Duration::from_secs(next_minute)),
+            });
+        }
+        Ok(())
+    }
+
+    /// A warning for limits that let one message outgrow a legacy client's single read: a
+    /// `check` always returns at least one message, however large. Not refused, because a
+    /// user who raises `--large-message-bytes` may have no legacy clients.
+    pub fn legacy_read_warning(&self) -> Option<String> {
+        let most = crate::protocol::REPLY_BUDGET - MESSAGE_OVERHEAD_BYTES;
+        let largest = self.large_message_bytes.saturating_add(self.max_data_bytes);
+        (largest > most).then(|| {
+            format!(
+                "--large-message-bytes {} plus --max-data-bytes {} let one message outgrow the \
+                 {}-byte reply a legacy client reads in one go; keep the two at most {most} \
+                 bytes together if legacy clients use this broker",
+                self.large_message_bytes,
+                self.max_data_bytes,
+                crate::protocol::REPLY_BUDGET
+            )
+        })
+    }
+}
+
 impl Config {
+    /// Refuses a configuration the broker cannot keep its promises under; `serve` and every
+    /// start of a broker call it first.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.limits.validate()
+    }
+
     /// A config with the spec's defaults for `data_dir`, listening on `addr`.
     pub fn new(addr: SocketAddr, data_dir: PathBuf) -> Self {
         Config {
@@ -131,9 +201,68 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(number * seconds_per_unit))
 }
 
+/// A duration the way the `serve` flags take it: `11m`, `90s`, `250ms`, `1h`, `7d`.
+pub fn duration_text(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if !ms.is_multiple_of(1000) {
+        return format!("{ms}ms");
+    }
+    let seconds = duration.as_secs();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60)] {
+        if seconds > 0 && seconds.is_multiple_of(size) {
+            return format!("{}{unit}", seconds / size);
+        }
+    }
+    format!("{seconds}s")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_limits_are_valid() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        assert!(Limits::default().replay_window > Limits::default().max_clock_skew * 2);
+    }
+
+    #[test]
+    fn a_replay_window_not_longer_than_twice_the_skew_and_the_margin_is_refused() {
+        let limits = |window_ms: u64, skew_s: u64| Limits {
+            replay_window: Duration::from_millis(window_ms),
+            max_clock_skew: Duration::from_secs(skew_s),
+            ..Limits::default()
+        };
+        // The spec's own pair: the window is exactly twice the skew.
+        let error = limits(600_000, 300).validate().unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("--replay-window 10m"), "{text}");
+        assert!(text.contains("longer than 630s"), "{text}");
+        assert!(text.contains("--replay-window 11m or more"), "{text}");
+        // At the limit is still too short; a millisecond past it is enough.
+        assert!(limits(50_000, 10).validate().is_err());
+        assert_eq!(limits(50_001, 10).validate(), Ok(()));
+    }
+
+    #[test]
+    fn limits_that_let_one_message_outgrow_a_legacy_read_are_warned_about() {
+        assert_eq!(Limits::default().legacy_read_warning(), None);
+        let limits = Limits {
+            large_message_bytes: 64 * 1024,
+            ..Limits::default()
+        };
+        let text = limits.legacy_read_warning().unwrap();
+        assert!(text.contains("--large-message-bytes 65536"), "{text}");
+    }
+
+    #[test]
+    fn durations_are_written_back_in_the_largest_whole_unit() {
+        assert_eq!(duration_text(Duration::from_secs(660)), "11m");
+        assert_eq!(duration_text(Duration::from_secs(630)), "630s");
+        assert_eq!(duration_text(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration_text(Duration::from_secs(7 * 86_400)), "7d");
+        assert_eq!(duration_text(Duration::ZERO), "0s");
+    }
 
     #[test]
     fn durations_take_the_usual_units() {

@@ -164,29 +164,34 @@ fn a_client_that_sends_half_a_request_and_stalls() {
     mail_intact_and_a_normal_client_served(&broker.addr(), &bob);
 }
 
-/// The client pipelines requests whose replies are large (an unknown action is echoed in
-/// its error) and never reads. The replies fill both socket buffers, the broker's write
-/// blocks, and after its write timeout the broker drops the connection. Meanwhile it serves
-/// everyone else.
+/// The client pipelines requests whose replies are as large as replies get (a full page of
+/// `list`), each padded to 32 KiB so the way in fills too, and never reads. The replies fill
+/// both socket buffers, the broker's write blocks, and after its write timeout the broker
+/// drops the connection. Meanwhile it serves everyone else.
 #[test]
 fn a_client_that_never_reads_its_replies() {
     const WRITE_TIMEOUT: Duration = Duration::from_secs(4);
     let broker = TestBroker::start_with(|c| c.limits.write_timeout = WRITE_TIMEOUT);
     let bob = stored_mail(&broker.addr());
+    broker.store_instances("page", 1000);
+    let lister = broker.register("lister");
     let stream = TcpStream::connect(broker.addr()).unwrap();
-    let request = format!("{{\"action\": \"{}\"}}\n", "x".repeat(256 * 1024));
+    let request = format!(
+        "{{\"action\": \"list\", \"session_token\": \"{lister}\", \"pad\": \"{}\"}}\n",
+        " ".repeat(32 * 1024)
+    );
     let written = Arc::new(AtomicUsize::new(0));
     let writer = {
         let (mut stream, written) = (stream.try_clone().unwrap(), written.clone());
         std::thread::spawn(move || -> std::io::Error {
-            // 50 MB of replies: far more than any socket buffers hold.
-            for _ in 0..200 {
+            // 60 MB of replies (and of requests): far more than any socket buffers hold.
+            for _ in 0..2000 {
                 if let Err(e) = stream.write_all(request.as_bytes()) {
                     return e;
                 }
                 written.fetch_add(request.len(), Ordering::SeqCst);
             }
-            panic!("200 requests written without reading a reply: the broker never stalled");
+            panic!("2,000 requests written without reading a reply: the broker never stalled");
         })
     };
     // Wait until the writer stops making progress: the broker is stuck writing to us.

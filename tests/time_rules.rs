@@ -274,7 +274,13 @@ fn a_nonce_is_a_duplicate_only_inside_the_replay_window() {
     let again = send();
     assert!(again.duplicate);
     assert_eq!(again.message_id, first.message_id);
+    // The default window is 11 minutes: longer than twice the 5-minute skew, so a copy
+    // accepted at the far edge of the skew is still caught.
     broker.clock.advance(Duration::minutes(2));
+    let at_eleven = send();
+    assert!(at_eleven.duplicate, "11 minutes is still inside the window");
+    assert_eq!(at_eleven.message_id, first.message_id);
+    broker.clock.advance(Duration::milliseconds(1));
     let later = send();
     assert!(
         !later.duplicate,

@@ -8,8 +8,13 @@ use rusqlite::Connection;
 
 use super::session::{constant_time_eq, expected_auth_token, new_token, token_hash};
 use super::{minus, plus, text, Broker, BrokerError};
-use crate::protocol::{InstanceName, Reply};
-use crate::store::queries;
+use crate::protocol::{EntryBudget, InstanceName, ListOptions, Reply};
+use crate::store::queries::{self, IdentityId};
+
+/// The most instances one `list` page holds, whatever `limit` asks for.
+const LIST_MAX_INSTANCES: u32 = 1000;
+/// A `list` reply without its entries: status, `more`, and the longest `next_after`.
+const LIST_REPLY_FIXED_BYTES: usize = 100;
 
 /// The name reserved for the broker's own notices, so nobody can pose as it.
 pub const SYSTEM_SENDER: &str = "system";
@@ -19,6 +24,8 @@ pub const SYSTEM_SENDER: &str = "system";
 pub struct Caller {
     pub session_id: i64,
     pub name: String,
+    /// Who the caller is across its renames: the scope of its nonces.
+    pub identity: IdentityId,
     /// When the session was last refreshed, as stored.
     pub last_used_at: String,
 }
@@ -88,6 +95,7 @@ impl SessionCheck {
         Ok(Caller {
             session_id: session.id,
             name: session.instance_name,
+            identity: session.identity,
             last_used_at: session.last_used_at,
         })
     }
@@ -261,18 +269,40 @@ impl Broker {
         Ok(renamed)
     }
 
-    /// `list`: every registered instance and when it was last seen.
+    /// `list`: registered instances in name order and when each was last seen, one page at a
+    /// time. A page holds what fits the reply budget (and `limit`); with more left, the reply
+    /// says `more` and names its last entry in `next_after`, which the next request passes as
+    /// `after`. Name order is stable, so paging returns every instance that stays registered
+    /// exactly once.
     pub(super) async fn list(
         &self,
         token: Option<String>,
         peer: &str,
+        options: ListOptions,
     ) -> Result<Reply, BrokerError> {
-        self.as_caller(token, peer, |conn, _caller, _now| {
-            let instances: Vec<serde_json::Value> = queries::list_instances(conn)?
-                .into_iter()
-                .map(|(id, last_seen)| serde_json::json!({"id": id, "last_seen": last_seen}))
-                .collect();
-            Ok(Reply::ok().with("instances", instances))
+        let limit = options
+            .limit
+            .unwrap_or(LIST_MAX_INSTANCES)
+            .min(LIST_MAX_INSTANCES);
+        let after = options.after.map(|name| name.as_str().to_owned());
+        self.as_caller(token, peer, move |conn, _caller, _now| {
+            let mut budget = EntryBudget::new(LIST_REPLY_FIXED_BYTES);
+            let mut instances = Vec::new();
+            let after = after.as_deref().unwrap_or("");
+            let more = queries::list_instances_after(conn, after, limit, |id, last_seen| {
+                let entry = serde_json::json!({"id": id, "last_seen": last_seen});
+                let fits = budget.take(&entry);
+                if fits {
+                    instances.push(entry);
+                }
+                fits
+            })?;
+            let next_after = instances.last().map(|entry| entry["id"].clone());
+            let reply = Reply::ok().with("instances", instances).with("more", more);
+            Ok(match next_after.filter(|_| more) {
+                Some(last) => reply.with("next_after", last),
+                None => reply,
+            })
         })
         .await
     }

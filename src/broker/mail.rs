@@ -13,18 +13,24 @@ use tokio::time::Instant;
 use super::identity::Caller;
 use super::{large_message, minus, plus, text, Broker, BrokerError, Outcome};
 use crate::protocol::request::SenderStamp;
-use crate::protocol::{AckMode, CheckOptions};
-use crate::protocol::{InstanceName, MessageBody, Reply, LEGACY_READ_BYTES};
+use crate::protocol::{AckMode, Capped, CheckOptions};
+use crate::protocol::{InstanceName, MessageBody, Reply, REPLY_BUDGET};
 use crate::store::queries::{self, MessageId, NewMessage, Settled, StoredMessage};
 
-/// A check reply is kept under half the legacy single read. Loopback TCP may send the first
-/// part of a larger write ahead of the rest, and a client that reads once would then get half
-/// a reply; replies up to about 32 KiB were measured to arrive whole.
-const CHECK_REPLY_BUDGET: usize = LEGACY_READ_BYTES / 2 - 1024;
+/// A check reply is kept under the budget every reply keeps (see [`REPLY_BUDGET`]).
+const CHECK_REPLY_BUDGET: usize = REPLY_BUDGET;
 /// The most distinct senders a `count` reply names.
 const COUNT_MAX_SENDERS: u32 = 10;
 /// The most messages one check returns, whatever `limit` asks for.
 const CHECK_MAX_MESSAGES: u32 = 500;
+/// A broadcast reply lists the ids of its first copies and of the first instances it
+/// skipped; `count`, `first_id`, `last_id` and `skipped_count` cover the rest.
+const BROADCAST_SHOWN_IDS: usize = 100;
+const BROADCAST_SHOWN_SKIPPED: usize = 20;
+/// An `ack` reply lists the first ids it found already settled and the first it refused;
+/// the counts cover the rest.
+const ACK_SHOWN_IDS: usize = 100;
+const ACK_SHOWN_REFUSALS: usize = 20;
 
 /// Mail handed to a client but not yet marked delivered. Confirm it with
 /// [`Broker::confirm_delivery`] after the reply is written; drop it to leave the mail queued.
@@ -85,46 +91,49 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    /// Refuses a sender `timestamp` too far from the broker's clock.
+    /// Refuses a sender `timestamp` too far from the broker's clock, to the millisecond: a
+    /// stamp 10.9 s off is outside a 10 s skew.
     fn check_stamp(&self, now: DateTime<Utc>) -> Result<(), BrokerError> {
         let Some(given) = self.stamp.timestamp else {
             return Ok(());
         };
-        let off_by = (given - now).num_seconds().abs();
-        let limit = self.max_clock_skew.as_secs() as i64;
-        if off_by > limit {
+        let off_by_ms = (given - now).num_milliseconds().saturating_abs();
+        let limit_ms = i64::try_from(self.max_clock_skew.as_millis()).unwrap_or(i64::MAX);
+        if off_by_ms > limit_ms {
             return Err(BrokerError::StaleTimestamp {
                 given: text(given),
-                off_by_seconds: off_by,
-                limit_seconds: limit,
+                off_by_ms,
+                limit_ms,
             });
         }
         Ok(())
     }
 
-    /// The message this sender already stored under this nonce inside the replay window.
+    /// The message this sender's identity already stored under this nonce inside the replay
+    /// window. The identity, not the name: a rename keeps it, a new holder of the name does
+    /// not get it.
     fn earlier_copy(
         &self,
         conn: &Connection,
-        sender: &str,
+        caller: &Caller,
         now: DateTime<Utc>,
     ) -> Result<Option<MessageId>, BrokerError> {
         let Some(nonce) = &self.stamp.nonce else {
             return Ok(None);
         };
         let since = text(minus(now, self.replay_window));
-        Ok(queries::find_nonce(conn, sender, nonce, &since)?)
+        Ok(queries::find_nonce(conn, caller.identity, nonce, &since)?)
     }
 
     fn remember_nonce(
         &self,
         conn: &Connection,
-        sender: &str,
+        caller: &Caller,
         id: MessageId,
         now: DateTime<Utc>,
     ) -> Result<(), BrokerError> {
         if let Some(nonce) = &self.stamp.nonce {
-            queries::record_nonce(conn, sender, nonce, id, &text(now))?;
+            queries::record_nonce(conn, caller.identity, &caller.name, nonce, id, &text(now))?;
         }
         Ok(())
     }
@@ -163,7 +172,8 @@ impl Broker {
     }
 
     /// `broadcast`: one copy for every registered instance except the sender. Instances whose
-    /// queue is full are skipped and named in `skipped`.
+    /// queue is full are skipped. The reply counts both and lists only the first few of each,
+    /// so it stays small however many instances there are.
     pub(super) async fn broadcast(
         &self,
         token: Option<String>,
@@ -182,7 +192,8 @@ impl Broker {
     }
 
     /// `ack`: settles the caller's mail id by id. Unknown ids and other instances' ids are
-    /// refused one by one (alike, so ids cannot be probed) without stopping the rest.
+    /// refused one by one (alike, so ids cannot be probed) without stopping the rest. The
+    /// reply counts each outcome and lists only the first few ids of each.
     pub(super) async fn ack(
         &self,
         token: Option<String>,
@@ -191,7 +202,9 @@ impl Broker {
     ) -> Result<Reply, BrokerError> {
         self.as_caller(token, peer, move |conn, caller, now| {
             let now = text(now);
-            let (mut acked, mut already, mut refused) = (0, Vec::new(), Vec::new());
+            let mut acked = 0;
+            let mut already = Capped::new(ACK_SHOWN_IDS);
+            let mut refused = Capped::new(ACK_SHOWN_REFUSALS);
             for id in ids {
                 match queries::ack(conn, &caller.name, MessageId(id), &now)? {
                     Settled::Acked => acked += 1,
@@ -205,10 +218,14 @@ impl Broker {
                     })),
                 }
             }
+            let truncated = already.truncated() || refused.truncated();
             Ok(Reply::ok()
                 .with("acked", acked)
-                .with("already_acked", already)
-                .with("refused", refused))
+                .with("already_acked_count", already.total())
+                .with("already_acked", already.into_shown())
+                .with("refused_count", refused.total())
+                .with("refused", refused.into_shown())
+                .with("truncated", truncated))
         })
         .await
     }
@@ -477,7 +494,7 @@ fn store_send(
     outgoing: &Outgoing,
 ) -> Result<Reply, BrokerError> {
     outgoing.check_stamp(now)?;
-    if let Some(original) = outgoing.earlier_copy(conn, &caller.name, now)? {
+    if let Some(original) = outgoing.earlier_copy(conn, caller, now)? {
         return Ok(duplicate_reply(original));
     }
     let forwarded_to = queries::resolve_forward(conn, to_id, &text(now))?;
@@ -485,7 +502,7 @@ fn store_send(
     let registered = queries::instance_exists(conn, recipient)?;
     ensure_room(conn, recipient, outgoing.queue_cap)?;
     let id = insert(conn, caller, now, to_id, recipient, "direct", outgoing)?;
-    outgoing.remember_nonce(conn, &caller.name, id, now)?;
+    outgoing.remember_nonce(conn, caller, id, now)?;
     let message = match (&forwarded_to, registered) {
         (Some(new), _) => format!("Message forwarded from {to_id} to {new}"),
         (None, false) => format!("Message queued for {recipient} (not yet registered)"),
@@ -505,11 +522,12 @@ fn store_broadcast(
     outgoing: &Outgoing,
 ) -> Result<Reply, BrokerError> {
     outgoing.check_stamp(now)?;
-    if let Some(original) = outgoing.earlier_copy(conn, &caller.name, now)? {
+    if let Some(original) = outgoing.earlier_copy(conn, caller, now)? {
         return Ok(duplicate_reply(original));
     }
-    let mut ids = Vec::new();
-    let mut skipped = Vec::new();
+    let mut ids = Capped::new(BROADCAST_SHOWN_IDS);
+    let mut skipped = Capped::new(BROADCAST_SHOWN_SKIPPED);
+    let (mut first_id, mut last_id) = (None, None);
     for (recipient, _) in queries::list_instances(conn)? {
         if recipient == caller.name {
             continue;
@@ -518,28 +536,36 @@ fn store_broadcast(
             skipped.push(recipient);
             continue;
         }
-        ids.push(
-            insert(
-                conn,
-                caller,
-                now,
-                &recipient,
-                &recipient,
-                "broadcast",
-                outgoing,
-            )?
-            .0,
-        );
+        let id = insert(
+            conn,
+            caller,
+            now,
+            &recipient,
+            &recipient,
+            "broadcast",
+            outgoing,
+        )?;
+        first_id.get_or_insert(id);
+        last_id = Some(id);
+        ids.push(id.0);
     }
-    if let Some(first) = ids.first() {
+    if let Some(first) = first_id {
         // A retry with this nonce is answered with the first copy's id.
-        outgoing.remember_nonce(conn, &caller.name, MessageId(*first), now)?;
+        outgoing.remember_nonce(conn, caller, first, now)?;
     }
-    Ok(Reply::ok()
-        .with("message", format!("Broadcast to {} instances", ids.len()))
-        .with("count", ids.len())
-        .with("message_ids", ids)
-        .with("skipped", skipped))
+    let count = ids.total();
+    let truncated = ids.truncated() || skipped.truncated();
+    let mut reply = Reply::ok()
+        .with("message", format!("Broadcast to {count} instances"))
+        .with("count", count)
+        .with("message_ids", ids.into_shown())
+        .with("skipped_count", skipped.total())
+        .with("skipped", skipped.into_shown())
+        .with("truncated", truncated);
+    if let (Some(first), Some(last)) = (first_id, last_id) {
+        reply = reply.with("first_id", first.0).with("last_id", last.0);
+    }
+    Ok(reply)
 }
 
 fn ensure_room(conn: &Connection, recipient: &str, cap: u32) -> Result<(), BrokerError> {

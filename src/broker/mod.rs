@@ -59,11 +59,11 @@ pub enum BrokerError {
     NameTaken(String),
     #[error("You are already named {0}")]
     SameName(String),
-    #[error("`timestamp` {given} is {off_by_seconds} s away from the broker's clock (limit {limit_seconds} s); check this machine's clock")]
+    #[error("`timestamp` {given} is {} s away from the broker's clock (limit {} s); check this machine's clock", seconds_text(*.off_by_ms), seconds_text(*.limit_ms))]
     StaleTimestamp {
         given: String,
-        off_by_seconds: i64,
-        limit_seconds: i64,
+        off_by_ms: i64,
+        limit_ms: i64,
     },
     #[error("`message.data` is {bytes} bytes of JSON; the limit is {limit}. Put large payloads in `content`, which is stored as a file when large")]
     DataTooLarge { bytes: usize, limit: usize },
@@ -262,7 +262,7 @@ impl Broker {
                 .map(Outcome::from),
             Action::Check(options) => self.check(token, peer, options).await,
             Action::Ack { ids } => self.ack(token, peer, ids).await.map(Outcome::from),
-            Action::List => self.list(token, peer).await.map(Outcome::from),
+            Action::List(options) => self.list(token, peer, options).await.map(Outcome::from),
             Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
             Action::Count => self.count(token, peer).await.map(Outcome::from),
         }
@@ -402,4 +402,23 @@ fn minus(at: DateTime<Utc>, by: std::time::Duration) -> DateTime<Utc> {
 
 fn text(at: DateTime<Utc>) -> String {
     clock::to_text(at)
+}
+
+/// Milliseconds as seconds for people: `10.9`, `300`, `0.001`.
+fn seconds_text(ms: i64) -> String {
+    let whole = format!("{}.{:03}", ms / 1000, (ms % 1000).abs());
+    whole.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds_text;
+
+    #[test]
+    fn milliseconds_read_as_seconds_without_trailing_zeros() {
+        assert_eq!(seconds_text(10_900), "10.9");
+        assert_eq!(seconds_text(300_000), "300");
+        assert_eq!(seconds_text(1), "0.001");
+        assert_eq!(seconds_text(0), "0");
+    }
 }

@@ -57,8 +57,9 @@ pub struct ServeArgs {
     /// Largest `message.data` object in bytes of JSON.
     #[arg(long, default_value_t = 16 * 1024)]
     pub max_data_bytes: usize,
-    /// A send nonce repeated within this window is reported as a duplicate, not stored.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    /// A send nonce repeated within this window is reported as a duplicate, not stored. Must
+    /// be longer than twice --max-clock-skew plus 30s.
+    #[arg(long, default_value = "11m", value_parser = parse_duration)]
     pub replay_window: Duration,
     /// A send timestamp further than this from the broker's clock is refused.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -117,6 +118,9 @@ impl ServeArgs {
 /// Runs the broker until a signal; returns an error that says why it could not start.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config();
+    if let Some(warning) = config.limits.legacy_read_warning() {
+        tracing::warn!("{warning}");
+    }
     let mut signals = server::ShutdownSignals::install()?;
     raise_open_file_limit(config.limits.max_connections);
     let running = server::start(&config, args.allow_remote, Clock::system()).await?;

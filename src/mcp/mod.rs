@@ -635,6 +635,13 @@ fn sent_text(reply: &Value) -> String {
     if let Some(skipped) = reply["skipped"].as_array().filter(|s| !s.is_empty()) {
         let names: Vec<&str> = skipped.iter().filter_map(Value::as_str).collect();
         text.push_str(&format!("; skipped (queue full): {}", names.join(", ")));
+        // The broker lists only the first few; say how many more there were.
+        let unlisted = reply["skipped_count"]
+            .as_u64()
+            .map_or(0, |all| all.saturating_sub(names.len() as u64));
+        if unlisted > 0 {
+            text.push_str(&format!(" and {unlisted} more"));
+        }
     }
     text.push('.');
     text

@@ -41,7 +41,7 @@ pub enum Action {
     Ack {
         ids: Vec<i64>,
     },
-    List,
+    List(ListOptions),
     Rename {
         new_id: InstanceName,
     },
@@ -58,7 +58,7 @@ impl Action {
             Action::Broadcast { .. } => "broadcast",
             Action::Check(_) => "check",
             Action::Ack { .. } => "ack",
-            Action::List => "list",
+            Action::List(_) => "list",
             Action::Rename { .. } => "rename",
             Action::Count => "count",
         }
@@ -74,6 +74,15 @@ pub struct CheckOptions {
     /// Long-poll: with no mail waiting, answer as soon as some is committed, or empty at this
     /// deadline.
     pub wait: Option<Duration>,
+}
+
+/// Which page of `list` to return: names after `after` (in name order), at most `limit`.
+/// Without either, the first page; the reply also stays under [`super::REPLY_BUDGET`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ListOptions {
+    /// The `next_after` of the previous page: the last name it held.
+    pub after: Option<InstanceName>,
+    pub limit: Option<u32>,
 }
 
 /// Who settles the mail a `check` returns.
@@ -153,7 +162,21 @@ impl RequestError {
     }
 }
 
-const ACTIONS: &str = "ping, register, send, broadcast, check, ack, list, rename, count";
+/// Every action the broker answers, in the order the docs list them.
+pub const ACTION_NAMES: [&str; 9] = [
+    "ping",
+    "register",
+    "send",
+    "broadcast",
+    "check",
+    "ack",
+    "list",
+    "rename",
+    "count",
+];
+/// The most characters of a client's own text an error message repeats back, so a reply
+/// never grows with the request.
+const ECHO_MAX_CHARS: usize = 64;
 const NONCE_MAX_CHARS: usize = 128;
 
 impl Request {
@@ -187,7 +210,10 @@ impl Fields<'_> {
             None => {
                 return Err(RequestError::new(
                     ErrorCode::MissingField,
-                    format!("request has no `action`; use one of: {ACTIONS}"),
+                    format!(
+                        "request has no `action`; use one of: {}",
+                        ACTION_NAMES.join(", ")
+                    ),
                 ))
             }
             Some(Value::String(action)) => action.as_str(),
@@ -215,7 +241,7 @@ impl Fields<'_> {
             },
             "check" => Action::Check(self.check_options()?),
             "ack" => Action::Ack { ids: self.ids()? },
-            "list" => Action::List,
+            "list" => Action::List(self.list_options()?),
             "count" => Action::Count,
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,
@@ -223,7 +249,7 @@ impl Fields<'_> {
             unknown => {
                 return Err(RequestError::new(
                     ErrorCode::UnknownAction,
-                    format!("Unknown action: {unknown}"),
+                    format!("Unknown action: {}", echo(unknown)),
                 ))
             }
         };
@@ -317,7 +343,8 @@ impl Fields<'_> {
                 RequestError::new(
                     ErrorCode::InvalidField,
                     format!(
-                        "`timestamp` must be RFC 3339, like 2026-01-02T03:04:05Z, not `{text}`"
+                        "`timestamp` must be RFC 3339, like 2026-01-02T03:04:05Z, not `{}`",
+                        echo(&text)
                     ),
                 )
             })?),
@@ -399,6 +426,23 @@ impl Fields<'_> {
             .collect()
     }
 
+    fn list_options(&self) -> Result<ListOptions, RequestError> {
+        let after = match self.optional_string("after")? {
+            None => None,
+            Some(after) => Some(InstanceName::parse(&after).ok_or_else(|| {
+                RequestError::new(
+                    ErrorCode::InvalidField,
+                    "`after` must be an instance name: pass back the `next_after` of the \
+                     previous `list` reply",
+                )
+            })?),
+        };
+        Ok(ListOptions {
+            after,
+            limit: self.optional_limit()?,
+        })
+    }
+
     fn optional_limit(&self) -> Result<Option<u32>, RequestError> {
         match self.0.get("limit") {
             None | Some(Value::Null) => Ok(None),
@@ -423,6 +467,15 @@ fn broker_owned_key(data: &Map<String, Value>) -> Option<&'static str> {
     BROKER_OWNED_DATA_KEYS
         .into_iter()
         .find(|key| data.contains_key(*key))
+}
+
+/// A client's text as an error repeats it: whole when short, else its start and its length.
+fn echo(text: &str) -> String {
+    if text.chars().count() <= ECHO_MAX_CHARS {
+        return text.to_owned();
+    }
+    let start: String = text.chars().take(ECHO_MAX_CHARS).collect();
+    format!("{start}… ({} bytes)", text.len())
 }
 
 fn wrong_type(key: &str, expected: &str, got: &Value) -> RequestError {
@@ -527,6 +580,48 @@ mod tests {
         assert_eq!(
             parse(r#"{"action": "fly"}"#).unwrap_err().message,
             "Unknown action: fly"
+        );
+    }
+
+    #[test]
+    fn errors_repeat_at_most_the_start_of_what_the_client_sent() {
+        let long = "x".repeat(100_000);
+        let unknown = parse(&format!(r#"{{"action": "{long}"}}"#)).unwrap_err();
+        assert!(unknown.message.starts_with("Unknown action: xxxx"));
+        assert!(
+            unknown.message.ends_with("(100000 bytes)"),
+            "{}",
+            unknown.message
+        );
+        assert!(unknown.message.len() < 200);
+        let stamp = parse(&format!(
+            r#"{{"action": "send", "to_id": "b", "message": {{"content": "x"}}, "timestamp": "{long}"}}"#
+        ))
+        .unwrap_err();
+        assert!(stamp.message.len() < 300, "{}", stamp.message);
+    }
+
+    #[test]
+    fn list_takes_an_optional_cursor_and_limit() {
+        let Action::List(options) = parse(r#"{"action": "list"}"#).unwrap().action else {
+            panic!("not a list")
+        };
+        assert_eq!(options, ListOptions::default());
+        let Action::List(options) = parse(r#"{"action": "list", "after": "bob", "limit": 5}"#)
+            .unwrap()
+            .action
+        else {
+            panic!("not a list")
+        };
+        assert_eq!(options.after.unwrap().as_str(), "bob");
+        assert_eq!(options.limit, Some(5));
+        assert_eq!(
+            code_of(r#"{"action": "list", "after": "no/such"}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code_of(r#"{"action": "list", "limit": 0}"#),
+            ErrorCode::InvalidField
         );
     }
 

@@ -52,6 +52,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, reason: String },
     #[error(transparent)]
     Socket(#[from] SocketError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 impl StartError {
@@ -89,6 +91,7 @@ pub async fn start(
     allow_remote: bool,
     clock: Clock,
 ) -> Result<RunningServer, StartError> {
+    config.validate()?;
     if !config.addr.ip().is_loopback() && !allow_remote {
         return Err(StartError::NotLoopback(config.addr));
     }

@@ -358,6 +358,56 @@ mod tests {
         store.shutdown().await;
     }
 
+    #[test]
+    fn nonces_stored_by_name_before_v8_go_to_the_identity_that_holds_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("ipc.db")).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(4))
+            .run(&mut conn)
+            .unwrap();
+        let at = "2026-01-01T00:00:00.000Z";
+        conn.execute_batch(&format!(
+            "INSERT INTO sessions (id, instance_name, token_sha256, created_at, last_used_at, revoked_at)
+               VALUES (1, 'alice', 'h1', '{at}', '{at}', '{at}'),
+                      (2, 'alice', 'h2', '{at}', '{at}', NULL),
+                      (3, 'bob', 'h3', '{at}', '{at}', NULL);
+             INSERT INTO send_nonces (sender, nonce, message_id, seen_at)
+               VALUES ('alice', 'n-1', 10, '{at}'), ('ghost', 'n-2', 11, '{at}');"
+        ))
+        .unwrap();
+        embedded::migrations::runner().run(&mut conn).unwrap();
+        let identity = |session: i64| -> i64 {
+            conn.query_row(
+                "SELECT identity_id FROM sessions WHERE id = ?1",
+                [session],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let alice = identity(2);
+        assert_ne!(
+            alice,
+            identity(1),
+            "each earlier session had its own identity"
+        );
+        let kept = queries::find_nonce(&conn, queries::IdentityId(alice), "n-1", at).unwrap();
+        assert_eq!(
+            kept,
+            Some(MessageId(10)),
+            "alice's live session keeps her nonce"
+        );
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM send_nonces", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "a nonce of a name nobody holds is dropped");
+        let id = queries::insert_session(&conn, "carol", "h4", at).unwrap();
+        assert!(
+            identity(id) > identity(3),
+            "new identities come after the old ones"
+        );
+    }
+
     #[tokio::test]
     async fn a_failing_job_rolls_back_alone_and_its_batch_neighbours_commit() {
         let dir = tempfile::tempdir().unwrap();

@@ -47,12 +47,18 @@ pub struct SessionRow {
     pub instance_name: String,
     pub last_used_at: String,
     pub revoked: bool,
+    pub identity: IdentityId,
 }
+
+/// Who a sender is for replay protection: begun by a `register`, carried by its session
+/// through every rename, never given to anyone else. Nonces belong to it, not to a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdentityId(pub i64);
 
 // ---- instances and sessions ----
 
 pub(crate) const FIND_SESSION: &str =
-    "SELECT id, instance_name, last_used_at, revoked_at IS NOT NULL
+    "SELECT id, instance_name, last_used_at, revoked_at IS NOT NULL, identity_id
      FROM sessions WHERE token_sha256 = ?1";
 
 pub fn find_session(conn: &Connection, token_sha256: &str) -> rusqlite::Result<Option<SessionRow>> {
@@ -63,6 +69,7 @@ pub fn find_session(conn: &Connection, token_sha256: &str) -> rusqlite::Result<O
                 instance_name: row.get(1)?,
                 last_used_at: row.get(2)?,
                 revoked: row.get(3)?,
+                identity: IdentityId(row.get(4)?),
             })
         })
         .optional()
@@ -94,18 +101,25 @@ pub fn revoke_sessions(conn: &Connection, name: &str, now: &str) -> rusqlite::Re
         .execute(params![name, now])
 }
 
+pub(crate) const NEXT_IDENTITY: &str =
+    "UPDATE identity_sequence SET last_id = last_id + 1 RETURNING last_id";
 pub(crate) const INSERT_SESSION: &str =
-    "INSERT INTO sessions (instance_name, token_sha256, created_at, last_used_at)
-     VALUES (?1, ?2, ?3, ?3)";
+    "INSERT INTO sessions (instance_name, token_sha256, created_at, last_used_at, identity_id)
+     VALUES (?1, ?2, ?3, ?3, ?4)";
 
+/// A new session for `name`, under a new identity: whoever registers a name starts afresh,
+/// so no nonce of an earlier holder applies to it.
 pub fn insert_session(
     conn: &Connection,
     name: &str,
     token_sha256: &str,
     now: &str,
 ) -> rusqlite::Result<i64> {
+    let identity: i64 = conn
+        .prepare_cached(NEXT_IDENTITY)?
+        .query_row([], |row| row.get(0))?;
     conn.prepare_cached(INSERT_SESSION)?
-        .execute(params![name, token_sha256, now])?;
+        .execute(params![name, token_sha256, now, identity])?;
     Ok(conn.last_insert_rowid())
 }
 
@@ -143,6 +157,31 @@ pub fn list_instances(conn: &Connection) -> rusqlite::Result<Vec<(String, String
     let mut statement = conn.prepare_cached(LIST_INSTANCES)?;
     let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     rows.collect()
+}
+
+pub(crate) const LIST_INSTANCES_AFTER: &str =
+    "SELECT name, last_seen_at FROM instances WHERE name > ?1 ORDER BY name LIMIT ?2";
+
+/// Hands registered instances named after `after`, in name order, to `take` with their
+/// last-seen time, until `take` refuses one or `limit` were taken. Returns whether any was
+/// left (the reply's `more`). Rows are read one at a time, so a page costs only what it holds.
+pub fn list_instances_after(
+    conn: &Connection,
+    after: &str,
+    limit: u32,
+    mut take: impl FnMut(&str, &str) -> bool,
+) -> rusqlite::Result<bool> {
+    let mut statement = conn.prepare_cached(LIST_INSTANCES_AFTER)?;
+    let mut rows = statement.query(params![after, i64::from(limit) + 1])?;
+    let mut taken = 0;
+    while let Some(row) = rows.next()? {
+        let (name, last_seen): (String, String) = (row.get(0)?, row.get(1)?);
+        if taken == limit || !take(&name, &last_seen) {
+            return Ok(true);
+        }
+        taken += 1;
+    }
+    Ok(false)
 }
 
 pub(crate) const RENAME_INSTANCE_ROW: &str =
@@ -429,37 +468,41 @@ pub fn ack(
 
 // ---- replay protection ----
 
-pub(crate) const FIND_NONCE: &str =
-    "SELECT message_id FROM send_nonces WHERE sender = ?1 AND nonce = ?2 AND seen_at >= ?3";
+pub(crate) const FIND_NONCE: &str = "SELECT message_id FROM send_nonces
+     WHERE identity_id = ?1 AND nonce = ?2 AND seen_at >= ?3";
 
-/// The message a nonce from `sender` stored, if it was seen at or after `since`.
+/// The message a nonce from `identity` stored, if it was seen at or after `since`.
 pub fn find_nonce(
     conn: &Connection,
-    sender: &str,
+    identity: IdentityId,
     nonce: &str,
     since: &str,
 ) -> rusqlite::Result<Option<MessageId>> {
     conn.prepare_cached(FIND_NONCE)?
-        .query_row(params![sender, nonce, since], |row| {
+        .query_row(params![identity.0, nonce, since], |row| {
             Ok(MessageId(row.get(0)?))
         })
         .optional()
 }
 
 pub(crate) const RECORD_NONCE: &str =
-    "INSERT INTO send_nonces (sender, nonce, message_id, seen_at) VALUES (?1, ?2, ?3, ?4)
-     ON CONFLICT (sender, nonce) DO UPDATE SET
-       message_id = excluded.message_id, seen_at = excluded.seen_at";
+    "INSERT INTO send_nonces (identity_id, nonce, sender, message_id, seen_at)
+     VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT (identity_id, nonce) DO UPDATE SET
+       sender = excluded.sender, message_id = excluded.message_id, seen_at = excluded.seen_at";
 
+/// Remembers that `identity` (named `sender` just now, for people reading the table) stored
+/// message `id` under `nonce`.
 pub fn record_nonce(
     conn: &Connection,
+    identity: IdentityId,
     sender: &str,
     nonce: &str,
     id: MessageId,
     now: &str,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(RECORD_NONCE)?
-        .execute(params![sender, nonce, id.0, now])?;
+        .execute(params![identity.0, nonce, sender, id.0, now])?;
     Ok(())
 }
 

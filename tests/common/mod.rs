@@ -650,3 +650,29 @@ pub fn lock_holder(data_dir: &Path) -> Option<u32> {
         .parse()
         .ok()
 }
+
+/// A name of `prefix` and the number `i`, padded to the 32-character limit, so lists and
+/// summaries of such names are as large as they get.
+pub fn long_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i:0>width$}", width = 32 - prefix.len())
+}
+
+impl TestBroker {
+    /// Registers `count` instances named [`long_name`]`(prefix, i)` straight through the
+    /// broker's store, in one job: over the wire ten thousand would take minutes. They have no
+    /// session; they receive broadcasts and appear in `list` like any other.
+    pub fn store_instances(&self, prefix: &str, count: usize) -> Vec<String> {
+        use claude_ipc::store::{queries, StoreError};
+        let names: Vec<String> = (0..count).map(|i| long_name(prefix, i)).collect();
+        let now = claude_ipc::clock::to_text(self.clock.now());
+        let to_store = names.clone();
+        self.block_on(self.broker().store().write(move |conn| {
+            for name in &to_store {
+                queries::upsert_instance(conn, name, &now)?;
+            }
+            Ok::<_, StoreError>(())
+        }))
+        .expect("instances stored");
+        names
+    }
+}
