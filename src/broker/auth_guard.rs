@@ -174,7 +174,6 @@ impl AuthGuard {
 fn log_summary(peer_key: &str, unlogged: u64) {
     if unlogged > 0 {
         tracing::warn!(
-            peer = peer_key,
             "{unlogged} more authentication failures from {peer_key} in the last {} s",
             WINDOW.as_secs()
         );
