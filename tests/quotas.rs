@@ -511,3 +511,43 @@ fn failure_rows_are_aggregated_and_capped_oldest_first() {
         "repeats within the minute are counted in one row"
     );
 }
+
+#[test]
+fn a_name_whose_rename_cooldown_still_runs_is_not_reaped() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.rename_cooldown = std::time::Duration::from_secs(30 * 86_400);
+    });
+    let token = broker.register("before");
+    broker.client().rename(&token, "after").unwrap();
+    broker.clock.advance(Duration::days(8));
+    assert_eq!(broker.sweep().instances, 0);
+    assert_eq!(
+        broker.count("SELECT count(*) FROM instances WHERE name = 'after'"),
+        1,
+        "reaping it would forget the cooldown a new session of the name must still serve"
+    );
+    broker.clock.advance(Duration::days(23));
+    assert_eq!(
+        broker.sweep().instances,
+        1,
+        "once the cooldown is over it goes"
+    );
+}
+
+#[test]
+fn a_large_broadcast_that_no_queue_has_room_for_writes_no_file() {
+    let broker = TestBroker::start_with(|c| c.limits.queue_cap = 1);
+    let (_, alice, _bob) = broker.alice_and_bob();
+    let mut client = broker.client();
+    client.broadcast(&alice, "fills bob's queue").unwrap();
+    let reply = client
+        .request(&json!({"action": "broadcast", "session_token": alice,
+                         "message": {"content": "b".repeat(50_000)}}))
+        .unwrap();
+    assert_eq!(reply["message"], "Broadcast to 0 instances", "{reply}");
+    assert_eq!(reply["skipped"], json!(["bob"]));
+    assert!(
+        !broker.data_dir().join("large-messages").exists(),
+        "no file was written for a message nobody could receive"
+    );
+}
