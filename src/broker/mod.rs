@@ -189,7 +189,8 @@ impl Broker {
     ) -> Self {
         Broker {
             store,
-            limits: limits.clone(),
+            auth_guard: Arc::new(auth_guard::AuthGuard::new(limits.auth_failure_limit)),
+            limits,
             shared_secret,
             large_message_dir,
             started_at: clock.now(),
@@ -197,7 +198,6 @@ impl Broker {
             socket: None,
             check_locks: Mutex::new(HashMap::new()),
             doorbells: doorbell::Doorbells::default(),
-            auth_guard: Arc::new(auth_guard::AuthGuard::new(limits.auth_failure_limit)),
         }
     }
 
