@@ -56,6 +56,64 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// How often the sweeper expires and purges old rows.
     pub sweep_interval: Duration,
+    /// An instance with no live session, no waiting mail and no forward to it, unseen this
+    /// long, is removed so that names nobody uses do not pile up (and collect notices).
+    pub instance_retention: Duration,
+    /// Requests per 60 s per peer, summed over every name it uses; 0 turns it off. `None`:
+    /// ten times `rate_limit` (so off when that is off).
+    pub peer_rate_limit: Option<u32>,
+    /// Registrations that create a new name, per 60 s per peer; 0 turns it off. `None`:
+    /// [`DEFAULT_PEER_REGISTER_LIMIT`], or off when `rate_limit` is off.
+    pub peer_register_limit: Option<u32>,
+    /// Registrations that create a new name, per 60 s for everyone together; 0 turns it off.
+    /// `None`: [`DEFAULT_REGISTER_LIMIT`], or off when `rate_limit` is off.
+    pub register_limit: Option<u32>,
+    /// Bytes of large-message files all stored mail may refer to; 0 means unlimited.
+    pub large_message_total_bytes: u64,
+    /// Bytes of large-message files one sender's stored mail may refer to; 0 means unlimited.
+    pub large_message_sender_bytes: u64,
+    /// Authentication failures per 60 s per peer before its requests that need authentication
+    /// are refused unchecked until the minute has passed; 0 turns it off.
+    pub auth_failure_limit: u32,
+    /// The most rows `auth_failures` keeps; the oldest go first.
+    pub auth_failure_rows: u32,
+}
+
+/// Registrations of new names per peer per minute when `rate_limit` is on and no other is set.
+pub const DEFAULT_PEER_REGISTER_LIMIT: u32 = 60;
+/// Registrations of new names per minute for everyone together, by the same rule.
+pub const DEFAULT_REGISTER_LIMIT: u32 = 600;
+/// The per-peer request limit is this many times the per-instance one unless set.
+pub const PEER_RATE_FACTOR: u32 = 10;
+
+impl Limits {
+    /// Requests per 60 s per peer in force (0 = off).
+    pub fn effective_peer_rate_limit(&self) -> u32 {
+        self.peer_rate_limit
+            .unwrap_or(self.rate_limit.saturating_mul(PEER_RATE_FACTOR))
+    }
+
+    /// New names per 60 s per peer in force (0 = off).
+    pub fn effective_peer_register_limit(&self) -> u32 {
+        self.peer_register_limit
+            .unwrap_or(self.derived_from_rate_limit(DEFAULT_PEER_REGISTER_LIMIT))
+    }
+
+    /// New names per 60 s for everyone in force (0 = off).
+    pub fn effective_register_limit(&self) -> u32 {
+        self.register_limit
+            .unwrap_or(self.derived_from_rate_limit(DEFAULT_REGISTER_LIMIT))
+    }
+
+    /// `--rate-limit 0` means "no request limits, for trusted scripts": the limits that
+    /// were not set explicitly follow it.
+    fn derived_from_rate_limit(&self, default: u32) -> u32 {
+        if self.rate_limit == 0 {
+            0
+        } else {
+            default
+        }
+    }
 }
 
 impl Default for Limits {
@@ -83,6 +141,14 @@ impl Default for Limits {
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(MINUTE),
+            instance_retention: Duration::from_secs(7 * DAY),
+            peer_rate_limit: None,
+            peer_register_limit: None,
+            register_limit: None,
+            large_message_total_bytes: 1024 * 1024 * 1024,
+            large_message_sender_bytes: 100 * 1024 * 1024,
+            auth_failure_limit: 60,
+            auth_failure_rows: 10_000,
         }
     }
 }

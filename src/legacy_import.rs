@@ -428,6 +428,9 @@ impl Importer<'_> {
                 content: &message.content,
                 data: data.as_deref(),
                 large_file: large_file.filter(|path| is_large_message_path(path)),
+                // The original's files were written by it, not by this broker's senders, so
+                // they are left out of the large-message caps.
+                large_file_bytes: None,
                 nonce: None,
                 sender_timestamp: None,
                 received_at: &clock::to_text(received),

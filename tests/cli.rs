@@ -622,6 +622,14 @@ fn serve_help_lists_every_limit_flag() {
         "--addr",
         "--data-dir",
         "--allow-remote",
+        "--instance-retention",
+        "--peer-rate-limit",
+        "--peer-register-limit",
+        "--register-limit",
+        "--large-message-total-bytes",
+        "--large-message-sender-bytes",
+        "--auth-failure-limit",
+        "--auth-failure-rows",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(flag)),

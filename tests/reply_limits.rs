@@ -308,6 +308,7 @@ fn mail_through_the_store(broker: &TestBroker, recipient: &str, count: usize) ->
                     content: &content,
                     data: None,
                     large_file: None,
+                    large_file_bytes: None,
                     nonce: None,
                     sender_timestamp: None,
                     received_at: &now,

@@ -1,15 +1,20 @@
-//! Who is speaking: register, sessions, rename, list, and the per-instance rate limit.
+//! Who is speaking: register, sessions, rename, list, and the rate limits: per instance, per
+//! peer over all its names, and on registering new names (per peer and for everyone), so that
+//! making fresh names escapes none of them.
 //!
 //! Identity always comes from the session token. Names a request claims (`from_id`,
 //! `instance_id`, `old_id`) are never read.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 
+use super::auth_guard::{AuthGuard, Failure};
 use super::session::{constant_time_eq, expected_auth_token, new_token, token_hash};
-use super::{minus, plus, text, Broker, BrokerError};
+use super::{minus, plus, text, Broker, BrokerError, Peer};
 use crate::protocol::{EntryBudget, InstanceName, ListOptions, Reply};
-use crate::store::queries::{self, IdentityId};
+use crate::store::queries::{self, AuthFailure, IdentityId, PeerActivity};
 
 /// The most instances one `list` page holds, whatever `limit` asks for.
 const LIST_MAX_INSTANCES: u32 = 1000;
@@ -33,10 +38,70 @@ pub struct Caller {
 /// Everything needed to check a session on the writer thread.
 pub(super) struct SessionCheck {
     token_hash: Option<String>,
-    peer: String,
+    peer: PeerRecord,
     idle_expiry: std::time::Duration,
     rate_limit: u32,
+    /// Requests per window for all of the peer's names together; 0 is off.
+    peer_rate_limit: u32,
 }
+
+/// How a peer's failures are counted and recorded, on the writer thread.
+#[derive(Clone)]
+pub(super) struct PeerRecord {
+    label: String,
+    key: String,
+    guard: Arc<AuthGuard>,
+    max_rows: u32,
+}
+
+impl PeerRecord {
+    /// Counts and (if it is the first of the peer's minute) logs a checked failure, and
+    /// records it in its aggregate row.
+    fn refused(
+        &self,
+        conn: &Connection,
+        now: DateTime<Utc>,
+        name: Option<&str>,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        self.guard.failed(&self.failure(name, reason));
+        self.record(conn, now, name, reason)
+    }
+
+    /// Records a failure already counted by the guard in its aggregate row.
+    fn record(
+        &self,
+        conn: &Connection,
+        now: DateTime<Utc>,
+        name: Option<&str>,
+        reason: &str,
+    ) -> Result<(), BrokerError> {
+        let at = text(now);
+        let minute = format!("{}:00.000Z", &at[..16]);
+        let failure = AuthFailure {
+            at: &at,
+            minute: &minute,
+            name,
+            peer: &self.label,
+            peer_key: &self.key,
+            reason,
+        };
+        queries::record_auth_failure(conn, &failure, self.max_rows)?;
+        Ok(())
+    }
+
+    fn failure<'a>(&'a self, name: Option<&'a str>, reason: &'a str) -> Failure<'a> {
+        Failure {
+            peer_key: &self.key,
+            peer_label: &self.label,
+            name,
+            reason,
+        }
+    }
+}
+
+/// The reason recorded for a registration with the wrong shared-secret token.
+const WRONG_SECRET: &str = "wrong shared-secret auth token";
 
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 /// A session used within this long (or a hundredth of its idle expiry, if that is shorter) is
@@ -54,7 +119,7 @@ impl SessionCheck {
         now: DateTime<Utc>,
     ) -> Result<Caller, BrokerError> {
         let caller = self.verify(conn, now)?;
-        self.enforce_rate_limit(conn, &caller.name, now)?;
+        self.enforce_rate_limits(conn, &caller.name, now)?;
         let granularity = TOUCH_GRANULARITY.min(self.idle_expiry / 100);
         if caller.last_used_at <= text(minus(now, granularity)) {
             queries::touch_session(conn, caller.session_id, &caller.name, &text(now))?;
@@ -107,72 +172,134 @@ impl SessionCheck {
         name: Option<&str>,
         reason: &str,
     ) -> Result<Caller, BrokerError> {
-        record_auth_failure(conn, now, name, &self.peer, reason)?;
+        self.peer.refused(conn, now, name, reason)?;
         Err(BrokerError::InvalidSession)
     }
 
-    fn enforce_rate_limit(
+    /// Refuses the request if it would pass the caller's own limit or its peer's (summed
+    /// over every name the peer uses), and counts it against both only when neither refuses.
+    fn enforce_rate_limits(
         &self,
         conn: &Connection,
         name: &str,
         now: DateTime<Utc>,
     ) -> Result<(), BrokerError> {
-        if self.rate_limit == 0 {
-            return Ok(());
-        }
         let window_start = text(minus(now, RATE_WINDOW));
-        let (count, oldest) = queries::requests_since(conn, name, &window_start)?;
-        if count >= self.rate_limit {
-            let frees_at = oldest
-                .as_deref()
-                .and_then(crate::clock::parse)
-                .map(|oldest| plus(oldest, RATE_WINDOW))
-                .unwrap_or(now);
-            return Err(BrokerError::RateLimited {
-                name: name.to_owned(),
-                limit: self.rate_limit,
-                retry_seconds: (frees_at - now).num_seconds().max(1),
-            });
+        if self.rate_limit > 0 {
+            let (count, oldest) = queries::requests_since(conn, name, &window_start)?;
+            if count >= self.rate_limit {
+                return Err(BrokerError::RateLimited {
+                    name: name.to_owned(),
+                    limit: self.rate_limit,
+                    retry_seconds: retry_seconds(oldest.as_deref(), now),
+                });
+            }
         }
-        queries::log_request(conn, name, &text(now), &window_start)?;
+        let peer = &self.peer.key;
+        if self.peer_rate_limit > 0 {
+            let (count, oldest) =
+                queries::peer_activity_since(conn, PeerActivity::Request, peer, &window_start)?;
+            if count >= self.peer_rate_limit {
+                return Err(BrokerError::PeerRateLimited {
+                    peer: peer.clone(),
+                    limit: self.peer_rate_limit,
+                    retry_seconds: retry_seconds(oldest.as_deref(), now),
+                });
+            }
+        }
+        let now = text(now);
+        if self.rate_limit > 0 {
+            queries::log_request(conn, name, &now, &window_start)?;
+        }
+        if self.peer_rate_limit > 0 {
+            queries::log_peer_activity(conn, PeerActivity::Request, peer, &now, &window_start)?;
+        }
         Ok(())
     }
 }
 
-fn record_auth_failure(
+/// Seconds until the oldest counted event leaves the sliding window (at least 1).
+fn retry_seconds(oldest: Option<&str>, now: DateTime<Utc>) -> i64 {
+    let frees_at = oldest
+        .and_then(crate::clock::parse)
+        .map(|oldest| plus(oldest, RATE_WINDOW))
+        .unwrap_or(now);
+    (frees_at - now).num_seconds().max(1)
+}
+
+/// Refuses a registration that would create a new name past the peer's or everyone's
+/// limit for the window (`limits`: per peer, for everyone; 0 is off), and counts it
+/// otherwise. Only new names are counted: registering again only replaces a session.
+fn enforce_register_limits(
     conn: &Connection,
-    now: DateTime<Utc>,
-    name: Option<&str>,
+    limits: (u32, u32),
     peer: &str,
-    reason: &str,
+    now: DateTime<Utc>,
 ) -> Result<(), BrokerError> {
-    tracing::warn!(
-        instance = name.unwrap_or("-"),
-        peer,
-        reason,
-        "authentication failed"
-    );
-    queries::record_auth_failure(conn, &text(now), name, peer, reason)?;
+    let (per_peer, everyone) = limits;
+    let window_start = text(minus(now, RATE_WINDOW));
+    if per_peer > 0 {
+        let (count, oldest) =
+            queries::peer_activity_since(conn, PeerActivity::Register, peer, &window_start)?;
+        if count >= per_peer {
+            return Err(BrokerError::PeerRegisterLimited {
+                peer: peer.to_owned(),
+                limit: per_peer,
+                retry_seconds: retry_seconds(oldest.as_deref(), now),
+            });
+        }
+    }
+    if everyone > 0 {
+        let (count, oldest) =
+            queries::all_activity_since(conn, PeerActivity::Register, &window_start)?;
+        if count >= everyone {
+            return Err(BrokerError::RegisterLimited {
+                limit: everyone,
+                retry_seconds: retry_seconds(oldest.as_deref(), now),
+            });
+        }
+    }
+    if per_peer > 0 || everyone > 0 {
+        queries::log_peer_activity(
+            conn,
+            PeerActivity::Register,
+            peer,
+            &text(now),
+            &window_start,
+        )?;
+    }
     Ok(())
 }
 
 impl Broker {
-    pub(super) fn session_check(&self, token: Option<String>, peer: &str) -> SessionCheck {
+    pub(super) fn session_check(&self, token: Option<String>, peer: &Peer) -> SessionCheck {
         SessionCheck {
             token_hash: token.as_deref().map(token_hash),
-            peer: peer.to_owned(),
+            peer: self.peer_record(peer),
             idle_expiry: self.limits.session_idle_expiry,
             rate_limit: self.limits.rate_limit,
+            peer_rate_limit: self.limits.effective_peer_rate_limit(),
+        }
+    }
+
+    fn peer_record(&self, peer: &Peer) -> PeerRecord {
+        PeerRecord {
+            label: peer.label.clone(),
+            key: peer.key(),
+            guard: self.auth_guard.clone(),
+            max_rows: self.limits.auth_failure_rows,
         }
     }
 
     /// `register`: checks the shared secret, revokes any earlier session of this name, and
-    /// issues a new token. Mail already waiting for the name is reported, not moved.
+    /// issues a new token. Mail already waiting for the name is reported, not moved. A peer
+    /// that used up its authentication failures is refused without its secret being looked
+    /// at, and a new name counts against the registration limits.
     pub(super) async fn register(
         &self,
         name: InstanceName,
         auth_token: Option<String>,
-        peer: &str,
+        peer: &Peer,
     ) -> Result<Reply, BrokerError> {
         let name = name.as_str().to_owned();
         if name == SYSTEM_SENDER {
@@ -186,16 +313,28 @@ impl Broker {
                 constant_time_eq(given.as_bytes(), expected.as_bytes())
             }
         };
+        let record = self.peer_record(peer);
+        if self.shared_secret.is_some() {
+            let failure = record.failure(Some(&name), WRONG_SECRET);
+            if let Err(retry) = self.auth_guard.check_secret(&failure, secret_ok) {
+                return Err(self.auth_throttled(peer, retry));
+            }
+        }
         let token = new_token().map_err(BrokerError::Entropy)?;
         let hash = token_hash(&token);
-        let peer = peer.to_owned();
+        let register_limits = (
+            self.limits.effective_peer_register_limit(),
+            self.limits.effective_register_limit(),
+        );
         let now = self.now();
         let queued = self
             .run(move |conn| {
                 if !secret_ok {
-                    let reason = "wrong shared-secret auth token";
-                    record_auth_failure(conn, now, Some(&name), &peer, reason)?;
+                    record.record(conn, now, Some(&name), WRONG_SECRET)?;
                     return Err(BrokerError::InvalidAuth);
+                }
+                if !queries::instance_exists(conn, &name)? {
+                    enforce_register_limits(conn, register_limits, &record.key, now)?;
                 }
                 let now = text(now);
                 queries::revoke_sessions(conn, &name, &now)?;
@@ -224,12 +363,13 @@ impl Broker {
     pub(super) async fn rename(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         new_id: InstanceName,
     ) -> Result<Reply, BrokerError> {
         let new = new_id.as_str().to_owned();
         let cooldown = self.limits.rename_cooldown;
         let forward_for = self.limits.forward_duration;
+        let queue_cap = self.limits.queue_cap;
         let renamed = self
             .as_caller(token, peer, move |conn, caller, now| {
                 let old = caller.name.clone();
@@ -257,7 +397,7 @@ impl Broker {
                 }
                 let stamp = text(now);
                 queries::rename_instance(conn, &old, &new, &stamp, &text(plus(now, forward_for)))?;
-                notify_rename(conn, &old, &new, &stamp)?;
+                notify_rename(conn, &old, &new, &stamp, queue_cap)?;
                 Ok(Reply::ok()
                     .with("message", format!("Renamed {old} to {new}"))
                     .with("old_id", old)
@@ -277,7 +417,7 @@ impl Broker {
     pub(super) async fn list(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         options: ListOptions,
     ) -> Result<Reply, BrokerError> {
         let limit = options
@@ -308,11 +448,21 @@ impl Broker {
     }
 }
 
-/// Stores a system notice "<old> renamed to <new>" for every other registered instance.
-fn notify_rename(conn: &Connection, old: &str, new: &str, now: &str) -> Result<(), BrokerError> {
+/// Stores a system notice "<old> renamed to <new>" for every other registered instance
+/// whose queue has room: like a broadcast, a notice never pushes a queue past its cap.
+fn notify_rename(
+    conn: &Connection,
+    old: &str,
+    new: &str,
+    now: &str,
+    queue_cap: u32,
+) -> Result<(), BrokerError> {
     let content = format!("{old} renamed to {new}");
     for (recipient, _) in queries::list_instances(conn)? {
         if recipient == new {
+            continue;
+        }
+        if queue_cap > 0 && queries::pending_count(conn, &recipient)? >= queue_cap {
             continue;
         }
         queries::insert_message(
@@ -325,6 +475,7 @@ fn notify_rename(conn: &Connection, old: &str, new: &str, now: &str) -> Result<(
                 content: &content,
                 data: None,
                 large_file: None,
+                large_file_bytes: None,
                 nonce: None,
                 sender_timestamp: None,
                 received_at: now,

@@ -18,30 +18,48 @@ const SUMMARY_CHARS: usize = 200;
 /// Writes `content` to a new file (mode 0600) in `dir` and returns its path, after the file
 /// and its directory entry are on disk.
 pub fn write_file(dir: &Path, content: &str, now: DateTime<Utc>) -> std::io::Result<PathBuf> {
-    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let path = new_path(dir, now);
+    write_at(dir, &path, &file_text(content, now))?;
+    Ok(path)
+}
+
+/// A fresh name in `dir` for a file written at `now`; nothing is created yet.
+pub fn new_path(dir: &Path, now: DateTime<Utc>) -> PathBuf {
     let mut random = [0u8; 8];
     rand::rng().fill_bytes(&mut random);
     let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    let path = dir.join(format!("{}-{suffix}.md", now.format("%Y%m%dT%H%M%S%.3fZ")));
+    dir.join(format!("{}-{suffix}.md", now.format("%Y%m%dT%H%M%S%.3fZ")))
+}
+
+/// What the file for `content` holds: a short header, then the content. Its length is what
+/// the large-message caps count.
+pub fn file_text(content: &str, now: DateTime<Utc>) -> String {
+    let size_kb = content.len() as f64 / 1024.0;
+    format!(
+        "# IPC Message\nTime: {}\nSize: {size_kb:.1}KB\n\n## Content\n{content}\n",
+        crate::clock::to_text(now)
+    )
+}
+
+/// Creates `path` (which must not exist, mode 0600) in `dir` holding `text`, and returns once
+/// the file and its directory entry are on disk.
+pub fn write_at(dir: &Path, path: &Path, text: &str) -> std::io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&path)?;
-    let size_kb = content.len() as f64 / 1024.0;
-    let written = write!(
-        file,
-        "# IPC Message\nTime: {}\nSize: {size_kb:.1}KB\n\n## Content\n{content}\n",
-        crate::clock::to_text(now)
-    )
-    .and_then(|_| file.sync_all())
-    .and_then(|_| fs::File::open(dir)?.sync_all());
+        .open(path)?;
+    let written = file
+        .write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .and_then(|_| fs::File::open(dir)?.sync_all());
     if let Err(e) = written {
         // A full disk leaves a truncated file; no message will point at it, so remove it.
-        let _ = fs::remove_file(&path);
+        let _ = fs::remove_file(path);
         return Err(e);
     }
-    Ok(path)
+    Ok(())
 }
 
 /// The inline text that replaces large content: its start, then where the rest is.

@@ -1,5 +1,10 @@
 //! Mail: send, broadcast, check, and the receipt that marks mail delivered only after its
 //! reply reached the socket.
+//!
+//! A message with large content is checked against every limit (session, rate limits, stamp
+//! and nonce, queue cap, the large-message caps) in one store job before its file is written,
+//! so a refused sender costs the disk nothing; then the file is written, then the message is
+//! stored in a second job that checks again, and the file is removed if that one refuses.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use tokio::sync::{Notify, OwnedMutexGuard};
 use tokio::time::Instant;
 
 use super::identity::Caller;
-use super::{large_message, minus, plus, text, Broker, BrokerError, Outcome};
+use super::{large_message, minus, plus, text, Broker, BrokerError, Outcome, Peer};
 use crate::protocol::request::SenderStamp;
 use crate::protocol::{AckMode, Capped, CheckOptions};
 use crate::protocol::{InstanceName, MessageBody, Reply, REPLY_BUDGET};
@@ -78,19 +83,65 @@ impl Batch {
 struct Prepared {
     content: String,
     data: Option<String>,
-    large_file: Option<PathBuf>,
+    large: Option<LargeFile>,
 }
 
-/// A message on its way in: prepared body, the sender's stamp, and the queue cap to respect.
+/// The file large content goes to: chosen before any check, written only after all pass.
+struct LargeFile {
+    path: PathBuf,
+    text: String,
+}
+
+impl LargeFile {
+    fn bytes(&self) -> u64 {
+        self.text.len() as u64
+    }
+}
+
+/// A message on its way in: prepared body, the sender's stamp, and the caps to respect.
 struct Outgoing {
     prepared: Prepared,
     stamp: SenderStamp,
     queue_cap: u32,
     max_clock_skew: std::time::Duration,
     replay_window: std::time::Duration,
+    /// Large-message bytes per sender and in total; 0 is unlimited.
+    large_sender_cap: u64,
+    large_total_cap: u64,
 }
 
 impl Outgoing {
+    /// Refuses a large message whose file would take its sender's stored large mail, or
+    /// everyone's, past its cap. Files are counted from the stored rows, once each.
+    fn check_large_caps(&self, conn: &Connection, sender: &str) -> Result<(), BrokerError> {
+        let Some(large) = &self.prepared.large else {
+            return Ok(());
+        };
+        let bytes = large.bytes();
+        if self.large_sender_cap > 0 {
+            let used = queries::sender_large_file_bytes(conn, sender)?;
+            if used + bytes > self.large_sender_cap {
+                return Err(BrokerError::LargeMessageSenderFull {
+                    sender: sender.to_owned(),
+                    used,
+                    bytes,
+                    limit: self.large_sender_cap,
+                });
+            }
+        }
+        if self.large_total_cap > 0 {
+            let used = queries::total_large_file_bytes(conn)?;
+            if used + bytes > self.large_total_cap {
+                return Err(BrokerError::LargeMessageTotalFull {
+                    used,
+                    bytes,
+                    limit: self.large_total_cap,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses a sender `timestamp` too far from the broker's clock, to the millisecond: a
     /// stamp 10.9 s off is outside a 10 s skew.
     fn check_stamp(&self, now: DateTime<Utc>) -> Result<(), BrokerError> {
@@ -153,17 +204,26 @@ impl Broker {
     pub(super) async fn send(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         to_id: InstanceName,
         message: MessageBody,
         stamp: SenderStamp,
     ) -> Result<Reply, BrokerError> {
-        let outgoing = self.outgoing(&token, peer, &message, stamp).await?;
+        let outgoing = self.outgoing(&message, stamp)?;
+        let to = to_id.as_str().to_owned();
+        let check = move |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
+            Ok(match plan_send(conn, caller, now, &to, outgoing)? {
+                SendPlan::Duplicate(original) => Some(duplicate_reply(original)),
+                SendPlan::Deliver { .. } => None,
+            })
+        };
         let store = move |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
             store_send(conn, caller, now, to_id.as_str(), outgoing)
         };
         let reply = self
-            .store_outgoing(token, peer, outgoing, store, |reply| !is_duplicate(reply))
+            .store_outgoing(token, peer, outgoing, check, store, |reply| {
+                !is_duplicate(reply)
+            })
             .await?;
         if let Some(recipient) = reply.get("recipient").and_then(Value::as_str) {
             self.doorbells.ring(recipient);
@@ -177,13 +237,23 @@ impl Broker {
     pub(super) async fn broadcast(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         message: MessageBody,
         stamp: SenderStamp,
     ) -> Result<Reply, BrokerError> {
-        let outgoing = self.outgoing(&token, peer, &message, stamp).await?;
+        let outgoing = self.outgoing(&message, stamp)?;
+        let check = |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
+            Ok(match plan_broadcast(conn, caller, now, outgoing)? {
+                BroadcastPlan::Duplicate(original) => Some(duplicate_reply(original)),
+                BroadcastPlan::Deliver {
+                    recipients,
+                    skipped,
+                } if recipients.is_empty() => Some(broadcast_reply(Capped::new(0), skipped, None)),
+                BroadcastPlan::Deliver { .. } => None,
+            })
+        };
         let reply = self
-            .store_outgoing(token, peer, outgoing, store_broadcast, |reply| {
+            .store_outgoing(token, peer, outgoing, check, store_broadcast, |reply| {
                 reply_count(reply) > 0
             })
             .await?;
@@ -197,7 +267,7 @@ impl Broker {
     pub(super) async fn ack(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         ids: Vec<i64>,
     ) -> Result<Reply, BrokerError> {
         self.as_caller(token, peer, move |conn, caller, now| {
@@ -230,53 +300,87 @@ impl Broker {
         .await
     }
 
-    /// Prepares a message for storing. Large content is written to its file here, outside the
-    /// store's thread, so the session is verified first: strangers cannot make the broker
-    /// write files.
-    async fn outgoing(
-        &self,
-        token: &Option<String>,
-        peer: &str,
-        message: &MessageBody,
-        stamp: SenderStamp,
-    ) -> Result<Outgoing, BrokerError> {
-        if self.needs_file(message) {
-            self.verify_session(token.clone(), peer).await?;
-        }
+    /// Prepares a message for storing: checks the data size and, for large content, picks the
+    /// file and builds its text and summary. Nothing is written yet.
+    fn outgoing(&self, message: &MessageBody, stamp: SenderStamp) -> Result<Outgoing, BrokerError> {
         Ok(Outgoing {
-            prepared: self.prepare(message).await?,
+            prepared: self.prepare(message)?,
             stamp,
             queue_cap: self.limits.queue_cap,
             max_clock_skew: self.limits.max_clock_skew,
             replay_window: self.limits.replay_window,
+            large_sender_cap: self.limits.large_message_sender_bytes,
+            large_total_cap: self.limits.large_message_total_bytes,
         })
     }
 
-    /// Runs `store` as the caller; removes the large-message file again unless `kept_file`
-    /// says the reply stored a message that refers to it.
-    async fn store_outgoing<F>(
+    /// Runs `store` as the caller. For large content, first runs `check` as the caller (which
+    /// counts the request): a refusal, or a final answer such as a duplicate, means the file
+    /// is never written. Then the file is written, and `store` runs without counting the
+    /// request again; the file is removed unless `kept_file` says the reply stored a message
+    /// that refers to it.
+    async fn store_outgoing<C, F>(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         outgoing: Outgoing,
+        check: C,
         store: F,
         kept_file: fn(&Reply) -> bool,
     ) -> Result<Reply, BrokerError>
     where
+        C: FnOnce(
+                &Connection,
+                &Caller,
+                DateTime<Utc>,
+                &Outgoing,
+            ) -> Result<Option<Reply>, BrokerError>
+            + Send
+            + 'static,
         F: FnOnce(&Connection, &Caller, DateTime<Utc>, &Outgoing) -> Result<Reply, BrokerError>
             + Send
             + 'static,
     {
-        let large_file = outgoing.prepared.large_file.clone();
+        if outgoing.prepared.large.is_none() {
+            return self
+                .as_caller(token, peer, move |conn, caller, now| {
+                    store(conn, caller, now, &outgoing)
+                })
+                .await;
+        }
+        let outgoing = Arc::new(outgoing);
+        let checked = outgoing.clone();
+        let answer = self
+            .as_caller(token.clone(), peer, move |conn, caller, now| {
+                check(conn, caller, now, &checked)
+            })
+            .await?;
+        if let Some(reply) = answer {
+            return Ok(reply);
+        }
+        let path = self.write_large_file(outgoing.clone()).await?;
         let result = self
-            .as_caller(token, peer, move |conn, caller, now| {
+            .as_caller_again(token, peer, move |conn, caller, now| {
                 store(conn, caller, now, &outgoing)
             })
             .await;
         if !matches!(&result, Ok(reply) if kept_file(reply)) {
-            remove_orphan(large_file);
+            remove_orphan(path);
         }
         result
+    }
+
+    /// Writes the large-message file of `outgoing` (off the async executor) and returns its
+    /// path.
+    async fn write_large_file(&self, outgoing: Arc<Outgoing>) -> Result<PathBuf, BrokerError> {
+        let dir = self.large_message_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let large = outgoing.prepared.large.as_ref().expect("large content");
+            large_message::write_at(&dir, &large.path, &large.text).map(|()| large.path.clone())
+        })
+        .await
+        .map_err(|e| BrokerError::LargeFile(std::io::Error::other(e.to_string())))?
+        .map_err(BrokerError::LargeFile)
     }
 
     /// `check`: the caller's oldest waiting mail, as much as fits a legacy single read.
@@ -288,7 +392,7 @@ impl Broker {
     pub(super) async fn check(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         options: CheckOptions,
     ) -> Result<Outcome, BrokerError> {
         let deadline = options.wait.map(|wait| Instant::now() + wait);
@@ -329,7 +433,7 @@ impl Broker {
     async fn read_batch(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         options: &CheckOptions,
         first_read: bool,
     ) -> Result<Batch, BrokerError> {
@@ -392,7 +496,7 @@ impl Broker {
     pub(super) async fn count(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
     ) -> Result<Reply, BrokerError> {
         let auth = self.session_check(token, peer);
         let now = self.now();
@@ -441,8 +545,9 @@ impl Broker {
         Value::String(message.content.clone()).to_string().len() > self.limits.large_message_bytes
     }
 
-    /// Checks the data size and moves large content to a file (off the async executor).
-    async fn prepare(&self, message: &MessageBody) -> Result<Prepared, BrokerError> {
+    /// Checks the data size and, for large content, chooses its file and builds the summary
+    /// that is queued in its place.
+    fn prepare(&self, message: &MessageBody) -> Result<Prepared, BrokerError> {
         let data = message
             .data
             .as_ref()
@@ -458,17 +563,11 @@ impl Broker {
             return Ok(Prepared {
                 content: message.content.clone(),
                 data,
-                large_file: None,
+                large: None,
             });
         }
-        let dir = self.large_message_dir.clone();
-        let (content, now) = (message.content.clone(), self.now());
-        let written = tokio::task::spawn_blocking(move || {
-            large_message::write_file(&dir, &content, now).map(|path| (path, content))
-        })
-        .await
-        .map_err(|e| BrokerError::LargeFile(std::io::Error::other(e.to_string())))?;
-        let (path, content) = written.map_err(BrokerError::LargeFile)?;
+        let (content, now) = (&message.content, self.now());
+        let path = large_message::new_path(&self.large_message_dir, now);
         let mut data_object = message.data.clone().unwrap_or_default();
         data_object.insert(
             "large_message_file".into(),
@@ -476,14 +575,52 @@ impl Broker {
         );
         data_object.insert(
             "original_size_kb".into(),
-            large_message::size_kb(&content).into(),
+            large_message::size_kb(content).into(),
         );
         Ok(Prepared {
-            content: large_message::summary(&content, &path),
+            content: large_message::summary(content, &path),
             data: Some(Value::Object(data_object).to_string()),
-            large_file: Some(path),
+            large: Some(LargeFile {
+                text: large_message::file_text(content, now),
+                path,
+            }),
         })
     }
+}
+
+/// What a send will do, once every rule has passed.
+enum SendPlan {
+    /// The nonce was used already: answer with that message.
+    Duplicate(MessageId),
+    Deliver {
+        recipient: String,
+        forwarded_to: Option<String>,
+        registered: bool,
+    },
+}
+
+/// Checks a send against every rule without storing anything.
+fn plan_send(
+    conn: &Connection,
+    caller: &Caller,
+    now: DateTime<Utc>,
+    to_id: &str,
+    outgoing: &Outgoing,
+) -> Result<SendPlan, BrokerError> {
+    outgoing.check_stamp(now)?;
+    if let Some(original) = outgoing.earlier_copy(conn, caller, now)? {
+        return Ok(SendPlan::Duplicate(original));
+    }
+    let forwarded_to = queries::resolve_forward(conn, to_id, &text(now))?;
+    let recipient = forwarded_to.as_deref().unwrap_or(to_id).to_owned();
+    let registered = queries::instance_exists(conn, &recipient)?;
+    ensure_room(conn, &recipient, outgoing.queue_cap)?;
+    outgoing.check_large_caps(conn, &caller.name)?;
+    Ok(SendPlan::Deliver {
+        recipient,
+        forwarded_to,
+        registered,
+    })
 }
 
 fn store_send(
@@ -493,14 +630,16 @@ fn store_send(
     to_id: &str,
     outgoing: &Outgoing,
 ) -> Result<Reply, BrokerError> {
-    outgoing.check_stamp(now)?;
-    if let Some(original) = outgoing.earlier_copy(conn, caller, now)? {
-        return Ok(duplicate_reply(original));
-    }
-    let forwarded_to = queries::resolve_forward(conn, to_id, &text(now))?;
-    let recipient = forwarded_to.as_deref().unwrap_or(to_id);
-    let registered = queries::instance_exists(conn, recipient)?;
-    ensure_room(conn, recipient, outgoing.queue_cap)?;
+    let (recipient, forwarded_to, registered) = match plan_send(conn, caller, now, to_id, outgoing)?
+    {
+        SendPlan::Duplicate(original) => return Ok(duplicate_reply(original)),
+        SendPlan::Deliver {
+            recipient,
+            forwarded_to,
+            registered,
+        } => (recipient, forwarded_to, registered),
+    };
+    let recipient = recipient.as_str();
     let id = insert(conn, caller, now, to_id, recipient, "direct", outgoing)?;
     outgoing.remember_nonce(conn, caller, id, now)?;
     let message = match (&forwarded_to, registered) {
@@ -515,33 +654,70 @@ fn store_send(
         .with("duplicate", false))
 }
 
-fn store_broadcast(
+/// What a broadcast will do, once every rule has passed.
+enum BroadcastPlan {
+    Duplicate(MessageId),
+    Deliver {
+        recipients: Vec<String>,
+        /// Registered instances whose queue is full.
+        skipped: Capped<String>,
+    },
+}
+
+/// Checks a broadcast against every rule and finds who has room, without storing anything.
+fn plan_broadcast(
     conn: &Connection,
     caller: &Caller,
     now: DateTime<Utc>,
     outgoing: &Outgoing,
-) -> Result<Reply, BrokerError> {
+) -> Result<BroadcastPlan, BrokerError> {
     outgoing.check_stamp(now)?;
     if let Some(original) = outgoing.earlier_copy(conn, caller, now)? {
-        return Ok(duplicate_reply(original));
+        return Ok(BroadcastPlan::Duplicate(original));
     }
-    let mut ids = Capped::new(BROADCAST_SHOWN_IDS);
+    let mut recipients = Vec::new();
     let mut skipped = Capped::new(BROADCAST_SHOWN_SKIPPED);
-    let (mut first_id, mut last_id) = (None, None);
     for (recipient, _) in queries::list_instances(conn)? {
         if recipient == caller.name {
             continue;
         }
         if ensure_room(conn, &recipient, outgoing.queue_cap).is_err() {
             skipped.push(recipient);
-            continue;
+        } else {
+            recipients.push(recipient);
         }
+    }
+    if !recipients.is_empty() {
+        outgoing.check_large_caps(conn, &caller.name)?;
+    }
+    Ok(BroadcastPlan::Deliver {
+        recipients,
+        skipped,
+    })
+}
+
+fn store_broadcast(
+    conn: &Connection,
+    caller: &Caller,
+    now: DateTime<Utc>,
+    outgoing: &Outgoing,
+) -> Result<Reply, BrokerError> {
+    let (recipients, skipped) = match plan_broadcast(conn, caller, now, outgoing)? {
+        BroadcastPlan::Duplicate(original) => return Ok(duplicate_reply(original)),
+        BroadcastPlan::Deliver {
+            recipients,
+            skipped,
+        } => (recipients, skipped),
+    };
+    let mut ids = Capped::new(BROADCAST_SHOWN_IDS);
+    let (mut first_id, mut last_id) = (None, None);
+    for recipient in &recipients {
         let id = insert(
             conn,
             caller,
             now,
-            &recipient,
-            &recipient,
+            recipient,
+            recipient,
             "broadcast",
             outgoing,
         )?;
@@ -553,6 +729,16 @@ fn store_broadcast(
         // A retry with this nonce is answered with the first copy's id.
         outgoing.remember_nonce(conn, caller, first, now)?;
     }
+    Ok(broadcast_reply(ids, skipped, first_id.zip(last_id)))
+}
+
+/// The broadcast reply: every copy counted, only the first ids and skipped names listed, so
+/// it fits a legacy read however many instances there are.
+fn broadcast_reply(
+    ids: Capped<i64>,
+    skipped: Capped<String>,
+    first_and_last: Option<(MessageId, MessageId)>,
+) -> Reply {
     let count = ids.total();
     let truncated = ids.truncated() || skipped.truncated();
     let mut reply = Reply::ok()
@@ -562,10 +748,10 @@ fn store_broadcast(
         .with("skipped_count", skipped.total())
         .with("skipped", skipped.into_shown())
         .with("truncated", truncated);
-    if let (Some(first), Some(last)) = (first_id, last_id) {
+    if let Some((first, last)) = first_and_last {
         reply = reply.with("first_id", first.0).with("last_id", last.0);
     }
-    Ok(reply)
+    reply
 }
 
 fn ensure_room(conn: &Connection, recipient: &str, cap: u32) -> Result<(), BrokerError> {
@@ -589,9 +775,9 @@ fn insert(
 ) -> Result<MessageId, BrokerError> {
     let (prepared, stamp) = (&outgoing.prepared, &outgoing.stamp);
     let large_file = prepared
-        .large_file
+        .large
         .as_ref()
-        .map(|p| p.display().to_string());
+        .map(|large| large.path.display().to_string());
     let sender_timestamp = stamp.timestamp.map(text);
     Ok(queries::insert_message(
         conn,
@@ -603,6 +789,7 @@ fn insert(
             content: &prepared.content,
             data: prepared.data.as_deref(),
             large_file: large_file.as_deref(),
+            large_file_bytes: prepared.large.as_ref().map(LargeFile::bytes),
             nonce: stamp.nonce.as_deref(),
             sender_timestamp: sender_timestamp.as_deref(),
             received_at: &text(now),
@@ -681,13 +868,11 @@ fn reply_count(reply: &Reply) -> u64 {
 }
 
 /// Removes a large-message file whose message was not stored.
-fn remove_orphan(file: Option<PathBuf>) {
-    if let Some(file) = file {
-        if let Err(e) = std::fs::remove_file(&file) {
-            tracing::warn!(
-                "cannot remove unused large-message file {}: {e}",
-                file.display()
-            );
-        }
+fn remove_orphan(file: PathBuf) {
+    if let Err(e) = std::fs::remove_file(&file) {
+        tracing::warn!(
+            "cannot remove unused large-message file {}: {e}",
+            file.display()
+        );
     }
 }

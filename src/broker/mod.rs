@@ -4,11 +4,14 @@
 //! Each request becomes one job on the store's writer thread, so authentication, the rate
 //! limit and the action itself see one consistent database and commit together.
 //!
-//! - [`identity`]: sessions, register, rename, list, the rate limit.
+//! - [`identity`]: sessions, register, rename, list, the rate limits (per instance, per
+//!   peer, and on new names).
+//! - [`auth_guard`]: throttles peers that keep failing authentication.
 //! - [`mail`]: send, broadcast, check, ack and delivery receipts.
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
 //! - [`sweeper`]: expiry and purging in bounded batches.
 
+pub mod auth_guard;
 pub mod doorbell;
 pub mod identity;
 pub mod large_message;
@@ -55,6 +58,35 @@ pub enum BrokerError {
         limit: u32,
         retry_seconds: i64,
     },
+    #[error("Peer rate limit: {limit} requests per 60 s exceeded by {peer} across all its names; retry in {retry_seconds} s (the broker's --peer-rate-limit raises it)")]
+    PeerRateLimited {
+        peer: String,
+        limit: u32,
+        retry_seconds: i64,
+    },
+    #[error("Registration limit: {peer} registered {limit} new names in the last 60 s; retry in {retry_seconds} s or reuse a name you registered (the broker's --peer-register-limit raises it)")]
+    PeerRegisterLimited {
+        peer: String,
+        limit: u32,
+        retry_seconds: i64,
+    },
+    #[error("Registration limit: {limit} new names were registered in the last 60 s by all clients together; retry in {retry_seconds} s (the broker's --register-limit raises it)")]
+    RegisterLimited { limit: u32, retry_seconds: i64 },
+    #[error("Large-message quota: {sender}'s stored mail already holds {used} bytes of large-message files and this message needs {bytes} more, over the {limit}-byte cap per sender; wait until it is read and purged, send smaller content, or raise the broker's --large-message-sender-bytes")]
+    LargeMessageSenderFull {
+        sender: String,
+        used: u64,
+        bytes: u64,
+        limit: u64,
+    },
+    #[error("Large-message quota: stored mail already holds {used} bytes of large-message files and this message needs {bytes} more, over the {limit}-byte cap for all senders; retry once stored mail is read and purged, send smaller content, or raise the broker's --large-message-total-bytes")]
+    LargeMessageTotalFull { used: u64, bytes: u64, limit: u64 },
+    #[error("Too many failed authentications from {peer}: {limit} in 60 s, so its requests that need authentication are refused unchecked for {retry_seconds} s; fix the session token or secret, then retry (the broker's --auth-failure-limit sets the limit)")]
+    AuthThrottled {
+        peer: String,
+        limit: u32,
+        retry_seconds: u64,
+    },
     #[error("Instance {0} already exists")]
     NameTaken(String),
     #[error("You are already named {0}")]
@@ -91,6 +123,12 @@ impl BrokerError {
             QueueFull { .. } => ErrorCode::QueueFull,
             RenameCooldown { .. } => ErrorCode::RenameCooldown,
             RateLimited { .. } => ErrorCode::RateLimited,
+            PeerRateLimited { .. } => ErrorCode::PeerRateLimited,
+            PeerRegisterLimited { .. } => ErrorCode::PeerRegisterLimited,
+            RegisterLimited { .. } => ErrorCode::RegisterLimited,
+            LargeMessageSenderFull { .. } => ErrorCode::LargeMessageSenderFull,
+            LargeMessageTotalFull { .. } => ErrorCode::LargeMessageTotalFull,
+            AuthThrottled { .. } => ErrorCode::AuthThrottled,
             NameTaken(_) => ErrorCode::NameTaken,
             SameName(_) => ErrorCode::SameName,
             StaleTimestamp { .. } => ErrorCode::StaleTimestamp,
@@ -137,6 +175,8 @@ pub struct Broker {
     /// never held across an `.await`.
     check_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     doorbells: doorbell::Doorbells,
+    /// Failed-authentication counters per peer; shared with jobs on the writer thread.
+    auth_guard: Arc<auth_guard::AuthGuard>,
 }
 
 impl Broker {
@@ -149,6 +189,7 @@ impl Broker {
     ) -> Self {
         Broker {
             store,
+            auth_guard: Arc::new(auth_guard::AuthGuard::new(limits.auth_failure_limit)),
             limits,
             shared_secret,
             large_message_dir,
@@ -193,7 +234,10 @@ impl Broker {
     /// Answers one request from `peer`.
     pub async fn handle(&self, request: Request, peer: &Peer) -> Outcome {
         let action_name = request.action.name();
-        let result = self.dispatch(request, peer).await;
+        let result = match self.throttled(&request, peer) {
+            Some(refusal) => Err(refusal),
+            None => self.dispatch(request, peer).await,
+        };
         let peer = peer.label.as_str();
         match result {
             Ok(outcome) => outcome,
@@ -236,9 +280,27 @@ impl Broker {
             .unwrap_or(&self.large_message_dir)
     }
 
+    /// The refusal for a request that needs a session from a peer that has used up its
+    /// authentication failures: its token is not even looked up. Register's secret is decided
+    /// in [`Broker::register`], in one step with counting a wrong one.
+    fn throttled(&self, request: &Request, peer: &Peer) -> Option<BrokerError> {
+        if matches!(request.action, Action::Ping | Action::Register { .. }) {
+            return None;
+        }
+        let retry = self.auth_guard.throttled(&peer.key())?;
+        Some(self.auth_throttled(peer, retry))
+    }
+
+    fn auth_throttled(&self, peer: &Peer, retry: std::time::Duration) -> BrokerError {
+        BrokerError::AuthThrottled {
+            peer: peer.key(),
+            limit: self.auth_guard.limit(),
+            retry_seconds: retry.as_secs().max(1),
+        }
+    }
+
     async fn dispatch(&self, request: Request, peer: &Peer) -> Result<Outcome, BrokerError> {
         let token = request.session_token;
-        let peer = peer.label.as_str();
         match request.action {
             Action::Ping => Ok(self.ping().into()),
             Action::Register {
@@ -301,7 +363,7 @@ impl Broker {
     async fn as_caller<T, F>(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         action: F,
     ) -> Result<T, BrokerError>
     where
@@ -317,7 +379,7 @@ impl Broker {
     async fn as_caller_again<T, F>(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         action: F,
     ) -> Result<T, BrokerError>
     where
@@ -331,7 +393,7 @@ impl Broker {
     async fn in_session<T, F>(
         &self,
         token: Option<String>,
-        peer: &str,
+        peer: &Peer,
         activity: Activity,
         action: F,
     ) -> Result<T, BrokerError>
@@ -349,15 +411,6 @@ impl Broker {
             action(conn, &caller, now)
         })
         .await
-    }
-
-    /// Checks that `token` belongs to a live session, recording a failure if not, without
-    /// counting a request. Used before work that must not be done for strangers.
-    async fn verify_session(&self, token: Option<String>, peer: &str) -> Result<(), BrokerError> {
-        let check = self.session_check(token, peer);
-        let now = self.now();
-        self.run(move |conn| check.verify(conn, now).map(|_| ()))
-            .await
     }
 
     /// Runs `work` on the writer thread, keeping rule refusals apart from storage failures.

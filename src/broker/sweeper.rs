@@ -1,6 +1,8 @@
 //! Expiry and purging: idle sessions, old forwards, undelivered future mail past its
 //! retention, delivered mail past its retention (with its large-message file), stale nonces,
-//! rate-limit rows, and authentication failures older than 30 days. Each pass deletes in
+//! rate-limit rows (per instance and per peer), authentication failures older than 30 days,
+//! and instances nobody has used for the instance retention (no live session, no waiting mail
+//! but rename notices, no live forward to them). Each pass deletes in
 //! bounded batches, one short job at a time, so sends queued behind it wait for one small
 //! batch at most.
 
@@ -15,6 +17,9 @@ const AUTH_FAILURE_RETENTION: std::time::Duration = std::time::Duration::from_se
 impl Broker {
     /// Runs sweep jobs until nothing is left to remove, and returns the totals.
     pub async fn sweep(&self) -> Result<SweepReport, BrokerError> {
+        // Authentication-failure summaries whose minute ended are logged even if the peer
+        // went quiet.
+        self.auth_guard.flush();
         let mut total = SweepReport::default();
         let mut tables = SweepTables::ALL;
         loop {
@@ -40,6 +45,8 @@ impl Broker {
             text(minus(now, limits.replay_window)),
             text(minus(now, std::time::Duration::from_secs(60))),
             text(minus(now, AUTH_FAILURE_RETENTION)),
+            text(minus(now, limits.instance_retention)),
+            text(minus(now, limits.rename_cooldown)),
         ];
         self.run(move |conn| {
             let cut = SweepCutoffs {
@@ -50,6 +57,9 @@ impl Broker {
                 nonces_before: &cutoffs[4],
                 request_log_before: &cutoffs[5],
                 auth_failures_before: &cutoffs[6],
+                instances_unseen_before: &cutoffs[7],
+                renamed_before: &cutoffs[8],
+                peer_activity_before: &cutoffs[5],
             };
             Ok(queries::sweep(conn, &cut, tables, SWEEP_BATCH)?)
         })
@@ -76,4 +86,6 @@ fn add(total: &mut SweepReport, report: SweepReport) {
     total.request_log += report.request_log;
     total.auth_failures += report.auth_failures;
     total.files_to_remove.extend(report.files_to_remove);
+    total.instances += report.instances;
+    total.peer_activity += report.peer_activity;
 }

@@ -79,6 +79,35 @@ pub struct ServeArgs {
     /// How often expired sessions, forwards and old mail are swept.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub sweep_interval: Duration,
+    /// An instance with no live session, no waiting mail and no forward to it is removed after
+    /// this long unseen.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub instance_retention: Duration,
+    /// Requests per 60 s per peer (its user, or its address), summed over all its names; 0
+    /// turns it off [default: 10 × --rate-limit]
+    #[arg(long)]
+    pub peer_rate_limit: Option<u32>,
+    /// New names registered per 60 s per peer; 0 turns it off [default: 60, off with
+    /// --rate-limit 0]
+    #[arg(long)]
+    pub peer_register_limit: Option<u32>,
+    /// New names registered per 60 s by everyone together; 0 turns it off [default: 600, off
+    /// with --rate-limit 0]
+    #[arg(long)]
+    pub register_limit: Option<u32>,
+    /// Bytes of large-message files all stored mail may hold; 0 means unlimited.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
+    pub large_message_total_bytes: u64,
+    /// Bytes of large-message files one sender's stored mail may hold; 0 means unlimited.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
+    pub large_message_sender_bytes: u64,
+    /// Authentication failures per 60 s per peer before its requests that need
+    /// authentication are refused unchecked for the rest of the minute; 0 turns it off.
+    #[arg(long, default_value_t = 60)]
+    pub auth_failure_limit: u32,
+    /// The most rows the auth_failures table keeps; the oldest are removed first.
+    #[arg(long, default_value_t = 10_000)]
+    pub auth_failure_rows: u32,
 }
 
 impl ServeArgs {
@@ -110,6 +139,14 @@ impl ServeArgs {
                 read_timeout: self.read_timeout,
                 write_timeout: self.write_timeout,
                 sweep_interval: self.sweep_interval.max(Duration::from_millis(100)),
+                instance_retention: self.instance_retention,
+                peer_rate_limit: self.peer_rate_limit,
+                peer_register_limit: self.peer_register_limit,
+                register_limit: self.register_limit,
+                large_message_total_bytes: self.large_message_total_bytes,
+                large_message_sender_bytes: self.large_message_sender_bytes,
+                auth_failure_limit: self.auth_failure_limit,
+                auth_failure_rows: self.auth_failure_rows.max(1),
             },
         }
     }

@@ -30,6 +30,12 @@ pub enum ErrorCode {
     DataTooLarge,
     StorageFailed,
     Internal,
+    PeerRateLimited,
+    PeerRegisterLimited,
+    RegisterLimited,
+    LargeMessageSenderFull,
+    LargeMessageTotalFull,
+    AuthThrottled,
 }
 
 impl ErrorCode {
@@ -59,6 +65,12 @@ impl ErrorCode {
             DataTooLarge => "data_too_large",
             StorageFailed => "storage_failed",
             Internal => "internal",
+            PeerRateLimited => "peer_rate_limited",
+            PeerRegisterLimited => "peer_register_limited",
+            RegisterLimited => "register_limited",
+            LargeMessageSenderFull => "large_message_sender_full",
+            LargeMessageTotalFull => "large_message_total_full",
+            AuthThrottled => "auth_throttled",
         }
     }
 }

@@ -170,8 +170,9 @@ fn forwards(conn: &Connection, now: &str) -> rusqlite::Result<Vec<ForwardRow>> {
 
 fn auth_failures(conn: &Connection, since: &str) -> rusqlite::Result<Vec<(String, i64)>> {
     let mut statement = conn.prepare(
-        "SELECT reason, count(*) AS failures FROM auth_failures WHERE at > ?1
-         GROUP BY reason ORDER BY failures DESC, reason",
+        "SELECT reason, sum(failures) AS total FROM auth_failures
+         WHERE coalesce(last_at, at) > ?1
+         GROUP BY reason ORDER BY total DESC, reason",
     )?;
     let rows = statement.query_map(params![since], |row| Ok((row.get(0)?, row.get(1)?)))?;
     rows.collect()

@@ -331,11 +331,23 @@ mod tests {
     use super::*;
 
     fn count(conn: &Connection) -> rusqlite::Result<i64> {
-        conn.query_row("SELECT count(*) FROM auth_failures", [], |r| r.get(0))
+        conn.query_row(
+            "SELECT coalesce(sum(failures), 0) FROM auth_failures",
+            [],
+            |r| r.get(0),
+        )
     }
 
     fn insert_failure(conn: &Connection, reason: &str) -> Result<(), StoreError> {
-        queries::record_auth_failure(conn, "2026-01-01T00:00:00.000Z", None, "test", reason)?;
+        let failure = queries::AuthFailure {
+            at: "2026-01-01T00:00:00.000Z",
+            minute: "2026-01-01T00:00:00.000Z",
+            name: None,
+            peer: "test",
+            peer_key: "test",
+            reason,
+        };
+        queries::record_auth_failure(conn, &failure, 100)?;
         Ok(())
     }
 

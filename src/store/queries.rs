@@ -18,6 +18,8 @@ pub struct NewMessage<'a> {
     pub content: &'a str,
     pub data: Option<&'a str>,
     pub large_file: Option<&'a str>,
+    /// The size of `large_file` in bytes, which the large-message caps add up.
+    pub large_file_bytes: Option<u64>,
     pub nonce: Option<&'a str>,
     pub sender_timestamp: Option<&'a str>,
     pub received_at: &'a str,
@@ -249,8 +251,8 @@ pub fn delete_forward(conn: &Connection, name: &str) -> rusqlite::Result<()> {
 
 pub(crate) const INSERT_MESSAGE: &str =
     "INSERT INTO messages (sender, addressed_to, recipient, kind, content, data, large_file,
-                           nonce, sender_timestamp, received_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+                           nonce, sender_timestamp, received_at, large_file_bytes)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 pub fn insert_message(conn: &Connection, message: &NewMessage<'_>) -> rusqlite::Result<MessageId> {
     conn.prepare_cached(INSERT_MESSAGE)?.execute(params![
@@ -264,6 +266,7 @@ pub fn insert_message(conn: &Connection, message: &NewMessage<'_>) -> rusqlite::
         message.nonce,
         message.sender_timestamp,
         message.received_at,
+        message.large_file_bytes.map(|bytes| bytes as i64),
     ])?;
     Ok(MessageId(conn.last_insert_rowid()))
 }
@@ -275,6 +278,29 @@ pub(crate) const PENDING_COUNT: &str =
 pub fn pending_count(conn: &Connection, recipient: &str) -> rusqlite::Result<u32> {
     conn.prepare_cached(PENDING_COUNT)?
         .query_row([recipient], |row| row.get(0))
+}
+
+pub(crate) const SENDER_LARGE_FILE_BYTES: &str = "SELECT coalesce(sum(bytes), 0) FROM
+       (SELECT max(large_file_bytes) AS bytes FROM messages
+        WHERE sender = ?1 AND large_file IS NOT NULL GROUP BY large_file)";
+pub(crate) const TOTAL_LARGE_FILE_BYTES: &str = "SELECT coalesce(sum(bytes), 0) FROM
+       (SELECT max(large_file_bytes) AS bytes FROM messages
+        WHERE large_file IS NOT NULL GROUP BY sender, large_file)";
+
+/// Bytes of large-message files that `sender`'s stored mail refers to, each file once.
+pub fn sender_large_file_bytes(conn: &Connection, sender: &str) -> rusqlite::Result<u64> {
+    let bytes: i64 = conn
+        .prepare_cached(SENDER_LARGE_FILE_BYTES)?
+        .query_row([sender], |row| row.get(0))?;
+    Ok(bytes.max(0) as u64)
+}
+
+/// Bytes of large-message files that all stored mail refers to, each file once.
+pub fn total_large_file_bytes(conn: &Connection) -> rusqlite::Result<u64> {
+    let bytes: i64 = conn
+        .prepare_cached(TOTAL_LARGE_FILE_BYTES)?
+        .query_row([], |row| row.get(0))?;
+    Ok(bytes.max(0) as u64)
 }
 
 /// Mail a `check` may hand out at `now`: not delivered, and not held by a live lease. A macro,
@@ -539,18 +565,122 @@ pub fn log_request(
     Ok(())
 }
 
-pub(crate) const RECORD_AUTH_FAILURE: &str =
-    "INSERT INTO auth_failures (at, instance_name, peer, reason) VALUES (?1, ?2, ?3, ?4)";
+/// What a per-peer counter counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerActivity {
+    /// An authenticated request, under any of the peer's names.
+    Request,
+    /// A registration that created a new name.
+    Register,
+}
 
+impl PeerActivity {
+    fn as_str(self) -> &'static str {
+        match self {
+            PeerActivity::Request => "request",
+            PeerActivity::Register => "register",
+        }
+    }
+}
+
+pub(crate) const PEER_ACTIVITY_SINCE: &str = "SELECT count(*), min(at) FROM peer_activity
+     WHERE kind = ?1 AND peer_key = ?2 AND at >= ?3";
+pub(crate) const ALL_ACTIVITY_SINCE: &str =
+    "SELECT count(*), min(at) FROM peer_activity WHERE kind = ?1 AND at >= ?2";
+pub(crate) const FORGET_OLD_PEER_ACTIVITY: &str =
+    "DELETE FROM peer_activity WHERE kind = ?1 AND peer_key = ?2 AND at < ?3";
+pub(crate) const LOG_PEER_ACTIVITY: &str =
+    "INSERT INTO peer_activity (kind, peer_key, at) VALUES (?1, ?2, ?3)";
+
+/// How many `kind` events `peer_key` had at or after `since`, and the earliest of them.
+pub fn peer_activity_since(
+    conn: &Connection,
+    kind: PeerActivity,
+    peer_key: &str,
+    since: &str,
+) -> rusqlite::Result<(u32, Option<String>)> {
+    conn.prepare_cached(PEER_ACTIVITY_SINCE)?
+        .query_row(params![kind.as_str(), peer_key, since], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+}
+
+/// How many `kind` events all peers together had at or after `since`, and the earliest.
+pub fn all_activity_since(
+    conn: &Connection,
+    kind: PeerActivity,
+    since: &str,
+) -> rusqlite::Result<(u32, Option<String>)> {
+    conn.prepare_cached(ALL_ACTIVITY_SINCE)?
+        .query_row(params![kind.as_str(), since], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
+}
+
+/// Records one `kind` event of `peer_key` and forgets its events older than the window.
+pub fn log_peer_activity(
+    conn: &Connection,
+    kind: PeerActivity,
+    peer_key: &str,
+    now: &str,
+    window_start: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(FORGET_OLD_PEER_ACTIVITY)?
+        .execute(params![kind.as_str(), peer_key, window_start])?;
+    conn.prepare_cached(LOG_PEER_ACTIVITY)?
+        .execute(params![kind.as_str(), peer_key, now])?;
+    Ok(())
+}
+
+/// One authentication failure, for [`record_auth_failure`].
+#[derive(Debug, Clone, Copy)]
+pub struct AuthFailure<'a> {
+    pub at: &'a str,
+    /// `at` truncated to its minute: the row it is counted in.
+    pub minute: &'a str,
+    pub name: Option<&'a str>,
+    /// The connection's address, kept from a row's first failure for people.
+    pub peer: &'a str,
+    pub peer_key: &'a str,
+    pub reason: &'a str,
+}
+
+pub(crate) const COUNT_AUTH_FAILURE: &str =
+    "UPDATE auth_failures SET failures = failures + 1, last_at = ?5
+     WHERE peer_key = ?1 AND minute = ?2 AND instance_name IS ?3 AND reason = ?4";
+pub(crate) const RECORD_AUTH_FAILURE: &str =
+    "INSERT INTO auth_failures (at, instance_name, peer, reason, failures, peer_key, minute, last_at)
+     VALUES (?1, ?2, ?3, ?4, 1, ?5, ?6, ?1)";
+pub(crate) const TRIM_AUTH_FAILURES: &str =
+    "DELETE FROM auth_failures WHERE id <= (SELECT max(id) FROM auth_failures) - ?1";
+
+/// Counts a failure in its peer/name/reason/minute row, starting the row if it is the
+/// minute's first; a new row beyond `max_rows` removes the oldest rows.
 pub fn record_auth_failure(
     conn: &Connection,
-    now: &str,
-    name: Option<&str>,
-    peer: &str,
-    reason: &str,
+    failure: &AuthFailure<'_>,
+    max_rows: u32,
 ) -> rusqlite::Result<()> {
-    conn.prepare_cached(RECORD_AUTH_FAILURE)?
-        .execute(params![now, name, peer, reason])?;
+    let counted = conn.prepare_cached(COUNT_AUTH_FAILURE)?.execute(params![
+        failure.peer_key,
+        failure.minute,
+        failure.name,
+        failure.reason,
+        failure.at
+    ])?;
+    if counted > 0 {
+        return Ok(());
+    }
+    conn.prepare_cached(RECORD_AUTH_FAILURE)?.execute(params![
+        failure.at,
+        failure.name,
+        failure.peer,
+        failure.reason,
+        failure.peer_key,
+        failure.minute
+    ])?;
+    conn.prepare_cached(TRIM_AUTH_FAILURES)?
+        .execute([max_rows])?;
     Ok(())
 }
 
@@ -590,6 +720,9 @@ pub struct SweepReport {
     pub request_log: usize,
     pub auth_failures: usize,
     pub files_to_remove: Vec<String>,
+    /// Instances removed: unused past their retention (their notices went with them).
+    pub instances: usize,
+    pub peer_activity: usize,
 }
 
 pub struct SweepCutoffs<'a> {
@@ -600,6 +733,11 @@ pub struct SweepCutoffs<'a> {
     pub nonces_before: &'a str,
     pub request_log_before: &'a str,
     pub auth_failures_before: &'a str,
+    /// Instances last seen before this may be reaped...
+    pub instances_unseen_before: &'a str,
+    /// ...if they did not rename after this (their cooldown would be forgotten with them).
+    pub renamed_before: &'a str,
+    pub peer_activity_before: &'a str,
 }
 
 pub(crate) const SWEEP_SESSIONS: &str = "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions
@@ -616,6 +754,26 @@ pub(crate) const SWEEP_REQUEST_LOG: &str =
 pub(crate) const SWEEP_AUTH_FAILURES: &str =
     "DELETE FROM auth_failures WHERE id IN (SELECT id FROM auth_failures
        WHERE at < ?1 LIMIT ?2)";
+pub(crate) const SWEEP_PEER_ACTIVITY: &str =
+    "DELETE FROM peer_activity WHERE rowid IN (SELECT rowid FROM peer_activity
+       WHERE at < ?1 LIMIT ?2)";
+/// Instances nobody uses: unseen since ?1, no rename after ?2 (so no cooldown is running), no
+/// live session (idle cut-off ?3), no waiting mail but rename notices, no live forward to the
+/// name (now ?4).
+pub(crate) const REAPABLE_INSTANCES: &str = "SELECT name FROM instances i
+     WHERE last_seen_at < ?1
+       AND (last_renamed_at IS NULL OR last_renamed_at < ?2)
+       AND NOT EXISTS (SELECT 1 FROM sessions s WHERE s.instance_name = i.name
+                         AND s.revoked_at IS NULL AND s.last_used_at >= ?3)
+       AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.recipient = i.name
+                         AND m.delivered_at IS NULL AND m.kind <> 'system')
+       AND NOT EXISTS (SELECT 1 FROM name_forwards f WHERE f.new_name = i.name
+                         AND f.expires_at > ?4)
+     LIMIT ?5";
+pub(crate) const DELETE_NOTICES_FOR: &str =
+    "DELETE FROM messages WHERE recipient = ?1 AND delivered_at IS NULL AND kind = 'system'";
+pub(crate) const DELETE_SESSIONS_OF: &str = "DELETE FROM sessions WHERE instance_name = ?1";
+pub(crate) const DELETE_INSTANCE: &str = "DELETE FROM instances WHERE name = ?1";
 pub(crate) const SWEEP_FUTURE_MAIL: &str = "SELECT id, large_file FROM messages
      WHERE delivered_at IS NULL AND received_at < ?1
        AND recipient NOT IN (SELECT name FROM instances)
@@ -652,8 +810,16 @@ pub fn sweep(
             SWEEP_AUTH_FAILURES,
             cut.auth_failures_before,
         )?,
+        peer_activity: delete(
+            tables.peer_activity,
+            SWEEP_PEER_ACTIVITY,
+            cut.peer_activity_before,
+        )?,
         ..SweepReport::default()
     };
+    if tables.instances {
+        report.instances = reap_instances(conn, cut, batch)?;
+    }
     let mail = |wanted: bool, select: &str, before: &str| {
         if wanted {
             delete_messages_returning_files(conn, select, before, batch)
@@ -689,6 +855,8 @@ pub struct SweepTables {
     pub nonces: bool,
     pub request_log: bool,
     pub auth_failures: bool,
+    pub instances: bool,
+    pub peer_activity: bool,
 }
 
 impl SweepTables {
@@ -700,6 +868,8 @@ impl SweepTables {
         nonces: true,
         request_log: true,
         auth_failures: true,
+        instances: true,
+        peer_activity: true,
     };
 
     /// The tables whose batch in `report` was full, so may hold more to remove.
@@ -712,6 +882,8 @@ impl SweepTables {
             nonces: report.nonces >= batch,
             request_log: report.request_log >= batch,
             auth_failures: report.auth_failures >= batch,
+            instances: report.instances >= batch,
+            peer_activity: report.peer_activity >= batch,
         }
     }
 
@@ -723,7 +895,37 @@ impl SweepTables {
             || self.nonces
             || self.request_log
             || self.auth_failures
+            || self.instances
+            || self.peer_activity
     }
+}
+
+/// Removes up to `batch` instances nobody uses, with their rename notices and their dead
+/// sessions: a later holder of the name starts afresh and no old token can come back to life.
+fn reap_instances(
+    conn: &Connection,
+    cut: &SweepCutoffs<'_>,
+    batch: u32,
+) -> rusqlite::Result<usize> {
+    let names: Vec<String> = conn
+        .prepare(REAPABLE_INSTANCES)?
+        .query_map(
+            params![
+                cut.instances_unseen_before,
+                cut.renamed_before,
+                cut.session_idle_before,
+                cut.now,
+                batch
+            ],
+            |row| row.get(0),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    for name in &names {
+        conn.execute(DELETE_NOTICES_FOR, [name])?;
+        conn.execute(DELETE_SESSIONS_OF, [name])?;
+        conn.execute(DELETE_INSTANCE, [name])?;
+    }
+    Ok(names.len())
 }
 
 fn delete_messages_returning_files(

@@ -10,7 +10,9 @@ use rusqlite::Connection;
 use super::queries::*;
 
 /// Tables that grow with traffic or with the number of instances.
-const HOT_TABLES: [&str; 6] = [
+const HOT_TABLES: [&str; 8] = [
+    "peer_activity",
+    "auth_failures",
     "messages",
     "request_log",
     "send_nonces",
@@ -71,6 +73,28 @@ const STATEMENTS: &[Hot] = &[
         "refused request",
         RECORD_AUTH_FAILURE,
     ),
+    hot("count_auth_failure", "refused request", COUNT_AUTH_FAILURE),
+    hot("trim_auth_failures", "refused request", TRIM_AUTH_FAILURES),
+    hot("peer_activity_since", AUTH, PEER_ACTIVITY_SINCE),
+    hot("log_peer_activity", AUTH, LOG_PEER_ACTIVITY),
+    hot("forget_old_peer_activity", AUTH, FORGET_OLD_PEER_ACTIVITY),
+    hot(
+        "all_activity_since",
+        "register of a new name",
+        ALL_ACTIVITY_SINCE,
+    ),
+    hot(
+        "sender_large_file_bytes",
+        "send, broadcast (large content)",
+        SENDER_LARGE_FILE_BYTES,
+    ),
+    scans(
+        "total_large_file_bytes",
+        "send, broadcast (large content)",
+        TOTAL_LARGE_FILE_BYTES,
+        "SCAN messages USING COVERING INDEX messages_large_file_by_sender",
+        "the partial index holds only mail with a large file, which the caps keep few",
+    ),
     hot("resolve_forward", "send", RESOLVE_FORWARD),
     hot("instance_exists", "send, rename", INSTANCE_EXISTS),
     hot("find_nonce", "send", FIND_NONCE),
@@ -125,6 +149,17 @@ const STATEMENTS: &[Hot] = &[
     hot("sweep_nonces", "sweeper", SWEEP_NONCES),
     hot("sweep_request_log", "sweeper", SWEEP_REQUEST_LOG),
     hot("sweep_auth_failures", "sweeper", SWEEP_AUTH_FAILURES),
+    hot("sweep_peer_activity", "sweeper", SWEEP_PEER_ACTIVITY),
+    scans(
+        "reapable_instances",
+        "sweeper",
+        REAPABLE_INSTANCES,
+        "SCAN i",
+        "once per sweep, over instances only; an index on last_seen_at would cost requests a write",
+    ),
+    hot("delete_notices_for", "sweeper", DELETE_NOTICES_FOR),
+    hot("delete_sessions_of", "sweeper", DELETE_SESSIONS_OF),
+    hot("delete_instance", "sweeper", DELETE_INSTANCE),
     hot("sweep_future_mail", "sweeper", SWEEP_FUTURE_MAIL),
     hot("sweep_delivered_mail", "sweeper", SWEEP_DELIVERED_MAIL),
     hot("delete_message", "sweeper", DELETE_MESSAGE),
