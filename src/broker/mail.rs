@@ -82,6 +82,9 @@ struct Outgoing {
     queue_cap: u32,
     max_clock_skew: std::time::Duration,
     replay_window: std::time::Duration,
+    /// The wall clock the `timestamp` is checked against, not the broker clock: senders
+    /// stamp with the wall clock, so after a wall-clock jump only it still agrees with them.
+    senders_clock: DateTime<Utc>,
 }
 
 impl Outgoing {
@@ -228,6 +231,7 @@ impl Broker {
         }
         Ok(Outgoing {
             prepared: self.prepare(message).await?,
+            senders_clock: self.senders_clock(stamp.timestamp),
             stamp,
             queue_cap: self.limits.queue_cap,
             max_clock_skew: self.limits.max_clock_skew,
@@ -476,7 +480,7 @@ fn store_send(
     to_id: &str,
     outgoing: &Outgoing,
 ) -> Result<Reply, BrokerError> {
-    outgoing.check_stamp(now)?;
+    outgoing.check_stamp(outgoing.senders_clock)?;
     if let Some(original) = outgoing.earlier_copy(conn, &caller.name, now)? {
         return Ok(duplicate_reply(original));
     }
@@ -504,7 +508,7 @@ fn store_broadcast(
     now: DateTime<Utc>,
     outgoing: &Outgoing,
 ) -> Result<Reply, BrokerError> {
-    outgoing.check_stamp(now)?;
+    outgoing.check_stamp(outgoing.senders_clock)?;
     if let Some(original) = outgoing.earlier_copy(conn, &caller.name, now)? {
         return Ok(duplicate_reply(original));
     }

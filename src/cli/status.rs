@@ -118,7 +118,7 @@ fn ask_broker(client: &ClientArgs) -> Value {
     let mut broker = json!({
         "answering": reply.is_ok(), "addr": client.addr, "error": null, "pid": null,
         "process": null, "version": null, "protocol": null, "mode": null, "security": null,
-        "socket": null, "started_at": null, "uptime_seconds": null,
+        "socket": null, "started_at": null, "uptime_seconds": null, "clock": null,
     });
     match reply {
         Err(error) => broker["error"] = error.to_string().into(),
@@ -131,6 +131,7 @@ fn ask_broker(client: &ClientArgs) -> Value {
                 "socket",
                 "started_at",
                 "uptime_seconds",
+                "clock",
             ] {
                 broker[key] = ping.get(key).cloned().unwrap_or(Value::Null);
             }
@@ -201,6 +202,21 @@ fn fill_from_database(report: &mut Value, snapshot: &Snapshot, now: DateTime<Utc
 }
 
 /// Things an operator should look at, in words.
+/// The broker's wall clock is off its broker clock by more than a few seconds: say so, and
+/// that the rules are not affected, so an operator who sees odd times knows why.
+fn wall_clock_offset_worth_saying(clock: &Value) -> Option<String> {
+    let ahead_ms = clock["wall_ahead_ms"].as_i64()?;
+    if ahead_ms.abs() <= 2_000 {
+        return None;
+    }
+    let direction = if ahead_ms > 0 { "ahead of" } else { "behind" };
+    Some(format!(
+        "the broker's wall clock is {} {direction} its broker clock (the wall clock jumped); times are stored and windows measured by the broker clock ({}), so nothing expires early or waits longer",
+        output::span(ahead_ms.unsigned_abs() / 1000),
+        clock["broker"].as_str().unwrap_or("?"),
+    ))
+}
+
 fn warnings(report: &Value) -> Vec<String> {
     let broker = &report["broker"];
     let run = &report["last_run"];
@@ -216,6 +232,9 @@ fn warnings(report: &Value) -> Vec<String> {
     if broker["answering"] == true {
         if broker["security"] == "open" {
             warnings.push("open mode: any local process can register any name; set IPC_SHARED_SECRET for the broker and its clients".into());
+        }
+        if let Some(ahead) = wall_clock_offset_worth_saying(&broker["clock"]) {
+            warnings.push(ahead);
         }
         let recorded = run["stopped_cleanly"] == false && run["pid"] == broker["pid"];
         if run.is_object() && !recorded {
