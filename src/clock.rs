@@ -189,6 +189,47 @@ fn process_elapsed() -> Duration {
     Duration::from_std(start.elapsed()).unwrap_or_default()
 }
 
+/// The setting that makes libfaketime fake only the wall clock.
+const DONT_FAKE_MONOTONIC: &str = "FAKETIME_DONT_FAKE_MONOTONIC";
+
+/// Restarts this process (same pid, same arguments) with libfaketime told to leave the
+/// monotonic clock alone, when libfaketime is preloaded and nobody said either way.
+///
+/// Why: the broker's rules no longer read the monotonic clock, but its timers do (the async
+/// runtime's, behind every read, write and idle timeout, long-poll deadline and sweep tick).
+/// libfaketime fakes that clock too by default, and when the fake time of a running process
+/// goes back, every timer set afterwards is already due until the fake time catches up: every
+/// connection would be closed at once with `idle_timeout`, for as long as the jump. No real
+/// clock step moves the monotonic clock, so this restores what the timers are built on and
+/// leaves the faked wall clock in place, which is what a user of libfaketime means to test.
+/// Returns only if there is nothing to do or the restart failed (which is logged).
+pub fn keep_timers_off_a_faked_monotonic_clock() {
+    use std::os::unix::process::CommandExt;
+    let preloaded = std::env::var("LD_PRELOAD").unwrap_or_default();
+    let decided = std::env::var_os(DONT_FAKE_MONOTONIC).is_some()
+        || std::env::var_os("DONT_FAKE_MONOTONIC").is_some();
+    if !preloaded.contains("faketime") || decided {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let name = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    tracing::info!(
+        "libfaketime is preloaded: restarting with {DONT_FAKE_MONOTONIC}=1 so that only the \
+         wall clock is faked and timeouts keep real time"
+    );
+    let error = std::process::Command::new(&exe)
+        .arg0(name)
+        .args(args)
+        .env(DONT_FAKE_MONOTONIC, "1")
+        .exec();
+    tracing::warn!(
+        "could not restart with {DONT_FAKE_MONOTONIC}=1 ({error}); timeouts follow the faked clock"
+    );
+}
+
 /// What a broker clock persists so the next run can resume from it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClockAnchor {
