@@ -158,8 +158,26 @@ fn system_boot_id() -> Option<String> {
 /// libc functions and fake the monotonic clocks too, but not the raw system call, which goes
 /// straight to the kernel. BOOTTIME rather than MONOTONIC so that time spent suspended counts:
 /// a session idle through a night's suspend has been idle all night.
+///
+/// A libfaketime built to intercept `syscall()` too (not the default) would fake even that;
+/// the first reading is checked against `/proc/uptime`, a file no such library rewrites, and
+/// if the two disagree the broker reads the file from then on (10 ms resolution, slower).
 fn system_since_boot() -> Duration {
-    raw_clock(libc::CLOCK_BOOTTIME).unwrap_or_else(process_elapsed)
+    static RAW_CLOCK_IS_REAL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let raw = raw_clock(libc::CLOCK_BOOTTIME);
+    let trusted = *RAW_CLOCK_IS_REAL.get_or_init(|| match (raw, proc_uptime()) {
+        (Some(raw), Some(file)) => (raw - file).abs() < Duration::seconds(2),
+        _ => true,
+    });
+    let reading = if trusted { raw } else { proc_uptime() };
+    reading.or(raw).unwrap_or_else(process_elapsed)
+}
+
+/// The first field of `/proc/uptime`: seconds since boot, suspend included, to 10 ms.
+fn proc_uptime() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let seconds: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::milliseconds((seconds * 1000.0) as i64))
 }
 
 /// One of the kernel's clocks, by a raw `clock_gettime` system call; `None` if it fails.
@@ -428,6 +446,15 @@ mod tests {
         let floor = start() + Duration::hours(2);
         let (broker, _) = BrokerClock::resume(clock, None, Some(floor));
         assert_eq!(broker.now(), floor);
+    }
+
+    #[test]
+    fn the_system_boot_clock_reads_the_kernel_or_proc_uptime() {
+        let read = Clock::system().boot_time().since_boot;
+        let raw = raw_clock(libc::CLOCK_BOOTTIME).unwrap();
+        let file = proc_uptime().unwrap();
+        let near = |other: Duration| (read - other).abs() < Duration::seconds(1);
+        assert!(near(raw) || near(file), "{read} {raw} {file}");
     }
 
     #[test]
