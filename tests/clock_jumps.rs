@@ -298,6 +298,35 @@ fn retry_seconds(message: &str) -> i64 {
         .unwrap_or_else(|| panic!("no number in: {message}"))
 }
 
+#[test]
+fn status_says_when_the_wall_clock_disagrees_with_the_broker_clock() {
+    let broker = start();
+    let status = |extra: &[&str]| {
+        let mut args = vec!["status"];
+        args.extend_from_slice(extra);
+        let data_dir = broker.data_dir();
+        cli_with_env(
+            &broker.addr(),
+            &data_dir.join("unused.session"),
+            &args,
+            &[("IPC_DATA_DIR", data_dir.to_str().unwrap())],
+        )
+    };
+    let warnings = |output: std::process::Output| -> Vec<String> {
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+        serde_json::from_value(report["warnings"].clone()).unwrap()
+    };
+    let about_the_clock = |w: &String| w.contains("wall clock");
+    assert!(!warnings(status(&["--json"])).iter().any(about_the_clock));
+    broker.clock.jump_wall(-Duration::hours(1));
+    let said = warnings(status(&["--json"]));
+    let warning = said.iter().find(|w| about_the_clock(w));
+    let warning = warning.unwrap_or_else(|| panic!("no clock warning in {said:?}"));
+    assert!(warning.contains("1 h behind its broker clock"), "{warning}");
+    let text = String::from_utf8(status(&[]).stdout).unwrap();
+    assert!(text.contains("behind its broker clock"), "{text}");
+}
+
 // ---- the real binary under libfaketime ----
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
