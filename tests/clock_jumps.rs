@@ -329,14 +329,17 @@ fn status_says_when_the_wall_clock_disagrees_with_the_broker_clock() {
 
 // ---- the real binary under libfaketime ----
 
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
-fn libfaketime() -> Option<&'static str> {
-    if std::path::Path::new(LIBFAKETIME).exists() {
-        return Some(LIBFAKETIME);
+/// Where Debian's `libfaketime` package puts the library, on this machine's architecture.
+fn libfaketime() -> Option<String> {
+    let library = format!(
+        "/usr/lib/{}-linux-gnu/faketime/libfaketime.so.1",
+        std::env::consts::ARCH
+    );
+    if std::path::Path::new(&library).exists() {
+        return Some(library);
     }
     eprintln!(
-        "SKIPPED: {LIBFAKETIME} is missing, so the broker cannot be run under libfaketime; \
+        "SKIPPED: {library} is missing, so the broker cannot be run under libfaketime; \
          install it with `apt-get install -y libfaketime`"
     );
     None
@@ -370,7 +373,7 @@ fn under_libfaketime_eight_days_forward_a_restarted_broker_keeps_mail_sessions_a
     }
     assert!(broker.terminate().success());
 
-    let faked = [("LD_PRELOAD", library), ("FAKETIME", "+8d")];
+    let faked = [("LD_PRELOAD", library.as_str()), ("FAKETIME", "+8d")];
     let broker = BrokerProcess::spawn_with_env(data.path(), &sweep_often, &faked);
     std::thread::sleep(std::time::Duration::from_millis(500)); // several sweeps
     let mut client = broker.client();
@@ -388,8 +391,7 @@ fn under_libfaketime_eight_days_forward_a_restarted_broker_keeps_mail_sessions_a
 }
 
 /// Changes the fake time of every process reading `file` (`FAKETIME_TIMESTAMP_FILE`). The
-/// new file is moved into place, so a reader never sees it empty (which libfaketime reads as
-/// no offset at all).
+/// new file is moved into place, so a reader never sees it half written.
 fn set_fake_offset(file: &std::path::Path, offset: &str) {
     let next = file.with_extension("next");
     std::fs::write(&next, format!("{offset}\n")).unwrap();
@@ -404,7 +406,7 @@ fn under_libfaketime_a_running_broker_whose_time_jumps_both_ways_loses_nothing()
     set_fake_offset(&offset_file, "+0");
     let offset = offset_file.to_str().unwrap();
     let faked = [
-        ("LD_PRELOAD", library),
+        ("LD_PRELOAD", library.as_str()),
         ("FAKETIME_TIMESTAMP_FILE", offset),
         ("FAKETIME_NO_CACHE", "1"),
     ];
