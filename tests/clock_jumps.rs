@@ -312,9 +312,10 @@ fn status_says_when_the_wall_clock_disagrees_with_the_broker_clock() {
             &[("IPC_DATA_DIR", data_dir.to_str().unwrap())],
         )
     };
+    let report =
+        |output: std::process::Output| -> Value { serde_json::from_slice(&output.stdout).unwrap() };
     let warnings = |output: std::process::Output| -> Vec<String> {
-        let report: Value = serde_json::from_slice(&output.stdout).unwrap();
-        serde_json::from_value(report["warnings"].clone()).unwrap()
+        serde_json::from_value(report(output)["warnings"].clone()).unwrap()
     };
     let about_the_clock = |w: &String| w.contains("wall clock");
     assert!(!warnings(status(&["--json"])).iter().any(about_the_clock));
@@ -325,6 +326,17 @@ fn status_says_when_the_wall_clock_disagrees_with_the_broker_clock() {
     assert!(warning.contains("1 h behind its broker clock"), "{warning}");
     let text = String::from_utf8(status(&[]).stdout).unwrap();
     assert!(text.contains("behind its broker clock"), "{text}");
+
+    // "Online" is measured on the broker clock the times were stored by, not on this
+    // process's wall clock (which is not even the manual clock's year).
+    broker.register("alice");
+    let seen = report(status(&["--json"]));
+    let alice = &seen["instances"][0];
+    assert_eq!(
+        (&alice["name"], &alice["online"]),
+        (&json!("alice"), &json!(true)),
+        "{seen}"
+    );
 }
 
 // ---- the real binary under libfaketime ----

@@ -49,8 +49,11 @@ pub struct StatusArgs {
 
 pub fn run(args: StatusArgs) -> Result<(), CliError> {
     let data_dir = super::data_dir_or_default(args.data_dir.clone());
-    let now = Utc::now();
-    let report = gather(&args.client, &data_dir, now);
+    let report = gather(&args.client, &data_dir, Utc::now());
+    let now = report["checked_at"]
+        .as_str()
+        .and_then(clock::parse)
+        .unwrap_or_else(Utc::now);
     let answering = report["broker"]["answering"] == true;
     if args.client.json {
         output::json(&report);
@@ -67,6 +70,12 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
 /// Everything `status` reports, as the JSON document `--json` prints.
 fn gather(client: &ClientArgs, data_dir: &Path, now: DateTime<Utc>) -> Value {
     let broker = ask_broker(client);
+    // Stored times are on the broker clock; when the wall clock has jumped, "online" and
+    // "ago" are measured against the broker's time, which the broker reports.
+    let now = broker["clock"]["broker"]
+        .as_str()
+        .and_then(clock::parse)
+        .unwrap_or(now);
     let database_path = data_dir.join("ipc.db");
     // Sizes first: opening the database read-only may create an empty -wal file.
     let (bytes, wal_bytes) = (
