@@ -121,7 +121,10 @@ impl SessionCheck {
         let caller = self.verify(conn, now)?;
         self.enforce_rate_limits(conn, &caller.name, now)?;
         let granularity = TOUCH_GRANULARITY.min(self.idle_expiry / 100);
-        if caller.last_used_at <= text(minus(now, granularity)) {
+        let last_used = caller.last_used_at.as_str();
+        // A last use stamped in the future (written before the broker's time went back) is
+        // rewritten too, so the session expires an idle window after its real last use.
+        if last_used <= text(minus(now, granularity)).as_str() || last_used > text(now).as_str() {
             queries::touch_session(conn, caller.session_id, &caller.name, &text(now))?;
         }
         Ok(caller)
@@ -186,7 +189,7 @@ impl SessionCheck {
     ) -> Result<(), BrokerError> {
         let window_start = text(minus(now, RATE_WINDOW));
         if self.rate_limit > 0 {
-            let (count, oldest) = queries::requests_since(conn, name, &window_start)?;
+            let (count, oldest) = queries::requests_since(conn, name, &window_start, &text(now))?;
             if count >= self.rate_limit {
                 return Err(BrokerError::RateLimited {
                     name: name.to_owned(),
@@ -383,10 +386,12 @@ impl Broker {
                     return Err(BrokerError::NameTaken(new));
                 }
                 let last = queries::last_renamed_at(conn, &old)?;
+                // A rename stamped in the future counts as just now: the wait is never longer
+                // than the cooldown.
                 if let Some(allowed_at) = last
                     .as_deref()
                     .and_then(crate::clock::parse)
-                    .map(|at| plus(at, cooldown))
+                    .map(|at| plus(at.min(now), cooldown))
                 {
                     if allowed_at > now {
                         let seconds = (allowed_at - now).num_seconds();

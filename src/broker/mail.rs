@@ -108,6 +108,9 @@ struct Outgoing {
     /// Large-message bytes per sender and in total; 0 is unlimited.
     large_sender_cap: u64,
     large_total_cap: u64,
+    /// The wall clock the `timestamp` is checked against, not the broker clock: senders
+    /// stamp with the wall clock, so after a wall-clock jump only it still agrees with them.
+    senders_clock: DateTime<Utc>,
 }
 
 impl Outgoing {
@@ -305,6 +308,7 @@ impl Broker {
     fn outgoing(&self, message: &MessageBody, stamp: SenderStamp) -> Result<Outgoing, BrokerError> {
         Ok(Outgoing {
             prepared: self.prepare(message)?,
+            senders_clock: self.senders_clock(stamp.timestamp),
             stamp,
             queue_cap: self.limits.queue_cap,
             max_clock_skew: self.limits.max_clock_skew,
@@ -607,7 +611,7 @@ fn plan_send(
     to_id: &str,
     outgoing: &Outgoing,
 ) -> Result<SendPlan, BrokerError> {
-    outgoing.check_stamp(now)?;
+    outgoing.check_stamp(outgoing.senders_clock)?;
     if let Some(original) = outgoing.earlier_copy(conn, caller, now)? {
         return Ok(SendPlan::Duplicate(original));
     }
@@ -671,7 +675,7 @@ fn plan_broadcast(
     now: DateTime<Utc>,
     outgoing: &Outgoing,
 ) -> Result<BroadcastPlan, BrokerError> {
-    outgoing.check_stamp(now)?;
+    outgoing.check_stamp(outgoing.senders_clock)?;
     if let Some(original) = outgoing.earlier_copy(conn, caller, now)? {
         return Ok(BroadcastPlan::Duplicate(original));
     }

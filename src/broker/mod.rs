@@ -10,6 +10,7 @@
 //! - [`mail`]: send, broadcast, check, ack and delivery receipts.
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
 //! - [`sweeper`]: expiry and purging in bounded batches.
+//! - [`timekeeping`]: the broker clock every rule runs on, resumed and persisted.
 
 pub mod auth_guard;
 pub mod doorbell;
@@ -20,6 +21,7 @@ pub mod peer;
 pub mod session;
 pub mod storage_failure;
 pub mod sweeper;
+pub mod timekeeping;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -28,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use chrono::{DateTime, Duration, Utc};
 use rusqlite::Connection;
 
-use crate::clock::{self, Clock};
+use crate::clock::{self, BrokerClock};
 use crate::config::Limits;
 use crate::protocol::{Action, ErrorCode, Reply, Request};
 use crate::store::{Store, StoreError};
@@ -165,7 +167,9 @@ pub struct Broker {
     limits: Limits,
     shared_secret: Option<String>,
     large_message_dir: PathBuf,
-    clock: Clock,
+    /// What every rule measures time with: real elapsed time, not the wall clock.
+    clock: BrokerClock,
+    offset_report: timekeeping::OffsetReport,
     /// The Unix socket the broker also listens on, reported by `ping`.
     socket: Option<PathBuf>,
     /// When this broker started, by its clock; `ping` reports it and the uptime.
@@ -185,7 +189,7 @@ impl Broker {
         limits: Limits,
         shared_secret: Option<String>,
         large_message_dir: PathBuf,
-        clock: Clock,
+        clock: BrokerClock,
     ) -> Self {
         Broker {
             store,
@@ -195,6 +199,7 @@ impl Broker {
             large_message_dir,
             started_at: clock.now(),
             clock,
+            offset_report: timekeeping::OffsetReport::default(),
             socket: None,
             check_locks: Mutex::new(HashMap::new()),
             doorbells: doorbell::Doorbells::default(),
@@ -333,6 +338,7 @@ impl Broker {
     /// `ping`: version, protocol and security mode, which process hosts the broker since
     /// when (for `claude-ipc status`), and the Unix socket when there is one.
     fn ping(&self) -> Reply {
+        self.report_clock_offset();
         let mode = if self.is_open_mode() {
             "open"
         } else {
@@ -346,6 +352,7 @@ impl Broker {
             .with("pid", std::process::id())
             .with("started_at", text(self.started_at))
             .with("uptime_seconds", uptime)
+            .with("clock", self.clock_report())
             .with("store", self.store_work());
         match &self.socket {
             Some(path) => reply.with("socket", path.display().to_string()),
@@ -353,9 +360,14 @@ impl Broker {
         }
     }
 
-    /// The broker's clock's "now" (injectable in tests).
+    /// The broker clock's "now": what every rule measures time with (injectable in tests).
     pub fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// The clock to check a sender's `timestamp` against (see [`BrokerClock::senders_clock`]).
+    fn senders_clock(&self, stamp: Option<DateTime<Utc>>) -> DateTime<Utc> {
+        self.clock.senders_clock(stamp)
     }
 
     /// Runs `action` as the session's caller inside one store job. Rule refusals commit what

@@ -154,6 +154,7 @@ impl ServeArgs {
 
 /// Runs the broker until a signal; returns an error that says why it could not start.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    crate::clock::keep_timers_off_a_faked_monotonic_clock();
     let config = args.config();
     if let Some(warning) = config.limits.legacy_read_warning() {
         tracing::warn!("{warning}");

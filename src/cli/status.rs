@@ -49,8 +49,11 @@ pub struct StatusArgs {
 
 pub fn run(args: StatusArgs) -> Result<(), CliError> {
     let data_dir = super::data_dir_or_default(args.data_dir.clone());
-    let now = Utc::now();
-    let report = gather(&args.client, &data_dir, now);
+    let report = gather(&args.client, &data_dir, Utc::now());
+    let now = report["checked_at"]
+        .as_str()
+        .and_then(clock::parse)
+        .unwrap_or_else(Utc::now);
     let answering = report["broker"]["answering"] == true;
     if args.client.json {
         output::json(&report);
@@ -67,6 +70,12 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
 /// Everything `status` reports, as the JSON document `--json` prints.
 fn gather(client: &ClientArgs, data_dir: &Path, now: DateTime<Utc>) -> Value {
     let broker = ask_broker(client);
+    // Stored times are on the broker clock; when the wall clock has jumped, "online" and
+    // "ago" are measured against the broker's time, which the broker reports.
+    let now = broker["clock"]["broker"]
+        .as_str()
+        .and_then(clock::parse)
+        .unwrap_or(now);
     let database_path = data_dir.join("ipc.db");
     // Sizes first: opening the database read-only may create an empty -wal file.
     let (bytes, wal_bytes) = (
@@ -118,7 +127,7 @@ fn ask_broker(client: &ClientArgs) -> Value {
     let mut broker = json!({
         "answering": reply.is_ok(), "addr": client.addr, "error": null, "pid": null,
         "process": null, "version": null, "protocol": null, "mode": null, "security": null,
-        "socket": null, "started_at": null, "uptime_seconds": null,
+        "socket": null, "started_at": null, "uptime_seconds": null, "clock": null,
     });
     match reply {
         Err(error) => broker["error"] = error.to_string().into(),
@@ -131,6 +140,7 @@ fn ask_broker(client: &ClientArgs) -> Value {
                 "socket",
                 "started_at",
                 "uptime_seconds",
+                "clock",
             ] {
                 broker[key] = ping.get(key).cloned().unwrap_or(Value::Null);
             }
@@ -201,6 +211,21 @@ fn fill_from_database(report: &mut Value, snapshot: &Snapshot, now: DateTime<Utc
 }
 
 /// Things an operator should look at, in words.
+/// The broker's wall clock is off its broker clock by more than a few seconds: say so, and
+/// that the rules are not affected, so an operator who sees odd times knows why.
+fn wall_clock_offset_worth_saying(clock: &Value) -> Option<String> {
+    let ahead_ms = clock["wall_ahead_ms"].as_i64()?;
+    if ahead_ms.abs() <= 2_000 {
+        return None;
+    }
+    let direction = if ahead_ms > 0 { "ahead of" } else { "behind" };
+    Some(format!(
+        "the broker's wall clock is {} {direction} its broker clock (the wall clock jumped); times are stored and windows measured by the broker clock ({}), so nothing expires early or waits longer",
+        output::span(ahead_ms.unsigned_abs() / 1000),
+        clock["broker"].as_str().unwrap_or("?"),
+    ))
+}
+
 fn warnings(report: &Value) -> Vec<String> {
     let broker = &report["broker"];
     let run = &report["last_run"];
@@ -216,6 +241,9 @@ fn warnings(report: &Value) -> Vec<String> {
     if broker["answering"] == true {
         if broker["security"] == "open" {
             warnings.push("open mode: any local process can register any name; set IPC_SHARED_SECRET for the broker and its clients".into());
+        }
+        if let Some(ahead) = wall_clock_offset_worth_saying(&broker["clock"]) {
+            warnings.push(ahead);
         }
         let recorded = run["stopped_cleanly"] == false && run["pid"] == broker["pid"];
         if run.is_object() && !recorded {

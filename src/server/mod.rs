@@ -112,7 +112,16 @@ pub async fn start(
         }
         None => (None, None),
     };
-    let started = clock::to_text(clock.now());
+    let broker_clock = match crate::broker::timekeeping::resume_broker_clock(&store, clock).await {
+        Ok(broker_clock) => broker_clock,
+        Err(e) => {
+            if let Some(socket) = &socket {
+                socket.remove_file();
+            }
+            return Err(e.into());
+        }
+    };
+    let started = clock::to_text(broker_clock.now());
     let run_id = store
         .write(move |conn| {
             queries::record_start(
@@ -141,10 +150,11 @@ pub async fn start(
             config.limits.clone(),
             config.shared_secret.clone(),
             config.large_message_dir(),
-            clock,
+            broker_clock,
         )
         .with_socket(socket.as_ref().map(|s| s.path.clone())),
     );
+    broker.report_clock_offset();
     release_leases_of_the_last_run(broker.store());
     let (stop, stopped) = watch::channel(false);
     let listeners = Listeners {
@@ -176,6 +186,7 @@ impl RunningServer {
         if let Some(socket) = &self.socket {
             socket.remove_file();
         }
+        self.broker.persist_clock().await;
         let stopped = clock::to_text(self.broker.now());
         let run_id = self.run_id;
         let recorded = self
@@ -390,6 +401,9 @@ fn release_leases_of_the_last_run(store: &Store) {
 
 async fn sweep_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(broker.limits().sweep_interval);
+    // The timer runs on the monotonic clock, which a time-faking library moves with the wall
+    // clock: after a jump forward, catching up tick by tick would sweep thousands of times.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return,
@@ -399,6 +413,8 @@ async fn sweep_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             Ok(report) => tracing::debug!(?report, "sweep done"),
             Err(e) => tracing::warn!("sweep failed: {e}"),
         }
+        broker.report_clock_offset();
+        broker.persist_clock().await;
     }
 }
 

@@ -2,7 +2,10 @@
 //! transaction (the writer thread's batch) is passed straight in. Hot statements are cached;
 //! "no row" comes back as `None`, not an error.
 
+use chrono::{DateTime, Utc};
 use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::clock::{BootTime, ClockAnchor};
 
 /// The id of a stored message; also what `send` returns and `check` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -534,24 +537,31 @@ pub fn record_nonce(
 
 // ---- rate limit and auth failures ----
 
-pub(crate) const REQUESTS_SINCE: &str =
-    "SELECT count(*), min(at) FROM request_log WHERE instance_name = ?1 AND at >= ?2";
+pub(crate) const REQUESTS_SINCE: &str = "SELECT count(*), min(at) FROM request_log
+     WHERE instance_name = ?1 AND at >= ?2 AND at <= ?3";
 
-/// How many requests `name` made at or after `since`, and the earliest of them.
+/// How many requests `name` made from `since` up to `now`, and the earliest of them. A row
+/// stamped after `now` (written before the broker's time went back, which only a reboot with
+/// no persisted time can do) is not counted: it could otherwise hold the limit shut for far
+/// longer than its window.
 pub fn requests_since(
     conn: &Connection,
     name: &str,
     since: &str,
+    now: &str,
 ) -> rusqlite::Result<(u32, Option<String>)> {
     conn.prepare_cached(REQUESTS_SINCE)?
-        .query_row(params![name, since], |row| Ok((row.get(0)?, row.get(1)?)))
+        .query_row(params![name, since, now], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })
 }
 
 pub(crate) const FORGET_OLD_REQUESTS: &str =
-    "DELETE FROM request_log WHERE instance_name = ?1 AND at < ?2";
+    "DELETE FROM request_log WHERE instance_name = ?1 AND (at < ?2 OR at > ?3)";
 pub(crate) const LOG_REQUEST: &str = "INSERT INTO request_log (instance_name, at) VALUES (?1, ?2)";
 
-/// Records one request and forgets this instance's requests older than the window.
+/// Records one request and forgets this instance's requests outside the window: older than
+/// it, or stamped in the future (see [`requests_since`]).
 pub fn log_request(
     conn: &Connection,
     name: &str,
@@ -559,7 +569,7 @@ pub fn log_request(
     window_start: &str,
 ) -> rusqlite::Result<()> {
     conn.prepare_cached(FORGET_OLD_REQUESTS)?
-        .execute(params![name, window_start])?;
+        .execute(params![name, window_start, now])?;
     conn.prepare_cached(LOG_REQUEST)?
         .execute(params![name, now])?;
     Ok(())
@@ -705,6 +715,65 @@ pub(crate) const RECORD_STOP: &str = "UPDATE broker_runs SET stopped_at = ?2 WHE
 pub fn record_stop(conn: &Connection, run_id: i64, now: &str) -> rusqlite::Result<()> {
     conn.execute(RECORD_STOP, params![run_id, now])?;
     Ok(())
+}
+
+// ---- the broker clock's anchor (see crate::clock::BrokerClock) ----
+
+pub(crate) const LOAD_CLOCK_ANCHOR: &str =
+    "SELECT broker_time, boot_id, since_boot_ms FROM broker_clock WHERE id = 1";
+
+/// The broker clock's anchor the last run persisted; `None` if there is none or it is unreadable
+/// (an operator's edit), in which case the broker starts as if it had never persisted one.
+pub fn load_clock_anchor(conn: &Connection) -> rusqlite::Result<Option<ClockAnchor>> {
+    let row = conn
+        .query_row(LOAD_CLOCK_ANCHOR, [], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, Option<String>>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()?;
+    Ok(row.and_then(|(broker_time, boot_id, since_boot_ms)| {
+        Some(ClockAnchor {
+            broker_time: crate::clock::parse(&broker_time)?,
+            boot: BootTime {
+                boot_id,
+                since_boot: chrono::Duration::milliseconds(since_boot_ms),
+            },
+        })
+    }))
+}
+
+pub(crate) const SAVE_CLOCK_ANCHOR: &str =
+    "INSERT INTO broker_clock (id, broker_time, boot_id, since_boot_ms, wall_time)
+     VALUES (1, ?1, ?2, ?3, ?4)
+     ON CONFLICT (id) DO UPDATE SET
+       broker_time = excluded.broker_time, boot_id = excluded.boot_id,
+       since_boot_ms = excluded.since_boot_ms, wall_time = excluded.wall_time";
+
+/// Persists the broker clock's anchor, with what the wall clock said at the time (for people).
+pub fn save_clock_anchor(
+    conn: &Connection,
+    anchor: &ClockAnchor,
+    wall_time: &str,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(SAVE_CLOCK_ANCHOR)?.execute(params![
+        crate::clock::to_text(anchor.broker_time),
+        anchor.boot.boot_id,
+        anchor.boot.since_boot.num_milliseconds(),
+        wall_time,
+    ])?;
+    Ok(())
+}
+
+pub(crate) const LATEST_RUN_TIME: &str =
+    "SELECT max(max(started_at), coalesce(max(stopped_at), '')) FROM broker_runs";
+
+/// The latest start or stop any run recorded, for a database from before the anchor existed.
+pub fn latest_run_time(conn: &Connection) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let latest: Option<String> = conn.query_row(LATEST_RUN_TIME, [], |row| row.get(0))?;
+    Ok(latest.as_deref().and_then(crate::clock::parse))
 }
 
 // ---- the sweeper: each call removes at most `batch` rows so it never holds the writer long ----

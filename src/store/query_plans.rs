@@ -138,6 +138,12 @@ const STATEMENTS: &[Hot] = &[
     ),
     hot("record_start", "start-up", RECORD_START),
     hot("record_stop", "shutdown", RECORD_STOP),
+    hot("load_clock_anchor", "start-up", LOAD_CLOCK_ANCHOR),
+    hot(
+        "save_clock_anchor",
+        "start-up, sweeper, shutdown",
+        SAVE_CLOCK_ANCHOR,
+    ),
     scans(
         "sweep_sessions",
         "sweeper",
