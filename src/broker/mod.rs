@@ -28,7 +28,7 @@ use rusqlite::Connection;
 use crate::clock::{self, Clock};
 use crate::config::Limits;
 use crate::protocol::{Action, ErrorCode, Reply, Request};
-use crate::store::{Store, StoreError};
+use crate::store::{Fault, Store, StoreError};
 
 pub use identity::Caller;
 pub use mail::DeliveryReceipt;
@@ -95,6 +95,7 @@ impl BrokerError {
             SameName(_) => ErrorCode::SameName,
             StaleTimestamp { .. } => ErrorCode::StaleTimestamp,
             DataTooLarge { .. } => ErrorCode::DataTooLarge,
+            Store(StoreError::Unavailable(fault)) => fault_code(fault),
             LargeFile(_) | Store(_) => ErrorCode::StorageFailed,
             Entropy(_) => ErrorCode::Internal,
         }
@@ -197,6 +198,13 @@ impl Broker {
         let peer = peer.label.as_str();
         match result {
             Ok(outcome) => outcome,
+            Err(BrokerError::Store(error)) if self.store.notice(&error).is_some() => {
+                // Logged once, when the store turned unavailable; not again for each request.
+                let fault = self.store.fault().expect("noticed a fault");
+                BrokerError::Store(StoreError::Unavailable(fault))
+                    .into_reply()
+                    .into()
+            }
             Err(error) => {
                 if let ErrorCode::StorageFailed | ErrorCode::Internal = error.code() {
                     tracing::error!(action = action_name, peer, "request failed: {error}");
@@ -240,7 +248,7 @@ impl Broker {
         let token = request.session_token;
         let peer = peer.label.as_str();
         match request.action {
-            Action::Ping => Ok(self.ping().into()),
+            Action::Ping => Ok(self.ping().await.into()),
             Action::Register {
                 instance_id,
                 auth_token,
@@ -269,15 +277,27 @@ impl Broker {
     }
 
     /// `ping`: version, protocol and security mode, which process hosts the broker since
-    /// when (for `claude-ipc status`), and the Unix socket when there is one.
-    fn ping(&self) -> Reply {
+    /// when (for `claude-ipc status`), and the Unix socket when there is one. `database` says
+    /// "ok" or "checking" (its integrity check still runs); a removed or damaged database
+    /// makes the reply an error with the same fields, so nothing reports healthy while
+    /// requests fail.
+    async fn ping(&self) -> Reply {
         let mode = if self.is_open_mode() {
             "open"
         } else {
             "secret"
         };
         let uptime = (self.now() - self.started_at).num_seconds().max(0);
-        let reply = Reply::ok()
+        let (reply, database) = match self.store.check_files().await {
+            Some(fault) => (
+                Reply::error(fault_code(&fault), fault.message()),
+                fault.state(),
+            ),
+            None if self.store.is_checking() => (Reply::ok(), "checking"),
+            None => (Reply::ok(), "ok"),
+        };
+        let reply = reply
+            .with("database", database)
             .with("version", crate::VERSION)
             .with("protocol", crate::protocol::PROTOCOL_VERSION)
             .with("mode", mode)
@@ -383,6 +403,14 @@ impl Broker {
 enum Activity {
     NewRequest,
     SameRequest,
+}
+
+/// The wire code for a fault that makes the store refuse work.
+fn fault_code(fault: &Fault) -> ErrorCode {
+    match fault {
+        Fault::Gone(_) => ErrorCode::DatabaseGone,
+        Fault::Damaged(_) => ErrorCode::DatabaseDamaged,
+    }
 }
 
 /// Adds a std duration to a time, saturating instead of panicking on absurd configs.

@@ -13,7 +13,7 @@ use clap::Args;
 use serde_json::{json, Map, Value};
 
 use super::output::{self, paint, relative_time, Colour};
-use super::{CliError, ClientArgs, EXIT_UNREACHABLE};
+use super::{CliError, ClientArgs, EXIT_BROKER_ERROR, EXIT_UNREACHABLE};
 use crate::clock;
 use crate::store::inspect::{self, Snapshot};
 
@@ -51,16 +51,15 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
     let data_dir = super::data_dir_or_default(args.data_dir.clone());
     let now = Utc::now();
     let report = gather(&args.client, &data_dir, now);
-    let answering = report["broker"]["answering"] == true;
     if args.client.json {
         output::json(&report);
     } else {
         print!("{}", render(&report, now, output::colour_enabled()));
     }
-    if answering {
-        Ok(())
-    } else {
-        Err(CliError::Reported(EXIT_UNREACHABLE))
+    match report["status"].as_str() {
+        Some("ok") => Ok(()),
+        Some("unhealthy") => Err(CliError::Reported(EXIT_BROKER_ERROR)),
+        _ => Err(CliError::Reported(EXIT_UNREACHABLE)),
     }
 }
 
@@ -87,7 +86,11 @@ fn gather(client: &ClientArgs, data_dir: &Path, now: DateTime<Utc>) -> Value {
     });
     let snapshot = snapshot.ok();
     let mut report = json!({
-        "status": if broker["answering"] == true { "ok" } else { "unreachable" },
+        "status": match (&broker["answering"], &broker["healthy"]) {
+            (Value::Bool(true), Value::Bool(true)) => "ok",
+            (Value::Bool(true), _) => "unhealthy",
+            _ => "unreachable",
+        },
         "checked_at": clock::to_text(now),
         "broker": broker,
         "data_dir": data_dir,
@@ -110,20 +113,27 @@ fn gather(client: &ClientArgs, data_dir: &Path, now: DateTime<Utc>) -> Value {
     report
 }
 
-/// The broker's side: `ping`, or why it did not answer.
+/// The broker's side: `ping`, or why it did not answer. A broker that answers `ping` with an
+/// error (its database is gone or damaged) is answering but not healthy.
 fn ask_broker(client: &ClientArgs) -> Value {
     let reply = client
         .connect_within(PING_TIMEOUT)
-        .and_then(|mut client| client.ping());
+        .and_then(|mut client| client.request(&json!({"action": "ping"})));
     let mut broker = json!({
-        "answering": reply.is_ok(), "addr": client.addr, "error": null, "pid": null,
-        "process": null, "version": null, "protocol": null, "mode": null, "security": null,
-        "socket": null, "started_at": null, "uptime_seconds": null,
+        "answering": reply.is_ok(), "healthy": false, "addr": client.addr, "error": null,
+        "pid": null, "process": null, "version": null, "protocol": null, "mode": null,
+        "security": null, "socket": null, "started_at": null, "uptime_seconds": null,
+        "database": null,
     });
     match reply {
         Err(error) => broker["error"] = error.to_string().into(),
         Ok(ping) => {
+            broker["healthy"] = (ping["status"] == "ok").into();
+            if ping["status"] != "ok" {
+                broker["error"] = ping["message"].clone();
+            }
             for key in [
+                "database",
                 "pid",
                 "version",
                 "protocol",
@@ -205,6 +215,12 @@ fn warnings(report: &Value) -> Vec<String> {
     let broker = &report["broker"];
     let run = &report["last_run"];
     let mut warnings = Vec::new();
+    if broker["answering"] == true && broker["healthy"] != true {
+        warnings.push(format!(
+            "the broker answers but refuses requests: {}",
+            broker["error"].as_str().unwrap_or("unknown error")
+        ));
+    }
     if !report["database"]["readable"].as_bool().unwrap_or(false) {
         warnings.push(format!(
             "cannot read the database: {}",
@@ -315,9 +331,18 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
             .as_u64()
             .map(|s| format!(", up {}", output::span(s)))
             .unwrap_or_default();
+        let state = if broker["healthy"] == true {
+            paint("answering", Colour::Green, colour)
+        } else {
+            let database = broker["database"].as_str().unwrap_or("unhealthy");
+            paint(
+                &format!("answering, DATABASE {}", database.to_uppercase()),
+                Colour::Red,
+                colour,
+            )
+        };
         line(format!(
-            "broker       {} at {addr}: pid {}{process}, version {}{uptime}",
-            paint("answering", Colour::Green, colour),
+            "broker       {state} at {addr}: pid {}{process}, version {}{uptime}",
             broker["pid"],
             broker["version"].as_str().unwrap_or("?"),
         ));

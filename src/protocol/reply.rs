@@ -30,6 +30,10 @@ pub enum ErrorCode {
     DataTooLarge,
     StorageFailed,
     Internal,
+    /// The database's files were removed or replaced under the running broker.
+    DatabaseGone,
+    /// SQLite reports the database corrupt.
+    DatabaseDamaged,
 }
 
 impl ErrorCode {
@@ -59,6 +63,8 @@ impl ErrorCode {
             DataTooLarge => "data_too_large",
             StorageFailed => "storage_failed",
             Internal => "internal",
+            DatabaseGone => "database_gone",
+            DatabaseDamaged => "database_damaged",
         }
     }
 }

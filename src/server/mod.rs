@@ -19,7 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::broker::{Broker, Peer};
+use crate::broker::{Broker, BrokerError, Peer};
 use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::store::{queries, Store, StoreError};
@@ -392,8 +392,12 @@ async fn sweep_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|stop| *stop) => return,
             _ = ticks.tick() => {}
         }
+        if broker.store().fault().is_some() {
+            continue; // Nothing can be removed from a database that is gone or damaged.
+        }
         match broker.sweep().await {
             Ok(report) => tracing::debug!(?report, "sweep done"),
+            Err(BrokerError::Store(e)) if broker.store().notice(&e).is_some() => {}
             Err(e) => tracing::warn!("sweep failed: {e}"),
         }
     }
