@@ -138,6 +138,9 @@ pub struct Broker {
     /// never held across an `.await`.
     check_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     doorbells: doorbell::Doorbells,
+    /// When the sweeper last looked for orphaned large-message files, by the broker's clock.
+    /// A std `Mutex`, held only to read and set it.
+    last_orphan_pass: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Broker {
@@ -158,6 +161,7 @@ impl Broker {
             socket: None,
             check_locks: Mutex::new(HashMap::new()),
             doorbells: doorbell::Doorbells::default(),
+            last_orphan_pass: Mutex::new(None),
         }
     }
 
