@@ -1,0 +1,422 @@
+//! The database cannot silently stop being the database: its files removed or replaced under a
+//! running broker, a damaged page (at start and while serving), an empty or foreign file at
+//! start, and large-message files left behind by a broker killed mid-send.
+
+mod common;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use claude_ipc::client::{Client, ClientError};
+use common::*;
+use serde_json::Value;
+
+/// Sends `count` messages from alice to bob and returns their contents.
+fn send_mail(client: &mut Client, alice: &str, count: usize, size: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let content = format!("mail {i:04} {}", "x".repeat(size));
+            client
+                .send(alice, "bob", &content, None, None)
+                .expect("send");
+            content
+        })
+        .collect()
+}
+
+/// Every message `bob` can read, oldest first, reading until nothing is left.
+fn read_all(client: &mut Client, bob: &str) -> Vec<String> {
+    let mut contents = Vec::new();
+    loop {
+        let checked = client.check(bob).expect("check");
+        if checked.messages.is_empty() {
+            return contents;
+        }
+        contents.extend(checked.messages.into_iter().map(|m| m.message.content));
+    }
+}
+
+fn refusal_code(error: ClientError) -> (String, String) {
+    match error {
+        ClientError::Broker { code, message } => (code, message),
+        other => panic!("expected a refusal from the broker, got {other}"),
+    }
+}
+
+fn side(db: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", db.display()))
+}
+
+#[test]
+fn removing_any_database_file_under_a_running_broker_refuses_the_next_send_and_loses_nothing() {
+    for removed in [
+        &["ipc.db", "ipc.db-wal", "ipc.db-shm"][..],
+        &["ipc.db"],
+        &["ipc.db-wal"],
+        &["ipc.db-shm"],
+    ] {
+        let broker = TestBroker::start();
+        let (_, alice, bob) = broker.alice_and_bob();
+        let mut client = broker.client();
+        let acknowledged = send_mail(&mut client, &alice, 30, 200);
+        for file in removed {
+            std::fs::remove_file(broker.data_dir().join(file)).unwrap();
+        }
+
+        let refused = client
+            .send(&alice, "bob", "after the removal", None, None)
+            .expect_err("a send after the removal must be refused");
+        let (code, message) = refusal_code(refused);
+        assert_eq!(code, "database_gone", "{removed:?}: {message}");
+        assert!(message.contains("was removed"), "{message}");
+        assert!(message.contains("Restart the broker"), "{message}");
+        let ping = client
+            .request(&serde_json::json!({"action": "ping"}))
+            .unwrap();
+        assert_eq!(ping["status"], "error", "ping must not say ok: {ping}");
+        assert_eq!(ping["code"], "database_gone");
+        assert_eq!(ping["database"], "gone");
+        let (code, _) = refusal_code(client.check(&bob).expect_err("reads are refused too"));
+        assert_eq!(code, "database_gone");
+
+        let broker = broker.restart();
+        let mut client = broker.client();
+        assert_eq!(
+            read_all(&mut client, &bob),
+            acknowledged,
+            "after removing {removed:?} and a restart, every acknowledged message is there once"
+        );
+        let ping = client.ping().expect("healthy again after the restart");
+        assert_eq!(ping["database"], "ok");
+    }
+}
+
+#[test]
+fn a_replaced_database_file_is_noticed_logged_at_error_and_reported_by_ping_and_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let broker = BrokerProcess::spawn(&data_dir, &[]);
+    let mut client = broker.client();
+    let alice = client.register("alice", None).unwrap().session_token;
+    let bob = client.register("bob", None).unwrap().session_token;
+    let acknowledged = send_mail(&mut client, &alice, 20, 100);
+    // An operator "restores" an old copy over the live file: a new inode at the path.
+    let db = data_dir.join("ipc.db");
+    let stale = dir.path().join("stale-copy");
+    std::fs::copy(&db, &stale).unwrap();
+    std::fs::rename(&stale, &db).unwrap();
+
+    let (code, message) = refusal_code(
+        client
+            .send(&alice, "bob", "after the swap", None, None)
+            .expect_err("refused"),
+    );
+    assert_eq!(code, "database_gone");
+    assert!(message.contains("replaced by another file"), "{message}");
+    let error_line = wait_for_line(&broker, |line| {
+        line.contains("ERROR") && line.contains("replaced by another file")
+    });
+    assert!(error_line.contains(db.to_str().unwrap()), "{error_line}");
+
+    let session = dir.path().join("session");
+    let ping = cli(&broker.addr, &session, &["ping"]);
+    assert_eq!(ping.status.code(), Some(1), "ping exits unhealthy");
+    assert!(String::from_utf8_lossy(&ping.stderr).contains("database_gone"));
+    let data = data_dir.to_str().unwrap();
+    let status = cli(&broker.addr, &session, &["status", "--data-dir", data]);
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(
+        status.status.code(),
+        Some(1),
+        "status exits unhealthy: {shown}"
+    );
+    assert!(shown.contains("DATABASE GONE"), "{shown}");
+    assert!(shown.contains("refuses requests"), "{shown}");
+
+    assert!(broker.terminate().success());
+    let broker = BrokerProcess::spawn(&data_dir, &[]);
+    let mut client = broker.client();
+    let bob_again = client.register("bob", None);
+    // The restored copy holds bob's session; either way his mail is there exactly once.
+    let bob = bob_again.map(|r| r.session_token).unwrap_or(bob);
+    assert_eq!(read_all(&mut client, &bob), acknowledged);
+    let kept_aside = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("ipc.db.replaced-")
+        });
+    assert!(
+        kept_aside,
+        "the file found at the path is kept, not deleted"
+    );
+}
+
+fn wait_for_line(broker: &BrokerProcess, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(line) = broker.log.recv_timeout(Duration::from_millis(100)) {
+            if wanted(&line) {
+                return line;
+            }
+            seen.push(line);
+        }
+    }
+    panic!("no such log line; the broker said: {seen:#?}");
+}
+
+/// Runs `claude-ipc serve` on `data_dir` and expects it to refuse: exits non-zero within
+/// `TIMEOUT`, without listening.
+fn serve_expecting_refusal(data_dir: &Path) -> String {
+    let mut child = Command::new(binary())
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("IPC_SHARED_SECRET")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn claude-ipc serve");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!("serve started: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output: Output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        !output.status.success(),
+        "a refusal exits non-zero: {stderr}"
+    );
+    assert!(!stderr.contains("listening"), "it listened: {stderr}");
+    stderr
+}
+
+/// A data directory whose stopped broker stored `count` messages of `size` bytes for bob.
+fn stopped_directory_with_mail(count: usize, size: usize) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let unlimited = ["--rate-limit", "0", "--queue-cap", "0"];
+    let broker = BrokerProcess::spawn(&data_dir, &unlimited);
+    let mut client = broker.client();
+    let alice = client.register("alice", None).unwrap().session_token;
+    send_mail(&mut client, &alice, count, size);
+    assert!(broker.terminate().success());
+    (dir, data_dir)
+}
+
+fn write_garbage(file: &Path, offset: u64, len: usize) {
+    let mut file = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    file.seek(SeekFrom::Start(offset)).unwrap();
+    file.write_all(&vec![0xa5; len]).unwrap();
+    file.sync_all().unwrap();
+}
+
+const PAGE: u64 = 4096;
+
+#[test]
+fn one_page_of_garbage_in_a_stopped_database_makes_serve_refuse_naming_the_file() {
+    let (_dir, data_dir) = stopped_directory_with_mail(300, 1000);
+    let db = data_dir.join("ipc.db");
+    assert!(!side(&db, "-wal").exists(), "a clean stop leaves no WAL");
+    let pages = std::fs::metadata(&db).unwrap().len() / PAGE;
+    assert!(pages > 40, "several pages of mail: {pages}");
+    write_garbage(&db, pages / 2 * PAGE, PAGE as usize);
+
+    let stderr = serve_expecting_refusal(&data_dir);
+    assert!(stderr.contains(db.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("is damaged"), "{stderr}");
+    assert!(stderr.contains("restore ipc.db from a backup"), "{stderr}");
+    assert!(stderr.contains("aside"), "{stderr}");
+}
+
+#[test]
+fn an_empty_database_in_a_used_directory_is_refused_and_a_fresh_directory_starts() {
+    let (_dir, data_dir) = stopped_directory_with_mail(3, 10);
+    let db = data_dir.join("ipc.db");
+    std::fs::File::create(&db).unwrap(); // truncated to 0 bytes
+    let stderr = serve_expecting_refusal(&data_dir);
+    assert!(stderr.contains(db.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("empty (0 bytes)"), "{stderr}");
+    assert!(
+        stderr.contains("ipc.db.created"),
+        "how to start fresh: {stderr}"
+    );
+    assert_eq!(std::fs::metadata(&db).unwrap().len(), 0, "left as found");
+
+    std::fs::remove_file(&db).unwrap();
+    let stderr = serve_expecting_refusal(&data_dir);
+    assert!(stderr.contains("missing"), "{stderr}");
+
+    // Moving the marker aside, as the refusal says, is the deliberate fresh start.
+    std::fs::rename(data_dir.join("ipc.db.created"), data_dir.join("old-marker")).unwrap();
+    let broker = BrokerProcess::spawn(&data_dir, &[]);
+    broker
+        .client()
+        .ping()
+        .expect("a deliberate fresh start serves");
+    drop(broker);
+
+    let fresh = tempfile::tempdir().unwrap();
+    let broker = BrokerProcess::spawn(&fresh.path().join("data"), &[]);
+    let ping = broker.client().ping().expect("a fresh directory starts");
+    assert_eq!(ping["database"], "ok");
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_with_what_and_where() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let db = data_dir.join("ipc.db");
+    std::fs::write(&db, "these are my notes, not a database\n".repeat(300)).unwrap();
+    let stderr = serve_expecting_refusal(&data_dir);
+    assert!(stderr.contains(db.to_str().unwrap()), "{stderr}");
+    assert!(stderr.contains("not a SQLite database"), "{stderr}");
+}
+
+#[test]
+fn a_page_damaged_while_the_broker_runs_turns_ping_and_status_unhealthy() {
+    let broker = TestBroker::start_with(|config| config.limits.queue_cap = 0);
+    let (_, alice, bob) = broker.alice_and_bob();
+    let mut client = broker.client();
+    send_mail(&mut client, &alice, 200, 2000);
+    let db = broker.db_path();
+    let operator = rusqlite::Connection::open(&db).unwrap();
+    let root: i64 = operator
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'messages'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    operator
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    // Garbage in the messages table's root page: every read of a message goes through it.
+    write_garbage(&db, (root as u64 - 1) * PAGE, PAGE as usize);
+    // A change by another connection makes the broker's connection drop its page cache, so
+    // its next read comes from the file, as it would after a cache eviction.
+    operator.execute_batch("PRAGMA user_version = 7").unwrap();
+    drop(operator);
+
+    let (code, message) = refusal_code(client.check(&bob).expect_err("the read hits the page"));
+    assert_eq!(code, "database_damaged", "{message}");
+    assert!(message.contains(db.to_str().unwrap()), "{message}");
+    assert!(
+        message.contains("restore ipc.db from a backup"),
+        "{message}"
+    );
+    let ping = client
+        .request(&serde_json::json!({"action": "ping"}))
+        .unwrap();
+    assert_eq!(ping["status"], "error", "{ping}");
+    assert_eq!(ping["code"], "database_damaged");
+    let (code, _) = refusal_code(
+        client
+            .send(&alice, "bob", "more", None, None)
+            .expect_err("writes are refused on a damaged database"),
+    );
+    assert_eq!(code, "database_damaged");
+
+    let session = broker.data_dir().join("session");
+    let ping = cli(&broker.addr(), &session, &["ping"]);
+    assert_eq!(ping.status.code(), Some(1), "ping exits unhealthy");
+    let data = broker.data_dir();
+    let status = cli(
+        &broker.addr(),
+        &session,
+        &["status", "--json", "--data-dir", data.to_str().unwrap()],
+    );
+    assert_eq!(status.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(report["status"], "unhealthy", "{report}");
+    assert_eq!(report["broker"]["healthy"], false);
+    assert_eq!(report["broker"]["database"], "damaged");
+}
+
+/// A file named the way the broker names large messages, written at `at` by its clock.
+fn plant_large_file(dir: &Path, at: chrono::DateTime<chrono::Utc>, tag: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("{}-{tag:0>16}.md", at.format("%Y%m%dT%H%M%S%.3fZ")));
+    std::fs::write(
+        &path,
+        "# IPC Message\nleft behind by a broker killed mid-send\n",
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn the_sweeper_removes_orphaned_large_message_files_and_never_a_stored_one() {
+    let broker = TestBroker::start();
+    let (_, alice, bob) = broker.alice_and_bob();
+    let mut client = broker.client();
+    let big = "y".repeat(30 * 1024);
+    client.send(&alice, "bob", &big, None, None).unwrap();
+    let large_dir = broker.data_dir().join("large-messages");
+    let stored: Vec<PathBuf> = std::fs::read_dir(&large_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(stored.len(), 1, "the large message has its file");
+    let orphan = plant_large_file(&large_dir, broker.clock.now(), "dead0000beef0001");
+    let foreign = large_dir.join("notes.md");
+    std::fs::write(&foreign, "an operator's file").unwrap();
+
+    broker.clock.advance(chrono::Duration::minutes(30));
+    broker.sweep();
+    assert!(
+        orphan.exists(),
+        "within the grace period a send may still be writing it"
+    );
+
+    broker.clock.advance(chrono::Duration::hours(2));
+    broker.sweep();
+    assert!(
+        !orphan.exists(),
+        "an old file no message refers to is removed"
+    );
+    assert!(stored[0].exists(), "the stored message's file is kept");
+    assert!(
+        foreign.exists(),
+        "a file the broker did not name is never touched"
+    );
+    let received = read_all(&mut client, &bob);
+    assert_eq!(received.len(), 1);
+    assert!(received[0].contains(&stored[0].display().to_string()));
+    assert!(std::fs::read_to_string(&stored[0]).unwrap().contains(&big));
+}
+
+#[test]
+fn the_orphan_pass_works_in_bounded_batches_over_many_files() {
+    let broker = TestBroker::start();
+    let large_dir = broker.data_dir().join("large-messages");
+    let at = broker.clock.now();
+    let planted: Vec<PathBuf> = (0..450)
+        .map(|i| plant_large_file(&large_dir, at, &format!("{i:x}")))
+        .collect();
+    broker.clock.advance(chrono::Duration::hours(2));
+    let jobs_before = broker.broker().store().stats().jobs;
+    broker.sweep();
+    assert!(
+        planted.iter().all(|p| !p.exists()),
+        "every orphan is removed"
+    );
+    let jobs = broker.broker().store().stats().jobs - jobs_before;
+    assert!(
+        jobs >= 4,
+        "one table job and 450 files looked up 200 at a time: {jobs}"
+    );
+}
