@@ -156,6 +156,29 @@ fn a_replaced_database_file_is_noticed_logged_at_error_and_reported_by_ping_and_
     );
 }
 
+#[test]
+fn files_removed_while_nobody_writes_are_noticed_and_the_mail_survives_a_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let broker = BrokerProcess::spawn(&data_dir, &[]);
+    let mut client = broker.client();
+    let alice = client.register("alice", None).unwrap().session_token;
+    let acknowledged = send_mail(&mut client, &alice, 10, 100);
+    for file in ["ipc.db", "ipc.db-wal", "ipc.db-shm"] {
+        std::fs::remove_file(data_dir.join(file)).unwrap();
+    }
+    // No request at all: the idle writer notices on its own and saves its copy.
+    wait_for_line(&broker, |line| {
+        line.contains("ERROR") && line.contains("was removed")
+    });
+    broker.kill_9();
+
+    let broker = BrokerProcess::spawn(&data_dir, &[]);
+    let mut client = broker.client();
+    let bob = client.register("bob", None).unwrap().session_token;
+    assert_eq!(read_all(&mut client, &bob), acknowledged);
+}
+
 fn wait_for_line(broker: &BrokerProcess, wanted: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + TIMEOUT;
     let mut seen = Vec::new();

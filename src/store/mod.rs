@@ -48,6 +48,9 @@ const MAX_BATCH: usize = 512;
 /// transactions and savepoints; rusqlite's default of 16 would make a send followed by a
 /// check evict and re-parse statements on every request. 64 leaves room for the import's 5.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
+/// How often an idle writer checks the database's files. A removal is noticed within this
+/// long even with no traffic, while the open connection can still save everything.
+const IDLE_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -432,7 +435,14 @@ fn writer_loop(
 ) {
     let mut shutdown = None;
     while shutdown.is_none() {
-        let Ok(first) = commands.recv() else { break };
+        let first = match commands.recv_timeout(IDLE_FILE_CHECK) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                guard.check_while_idle(&conn);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(command) = next {
@@ -510,6 +520,16 @@ fn finish(completions: Vec<Completion>, result: Result<(), BatchError>) {
 }
 
 impl Guard {
+    /// Between batches: notices removed or replaced files without waiting for a write.
+    fn check_while_idle(&self, conn: &Connection) {
+        if self.health.fault().is_some() {
+            return;
+        }
+        if let Err(what) = self.files.verify() {
+            self.database_gone(conn, &what);
+        }
+    }
+
     /// A batch-wide failure; a corrupt database also turns the store "damaged".
     fn failure(&self, error: &StoreError) -> BatchError {
         if error.is_corruption() {
