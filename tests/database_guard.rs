@@ -265,6 +265,49 @@ fn one_page_of_garbage_in_a_stopped_database_makes_serve_refuse_naming_the_file(
 }
 
 #[test]
+fn a_large_damaged_database_starts_and_its_background_check_turns_ping_unhealthy() {
+    let (_dir, data_dir) = stopped_directory_with_mail(50, 100);
+    let db = data_dir.join("ipc.db");
+    let operator = rusqlite::Connection::open(&db).unwrap();
+    // Past the size checked before serving, so the check runs after start.
+    operator
+        .execute_batch(
+            "CREATE TABLE ballast (b BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20)
+             INSERT INTO ballast SELECT zeroblob(1024 * 1024) FROM n;",
+        )
+        .unwrap();
+    let root: i64 = operator
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE name = 'messages'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    drop(operator);
+    assert!(std::fs::metadata(&db).unwrap().len() > 16 * 1024 * 1024);
+    write_garbage(&db, (root as u64 - 1) * PAGE, PAGE as usize);
+
+    let started = Instant::now();
+    let broker = BrokerProcess::spawn(&data_dir, &[]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "start-up does not wait for the check"
+    );
+    let mut client = broker.client();
+    wait_until("ping reports the damage", || {
+        let ping = client
+            .request(&serde_json::json!({"action": "ping"}))
+            .unwrap();
+        ping["code"] == "database_damaged"
+    });
+    let alice = client.register("alice", None);
+    let (code, message) = refusal_code(alice.expect_err("requests are refused"));
+    assert_eq!(code, "database_damaged");
+    assert!(message.contains(db.to_str().unwrap()), "{message}");
+}
+
+#[test]
 fn an_empty_database_in_a_used_directory_is_refused_and_a_fresh_directory_starts() {
     let (_dir, data_dir) = stopped_directory_with_mail(3, 10);
     let db = data_dir.join("ipc.db");
