@@ -362,7 +362,7 @@ fn open_connection(path: &Path, check: bool) -> Result<Connection, StoreError> {
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     embedded::migrations::runner()
         .run(&mut conn)
-        .map_err(|e| open_error(path, format!("migrating the schema failed: {e}")))?;
+        .map_err(|e| explain_open_failure(path, format!("migrating the schema failed: {e}")))?;
     startup::mark_created(path);
     Ok(conn)
 }
@@ -383,7 +383,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
 }
 
-fn explain_open_failure(path: &Path, error: rusqlite::Error) -> StoreError {
+fn explain_open_failure(path: &Path, error: impl std::fmt::Display) -> StoreError {
     let text = error.to_string();
     let hint = if text.contains("not a database") || text.contains("malformed") {
         "; the file is corrupt or not a SQLite database: restore a backup or move it aside"

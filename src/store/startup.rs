@@ -46,8 +46,9 @@ pub fn refuse_lost_database(database: &Path) -> Result<(), String> {
     Err(format!(
         "the database is {state}, but this data directory held one ({evidence}), so the mail it \
          held is not there. Restore ipc.db from a backup; or, to start with an empty database on \
-         purpose, move {} (and large-messages/) aside and start again",
-        marker(database).display()
+         purpose, move the whole data directory aside, or just {} and {}, and start again",
+        marker(database).display(),
+        database.with_file_name("large-messages").display()
     ))
 }
 
@@ -114,7 +115,8 @@ pub fn damaged_advice(database: &Path, finding: &str) -> String {
     format!(
         "the database {} is damaged ({finding}). Stop the broker, then restore ipc.db from a \
          backup; or save what is readable with `sqlite3 ipc.db .recover | sqlite3 recovered.db`; \
-         or, to start with an empty database, move ipc.db, ipc.db-wal, ipc.db-shm and {} aside",
+         or, to start with an empty database, move the data directory aside (or ipc.db, \
+         ipc.db-wal, ipc.db-shm and {})",
         database.display(),
         marker(database).display()
     )
