@@ -486,3 +486,84 @@ fn the_orphan_pass_works_in_bounded_batches_over_many_files() {
         "one table job and 450 files looked up 200 at a time: {jobs}"
     );
 }
+
+/// An operator's `sqlite3` shell holding the write lock, as `BEGIN IMMEDIATE` does.
+struct OperatorLock {
+    shell: std::process::Child,
+}
+
+impl OperatorLock {
+    /// Returns once the shell holds the lock, or `None` (saying so) without `sqlite3`.
+    fn take(db: &Path) -> Option<OperatorLock> {
+        use std::io::BufRead;
+        let Ok(mut shell) = Command::new("sqlite3")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            eprintln!("sqlite3 is not installed (apt-get install -y sqlite3); skipping");
+            return None;
+        };
+        let stdin = shell.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n")
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(shell.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+        Some(OperatorLock { shell })
+    }
+
+    fn release(mut self) {
+        let stdin = self.shell.stdin.as_mut().unwrap();
+        stdin.write_all(b"COMMIT;\n.quit\n").unwrap();
+        self.shell.wait().unwrap();
+    }
+}
+
+impl Drop for OperatorLock {
+    fn drop(&mut self) {
+        let _ = self.shell.kill();
+        let _ = self.shell.wait();
+    }
+}
+
+#[test]
+fn an_operators_lock_is_not_damage_writes_wait_then_fail_and_ping_stays_healthy() {
+    let broker = TestBroker::start();
+    let (_, alice, bob) = broker.alice_and_bob();
+    let mut client = broker.client();
+    client
+        .send(&alice, "bob", "before the lock", None, None)
+        .unwrap();
+    let Some(lock) = OperatorLock::take(&broker.db_path()) else {
+        return;
+    };
+
+    let asked = Instant::now();
+    let (code, message) = refusal_code(
+        client
+            .send(&alice, "bob", "during the lock", None, None)
+            .expect_err("the writer gives up after its busy timeout"),
+    );
+    let waited = asked.elapsed();
+    assert_eq!(code, "storage_failed", "{message}");
+    assert!(message.contains("locked"), "{message}");
+    assert!(message.contains("nothing was stored"), "{message}");
+    assert!(waited >= Duration::from_secs(4), "waited {waited:?}");
+    let ping = client.ping().expect("a lock is not damage: ping stays ok");
+    assert_eq!(ping["database"], "ok");
+
+    lock.release();
+    client
+        .send(&alice, "bob", "after the lock", None, None)
+        .unwrap();
+    assert_eq!(
+        read_all(&mut client, &bob),
+        ["before the lock", "after the lock"]
+    );
+}
