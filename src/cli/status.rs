@@ -3,7 +3,8 @@
 //!
 //! The broker part comes from `ping`. The database part is read directly with a read-only
 //! connection, so it works with the broker down and never takes the broker's lock. With no
-//! broker answering it still prints everything it can and exits with 3.
+//! broker answering it still prints everything it can and exits with 3; a broker that answers
+//! but refuses requests (its database removed, replaced or damaged) makes it exit with 1.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,7 +33,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 #[command(
     after_help = "An instance is online when it was seen in the last 5 minutes. With no broker answering,
 status still reads the database (read-only, without the broker's lock), prints the report and
-exits with 3. --json prints one JSON document in every case; docs/OPERATIONS.md describes it.
+exits with 3. A broker that answers but refuses requests (its database was removed, replaced or
+is damaged) is shown as such and status exits with 1.
+--json prints one JSON document in every case; docs/OPERATIONS.md describes it.
 
 Examples:
   claude-ipc status
