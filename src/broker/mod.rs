@@ -202,14 +202,9 @@ impl Broker {
         let peer = peer.label.as_str();
         match result {
             Ok(outcome) => outcome,
-            Err(BrokerError::Store(error)) if self.store.notice(&error).is_some() => {
-                // Logged once, when the store turned unavailable; not again for each request.
-                let fault = self.store.fault().expect("noticed a fault");
-                BrokerError::Store(StoreError::Unavailable(fault))
-                    .into_reply()
-                    .into()
-            }
             Err(error) => {
+                // A database gone or damaged was logged once, when the store turned
+                // unavailable; its refusals are not logged again for each request.
                 if let ErrorCode::StorageFailed | ErrorCode::Internal = error.code() {
                     tracing::error!(action = action_name, peer, "request failed: {error}");
                 }
@@ -384,7 +379,9 @@ impl Broker {
             .await
     }
 
-    /// Runs `work` on the writer thread, keeping rule refusals apart from storage failures.
+    /// Runs `work` on the writer thread, keeping rule refusals apart from storage failures. A
+    /// storage failure that says the database is corrupt turns the store "damaged" here, so
+    /// every path (requests, receipts, the sweeper) reports it the same way.
     async fn run<T, F>(&self, work: F) -> Result<T, BrokerError>
     where
         T: Send + 'static,
@@ -396,7 +393,11 @@ impl Broker {
                 Err(BrokerError::Store(error)) => Err(error),
                 other => Ok(other),
             })
-            .await?;
+            .await
+            .map_err(|error| match self.store.notice(&error) {
+                Some(fault) => StoreError::Unavailable(fault),
+                None => error,
+            })?;
         outcome
     }
 }

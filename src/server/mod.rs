@@ -19,7 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::broker::{Broker, BrokerError, Peer};
+use crate::broker::{Broker, Peer};
 use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::store::{queries, Store, StoreError};
@@ -397,7 +397,6 @@ async fn sweep_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         }
         match broker.sweep().await {
             Ok(report) => tracing::debug!(?report, "sweep done"),
-            Err(BrokerError::Store(e)) if broker.store().notice(&e).is_some() => {}
             Err(e) => tracing::warn!("sweep failed: {e}"),
         }
     }
