@@ -370,6 +370,7 @@ impl Serve<'_> {
 /// for, so start-up does not grow with the number of leases (a `ping` needs no job).
 fn release_leases_of_the_last_run(store: &Store) {
     let released = store.queue(|conn| Ok::<_, StoreError>(queries::release_leases(conn)?));
+    let store = store.clone();
     tokio::spawn(async move {
         match released.await {
             Ok(0) => {}
@@ -377,10 +378,13 @@ fn release_leases_of_the_last_run(store: &Store) {
                 released,
                 "mail leased by readers of the previous run can be read again"
             ),
-            Err(e) => tracing::error!(
-                "releasing the previous run's leases failed; that mail comes back when each \
-                 lease runs out: {e}"
-            ),
+            Err(e) => {
+                store.notice(&e);
+                tracing::error!(
+                    "releasing the previous run's leases failed; that mail comes back when each \
+                     lease runs out: {e}"
+                )
+            }
         }
     });
 }
