@@ -14,6 +14,8 @@ use rand::RngCore;
 
 /// How much of the content the summary keeps.
 const SUMMARY_CHARS: usize = 200;
+/// The time at the start of a file's name.
+const NAME_TIME_FORMAT: &str = "%Y%m%dT%H%M%S%.3fZ";
 
 /// Writes `content` to a new file (mode 0600) in `dir` and returns its path, after the file
 /// and its directory entry are on disk.
@@ -28,7 +30,7 @@ pub fn new_path(dir: &Path, now: DateTime<Utc>) -> PathBuf {
     let mut random = [0u8; 8];
     rand::rng().fill_bytes(&mut random);
     let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
-    dir.join(format!("{}-{suffix}.md", now.format("%Y%m%dT%H%M%S%.3fZ")))
+    dir.join(format!("{}-{suffix}.md", now.format(NAME_TIME_FORMAT)))
 }
 
 /// What the file for `content` holds: a short header, then the content. Its length is what
@@ -60,6 +62,40 @@ pub fn write_at(dir: &Path, path: &Path, text: &str) -> std::io::Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+/// When the file named `name` was written, by the broker's clock, if the name is one
+/// [`write_file`] makes: a UTC time, a dash, 16 hex digits and `.md`. Any other file is not
+/// the broker's, and the orphan sweep never touches it.
+pub fn written_at(name: &str) -> Option<DateTime<Utc>> {
+    let stem = name.strip_suffix(".md")?;
+    let (time, random) = stem.split_once('-')?;
+    if random.len() != 16 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let time = chrono::NaiveDateTime::parse_from_str(time, NAME_TIME_FORMAT).ok()?;
+    Some(time.and_utc())
+}
+
+/// Files in `dir` that [`write_file`] made before `before`, oldest name first. A missing
+/// directory has none. Blocking: call it off the async executor.
+pub fn files_written_before(dir: &Path, before: DateTime<Utc>) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut old = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let written = name.to_str().and_then(written_at);
+        if written.is_some_and(|at| at < before) && entry.file_type()?.is_file() {
+            old.push(entry.path());
+        }
+    }
+    old.sort();
+    Ok(old)
 }
 
 /// The inline text that replaces large content: its start, then where the rest is.
@@ -97,6 +133,25 @@ mod tests {
         assert!(text.contains("body 7"));
         let mode = fs::metadata(&paths[0]).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn only_names_the_broker_makes_have_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Utc::now();
+        let path = write_file(dir.path(), "body", now).unwrap();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let at = written_at(name).expect("the broker's own name");
+        assert!((now - at).num_milliseconds().abs() <= 1);
+        assert_eq!(written_at("notes.md"), None);
+        assert_eq!(written_at("20260101T120000.000Z-abc.md"), None);
+        let later = now + chrono::Duration::seconds(1);
+        assert_eq!(files_written_before(dir.path(), later).unwrap(), [path]);
+        assert!(
+            files_written_before(dir.path(), now - chrono::Duration::seconds(1))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ use rusqlite::Connection;
 use crate::clock::{self, BrokerClock};
 use crate::config::Limits;
 use crate::protocol::{Action, ErrorCode, Reply, Request};
-use crate::store::{Store, StoreError};
+use crate::store::{Fault, Store, StoreError};
 
 pub use identity::Caller;
 pub use mail::DeliveryReceipt;
@@ -135,6 +135,7 @@ impl BrokerError {
             SameName(_) => ErrorCode::SameName,
             StaleTimestamp { .. } => ErrorCode::StaleTimestamp,
             DataTooLarge { .. } => ErrorCode::DataTooLarge,
+            Store(StoreError::Unavailable(fault)) => fault_code(fault),
             LargeFile(_) | Store(_) => ErrorCode::StorageFailed,
             Entropy(_) => ErrorCode::Internal,
         }
@@ -181,6 +182,9 @@ pub struct Broker {
     doorbells: doorbell::Doorbells,
     /// Failed-authentication counters per peer; shared with jobs on the writer thread.
     auth_guard: Arc<auth_guard::AuthGuard>,
+    /// When the sweeper last looked for orphaned large-message files, by the broker's clock.
+    /// A std `Mutex`, held only to read and set it.
+    last_orphan_pass: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Broker {
@@ -203,6 +207,7 @@ impl Broker {
             socket: None,
             check_locks: Mutex::new(HashMap::new()),
             doorbells: doorbell::Doorbells::default(),
+            last_orphan_pass: Mutex::new(None),
         }
     }
 
@@ -247,6 +252,8 @@ impl Broker {
         match result {
             Ok(outcome) => outcome,
             Err(error) => {
+                // A database gone or damaged was logged once, when the store turned
+                // unavailable; its refusals are not logged again for each request.
                 if let ErrorCode::StorageFailed | ErrorCode::Internal = error.code() {
                     tracing::error!(action = action_name, peer, "request failed: {error}");
                 }
@@ -307,7 +314,7 @@ impl Broker {
     async fn dispatch(&self, request: Request, peer: &Peer) -> Result<Outcome, BrokerError> {
         let token = request.session_token;
         match request.action {
-            Action::Ping => Ok(self.ping().into()),
+            Action::Ping => Ok(self.ping().await.into()),
             Action::Register {
                 instance_id,
                 auth_token,
@@ -336,8 +343,11 @@ impl Broker {
     }
 
     /// `ping`: version, protocol and security mode, which process hosts the broker since
-    /// when (for `claude-ipc status`), and the Unix socket when there is one.
-    fn ping(&self) -> Reply {
+    /// when (for `claude-ipc status`), and the Unix socket when there is one. `database` says
+    /// "ok" or "checking" (its integrity check still runs); a removed or damaged database
+    /// makes the reply an error with the same fields, so nothing reports healthy while
+    /// requests fail.
+    async fn ping(&self) -> Reply {
         self.report_clock_offset();
         let mode = if self.is_open_mode() {
             "open"
@@ -345,7 +355,16 @@ impl Broker {
             "secret"
         };
         let uptime = (self.now() - self.started_at).num_seconds().max(0);
-        let reply = Reply::ok()
+        let (reply, database) = match self.store.check_files().await {
+            Some(fault) => (
+                Reply::error(fault_code(&fault), fault.message()),
+                fault.state(),
+            ),
+            None if self.store.is_checking() => (Reply::ok(), "checking"),
+            None => (Reply::ok(), "ok"),
+        };
+        let reply = reply
+            .with("database", database)
             .with("version", crate::VERSION)
             .with("protocol", crate::protocol::PROTOCOL_VERSION)
             .with("mode", mode)
@@ -425,7 +444,9 @@ impl Broker {
         .await
     }
 
-    /// Runs `work` on the writer thread, keeping rule refusals apart from storage failures.
+    /// Runs `work` on the writer thread, keeping rule refusals apart from storage failures. A
+    /// storage failure that says the database is corrupt turns the store "damaged" here, so
+    /// every path (requests, receipts, the sweeper) reports it the same way.
     async fn run<T, F>(&self, work: F) -> Result<T, BrokerError>
     where
         T: Send + 'static,
@@ -437,7 +458,11 @@ impl Broker {
                 Err(BrokerError::Store(error)) => Err(error),
                 other => Ok(other),
             })
-            .await?;
+            .await
+            .map_err(|error| match self.store.notice(&error) {
+                Some(fault) => StoreError::Unavailable(fault),
+                None => error,
+            })?;
         outcome
     }
 }
@@ -448,6 +473,14 @@ impl Broker {
 enum Activity {
     NewRequest,
     SameRequest,
+}
+
+/// The wire code for a fault that makes the store refuse work.
+fn fault_code(fault: &Fault) -> ErrorCode {
+    match fault {
+        Fault::Gone(_) => ErrorCode::DatabaseGone,
+        Fault::Damaged(_) => ErrorCode::DatabaseDamaged,
+    }
 }
 
 /// Adds a std duration to a time, saturating instead of panicking on absurd configs.

@@ -5,12 +5,16 @@ use clap::Args;
 use super::{output, CliError, ClientArgs};
 
 #[derive(Debug, Args)]
-#[command(after_help = "Needs no session. Exits with 3 when no broker answers.
+#[command(
+    after_help = "Needs no session. Exits with 3 when no broker answers, and with 1 when it answers
+that it refuses requests (its database was removed, replaced or is damaged; the message says
+what to do).
 
 Examples:
   claude-ipc ping
   claude-ipc ping --addr 127.0.0.1:9900
-  claude-ipc ping --json")]
+  claude-ipc ping --json"
+)]
 pub struct PingArgs {
     #[command(flatten)]
     pub client: ClientArgs,

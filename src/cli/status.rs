@@ -3,7 +3,8 @@
 //!
 //! The broker part comes from `ping`. The database part is read directly with a read-only
 //! connection, so it works with the broker down and never takes the broker's lock. With no
-//! broker answering it still prints everything it can and exits with 3.
+//! broker answering it still prints everything it can and exits with 3; a broker that answers
+//! but refuses requests (its database removed, replaced or damaged) makes it exit with 1.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,7 +14,7 @@ use clap::Args;
 use serde_json::{json, Map, Value};
 
 use super::output::{self, paint, relative_time, Colour};
-use super::{CliError, ClientArgs, EXIT_UNREACHABLE};
+use super::{CliError, ClientArgs, EXIT_BROKER_ERROR, EXIT_UNREACHABLE};
 use crate::clock;
 use crate::store::inspect::{self, Snapshot};
 
@@ -32,7 +33,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 #[command(
     after_help = "An instance is online when it was seen in the last 5 minutes. With no broker answering,
 status still reads the database (read-only, without the broker's lock), prints the report and
-exits with 3. --json prints one JSON document in every case; docs/OPERATIONS.md describes it.
+exits with 3. A broker that answers but refuses requests (its database was removed, replaced or
+is damaged) is shown as such and status exits with 1.
+--json prints one JSON document in every case; docs/OPERATIONS.md describes it.
 
 Examples:
   claude-ipc status
@@ -54,16 +57,15 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
         .as_str()
         .and_then(clock::parse)
         .unwrap_or_else(Utc::now);
-    let answering = report["broker"]["answering"] == true;
     if args.client.json {
         output::json(&report);
     } else {
         print!("{}", render(&report, now, output::colour_enabled()));
     }
-    if answering {
-        Ok(())
-    } else {
-        Err(CliError::Reported(EXIT_UNREACHABLE))
+    match report["status"].as_str() {
+        Some("ok") => Ok(()),
+        Some("unhealthy") => Err(CliError::Reported(EXIT_BROKER_ERROR)),
+        _ => Err(CliError::Reported(EXIT_UNREACHABLE)),
     }
 }
 
@@ -96,7 +98,11 @@ fn gather(client: &ClientArgs, data_dir: &Path, now: DateTime<Utc>) -> Value {
     });
     let snapshot = snapshot.ok();
     let mut report = json!({
-        "status": if broker["answering"] == true { "ok" } else { "unreachable" },
+        "status": match (&broker["answering"], &broker["healthy"]) {
+            (Value::Bool(true), Value::Bool(true)) => "ok",
+            (Value::Bool(true), _) => "unhealthy",
+            _ => "unreachable",
+        },
         "checked_at": clock::to_text(now),
         "broker": broker,
         "data_dir": data_dir,
@@ -119,20 +125,27 @@ fn gather(client: &ClientArgs, data_dir: &Path, now: DateTime<Utc>) -> Value {
     report
 }
 
-/// The broker's side: `ping`, or why it did not answer.
+/// The broker's side: `ping`, or why it did not answer. A broker that answers `ping` with an
+/// error (its database is gone or damaged) is answering but not healthy.
 fn ask_broker(client: &ClientArgs) -> Value {
     let reply = client
         .connect_within(PING_TIMEOUT)
-        .and_then(|mut client| client.ping());
+        .and_then(|mut client| client.request(&json!({"action": "ping"})));
     let mut broker = json!({
-        "answering": reply.is_ok(), "addr": client.addr, "error": null, "pid": null,
-        "process": null, "version": null, "protocol": null, "mode": null, "security": null,
-        "socket": null, "started_at": null, "uptime_seconds": null, "clock": null,
+        "answering": reply.is_ok(), "healthy": false, "addr": client.addr, "error": null,
+        "pid": null, "process": null, "version": null, "protocol": null, "mode": null,
+        "security": null, "socket": null, "started_at": null, "uptime_seconds": null,
+        "clock": null, "database": null,
     });
     match reply {
         Err(error) => broker["error"] = error.to_string().into(),
         Ok(ping) => {
+            broker["healthy"] = (ping["status"] == "ok").into();
+            if ping["status"] != "ok" {
+                broker["error"] = ping["message"].clone();
+            }
             for key in [
+                "database",
                 "pid",
                 "version",
                 "protocol",
@@ -230,6 +243,12 @@ fn warnings(report: &Value) -> Vec<String> {
     let broker = &report["broker"];
     let run = &report["last_run"];
     let mut warnings = Vec::new();
+    if broker["answering"] == true && broker["healthy"] != true {
+        warnings.push(format!(
+            "the broker answers but refuses requests: {}",
+            broker["error"].as_str().unwrap_or("unknown error")
+        ));
+    }
     if !report["database"]["readable"].as_bool().unwrap_or(false) {
         warnings.push(format!(
             "cannot read the database: {}",
@@ -343,9 +362,18 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
             .as_u64()
             .map(|s| format!(", up {}", output::span(s)))
             .unwrap_or_default();
+        let state = if broker["healthy"] == true {
+            paint("answering", Colour::Green, colour)
+        } else {
+            let database = broker["database"].as_str().unwrap_or("unhealthy");
+            paint(
+                &format!("answering, DATABASE {}", database.to_uppercase()),
+                Colour::Red,
+                colour,
+            )
+        };
         line(format!(
-            "broker       {} at {addr}: pid {}{process}, version {}{uptime}",
-            paint("answering", Colour::Green, colour),
+            "broker       {state} at {addr}: pid {}{process}, version {}{uptime}",
             broker["pid"],
             broker["version"].as_str().unwrap_or("?"),
         ));

@@ -36,6 +36,10 @@ pub enum ErrorCode {
     LargeMessageSenderFull,
     LargeMessageTotalFull,
     AuthThrottled,
+    /// The database's files were removed or replaced under the running broker.
+    DatabaseGone,
+    /// SQLite reports the database corrupt.
+    DatabaseDamaged,
 }
 
 impl ErrorCode {
@@ -71,6 +75,8 @@ impl ErrorCode {
             LargeMessageSenderFull => "large_message_sender_full",
             LargeMessageTotalFull => "large_message_total_full",
             AuthThrottled => "auth_throttled",
+            DatabaseGone => "database_gone",
+            DatabaseDamaged => "database_damaged",
         }
     }
 }

@@ -384,6 +384,7 @@ impl Serve<'_> {
 /// for, so start-up does not grow with the number of leases (a `ping` needs no job).
 fn release_leases_of_the_last_run(store: &Store) {
     let released = store.queue(|conn| Ok::<_, StoreError>(queries::release_leases(conn)?));
+    let store = store.clone();
     tokio::spawn(async move {
         match released.await {
             Ok(0) => {}
@@ -391,10 +392,13 @@ fn release_leases_of_the_last_run(store: &Store) {
                 released,
                 "mail leased by readers of the previous run can be read again"
             ),
-            Err(e) => tracing::error!(
-                "releasing the previous run's leases failed; that mail comes back when each \
-                 lease runs out: {e}"
-            ),
+            Err(e) => {
+                store.notice(&e);
+                tracing::error!(
+                    "releasing the previous run's leases failed; that mail comes back when each \
+                     lease runs out: {e}"
+                )
+            }
         }
     });
 }
@@ -408,6 +412,9 @@ async fn sweep_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return,
             _ = ticks.tick() => {}
+        }
+        if broker.store().fault().is_some() {
+            continue; // Nothing can be removed from a database that is gone or damaged.
         }
         match broker.sweep().await {
             Ok(report) => tracing::debug!(?report, "sweep done"),

@@ -7,12 +7,19 @@
 //!
 //! Each job runs inside its own savepoint, so a job that fails (a broken rule, a constraint)
 //! rolls back only its own changes, never its neighbours'.
+//!
+//! Before each commit the writer checks that the files at the database's path are still the
+//! ones it has open ([`health`]); if not, or once SQLite reports the database corrupt, the
+//! store refuses every later job and says why.
 
+pub mod health;
 pub mod inspect;
 pub mod legacy;
 pub mod queries;
 #[cfg(test)]
 mod query_plans;
+pub mod rescue;
+pub mod startup;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -25,7 +32,10 @@ use std::thread;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+pub use health::Fault;
 pub use queries::{MessageId, NewMessage, StoredMessage};
+
+use health::{Health, OpenFiles};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -38,6 +48,9 @@ const MAX_BATCH: usize = 512;
 /// transactions and savepoints; rusqlite's default of 16 would make a send followed by a
 /// check evict and re-parse statements on every request. 64 leaves room for the import's 5.
 const STATEMENT_CACHE_CAPACITY: usize = 64;
+/// How often an idle writer checks the database's files. A removal is noticed within this
+/// long even with no traffic, while the open connection can still save everything.
+const IDLE_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,10 +64,42 @@ pub enum StoreError {
     Panicked(String),
     #[error("the store is shut down")]
     Closed,
+    /// The database was removed, replaced or found damaged; nothing is stored any more.
+    #[error("{}", .0.message())]
+    Unavailable(Fault),
+}
+
+impl StoreError {
+    /// Whether SQLite said the file is corrupt or not a database at all.
+    pub fn is_corruption(&self) -> bool {
+        let StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) = self else {
+            return false;
+        };
+        matches!(
+            failure.code,
+            rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+        )
+    }
+}
+
+/// Why a whole batch failed: its commit, or a fault that refuses all work.
+#[derive(Debug, Clone)]
+enum BatchError {
+    Commit(String),
+    Fault(Fault),
+}
+
+impl From<BatchError> for StoreError {
+    fn from(error: BatchError) -> Self {
+        match error {
+            BatchError::Commit(reason) => StoreError::CommitFailed(reason),
+            BatchError::Fault(fault) => StoreError::Unavailable(fault),
+        }
+    }
 }
 
 /// What the writer thread hands back to a job once the batch's commit is known.
-type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Completion = Box<dyn FnOnce(Result<(), BatchError>) + Send>;
 /// A unit of work for the writer thread. It is given `None` when no transaction could be
 /// started, so it does not run and its caller hears why.
 type Job = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
@@ -69,6 +114,15 @@ enum Command {
 pub struct Store {
     commands: mpsc::Sender<Command>,
     counters: Arc<Counters>,
+    guard: Arc<Guard>,
+}
+
+/// What the writer needs to notice that the database stopped being the database.
+#[derive(Debug)]
+struct Guard {
+    path: PathBuf,
+    files: OpenFiles,
+    health: Health,
 }
 
 /// How much work the writer thread has done, for tests and benchmarks.
@@ -90,16 +144,82 @@ pub struct StoreStats {
 impl Store {
     /// Opens (creating if needed, mode 0600) and migrates the database, then starts the writer
     /// thread. Refuses a database that is corrupt, unreadable or read-only.
+    ///
+    /// A copy saved by a broker whose database was removed under it is put back first
+    /// ([`rescue::adopt`]); a missing or empty file in a directory that held a database is
+    /// refused ([`startup`]); a large database is integrity-checked in the background.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = open_connection(path)?;
+        match rescue::adopt(path) {
+            Ok(Some(done)) => tracing::warn!("{done}"),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(open_error(
+                    path,
+                    format!(
+                        "cannot put back the rescued copy ipc.db{}: {e}",
+                        rescue::RESCUED_SUFFIX
+                    ),
+                ))
+            }
+        }
+        let (conn, checked) = open_checked(path)?;
+        let files = OpenFiles::record(path)
+            .map_err(|e| open_error(path, format!("cannot read the open file: {e}")))?;
+        let guard = Arc::new(Guard {
+            path: path.to_owned(),
+            files,
+            health: Health::default(),
+        });
+        if !checked {
+            check_in_background(guard.clone());
+        }
         let (commands, receiver) = mpsc::channel();
         let counters = Arc::new(Counters::default());
         let thread_counters = counters.clone();
+        let thread_guard = guard.clone();
         thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer_loop(conn, receiver, &thread_counters))
+            .spawn(move || writer_loop(conn, receiver, &thread_counters, &thread_guard))
             .map_err(|e| open_error(path, format!("cannot start the writer thread: {e}")))?;
-        Ok(Store { commands, counters })
+        Ok(Store {
+            commands,
+            counters,
+            guard,
+        })
+    }
+
+    /// Why the store refuses work, if it does.
+    pub fn fault(&self) -> Option<Fault> {
+        self.guard.health.fault()
+    }
+
+    /// Whether the start-up integrity check of a large database is still running.
+    pub fn is_checking(&self) -> bool {
+        self.guard.health.is_checking()
+    }
+
+    /// Turns the store "damaged" if `error` says the database is corrupt, and returns the
+    /// fault now in force (if any). Callers pass every storage error they see.
+    pub fn notice(&self, error: &StoreError) -> Option<Fault> {
+        if error.is_corruption() {
+            let advice = startup::damaged_advice(&self.guard.path, &error.to_string());
+            self.guard.health.record(Fault::Damaged(advice));
+        }
+        self.fault()
+    }
+
+    /// Checks the database's files now, without waiting for a write: when they changed, an
+    /// empty job makes the writer notice (and save its copy), and the fault is returned. Two
+    /// or three `stat` calls when nothing changed.
+    pub async fn check_files(&self) -> Option<Fault> {
+        if let Some(fault) = self.fault() {
+            return Some(fault);
+        }
+        if self.guard.files.verify().is_ok() {
+            return None;
+        }
+        let _ = self.write(|_| Ok::<_, StoreError>(())).await;
+        self.fault()
     }
 
     /// Runs `work` on the writer thread inside the next group commit, and returns its result
@@ -131,10 +251,10 @@ impl Store {
                     Err(StoreError::CommitFailed("no transaction could be started".into()).into())
                 }
             };
-            Box::new(move |commit: Result<(), String>| {
+            Box::new(move |commit: Result<(), BatchError>| {
                 let result = match commit {
                     Ok(()) => result,
-                    Err(reason) => Err(StoreError::CommitFailed(reason).into()),
+                    Err(error) => Err(StoreError::from(error).into()),
                 };
                 let _ = reply.send(result);
             })
@@ -167,7 +287,7 @@ impl Store {
 /// file; each of its transactions briefly holds the write lock, and the broker's writer waits
 /// for it (up to its busy timeout), so such a tool must keep its transactions short.
 pub fn open_side_connection(path: &Path) -> Result<Connection, StoreError> {
-    open_connection(path)
+    open_checked(path).map(|(conn, _)| conn)
 }
 
 fn open_error(path: &Path, reason: impl Into<String>) -> StoreError {
@@ -177,7 +297,45 @@ fn open_error(path: &Path, reason: impl Into<String>) -> StoreError {
     }
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+/// [`open_connection`] plus the integrity check when the file is small enough to check before
+/// serving; says whether it was checked.
+fn open_checked(path: &Path) -> Result<(Connection, bool), StoreError> {
+    let checked = startup::check_before_serving(path);
+    let conn = open_connection(path, checked)?;
+    Ok((conn, checked))
+}
+
+/// Runs `PRAGMA quick_check` on its own read-only connection and turns the store "damaged"
+/// if it fails. The writer serves meanwhile; `ping` says "checking".
+fn check_in_background(guard: Arc<Guard>) {
+    guard.health.set_checking(true);
+    let size = std::fs::metadata(&guard.path).map_or(0, |m| m.len());
+    tracing::info!(
+        bytes = size,
+        "checking the database's integrity in the background"
+    );
+    let spawned = thread::Builder::new()
+        .name("store-check".into())
+        .spawn(move || {
+            let finding = inspect::open_read_only(&guard.path)
+                .map_err(|e| e.to_string())
+                .and_then(|conn| startup::quick_check(&conn));
+            match finding {
+                Ok(()) => tracing::info!("the database passed its integrity check"),
+                Err(finding) => {
+                    let advice = startup::damaged_advice(&guard.path, &finding);
+                    guard.health.record(Fault::Damaged(advice));
+                }
+            }
+            guard.health.set_checking(false);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the background integrity check: {e}");
+    }
+}
+
+fn open_connection(path: &Path, check: bool) -> Result<Connection, StoreError> {
+    startup::refuse_lost_database(path).map_err(|reason| open_error(path, reason))?;
     // Create the file ourselves so it is 0600 from the first byte (and tighten an older one);
     // SQLite gives its -wal and -shm files the same mode.
     OpenOptions::new()
@@ -197,10 +355,15 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
         ));
     }
     configure(&conn).map_err(|e| explain_open_failure(path, e))?;
+    if check {
+        startup::quick_check(&conn)
+            .map_err(|finding| open_error(path, startup::damaged_advice(path, &finding)))?;
+    }
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     embedded::migrations::runner()
         .run(&mut conn)
-        .map_err(|e| open_error(path, format!("migrating the schema failed: {e}")))?;
+        .map_err(|e| explain_open_failure(path, format!("migrating the schema failed: {e}")))?;
+    startup::mark_created(path);
     Ok(conn)
 }
 
@@ -220,7 +383,7 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
 }
 
-fn explain_open_failure(path: &Path, error: rusqlite::Error) -> StoreError {
+fn explain_open_failure(path: &Path, error: impl std::fmt::Display) -> StoreError {
     let text = error.to_string();
     let hint = if text.contains("not a database") || text.contains("malformed") {
         "; the file is corrupt or not a SQLite database: restore a backup or move it aside"
@@ -264,10 +427,22 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn writer_loop(conn: Connection, commands: mpsc::Receiver<Command>, counters: &Counters) {
+fn writer_loop(
+    conn: Connection,
+    commands: mpsc::Receiver<Command>,
+    counters: &Counters,
+    guard: &Guard,
+) {
     let mut shutdown = None;
     while shutdown.is_none() {
-        let Ok(first) = commands.recv() else { break };
+        let first = match commands.recv_timeout(IDLE_FILE_CHECK) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                guard.check_while_idle(&conn);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(command) = next {
@@ -290,7 +465,7 @@ fn writer_loop(conn: Connection, commands: mpsc::Receiver<Command>, counters: &C
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             counters.commits.fetch_add(1, Ordering::Relaxed);
         }
-        run_batch(&conn, batch);
+        run_batch(&conn, guard, batch);
     }
     if let Err((_, e)) = conn.close() {
         tracing::error!("closing the database failed: {e}");
@@ -300,29 +475,93 @@ fn writer_loop(conn: Connection, commands: mpsc::Receiver<Command>, counters: &C
     }
 }
 
-fn run_batch(conn: &Connection, batch: Vec<Job>) {
+fn run_batch(conn: &Connection, guard: &Guard, batch: Vec<Job>) {
     if batch.is_empty() {
+        return;
+    }
+    if let Some(fault) = guard.health.fault() {
+        refuse(batch, BatchError::Fault(fault));
         return;
     }
     if let Err(e) = run_statement(conn, "BEGIN IMMEDIATE") {
         let reason = e.to_string();
         tracing::error!("cannot start a transaction: {reason}");
-        for job in batch {
-            job(None)(Err(reason.clone()));
-        }
+        refuse(batch, guard.failure(&e));
         return;
     }
     let completions: Vec<Completion> = batch.into_iter().map(|job| job(Some(conn))).collect();
-    let commit = run_statement(conn, "COMMIT").map_err(|e| e.to_string());
-    if let Err(reason) = &commit {
-        tracing::error!(
-            "commit failed, {} job(s) refused: {reason}",
-            completions.len()
-        );
+    // Checked last, right before the commit: a file removed while the jobs ran is noticed
+    // before any of them is acknowledged.
+    if let Err(what) = guard.files.verify() {
         let _ = conn.execute_batch("ROLLBACK");
+        let fault = guard.database_gone(conn, &what);
+        finish(completions, Err(BatchError::Fault(fault)));
+        return;
     }
+    let commit = run_statement(conn, "COMMIT").map_err(|e| {
+        tracing::error!("commit failed, {} job(s) refused: {e}", completions.len());
+        let _ = conn.execute_batch("ROLLBACK");
+        guard.failure(&e)
+    });
+    finish(completions, commit);
+}
+
+/// Answers every job of a batch that cannot run.
+fn refuse(batch: Vec<Job>, error: BatchError) {
+    for job in batch {
+        job(None)(Err(error.clone()));
+    }
+}
+
+fn finish(completions: Vec<Completion>, result: Result<(), BatchError>) {
     for complete in completions {
-        complete(commit.clone());
+        complete(result.clone());
+    }
+}
+
+impl Guard {
+    /// Between batches: notices removed or replaced files without waiting for a write.
+    fn check_while_idle(&self, conn: &Connection) {
+        if self.health.fault().is_some() {
+            return;
+        }
+        if let Err(what) = self.files.verify() {
+            self.database_gone(conn, &what);
+        }
+    }
+
+    /// A batch-wide failure; a corrupt database also turns the store "damaged".
+    fn failure(&self, error: &StoreError) -> BatchError {
+        if error.is_corruption() {
+            let advice = startup::damaged_advice(&self.path, &error.to_string());
+            self.health.record(Fault::Damaged(advice.clone()));
+            return BatchError::Fault(self.health.fault().unwrap_or(Fault::Damaged(advice)));
+        }
+        BatchError::Commit(error.to_string())
+    }
+
+    /// The files at the path are not the open ones: save what the connection still sees, then
+    /// refuse everything from now on.
+    fn database_gone(&self, conn: &Connection, what: &str) -> Fault {
+        let message = match rescue::save(conn, &self.path) {
+            Ok(copy) => format!(
+                "{what} while the broker was running, so it stopped storing anything: every \
+                 request is refused and nothing more is acknowledged. Everything acknowledged \
+                 before is saved in {}. Restart the broker (`claude-ipc serve`): it puts that \
+                 copy back at {} and serves again",
+                copy.display(),
+                self.path.display()
+            ),
+            Err(e) => format!(
+                "{what} while the broker was running, so it stopped storing anything: every \
+                 request is refused and nothing more is acknowledged. Saving a copy of the open \
+                 database failed ({e}): stop the broker, restore {} from a backup and start it \
+                 again",
+                self.path.display()
+            ),
+        };
+        self.health.record(Fault::Gone(message));
+        self.health.fault().expect("a fault was just recorded")
     }
 }
 

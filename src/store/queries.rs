@@ -792,6 +792,8 @@ pub struct SweepReport {
     /// Instances removed: unused past their retention (their notices went with them).
     pub instances: usize,
     pub peer_activity: usize,
+    /// Large-message files no message referred to, removed by the orphan pass.
+    pub orphan_files: usize,
 }
 
 pub struct SweepCutoffs<'a> {
@@ -851,6 +853,31 @@ pub(crate) const SWEEP_DELIVERED_MAIL: &str =
     "SELECT id, large_file FROM messages WHERE delivered_at < ?1 LIMIT ?2";
 pub(crate) const DELETE_MESSAGE: &str = "DELETE FROM messages WHERE id = ?1";
 pub(crate) const LARGE_FILE_IN_USE: &str = "SELECT 1 FROM messages WHERE large_file = ?1";
+/// The same by file name, for a message stored under another spelling of the data directory.
+/// Walks the partial index of large messages; run only for files the exact lookup missed.
+pub(crate) const LARGE_FILE_NAMED: &str = "SELECT 1 FROM messages
+     WHERE large_file IS NOT NULL AND substr(large_file, -length(?1)) = ?1";
+
+/// Of `paths` (files under `large-messages/`), those no stored message refers to. File names
+/// are unique (a time and 64 random bits), so a message naming the file refers to it.
+pub fn unreferenced_files(conn: &Connection, paths: &[String]) -> rusqlite::Result<Vec<String>> {
+    let mut by_path = conn.prepare_cached(LARGE_FILE_IN_USE)?;
+    let mut by_name = conn.prepare_cached(LARGE_FILE_NAMED)?;
+    let mut unreferenced = Vec::new();
+    for path in paths {
+        if by_path.exists([path])? {
+            continue;
+        }
+        let name = match path.rsplit_once('/') {
+            Some((_, name)) => format!("/{name}"),
+            None => path.clone(),
+        };
+        if !by_name.exists([name])? {
+            unreferenced.push(path.clone());
+        }
+    }
+    Ok(unreferenced)
+}
 
 pub fn sweep(
     conn: &Connection,
