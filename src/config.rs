@@ -54,7 +54,8 @@ pub struct Limits {
     pub read_timeout: Duration,
     /// A reply the client does not read within this long closes the connection.
     pub write_timeout: Duration,
-    /// How often the sweeper expires and purges old rows.
+    /// How often the sweeper expires and purges old rows; zero turns the background sweeper
+    /// off (`serve` never allows that; the test harness does, and sweeps by hand).
     pub sweep_interval: Duration,
     /// An instance with no live session, no waiting mail and no forward to it, unseen this
     /// long, is removed so that names nobody uses do not pile up (and collect notices).

@@ -45,6 +45,8 @@ impl TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
         config.limits.rate_limit = 0;
+        // Tests sweep by hand (`TestBroker::sweep`); a background sweep would race them.
+        config.limits.sweep_interval = Duration::ZERO;
         configure(&mut config);
         let clock = Clock::manual(Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap());
         Self::start_in(dir, config, clock)
@@ -411,6 +413,8 @@ impl TestBroker {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::new("127.0.0.1:0".parse().unwrap(), dir.path().join("data"));
         config.limits.rate_limit = 0;
+        // Tests sweep by hand (`TestBroker::sweep`); a background sweep would race them.
+        config.limits.sweep_interval = Duration::ZERO;
         configure(&mut config);
         Self::start_in(dir, config, clock)
     }
