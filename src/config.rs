@@ -55,6 +55,12 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// How often the sweeper expires and purges old rows.
     pub sweep_interval: Duration,
+    /// A connection none of whose requests has proved a session yet is closed after this long
+    /// with no request (or `idle_timeout`, if that is shorter), so idle floods drain fast.
+    pub unauthenticated_idle_timeout: Duration,
+    /// Bytes that requests still arriving may hold in memory beyond each connection's small
+    /// initial buffer, all connections together; never less than one largest request.
+    pub request_memory_budget: usize,
 }
 
 impl Default for Limits {
@@ -80,6 +86,8 @@ impl Default for Limits {
             read_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             sweep_interval: Duration::from_secs(MINUTE),
+            unauthenticated_idle_timeout: Duration::from_secs(10),
+            request_memory_budget: 64 * 1024 * 1024,
         }
     }
 }

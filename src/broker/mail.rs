@@ -64,7 +64,11 @@ impl Batch {
                 _turn: turn,
             }),
         };
-        Outcome { reply, receipt }
+        Outcome {
+            reply,
+            receipt,
+            authenticated: true,
+        }
     }
 }
 

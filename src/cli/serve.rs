@@ -63,7 +63,9 @@ pub struct ServeArgs {
     /// A send timestamp further than this from the broker's clock is refused.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
-    /// Simultaneous connections; more are refused with an error.
+    /// Connections per listener (TCP, the Unix socket each). At the cap a new one evicts the
+    /// longest-quiet unauthenticated connection, or is refused. Another user holds at most a
+    /// quarter, all other users together three quarters.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
     /// A connection with no request for this long is closed.
@@ -78,6 +80,14 @@ pub struct ServeArgs {
     /// How often expired sessions, forwards and old mail are swept.
     #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub sweep_interval: Duration,
+    /// A connection that has not yet registered or used a session is closed after this long
+    /// with no request (or --idle-timeout, if shorter).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub unauthenticated_idle_timeout: Duration,
+    /// Bytes of partly received requests held in memory, all connections together, beyond a
+    /// small buffer each; a request needing more waits. At least --max-request-bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub request_memory_budget: usize,
 }
 
 impl ServeArgs {
@@ -109,6 +119,8 @@ impl ServeArgs {
                 read_timeout: self.read_timeout,
                 write_timeout: self.write_timeout,
                 sweep_interval: self.sweep_interval.max(Duration::from_millis(100)),
+                unauthenticated_idle_timeout: self.unauthenticated_idle_timeout,
+                request_memory_budget: self.request_memory_budget,
             },
         }
     }
