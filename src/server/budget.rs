@@ -7,20 +7,40 @@
 //! back, still under its read timeout. A loan is returned when the buffer shrinks back, when
 //! the connection ends, or when the connection drops it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
+
+/// Lending more than this at once counts as a large use of the budget, after which the
+/// memory is handed back to the operating system once everything is returned.
+const LARGE_USE: usize = 8 * 1024 * 1024;
 
 /// Bytes that request buffers may hold beyond their initial size, all connections together.
 #[derive(Clone)]
 pub struct ByteBudget {
     bytes: Arc<Semaphore>,
+    total: usize,
+    /// Set when more than [`LARGE_USE`] was out at once since the memory was last trimmed.
+    used_much: Arc<AtomicBool>,
 }
 
 impl ByteBudget {
     pub fn new(total: usize) -> Self {
+        let total = total.min(Semaphore::MAX_PERMITS);
         ByteBudget {
-            bytes: Arc::new(Semaphore::new(total.min(Semaphore::MAX_PERMITS))),
+            bytes: Arc::new(Semaphore::new(total)),
+            total,
+            used_much: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Once all is returned after a large use, gives the freed heap back to the operating
+    /// system: glibc keeps freed memory for reuse, so a flood's buffers would otherwise stay
+    /// in the broker's resident size long after it ended.
+    fn returned(&self) {
+        if self.available() == self.total && self.used_much.swap(false, Ordering::Relaxed) {
+            trim_heap();
         }
     }
 
@@ -64,6 +84,9 @@ impl Loan {
             .expect("the budget's semaphore is never closed");
         permit.forget();
         self.bytes += more;
+        if self.budget.total - self.budget.available() > LARGE_USE {
+            self.budget.used_much.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Gives back what is lent beyond `bytes`.
@@ -71,9 +94,21 @@ impl Loan {
         if bytes < self.bytes {
             self.budget.bytes.add_permits(self.bytes - bytes);
             self.bytes = bytes;
+            self.budget.returned();
         }
     }
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: malloc_trim only releases free memory of the allocator; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
 
 impl Drop for Loan {
     fn drop(&mut self) {

@@ -194,22 +194,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Makes sure the buffer has room for one more read. A full buffer doubles (up to what
-    /// the largest request needs), with the growth borrowed from the budget first: when the
-    /// budget is spent this waits, and the connection reads nothing meanwhile.
+    /// Makes sure the buffer has room for one more read. A full buffer doubles, up to what the
+    /// largest request needs. Growing past the initial size first borrows, in one go, enough
+    /// for the largest request: a connection never holds part of a loan while it waits for
+    /// more, so the budget cannot be split among waiters that all wait for each other. When
+    /// the budget is spent this waits, and the connection reads nothing meanwhile.
     async fn make_room(&mut self, limits: &Limits) {
         if self.buffer.len() < self.buffer.capacity() {
             return;
         }
+        if let Some(loan) = self.loan.as_mut() {
+            if loan.bytes() == 0 {
+                loan.grow(limits.max_request_bytes).await;
+            }
+        }
         let capacity = self.buffer.capacity().max(INITIAL_BUFFER);
         let most = limits.max_request_bytes.saturating_add(INITIAL_BUFFER);
         let wanted = (capacity * 2).min(most).max(capacity + INITIAL_BUFFER);
-        if let Some(loan) = self.loan.as_mut() {
-            let needed = wanted - INITIAL_BUFFER;
-            if needed > loan.bytes() {
-                loan.grow(needed - loan.bytes()).await;
-            }
-        }
         self.buffer.reserve_exact(wanted - self.buffer.len());
     }
 
@@ -230,8 +231,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             smaller.extend_from_slice(&self.buffer);
             self.buffer = smaller;
         }
-        if let Some(loan) = self.loan.as_mut() {
-            loan.shrink_to(self.buffer.capacity().saturating_sub(INITIAL_BUFFER));
+        if self.buffer.capacity() <= INITIAL_BUFFER {
+            if let Some(loan) = self.loan.as_mut() {
+                loan.shrink_to(0);
+            }
         }
     }
 
