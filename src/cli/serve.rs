@@ -130,7 +130,9 @@ impl ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config();
     let mut signals = server::ShutdownSignals::install()?;
-    raise_open_file_limit(config.limits.max_connections);
+    // Each listener has its own table of --max-connections.
+    let listeners = if config.socket.is_some() { 2 } else { 1 };
+    raise_open_file_limit(config.limits.max_connections, listeners);
     let running = server::start(&config, args.allow_remote, Clock::system()).await?;
     let socket = running
         .socket
@@ -174,7 +176,7 @@ const SPARE_DESCRIPTORS: u64 = 64;
 
 /// Raises the soft open-file limit to the hard limit, so the connection cap, not a default
 /// soft limit of 1,024, decides how many clients are served. Logs when it is still too low.
-fn raise_open_file_limit(max_connections: usize) {
+fn raise_open_file_limit(max_connections: usize, listeners: u64) {
     let limit = match server::raise_open_file_limit() {
         Ok(limit) => limit,
         Err(e) => {
@@ -182,7 +184,7 @@ fn raise_open_file_limit(max_connections: usize) {
             return;
         }
     };
-    let needed = max_connections as u64 + SPARE_DESCRIPTORS;
+    let needed = max_connections as u64 * listeners + SPARE_DESCRIPTORS;
     if limit < needed {
         tracing::warn!(
             limit,

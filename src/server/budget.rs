@@ -2,10 +2,11 @@
 //! connection: a thousand half-sent 1 MiB requests must not take a gigabyte.
 //!
 //! Each connection reads into a small buffer of its own for free. Growing it past that takes a
-//! [`Loan`] from the [`ByteBudget`]; when the budget is spent, the connection stops reading
-//! (the client's writes back up in the kernel) until other requests finish and give bytes
-//! back, still under its read timeout. A loan is returned when the buffer shrinks back, when
-//! the connection ends, or when the connection drops it.
+//! [`Loan`] from the [`ByteBudget`] (the connection borrows enough for the largest request in
+//! one go; see `Connection::make_room`); when the budget is spent, the connection stops
+//! reading (the client's writes back up in the kernel) until other requests finish and give
+//! bytes back, still under its read timeout. A loan is returned when the buffer shrinks back
+//! after its request, or when the connection ends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
