@@ -153,9 +153,9 @@ impl Admission {
         })
     }
 
-    /// Waits until every connection has given its slot back, or `limit` passes; says which.
-    pub async fn drained(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
+    /// Waits until every connection has given its slot back, or `deadline` passes; says
+    /// which.
+    pub async fn drained_by(&self, deadline: tokio::time::Instant) -> bool {
         while !self.is_empty() {
             if tokio::time::Instant::now() >= deadline {
                 return false;

@@ -87,7 +87,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let incoming = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
-                _ = evicted(&eviction) => Incoming::Refused(evicted_reply()),
+                _ = evicted(&eviction) => {
+                    tracing::debug!(peer = %peer, "evicted to make room for a new connection");
+                    Incoming::Refused(evicted_reply())
+                }
                 incoming = self.read_frame(&limits) => incoming,
             };
             let frame = match incoming {

@@ -317,9 +317,9 @@ async fn accept_loop(listeners: Listeners, broker: Arc<Broker>, mut stop: watch:
         }
     }
     drop(listeners);
-    let drained =
-        async { gate.tcp.drained(SHUTDOWN_GRACE).await && gate.unix.drained(SHUTDOWN_GRACE).await };
-    if !drained.await {
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let drained = gate.tcp.drained_by(deadline).await && gate.unix.drained_by(deadline).await;
+    if !drained {
         tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; closing anyway");
     }
 }

@@ -304,6 +304,41 @@ mod tests {
         }
     }
 
+    /// The uid must come from the right bytes of the answer, which a test running as root
+    /// (uid 0, all zeros) cannot tell on its own: so, as root, the client's socket is made
+    /// under another filesystem uid, which the kernel records as the socket's owner.
+    #[test]
+    fn sock_diag_reads_the_uid_of_a_socket_made_by_another_user() {
+        if my_uid() != 0 {
+            println!("SKIPPED: only root can make a socket owned by another uid");
+            return;
+        }
+        const OTHER: u32 = 54_321;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // setfsuid changes only the calling thread's filesystem uid, so a thread of its own.
+        let client = std::thread::spawn(move || {
+            // SAFETY: setfsuid has no memory-safety preconditions; it affects this thread only.
+            unsafe { libc::setfsuid(OTHER) };
+            let client = TcpStream::connect(addr).unwrap();
+            // SAFETY: as above; back to root before the thread ends.
+            unsafe { libc::setfsuid(0) };
+            client
+        })
+        .join()
+        .unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let (ours, peer) = (
+            accepted.local_addr().unwrap(),
+            accepted.peer_addr().unwrap(),
+        );
+        assert_eq!(peer, client.local_addr().unwrap());
+        let diag = SockDiag::open().unwrap();
+        assert_eq!(diag.tcp_socket_owner(peer, ours).unwrap(), Some(OTHER));
+        assert_eq!(proc_net_tcp_owner(peer, ours).unwrap(), Some(OTHER));
+        assert_eq!(diag.tcp_socket_owner(ours, peer).unwrap(), Some(0));
+    }
+
     #[test]
     fn sock_diag_finds_a_listening_socket_and_not_a_closed_one() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
