@@ -437,3 +437,41 @@ fn another_users_authenticated_long_polls_cannot_fill_the_brokers_slots() {
         std::panic::resume_unwind(failure);
     }
 }
+
+/// Sockets that never authenticate are closed after the short deadline, so an idle flood
+/// drains in seconds; a connection that registered keeps the full idle timeout.
+#[test]
+fn connections_that_never_authenticate_get_only_the_short_idle_deadline() {
+    let broker = TestBroker::start_with(|c| {
+        c.limits.unauthenticated_idle_timeout = Duration::from_millis(300);
+    });
+    let connect = || {
+        let stream = TcpStream::connect(broker.addr()).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream
+    };
+    let (mut silent, mut pinger, mut member) = (connect(), connect(), connect());
+    pinger.write_all(b"{\"action\": \"ping\"}\n").unwrap();
+    assert_eq!(read_reply(&mut pinger)["status"], "ok");
+    member
+        .write_all(b"{\"action\": \"register\", \"instance_id\": \"member\"}\n")
+        .unwrap();
+    assert_eq!(read_reply(&mut member)["status"], "ok");
+    let started = Instant::now();
+    for stream in [&mut silent, &mut pinger] {
+        let reply = read_reply(stream);
+        assert_eq!(reply["code"], "idle_timeout", "{reply}");
+        assert!(
+            reply["message"].as_str().unwrap().contains("0.3 s"),
+            "{reply}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    std::thread::sleep(Duration::from_millis(600));
+    member.write_all(b"{\"action\": \"ping\"}\n").unwrap();
+    assert_eq!(
+        read_reply(&mut member)["status"],
+        "ok",
+        "a registered connection is not held to the short deadline"
+    );
+}
