@@ -109,7 +109,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Err(error) => error.into_reply().into(),
             };
             drop(frame);
-            self.end_request(outcome.authenticated);
             if self
                 .write_reply(&outcome.reply, limits.write_timeout)
                 .await
@@ -127,6 +126,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     );
                 }
             }
+            // Only now, with its reply written, may the connection be evicted again.
+            self.end_request(outcome.authenticated);
             self.give_back_memory();
         }
     }
