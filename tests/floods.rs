@@ -442,6 +442,7 @@ fn another_users_authenticated_long_polls_cannot_fill_the_brokers_slots() {
 /// drains in seconds; a connection that registered keeps the full idle timeout.
 #[test]
 fn connections_that_never_authenticate_get_only_the_short_idle_deadline() {
+    let _one = one_flood_at_a_time();
     let broker = TestBroker::start_with(|c| {
         c.limits.unauthenticated_idle_timeout = Duration::from_millis(300);
     });
