@@ -59,7 +59,8 @@ pub struct Limits {
     /// with no request (or `idle_timeout`, if that is shorter), so idle floods drain fast.
     pub unauthenticated_idle_timeout: Duration,
     /// Bytes that requests still arriving may hold in memory beyond each connection's small
-    /// initial buffer, all connections together; never less than one largest request.
+    /// initial buffer, all connections together (a quarter kept for authenticated ones);
+    /// never less than two largest requests.
     pub request_memory_budget: usize,
 }
 

@@ -85,7 +85,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub unauthenticated_idle_timeout: Duration,
     /// Bytes of partly received requests held in memory, all connections together, beyond a
-    /// small buffer each; a request needing more waits. At least --max-request-bytes.
+    /// small buffer each; a request needing more waits. A quarter is kept for connections that
+    /// registered or used a session. At least twice --max-request-bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub request_memory_budget: usize,
 }

@@ -207,9 +207,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         if self.buffer.len() < self.buffer.capacity() {
             return;
         }
+        let authenticated = self.authenticated;
         if let Some(loan) = self.loan.as_mut() {
             if loan.bytes() == 0 {
-                loan.grow(limits.max_request_bytes).await;
+                loan.borrow(limits.max_request_bytes, authenticated).await;
             }
         }
         let capacity = self.buffer.capacity().max(INITIAL_BUFFER);
@@ -237,7 +238,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         if self.buffer.capacity() <= INITIAL_BUFFER {
             if let Some(loan) = self.loan.as_mut() {
-                loan.shrink_to(0);
+                loan.give_back();
             }
         }
     }

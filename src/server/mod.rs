@@ -288,11 +288,7 @@ async fn accept_loop(listeners: Listeners, broker: Arc<Broker>, mut stop: watch:
     let gate = Gate {
         tcp: Admission::new(rules),
         unix: Admission::new(rules),
-        budget: ByteBudget::new(
-            limits
-                .request_memory_budget
-                .max(limits.max_request_bytes.saturating_add(64 * 1024)),
-        ),
+        budget: ByteBudget::new(limits.request_memory_budget, limits.max_request_bytes),
         owners: TcpOwners::new(),
         broker: broker.clone(),
         stop: stop.clone(),
