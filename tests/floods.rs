@@ -425,34 +425,39 @@ fn another_users_authenticated_long_polls_cannot_fill_the_brokers_slots() {
     );
     let user = LocalUser::create(&format!("cipcflood{}", std::process::id() % 100_000));
     let (host, port) = broker.addr.rsplit_once(':').unwrap();
-    let mut flood = Command::new(python)
-        .args(["-c", LONG_POLL_FLOOD, host, port, &CAP.to_string()])
-        .uid(user.uid)
-        .gid(user.gid)
-        .current_dir("/")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the other user's flood");
+    // Declared after the user, so it is dropped first: userdel refuses a user still running.
+    let mut flood = KilledOnDrop(
+        Command::new(python)
+            .args(["-c", LONG_POLL_FLOOD, host, port, &CAP.to_string()])
+            .uid(user.uid)
+            .gid(user.gid)
+            .current_dir("/")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the other user's flood"),
+    );
     let mut summary = String::new();
-    BufReader::new(flood.stdout.take().unwrap())
+    BufReader::new(flood.0.stdout.take().unwrap())
         .read_line(&mut summary)
         .unwrap();
     let summary: Value = serde_json::from_str(&summary)
         .unwrap_or_else(|e| panic!("the flood said {summary:?}: {e}"));
-    let result = std::panic::catch_unwind(|| {
-        assert_eq!(
-            summary,
-            json!({"held": CAP / 4, "refused": {"connection_quota": CAP - CAP / 4}}),
-            "uid {} holds a quarter of the cap and no more",
-            user.uid
-        );
-        served_promptly(&broker.addr, "long-poll-flood");
-    });
-    let _ = flood.kill();
-    let _ = flood.wait();
-    drop(user);
-    if let Err(failure) = result {
-        std::panic::resume_unwind(failure);
+    assert_eq!(
+        summary,
+        json!({"held": CAP / 4, "refused": {"connection_quota": CAP - CAP / 4}}),
+        "uid {} holds a quarter of the cap and no more",
+        user.uid
+    );
+    served_promptly(&broker.addr, "long-poll-flood");
+}
+
+/// A child process that is killed and reaped when dropped, even by a failing test.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
