@@ -160,8 +160,12 @@ fn a_flood_of_unauthenticated_pings_does_not_lock_out_a_new_client() {
     stop.store(true, Ordering::Relaxed);
     flood.join().unwrap();
     let sent_away = sent_away.lock().unwrap();
+    // A pinger evicted long enough ago may find its connection closed instead of the reply.
+    let evicted = sent_away
+        .iter()
+        .filter(|code| *code == "connection_evicted");
     assert!(
-        !sent_away.is_empty() && sent_away.iter().all(|code| code == "connection_evicted"),
+        evicted.count() > 0 && !sent_away.iter().any(|code| code == "too_many_connections"),
         "the pingers filled the cap and were evicted, never refused: {sent_away:?}"
     );
 }

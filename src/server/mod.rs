@@ -1,5 +1,6 @@
-//! The broker as a network service: open the store, listen, accept under a connection cap,
-//! run one task per connection, sweep periodically, and shut down cleanly.
+//! The broker as a network service: open the store, listen, admit connections (see
+//! [`admission`]: nobody can lock the others out), run one task per connection, sweep
+//! periodically, and shut down cleanly.
 
 pub mod admission;
 pub mod budget;
