@@ -78,6 +78,13 @@ pub struct Limits {
     pub auth_failure_limit: u32,
     /// The most rows `auth_failures` keeps; the oldest go first.
     pub auth_failure_rows: u32,
+    /// A connection none of whose requests has proved a session yet is closed after this long
+    /// with no request (or `idle_timeout`, if that is shorter), so idle floods drain fast.
+    pub unauthenticated_idle_timeout: Duration,
+    /// Bytes that requests still arriving may hold in memory beyond each connection's small
+    /// initial buffer, all connections together (a quarter kept for authenticated ones);
+    /// never less than two largest requests.
+    pub request_memory_budget: usize,
 }
 
 /// Registrations of new names per peer per minute when `rate_limit` is on and no other is set.
@@ -150,6 +157,8 @@ impl Default for Limits {
             large_message_sender_bytes: 100 * 1024 * 1024,
             auth_failure_limit: 60,
             auth_failure_rows: 10_000,
+            unauthenticated_idle_timeout: Duration::from_secs(10),
+            request_memory_budget: 64 * 1024 * 1024,
         }
     }
 }

@@ -81,11 +81,13 @@ fn connections_over_the_cap_are_told_so_and_the_broker_recovers() {
     let broker = TestBroker::start_with(|c| c.limits.max_connections = 5);
     let (_, bob) = stored_mail(&broker);
     let held: Vec<TcpStream> = (0..5)
-        .map(|_| {
+        .map(|i| {
             let mut stream = TcpStream::connect(broker.addr()).unwrap();
             stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-            // A round trip proves the broker counted this connection.
-            stream.write_all(b"{\"action\": \"ping\"}\n").unwrap();
+            // A registration proves the broker counted this connection, and makes it one of a
+            // known client, which a newcomer may not evict.
+            let register = format!("{{\"action\": \"register\", \"instance_id\": \"held{i}\"}}\n");
+            stream.write_all(register.as_bytes()).unwrap();
             assert_eq!(read_reply(&mut stream)["status"], "ok");
             stream
         })

@@ -619,6 +619,8 @@ fn serve_help_lists_every_limit_flag() {
         "--max-connections",
         "--idle-timeout",
         "--read-timeout",
+        "--unauthenticated-idle-timeout",
+        "--request-memory-budget",
         "--addr",
         "--data-dir",
         "--allow-remote",

@@ -64,6 +64,13 @@ impl PeerRecord {
         name: Option<&str>,
         reason: &str,
     ) -> Result<(), BrokerError> {
+        // A peer past its failure limit is still refused as usual, but its failures cost no
+        // row and no log line: only the summary counts them. Its valid tokens keep working,
+        // because a session token (256 random bits) cannot be guessed, so throttling them
+        // would only let a flood of bad tokens lock out the same user's real clients.
+        if self.guard.throttled(&self.key).is_some() {
+            return Ok(());
+        }
         self.guard.failed(&self.failure(name, reason));
         self.record(conn, now, name, reason)
     }

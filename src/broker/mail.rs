@@ -75,7 +75,11 @@ impl Batch {
                 _turn: turn,
             }),
         };
-        Outcome { reply, receipt }
+        Outcome {
+            reply,
+            receipt,
+            authenticated: true,
+        }
     }
 }
 

@@ -144,6 +144,34 @@ impl BrokerError {
     pub fn into_reply(self) -> Reply {
         Reply::error(self.code(), self.to_string())
     }
+
+    /// Whether this refusal can only come after the caller's session was proved, so the
+    /// request still shows the connection belongs to a known client. When in doubt, no: a
+    /// stranger taken for a client could hold a connection slot it cannot be evicted from.
+    fn follows_authentication(&self) -> bool {
+        use BrokerError::*;
+        match self {
+            QueueFull { .. }
+            | RenameCooldown { .. }
+            | RateLimited { .. }
+            | PeerRateLimited { .. }
+            | LargeMessageSenderFull { .. }
+            | LargeMessageTotalFull { .. }
+            | NameTaken(_)
+            | SameName(_) => true,
+            InvalidSession
+            | InvalidAuth
+            | AuthThrottled { .. }
+            | PeerRegisterLimited { .. }
+            | RegisterLimited { .. }
+            | ReservedName(_)
+            | StaleTimestamp { .. }
+            | DataTooLarge { .. }
+            | LargeFile(_)
+            | Entropy(_)
+            | Store(_) => false,
+        }
+    }
 }
 
 /// What a request produced: the reply, and for a `check` the receipt that marks the mail
@@ -151,6 +179,9 @@ impl BrokerError {
 pub struct Outcome {
     pub reply: Reply,
     pub receipt: Option<DeliveryReceipt>,
+    /// The request proved a live session, or registered: the connection belongs to a known
+    /// client. The connection layer never evicts such a connection to make room.
+    pub authenticated: bool,
 }
 
 impl From<Reply> for Outcome {
@@ -158,6 +189,7 @@ impl From<Reply> for Outcome {
         Outcome {
             reply,
             receipt: None,
+            authenticated: false,
         }
     }
 }
@@ -244,23 +276,31 @@ impl Broker {
     /// Answers one request from `peer`.
     pub async fn handle(&self, request: Request, peer: &Peer) -> Outcome {
         let action_name = request.action.name();
-        let result = match self.throttled(&request, peer) {
-            Some(refusal) => Err(refusal),
-            None => self.dispatch(request, peer).await,
-        };
+        // Every action but `ping` passes a session check or registers before it succeeds.
+        let proves_session = !matches!(request.action, Action::Ping);
+        let result = self.dispatch(request, peer).await;
         let peer = peer.label.as_str();
         match result {
-            Ok(outcome) => outcome,
+            Ok(outcome) => Outcome {
+                authenticated: proves_session,
+                ..outcome
+            },
             Err(error) => {
+                let authenticated = error.follows_authentication();
                 // A database gone or damaged was logged once, when the store turned
                 // unavailable; its refusals are not logged again for each request.
                 if let ErrorCode::StorageFailed | ErrorCode::Internal = error.code() {
                     tracing::error!(action = action_name, peer, "request failed: {error}");
                 }
-                if error.code() == ErrorCode::StorageFailed {
-                    return self.storage_failure_reply(error).await.into();
+                let reply = if error.code() == ErrorCode::StorageFailed {
+                    self.storage_failure_reply(error).await
+                } else {
+                    error.into_reply()
+                };
+                Outcome {
+                    authenticated,
+                    ..reply.into()
                 }
-                error.into_reply().into()
             }
         }
     }
@@ -292,17 +332,8 @@ impl Broker {
             .unwrap_or(&self.large_message_dir)
     }
 
-    /// The refusal for a request that needs a session from a peer that has used up its
-    /// authentication failures: its token is not even looked up. Register's secret is decided
-    /// in [`Broker::register`], in one step with counting a wrong one.
-    fn throttled(&self, request: &Request, peer: &Peer) -> Option<BrokerError> {
-        if matches!(request.action, Action::Ping | Action::Register { .. }) {
-            return None;
-        }
-        let retry = self.auth_guard.throttled(&peer.key())?;
-        Some(self.auth_throttled(peer, retry))
-    }
-
+    /// The refusal for a registration from a peer that has used up its authentication
+    /// failures (see [`Broker::register`]).
     fn auth_throttled(&self, peer: &Peer, retry: std::time::Duration) -> BrokerError {
         BrokerError::AuthThrottled {
             peer: peer.key(),

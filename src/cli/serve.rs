@@ -64,7 +64,9 @@ pub struct ServeArgs {
     /// A send timestamp further than this from the broker's clock is refused.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
-    /// Simultaneous connections; more are refused with an error.
+    /// Connections per listener (TCP, the Unix socket each). At the cap a new one evicts the
+    /// longest-quiet unauthenticated connection, or is refused. Another user holds at most a
+    /// quarter, all other users together three quarters.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
     /// A connection with no request for this long is closed.
@@ -108,6 +110,15 @@ pub struct ServeArgs {
     /// The most rows the auth_failures table keeps; the oldest are removed first.
     #[arg(long, default_value_t = 10_000)]
     pub auth_failure_rows: u32,
+    /// A connection that has not yet registered or used a session is closed after this long
+    /// with no request (or --idle-timeout, if shorter).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub unauthenticated_idle_timeout: Duration,
+    /// Bytes of partly received requests held in memory, all connections together, beyond a
+    /// small buffer each; a request needing more waits. A quarter is kept for connections that
+    /// registered or used a session. At least twice --max-request-bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub request_memory_budget: usize,
 }
 
 impl ServeArgs {
@@ -147,6 +158,8 @@ impl ServeArgs {
                 large_message_sender_bytes: self.large_message_sender_bytes,
                 auth_failure_limit: self.auth_failure_limit,
                 auth_failure_rows: self.auth_failure_rows.max(1),
+                unauthenticated_idle_timeout: self.unauthenticated_idle_timeout,
+                request_memory_budget: self.request_memory_budget,
             },
         }
     }
@@ -160,7 +173,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let mut signals = server::ShutdownSignals::install()?;
-    raise_open_file_limit(config.limits.max_connections);
+    // Each listener has its own table of --max-connections.
+    let listeners = if config.socket.is_some() { 2 } else { 1 };
+    raise_open_file_limit(config.limits.max_connections, listeners);
     let running = server::start(&config, args.allow_remote, Clock::system()).await?;
     let socket = running
         .socket
@@ -204,7 +219,7 @@ const SPARE_DESCRIPTORS: u64 = 64;
 
 /// Raises the soft open-file limit to the hard limit, so the connection cap, not a default
 /// soft limit of 1,024, decides how many clients are served. Logs when it is still too low.
-fn raise_open_file_limit(max_connections: usize) {
+fn raise_open_file_limit(max_connections: usize, listeners: u64) {
     let limit = match server::raise_open_file_limit() {
         Ok(limit) => limit,
         Err(e) => {
@@ -212,7 +227,7 @@ fn raise_open_file_limit(max_connections: usize) {
             return;
         }
     };
-    let needed = max_connections as u64 + SPARE_DESCRIPTORS;
+    let needed = max_connections as u64 * listeners + SPARE_DESCRIPTORS;
     if limit < needed {
         tracing::warn!(
             limit,

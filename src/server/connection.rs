@@ -1,6 +1,10 @@
 //! One client connection: read a frame, hand the request to the broker, write the reply,
 //! and only then confirm delivery of any mail it carried. Requests on one connection are
 //! answered in order.
+//!
+//! A connection the accept loop admitted holds a [`Ticket`] (its slot, through which it
+//! reports when a request starts and ends, and learns when it is evicted) and grows its read
+//! buffer past the first few KiB only with bytes lent by the shared [`ByteBudget`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,14 +13,14 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 
+use super::admission::{Eviction, Refusal, Ticket};
+use super::budget::{ByteBudget, Loan};
 use crate::broker::{Broker, Peer};
 use crate::config::Limits;
 use crate::protocol::{ErrorCode, FrameScanner, FrameTooLarge, Reply, Request, Scan};
 
-/// A connection's read buffer starts this big.
+/// A connection's read buffer starts this big; only growth beyond it is lent by the budget.
 const INITIAL_BUFFER: usize = 4096;
-/// A buffer grown past this by a large request shrinks back once it is nearly empty.
-const SHRINK_ABOVE: usize = 64 * 1024;
 
 /// What reading the next request produced.
 enum Incoming {
@@ -36,6 +40,13 @@ pub struct Connection<S> {
     scanner: FrameScanner,
     /// When the request being read started to arrive, for the read timeout.
     frame_started: Option<Instant>,
+    /// The slot the accept loop gave this connection (none when driven directly, in tests).
+    ticket: Option<Ticket>,
+    /// The buffer's capacity beyond [`INITIAL_BUFFER`], borrowed from the shared budget (none:
+    /// unbudgeted, when driven directly).
+    loan: Option<Loan>,
+    /// One of its requests proved a session: it gets the full idle timeout.
+    authenticated: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -46,11 +57,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             taken: 0,
             scanner: FrameScanner::new(),
             frame_started: None,
+            ticket: None,
+            loan: None,
+            authenticated: false,
         }
     }
 
-    /// Serves requests until the client leaves, a limit is hit, or shutdown is signalled
-    /// between requests.
+    /// A connection admitted by the accept loop: it holds `ticket`'s slot and borrows buffer
+    /// space beyond the first few KiB from `budget`.
+    pub fn admitted(stream: S, ticket: Ticket, budget: &ByteBudget) -> Self {
+        Connection {
+            ticket: Some(ticket),
+            loan: Some(budget.loan()),
+            ..Connection::new(stream)
+        }
+    }
+
+    /// Serves requests until the client leaves, a limit is hit, the connection is evicted
+    /// between requests, or shutdown is signalled between requests.
     pub async fn serve(
         mut self,
         broker: Arc<Broker>,
@@ -58,28 +82,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let limits = broker.limits().clone();
+        let eviction = self.ticket.as_ref().map(Ticket::eviction);
         loop {
             let incoming = tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = evicted(&eviction) => {
+                    tracing::debug!(peer = %peer, "evicted to make room for a new connection");
+                    Incoming::Refused(evicted_reply())
+                }
                 incoming = self.read_frame(&limits) => incoming,
             };
             let frame = match incoming {
                 Incoming::Frame(frame) => frame,
                 Incoming::Closed => return,
-                Incoming::Refused(reply) => {
-                    if self.write_reply(&reply, limits.write_timeout).await.is_ok() {
-                        self.linger().await;
-                    }
-                    return;
-                }
+                Incoming::Refused(reply) => return self.close_with(&reply, &limits).await,
             };
+            if !self.begin_request() {
+                // Evicted between reading the request and starting it: it is not served.
+                return self.close_with(&evicted_reply(), &limits).await;
+            }
             let outcome = match Request::parse(&frame) {
                 // Boxed, so that only a connection in the middle of a request holds the rules'
                 // sizeable future; an idle one stays small.
                 Ok(request) => Box::pin(broker.handle(request, &peer)).await,
                 Err(error) => error.into_reply().into(),
             };
+            drop(frame);
             if self
                 .write_reply(&outcome.reply, limits.write_timeout)
                 .await
@@ -97,6 +126,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     );
                 }
             }
+            // Only now, with its reply written, may the connection be evicted again.
+            self.end_request(outcome.authenticated);
+            self.give_back_memory();
+        }
+    }
+
+    /// Writes a closing error reply and lingers so the client can read it.
+    async fn close_with(&mut self, reply: &Reply, limits: &Limits) {
+        if self.write_reply(reply, limits.write_timeout).await.is_ok() {
+            self.linger().await;
+        }
+    }
+
+    fn begin_request(&self) -> bool {
+        self.ticket.as_ref().is_none_or(Ticket::begin_request)
+    }
+
+    fn end_request(&mut self, authenticated: bool) {
+        self.authenticated |= authenticated;
+        if let Some(ticket) = &self.ticket {
+            ticket.end_request(authenticated);
+        }
+    }
+
+    /// How long this connection may stay without a request: short until it authenticates.
+    fn idle_timeout(&self, limits: &Limits) -> Duration {
+        if self.authenticated {
+            limits.idle_timeout
+        } else {
+            limits.idle_timeout.min(limits.unauthenticated_idle_timeout)
         }
     }
 
@@ -118,17 +177,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             if self.scanner.in_frame() && self.frame_started.is_none() {
                 self.frame_started = Some(Instant::now());
             }
+            let idle_timeout = self.idle_timeout(limits);
             let (deadline, expired) = match self.frame_started {
                 Some(started) => (
                     started + limits.read_timeout,
                     read_timed_out(limits, self.buffer.len()),
                 ),
-                None => (idle_since + limits.idle_timeout, idle_timed_out(limits)),
+                None => (idle_since + idle_timeout, idle_timed_out(idle_timeout)),
             };
-            // Room for one more read. Reserving more than the starting size would double every
-            // idle connection's buffer; a large request grows it as it arrives instead.
-            self.buffer.reserve(INITIAL_BUFFER);
-            match timeout_at(deadline, self.stream.read_buf(&mut self.buffer)).await {
+            let read = async {
+                self.make_room(limits).await;
+                self.stream.read_buf(&mut self.buffer).await
+            };
+            match timeout_at(deadline, read).await {
                 Err(_) => return Incoming::Refused(expired),
                 Ok(Ok(0)) => return self.end_of_stream(),
                 Ok(Ok(_)) => {}
@@ -137,14 +198,48 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
+    /// Makes sure the buffer has room for one more read. A full buffer doubles, up to what the
+    /// largest request needs. Growing past the initial size first borrows, in one go, enough
+    /// for the largest request: a connection never holds part of a loan while it waits for
+    /// more, so the budget cannot be split among waiters that all wait for each other. When
+    /// the budget is spent this waits, and the connection reads nothing meanwhile.
+    async fn make_room(&mut self, limits: &Limits) {
+        if self.buffer.len() < self.buffer.capacity() {
+            return;
+        }
+        let authenticated = self.authenticated;
+        if let Some(loan) = self.loan.as_mut() {
+            if loan.bytes() == 0 {
+                loan.borrow(limits.max_request_bytes, authenticated).await;
+            }
+        }
+        let capacity = self.buffer.capacity().max(INITIAL_BUFFER);
+        let most = limits.max_request_bytes.saturating_add(INITIAL_BUFFER);
+        let wanted = (capacity * 2).min(most).max(capacity + INITIAL_BUFFER);
+        self.buffer.reserve_exact(wanted - self.buffer.len());
+    }
+
     /// Drops the frames already handed out from the front of the buffer: once per read, not
     /// once per frame, so a read holding thousands of small pipelined requests is not moved
-    /// thousands of times. A buffer a large request grew is given back once it is nearly empty.
+    /// thousands of times.
     fn compact(&mut self) {
         self.buffer.drain(..self.taken);
         self.taken = 0;
-        if self.buffer.capacity() > SHRINK_ABOVE && self.buffer.len() < INITIAL_BUFFER {
-            self.buffer.shrink_to(INITIAL_BUFFER);
+    }
+
+    /// After a request: a buffer a large request grew is freed back to its initial size (not
+    /// just emptied, so the memory really goes) and the budget's bytes are returned.
+    fn give_back_memory(&mut self) {
+        self.compact();
+        if self.buffer.capacity() > INITIAL_BUFFER && self.buffer.len() <= INITIAL_BUFFER {
+            let mut smaller = Vec::with_capacity(INITIAL_BUFFER);
+            smaller.extend_from_slice(&self.buffer);
+            self.buffer = smaller;
+        }
+        if self.buffer.capacity() <= INITIAL_BUFFER {
+            if let Some(loan) = self.loan.as_mut() {
+                loan.give_back();
+            }
         }
     }
 
@@ -216,22 +311,54 @@ fn read_timed_out(limits: &Limits, got: usize) -> Reply {
     )
 }
 
-fn idle_timed_out(limits: &Limits) -> Reply {
+fn idle_timed_out(idle_timeout: Duration) -> Reply {
     Reply::error(
         ErrorCode::IdleTimeout,
         format!(
             "no request for {} s; connection closed. Reconnect to send more",
-            limits.idle_timeout.as_secs_f64()
+            idle_timeout.as_secs_f64()
         ),
     )
 }
 
-/// Tells a client over the connection cap why it is being turned away.
-pub async fn refuse_busy<S: AsyncRead + AsyncWrite + Unpin>(stream: S, max: usize) {
-    let reply = Reply::error(
-        ErrorCode::TooManyConnections,
-        format!("the broker is at its limit of {max} connections; retry shortly"),
-    );
+fn evicted_reply() -> Reply {
+    Reply::error(
+        ErrorCode::ConnectionEvicted,
+        "the broker is at its connection limit and this connection had not registered or used \
+         a session, so it was closed to make room; reconnect and send your request at once",
+    )
+}
+
+/// Resolves when the connection is evicted; never, for one without a ticket.
+async fn evicted(eviction: &Option<Eviction>) {
+    match eviction {
+        Some(eviction) => eviction.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells a client that could not be given a connection slot why it is being turned away.
+pub async fn refuse_admission<S: AsyncRead + AsyncWrite + Unpin>(stream: S, refusal: Refusal) {
+    let reply = match refusal {
+        Refusal::Full { cap } => Reply::error(
+            ErrorCode::TooManyConnections,
+            format!("the broker is at its limit of {cap} connections; retry shortly"),
+        ),
+        Refusal::PeerQuota { quota } => Reply::error(
+            ErrorCode::ConnectionQuota,
+            format!(
+                "your user already holds {quota} connections to this broker, the most a user \
+                 other than the broker's own may hold; close some, then retry"
+            ),
+        ),
+        Refusal::OthersShare { share } => Reply::error(
+            ErrorCode::ConnectionQuota,
+            format!(
+                "users other than the broker's own already hold {share} connections, their \
+                 share of the limit; retry shortly"
+            ),
+        ),
+    };
     refuse(stream, reply).await;
 }
 

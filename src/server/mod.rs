@@ -1,8 +1,12 @@
-//! The broker as a network service: open the store, listen, accept under a connection cap,
-//! run one task per connection, sweep periodically, and shut down cleanly.
+//! The broker as a network service: open the store, listen, admit connections (see
+//! [`admission`]: nobody can lock the others out), run one task per connection, sweep
+//! periodically, and shut down cleanly.
 
+pub mod admission;
+pub mod budget;
 pub mod connection;
 pub mod lock;
+pub mod peer_uid;
 pub mod unix_socket;
 
 use std::fs::DirBuilder;
@@ -15,8 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::UCred;
 use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixStream};
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, Peer};
@@ -24,6 +27,8 @@ use crate::clock::{self, Clock};
 use crate::config::Config;
 use crate::store::{queries, Store, StoreError};
 
+use admission::{Admission, Owner};
+use budget::ByteBudget;
 pub use connection::Connection;
 pub use lock::DataDirLock;
 pub use unix_socket::{SocketError, SocketFile};
@@ -290,91 +295,150 @@ impl Listeners {
     }
 }
 
-/// Accepts on every listener under one connection cap until shutdown, then waits (up to a
-/// grace period) for the connections to finish.
+/// Accepts on every listener until shutdown, each listener under its own connection table
+/// (see [`admission`]), then waits (up to a grace period) for the connections to finish.
 async fn accept_loop(listeners: Listeners, broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
-    let max = broker.limits().max_connections;
-    let slots = Arc::new(Semaphore::new(max));
+    let limits = broker.limits();
+    let rules = admission::Rules::for_cap(limits.max_connections);
+    let gate = Gate {
+        tcp: Admission::new(rules),
+        unix: Admission::new(rules),
+        budget: ByteBudget::new(limits.request_memory_budget, limits.max_request_bytes),
+        owners: TcpOwners::new(),
+        broker: broker.clone(),
+        stop: stop.clone(),
+    };
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => break,
             accepted = listeners.accept() => accepted,
         };
-        let accepted = match accepted {
-            Ok(accepted) => accepted,
+        match accepted {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(10);
+                gate.admit(accepted, listeners.socket_owner());
+            }
             Err(e) => {
                 // Usually out of file descriptors: wait for connections to close, then retry.
                 tracing::warn!("accept failed: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
             }
-        };
-        backoff = Duration::from_millis(10);
-        let slot = slots.clone().try_acquire_owned().ok();
-        let serve = Serve {
-            broker: &broker,
-            stop: &stop,
-            slot,
-            max,
-        };
+        }
+    }
+    drop(listeners);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    let drained = gate.tcp.drained_by(deadline).await && gate.unix.drained_by(deadline).await;
+    if !drained {
+        tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; closing anyway");
+    }
+}
+
+/// Decides, for each accepted connection, whether and how it is served. Nothing here waits
+/// for a client: refusals and evictions are written by tasks of their own.
+struct Gate {
+    tcp: Arc<Admission>,
+    unix: Arc<Admission>,
+    budget: ByteBudget,
+    owners: TcpOwners,
+    broker: Arc<Broker>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Gate {
+    fn admit(&self, accepted: Accepted, socket_owner: u32) {
         match accepted {
-            Accepted::Tcp(stream, peer) => serve.spawn(stream, Peer::unknown(peer.to_string())),
+            Accepted::Tcp(stream, peer) => {
+                let uid = self.owners.of(&stream, peer);
+                let owner = match uid {
+                    Some(uid) if uid == unix_socket::effective_uid() => Owner::Broker,
+                    Some(uid) => Owner::Uid(uid),
+                    None => Owner::Address(peer.ip()),
+                };
+                self.serve(&self.tcp, owner, stream, Peer::new(peer.to_string(), uid));
+            }
             Accepted::Unix(_, Err(e)) => {
                 // Without credentials the peer cannot be checked, so it is not served.
                 tracing::warn!("socket connection dropped: cannot read its credentials: {e}");
             }
             Accepted::Unix(stream, Ok(cred)) => {
                 let peer = unix_socket::describe_peer(&cred);
-                let owner = listeners.socket_owner();
-                if unix_socket::peer_allowed(&cred, owner) {
-                    serve.spawn(stream, Peer::new(peer, Some(cred.uid())));
+                if unix_socket::peer_allowed(&cred, socket_owner) {
+                    let peer = Peer::new(peer, Some(cred.uid()));
+                    // Only the broker's own user gets this far on the socket.
+                    self.serve(&self.unix, Owner::Broker, stream, peer);
                 } else {
                     tracing::warn!(
                         peer,
-                        "socket connection refused: uid {} is not the broker's uid {owner}",
+                        "socket connection refused: uid {} is not the broker's uid {socket_owner}",
                         cred.uid()
                     );
-                    tokio::spawn(connection::refuse_stranger(stream, cred.uid(), owner));
+                    tokio::spawn(connection::refuse_stranger(
+                        stream,
+                        cred.uid(),
+                        socket_owner,
+                    ));
                 }
             }
         }
     }
-    drop(listeners);
-    let all = u32::try_from(max).unwrap_or(u32::MAX);
-    if tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
-        tracing::warn!("requests still running after {SHUTDOWN_GRACE:?}; closing anyway");
-    }
-}
 
-/// Serves one accepted connection if a slot was free, or tells it the broker is busy.
-struct Serve<'a> {
-    broker: &'a Arc<Broker>,
-    stop: &'a watch::Receiver<bool>,
-    slot: Option<OwnedSemaphorePermit>,
-    max: usize,
-}
-
-impl Serve<'_> {
-    fn spawn<S>(self, stream: S, peer: Peer)
+    /// Serves the connection in a slot of `table`, or tells it why not.
+    fn serve<S>(&self, table: &Arc<Admission>, owner: Owner, stream: S, peer: Peer)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let Some(slot) = self.slot else {
-            tracing::warn!(peer = %peer, "connection refused: {} connections open", self.max);
-            tokio::spawn(connection::refuse_busy(stream, self.max));
-            return;
+        let ticket = match table.admit(owner) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                tracing::warn!(peer = %peer, ?refusal, "connection refused");
+                tokio::spawn(connection::refuse_admission(stream, refusal));
+                return;
+            }
         };
+        let connection = Connection::admitted(stream, ticket, &self.budget);
         let broker = self.broker.clone();
         let stop = self.stop.clone();
-        tokio::spawn(async move {
-            Connection::new(stream).serve(broker, peer, stop).await;
-            drop(slot);
-        });
+        tokio::spawn(connection.serve(broker, peer, stop));
+    }
+}
+
+/// Finds which local user owns a loopback TCP peer, through one sock_diag socket kept open.
+struct TcpOwners {
+    diag: Option<peer_uid::SockDiag>,
+}
+
+impl TcpOwners {
+    fn new() -> Self {
+        let diag = peer_uid::SockDiag::open()
+            .inspect_err(|e| {
+                tracing::warn!(
+                    "sock_diag is unavailable ({e}); the owners of TCP peers are read from \
+                     /proc/net/tcp, which is slower"
+                )
+            })
+            .ok();
+        TcpOwners { diag }
+    }
+
+    /// The uid behind `peer`, when it is on this machine and the kernel says. The peer's
+    /// socket is the one whose local address is `peer` and remote address is ours.
+    fn of(&self, stream: &tokio::net::TcpStream, peer: SocketAddr) -> Option<u32> {
+        if !peer.ip().is_loopback() {
+            return None;
+        }
+        let ours = stream.local_addr().ok()?;
+        let found = match &self.diag {
+            Some(diag) => diag
+                .tcp_socket_owner(peer, ours)
+                .or_else(|_| peer_uid::proc_net_tcp_owner(peer, ours)),
+            None => peer_uid::proc_net_tcp_owner(peer, ours),
+        };
+        found
+            .inspect_err(|e| tracing::debug!(%peer, "cannot tell who owns this peer: {e}"))
+            .ok()
+            .flatten()
     }
 }
 
