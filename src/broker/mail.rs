@@ -1,5 +1,5 @@
-//! Mail: send, broadcast, check, and the receipt that marks mail delivered only after its
-//! reply reached the socket.
+//! Mail: send, broadcast, check, and the receipt that holds mail while its reply is on the
+//! way, so it is marked delivered only once the reader took the reply.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 use tokio::sync::{Notify, OwnedMutexGuard};
+
+use super::reader::Presence;
 use tokio::time::Instant;
 
 use super::identity::Caller;
@@ -15,7 +17,7 @@ use super::{large_message, minus, plus, text, Broker, BrokerError, Outcome};
 use crate::protocol::request::SenderStamp;
 use crate::protocol::{AckMode, CheckOptions};
 use crate::protocol::{InstanceName, MessageBody, Reply, LEGACY_READ_BYTES};
-use crate::store::queries::{self, MessageId, NewMessage, Settled, StoredMessage};
+use crate::store::queries::{self, MessageId, NewMessage, Released, Settled, StoredMessage};
 
 /// A check reply is kept under half the legacy single read. Loopback TCP may send the first
 /// part of a larger write ahead of the rest, and a client that reads once would then get half
@@ -25,13 +27,41 @@ const CHECK_REPLY_BUDGET: usize = LEGACY_READ_BYTES / 2 - 1024;
 const COUNT_MAX_SENDERS: u32 = 10;
 /// The most messages one check returns, whatever `limit` asks for.
 const CHECK_MAX_MESSAGES: u32 = 500;
+/// A legacy check's hold outlasts writing the reply and waiting for the client to take it
+/// (a write timeout each) by this much, so it is settled before it can run out.
+const HOLD_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Mail handed to a client but not yet marked delivered. Confirm it with
-/// [`Broker::confirm_delivery`] after the reply is written; drop it to leave the mail queued.
+/// Mail a reply carries, held in the database so that no other reader is handed it while the
+/// reply is on its way.
+///
+/// A legacy (auto-ack) receipt is settled by the connection: [`Broker::confirm_delivery`] once
+/// the client took the reply, [`Broker::return_to_queue`] if it did not. A manual-ack receipt
+/// is the lease itself: the client's `ack` settles it, and the connection returns it only if
+/// the client provably never read it. Dropped unsettled, the hold simply runs out.
+#[derive(Debug)]
 pub struct DeliveryReceipt {
+    recipient: String,
     ids: Vec<MessageId>,
-    /// Holds this session's check lock until the mail is marked.
-    _turn: OwnedMutexGuard<()>,
+    /// The hold's (or lease's) end, as stored: settling touches only mail still held by it.
+    held_until: String,
+    settled_by: SettledBy,
+}
+
+/// Who settles a receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SettledBy {
+    /// The connection, on evidence that the client took the reply (legacy auto ack).
+    Receipt,
+    /// The client's `ack` (manual ack).
+    Ack,
+}
+
+impl DeliveryReceipt {
+    /// Whether the connection marks this mail delivered itself (legacy auto ack), rather than
+    /// leaving it to the client's `ack`.
+    pub fn settles_on_receipt(&self) -> bool {
+        self.settled_by == SettledBy::Receipt
+    }
 }
 
 /// What one read of a mailbox found.
@@ -40,32 +70,64 @@ struct Batch {
     messages: Vec<Value>,
     ids: Vec<MessageId>,
     more: bool,
-    /// Set when the ack is manual: the lease on `ids` runs until then.
-    lease_until: Option<String>,
+    /// The lease (manual ack) or hold (auto ack) on `ids` runs until then.
+    held_until: Option<String>,
     /// With nothing to hand out: when the caller's first leased message comes back.
     next_lease_expiry: Option<String>,
 }
 
 impl Batch {
-    fn into_outcome(self, ack: AckMode, turn: OwnedMutexGuard<()>) -> Outcome {
+    fn into_outcome(self, ack: AckMode) -> Outcome {
         let mut reply = Reply::ok()
             .with("messages", self.messages)
             .with("more", self.more);
-        let receipt = match ack {
+        let settled_by = match ack {
             AckMode::Manual { .. } => {
                 reply = reply.with("ack", "manual");
-                if let Some(until) = self.lease_until.filter(|_| !self.ids.is_empty()) {
-                    reply = reply.with("lease_until", until);
+                if let Some(until) = self.held_until.as_ref().filter(|_| !self.ids.is_empty()) {
+                    reply = reply.with("lease_until", until.clone());
                 }
-                None
+                SettledBy::Ack
             }
-            AckMode::Auto => (!self.ids.is_empty()).then(|| DeliveryReceipt {
+            AckMode::Auto => SettledBy::Receipt,
+        };
+        let receipt = match self.held_until {
+            Some(held_until) if !self.ids.is_empty() => Some(DeliveryReceipt {
+                recipient: self.caller,
                 ids: self.ids,
-                _turn: turn,
+                held_until,
+                settled_by,
             }),
+            _ => None,
         };
         Outcome { reply, receipt }
     }
+}
+
+/// What one look at a mailbox found for `count`.
+struct Summary {
+    caller: String,
+    count: u32,
+    senders: Vec<String>,
+    /// With nothing waiting: when the caller's first leased message comes back.
+    next_lease_expiry: Option<String>,
+}
+
+impl Summary {
+    fn into_reply(self) -> Reply {
+        Reply::ok()
+            .with("count", self.count)
+            .with("senders", self.senders)
+    }
+}
+
+/// The refusal of an `ack` (or release) of an id the caller does not own.
+fn unknown_message(id: i64) -> Value {
+    json!({
+        "id": id,
+        "code": "unknown_message",
+        "message": format!("no message {id} is addressed to you; ack only ids your check returned"),
+    })
 }
 
 /// A message body ready to store: content possibly swapped for a summary and a file.
@@ -196,13 +258,7 @@ impl Broker {
                 match queries::ack(conn, &caller.name, MessageId(id), &now)? {
                     Settled::Acked => acked += 1,
                     Settled::AlreadyAcked => already.push(id),
-                    Settled::Unknown => refused.push(json!({
-                        "id": id,
-                        "code": "unknown_message",
-                        "message": format!(
-                            "no message {id} is addressed to you; ack only ids your check returned"
-                        ),
-                    })),
+                    Settled::Unknown => refused.push(unknown_message(id)),
                 }
             }
             Ok(Reply::ok()
@@ -211,6 +267,35 @@ impl Broker {
                 .with("refused", refused))
         })
         .await
+    }
+
+    /// `ack` with `release`: hands the caller's leased mail back to its queue at once, for a
+    /// reader that could not take it (its caller gave up). Refusals are as for `ack`.
+    pub(super) async fn release(
+        &self,
+        token: Option<String>,
+        peer: &str,
+        ids: Vec<i64>,
+    ) -> Result<Reply, BrokerError> {
+        let (caller, reply) = self
+            .as_caller(token, peer, move |conn, caller, _now| {
+                let (mut released, mut already, mut refused) = (0, Vec::new(), Vec::new());
+                for id in ids {
+                    match queries::release_owned(conn, &caller.name, MessageId(id))? {
+                        Released::Released => released += 1,
+                        Released::AlreadyAcked => already.push(id),
+                        Released::Unknown => refused.push(unknown_message(id)),
+                    }
+                }
+                let reply = Reply::ok()
+                    .with("released", released)
+                    .with("already_acked", already)
+                    .with("refused", refused);
+                Ok((caller.name.clone(), reply))
+            })
+            .await?;
+        self.doorbells.ring(&caller);
+        Ok(reply)
     }
 
     /// Prepares a message for storing. Large content is written to its file here, outside the
@@ -264,15 +349,18 @@ impl Broker {
 
     /// `check`: the caller's oldest waiting mail, as much as fits a legacy single read.
     ///
-    /// - Auto ack (legacy): the mail stays pending until the returned receipt is confirmed.
+    /// - Auto ack (legacy): the mail is held in the same job that reads it, and marked
+    ///   delivered when the connection settles the receipt.
     /// - Manual ack: the mail is leased in the same job that reads it; an `ack` settles it.
     /// - `wait`: with nothing waiting, sleeps until a commit rings the caller's doorbell, a
-    ///   lease runs out, the deadline passes, or the broker stops.
+    ///   lease runs out, the deadline passes, the broker stops, or the reader leaves (then it
+    ///   answers empty, having read and leased nothing).
     pub(super) async fn check(
         &self,
         token: Option<String>,
         peer: &str,
         options: CheckOptions,
+        mut reader: Presence,
     ) -> Result<Outcome, BrokerError> {
         let deadline = options.wait.map(|wait| Instant::now() + wait);
         let mut closing = self.doorbells.closing();
@@ -289,11 +377,14 @@ impl Broker {
             let batch = self
                 .read_batch(token.clone(), peer, &options, first_read)
                 .await?;
-            let out_of_time = deadline.is_none_or(|deadline| Instant::now() >= deadline);
-            if !batch.ids.is_empty() || out_of_time || self.doorbells.is_closing() {
-                return Ok(batch.into_outcome(options.ack, turn));
-            }
+            // The hold (or lease) is committed with the read, so no other reader can be
+            // handed this mail once the turn is given up.
             drop(turn);
+            let out_of_time = deadline.is_none_or(|deadline| Instant::now() >= deadline);
+            let stop = out_of_time || self.doorbells.is_closing() || reader.is_gone();
+            if !batch.ids.is_empty() || stop {
+                return Ok(batch.into_outcome(options.ack));
+            }
             let Some(rung) = rung else {
                 bell = Some(self.doorbells.bell(&batch.caller));
                 continue;
@@ -303,6 +394,7 @@ impl Broker {
                 _ = rung => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
                 _ = closing.wait_for(|closing| *closing) => {}
+                _ = reader.gone() => return Ok(batch.into_outcome(options.ack)),
             }
         }
     }
@@ -321,6 +413,7 @@ impl Broker {
             .unwrap_or(CHECK_MAX_MESSAGES)
             .min(CHECK_MAX_MESSAGES);
         let ack = options.ack;
+        let hold = self.receipt_hold();
         let read = move |conn: &Connection, caller: &Caller, now: DateTime<Utc>| {
             let now_text = text(now);
             let mut budget = ReplyBudget::new();
@@ -328,12 +421,16 @@ impl Broker {
                 budget.take(stored)
             })?;
             let (messages, ids) = (budget.messages, budget.ids);
-            let lease_until = match ack {
-                AckMode::Auto => None,
+            let held_until = match ack {
+                AckMode::Auto => {
+                    let until = text(plus(now, hold));
+                    queries::hold(conn, &ids, &until)?;
+                    until
+                }
                 AckMode::Manual { lease } => {
                     let until = text(plus(now, lease));
                     queries::lease(conn, &ids, &until)?;
-                    Some(until)
+                    until
                 }
             };
             let next_lease_expiry = if ids.is_empty() {
@@ -346,7 +443,7 @@ impl Broker {
                 more,
                 messages,
                 ids,
-                lease_until,
+                held_until: Some(held_until),
                 next_lease_expiry,
             })
         };
@@ -369,41 +466,114 @@ impl Broker {
     }
 
     /// `count`: how many messages wait for the caller and the first few distinct senders,
-    /// oldest first. Nothing is marked delivered. It is meant to be polled (by the hook on every
-    /// prompt, by `wait_for_messages`), so it neither counts against the rate limit nor
-    /// refreshes the session's idle timer or `last_seen`: peeking is not activity.
+    /// oldest first. Nothing is marked delivered or leased. It is meant to be polled (by the
+    /// hook on every prompt, by `wait_for_messages`), so it neither counts against the rate
+    /// limit nor refreshes the session's idle timer or `last_seen`: peeking is not activity.
+    ///
+    /// With `wait` and nothing waiting, it long-polls like `check` (doorbell, lease expiry,
+    /// deadline, shutdown, the reader leaving) and still consumes nothing, so a waiter that
+    /// gives up unannounced loses no mail.
     pub(super) async fn count(
         &self,
         token: Option<String>,
         peer: &str,
+        wait: Option<std::time::Duration>,
+        mut reader: Presence,
     ) -> Result<Reply, BrokerError> {
-        let auth = self.session_check(token, peer);
-        let now = self.now();
-        let (count, senders) = self
-            .run(move |conn| {
-                let caller = auth.verify(conn, now)?;
-                Ok(queries::waiting_summary(
-                    conn,
-                    &caller.name,
-                    &text(now),
-                    COUNT_MAX_SENDERS,
-                )?)
-            })
-            .await?;
-        Ok(Reply::ok().with("count", count).with("senders", senders))
+        let deadline = wait.map(|wait| Instant::now() + wait);
+        let mut closing = self.doorbells.closing();
+        let mut bell: Option<Arc<Notify>> = None;
+        loop {
+            let listening = bell.clone();
+            let mut rung = listening.as_deref().map(|bell| Box::pin(bell.notified()));
+            if let Some(rung) = rung.as_mut() {
+                rung.as_mut().enable();
+            }
+            let summary = self.waiting_summary(token.clone(), peer).await?;
+            let out_of_time = deadline.is_none_or(|deadline| Instant::now() >= deadline);
+            let stop = out_of_time || self.doorbells.is_closing() || reader.is_gone();
+            if summary.count > 0 || stop {
+                return Ok(summary.into_reply());
+            }
+            let Some(rung) = rung else {
+                bell = Some(self.doorbells.bell(&summary.caller));
+                continue;
+            };
+            let wake_at = self.wake_time(deadline, summary.next_lease_expiry.as_deref());
+            tokio::select! {
+                _ = rung => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = closing.wait_for(|closing| *closing) => {}
+                _ = reader.gone() => return Ok(summary.into_reply()),
+            }
+        }
     }
 
-    /// Marks the receipt's mail delivered. Call only after the reply was written in full.
+    /// One look at the caller's waiting mail for `count`, without counting a request.
+    async fn waiting_summary(
+        &self,
+        token: Option<String>,
+        peer: &str,
+    ) -> Result<Summary, BrokerError> {
+        let auth = self.session_check(token, peer);
+        let now = self.now();
+        self.run(move |conn| {
+            let caller = auth.verify(conn, now)?;
+            let now = text(now);
+            let (count, senders) =
+                queries::waiting_summary(conn, &caller.name, &now, COUNT_MAX_SENDERS)?;
+            let next_lease_expiry = match count {
+                0 => queries::next_lease_expiry(conn, &caller.name, &now)?,
+                _ => None,
+            };
+            Ok(Summary {
+                caller: caller.name,
+                count,
+                senders,
+                next_lease_expiry,
+            })
+        })
+        .await
+    }
+
+    /// How long a legacy check holds the mail its reply carries: writing the reply and
+    /// waiting for the client to take it may each last a write timeout.
+    fn receipt_hold(&self) -> std::time::Duration {
+        self.limits.write_timeout * 2 + HOLD_MARGIN
+    }
+
+    /// Marks the receipt's mail delivered: the client took the reply. Mail whose hold ran
+    /// out and was taken by another reader meanwhile is left to that reader.
     pub async fn confirm_delivery(&self, receipt: DeliveryReceipt) -> Result<usize, BrokerError> {
         let now = text(self.now());
         let marked = self
             .run(move |conn| {
-                let marked = queries::mark_delivered(conn, &receipt.ids, &now)?;
-                drop(receipt);
-                Ok(marked)
+                Ok(queries::deliver_held(
+                    conn,
+                    &receipt.ids,
+                    &receipt.held_until,
+                    &now,
+                )?)
             })
             .await?;
         Ok(marked)
+    }
+
+    /// Ends the receipt's hold (or lease) at once: the client never took the reply, so the
+    /// mail waits for the next check, which the doorbell wakes if it is already waiting.
+    pub async fn return_to_queue(&self, receipt: DeliveryReceipt) -> Result<usize, BrokerError> {
+        let recipient = receipt.recipient.clone();
+        let released = self
+            .run(move |conn| {
+                Ok(queries::release_held(
+                    conn,
+                    &receipt.ids,
+                    &receipt.held_until,
+                )?)
+            })
+            .await?;
+        self.doorbells.ring(&recipient);
+        Ok(released)
     }
 
     /// Waits for this session's turn to check; unauthenticated requests share one turn, which

@@ -7,6 +7,7 @@
 //! - [`identity`]: sessions, register, rename, list, the rate limit.
 //! - [`mail`]: send, broadcast, check, ack and delivery receipts.
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
+//! - [`reader`]: tells a long-poll that its reader's connection closed.
 //! - [`sweeper`]: expiry and purging in bounded batches.
 
 pub mod doorbell;
@@ -14,6 +15,7 @@ pub mod identity;
 pub mod large_message;
 pub mod mail;
 pub mod peer;
+pub mod reader;
 pub mod session;
 pub mod storage_failure;
 pub mod sweeper;
@@ -33,6 +35,7 @@ use crate::store::{Store, StoreError};
 pub use identity::Caller;
 pub use mail::DeliveryReceipt;
 pub use peer::Peer;
+pub use reader::Presence;
 
 /// A refusal by a broker rule, or a failure underneath one. Each has a stable wire code.
 #[derive(Debug, thiserror::Error)]
@@ -105,8 +108,8 @@ impl BrokerError {
     }
 }
 
-/// What a request produced: the reply, and for a `check` the receipt that marks the mail
-/// delivered once the reply is on the socket.
+/// What a request produced: the reply, and for a `check` the receipt for the mail it holds
+/// (see [`DeliveryReceipt`]).
 pub struct Outcome {
     pub reply: Reply,
     pub receipt: Option<DeliveryReceipt>,
@@ -190,10 +193,15 @@ impl Broker {
         self.shared_secret.is_none()
     }
 
-    /// Answers one request from `peer`.
+    /// Answers one request from `peer`, whose connection nobody watches.
     pub async fn handle(&self, request: Request, peer: &Peer) -> Outcome {
+        self.handle_for(request, peer, Presence::unwatched()).await
+    }
+
+    /// Answers one request from `peer`; a long-poll stops waiting once `reader` is gone.
+    pub async fn handle_for(&self, request: Request, peer: &Peer, reader: Presence) -> Outcome {
         let action_name = request.action.name();
-        let result = self.dispatch(request, peer).await;
+        let result = self.dispatch(request, peer, reader).await;
         let peer = peer.label.as_str();
         match result {
             Ok(outcome) => outcome,
@@ -236,7 +244,12 @@ impl Broker {
             .unwrap_or(&self.large_message_dir)
     }
 
-    async fn dispatch(&self, request: Request, peer: &Peer) -> Result<Outcome, BrokerError> {
+    async fn dispatch(
+        &self,
+        request: Request,
+        peer: &Peer,
+        reader: Presence,
+    ) -> Result<Outcome, BrokerError> {
         let token = request.session_token;
         let peer = peer.label.as_str();
         match request.action {
@@ -260,11 +273,20 @@ impl Broker {
                 .broadcast(token, peer, message, stamp)
                 .await
                 .map(Outcome::from),
-            Action::Check(options) => self.check(token, peer, options).await,
-            Action::Ack { ids } => self.ack(token, peer, ids).await.map(Outcome::from),
+            Action::Check(options) => self.check(token, peer, options, reader).await,
+            Action::Ack {
+                ids,
+                release: false,
+            } => self.ack(token, peer, ids).await.map(Outcome::from),
+            Action::Ack { ids, release: true } => {
+                self.release(token, peer, ids).await.map(Outcome::from)
+            }
             Action::List => self.list(token, peer).await.map(Outcome::from),
             Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
-            Action::Count => self.count(token, peer).await.map(Outcome::from),
+            Action::Count { wait } => self
+                .count(token, peer, wait, reader)
+                .await
+                .map(Outcome::from),
         }
     }
 

@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod lock;
 pub mod unix_socket;
+mod unread;
 
 use std::fs::DirBuilder;
 use std::net::SocketAddr;
@@ -12,7 +13,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::UCred;
 use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixStream};
 use tokio::sync::OwnedSemaphorePermit;
@@ -348,7 +348,7 @@ struct Serve<'a> {
 impl Serve<'_> {
     fn spawn<S>(self, stream: S, peer: Peer)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: connection::Socket + Send + 'static,
     {
         let Some(slot) = self.slot else {
             tracing::warn!(peer = %peer, "connection refused: {} connections open", self.max);
