@@ -212,6 +212,9 @@ fn an_interrupted_watch_holds_no_mail(how: &str) {
     let out = cli(&broker.addr(), &alice, &["check"]);
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("after the watch"), "{out:?}");
+    // Handed out once, to this check: the dead watch's long-poll never leased it.
+    let handed_out = broker.count("SELECT delivery_count FROM messages WHERE recipient = 'alice'");
+    assert_eq!(handed_out, 1);
 }
 
 #[test]
