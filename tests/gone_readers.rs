@@ -163,6 +163,54 @@ fn legacy_clients_that_read_their_reply_get_each_message_exactly_once() {
     assert_eq!(delivered, 3, "each message was handed out once");
 }
 
+#[test]
+fn a_client_that_read_its_reply_and_keeps_the_connection_idle_has_its_mail_delivered() {
+    // Neither a next request nor a close comes: the kernel's word that the client read
+    // everything is the evidence. A long write timeout shows it is not waited out.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ipc.sock");
+    let broker = TestBroker::start_with(|config| {
+        config.limits.write_timeout = Duration::from_secs(60);
+        config.socket = Some(socket.clone());
+    });
+    let (addr, alice, bob) = broker.alice_and_bob();
+    let tcp = broker.client();
+    let unix = claude_ipc::client::Client::connect_unix(&socket, common::TIMEOUT).unwrap();
+    for (mut client, how) in [(tcp, "over TCP"), (unix, "over the Unix socket")] {
+        legacy_send(&addr, &bob, "alice", how);
+        let checked = client.check(&alice).unwrap();
+        assert_eq!(checked.messages[0].message.content, how);
+        wait_until("the idle client's mail is delivered", || {
+            waiting_and_held(&broker.db_path()) == (0, 0)
+        });
+        drop(client);
+    }
+}
+
+#[test]
+fn a_reply_never_read_over_the_unix_socket_leaves_the_mail_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ipc.sock");
+    let broker = TestBroker::start_with(|config| {
+        config.limits.write_timeout = Duration::from_millis(500);
+        config.socket = Some(socket.clone());
+    });
+    let (addr, alice, bob) = broker.alice_and_bob();
+    legacy_send(&addr, &bob, "alice", "never read on the socket");
+    let mut silent = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    silent
+        .write_all(check_request(&alice).to_string().as_bytes())
+        .unwrap();
+    wait_until("the unread reply holds the mail", || {
+        waiting_and_held(&broker.db_path()) == (1, 1)
+    });
+    wait_until("the hold is released", || {
+        waiting_and_held(&broker.db_path()) == (1, 0)
+    });
+    drop(silent);
+    exactly_once(&addr, &alice, "never read on the socket");
+}
+
 // ---- watch interrupted ----
 
 fn session_file(broker: &TestBroker, dir: &Path, name: &str) -> PathBuf {

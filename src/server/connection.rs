@@ -4,9 +4,11 @@
 //!
 //! The evidence is what TCP (or a Unix socket) tells: a peer that closes with unread data
 //! resets the connection instead of closing it cleanly, and data written to a peer that
-//! already closed is answered by a reset at once. So mail counts as taken when, after the
-//! reply was written, the client sends its next request or closes cleanly, and as not taken
-//! when the connection is reset or the client says nothing within the write timeout.
+//! already closed is answered by a reset at once; and the kernel can say whether a local
+//! client has read what was written to it ([`unread`]). So mail counts as taken when, after
+//! the reply was written, the client read it all, sends its next request or closes cleanly,
+//! and as not taken when the connection is reset or none of that happens within the write
+//! timeout.
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
