@@ -5,7 +5,7 @@
 //! The evidence is what TCP (or a Unix socket) tells: a peer that closes with unread data
 //! resets the connection instead of closing it cleanly, and data written to a peer that
 //! already closed is answered by a reset at once; and the kernel can say whether a local
-//! client has read what was written to it ([`unread`]). So mail counts as taken when, after
+//! client has read what was written to it (see the `unread` module). So mail counts as taken when, after
 //! the reply was written, the client read it all, sends its next request or closes cleanly,
 //! and as not taken when the connection is reset or none of that happens within the write
 //! timeout.
@@ -154,56 +154,92 @@ impl<S: Socket> Connection<S> {
     ) -> Ending {
         let limits = broker.limits().clone();
         loop {
-            let incoming = tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|stop| *stop) => return Ending::Ordinary,
-                incoming = self.read_frame(&limits) => incoming,
-            };
-            let frame = match incoming {
-                Incoming::Frame(frame) => frame,
-                Incoming::Closed if !leases.is_empty() && self.reset_within(RESET_GRACE).await => {
-                    return Ending::ReaderGone
-                }
-                Incoming::Closed => return Ending::Ordinary,
-                Incoming::Reset => return Ending::ReaderGone,
-                Incoming::Refused(reply) => {
-                    if self.write_reply(&reply, limits.write_timeout).await.is_ok() {
-                        self.linger().await;
-                    }
-                    return Ending::Ordinary;
-                }
+            let frame = match self.next_frame(shutdown, &limits, leases).await {
+                Ok(frame) => frame,
+                Err(ending) => return ending,
             };
             let (outcome, departed) = self.answer(broker, peer, &frame, &limits).await;
-            if departed == Some(Departure::Reset) {
-                tracing::debug!(peer = %peer, "client reset the connection before its reply");
-                settle_if_any(broker, peer, outcome.receipt, false).await;
-                return Ending::ReaderGone;
-            }
-            if self
-                .write_reply(&outcome.reply, limits.write_timeout)
+            if let Err(ending) = self
+                .deliver(broker, peer, outcome, departed, &limits, leases)
                 .await
-                .is_err()
             {
-                tracing::debug!(peer = %peer, "reply not written; mail stays queued");
-                settle_if_any(broker, peer, outcome.receipt, false).await;
-                return Ending::ReaderGone;
+                return ending;
             }
-            match outcome.receipt {
-                None => {}
-                Some(lease) if !lease.settles_on_receipt() => {
-                    if leases.len() == LEASES_REMEMBERED {
-                        leases.pop_front();
-                    }
-                    leases.push_back(lease);
+        }
+    }
+
+    /// The next request, or how the connection ended before one came.
+    async fn next_frame(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        limits: &Limits,
+        leases: &VecDeque<DeliveryReceipt>,
+    ) -> Result<Vec<u8>, Ending> {
+        let incoming = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return Err(Ending::Ordinary),
+            incoming = self.read_frame(limits) => incoming,
+        };
+        match incoming {
+            Incoming::Frame(frame) => Ok(frame),
+            // A close right after a lease reply may still turn out a reset: the reply unread.
+            Incoming::Closed if !leases.is_empty() && self.reset_within(RESET_GRACE).await => {
+                Err(Ending::ReaderGone)
+            }
+            Incoming::Closed => Err(Ending::Ordinary),
+            Incoming::Reset => Err(Ending::ReaderGone),
+            Incoming::Refused(reply) => {
+                if self.write_reply(&reply, limits.write_timeout).await.is_ok() {
+                    self.linger().await;
                 }
-                Some(receipt) => {
-                    let took = self.took_reply(departed, &limits).await;
-                    settle(broker, peer, receipt, took).await;
-                    if !took {
-                        tracing::debug!(peer = %peer, "client did not take its reply; mail stays queued");
-                        return Ending::ReaderGone;
-                    }
+                Err(Ending::Ordinary)
+            }
+        }
+    }
+
+    /// Writes the reply, unless the client is already gone, and settles the mail it carries:
+    /// a legacy receipt on the evidence that the client took it, a lease by remembering it
+    /// in case the client turns out to be gone.
+    async fn deliver(
+        &mut self,
+        broker: &Broker,
+        peer: &Peer,
+        outcome: Outcome,
+        departed: Option<Departure>,
+        limits: &Limits,
+        leases: &mut VecDeque<DeliveryReceipt>,
+    ) -> Result<(), Ending> {
+        if departed == Some(Departure::Reset) {
+            tracing::debug!(peer = %peer, "client reset the connection before its reply");
+            settle_if_any(broker, peer, outcome.receipt, false).await;
+            return Err(Ending::ReaderGone);
+        }
+        if self
+            .write_reply(&outcome.reply, limits.write_timeout)
+            .await
+            .is_err()
+        {
+            tracing::debug!(peer = %peer, "reply not written; mail stays queued");
+            settle_if_any(broker, peer, outcome.receipt, false).await;
+            return Err(Ending::ReaderGone);
+        }
+        match outcome.receipt {
+            None => Ok(()),
+            Some(lease) if !lease.settles_on_receipt() => {
+                if leases.len() == LEASES_REMEMBERED {
+                    leases.pop_front();
                 }
+                leases.push_back(lease);
+                Ok(())
+            }
+            Some(receipt) => {
+                let took = self.took_reply(departed, limits).await;
+                settle(broker, peer, receipt, took).await;
+                if took {
+                    return Ok(());
+                }
+                tracing::debug!(peer = %peer, "client did not take its reply; mail stays queued");
+                Err(Ending::ReaderGone)
             }
         }
     }
