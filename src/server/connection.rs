@@ -306,7 +306,12 @@ impl<S: Socket> Connection<S> {
             }
             let ask_at = deadline.min(Instant::now() + pause);
             match timeout_at(ask_at, self.read_more()).await {
-                Ok(Ok(0)) => return !self.reset_within(RESET_GRACE).await,
+                // A client that closed with the reply unread resets instead; one that read
+                // it is often still known to the kernel as having read everything.
+                Ok(Ok(0)) => {
+                    return self.stream.peer_read_all() == Some(true)
+                        || !self.reset_within(RESET_GRACE).await
+                }
                 Ok(Ok(_)) => {}
                 Ok(Err(_)) => return false,
                 Err(_) if self.stream.peer_read_all() == Some(true) => return true,
