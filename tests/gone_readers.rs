@@ -65,12 +65,8 @@ fn a_legacy_check_given_up_during_an_operators_lock_leaves_the_mail_waiting() {
     assert!(!answered, "the broker answered through the lock");
     std::thread::sleep(Duration::from_secs(4).saturating_sub(started.elapsed()));
     lock.release();
-    // A job queued now runs after the stalled check's read, so the hold it took is visible.
-    broker.client().count(&alice).unwrap();
-    wait_until("the stalled reply's hold is settled", || {
-        waiting_and_held(&broker.db_path()).1 == 0
-    });
-    assert_eq!(waiting_and_held(&broker.db_path()), (1, 0));
+    // The very next check: it waits its turn behind the stalled one, and briefly for that
+    // one's reply to settle, so the hold does not hide the mail from it.
     exactly_once(&addr, &alice, "sent before the lock");
 }
 
@@ -103,8 +99,9 @@ fn a_legacy_check_given_up_while_the_broker_was_stopped_leaves_the_mail_waiting(
 
 #[test]
 fn a_reply_never_read_within_the_write_timeout_leaves_the_mail_waiting() {
+    // Longer than a check waits for a reply on its way to settle, which is the window below.
     let broker = TestBroker::start_with(|config| {
-        config.limits.write_timeout = Duration::from_millis(500);
+        config.limits.write_timeout = Duration::from_secs(3);
     });
     let (addr, alice, bob) = broker.alice_and_bob();
     legacy_send(&addr, &bob, "alice", "never read in time");

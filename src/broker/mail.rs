@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
 use super::reader::Presence;
+use super::unsettled::InFlight;
 use tokio::time::Instant;
 
 use super::identity::Caller;
@@ -30,6 +31,10 @@ const CHECK_MAX_MESSAGES: u32 = 500;
 /// A legacy check's hold outlasts writing the reply and waiting for the client to take it
 /// (a write timeout each) by this much, so it is settled before it can run out.
 const HOLD_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a check that finds nothing waits for the caller's legacy replies still on their
+/// way to settle. A client that gave up is known within milliseconds; one that stays silent
+/// takes up to the write timeout, and the check does not wait for that.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Mail a reply carries, held in the database so that no other reader is handed it while the
 /// reply is on its way.
@@ -45,6 +50,8 @@ pub struct DeliveryReceipt {
     /// The hold's (or lease's) end, as stored: settling touches only mail still held by it.
     held_until: String,
     settled_by: SettledBy,
+    /// Set for a legacy receipt: counts it as on its way until it is settled or dropped.
+    in_flight: Option<InFlight>,
 }
 
 /// Who settles a receipt.
@@ -77,7 +84,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn into_outcome(self, ack: AckMode) -> Outcome {
+    fn into_outcome(self, ack: AckMode, in_flight: Option<InFlight>) -> Outcome {
         let mut reply = Reply::ok()
             .with("messages", self.messages)
             .with("more", self.more);
@@ -93,6 +100,7 @@ impl Batch {
         };
         let receipt = match self.held_until {
             Some(held_until) if !self.ids.is_empty() => Some(DeliveryReceipt {
+                in_flight,
                 recipient: self.caller,
                 ids: self.ids,
                 held_until,
@@ -365,6 +373,8 @@ impl Broker {
         let deadline = options.wait.map(|wait| Instant::now() + wait);
         let mut closing = self.doorbells.closing();
         let mut bell: Option<Arc<Notify>> = None;
+        let settle_by = Instant::now() + SETTLE_WAIT;
+        let mut first_read = true;
         loop {
             // Listen before reading, so a commit between the read and the wait is not missed.
             let listening = bell.clone();
@@ -373,17 +383,28 @@ impl Broker {
                 rung.as_mut().enable();
             }
             let turn = self.check_turn(token.as_deref()).await;
-            let first_read = bell.is_none();
             let batch = self
                 .read_batch(token.clone(), peer, &options, first_read)
                 .await?;
+            first_read = false;
+            // Counted before the turn is given up, so the session's next check, which waits
+            // for the turn, knows this reply is on its way.
+            let in_flight = (options.ack == AckMode::Auto && !batch.ids.is_empty())
+                .then(|| self.unsettled.start(&batch.caller));
             // The hold (or lease) is committed with the read, so no other reader can be
             // handed this mail once the turn is given up.
             drop(turn);
+            if batch.ids.is_empty()
+                && self
+                    .settled_meanwhile(&batch.caller, settle_by, &mut reader)
+                    .await
+            {
+                continue;
+            }
             let out_of_time = deadline.is_none_or(|deadline| Instant::now() >= deadline);
             let stop = out_of_time || self.doorbells.is_closing() || reader.is_gone();
             if !batch.ids.is_empty() || stop {
-                return Ok(batch.into_outcome(options.ack));
+                return Ok(batch.into_outcome(options.ack, in_flight));
             }
             let Some(rung) = rung else {
                 bell = Some(self.doorbells.bell(&batch.caller));
@@ -394,8 +415,28 @@ impl Broker {
                 _ = rung => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
                 _ = closing.wait_for(|closing| *closing) => {}
-                _ = reader.gone() => return Ok(batch.into_outcome(options.ack)),
+                _ = reader.gone() => return Ok(batch.into_outcome(options.ack, None)),
             }
+        }
+    }
+
+    /// With the caller's legacy replies still on their way, waits (until `until` at most) for
+    /// one to settle; true if one did, so the mailbox is worth reading again: mail whose
+    /// reply was not taken is back in it.
+    async fn settled_meanwhile(&self, caller: &str, until: Instant, reader: &mut Presence) -> bool {
+        let Some(settling) = self.unsettled.settling(caller) else {
+            return false;
+        };
+        let settled = settling.notified();
+        tokio::pin!(settled);
+        settled.as_mut().enable();
+        if self.unsettled.settling(caller).is_none() {
+            return true;
+        }
+        tokio::select! {
+            _ = settled => true,
+            _ = tokio::time::sleep_until(until) => false,
+            _ = reader.gone() => false,
         }
     }
 
@@ -546,34 +587,36 @@ impl Broker {
     /// out and was taken by another reader meanwhile is left to that reader.
     pub async fn confirm_delivery(&self, receipt: DeliveryReceipt) -> Result<usize, BrokerError> {
         let now = text(self.now());
+        let DeliveryReceipt {
+            ids,
+            held_until,
+            in_flight,
+            ..
+        } = receipt;
         let marked = self
-            .run(move |conn| {
-                Ok(queries::deliver_held(
-                    conn,
-                    &receipt.ids,
-                    &receipt.held_until,
-                    &now,
-                )?)
-            })
-            .await?;
-        Ok(marked)
+            .run(move |conn| Ok(queries::deliver_held(conn, &ids, &held_until, &now)?))
+            .await;
+        // Settled (or failed) only now that the job is done, so a check woken by this sees it.
+        drop(in_flight);
+        marked
     }
 
     /// Ends the receipt's hold (or lease) at once: the client never took the reply, so the
     /// mail waits for the next check, which the doorbell wakes if it is already waiting.
     pub async fn return_to_queue(&self, receipt: DeliveryReceipt) -> Result<usize, BrokerError> {
-        let recipient = receipt.recipient.clone();
+        let DeliveryReceipt {
+            recipient,
+            ids,
+            held_until,
+            in_flight,
+            ..
+        } = receipt;
         let released = self
-            .run(move |conn| {
-                Ok(queries::release_held(
-                    conn,
-                    &receipt.ids,
-                    &receipt.held_until,
-                )?)
-            })
-            .await?;
+            .run(move |conn| Ok(queries::release_held(conn, &ids, &held_until)?))
+            .await;
+        drop(in_flight);
         self.doorbells.ring(&recipient);
-        Ok(released)
+        released
     }
 
     /// Waits for this session's turn to check; unauthenticated requests share one turn, which

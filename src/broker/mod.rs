@@ -8,6 +8,7 @@
 //! - [`mail`]: send, broadcast, check, ack and delivery receipts.
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
 //! - [`reader`]: tells a long-poll that its reader's connection closed.
+//! - [`unsettled`]: legacy replies waiting for evidence that their client took them.
 //! - [`sweeper`]: expiry and purging in bounded batches.
 
 pub mod doorbell;
@@ -19,6 +20,7 @@ pub mod reader;
 pub mod session;
 pub mod storage_failure;
 pub mod sweeper;
+pub mod unsettled;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -140,6 +142,7 @@ pub struct Broker {
     /// never held across an `.await`.
     check_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     doorbells: doorbell::Doorbells,
+    unsettled: unsettled::Unsettled,
 }
 
 impl Broker {
@@ -160,6 +163,7 @@ impl Broker {
             socket: None,
             check_locks: Mutex::new(HashMap::new()),
             doorbells: doorbell::Doorbells::default(),
+            unsettled: unsettled::Unsettled::default(),
         }
     }
 
