@@ -395,6 +395,8 @@ fn a_wait_for_messages_abandoned_unannounced_consumes_nothing() {
     abandoned.ok("register", json!({"instance_id": "alice"}));
     let waiting = abandoned.start_call("wait_for_messages", json!({"timeout_seconds": 20}));
     std::thread::sleep(Duration::from_millis(500));
+    // The same session is served meanwhile; the wait holds nothing up.
+    assert_eq!(abandoned.ok("check", json!({})), "No new messages.");
     broker
         .client()
         .send(&bob, "alice", "nobody was listening", None, None)
