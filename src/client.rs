@@ -232,6 +232,29 @@ pub struct Acked {
     pub truncated: bool,
 }
 
+/// `ack` with `release`'s reply.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Released {
+    pub released: u32,
+    #[serde(default)]
+    pub already_acked: Vec<i64>,
+    #[serde(default)]
+    pub refused: Vec<Refused>,
+}
+
+/// Closes a client's connection from another thread, which ends a call blocked on it (with
+/// an error) and tells the broker this reader is gone.
+pub struct Closer(Stream);
+
+impl Closer {
+    pub fn close(&self) {
+        let _ = match &self.0 {
+            Stream::Tcp(stream) => stream.shutdown(std::net::Shutdown::Both),
+            Stream::Unix(stream) => stream.shutdown(std::net::Shutdown::Both),
+        };
+    }
+}
+
 /// An id an `ack` could not settle, and why.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Refused {
@@ -464,13 +487,7 @@ impl Client {
             return self.call_as(&request);
         };
         request["wait_ms"] = millis(wait).into();
-        let usual = self.reader.get_ref().read_timeout()?;
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(wait + usual.unwrap_or(WAIT_MARGIN)))?;
-        let checked = self.call_as(&request);
-        self.reader.get_ref().set_read_timeout(usual)?;
-        checked
+        self.with_wait(wait, |client| client.call_as(&request))
     }
 
     /// Settles mail a manual-ack check returned.
@@ -526,5 +543,37 @@ impl Client {
     /// How much mail is waiting and from whom, without consuming any.
     pub fn count(&mut self, token: &str) -> Result<Waiting, ClientError> {
         self.call_as(&json!({"action": "count", "session_token": token}))
+    }
+
+    /// Like [`Client::count`], but with nothing waiting, waits up to `wait` for mail to
+    /// arrive. It consumes nothing either way.
+    pub fn count_waiting(&mut self, token: &str, wait: Duration) -> Result<Waiting, ClientError> {
+        let request = json!({"action": "count", "session_token": token, "wait_ms": millis(wait)});
+        self.with_wait(wait, |client| client.call_as(&request))
+    }
+
+    /// Hands mail a manual-ack check leased back to the queue at once, unread.
+    pub fn release(&mut self, token: &str, ids: &[i64]) -> Result<Released, ClientError> {
+        self.call_as(&json!({"action": "ack", "session_token": token, "ids": ids, "release": true}))
+    }
+
+    /// A handle that closes this connection from another thread.
+    pub fn closer(&self) -> Result<Closer, ClientError> {
+        Ok(Closer(self.writer.try_clone()?))
+    }
+
+    /// Runs `call` with the read timeout stretched to cover a long-poll of `wait`.
+    fn with_wait<T>(
+        &mut self,
+        wait: Duration,
+        call: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> Result<T, ClientError> {
+        let usual = self.reader.get_ref().read_timeout()?;
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(wait + usual.unwrap_or(WAIT_MARGIN)))?;
+        let result = call(self);
+        self.reader.get_ref().set_read_timeout(usual)?;
+        result
     }
 }

@@ -393,14 +393,16 @@ fn broadcast_rename_list_and_wait_for_messages_work_as_the_session() {
         .unwrap();
     let outcome = mcp.finish_call(waiting);
     assert!(!outcome.is_error, "{}", outcome.text);
-    assert!(outcome.text.contains("wake up"), "{}", outcome.text);
-    // Acknowledged before the tool answered: delivered now, not merely leased.
     assert_eq!(
-        broker.count(
-            "SELECT count(*) FROM messages WHERE recipient = 'alicia' AND delivered_at IS NULL"
-        ),
-        0
+        outcome.text,
+        "1 new message from bob — call check to read it."
     );
+    // Waiting consumes nothing: the mail is left for check, which shows and acknowledges it.
+    let unread =
+        "SELECT count(*) FROM messages WHERE recipient = 'alicia' AND delivered_at IS NULL";
+    assert_eq!(broker.count(unread), 1);
+    assert!(mcp.ok("check", json!({})).contains("wake up"));
+    assert_eq!(broker.count(unread), 0);
     assert_eq!(mcp.ok("check", json!({})), "No new messages.");
 }
 
@@ -534,7 +536,13 @@ fn a_long_poll_outlives_the_host_being_killed_and_still_gets_the_mail() {
     );
     let outcome = bob.finish_call(waiting);
     assert!(!outcome.is_error, "{}\n{}", outcome.text, bob.log());
-    assert!(outcome.text.contains("after the crash"), "{}", outcome.text);
+    assert!(
+        outcome.text.contains("1 new message from carol"),
+        "{}",
+        outcome.text
+    );
+    let checked = bob.ok("check", json!({}));
+    assert!(checked.contains("after the crash"), "{checked}");
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Mail: send, broadcast, check, and the receipt that marks mail delivered only after its
-//! reply reached the socket.
+//! Mail: send, broadcast, check, and the receipt that holds mail while its reply is on the
+//! way, so it is marked delivered only once the reader took the reply.
 //!
 //! A message with large content is checked against every limit (session, rate limits, stamp
 //! and nonce, queue cap, the large-message caps) in one store job before its file is written,
@@ -13,6 +13,9 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 use tokio::sync::{Notify, OwnedMutexGuard};
+
+use super::reader::Presence;
+use super::unsettled::InFlight;
 use tokio::time::Instant;
 
 use super::identity::Caller;
@@ -20,7 +23,7 @@ use super::{large_message, minus, plus, text, Broker, BrokerError, Outcome, Peer
 use crate::protocol::request::SenderStamp;
 use crate::protocol::{AckMode, Capped, CheckOptions};
 use crate::protocol::{InstanceName, MessageBody, Reply, REPLY_BUDGET};
-use crate::store::queries::{self, MessageId, NewMessage, Settled, StoredMessage};
+use crate::store::queries::{self, MessageId, NewMessage, Released, Settled, StoredMessage};
 
 /// A check reply is kept under the budget every reply keeps (see [`REPLY_BUDGET`]).
 const CHECK_REPLY_BUDGET: usize = REPLY_BUDGET;
@@ -36,13 +39,47 @@ const BROADCAST_SHOWN_SKIPPED: usize = 20;
 /// the counts cover the rest.
 const ACK_SHOWN_IDS: usize = 100;
 const ACK_SHOWN_REFUSALS: usize = 20;
+/// A legacy check's hold outlasts writing the reply and waiting for the client to take it
+/// (a write timeout each) by this much, so it is settled before it can run out.
+const HOLD_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a check that finds nothing waits for the caller's legacy replies still on their
+/// way to settle. A client that gave up is known within milliseconds; one that stays silent
+/// takes up to the write timeout, and the check does not wait for that.
+const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Mail handed to a client but not yet marked delivered. Confirm it with
-/// [`Broker::confirm_delivery`] after the reply is written; drop it to leave the mail queued.
+/// Mail a reply carries, held in the database so that no other reader is handed it while the
+/// reply is on its way.
+///
+/// A legacy (auto-ack) receipt is settled by the connection: [`Broker::confirm_delivery`] once
+/// the client took the reply, [`Broker::return_to_queue`] if it did not. A manual-ack receipt
+/// is the lease itself: the client's `ack` settles it, and the connection returns it only if
+/// the client provably never read it. Dropped unsettled, the hold simply runs out.
+#[derive(Debug)]
 pub struct DeliveryReceipt {
+    recipient: String,
     ids: Vec<MessageId>,
-    /// Holds this session's check lock until the mail is marked.
-    _turn: OwnedMutexGuard<()>,
+    /// The hold's (or lease's) end, as stored: settling touches only mail still held by it.
+    held_until: String,
+    settled_by: SettledBy,
+    /// Set for a legacy receipt: counts it as on its way until it is settled or dropped.
+    in_flight: Option<InFlight>,
+}
+
+/// Who settles a receipt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SettledBy {
+    /// The connection, on evidence that the client took the reply (legacy auto ack).
+    Receipt,
+    /// The client's `ack` (manual ack).
+    Ack,
+}
+
+impl DeliveryReceipt {
+    /// Whether the connection marks this mail delivered itself (legacy auto ack), rather than
+    /// leaving it to the client's `ack`.
+    pub fn settles_on_receipt(&self) -> bool {
+        self.settled_by == SettledBy::Receipt
+    }
 }
 
 /// What one read of a mailbox found.
@@ -51,29 +88,36 @@ struct Batch {
     messages: Vec<Value>,
     ids: Vec<MessageId>,
     more: bool,
-    /// Set when the ack is manual: the lease on `ids` runs until then.
-    lease_until: Option<String>,
+    /// The lease (manual ack) or hold (auto ack) on `ids` runs until then.
+    held_until: Option<String>,
     /// With nothing to hand out: when the caller's first leased message comes back.
     next_lease_expiry: Option<String>,
 }
 
 impl Batch {
-    fn into_outcome(self, ack: AckMode, turn: OwnedMutexGuard<()>) -> Outcome {
+    fn into_outcome(self, ack: AckMode, in_flight: Option<InFlight>) -> Outcome {
         let mut reply = Reply::ok()
             .with("messages", self.messages)
             .with("more", self.more);
-        let receipt = match ack {
+        let settled_by = match ack {
             AckMode::Manual { .. } => {
                 reply = reply.with("ack", "manual");
-                if let Some(until) = self.lease_until.filter(|_| !self.ids.is_empty()) {
-                    reply = reply.with("lease_until", until);
+                if let Some(until) = self.held_until.as_ref().filter(|_| !self.ids.is_empty()) {
+                    reply = reply.with("lease_until", until.clone());
                 }
-                None
+                SettledBy::Ack
             }
-            AckMode::Auto => (!self.ids.is_empty()).then(|| DeliveryReceipt {
+            AckMode::Auto => SettledBy::Receipt,
+        };
+        let receipt = match self.held_until {
+            Some(held_until) if !self.ids.is_empty() => Some(DeliveryReceipt {
+                in_flight,
+                recipient: self.caller,
                 ids: self.ids,
-                _turn: turn,
+                held_until,
+                settled_by,
             }),
+            _ => None,
         };
         Outcome {
             reply,
@@ -81,6 +125,32 @@ impl Batch {
             authenticated: true,
         }
     }
+}
+
+/// What one look at a mailbox found for `count`.
+struct Summary {
+    caller: String,
+    count: u32,
+    senders: Vec<String>,
+    /// With nothing waiting: when the caller's first leased message comes back.
+    next_lease_expiry: Option<String>,
+}
+
+impl Summary {
+    fn into_reply(self) -> Reply {
+        Reply::ok()
+            .with("count", self.count)
+            .with("senders", self.senders)
+    }
+}
+
+/// The refusal of an `ack` (or release) of an id the caller does not own.
+fn unknown_message(id: i64) -> Value {
+    json!({
+        "id": id,
+        "code": "unknown_message",
+        "message": format!("no message {id} is addressed to you; ack only ids your check returned"),
+    })
 }
 
 /// A message body ready to store: content possibly swapped for a summary and a file.
@@ -286,13 +356,7 @@ impl Broker {
                 match queries::ack(conn, &caller.name, MessageId(id), &now)? {
                     Settled::Acked => acked += 1,
                     Settled::AlreadyAcked => already.push(id),
-                    Settled::Unknown => refused.push(json!({
-                        "id": id,
-                        "code": "unknown_message",
-                        "message": format!(
-                            "no message {id} is addressed to you; ack only ids your check returned"
-                        ),
-                    })),
+                    Settled::Unknown => refused.push(unknown_message(id)),
                 }
             }
             let truncated = already.truncated() || refused.truncated();
@@ -305,6 +369,35 @@ impl Broker {
                 .with("truncated", truncated))
         })
         .await
+    }
+
+    /// `ack` with `release`: hands the caller's leased mail back to its queue at once, for a
+    /// reader that could not take it (its caller gave up). Refusals are as for `ack`.
+    pub(super) async fn release(
+        &self,
+        token: Option<String>,
+        peer: &Peer,
+        ids: Vec<i64>,
+    ) -> Result<Reply, BrokerError> {
+        let (caller, reply) = self
+            .as_caller(token, peer, move |conn, caller, _now| {
+                let (mut released, mut already, mut refused) = (0, Vec::new(), Vec::new());
+                for id in ids {
+                    match queries::release_owned(conn, &caller.name, MessageId(id))? {
+                        Released::Released => released += 1,
+                        Released::AlreadyAcked => already.push(id),
+                        Released::Unknown => refused.push(unknown_message(id)),
+                    }
+                }
+                let reply = Reply::ok()
+                    .with("released", released)
+                    .with("already_acked", already)
+                    .with("refused", refused);
+                Ok((caller.name.clone(), reply))
+            })
+            .await?;
+        self.doorbells.ring(&caller);
+        Ok(reply)
     }
 
     /// Prepares a message for storing: checks the data size and, for large content, picks the
@@ -393,19 +486,24 @@ impl Broker {
 
     /// `check`: the caller's oldest waiting mail, as much as fits a legacy single read.
     ///
-    /// - Auto ack (legacy): the mail stays pending until the returned receipt is confirmed.
+    /// - Auto ack (legacy): the mail is held in the same job that reads it, and marked
+    ///   delivered when the connection settles the receipt.
     /// - Manual ack: the mail is leased in the same job that reads it; an `ack` settles it.
     /// - `wait`: with nothing waiting, sleeps until a commit rings the caller's doorbell, a
-    ///   lease runs out, the deadline passes, or the broker stops.
+    ///   lease runs out, the deadline passes, the broker stops, or the reader leaves (then it
+    ///   answers empty, having read and leased nothing).
     pub(super) async fn check(
         &self,
         token: Option<String>,
         peer: &Peer,
         options: CheckOptions,
+        mut reader: Presence,
     ) -> Result<Outcome, BrokerError> {
         let deadline = options.wait.map(|wait| Instant::now() + wait);
         let mut closing = self.doorbells.closing();
         let mut bell: Option<Arc<Notify>> = None;
+        let settle_by = Instant::now() + SETTLE_WAIT;
+        let mut first_read = true;
         loop {
             // Listen before reading, so a commit between the read and the wait is not missed.
             let listening = bell.clone();
@@ -414,15 +512,29 @@ impl Broker {
                 rung.as_mut().enable();
             }
             let turn = self.check_turn(token.as_deref()).await;
-            let first_read = bell.is_none();
             let batch = self
                 .read_batch(token.clone(), peer, &options, first_read)
                 .await?;
-            let out_of_time = deadline.is_none_or(|deadline| Instant::now() >= deadline);
-            if !batch.ids.is_empty() || out_of_time || self.doorbells.is_closing() {
-                return Ok(batch.into_outcome(options.ack, turn));
-            }
+            first_read = false;
+            // Counted before the turn is given up, so the session's next check, which waits
+            // for the turn, knows this reply is on its way.
+            let in_flight = (options.ack == AckMode::Auto && !batch.ids.is_empty())
+                .then(|| self.unsettled.start(&batch.caller));
+            // The hold (or lease) is committed with the read, so no other reader can be
+            // handed this mail once the turn is given up.
             drop(turn);
+            if batch.ids.is_empty()
+                && self
+                    .settled_meanwhile(&batch.caller, settle_by, &mut reader)
+                    .await
+            {
+                continue;
+            }
+            let out_of_time = deadline.is_none_or(|deadline| Instant::now() >= deadline);
+            let stop = out_of_time || self.doorbells.is_closing() || reader.is_gone();
+            if !batch.ids.is_empty() || stop {
+                return Ok(batch.into_outcome(options.ack, in_flight));
+            }
             let Some(rung) = rung else {
                 bell = Some(self.doorbells.bell(&batch.caller));
                 continue;
@@ -432,7 +544,28 @@ impl Broker {
                 _ = rung => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
                 _ = closing.wait_for(|closing| *closing) => {}
+                _ = reader.gone() => return Ok(batch.into_outcome(options.ack, None)),
             }
+        }
+    }
+
+    /// With the caller's legacy replies still on their way, waits (until `until` at most) for
+    /// one to settle; true if one did, so the mailbox is worth reading again: mail whose
+    /// reply was not taken is back in it.
+    async fn settled_meanwhile(&self, caller: &str, until: Instant, reader: &mut Presence) -> bool {
+        let Some(settling) = self.unsettled.settling(caller) else {
+            return false;
+        };
+        let settled = settling.notified();
+        tokio::pin!(settled);
+        settled.as_mut().enable();
+        if self.unsettled.settling(caller).is_none() {
+            return true;
+        }
+        tokio::select! {
+            _ = settled => true,
+            _ = tokio::time::sleep_until(until) => false,
+            _ = reader.gone() => false,
         }
     }
 
@@ -450,6 +583,7 @@ impl Broker {
             .unwrap_or(CHECK_MAX_MESSAGES)
             .min(CHECK_MAX_MESSAGES);
         let ack = options.ack;
+        let hold = self.receipt_hold();
         let read = move |conn: &Connection, caller: &Caller, now: DateTime<Utc>| {
             let now_text = text(now);
             let mut budget = ReplyBudget::new();
@@ -457,12 +591,16 @@ impl Broker {
                 budget.take(stored)
             })?;
             let (messages, ids) = (budget.messages, budget.ids);
-            let lease_until = match ack {
-                AckMode::Auto => None,
+            let held_until = match ack {
+                AckMode::Auto => {
+                    let until = text(plus(now, hold));
+                    queries::hold(conn, &ids, &until)?;
+                    until
+                }
                 AckMode::Manual { lease } => {
                     let until = text(plus(now, lease));
                     queries::lease(conn, &ids, &until)?;
-                    Some(until)
+                    until
                 }
             };
             let next_lease_expiry = if ids.is_empty() {
@@ -475,7 +613,7 @@ impl Broker {
                 more,
                 messages,
                 ids,
-                lease_until,
+                held_until: Some(held_until),
                 next_lease_expiry,
             })
         };
@@ -498,41 +636,116 @@ impl Broker {
     }
 
     /// `count`: how many messages wait for the caller and the first few distinct senders,
-    /// oldest first. Nothing is marked delivered. It is meant to be polled (by the hook on every
-    /// prompt, by `wait_for_messages`), so it neither counts against the rate limit nor
-    /// refreshes the session's idle timer or `last_seen`: peeking is not activity.
+    /// oldest first. Nothing is marked delivered or leased. It is meant to be polled (by the
+    /// hook on every prompt, by `wait_for_messages`), so it neither counts against the rate
+    /// limit nor refreshes the session's idle timer or `last_seen`: peeking is not activity.
+    ///
+    /// With `wait` and nothing waiting, it long-polls like `check` (doorbell, lease expiry,
+    /// deadline, shutdown, the reader leaving) and still consumes nothing, so a waiter that
+    /// gives up unannounced loses no mail.
     pub(super) async fn count(
         &self,
         token: Option<String>,
         peer: &Peer,
+        wait: Option<std::time::Duration>,
+        mut reader: Presence,
     ) -> Result<Reply, BrokerError> {
-        let auth = self.session_check(token, peer);
-        let now = self.now();
-        let (count, senders) = self
-            .run(move |conn| {
-                let caller = auth.verify(conn, now)?;
-                Ok(queries::waiting_summary(
-                    conn,
-                    &caller.name,
-                    &text(now),
-                    COUNT_MAX_SENDERS,
-                )?)
-            })
-            .await?;
-        Ok(Reply::ok().with("count", count).with("senders", senders))
+        let deadline = wait.map(|wait| Instant::now() + wait);
+        let mut closing = self.doorbells.closing();
+        let mut bell: Option<Arc<Notify>> = None;
+        loop {
+            let listening = bell.clone();
+            let mut rung = listening.as_deref().map(|bell| Box::pin(bell.notified()));
+            if let Some(rung) = rung.as_mut() {
+                rung.as_mut().enable();
+            }
+            let summary = self.waiting_summary(token.clone(), peer).await?;
+            let out_of_time = deadline.is_none_or(|deadline| Instant::now() >= deadline);
+            let stop = out_of_time || self.doorbells.is_closing() || reader.is_gone();
+            if summary.count > 0 || stop {
+                return Ok(summary.into_reply());
+            }
+            let Some(rung) = rung else {
+                bell = Some(self.doorbells.bell(&summary.caller));
+                continue;
+            };
+            let wake_at = self.wake_time(deadline, summary.next_lease_expiry.as_deref());
+            tokio::select! {
+                _ = rung => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+                _ = closing.wait_for(|closing| *closing) => {}
+                _ = reader.gone() => return Ok(summary.into_reply()),
+            }
+        }
     }
 
-    /// Marks the receipt's mail delivered. Call only after the reply was written in full.
+    /// One look at the caller's waiting mail for `count`, without counting a request.
+    async fn waiting_summary(
+        &self,
+        token: Option<String>,
+        peer: &Peer,
+    ) -> Result<Summary, BrokerError> {
+        let auth = self.session_check(token, peer);
+        let now = self.now();
+        self.run(move |conn| {
+            let caller = auth.verify(conn, now)?;
+            let now = text(now);
+            let (count, senders) =
+                queries::waiting_summary(conn, &caller.name, &now, COUNT_MAX_SENDERS)?;
+            let next_lease_expiry = match count {
+                0 => queries::next_lease_expiry(conn, &caller.name, &now)?,
+                _ => None,
+            };
+            Ok(Summary {
+                caller: caller.name,
+                count,
+                senders,
+                next_lease_expiry,
+            })
+        })
+        .await
+    }
+
+    /// How long a legacy check holds the mail its reply carries: writing the reply and
+    /// waiting for the client to take it may each last a write timeout.
+    fn receipt_hold(&self) -> std::time::Duration {
+        self.limits.write_timeout * 2 + HOLD_MARGIN
+    }
+
+    /// Marks the receipt's mail delivered: the client took the reply. Mail whose hold ran
+    /// out and was taken by another reader meanwhile is left to that reader.
     pub async fn confirm_delivery(&self, receipt: DeliveryReceipt) -> Result<usize, BrokerError> {
         let now = text(self.now());
+        let DeliveryReceipt {
+            ids,
+            held_until,
+            in_flight,
+            ..
+        } = receipt;
         let marked = self
-            .run(move |conn| {
-                let marked = queries::mark_delivered(conn, &receipt.ids, &now)?;
-                drop(receipt);
-                Ok(marked)
-            })
-            .await?;
-        Ok(marked)
+            .run(move |conn| Ok(queries::deliver_held(conn, &ids, &held_until, &now)?))
+            .await;
+        // Settled (or failed) only now that the job is done, so a check woken by this sees it.
+        drop(in_flight);
+        marked
+    }
+
+    /// Ends the receipt's hold (or lease) at once: the client never took the reply, so the
+    /// mail waits for the next check, which the doorbell wakes if it is already waiting.
+    pub async fn return_to_queue(&self, receipt: DeliveryReceipt) -> Result<usize, BrokerError> {
+        let DeliveryReceipt {
+            recipient,
+            ids,
+            held_until,
+            in_flight,
+            ..
+        } = receipt;
+        let released = self
+            .run(move |conn| Ok(queries::release_held(conn, &ids, &held_until)?))
+            .await;
+        drop(in_flight);
+        self.doorbells.ring(&recipient);
+        released
     }
 
     /// Waits for this session's turn to check; unauthenticated requests share one turn, which

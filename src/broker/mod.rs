@@ -9,6 +9,8 @@
 //! - [`auth_guard`]: throttles peers that keep failing authentication.
 //! - [`mail`]: send, broadcast, check, ack and delivery receipts.
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
+//! - [`reader`]: tells a long-poll that its reader's connection closed.
+//! - [`unsettled`]: legacy replies waiting for evidence that their client took them.
 //! - [`sweeper`]: expiry and purging in bounded batches.
 //! - [`timekeeping`]: the broker clock every rule runs on, resumed and persisted.
 
@@ -18,10 +20,12 @@ pub mod identity;
 pub mod large_message;
 pub mod mail;
 pub mod peer;
+pub mod reader;
 pub mod session;
 pub mod storage_failure;
 pub mod sweeper;
 pub mod timekeeping;
+pub mod unsettled;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,6 +42,7 @@ use crate::store::{Fault, Store, StoreError};
 pub use identity::Caller;
 pub use mail::DeliveryReceipt;
 pub use peer::Peer;
+pub use reader::Presence;
 
 /// A refusal by a broker rule, or a failure underneath one. Each has a stable wire code.
 #[derive(Debug, thiserror::Error)]
@@ -174,8 +179,8 @@ impl BrokerError {
     }
 }
 
-/// What a request produced: the reply, and for a `check` the receipt that marks the mail
-/// delivered once the reply is on the socket.
+/// What a request produced: the reply, and for a `check` the receipt for the mail it holds
+/// (see [`DeliveryReceipt`]).
 pub struct Outcome {
     pub reply: Reply,
     pub receipt: Option<DeliveryReceipt>,
@@ -217,6 +222,7 @@ pub struct Broker {
     /// When the sweeper last looked for orphaned large-message files, by the broker's clock.
     /// A std `Mutex`, held only to read and set it.
     last_orphan_pass: Mutex<Option<DateTime<Utc>>>,
+    unsettled: unsettled::Unsettled,
 }
 
 impl Broker {
@@ -240,6 +246,7 @@ impl Broker {
             check_locks: Mutex::new(HashMap::new()),
             doorbells: doorbell::Doorbells::default(),
             last_orphan_pass: Mutex::new(None),
+            unsettled: unsettled::Unsettled::default(),
         }
     }
 
@@ -273,12 +280,17 @@ impl Broker {
         self.shared_secret.is_none()
     }
 
-    /// Answers one request from `peer`.
+    /// Answers one request from `peer`, whose connection nobody watches.
     pub async fn handle(&self, request: Request, peer: &Peer) -> Outcome {
+        self.handle_for(request, peer, Presence::unwatched()).await
+    }
+
+    /// Answers one request from `peer`; a long-poll stops waiting once `reader` is gone.
+    pub async fn handle_for(&self, request: Request, peer: &Peer, reader: Presence) -> Outcome {
         let action_name = request.action.name();
         // Every action but `ping` passes a session check or registers before it succeeds.
         let proves_session = !matches!(request.action, Action::Ping);
-        let result = self.dispatch(request, peer).await;
+        let result = self.dispatch(request, peer, reader).await;
         let peer = peer.label.as_str();
         match result {
             Ok(outcome) => Outcome {
@@ -342,7 +354,12 @@ impl Broker {
         }
     }
 
-    async fn dispatch(&self, request: Request, peer: &Peer) -> Result<Outcome, BrokerError> {
+    async fn dispatch(
+        &self,
+        request: Request,
+        peer: &Peer,
+        reader: Presence,
+    ) -> Result<Outcome, BrokerError> {
         let token = request.session_token;
         match request.action {
             Action::Ping => Ok(self.ping().await.into()),
@@ -365,11 +382,20 @@ impl Broker {
                 .broadcast(token, peer, message, stamp)
                 .await
                 .map(Outcome::from),
-            Action::Check(options) => self.check(token, peer, options).await,
-            Action::Ack { ids } => self.ack(token, peer, ids).await.map(Outcome::from),
+            Action::Check(options) => self.check(token, peer, options, reader).await,
+            Action::Ack {
+                ids,
+                release: false,
+            } => self.ack(token, peer, ids).await.map(Outcome::from),
+            Action::Ack { ids, release: true } => {
+                self.release(token, peer, ids).await.map(Outcome::from)
+            }
             Action::List(options) => self.list(token, peer, options).await.map(Outcome::from),
             Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
-            Action::Count => self.count(token, peer).await.map(Outcome::from),
+            Action::Count { wait } => self
+                .count(token, peer, wait, reader)
+                .await
+                .map(Outcome::from),
         }
     }
 

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use super::command::CommandRun;
-use crate::client::{Checked, Instance, Received};
+use crate::client::{Checked, Instance, Received, Waiting};
 
 /// "3 min ago" for a broker timestamp, or nothing if it does not parse.
 pub fn ago(timestamp: &str, now: DateTime<Utc>) -> String {
@@ -32,6 +32,22 @@ pub fn messages(count: usize) -> String {
 
 /// What `check` says when nothing is waiting.
 pub const NO_MAIL: &str = "No new messages.";
+
+/// What `wait_for_messages` found: how much mail waits and from whom. The mail itself is left
+/// for `check`, so a wait whose caller gave up consumes nothing.
+pub fn waiting(waiting: &Waiting) -> String {
+    /// `count` names at most this many senders.
+    const SENDERS_NAMED: usize = 10;
+    let mut from = waiting.senders.join(", ");
+    if waiting.senders.len() >= SENDERS_NAMED && waiting.count as usize > waiting.senders.len() {
+        from.push_str(" and others");
+    }
+    let (what, them) = match waiting.count {
+        1 => ("1 new message".to_owned(), "it"),
+        n => (format!("{n} new messages"), "them"),
+    };
+    format!("{what} from {from} — call check to read {them}.")
+}
 
 /// A check's mail: sender, relative and absolute time, content, and data when present.
 pub fn mail(checked: &Checked, now: DateTime<Utc>) -> String {

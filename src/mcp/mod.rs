@@ -4,8 +4,12 @@
 //! tool speaks as that session. The token never appears in a tool result. Failures come back as
 //! tool errors (`isError`) that say what went wrong and what to do.
 //!
+//! A tool call the client cancels (or abandons) consumes no mail: `wait_for_messages` only
+//! counts what is waiting and leaves the reading to `check`, and `check` acknowledges what it
+//! read only if the call was not cancelled by then, handing it back to the queue otherwise.
+//!
 //! The client is blocking, so each broker call runs on tokio's blocking pool with a fresh
-//! loopback connection. One client implementation serves the CLI, the tests and this server,
+//! loopback connection; a cancelled call closes that connection, which ends its long-poll. One client implementation serves the CLI, the tests and this server,
 //! and a fresh connection per call means a broker takeover between two calls needs no
 //! reconnection logic beyond the election in [`election`].
 
@@ -18,12 +22,14 @@ use std::time::Duration;
 
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{schemars, tool, tool_handler, tool_router, ServerHandler};
+use rmcp::service::RequestContext;
+use rmcp::{schemars, tool, tool_handler, tool_router, RoleServer, ServerHandler};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::session_file::SessionFile;
-use crate::client::{CheckOptions, Client, ClientError, Stamp};
+use crate::client::{CheckOptions, Client, ClientError, Stamp, Waiting};
 use crate::config::Config;
 use election::Election;
 
@@ -73,6 +79,8 @@ pub enum ToolError {
     Client(ClientError),
     #[error("{0}")]
     Input(String),
+    #[error("The call was cancelled; no mail was consumed.")]
+    Cancelled,
 }
 
 impl From<ClientError> for ToolError {
@@ -255,8 +263,8 @@ impl IpcServer {
     #[tool(
         description = "Use to read your waiting messages (each is shown once), e.g. when the user says \"check messages\"."
     )]
-    async fn check(&self) -> CallToolResult {
-        reply(self.do_check().await)
+    async fn check(&self, context: RequestContext<RoleServer>) -> CallToolResult {
+        reply(self.do_check(context.ct).await)
     }
 
     #[tool(description = "Use to see which instances are registered and when each was last seen.")]
@@ -289,10 +297,14 @@ impl IpcServer {
     }
 
     #[tool(
-        description = "Use to wait for a reply: returns as soon as mail arrives (and shows it), or empty at the timeout."
+        description = "Use to wait for a reply: returns as soon as mail arrives (saying how much and from whom; then call check to read it), or at the timeout."
     )]
-    async fn wait_for_messages(&self, Parameters(args): Parameters<WaitArgs>) -> CallToolResult {
-        reply(self.do_wait(args.timeout_seconds).await)
+    async fn wait_for_messages(
+        &self,
+        Parameters(args): Parameters<WaitArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        reply(self.do_wait(args.timeout_seconds, context.ct).await)
     }
 }
 
@@ -364,11 +376,30 @@ impl IpcServer {
         T: Send + 'static,
         F: Fn(&mut Client) -> Result<T, ClientError> + Clone + Send + 'static,
     {
+        self.call_until(work, &CancellationToken::new()).await
+    }
+
+    /// Like [`IpcServer::call`], but a cancelled call closes its connection at once (ending a
+    /// long-poll on the broker's side) and returns [`ToolError::Cancelled`].
+    async fn call_until<T, F>(&self, work: F, cancel: &CancellationToken) -> Result<T, ToolError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Client) -> Result<T, ClientError> + Clone + Send + 'static,
+    {
         let mut attempt = 0;
         loop {
             let client = self.state.election.connect().await?;
+            let closer = client.closer()?;
             let this_try = work.clone();
-            match blocking(move || this_try(&mut { client })).await {
+            let answer = blocking(move || this_try(&mut { client }));
+            let result = tokio::select! {
+                result = answer => result,
+                _ = cancel.cancelled() => {
+                    closer.close();
+                    return Err(ToolError::Cancelled);
+                }
+            };
+            match result {
                 Err(error) if is_connection_lost(&error) && attempt < CONNECTION_RETRIES => {
                     attempt += 1;
                     tracing::info!("lost the broker ({error}); finding it again");
@@ -387,10 +418,26 @@ impl IpcServer {
         T: Send + 'static,
         F: Fn(&mut Client, &str) -> Result<T, ClientError> + Clone + Send + Sync + 'static,
     {
+        self.as_session_until(work, &CancellationToken::new()).await
+    }
+
+    /// [`IpcServer::as_session`] for a call that ends early when `cancel` fires.
+    async fn as_session_until<T, F>(
+        &self,
+        work: F,
+        cancel: &CancellationToken,
+    ) -> Result<T, ToolError>
+    where
+        T: Send + 'static,
+        F: Fn(&mut Client, &str) -> Result<T, ClientError> + Clone + Send + Sync + 'static,
+    {
         let identity = self.identity()?;
         let token = identity.token.clone();
         let first = work.clone();
-        match self.call(move |client| first(client, &token)).await {
+        match self
+            .call_until(move |client| first(client, &token), cancel)
+            .await
+        {
             Err(error) if error.is_invalid_session() => {
                 tracing::info!(
                     name = %identity.name,
@@ -398,7 +445,8 @@ impl IpcServer {
                 );
                 let renewed = self.register_name(identity.name).await?;
                 let token = renewed.token;
-                self.call(move |client| work(client, &token)).await
+                self.call_until(move |client| work(client, &token), cancel)
+                    .await
             }
             other => other,
         }
@@ -458,31 +506,54 @@ impl IpcServer {
         Ok(sent_text(&reply))
     }
 
-    /// Reads waiting mail (long-polling up to `wait` when none is waiting), leased to this
-    /// reader, and acknowledges it only once the tool's text is built: a broker that dies in
-    /// between hands the mail out again when the lease runs out, instead of losing it.
-    async fn read_mail(&self, wait: Option<Duration>) -> Result<String, ToolError> {
-        self.as_session(move |client, token| {
-            let options = CheckOptions {
-                manual_ack: Some(CHECK_LEASE),
-                wait,
-                limit: None,
-            };
-            let checked = client.check_with(token, options)?;
-            let text = format::mail(&checked, chrono::Utc::now());
-            if !checked.messages.is_empty() {
+    /// Reads waiting mail, leased to this reader, and acknowledges it only once the tool's
+    /// text is built and only if the call was not cancelled by then; a cancelled call hands
+    /// the mail back to the queue at once. A broker that dies in between hands the mail out
+    /// again when the lease runs out, instead of losing it.
+    async fn do_check(&self, cancel: CancellationToken) -> Result<String, ToolError> {
+        let cancelled = cancel.clone();
+        let (text, handed_back) = self
+            .as_session(move |client, token| {
+                let options = CheckOptions {
+                    manual_ack: Some(CHECK_LEASE),
+                    wait: None,
+                    limit: None,
+                };
+                let checked = client.check_with(token, options)?;
+                let text = format::mail(&checked, chrono::Utc::now());
+                if checked.messages.is_empty() {
+                    return Ok((text, false));
+                }
+                if cancelled.is_cancelled() {
+                    client.release(token, &checked.ids())?;
+                    return Ok((text, true));
+                }
                 let acked = client.ack(token, &checked.ids())?;
                 if !acked.refused.is_empty() {
                     tracing::warn!(refused = ?acked.refused, "the broker refused some acks; that mail may come again");
                 }
-            }
-            Ok(text)
-        })
-        .await
+                Ok((text, false))
+            })
+            .await?;
+        if handed_back {
+            tracing::info!("check was cancelled; its mail was handed back unread");
+            return Err(ToolError::Cancelled);
+        }
+        Ok(text)
     }
 
-    async fn do_check(&self) -> Result<String, ToolError> {
-        self.read_mail(None).await
+    /// Waits up to `wait` for mail without consuming any; a cancelled wait closes its
+    /// connection, so the broker stops waiting for it too.
+    async fn count_waiting(
+        &self,
+        wait: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Waiting, ToolError> {
+        self.as_session_until(
+            move |client, token| client.count_waiting(token, wait),
+            cancel,
+        )
+        .await
     }
 
     async fn do_list(&self) -> Result<String, ToolError> {
@@ -578,10 +649,15 @@ impl IpcServer {
         ))
     }
 
-    /// Long-polls the broker until mail arrives or the time is up. A broker that stops
-    /// answers its waiters early and empty, so the wait resumes (through the election) until
-    /// the deadline.
-    async fn do_wait(&self, timeout_seconds: Option<f64>) -> Result<String, ToolError> {
+    /// Long-polls the broker until mail arrives or the time is up, and says what waits: the
+    /// mail is read by `check`, so a wait the client gave up on, told or not, consumes
+    /// nothing. A broker that stops answers its waiters early and empty, so the wait resumes
+    /// (through the election) until the deadline.
+    async fn do_wait(
+        &self,
+        timeout_seconds: Option<f64>,
+        cancel: CancellationToken,
+    ) -> Result<String, ToolError> {
         let seconds = timeout_seconds
             .filter(|s| s.is_finite())
             .unwrap_or(WAIT_DEFAULT_SECONDS as f64)
@@ -589,9 +665,9 @@ impl IpcServer {
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let text = self.read_mail(Some(left)).await?;
-            if text != format::NO_MAIL {
-                return Ok(text);
+            let waiting = self.count_waiting(left, &cancel).await?;
+            if waiting.count > 0 {
+                return Ok(format::waiting(&waiting));
             }
             if tokio::time::Instant::now() >= deadline {
                 return Ok(format!("No new messages after waiting {seconds} s."));

@@ -37,16 +37,21 @@ pub enum Action {
         stamp: SenderStamp,
     },
     Check(CheckOptions),
-    /// Settles messages a manual-ack `check` leased.
+    /// Settles messages a manual-ack `check` leased, or with `release` hands them back to
+    /// the queue at once: the reader did not take them (its caller gave up).
     Ack {
         ids: Vec<i64>,
+        release: bool,
     },
     List(ListOptions),
     Rename {
         new_id: InstanceName,
     },
-    /// How much mail is waiting and from whom, without delivering any of it.
-    Count,
+    /// How much mail is waiting and from whom, without delivering any of it. With `wait`, and
+    /// nothing waiting, answers as soon as some is committed, or at the deadline.
+    Count {
+        wait: Option<Duration>,
+    },
 }
 
 impl Action {
@@ -60,7 +65,7 @@ impl Action {
             Action::Ack { .. } => "ack",
             Action::List(_) => "list",
             Action::Rename { .. } => "rename",
-            Action::Count => "count",
+            Action::Count { .. } => "count",
         }
     }
 }
@@ -240,9 +245,14 @@ impl Fields<'_> {
                 stamp: self.stamp()?,
             },
             "check" => Action::Check(self.check_options()?),
-            "ack" => Action::Ack { ids: self.ids()? },
+            "ack" => Action::Ack {
+                ids: self.ids()?,
+                release: self.optional_bool("release")?.unwrap_or(false),
+            },
             "list" => Action::List(self.list_options()?),
-            "count" => Action::Count,
+            "count" => Action::Count {
+                wait: self.optional_millis("wait_ms", 0, MAX_WAIT_MS)?,
+            },
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,
             },
@@ -275,6 +285,14 @@ impl Fields<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(text)) => Ok(Some(text.clone())),
             Some(other) => Err(wrong_type(key, "a string", other)),
+        }
+    }
+
+    fn optional_bool(&self, key: &str) -> Result<Option<bool>, RequestError> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(flag)) => Ok(Some(*flag)),
+            Some(other) => Err(wrong_type(key, "true or false", other)),
         }
     }
 

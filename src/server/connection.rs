@@ -1,34 +1,120 @@
 //! One client connection: read a frame, hand the request to the broker, write the reply,
-//! and only then confirm delivery of any mail it carried. Requests on one connection are
-//! answered in order.
+//! and mark the mail it carried delivered only on evidence that the client took it.
+//! Requests on one connection are answered in order.
+//!
+//! The evidence is what TCP (or a Unix socket) tells: a peer that closes with unread data
+//! resets the connection instead of closing it cleanly, and data written to a peer that
+//! already closed is answered by a reset at once; and the kernel can say whether a local
+//! client has read what was written to it (see the `unread` module). So mail counts as taken when, after
+//! the reply was written, the client read it all, sends its next request or closes cleanly,
+//! and as not taken when the connection is reset or none of that happens within the write
+//! timeout.
 //!
 //! A connection the accept loop admitted holds a [`Ticket`] (its slot, through which it
 //! reports when a request starts and ends, and learns when it is evicted) and grows its read
 //! buffer past the first few KiB only with bytes lent by the shared [`ByteBudget`].
 
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Instant};
 
 use super::admission::{Eviction, Refusal, Ticket};
 use super::budget::{ByteBudget, Loan};
-use crate::broker::{Broker, Peer};
+use super::unread;
+use crate::broker::{reader, Broker, DeliveryReceipt, Outcome, Peer};
 use crate::config::Limits;
 use crate::protocol::{ErrorCode, FrameScanner, FrameTooLarge, Reply, Request, Scan};
 
 /// A connection's read buffer starts this big; only growth beyond it is lent by the budget.
 const INITIAL_BUFFER: usize = 4096;
+/// After a client closed its side, how long a reset may take to answer data written to it.
+/// On loopback the reset comes at once; this leaves room for a busy machine.
+const RESET_GRACE: Duration = Duration::from_millis(100);
+/// How often the socket is asked for a reset during that grace.
+const RESET_POLL: Duration = Duration::from_millis(5);
+/// How soon after writing a reply the kernel is first asked whether the client read it; the
+/// pause doubles up to [`READ_POLL_MAX`] while the client has not.
+const READ_POLL_FIRST: Duration = Duration::from_millis(1);
+const READ_POLL_MAX: Duration = Duration::from_millis(50);
+/// The most manual-ack leases a connection remembers, to hand back if its client turns out
+/// to be gone. Older ones are left to run out, as every lease did before.
+const LEASES_REMEMBERED: usize = 64;
+
+/// A socket that can tell whether its peer reset it, and whether its peer read what was
+/// written to it.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin {
+    /// The error pending on the socket (a reset by the peer), if any; it is cleared.
+    fn take_error(&self) -> std::io::Result<Option<std::io::Error>>;
+
+    /// Whether the peer has read everything written so far; `None` if the kernel cannot say.
+    fn peer_read_all(&self) -> Option<bool>;
+}
+
+impl Socket for TcpStream {
+    fn take_error(&self) -> std::io::Result<Option<std::io::Error>> {
+        TcpStream::take_error(self)
+    }
+
+    fn peer_read_all(&self) -> Option<bool> {
+        let (local, peer) = (self.local_addr().ok()?, self.peer_addr().ok()?);
+        unread::tcp_peer_read_all(self.as_raw_fd(), local, peer)
+    }
+}
+
+impl Socket for UnixStream {
+    fn take_error(&self) -> std::io::Result<Option<std::io::Error>> {
+        UnixStream::take_error(self)
+    }
+
+    fn peer_read_all(&self) -> Option<bool> {
+        unread::unix_peer_read_all(self.as_raw_fd())
+    }
+}
+
+/// An in-memory pipe (for driving a connection in tests) is never reset and cannot say.
+impl Socket for tokio::io::DuplexStream {
+    fn take_error(&self) -> std::io::Result<Option<std::io::Error>> {
+        Ok(None)
+    }
+
+    fn peer_read_all(&self) -> Option<bool> {
+        None
+    }
+}
 
 /// What reading the next request produced.
 enum Incoming {
     Frame(Vec<u8>),
-    /// The client closed the connection (or it broke) between requests.
+    /// The client closed the connection between requests.
     Closed,
+    /// The connection was reset (or broke) between requests.
+    Reset,
     /// The connection must end with this error reply.
     Refused(Reply),
+}
+
+/// How a client left while its request was being answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Departure {
+    /// It closed its side. It may still read (a client that half-closes after its request).
+    Closed,
+    /// The connection was reset: nothing more reaches the client.
+    Reset,
+}
+
+/// How a connection ended, for the mail it leased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The client closed cleanly, or the broker ended the connection.
+    Ordinary,
+    /// The client is provably gone without taking a reply.
+    ReaderGone,
 }
 
 /// A socket and its read buffer.
@@ -47,6 +133,276 @@ pub struct Connection<S> {
     loan: Option<Loan>,
     /// One of its requests proved a session: it gets the full idle timeout.
     authenticated: bool,
+}
+
+impl<S: Socket> Connection<S> {
+    /// Serves requests until the client leaves, a limit is hit, or shutdown is signalled
+    /// between requests. Leases taken on a connection whose client is provably gone are
+    /// handed back, so that mail is readable again at once.
+    pub async fn serve(
+        mut self,
+        broker: Arc<Broker>,
+        peer: Peer,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut leases = VecDeque::new();
+        let ending = self
+            .serve_requests(&broker, &peer, &mut shutdown, &mut leases)
+            .await;
+        if ending == Ending::ReaderGone {
+            for lease in leases {
+                settle(&broker, &peer, lease, false).await;
+            }
+        }
+    }
+
+    async fn serve_requests(
+        &mut self,
+        broker: &Broker,
+        peer: &Peer,
+        shutdown: &mut watch::Receiver<bool>,
+        leases: &mut VecDeque<DeliveryReceipt>,
+    ) -> Ending {
+        let limits = broker.limits().clone();
+        let eviction = self.ticket.as_ref().map(Ticket::eviction);
+        loop {
+            let frame = match self.next_frame(shutdown, &eviction, &limits, leases).await {
+                Ok(frame) => frame,
+                Err(ending) => return ending,
+            };
+            if !self.begin_request() {
+                // Evicted between reading the request and starting it: it is not served.
+                self.close_with(&evicted_reply(), &limits).await;
+                return Ending::Ordinary;
+            }
+            let (outcome, departed) = self.answer(broker, peer, &frame, &limits).await;
+            drop(frame);
+            let authenticated = outcome.authenticated;
+            let delivered = self
+                .deliver(broker, peer, outcome, departed, &limits, leases)
+                .await;
+            if let Err(ending) = delivered {
+                return ending;
+            }
+            // Only now, with its reply written and settled, may the connection be evicted.
+            self.end_request(authenticated);
+            self.give_back_memory();
+        }
+    }
+
+    fn begin_request(&self) -> bool {
+        self.ticket.as_ref().is_none_or(Ticket::begin_request)
+    }
+
+    fn end_request(&mut self, authenticated: bool) {
+        self.authenticated |= authenticated;
+        if let Some(ticket) = &self.ticket {
+            ticket.end_request(authenticated);
+        }
+    }
+
+    /// The next request, or how the connection ended before one came.
+    async fn next_frame(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        eviction: &Option<Eviction>,
+        limits: &Limits,
+        leases: &VecDeque<DeliveryReceipt>,
+    ) -> Result<Vec<u8>, Ending> {
+        let incoming = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return Err(Ending::Ordinary),
+            _ = evicted(eviction) => Incoming::Refused(evicted_reply()),
+            incoming = self.read_frame(limits) => incoming,
+        };
+        match incoming {
+            Incoming::Frame(frame) => Ok(frame),
+            // A close right after a lease reply may still turn out a reset: the reply unread.
+            Incoming::Closed if !leases.is_empty() && self.reset_within(RESET_GRACE).await => {
+                Err(Ending::ReaderGone)
+            }
+            Incoming::Closed => Err(Ending::Ordinary),
+            Incoming::Reset => Err(Ending::ReaderGone),
+            Incoming::Refused(reply) => {
+                self.close_with(&reply, limits).await;
+                Err(Ending::Ordinary)
+            }
+        }
+    }
+
+    /// Writes a closing error reply and lingers so the client can read it.
+    async fn close_with(&mut self, reply: &Reply, limits: &Limits) {
+        if self.write_reply(reply, limits.write_timeout).await.is_ok() {
+            self.linger().await;
+        }
+    }
+
+    /// Writes the reply, unless the client is already gone, and settles the mail it carries:
+    /// a legacy receipt on the evidence that the client took it, a lease by remembering it
+    /// in case the client turns out to be gone.
+    async fn deliver(
+        &mut self,
+        broker: &Broker,
+        peer: &Peer,
+        outcome: Outcome,
+        departed: Option<Departure>,
+        limits: &Limits,
+        leases: &mut VecDeque<DeliveryReceipt>,
+    ) -> Result<(), Ending> {
+        if departed == Some(Departure::Reset) {
+            tracing::debug!(peer = %peer, "client reset the connection before its reply");
+            settle_if_any(broker, peer, outcome.receipt, false).await;
+            return Err(Ending::ReaderGone);
+        }
+        if self
+            .write_reply(&outcome.reply, limits.write_timeout)
+            .await
+            .is_err()
+        {
+            tracing::debug!(peer = %peer, "reply not written; mail stays queued");
+            settle_if_any(broker, peer, outcome.receipt, false).await;
+            return Err(Ending::ReaderGone);
+        }
+        match outcome.receipt {
+            None => Ok(()),
+            Some(lease) if !lease.settles_on_receipt() => {
+                if leases.len() == LEASES_REMEMBERED {
+                    leases.pop_front();
+                }
+                leases.push_back(lease);
+                Ok(())
+            }
+            Some(receipt) => {
+                let took = self.took_reply(departed, limits).await;
+                settle(broker, peer, receipt, took).await;
+                if took {
+                    return Ok(());
+                }
+                tracing::debug!(peer = %peer, "client did not take its reply; mail stays queued");
+                Err(Ending::ReaderGone)
+            }
+        }
+    }
+
+    /// Answers one request while watching the socket: a client that closes or resets the
+    /// connection meanwhile is reported to the rules (a long-poll stops waiting for it) and
+    /// to the caller. Bytes that arrive meanwhile are the next requests, kept for later.
+    async fn answer(
+        &mut self,
+        broker: &Broker,
+        peer: &Peer,
+        frame: &[u8],
+        limits: &Limits,
+    ) -> (Outcome, Option<Departure>) {
+        let request = match Request::parse(frame) {
+            Ok(request) => request,
+            Err(error) => return (error.into_reply().into(), None),
+        };
+        let (left, presence) = reader::watch_reader();
+        // Boxed, so that only a connection in the middle of a request holds the rules'
+        // sizeable future; an idle one stays small.
+        let mut handling = Box::pin(broker.handle_for(request, peer, presence));
+        let mut departed = None;
+        loop {
+            // A client that pipelines more than a request's worth is not read further until
+            // this one is answered, so it cannot grow the buffer without bound.
+            let room = self.buffer.len() - self.taken <= limits.max_request_bytes;
+            tokio::select! {
+                outcome = &mut handling => return (outcome, departed),
+                read = self.read_more(limits), if departed.is_none() && room => {
+                    departed = match read {
+                        Ok(0) => Some(Departure::Closed),
+                        Ok(_) => None,
+                        Err(_) => Some(Departure::Reset),
+                    };
+                    if departed.is_some() {
+                        left.left();
+                    }
+                }
+            }
+        }
+    }
+
+    /// After a reply carrying mail was written: did the client take it, as far as the socket
+    /// can tell? Yes once the kernel says the client read it all, or the client sends its next
+    /// request or closes cleanly; no if the connection is reset or none of that happens
+    /// within the write timeout.
+    async fn took_reply(&mut self, departed: Option<Departure>, limits: &Limits) -> bool {
+        if departed == Some(Departure::Closed) {
+            // It closed before the reply was written. A client that only half-closed still
+            // reads it; one that closed for good answers the reply with a reset.
+            return !self.reset_within(RESET_GRACE).await;
+        }
+        let deadline = Instant::now() + limits.write_timeout;
+        let mut pause = READ_POLL_FIRST;
+        loop {
+            // The next request, even one sent before this reply arrived: a pipelining client
+            // waits for its answer, so waiting longer here would only stall it.
+            if self.buffer[self.taken..]
+                .iter()
+                .any(|byte| !byte.is_ascii_whitespace())
+            {
+                return true;
+            }
+            let ask_at = deadline.min(Instant::now() + pause);
+            match timeout_at(ask_at, self.read_more(limits)).await {
+                // A client that closed with the reply unread resets instead; one that read
+                // it is often still known to the kernel as having read everything.
+                Ok(Ok(0)) => {
+                    return self.stream.peer_read_all() == Some(true)
+                        || !self.reset_within(RESET_GRACE).await
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => return false,
+                Err(_) if self.stream.peer_read_all() == Some(true) => return true,
+                Err(_) if Instant::now() >= deadline => return false,
+                Err(_) => pause = (pause * 2).min(READ_POLL_MAX),
+            }
+        }
+    }
+
+    /// Reads whatever the client sends next onto the end of the buffer (with room made the
+    /// way every read makes it, under the budget).
+    async fn read_more(&mut self, limits: &Limits) -> std::io::Result<usize> {
+        self.make_room(limits).await;
+        self.stream.read_buf(&mut self.buffer).await
+    }
+
+    /// Whether the peer resets the connection within `grace`.
+    async fn reset_within(&mut self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            if !matches!(self.stream.take_error(), Ok(None)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(RESET_POLL).await;
+        }
+    }
+}
+
+/// Settles a receipt, if the reply carried one.
+async fn settle_if_any(broker: &Broker, peer: &Peer, receipt: Option<DeliveryReceipt>, took: bool) {
+    if let Some(receipt) = receipt {
+        settle(broker, peer, receipt, took).await;
+    }
+}
+
+/// Marks the mail delivered if the client took the reply, or hands it back to the queue.
+async fn settle(broker: &Broker, peer: &Peer, receipt: DeliveryReceipt, took: bool) {
+    let settled = if took {
+        Box::pin(broker.confirm_delivery(receipt)).await
+    } else {
+        Box::pin(broker.return_to_queue(receipt)).await
+    };
+    if let Err(e) = settled {
+        tracing::error!(
+            peer = %peer,
+            "settling delivered mail failed; it is handed out again when its hold runs out: {e}"
+        );
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
@@ -70,83 +426,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             ticket: Some(ticket),
             loan: Some(budget.loan()),
             ..Connection::new(stream)
-        }
-    }
-
-    /// Serves requests until the client leaves, a limit is hit, the connection is evicted
-    /// between requests, or shutdown is signalled between requests.
-    pub async fn serve(
-        mut self,
-        broker: Arc<Broker>,
-        peer: Peer,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
-        let limits = broker.limits().clone();
-        let eviction = self.ticket.as_ref().map(Ticket::eviction);
-        loop {
-            let incoming = tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|stop| *stop) => return,
-                _ = evicted(&eviction) => {
-                    tracing::debug!(peer = %peer, "evicted to make room for a new connection");
-                    Incoming::Refused(evicted_reply())
-                }
-                incoming = self.read_frame(&limits) => incoming,
-            };
-            let frame = match incoming {
-                Incoming::Frame(frame) => frame,
-                Incoming::Closed => return,
-                Incoming::Refused(reply) => return self.close_with(&reply, &limits).await,
-            };
-            if !self.begin_request() {
-                // Evicted between reading the request and starting it: it is not served.
-                return self.close_with(&evicted_reply(), &limits).await;
-            }
-            let outcome = match Request::parse(&frame) {
-                // Boxed, so that only a connection in the middle of a request holds the rules'
-                // sizeable future; an idle one stays small.
-                Ok(request) => Box::pin(broker.handle(request, &peer)).await,
-                Err(error) => error.into_reply().into(),
-            };
-            drop(frame);
-            if self
-                .write_reply(&outcome.reply, limits.write_timeout)
-                .await
-                .is_err()
-            {
-                // The receipt is dropped unconfirmed: the mail stays queued.
-                tracing::debug!(peer = %peer, "reply not written; mail stays queued");
-                return;
-            }
-            if let Some(receipt) = outcome.receipt {
-                if let Err(e) = Box::pin(broker.confirm_delivery(receipt)).await {
-                    tracing::error!(
-                        peer = %peer,
-                        "marking mail delivered failed, it will be sent again: {e}"
-                    );
-                }
-            }
-            // Only now, with its reply written, may the connection be evicted again.
-            self.end_request(outcome.authenticated);
-            self.give_back_memory();
-        }
-    }
-
-    /// Writes a closing error reply and lingers so the client can read it.
-    async fn close_with(&mut self, reply: &Reply, limits: &Limits) {
-        if self.write_reply(reply, limits.write_timeout).await.is_ok() {
-            self.linger().await;
-        }
-    }
-
-    fn begin_request(&self) -> bool {
-        self.ticket.as_ref().is_none_or(Ticket::begin_request)
-    }
-
-    fn end_request(&mut self, authenticated: bool) {
-        self.authenticated |= authenticated;
-        if let Some(ticket) = &self.ticket {
-            ticket.end_request(authenticated);
         }
     }
 
@@ -193,7 +472,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 Err(_) => return Incoming::Refused(expired),
                 Ok(Ok(0)) => return self.end_of_stream(),
                 Ok(Ok(_)) => {}
-                Ok(Err(_)) => return Incoming::Closed,
+                Ok(Err(_)) => return Incoming::Reset,
             }
         }
     }

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod lock;
 pub mod peer_uid;
 pub mod unix_socket;
+mod unread;
 
 use std::fs::DirBuilder;
 use std::net::SocketAddr;
@@ -16,7 +17,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::UCred;
 use tokio::net::{TcpListener, TcpSocket, UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -387,7 +387,7 @@ impl Gate {
     /// Serves the connection in a slot of `table`, or tells it why not.
     fn serve<S>(&self, table: &Arc<Admission>, owner: Owner, stream: S, peer: Peer)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S: connection::Socket + Send + 'static,
     {
         let ticket = match table.admit(owner) {
             Ok(ticket) => ticket,

@@ -410,15 +410,6 @@ fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     })
 }
 
-pub(crate) const MARK_DELIVERED: &str =
-    "UPDATE messages SET delivered_at = ?2, delivery_count = delivery_count + 1
-     WHERE id = ?1 AND delivered_at IS NULL";
-
-/// Marks exactly these messages delivered, by id. Already-delivered ones are left as they are.
-pub fn mark_delivered(conn: &Connection, ids: &[MessageId], now: &str) -> rusqlite::Result<usize> {
-    update_waiting(conn, MARK_DELIVERED, ids, now)
-}
-
 pub(crate) const LEASE: &str =
     "UPDATE messages SET leased_until = ?2, delivery_count = delivery_count + 1
      WHERE id = ?1 AND delivered_at IS NULL";
@@ -441,6 +432,79 @@ fn update_waiting(
         changed += statement.execute(params![id.0, at])?;
     }
     Ok(changed)
+}
+
+pub(crate) const HOLD: &str = "UPDATE messages SET leased_until = ?2
+     WHERE id = ?1 AND delivered_at IS NULL";
+
+/// Holds these messages until `until` while a reply carrying them is on its way: nobody else
+/// is handed them meanwhile. Unlike [`lease`] it does not count a hand-out; settling does.
+pub fn hold(conn: &Connection, ids: &[MessageId], until: &str) -> rusqlite::Result<usize> {
+    update_waiting(conn, HOLD, ids, until)
+}
+
+pub(crate) const DELIVER_HELD: &str =
+    "UPDATE messages SET delivered_at = ?2, delivery_count = delivery_count + 1
+     WHERE id = ?1 AND delivered_at IS NULL AND leased_until = ?3";
+
+/// Marks held messages delivered, but only those still held by this very hold (`until`): a
+/// hold that ran out may have let another reader take the mail since.
+pub fn deliver_held(
+    conn: &Connection,
+    ids: &[MessageId],
+    until: &str,
+    now: &str,
+) -> rusqlite::Result<usize> {
+    let mut statement = conn.prepare_cached(DELIVER_HELD)?;
+    let mut changed = 0;
+    for id in ids {
+        changed += statement.execute(params![id.0, now, until])?;
+    }
+    Ok(changed)
+}
+
+pub(crate) const RELEASE_HELD: &str = "UPDATE messages SET leased_until = NULL
+     WHERE id = ?1 AND delivered_at IS NULL AND leased_until = ?2";
+
+/// Ends a hold or lease taken until `until`, so the mail is handed out again at once; a newer
+/// lease on the same mail (this one ran out and another reader took it) is left alone.
+pub fn release_held(conn: &Connection, ids: &[MessageId], until: &str) -> rusqlite::Result<usize> {
+    update_waiting(conn, RELEASE_HELD, ids, until)
+}
+
+pub(crate) const RELEASE_OWNED: &str = "UPDATE messages SET leased_until = NULL
+     WHERE id = ?1 AND recipient = ?2 AND delivered_at IS NULL";
+
+/// What an `ack` with `release` did to one id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// It was waiting (leased or not) and can be handed out again now.
+    Released,
+    /// It was already delivered: too late to give it back.
+    AlreadyAcked,
+    /// No such message for this recipient (alike for someone else's, as with `ack`).
+    Unknown,
+}
+
+/// Hands message `id` back to `recipient`'s queue if it owns it and it is not delivered.
+pub fn release_owned(
+    conn: &Connection,
+    recipient: &str,
+    id: MessageId,
+) -> rusqlite::Result<Released> {
+    let owned = conn
+        .prepare_cached(ACK_OWNED)?
+        .query_row(params![id.0, recipient], |row| row.get::<_, bool>(0))
+        .optional()?;
+    match owned {
+        None => Ok(Released::Unknown),
+        Some(true) => Ok(Released::AlreadyAcked),
+        Some(false) => {
+            conn.prepare_cached(RELEASE_OWNED)?
+                .execute(params![id.0, recipient])?;
+            Ok(Released::Released)
+        }
+    }
 }
 
 // Left to itself the planner scans every waiting message; the partial index holds only the

@@ -680,3 +680,51 @@ impl TestBroker {
         names
     }
 }
+
+impl McpProcess {
+    /// Sends a JSON-RPC notification (no reply comes), such as `notifications/cancelled`.
+    pub fn notify(&mut self, method: &str, params: Value) {
+        self.write(&json!({"jsonrpc": "2.0", "method": method, "params": params}));
+    }
+}
+
+/// A real `sqlite3` shell holding `BEGIN IMMEDIATE` on a database, as an operator might.
+pub struct SqliteLock {
+    child: Child,
+    stdin: std::process::ChildStdin,
+}
+
+impl SqliteLock {
+    /// Takes the write lock and returns once `sqlite3` holds it, or `None` (saying why) when
+    /// the `sqlite3` shell is not installed (`apt-get install -y sqlite3`).
+    pub fn hold(db: &Path) -> Option<SqliteLock> {
+        let Ok(mut child) = Command::new("sqlite3")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+        else {
+            eprintln!("note: the sqlite3 shell is not installed (apt-get install -y sqlite3); this test is skipped");
+            return None;
+        };
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        let mut said = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut said)
+            .unwrap();
+        assert_eq!(said.trim(), "locked", "sqlite3 did not take the lock");
+        Some(SqliteLock { child, stdin })
+    }
+
+    /// Commits and waits for `sqlite3` to exit.
+    pub fn release(mut self) {
+        self.stdin.write_all(b"COMMIT;\n.quit\n").unwrap();
+        self.stdin.flush().unwrap();
+        self.child.wait().unwrap();
+    }
+}
