@@ -371,6 +371,15 @@ fn ack_replies_count_every_id_and_list_only_the_first_few() {
         uncapped > LEGACY_READ_BYTES,
         "the test needs a list too big to send whole"
     );
+
+    // A release (`ack` with `release: true`) of the same unknown ids is summarised alike.
+    let released = one_read(
+        &addr,
+        &json!({"action": "ack", "session_token": bob, "ids": strangers, "release": true}),
+    );
+    assert_eq!(released["released"], 0, "{released}");
+    assert_eq!(released["refused_count"], 1000);
+    assert_eq!(released["truncated"], true);
 }
 
 /// A string of `len` characters that JSON escapes to six bytes each.

@@ -359,14 +359,7 @@ impl Broker {
                     Settled::Unknown => refused.push(unknown_message(id)),
                 }
             }
-            let truncated = already.truncated() || refused.truncated();
-            Ok(Reply::ok()
-                .with("acked", acked)
-                .with("already_acked_count", already.total())
-                .with("already_acked", already.into_shown())
-                .with("refused_count", refused.total())
-                .with("refused", refused.into_shown())
-                .with("truncated", truncated))
+            Ok(settled_reply("acked", acked, already, refused))
         })
         .await
     }
@@ -381,7 +374,9 @@ impl Broker {
     ) -> Result<Reply, BrokerError> {
         let (caller, reply) = self
             .as_caller(token, peer, move |conn, caller, _now| {
-                let (mut released, mut already, mut refused) = (0, Vec::new(), Vec::new());
+                let mut released = 0;
+                let mut already = Capped::new(ACK_SHOWN_IDS);
+                let mut refused = Capped::new(ACK_SHOWN_REFUSALS);
                 for id in ids {
                     match queries::release_owned(conn, &caller.name, MessageId(id))? {
                         Released::Released => released += 1,
@@ -389,10 +384,7 @@ impl Broker {
                         Released::Unknown => refused.push(unknown_message(id)),
                     }
                 }
-                let reply = Reply::ok()
-                    .with("released", released)
-                    .with("already_acked", already)
-                    .with("refused", refused);
+                let reply = settled_reply("released", released, already, refused);
                 Ok((caller.name.clone(), reply))
             })
             .await?;
@@ -951,6 +943,25 @@ fn store_broadcast(
         outgoing.remember_nonce(conn, caller, first, now)?;
     }
     Ok(broadcast_reply(ids, skipped, first_id.zip(last_id)))
+}
+
+/// The reply to an `ack` (or a release): how many ids it settled under `done_field`, and
+/// only the first ids found already settled and the first refusals, with their counts, so it
+/// fits a legacy read however many ids it named.
+fn settled_reply(
+    done_field: &str,
+    done: usize,
+    already: Capped<i64>,
+    refused: Capped<Value>,
+) -> Reply {
+    let truncated = already.truncated() || refused.truncated();
+    Reply::ok()
+        .with(done_field, done)
+        .with("already_acked_count", already.total())
+        .with("already_acked", already.into_shown())
+        .with("refused_count", refused.total())
+        .with("refused", refused.into_shown())
+        .with("truncated", truncated)
 }
 
 /// The broadcast reply: every copy counted, only the first ids and skipped names listed, so
