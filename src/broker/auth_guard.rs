@@ -1,9 +1,9 @@
 //! Failed authentication costs the broker a counter, not a check, a row and a log line each.
 //!
 //! After `auth_failure_limit` failures within a minute from one peer (by [`Peer::key`]), that
-//! peer's requests that need authentication are refused unchecked until its oldest counted
-//! failure is a minute old: guessing the secret slows to that many tries a minute, and the
-//! refusals write nothing. Only a peer's first failure in each minute is logged in full; the
+//! peer's registrations are refused unchecked until its oldest counted failure is a minute old,
+//! so guessing the secret slows to that many tries a minute; its further bad session tokens are
+//! still refused as usual but write nothing, and its valid tokens keep working. Only a peer's first failure in each minute is logged in full; the
 //! rest of that minute's become one summary line.
 //!
 //! Times are monotonic ([`Instant`]): a jump of the wall clock neither frees nor locks out a
