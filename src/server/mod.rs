@@ -7,6 +7,7 @@ pub mod budget;
 pub mod connection;
 pub mod lock;
 pub mod peer_uid;
+pub mod sock_diag;
 pub mod unix_socket;
 mod unread;
 
@@ -406,12 +407,12 @@ impl Gate {
 
 /// Finds which local user owns a loopback TCP peer, through one sock_diag socket kept open.
 struct TcpOwners {
-    diag: Option<peer_uid::SockDiag>,
+    diag: Option<sock_diag::SockDiag>,
 }
 
 impl TcpOwners {
     fn new() -> Self {
-        let diag = peer_uid::SockDiag::open()
+        let diag = sock_diag::SockDiag::open()
             .inspect_err(|e| {
                 tracing::warn!(
                     "sock_diag is unavailable ({e}); the owners of TCP peers are read from \
@@ -430,8 +431,7 @@ impl TcpOwners {
         }
         let ours = stream.local_addr().ok()?;
         let found = match &self.diag {
-            Some(diag) => diag
-                .tcp_socket_owner(peer, ours)
+            Some(diag) => peer_uid::owner_by_diag(diag, peer, ours)
                 .or_else(|_| peer_uid::proc_net_tcp_owner(peer, ours)),
             None => peer_uid::proc_net_tcp_owner(peer, ours),
         };

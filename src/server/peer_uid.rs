@@ -1,43 +1,23 @@
 //! Which local user owns a TCP socket, found by its address: the uid behind a loopback peer
 //! (for per-user connection quotas), or behind a listening socket.
 //!
-//! The kernel's sock_diag netlink interface answers an exact lookup by the socket's 4-tuple in
-//! constant time and works unprivileged. Scanning `/proc/net/tcp{,6}` costs time in the number
-//! of sockets on the machine, so during a flood of connections a scan per accept grows
-//! quadratically; it is only the fallback for a kernel without sock_diag.
+//! The answer comes from one sock_diag lookup (see [`super::sock_diag`]), which costs the same
+//! however many sockets the machine has. Scanning `/proc/net/tcp{,6}` costs time in the number
+//! of sockets, so during a flood of connections a scan per accept grows quadratically; it is
+//! only the fallback for a kernel without sock_diag.
 //!
-//! The lookup is from the socket's own point of view: for the peer of a connection we
-//! accepted, `local` is the peer's address and `remote` is ours. For a listening socket,
-//! `remote` is the unspecified address with port 0.
+//! Addresses are from the socket's own point of view, as in [`SockDiag::lookup`].
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
 
-/// `SOCK_DIAG_BY_FAMILY` from `<linux/sock_diag.h>`.
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-/// `NLMSG_ERROR` from `<linux/netlink.h>`.
-const NLMSG_ERROR: u16 = 2;
-/// Every TCP state: the lookup is exact, so the state filter only has to let it through.
-const ALL_STATES: u32 = u32::MAX;
-/// `INET_DIAG_NOCOOKIE`: match by address, not by a cookie from an earlier answer.
-const NO_COOKIE: u32 = u32::MAX;
-/// `struct nlmsghdr`.
-const NLMSG_HEADER: usize = 16;
-/// `struct inet_diag_req_v2`: family, protocol, ext, pad, states, then the 48-byte sockid.
-const REQUEST_BODY: usize = 56;
-/// Offset of `idiag_uid` in `struct inet_diag_msg`: 4 bytes of flags, the 48-byte sockid,
-/// then expires, rqueue and wqueue.
-const UID_OFFSET: usize = 4 + 48 + 12;
-/// How long to wait for the kernel's answer; it answers at once, so this only guards a bug.
-const ANSWER_TIMEOUT: Duration = Duration::from_millis(200);
+use super::sock_diag::SockDiag;
 
 /// The uid owning the TCP socket whose local address is `local` and remote address is
 /// `remote`; `None` if there is no such socket. Uses sock_diag, or `/proc/net/tcp{,6}` if the
 /// kernel refuses it.
 pub fn tcp_socket_owner(local: SocketAddr, remote: SocketAddr) -> io::Result<Option<u32>> {
-    match SockDiag::open().and_then(|diag| diag.tcp_socket_owner(local, remote)) {
+    match SockDiag::open().and_then(|diag| owner_by_diag(&diag, local, remote)) {
         Ok(uid) => Ok(uid),
         Err(e) => {
             tracing::debug!("sock_diag lookup failed ({e}); reading /proc/net/tcp instead");
@@ -46,188 +26,14 @@ pub fn tcp_socket_owner(local: SocketAddr, remote: SocketAddr) -> io::Result<Opt
     }
 }
 
-/// An open NETLINK_SOCK_DIAG socket, kept for many lookups (the accept loop keeps one).
-pub struct SockDiag {
-    socket: OwnedFd,
-    /// The last request's sequence number, so an answer to an earlier, abandoned request is
-    /// never taken for this one's.
-    sequence: std::cell::Cell<u32>,
-}
-
-impl SockDiag {
-    pub fn open() -> io::Result<SockDiag> {
-        // SAFETY: plain socket creation with constant arguments; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        set_receive_timeout(&socket, ANSWER_TIMEOUT)?;
-        Ok(SockDiag {
-            socket,
-            sequence: std::cell::Cell::new(0),
-        })
-    }
-
-    /// See [`tcp_socket_owner`]; this one never falls back to `/proc`.
-    pub fn tcp_socket_owner(
-        &self,
-        local: SocketAddr,
-        remote: SocketAddr,
-    ) -> io::Result<Option<u32>> {
-        let sequence = self.sequence.get().wrapping_add(1);
-        self.sequence.set(sequence);
-        self.send(&diag_request(local, remote, sequence))?;
-        let mut answer = [0u8; 1024];
-        // Stale answers are few (one per abandoned request), so a handful of reads suffices.
-        for _ in 0..8 {
-            let length = self.receive(&mut answer)?;
-            let answer = &answer[..length];
-            if answer_sequence(answer) == Some(sequence) {
-                return parse_answer(answer);
-            }
-        }
-        Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "no sock_diag answer to this request",
-        ))
-    }
-
-    fn send(&self, message: &[u8]) -> io::Result<()> {
-        // SAFETY: an all-zero sockaddr_nl is valid; the kernel (pid 0) is the destination.
-        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `message` and `kernel` are valid for the lengths passed, for the whole call.
-        let sent = unsafe {
-            libc::sendto(
-                self.socket.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-                std::ptr::addr_of!(kernel).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    fn receive(&self, buffer: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buffer` is writable for its whole length for the duration of the call.
-        let received = unsafe {
-            libc::recv(
-                self.socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
-        };
-        if received < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(received as usize)
-    }
-}
-
-fn set_receive_timeout(socket: &OwnedFd, timeout: Duration) -> io::Result<()> {
-    let value = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: `value` is a valid timeval and the length passed is its size.
-    let set = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::addr_of!(value).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if set != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// A netlink message asking for the one TCP socket with this 4-tuple, built byte by byte so no
-/// struct layout is assumed. Netlink headers are in host order; ports and addresses in network
-/// order, as in `struct inet_diag_sockid`.
-fn diag_request(local: SocketAddr, remote: SocketAddr, sequence: u32) -> Vec<u8> {
-    let total = NLMSG_HEADER + REQUEST_BODY;
-    let family = match local {
-        SocketAddr::V4(_) => libc::AF_INET,
-        SocketAddr::V6(_) => libc::AF_INET6,
-    };
-    let mut message = Vec::with_capacity(total);
-    message.extend_from_slice(&(total as u32).to_ne_bytes());
-    message.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    message.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    message.extend_from_slice(&sequence.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-    message.push(family as u8);
-    message.push(libc::IPPROTO_TCP as u8);
-    message.push(0); // no extensions: only the base answer, which has the uid
-    message.push(0);
-    message.extend_from_slice(&ALL_STATES.to_ne_bytes());
-    message.extend_from_slice(&local.port().to_be_bytes());
-    message.extend_from_slice(&remote.port().to_be_bytes());
-    message.extend_from_slice(&address_words(local.ip()));
-    message.extend_from_slice(&address_words(remote.ip()));
-    message.extend_from_slice(&0u32.to_ne_bytes()); // any interface
-    message.extend_from_slice(&NO_COOKIE.to_ne_bytes());
-    message.extend_from_slice(&NO_COOKIE.to_ne_bytes());
-    debug_assert_eq!(message.len(), total);
-    message
-}
-
-/// An address as the 16 bytes of `__be32 idiag_src[4]`: IPv4 in the first word.
-fn address_words(ip: IpAddr) -> [u8; 16] {
-    let mut words = [0u8; 16];
-    match ip {
-        IpAddr::V4(v4) => words[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => words.copy_from_slice(&v6.octets()),
-    }
-    words
-}
-
-/// The sequence number a netlink answer echoes from its request.
-fn answer_sequence(answer: &[u8]) -> Option<u32> {
-    let bytes = answer.get(8..12)?;
-    Some(u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-}
-
-/// The uid in a sock_diag answer; `None` when the kernel says there is no such socket.
-fn parse_answer(answer: &[u8]) -> io::Result<Option<u32>> {
-    let short = || io::Error::new(io::ErrorKind::InvalidData, "short sock_diag answer");
-    let header = answer.get(..NLMSG_HEADER).ok_or_else(short)?;
-    let kind = u16::from_ne_bytes([header[4], header[5]]);
-    let body = &answer[NLMSG_HEADER..];
-    if kind == NLMSG_ERROR {
-        let code = body.get(..4).ok_or_else(short)?;
-        let errno = -i32::from_ne_bytes([code[0], code[1], code[2], code[3]]);
-        return match errno {
-            libc::ENOENT => Ok(None),
-            errno => Err(io::Error::from_raw_os_error(errno)),
-        };
-    }
-    if kind != SOCK_DIAG_BY_FAMILY {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected sock_diag answer type {kind}"),
-        ));
-    }
-    let uid = body.get(UID_OFFSET..UID_OFFSET + 4).ok_or_else(short)?;
-    Ok(Some(u32::from_ne_bytes([uid[0], uid[1], uid[2], uid[3]])))
+/// See [`tcp_socket_owner`]; this one asks through an open `diag` and never falls back to
+/// `/proc`.
+pub fn owner_by_diag(
+    diag: &SockDiag,
+    local: SocketAddr,
+    remote: SocketAddr,
+) -> io::Result<Option<u32>> {
+    Ok(diag.lookup(local, remote)?.map(|socket| socket.uid))
 }
 
 /// The slow way: find the socket's line in `/proc/net/tcp` (or `tcp6`) and read its uid.
@@ -299,7 +105,7 @@ mod tests {
                 accepted.peer_addr().unwrap(),
             );
             let diag = SockDiag::open().unwrap();
-            assert_eq!(diag.tcp_socket_owner(peer, ours).unwrap(), Some(my_uid()));
+            assert_eq!(owner_by_diag(&diag, peer, ours).unwrap(), Some(my_uid()));
             assert_eq!(tcp_socket_owner(peer, ours).unwrap(), Some(my_uid()));
         }
     }
@@ -334,9 +140,9 @@ mod tests {
         );
         assert_eq!(peer, client.local_addr().unwrap());
         let diag = SockDiag::open().unwrap();
-        assert_eq!(diag.tcp_socket_owner(peer, ours).unwrap(), Some(OTHER));
+        assert_eq!(owner_by_diag(&diag, peer, ours).unwrap(), Some(OTHER));
         assert_eq!(proc_net_tcp_owner(peer, ours).unwrap(), Some(OTHER));
-        assert_eq!(diag.tcp_socket_owner(ours, peer).unwrap(), Some(0));
+        assert_eq!(owner_by_diag(&diag, ours, peer).unwrap(), Some(0));
     }
 
     #[test]
@@ -345,9 +151,9 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let nobody: SocketAddr = "0.0.0.0:0".parse().unwrap();
         let diag = SockDiag::open().unwrap();
-        assert_eq!(diag.tcp_socket_owner(addr, nobody).unwrap(), Some(my_uid()));
+        assert_eq!(owner_by_diag(&diag, addr, nobody).unwrap(), Some(my_uid()));
         drop(listener);
-        assert_eq!(diag.tcp_socket_owner(addr, nobody).unwrap(), None);
+        assert_eq!(owner_by_diag(&diag, addr, nobody).unwrap(), None);
     }
 
     #[test]
