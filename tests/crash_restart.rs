@@ -6,14 +6,13 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use claude_ipc::client::{Client, ClientError, Received};
-use common::{binary, BrokerProcess, TIMEOUT};
+use common::{serve_expecting_refusal, BrokerProcess, TIMEOUT};
 use serde_json::{json, Value};
 
 /// Limits lifted so that many quick sends are never refused by a rule.
@@ -374,44 +373,6 @@ fn sigterm_exits_zero_and_closes_the_database() {
     let wal = data_dir.join("ipc.db-wal");
     let wal_len = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
     assert_eq!(wal_len, 0, "the WAL was not checkpointed at shutdown");
-}
-
-/// Runs `claude-ipc serve` to completion; fails if it is still running after `TIMEOUT`,
-/// which would mean it started instead of refusing.
-fn serve_expecting_refusal(args: &[&str]) -> Output {
-    let mut child = Command::new(binary())
-        .arg("serve")
-        .args(args)
-        .env_remove("IPC_SHARED_SECRET")
-        .env_remove("IPC_ADDR")
-        .env_remove("IPC_DATA_DIR")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn claude-ipc serve");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!(
-                "the broker started instead of refusing: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    assert!(!output.status.success(), "a refusal must exit non-zero");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("listening"),
-        "it listened before refusing: {stderr}"
-    );
-    output
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use claude_ipc::client::{Client, ClientError};
@@ -193,37 +193,12 @@ fn wait_for_line(broker: &BrokerProcess, wanted: impl Fn(&str) -> bool) -> Strin
     panic!("no such log line; the broker said: {seen:#?}");
 }
 
-/// Runs `claude-ipc serve` on `data_dir` and expects it to refuse: exits non-zero within
-/// `TIMEOUT`, without listening.
+/// Runs `claude-ipc serve` on `data_dir` and expects it to refuse; returns what it said.
 fn serve_expecting_refusal(data_dir: &Path) -> String {
-    let mut child = Command::new(binary())
-        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("IPC_SHARED_SECRET")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn claude-ipc serve");
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let output = child.wait_with_output().unwrap();
-            panic!("serve started: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output: Output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(
-        !output.status.success(),
-        "a refusal exits non-zero: {stderr}"
-    );
-    assert!(!stderr.contains("listening"), "it listened: {stderr}");
-    stderr
+    let data_dir = data_dir.to_str().unwrap();
+    let output =
+        common::serve_expecting_refusal(&["--addr", "127.0.0.1:0", "--data-dir", data_dir]);
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// A data directory whose stopped broker stored `count` messages of `size` bytes for bob.

@@ -728,3 +728,41 @@ impl SqliteLock {
         self.child.wait().unwrap();
     }
 }
+
+/// Runs `claude-ipc serve` to completion; fails if it is still running after `TIMEOUT`,
+/// which would mean it started instead of refusing.
+pub fn serve_expecting_refusal(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(binary())
+        .arg("serve")
+        .args(args)
+        .env_remove("IPC_SHARED_SECRET")
+        .env_remove("IPC_ADDR")
+        .env_remove("IPC_DATA_DIR")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn claude-ipc serve");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the broker started instead of refusing: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success(), "a refusal must exit non-zero");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("listening"),
+        "it listened before refusing: {stderr}"
+    );
+    output
+}
