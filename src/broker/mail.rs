@@ -19,11 +19,12 @@ use super::unsettled::InFlight;
 use tokio::time::Instant;
 
 use super::identity::Caller;
-use super::{large_message, minus, plus, text, Broker, BrokerError, Outcome, Peer};
+use super::{large_message, minus, plus, text, Activity, Broker, BrokerError, Outcome, Peer};
 use crate::protocol::request::SenderStamp;
 use crate::protocol::{AckMode, Capped, CheckOptions};
 use crate::protocol::{InstanceName, MessageBody, Reply, REPLY_BUDGET};
 use crate::store::queries::{self, MessageId, NewMessage, Released, Settled, StoredMessage};
+use crate::store::Durability;
 
 /// A check reply is kept under the budget every reply keeps (see [`REPLY_BUDGET`]).
 const CHECK_REPLY_BUDGET: usize = REPLY_BUDGET;
@@ -609,11 +610,16 @@ impl Broker {
                 next_lease_expiry,
             })
         };
-        if first_read {
-            self.as_caller(token, peer, read).await
+        let activity = if first_read {
+            Activity::NewRequest
         } else {
-            self.as_caller_again(token, peer, read).await
-        }
+            Activity::SameRequest
+        };
+        // The hold or lease this read puts on the mail need not be flushed before the reply:
+        // a crash loses it, and every start releases those anyway. Marking the mail delivered
+        // (or an `ack`) is flushed as ever.
+        self.in_session(token, peer, activity, Durability::Unflushed, read)
+            .await
     }
 
     /// When a waiting check should look again without being rung: its deadline, or when a

@@ -37,7 +37,7 @@ use rusqlite::Connection;
 use crate::clock::{self, BrokerClock};
 use crate::config::Limits;
 use crate::protocol::{Action, ErrorCode, Reply, Request};
-use crate::store::{Fault, Store, StoreError};
+use crate::store::{Durability, Fault, Store, StoreError};
 
 pub use identity::Caller;
 pub use mail::DeliveryReceipt;
@@ -458,8 +458,14 @@ impl Broker {
         T: Send + 'static,
         F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
     {
-        self.in_session(token, peer, Activity::NewRequest, action)
-            .await
+        self.in_session(
+            token,
+            peer,
+            Activity::NewRequest,
+            Durability::Flushed,
+            action,
+        )
+        .await
     }
 
     /// Like [`Broker::as_caller`], but neither counts a request nor refreshes the session: a
@@ -474,15 +480,24 @@ impl Broker {
         T: Send + 'static,
         F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
     {
-        self.in_session(token, peer, Activity::SameRequest, action)
-            .await
+        self.in_session(
+            token,
+            peer,
+            Activity::SameRequest,
+            Durability::Flushed,
+            action,
+        )
+        .await
     }
 
+    /// Authenticates the session and runs `action` as its caller in one store job, committed
+    /// with `durability`.
     async fn in_session<T, F>(
         &self,
         token: Option<String>,
         peer: &Peer,
         activity: Activity,
+        durability: Durability,
         action: F,
     ) -> Result<T, BrokerError>
     where
@@ -491,7 +506,7 @@ impl Broker {
     {
         let check = self.session_check(token, peer);
         let now = self.now();
-        self.run(move |conn| {
+        self.run_with(durability, move |conn| {
             let caller = match activity {
                 Activity::NewRequest => check.authenticate(conn, now)?,
                 Activity::SameRequest => check.verify(conn, now)?,
@@ -509,18 +524,28 @@ impl Broker {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
     {
-        let outcome = self
-            .store
-            .write(move |conn| match work(conn) {
-                Err(BrokerError::Store(error)) => Err(error),
-                other => Ok(other),
-            })
-            .await
-            .map_err(|error| match self.store.notice(&error) {
-                Some(fault) => StoreError::Unavailable(fault),
-                None => error,
-            })?;
-        outcome
+        self.run_with(Durability::Flushed, work).await
+    }
+
+    /// [`Broker::run`], committed with `durability`.
+    async fn run_with<T, F>(&self, durability: Durability, work: F) -> Result<T, BrokerError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
+    {
+        let work = move |conn: &Connection| match work(conn) {
+            Err(BrokerError::Store(error)) => Err(error),
+            other => Ok(other),
+        };
+        let written = match durability {
+            Durability::Flushed => self.store.write(work).await,
+            Durability::Unflushed => self.store.write_unflushed(work).await,
+        };
+        // The job's own outcome (a rule's refusal or its result), once the commit is known.
+        written.map_err(|error| match self.store.notice(&error) {
+            Some(fault) => StoreError::Unavailable(fault),
+            None => error,
+        })?
     }
 }
 

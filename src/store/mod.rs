@@ -105,8 +105,22 @@ type Completion = Box<dyn FnOnce(Result<(), BatchError>) + Send>;
 type Job = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
 
 enum Command {
-    Run(Job),
+    Run(Job, Durability),
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Whether a job's commit must be flushed to disk before its caller hears back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=FULL`: the commit is on disk (fsync) before the job's result is returned.
+    /// Everything a reply acknowledges is written this way.
+    Flushed,
+    /// Bookkeeping a crash may lose without harm, such as the hold or lease a `check` puts on
+    /// the mail it hands out (every start releases those anyway): committed with
+    /// `synchronous=NORMAL`, which in WAL mode keeps the database consistent and skips the
+    /// fsync; the next flushed commit makes it durable too. A batch is flushed if any of its
+    /// jobs asks for it.
+    Unflushed,
 }
 
 /// A handle to the writer thread. Cheap to clone.
@@ -234,10 +248,34 @@ impl Store {
         self.queue(work).await
     }
 
+    /// [`Store::write`] for bookkeeping that need not be flushed before the caller goes on
+    /// (see [`Durability::Unflushed`]).
+    pub async fn write_unflushed<T, E, F>(&self, work: F) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.queue_with(Durability::Unflushed, work).await
+    }
+
     /// [`Store::write`], but the job is queued now, before this returns, rather than when the
     /// returned future is first polled: every job queued after this call runs after it. The
     /// future resolves once the job's commit is on disk.
     pub fn queue<T, E, F>(&self, work: F) -> impl std::future::Future<Output = Result<T, E>>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        self.queue_with(Durability::Flushed, work)
+    }
+
+    fn queue_with<T, E, F>(
+        &self,
+        durability: Durability,
+        work: F,
+    ) -> impl std::future::Future<Output = Result<T, E>>
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
@@ -259,7 +297,7 @@ impl Store {
                 let _ = reply.send(result);
             })
         });
-        let queued = self.commands.send(Command::Run(job));
+        let queued = self.commands.send(Command::Run(job, durability));
         async move {
             queued.map_err(|_| StoreError::Closed)?;
             answer.await.map_err(|_| StoreError::Closed)?
@@ -434,6 +472,8 @@ fn writer_loop(
     guard: &Guard,
 ) {
     let mut shutdown = None;
+    // What `synchronous` is set to now; `configure` opened the connection with FULL.
+    let mut synchronous = Durability::Flushed;
     while shutdown.is_none() {
         let first = match commands.recv_timeout(IDLE_FILE_CHECK) {
             Ok(first) => first,
@@ -444,10 +484,16 @@ fn writer_loop(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
         let mut batch = Vec::new();
+        let mut durability = Durability::Unflushed;
         let mut next = Some(first);
         while let Some(command) = next {
             match command {
-                Command::Run(job) => batch.push(job),
+                Command::Run(job, wanted) => {
+                    batch.push(job);
+                    if wanted == Durability::Flushed {
+                        durability = Durability::Flushed;
+                    }
+                }
                 Command::Shutdown(done) => {
                     shutdown = Some(done);
                     break;
@@ -465,6 +511,18 @@ fn writer_loop(
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             counters.commits.fetch_add(1, Ordering::Relaxed);
         }
+        if !batch.is_empty() && durability != synchronous {
+            match set_synchronous(&conn, durability) {
+                Ok(()) => synchronous = durability,
+                Err(e) => tracing::error!("cannot change `synchronous` for the next commit: {e}"),
+            }
+        }
+        if durability == Durability::Flushed && synchronous != Durability::Flushed {
+            // Never acknowledge a write that would not be flushed.
+            let reason = "the commit could not be made durable (synchronous=FULL failed)";
+            refuse(batch, BatchError::Commit(reason.into()));
+            continue;
+        }
         run_batch(&conn, guard, batch);
     }
     if let Err((_, e)) = conn.close() {
@@ -473,6 +531,15 @@ fn writer_loop(
     if let Some(done) = shutdown {
         let _ = done.send(());
     }
+}
+
+/// Sets `synchronous` for the next commit: FULL for a flushed batch, NORMAL for an unflushed
+/// one. It is a setting of the connection, changed between transactions.
+fn set_synchronous(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    conn.execute_batch(match durability {
+        Durability::Flushed => "PRAGMA synchronous = FULL",
+        Durability::Unflushed => "PRAGMA synchronous = NORMAL",
+    })
 }
 
 fn run_batch(conn: &Connection, guard: &Guard, batch: Vec<Job>) {
@@ -721,6 +788,35 @@ mod tests {
             rows, 1,
             "the queued job ran first, though its future was dropped"
         );
+        store.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn only_batches_of_unflushed_jobs_commit_without_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("ipc.db")).unwrap();
+        let synchronous = |conn: &Connection| -> Result<i64, StoreError> {
+            Ok(conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?)
+        };
+        const NORMAL: i64 = 1;
+        const FULL: i64 = 2;
+        assert_eq!(store.write_unflushed(synchronous).await.unwrap(), NORMAL);
+        assert_eq!(store.write(synchronous).await.unwrap(), FULL);
+        assert_eq!(store.write_unflushed(synchronous).await.unwrap(), NORMAL);
+        // A batch holding any flushed job is flushed: queued while the writer is busy, the two
+        // share the next batch, and both see FULL.
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let busy = store.queue(move |_| {
+            started_tx.send(()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            Ok::<_, StoreError>(())
+        });
+        started.recv().unwrap();
+        let unflushed = store.queue_with(Durability::Unflushed, synchronous);
+        let flushed = store.queue(synchronous);
+        let (busy, unflushed, flushed) = tokio::join!(busy, unflushed, flushed);
+        busy.unwrap();
+        assert_eq!((unflushed.unwrap(), flushed.unwrap()), (FULL, FULL));
         store.shutdown().await;
     }
 
