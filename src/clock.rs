@@ -108,6 +108,14 @@ impl Clock {
         }
     }
 
+    /// Real time since this boot, as in [`Clock::boot_time`] but without the boot's id.
+    pub fn since_boot(&self) -> Duration {
+        match &self.source {
+            Source::System => system_since_boot(),
+            Source::Manual(time) => lock(time).since_boot,
+        }
+    }
+
     /// Lets `by` of real time pass on a manual clock: the wall clock and elapsed time both
     /// move. Does nothing to the system clock.
     pub fn advance(&self, by: Duration) {
@@ -146,11 +154,18 @@ fn next_manual_boot_id() -> String {
     format!("manual-{}-{n}", std::process::id())
 }
 
+/// This boot's id, read once: it cannot change while the process runs, and the broker asks
+/// for the time on every request.
 fn system_boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|id| id.trim().to_owned())
-        .filter(|id| !id.is_empty())
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+                .ok()
+                .map(|id| id.trim().to_owned())
+                .filter(|id| !id.is_empty())
+        })
+        .clone()
 }
 
 /// CLOCK_BOOTTIME read with a raw system call. Not `std::time::Instant` and not libc's
@@ -313,7 +328,8 @@ impl BrokerClock {
 
     /// The broker's time now.
     pub fn now(&self) -> DateTime<Utc> {
-        self.anchor_now().broker_time
+        let elapsed = self.clock.since_boot() - self.anchor.boot.since_boot;
+        self.anchor.broker_time + elapsed.max(Duration::zero())
     }
 
     /// The broker's time now with the reading it was taken from: what to persist.
