@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use claude_ipc::client::Client;
+use common::LocalUser;
 use common::*;
 use serde_json::{json, Value};
 
@@ -343,43 +344,6 @@ fn large_send_served_promptly(addr: &str) {
     assert!(took < SERVED_WITHIN, "the large send took {took:?}");
     // Content this large is kept in a file; the check hands out a reference to it.
     assert_eq!(client.check(&receiver).unwrap().messages.len(), 1);
-}
-
-/// A local user created for one test and removed afterwards, even if the test fails.
-struct LocalUser {
-    name: String,
-    uid: u32,
-    gid: u32,
-}
-
-impl LocalUser {
-    fn create(name: &str) -> LocalUser {
-        let _ = Command::new("userdel").arg(name).output();
-        let made = Command::new("useradd")
-            .args(["--no-create-home", "--shell", "/usr/sbin/nologin", name])
-            .output()
-            .expect("run useradd");
-        assert!(made.status.success(), "useradd {name}: {made:?}");
-        let id = |flag: &str| -> u32 {
-            let output = Command::new("id").args([flag, name]).output().unwrap();
-            String::from_utf8(output.stdout)
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap()
-        };
-        LocalUser {
-            name: name.to_owned(),
-            uid: id("-u"),
-            gid: id("-g"),
-        }
-    }
-}
-
-impl Drop for LocalUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
-    }
 }
 
 /// Run as another user: opens connections, registers on each (open mode) and leaves a 30 s

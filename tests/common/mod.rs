@@ -766,3 +766,58 @@ pub fn serve_expecting_refusal(args: &[&str]) -> std::process::Output {
     );
     output
 }
+
+/// A local user created for one test and removed afterwards, even if the test fails.
+pub struct LocalUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl LocalUser {
+    /// Creates `name` (removing a leftover of that name first). `useradd` fails while another
+    /// test holds the password file's lock, so it is retried for a few seconds.
+    pub fn create(name: &str) -> LocalUser {
+        let _ = Command::new("userdel").arg(name).output();
+        let mut made = None;
+        for _ in 0..50 {
+            let attempt = Command::new("useradd")
+                .args(["--no-create-home", "--shell", "/usr/sbin/nologin", name])
+                .output()
+                .expect("run useradd");
+            if attempt.status.success() {
+                made = Some(attempt);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            made = Some(attempt);
+        }
+        let made = made.unwrap();
+        assert!(made.status.success(), "useradd {name}: {made:?}");
+        let id = |flag: &str| -> u32 {
+            let output = Command::new("id").args([flag, name]).output().unwrap();
+            String::from_utf8(output.stdout)
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        LocalUser {
+            name: name.to_owned(),
+            uid: id("-u"),
+            gid: id("-g"),
+        }
+    }
+}
+
+impl Drop for LocalUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+/// Whether this process runs as root, the only user that can create a second local user.
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
