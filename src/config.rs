@@ -16,6 +16,10 @@ pub struct Config {
     /// `IPC_SHARED_SECRET`; `None` means open mode.
     pub shared_secret: Option<String>,
     pub limits: Limits,
+    /// `serve --reset-secret`: make `shared_secret` (or open mode, without one) the data
+    /// directory's own, ending every session, instead of refusing a directory protected by
+    /// another secret (see `server::data_dir_guard`).
+    pub reset_secret: bool,
 }
 
 /// The rules' windows and caps, and the per-connection limits.
@@ -239,6 +243,7 @@ impl Config {
             socket: None,
             shared_secret: None,
             limits: Limits::default(),
+            reset_secret: false,
         }
     }
 

@@ -24,13 +24,16 @@ fn main() -> ExitCode {
         )
         .init();
     match cli.command {
-        Command::Serve(args) => run_async(cli::serve::run(args)),
-        Command::Mcp(args) => run_async(cli::mcp::run(args)),
+        Command::Serve(args) => run_async(cli::serve::run(args), cli::serve::exit_code),
+        Command::Mcp(args) => run_async(cli::mcp::run(args), |_| 1),
         command => cli::run(command),
     }
 }
 
-fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+fn run_async(
+    work: impl std::future::Future<Output = anyhow::Result<()>>,
+    exit_code: fn(&anyhow::Error) -> u8,
+) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -42,7 +45,7 @@ fn run_async(work: impl std::future::Future<Output = anyhow::Result<()>>) -> Exi
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
     }
 }

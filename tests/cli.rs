@@ -632,6 +632,7 @@ fn serve_help_lists_every_limit_flag() {
         "--large-message-sender-bytes",
         "--auth-failure-limit",
         "--auth-failure-rows",
+        "--reset-secret",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(flag)),

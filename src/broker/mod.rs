@@ -210,6 +210,9 @@ pub struct Broker {
     offset_report: timekeeping::OffsetReport,
     /// The Unix socket the broker also listens on, reported by `ping`.
     socket: Option<PathBuf>,
+    /// The data directory's canonical path, reported by `ping`, so a client configured with
+    /// another one can tell it is about to use someone else's store.
+    data_dir: Option<PathBuf>,
     /// When this broker started, by its clock; `ping` reports it and the uptime.
     started_at: DateTime<Utc>,
     /// One check at a time per session, so two connections of one instance never both receive
@@ -243,6 +246,7 @@ impl Broker {
             clock,
             offset_report: timekeeping::OffsetReport::default(),
             socket: None,
+            data_dir: None,
             check_locks: Mutex::new(HashMap::new()),
             doorbells: doorbell::Doorbells::default(),
             last_orphan_pass: Mutex::new(None),
@@ -253,6 +257,12 @@ impl Broker {
     /// Records the Unix socket the server listens on, so `ping` can report it.
     pub fn with_socket(mut self, socket: Option<PathBuf>) -> Self {
         self.socket = socket;
+        self
+    }
+
+    /// Records the data directory's canonical path, so `ping` can report it.
+    pub fn with_data_dir(mut self, data_dir: PathBuf) -> Self {
+        self.data_dir = Some(data_dir);
         self
     }
 
@@ -430,6 +440,10 @@ impl Broker {
             .with("uptime_seconds", uptime)
             .with("clock", self.clock_report())
             .with("store", self.store_work());
+        let reply = match &self.data_dir {
+            Some(path) => reply.with("data_dir", path.display().to_string()),
+            None => reply,
+        };
         match &self.socket {
             Some(path) => reply.with("socket", path.display().to_string()),
             None => reply,

@@ -12,7 +12,7 @@ use crate::server;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n  claude-ipc serve --socket ~/.claude-ipc.sock    (also a Unix socket, for your user only)\n\nDurations are written like 30s, 10m, 24h or 7d.\nIPC_SHARED_SECRET, when set, is the secret that register requires; without it the broker runs\nin open mode and says so loudly."
+    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n  claude-ipc serve --socket ~/.claude-ipc.sock    (also a Unix socket, for your user only)\n\nDurations are written like 30s, 10m, 24h or 7d.\nIPC_SHARED_SECRET, when set, is the secret that register requires; without it the broker runs\nin open mode and says so loudly. The first start with a secret protects the data directory:\nfrom then on a broker started there without that secret refuses, until one start with\n--reset-secret makes the secret then given (or open mode) the directory's own."
 )]
 pub struct ServeArgs {
     /// Address to listen on (loopback unless --allow-remote).
@@ -119,6 +119,10 @@ pub struct ServeArgs {
     /// registered or used a session. At least twice --max-request-bytes.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub request_memory_budget: usize,
+    /// Make the secret now given (IPC_SHARED_SECRET), or open mode without one, the data
+    /// directory's own, where it is protected by another; ends every session. For one start.
+    #[arg(long)]
+    pub reset_secret: bool,
 }
 
 impl ServeArgs {
@@ -161,7 +165,21 @@ impl ServeArgs {
                 unauthenticated_idle_timeout: self.unauthenticated_idle_timeout,
                 request_memory_budget: self.request_memory_budget,
             },
+            reset_secret: self.reset_secret,
         }
+    }
+}
+
+/// `serve`'s exit code when another broker already holds the data directory, the address or
+/// the socket: a client that started it waits for that one instead (see `autostart`). Any
+/// other refusal exits with 1.
+pub const EXIT_TAKEN: u8 = 4;
+
+/// The exit code for `serve`'s error.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<server::StartError>() {
+        Some(start) if start.is_taken() => EXIT_TAKEN,
+        _ => 1,
     }
 }
 

@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod budget;
 pub mod connection;
+pub mod data_dir_guard;
 pub mod lock;
 pub mod peer_uid;
 pub mod sock_diag;
@@ -60,6 +61,19 @@ pub enum StartError {
     Socket(#[from] SocketError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The data directory is protected by a shared secret this broker does not have; the text
+    /// says how to change that on purpose (see [`data_dir_guard`]).
+    #[error("{0}")]
+    DataDirProtected(String),
+}
+
+impl From<data_dir_guard::GuardError> for StartError {
+    fn from(error: data_dir_guard::GuardError) -> Self {
+        match error {
+            data_dir_guard::GuardError::Store(e) => StartError::Store(e),
+            refused => StartError::DataDirProtected(refused.to_string()),
+        }
+    }
 }
 
 impl StartError {
@@ -102,15 +116,37 @@ pub async fn start(
         return Err(StartError::NotLoopback(config.addr));
     }
     prepare_data_dir(&config.data_dir)?;
+    // `ping` reports it, so a client configured with another directory can tell.
+    let canonical_data_dir =
+        std::fs::canonicalize(&config.data_dir).unwrap_or_else(|_| config.data_dir.clone());
     // Before the store: a second broker must not even open the database of a running one.
     let lock = DataDirLock::acquire(&config.data_dir)?;
-    // And the port before the store, so a start that cannot listen leaves no new database.
-    let listener = listen(config.addr)?;
-    let store = Store::open(&config.database_path())?;
-    let addr = listener.local_addr().map_err(|e| StartError::Listen {
+    // And the port before the store, so a start that cannot have it leaves no new database.
+    // It is only bound here: connections are refused, not accepted and then dropped, until
+    // the data directory's guard has let this broker serve.
+    let tcp = bind(config.addr)?;
+    let addr = tcp.local_addr().map_err(|e| StartError::Listen {
         addr: config.addr,
         reason: e.to_string(),
     })?;
+    let store = Store::open(&config.database_path())?;
+    let broker_clock = crate::broker::timekeeping::resume_broker_clock(&store, clock).await?;
+    let started = clock::to_text(broker_clock.now());
+    let guarded = data_dir_guard::apply(
+        &store,
+        &config.data_dir,
+        config.shared_secret.clone(),
+        config.reset_secret,
+        started.clone(),
+    )
+    .await;
+    match guarded {
+        Ok(change) => data_dir_guard::log_change(change, &config.data_dir, config.reset_secret),
+        Err(e) => {
+            store.shutdown().await;
+            return Err(e.into());
+        }
+    }
     let (unix_listener, socket) = match &config.socket {
         Some(path) => {
             let (listener, file) = SocketFile::bind(path)?;
@@ -118,16 +154,15 @@ pub async fn start(
         }
         None => (None, None),
     };
-    let broker_clock = match crate::broker::timekeeping::resume_broker_clock(&store, clock).await {
-        Ok(broker_clock) => broker_clock,
+    let listener = match listen(tcp, addr) {
+        Ok(listener) => listener,
         Err(e) => {
             if let Some(socket) = &socket {
                 socket.remove_file();
             }
-            return Err(e.into());
+            return Err(e);
         }
     };
-    let started = clock::to_text(broker_clock.now());
     let run_id = store
         .write(move |conn| {
             queries::record_start(
@@ -158,7 +193,8 @@ pub async fn start(
             config.large_message_dir(),
             broker_clock,
         )
-        .with_socket(socket.as_ref().map(|s| s.path.clone())),
+        .with_socket(socket.as_ref().map(|s| s.path.clone()))
+        .with_data_dir(canonical_data_dir),
     );
     broker.report_clock_offset();
     release_leases_of_the_last_run(broker.store());
@@ -235,16 +271,21 @@ pub fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
         })
 }
 
-fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    let fail = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            return StartError::AddrInUse { addr };
-        }
-        StartError::Listen {
-            addr,
-            reason: e.to_string(),
-        }
-    };
+/// Why binding or listening on `addr` failed, as a start error.
+fn listen_error(addr: SocketAddr, e: std::io::Error) -> StartError {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        return StartError::AddrInUse { addr };
+    }
+    StartError::Listen {
+        addr,
+        reason: e.to_string(),
+    }
+}
+
+/// Binds `addr` without listening yet: the port is ours (a listening broker there makes this
+/// fail), but nobody can connect before [`listen`].
+fn bind(addr: SocketAddr) -> Result<TcpSocket, StartError> {
+    let fail = |e| listen_error(addr, e);
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -253,7 +294,14 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, StartError> {
     .map_err(fail)?;
     socket.set_reuseaddr(true).map_err(fail)?;
     socket.bind(addr).map_err(fail)?;
-    socket.listen(LISTEN_BACKLOG).map_err(fail)
+    Ok(socket)
+}
+
+/// Starts accepting connections on the socket [`bind`] made.
+fn listen(socket: TcpSocket, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|e| listen_error(addr, e))
 }
 
 /// What the broker listens on: TCP always, a Unix socket (and the uid it serves) optionally.

@@ -19,6 +19,7 @@ pub mod queries;
 #[cfg(test)]
 mod query_plans;
 pub mod rescue;
+pub mod security;
 pub mod startup;
 
 use std::fs::OpenOptions;
