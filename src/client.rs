@@ -15,6 +15,7 @@ use serde_json::{json, Map, Value};
 use chrono::{DateTime, Utc};
 
 use crate::broker::session::{expected_auth_token, new_token};
+use crate::protocol::ErrorCode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -28,6 +29,55 @@ pub enum ClientError {
     Protocol(String),
     #[error("{message} [{code}]")]
     Broker { code: String, message: String },
+    #[error("the broker on {target} runs without a shared secret (open mode), although this client has one (IPC_SHARED_SECRET); someone may have started it by mistake or on purpose. Nothing was sent to it: stop it and start it with the secret (IPC_SHARED_SECRET=... claude-ipc serve) [{}]", ErrorCode::BrokerOpenMode.as_str())]
+    BrokerOpenMode { target: String },
+    #[error("the broker on {target} serves the data directory {theirs}, but this client is configured with {ours}, so it would read and write someone else's store. Nothing was sent to it: point IPC_DATA_DIR at {theirs}, or run a separate broker for {ours} on another IPC_ADDR [{}]", ErrorCode::DataDirMismatch.as_str())]
+    DataDirMismatch {
+        target: String,
+        ours: String,
+        theirs: String,
+    },
+}
+
+impl ClientError {
+    /// The stable code of a refusal, the broker's or this client's own; `None` for a
+    /// connection that failed.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Broker { code, .. } => Some(code),
+            ClientError::BrokerOpenMode { .. } => Some(ErrorCode::BrokerOpenMode.as_str()),
+            ClientError::DataDirMismatch { .. } => Some(ErrorCode::DataDirMismatch.as_str()),
+            _ => None,
+        }
+    }
+
+    /// Whether this client refused the broker itself (see [`Client::verify_broker`]): trying
+    /// again reaches the same broker, so only a person can fix it.
+    pub fn is_broker_refused(&self) -> bool {
+        matches!(
+            self,
+            ClientError::BrokerOpenMode { .. } | ClientError::DataDirMismatch { .. }
+        )
+    }
+}
+
+/// What a client expects of the broker before it sends it anything that matters (a register,
+/// a session token, mail); checked by [`Client::verify_broker`] with one `ping`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BrokerCheck {
+    /// This client holds the shared secret, so a broker in open mode is refused: whoever
+    /// started it without the secret would be handed this client's registration and mail.
+    pub holds_secret: bool,
+    /// The data directory this client is configured with: a broker that reports another is
+    /// refused. `None`: any.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl BrokerCheck {
+    /// Whether there is anything to check (otherwise no round trip is spent on it).
+    pub fn is_needed(&self) -> bool {
+        self.holds_secret || self.data_dir.is_some()
+    }
 }
 
 /// Extra read time allowed on top of a long-poll's wait when no read timeout was set.
@@ -53,6 +103,8 @@ pub struct Client {
     /// Where it connected, so a stamped send can reconnect and retry.
     target: Target,
     timeout: Duration,
+    /// What [`Client::verify_broker`] checked, so a reconnection checks it again.
+    verified: Option<BrokerCheck>,
 }
 
 /// Where a client connects: a TCP address or the broker's Unix socket.
@@ -327,15 +379,66 @@ impl Client {
             writer: stream,
             target,
             timeout,
+            verified: None,
         })
+    }
+
+    /// Where this client connects, as a person would write it.
+    pub fn target(&self) -> String {
+        match &self.target {
+            Target::Tcp(addr) => addr.clone(),
+            Target::Unix(path) => format!("socket {}", path.display()),
+        }
+    }
+
+    /// Refuses a broker that is not the one this client expects, before anything that matters
+    /// is sent to it: one `ping`, none when `check` expects nothing. Every client of this
+    /// project calls it right after connecting; a reconnection repeats it.
+    pub fn verify_broker(&mut self, check: &BrokerCheck) -> Result<(), ClientError> {
+        if !check.is_needed() {
+            return Ok(());
+        }
+        // Read whatever the status: a broker whose database is gone still says its mode.
+        let reply = self.request(&json!({"action": "ping"}))?;
+        if check.holds_secret {
+            match reply["mode"].as_str() {
+                Some("secret") => {}
+                Some("open") => {
+                    return Err(ClientError::BrokerOpenMode {
+                        target: self.target(),
+                    })
+                }
+                _ => {
+                    return Err(ClientError::Protocol(format!(
+                        "the broker on {} does not say whether it requires the shared secret,                          so nothing was sent to it",
+                        self.target()
+                    )))
+                }
+            }
+        }
+        if let (Some(ours), Some(theirs)) = (&check.data_dir, reply["data_dir"].as_str()) {
+            if !same_directory(ours, Path::new(theirs)) {
+                return Err(ClientError::DataDirMismatch {
+                    target: self.target(),
+                    ours: ours.display().to_string(),
+                    theirs: theirs.to_owned(),
+                });
+            }
+        }
+        self.verified = Some(check.clone());
+        Ok(())
     }
 
     /// A new connection to the same broker, the same way.
     fn reconnect(&self) -> Result<Client, ClientError> {
-        match &self.target {
-            Target::Tcp(addr) => Client::connect(addr, self.timeout),
-            Target::Unix(path) => Client::connect_unix(path, self.timeout),
+        let mut client = match &self.target {
+            Target::Tcp(addr) => Client::connect(addr, self.timeout)?,
+            Target::Unix(path) => Client::connect_unix(path, self.timeout)?,
+        };
+        if let Some(check) = &self.verified {
+            client.verify_broker(check)?;
         }
+        Ok(client)
     }
 
     /// Sends a stamped request; if the connection fails on the way, connects again and sends
@@ -576,4 +679,12 @@ impl Client {
         self.reader.get_ref().set_read_timeout(usual)?;
         result
     }
+}
+
+/// Whether two paths name one directory: compared after resolving links and `..`, as the
+/// broker reports its own. A path that cannot be resolved (it does not exist) is compared as
+/// written, which tells it apart from any directory a broker serves.
+fn same_directory(ours: &Path, theirs: &Path) -> bool {
+    let ours = std::fs::canonicalize(ours).unwrap_or_else(|_| ours.to_owned());
+    ours == theirs
 }

@@ -8,11 +8,12 @@
 //! another process wins the race, this one's `serve` exits and the winner answers.
 //! `IPC_AUTOSTART=0` turns this off; `ping`, `status` and `hook` never start a broker.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{data_dir_or_default, ClientArgs};
@@ -43,15 +44,16 @@ pub fn connect_or_start(args: &ClientArgs, timeout: Duration) -> Result<Client, 
         return Err(unreachable);
     }
     let data_dir = data_dir_or_default(std::env::var_os("IPC_DATA_DIR").map(PathBuf::from));
-    let pid = match spawn_serve(args, &data_dir) {
-        Ok(pid) => pid,
+    let mut started = match spawn_serve(args, &data_dir) {
+        Ok(started) => started,
         Err(e) => {
             eprintln!("could not start a broker in the background: {e}");
             return Err(unreachable);
         }
     };
-    let started = Instant::now();
-    while started.elapsed() < START_WAIT {
+    let pid = started.child.id();
+    let since = Instant::now();
+    while since.elapsed() < START_WAIT {
         if let Ok(client) = args.connect_within(timeout) {
             eprintln!(
                 "note: no broker answered at {}, so one was started in the background \
@@ -61,6 +63,20 @@ pub fn connect_or_start(args: &ClientArgs, timeout: Duration) -> Result<Client, 
                 data_dir.join(LOG_FILE).display()
             );
             return Ok(client);
+        }
+        // A broker that refused to start (a data directory protected by a secret this client
+        // lacks, say) has exited: its reason goes to the person, not only into the log.
+        // One that lost the race to another broker exits too, and the winner answers soon.
+        let exited = started.child.try_wait().ok().flatten();
+        if let Some(status) = exited.filter(|s| s.code() != Some(super::serve::EXIT_TAKEN.into())) {
+            eprintln!(
+                "the broker started in the background (pid {pid}) exited ({status}): {}",
+                started.refusal(&data_dir)
+            );
+            return Err(ClientError::Unreachable {
+                addr: args.target(),
+                reason: "the broker started for it refused to start, as said above".to_owned(),
+            });
         }
         std::thread::sleep(POLL);
     }
@@ -83,14 +99,58 @@ fn loopback(args: &ClientArgs) -> bool {
         .is_ok_and(|addr| addr.ip().is_loopback())
 }
 
-/// Starts `claude-ipc serve` detached, logging to `<data_dir>/broker.log`; returns its pid.
-fn spawn_serve(args: &ClientArgs, data_dir: &std::path::Path) -> std::io::Result<u32> {
+/// A `serve` started in the background, and where its lines begin in the log.
+struct Started {
+    child: Child,
+    log_offset: u64,
+}
+
+impl Started {
+    /// Why the broker exited: the error lines it wrote to the log since it was started (the
+    /// last few lines if it wrote no error line).
+    fn refusal(&self, data_dir: &Path) -> String {
+        let log = data_dir.join(LOG_FILE);
+        let mut text = String::new();
+        let read = File::open(&log).and_then(|mut file| {
+            file.seek(SeekFrom::Start(self.log_offset))?;
+            file.take(REFUSAL_READ_MAX).read_to_string(&mut text)
+        });
+        if let Err(e) = read {
+            return format!(
+                "it exited, and its log {} cannot be read: {e}",
+                log.display()
+            );
+        }
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .collect();
+        let errors: Vec<&str> = lines
+            .iter()
+            .filter_map(|line| line.strip_prefix("error: "))
+            .collect();
+        if errors.is_empty() {
+            let tail = lines[lines.len().saturating_sub(3)..].join("\n");
+            return format!("it exited; the end of {}:\n{tail}", log.display());
+        }
+        errors.join("\n")
+    }
+}
+
+/// The most of the log read back to find why a started broker exited.
+const REFUSAL_READ_MAX: u64 = 64 * 1024;
+
+/// Starts `claude-ipc serve` detached, logging to `<data_dir>/broker.log`. It inherits this
+/// process's environment, so it runs with this client's shared secret (or none), never
+/// another mode than the client's.
+fn spawn_serve(args: &ClientArgs, data_dir: &Path) -> std::io::Result<Started> {
     crate::server::prepare_data_dir(data_dir).map_err(std::io::Error::other)?;
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(data_dir.join(LOG_FILE))?;
+    let log_offset = log.metadata()?.len();
     let mut command = Command::new(std::env::current_exe()?);
     command
         .args(["serve", "--addr", &args.addr, "--data-dir"])
@@ -104,5 +164,5 @@ fn spawn_serve(args: &ClientArgs, data_dir: &std::path::Path) -> std::io::Result
         command.arg("--socket").arg(socket);
     }
     let child = command.spawn()?;
-    Ok(child.id())
+    Ok(Started { child, log_offset })
 }

@@ -97,24 +97,29 @@ pub fn run_watch(args: WatchArgs) -> Result<(), CliError> {
                 print_then_ack(&mut client, &session, &text, &checked)?;
             }
             Err(ClientError::Io(_) | ClientError::Closed | ClientError::Unreachable { .. }) => {
-                client = reconnect(&args.client);
+                client = reconnect(&args.client)?;
             }
             Err(other) => return Err(other.into()),
         }
     }
 }
 
-/// Connects again, waiting as long as it takes; says so once on stderr.
-fn reconnect(args: &ClientArgs) -> Client {
+/// Connects again, waiting as long as it takes; says so once on stderr. A broker that came
+/// back but must not be trusted (see [`Client::verify_broker`]) ends the watch instead.
+fn reconnect(args: &ClientArgs) -> Result<Client, CliError> {
     eprintln!(
         "lost the broker at {}; waiting for it to come back",
         args.target()
     );
     loop {
         std::thread::sleep(WATCH_RECONNECT);
-        if let Ok(client) = args.connect_or_start() {
-            eprintln!("reconnected");
-            return client;
+        match args.connect_or_start() {
+            Ok(client) => {
+                eprintln!("reconnected");
+                return Ok(client);
+            }
+            Err(CliError::Client(error)) if error.is_broker_refused() => return Err(error.into()),
+            Err(_) => {}
         }
     }
 }

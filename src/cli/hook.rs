@@ -62,6 +62,8 @@ pub fn run(args: HookArgs) {
 fn waiting(addr: &str, socket: Option<&Path>) -> Option<Waiting> {
     let session = SessionFile::load().ok()?;
     let mut client = super::connect_to(addr, socket, HOOK_TIMEOUT).ok()?;
+    // The session token goes only to a broker this client may trust with it.
+    client.verify_broker(&super::broker_check()).ok()?;
     client.count(&session.session_token).ok()
 }
 

@@ -25,7 +25,7 @@ use std::time::Duration;
 use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{Client, ClientError};
+use crate::client::{BrokerCheck, Client, ClientError};
 
 pub const EXIT_BROKER_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -125,9 +125,13 @@ impl ClientArgs {
         Ok(self.connect_within(CLIENT_TIMEOUT)?)
     }
 
-    /// Connects, starting a broker in the background if none answers (see [`autostart`]).
+    /// Connects, starting a broker in the background if none answers (see [`autostart`]),
+    /// and refuses a broker this client must not talk to (see [`broker_check`]). Every
+    /// command that registers or uses a session connects through here.
     fn connect_or_start(&self) -> Result<Client, CliError> {
-        Ok(autostart::connect_or_start(self, CLIENT_TIMEOUT)?)
+        let mut client = autostart::connect_or_start(self, CLIENT_TIMEOUT)?;
+        client.verify_broker(&broker_check())?;
+        Ok(client)
     }
 
     /// Connects over the socket if one was given, else over TCP, waiting at most `timeout`.
@@ -163,6 +167,25 @@ fn connect_to(addr: &str, socket: Option<&Path>, timeout: Duration) -> Result<Cl
         Some(path) => Client::connect_unix(path, timeout),
         None => Client::connect(addr, timeout),
     }
+}
+
+/// What the CLI expects of a broker: secret mode when it holds the secret, and its data
+/// directory when `IPC_DATA_DIR` names one (without it the CLI has no directory of its own to
+/// compare).
+pub fn broker_check() -> BrokerCheck {
+    BrokerCheck {
+        holds_secret: shared_secret().is_some(),
+        data_dir: std::env::var_os("IPC_DATA_DIR")
+            .filter(|dir| !dir.is_empty())
+            .map(PathBuf::from),
+    }
+}
+
+/// `IPC_SHARED_SECRET`, when set and not empty.
+fn shared_secret() -> Option<String> {
+    std::env::var("IPC_SHARED_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 /// The data directory `serve` uses: `--data-dir` / `IPC_DATA_DIR`, else `~/.claude-ipc-data`.

@@ -42,6 +42,14 @@ pub enum ErrorCode {
     DatabaseGone,
     /// SQLite reports the database corrupt.
     DatabaseDamaged,
+    /// A broker refused to start: its data directory is protected by a shared secret it does
+    /// not have.
+    DataDirProtected,
+    /// A client holding the shared secret refused a broker in open mode (client-side).
+    BrokerOpenMode,
+    /// A client refused a broker that serves another data directory than its own
+    /// (client-side).
+    DataDirMismatch,
 }
 
 impl ErrorCode {
@@ -81,6 +89,9 @@ impl ErrorCode {
             AuthThrottled => "auth_throttled",
             DatabaseGone => "database_gone",
             DatabaseDamaged => "database_damaged",
+            DataDirProtected => "data_dir_protected",
+            BrokerOpenMode => "broker_open_mode",
+            DataDirMismatch => "data_dir_mismatch",
         }
     }
 }
