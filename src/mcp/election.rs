@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 use super::ToolError;
-use crate::client::{Client, ClientError};
+use crate::client::{BrokerCheck, Client, ClientError};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::server::{self, RunningServer, StartError};
@@ -61,6 +61,10 @@ impl Election {
         loop {
             let last_failure = match self.try_connect().await {
                 Ok(client) => return Ok(client),
+                Err(e) if e.is_broker_refused() => {
+                    tracing::error!("refusing the broker at {}: {e}", self.target());
+                    return Err(ToolError::BrokerRefused(e));
+                }
                 Err(e) => e.to_string(),
             };
             match self.try_host().await {
@@ -68,6 +72,16 @@ impl Election {
                 Err(e) if e.is_taken() && Instant::now() < deadline => {
                     tracing::debug!("another process is starting the broker ({e}); waiting");
                     tokio::time::sleep(ELECTION_RETRY).await;
+                }
+                Err(StartError::DataDirProtected(refusal)) => {
+                    tracing::error!(
+                        "no broker answers at {}, and this process may not host one: {refusal}",
+                        self.target()
+                    );
+                    return Err(ToolError::DataDirProtected {
+                        target: self.target(),
+                        refusal,
+                    });
                 }
                 Err(e) => {
                     return Err(ToolError::NoBroker {
@@ -127,16 +141,29 @@ impl Election {
         }
     }
 
-    /// One attempt to reach the broker: over the socket if one is configured, else over TCP.
+    /// What this process expects of the broker: secret mode when it has the secret, and
+    /// always its own data directory (it may host the broker there, so it always has one).
+    fn broker_check(&self) -> BrokerCheck {
+        BrokerCheck {
+            holds_secret: self.config.shared_secret.is_some(),
+            data_dir: Some(self.config.data_dir.clone()),
+        }
+    }
+
+    /// One attempt to reach the broker: over the socket if one is configured, else over TCP,
+    /// refusing one that is not the broker this process expects (see [`Client::verify_broker`]).
+    /// The broker can change between two tool calls (a takeover), so every connection checks.
     async fn try_connect(&self) -> Result<Client, ClientError> {
         let addr = self.config.addr.to_string();
         let socket = self.config.socket.clone();
+        let check = self.broker_check();
         tokio::task::spawn_blocking(move || {
             let mut client = match socket {
                 Some(path) => Client::connect_unix(&path, CONNECT_TIMEOUT)?,
                 None => Client::connect(&addr, CONNECT_TIMEOUT)?,
             };
             client.set_timeout(REQUEST_TIMEOUT)?;
+            client.verify_broker(&check)?;
             Ok(client)
         })
         .await

@@ -81,6 +81,13 @@ pub enum ToolError {
     Input(String),
     #[error("The call was cancelled; no mail was consumed.")]
     Cancelled,
+    /// This server refused the broker it found (open mode although it has the secret, or
+    /// another data directory): retrying reaches the same broker, so the text says what a
+    /// person must do.
+    #[error("Refusing the broker: {0}.")]
+    BrokerRefused(ClientError),
+    #[error("No broker answers at {target}, and this MCP server may not host one: {refusal} [data_dir_protected].")]
+    DataDirProtected { target: String, refusal: String },
 }
 
 impl From<ClientError> for ToolError {
@@ -97,6 +104,7 @@ impl From<ClientError> for ToolError {
                 "a reply this server does not understand (is another program listening at IPC_ADDR?)"
                     .to_owned(),
             )),
+            refused if refused.is_broker_refused() => ToolError::BrokerRefused(refused),
             other => ToolError::Client(other),
         }
     }
