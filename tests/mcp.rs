@@ -272,15 +272,16 @@ fn a_reset_data_directory_is_survived_by_registering_the_same_name_again() {
 fn a_broker_failure_is_a_tool_error_never_no_new_messages() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let broker = serve_at(&addr, &dir.path().join("served"));
-    // If the broker goes away, this server cannot host one: its data directory is a file.
-    let not_a_dir = dir.path().join("file");
-    std::fs::write(&not_a_dir, b"").unwrap();
-    let mut mcp = McpProcess::start(&addr, &not_a_dir, &[], &[]);
+    let served = dir.path().join("served");
+    let broker = serve_at(&addr, &served);
+    let mut mcp = McpProcess::start(&addr, &served, &[], &[]);
     let text = mcp.error("check", json!({}));
     assert!(text.contains("register"), "says what to do: {text}");
     mcp.ok("register", json!({"instance_id": "alice"}));
     stop(broker);
+    // Now the broker is gone and this server cannot host one: its data directory is a file.
+    std::fs::rename(&served, dir.path().join("moved")).unwrap();
+    std::fs::write(&served, b"").unwrap();
     let text = mcp.error("check", json!({}));
     assert!(!text.contains("No new messages"), "{text}");
     assert!(
