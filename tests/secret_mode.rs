@@ -216,6 +216,11 @@ fn reset_secret_changes_the_directory_both_ways_and_ends_every_session() {
         .unwrap()
         .session_token;
     broker.stop();
+    // A start with the directory's own secret changes nothing: the session still works.
+    let broker = started(&data, &[("IPC_SHARED_SECRET", SECRET)], &[]);
+    assert!(broker.client().check(&old).is_ok());
+    assert!(!broker.log().contains("sessions_ended"), "{}", broker.log());
+    broker.stop();
 
     // To another secret: the old secret's session ends, the new secret is the one required.
     let broker = started(&data, &[("IPC_SHARED_SECRET", OTHER)], &["--reset-secret"]);
@@ -350,6 +355,65 @@ fn clients_holding_the_secret_refuse_a_broker_in_open_mode_before_registering() 
         broker.count("SELECT count(*) FROM sessions"),
         1,
         "carol's only"
+    );
+}
+
+#[test]
+fn the_hook_and_watch_holding_the_secret_send_no_session_token_to_an_open_mode_broker() {
+    // The wall clock, so that a use of carol's session would move its last_used_at.
+    let broker = TestBroker::start_on_wall_clock();
+    let dir = tempfile::tempdir().unwrap();
+    let session_file = dir.path().join("session");
+    let addr = broker.addr();
+    assert!(
+        cli_with_env(&addr, &session_file, &["register", "carol"], &[])
+            .status
+            .success()
+    );
+    let alice = broker.register("alice");
+    broker
+        .client()
+        .send(&alice, "carol", "waiting for carol", None, None)
+        .unwrap();
+    let hook = |env: &[(&str, &str)]| {
+        let output = cli_with_env(&addr, &session_file, &["hook"], env);
+        assert!(output.status.success(), "a hook never fails");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(
+        hook(&[]).contains("1 new message"),
+        "without a secret it asks"
+    );
+    let carol_last_used = || -> String {
+        broker
+            .sql()
+            .query_row(
+                "SELECT last_used_at FROM sessions WHERE instance_name = 'carol'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap()
+    };
+    let used_before = carol_last_used();
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(hook(&[("IPC_SHARED_SECRET", SECRET)]), "");
+    assert_eq!(
+        carol_last_used(),
+        used_before,
+        "carol's session was not used"
+    );
+
+    let output = cli_with_env(
+        &addr,
+        &session_file,
+        &["watch"],
+        &[("IPC_SHARED_SECRET", SECRET)],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("[broker_open_mode]"));
+    assert_eq!(
+        broker.count("SELECT count(*) FROM messages WHERE delivered_at IS NOT NULL"),
+        0
     );
 }
 
