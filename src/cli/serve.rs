@@ -12,7 +12,7 @@ use crate::server;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n  claude-ipc serve --socket ~/.claude-ipc.sock    (also a Unix socket, for your user only)\n\nDurations are written like 30s, 10m, 24h or 7d.\nIPC_SHARED_SECRET, when set, is the secret that register requires; without it the broker runs\nin open mode and says so loudly. The first start with a secret protects the data directory:\nfrom then on a broker started there without that secret refuses, until one start with\n--reset-secret makes the secret then given (or open mode) the directory's own."
+    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n  claude-ipc serve --socket ~/.claude-ipc.sock    (also a Unix socket, for your user only)\n\nDurations are written like 30s, 10m, 24h or 7d.\nIPC_SHARED_SECRET, when set, is the secret that register requires; without it the broker runs\nin open mode and says so loudly. The first start with a secret protects the data directory:\nfrom then on a broker started there without that secret refuses, until one start with\n--reset-secret makes the secret then given (or open mode) the directory's own.\n\nExit codes: 0 after a clean stop, 1 when it refuses to start (the message says why), 4 when\nanother broker already holds the data directory, the address or the socket."
 )]
 pub struct ServeArgs {
     /// Address to listen on (loopback unless --allow-remote).
