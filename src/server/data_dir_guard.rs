@@ -125,10 +125,6 @@ pub async fn apply(
 /// secret.
 pub fn log_change(change: Change, data_dir: &Path, reset: bool) {
     match change {
-        Change::None if reset => tracing::info!(
-            data_dir = %data_dir.display(),
-            "--reset-secret: nothing to change"
-        ),
         Change::None => {}
         Change::Protected { sessions_ended } => tracing::info!(
             data_dir = %data_dir.display(),
