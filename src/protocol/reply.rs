@@ -42,6 +42,12 @@ pub enum ErrorCode {
     DatabaseGone,
     /// SQLite reports the database corrupt.
     DatabaseDamaged,
+    /// A `register` that did not ask to take over named a session in use.
+    NameInUse,
+    /// The session was replaced by a later `register` of its name.
+    SessionReplaced,
+    /// The name differs only in letter case from another instance's.
+    NameTooSimilar,
 }
 
 impl ErrorCode {
@@ -81,6 +87,9 @@ impl ErrorCode {
             AuthThrottled => "auth_throttled",
             DatabaseGone => "database_gone",
             DatabaseDamaged => "database_damaged",
+            NameInUse => "name_in_use",
+            SessionReplaced => "session_replaced",
+            NameTooSimilar => "name_too_similar",
         }
     }
 }
