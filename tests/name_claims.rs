@@ -428,3 +428,23 @@ fn a_name_differing_only_in_case_from_an_instance_is_refused() {
     // A name that differs in more than case is fine.
     assert_eq!(register_new(&addr, "Alicia", false)["status"], "ok");
 }
+
+#[test]
+fn a_replaced_session_keeps_the_name_it_was_replaced_in_when_the_new_holder_renames() {
+    let broker = TestBroker::start();
+    let addr = broker.addr();
+    let old = legacy_register(&addr, "alice");
+    let new = legacy_register(&addr, "alice");
+    // Renaming to your own name in another case fools nobody: it is allowed.
+    let renamed = legacy(
+        &addr,
+        &json!({"action": "rename", "session_token": new, "new_id": "Alice"}),
+    );
+    assert_eq!(renamed["status"], "ok", "{renamed}");
+    let told = legacy_check(&addr, &old);
+    assert_eq!(told["code"], "session_replaced", "{told}");
+    let hint = told["hint"].as_str().unwrap();
+    assert!(hint.contains("a new registration of alice "), "{hint}");
+    assert_eq!(legacy_check(&addr, &new)["status"], "ok");
+    assert_eq!(active_sessions(&broker, "Alice"), 1);
+}

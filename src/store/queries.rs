@@ -261,8 +261,10 @@ pub fn list_instances_after(
 
 pub(crate) const RENAME_INSTANCE_ROW: &str =
     "UPDATE instances SET name = ?2, last_renamed_at = ?3, last_seen_at = ?3 WHERE name = ?1";
+/// Only the live session moves: a session replaced earlier stays under the name it was
+/// replaced in, which is what its holder is told.
 pub(crate) const RENAME_SESSIONS: &str =
-    "UPDATE sessions SET instance_name = ?2 WHERE instance_name = ?1";
+    "UPDATE sessions SET instance_name = ?2 WHERE instance_name = ?1 AND revoked_at IS NULL";
 pub(crate) const RENAME_PENDING_MAIL: &str =
     "UPDATE messages SET recipient = ?2 WHERE recipient = ?1 AND delivered_at IS NULL";
 pub(crate) const RENAME_REQUEST_LOG: &str =
