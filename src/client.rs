@@ -27,8 +27,14 @@ pub enum ClientError {
     Closed,
     #[error("the broker sent something that is not a reply: {0}; is another program listening at that address? `claude-ipc status` tells")]
     Protocol(String),
-    #[error("{message} [{code}]")]
-    Broker { code: String, message: String },
+    #[error("{message} [{code}]{}", hint.as_deref().map(|hint| format!(": {hint}")).unwrap_or_default())]
+    Broker {
+        code: String,
+        message: String,
+        /// The broker's explanation beside a message whose text is fixed for the legacy
+        /// scripts (a replaced session's `Invalid or missing session token`).
+        hint: Option<String>,
+    },
     #[error("the broker on {target} runs without a shared secret (open mode), although this client has one (IPC_SHARED_SECRET); someone may have started it by mistake or on purpose. Nothing was sent to it: stop it and start it with the secret (IPC_SHARED_SECRET=... claude-ipc serve) [{}]", ErrorCode::BrokerOpenMode.as_str())]
     BrokerOpenMode { target: String },
     #[error("the broker on {target} serves the data directory {theirs}, but this client is configured with {ours}, so it would read and write someone else's store. Nothing was sent to it: point IPC_DATA_DIR at {theirs}, or run a separate broker for {ours} on another IPC_ADDR [{}]", ErrorCode::DataDirMismatch.as_str())]
@@ -518,6 +524,7 @@ impl Client {
                 .as_str()
                 .unwrap_or("(no message)")
                 .to_owned(),
+            hint: reply["hint"].as_str().map(str::to_owned),
         })
     }
 
@@ -531,16 +538,47 @@ impl Client {
         self.call(&json!({"action": "ping"}))
     }
 
-    /// Registers `name`, computing the auth token from `secret` when one is given.
+    /// Registers `name`, computing the auth token from `secret` when one is given. A name
+    /// another session is using is refused (`name_in_use`); see [`Client::register_with`].
     pub fn register(
         &mut self,
         name: &str,
         secret: Option<&str>,
     ) -> Result<Registered, ClientError> {
+        self.register_with(name, secret, false)
+    }
+
+    /// Registers `name`; with `takeover`, even while another session is using it (that
+    /// session is then told it was replaced).
+    pub fn register_with(
+        &mut self,
+        name: &str,
+        secret: Option<&str>,
+        takeover: bool,
+    ) -> Result<Registered, ClientError> {
+        self.register_as(name, secret, takeover, None)
+    }
+
+    /// [`Client::register_with`], presenting `own_token`, the name's session this caller
+    /// holds (if it still does, registering again is never refused as "in use").
+    pub fn register_as(
+        &mut self,
+        name: &str,
+        secret: Option<&str>,
+        takeover: bool,
+        own_token: Option<&str>,
+    ) -> Result<Registered, ClientError> {
         let auth_token = secret
             .map(|s| expected_auth_token(name, s))
             .unwrap_or_default();
-        self.call_as(&json!({"action": "register", "instance_id": name, "auth_token": auth_token}))
+        let mut request = json!({
+            "action": "register", "instance_id": name, "auth_token": auth_token,
+            "takeover": takeover,
+        });
+        if let Some(token) = own_token {
+            request["session_token"] = token.into();
+        }
+        self.call_as(&request)
     }
 
     /// Sends `content` (and optional `data`) to `to`. `nonce` makes a retry safe.

@@ -89,6 +89,10 @@ pub struct Limits {
     /// initial buffer, all connections together (a quarter kept for authenticated ones);
     /// never less than two largest requests.
     pub request_memory_budget: usize,
+    /// A name's session used within this long (or with a long-poll open now) is in use: a
+    /// `register` that did not ask to take over is refused it. Longer than the minute by
+    /// which a busy session's last use is recorded.
+    pub name_live_window: Duration,
 }
 
 /// Registrations of new names per peer per minute when `rate_limit` is on and no other is set.
@@ -163,6 +167,7 @@ impl Default for Limits {
             auth_failure_rows: 10_000,
             unauthenticated_idle_timeout: Duration::from_secs(10),
             request_memory_budget: 64 * 1024 * 1024,
+            name_live_window: Duration::from_secs(5 * MINUTE),
         }
     }
 }

@@ -448,11 +448,8 @@ fn without_ipc_session_file_the_legacy_home_path_is_used() {
     )
     .unwrap();
     succeeded(run(&["send", "alice", "from", "the", "script"]), &["send"]);
-    let alice_token = broker
-        .client()
-        .register("alice", None)
-        .unwrap()
-        .session_token;
+    // alice's own session file was overwritten; take her name back to read her mail.
+    let alice_token = broker.take_over("alice");
     let mail = broker.client().check(&alice_token).unwrap().messages;
     assert_eq!(mail.len(), 1);
     assert_eq!(
@@ -508,13 +505,14 @@ fn a_broker_refusal_exits_1() {
         "a refused rename must leave the session file alone"
     );
 
-    // Registering alice again elsewhere revokes the first file's session.
+    // Taking alice over elsewhere revokes the first file's session, and says so.
     let usurper = Identity::new(&dir, "alice-again");
-    usurper.ok(&broker, &["register", "alice"]);
+    usurper.ok(&broker, &["register", "alice", "--takeover"]);
     let output = alice.run(&broker, &["check"]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert_stderr_contains(&output, "Invalid or missing session token");
-    assert_stderr_contains(&output, "run `claude-ipc register NAME` again");
+    assert_stderr_contains(&output, "this session was replaced");
+    assert_stderr_contains(&output, "claude-ipc register alice --takeover");
 }
 
 #[test]
@@ -633,6 +631,7 @@ fn serve_help_lists_every_limit_flag() {
         "--auth-failure-limit",
         "--auth-failure-rows",
         "--reset-secret",
+        "--name-live-window",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(flag)),

@@ -40,7 +40,7 @@ fn read_all(client: &mut Client, bob: &str) -> Vec<String> {
 
 fn refusal_code(error: ClientError) -> (String, String) {
     match error {
-        ClientError::Broker { code, message } => (code, message),
+        ClientError::Broker { code, message, .. } => (code, message),
         other => panic!("expected a refusal from the broker, got {other}"),
     }
 }

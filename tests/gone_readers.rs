@@ -408,8 +408,12 @@ fn a_wait_for_messages_abandoned_unannounced_consumes_nothing() {
         "{}",
         unread.text
     );
+    // alice's session was in use a moment ago: the fresh server takes it over on purpose.
     let mut fresh = mcp_for(&broker);
-    fresh.ok("register", json!({"instance_id": "alice"}));
+    fresh.ok(
+        "register",
+        json!({"instance_id": "alice", "takeover": true}),
+    );
     let checked = fresh.ok("check", json!({}));
     assert!(checked.contains("nobody was listening"), "{checked}");
 }

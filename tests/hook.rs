@@ -180,7 +180,7 @@ fn the_hook_is_silent_when_the_session_is_no_longer_valid() {
         .client()
         .send(&alice, "carol", "hi", None, None)
         .unwrap();
-    broker.register("carol"); // revokes the file's session
+    broker.take_over("carol"); // revokes the file's session
     assert_silent(&hook(&broker.addr(), &session_file));
 }
 
@@ -240,7 +240,7 @@ fn count_names_at_most_ten_senders_in_order_of_their_oldest_mail() {
         let token = broker.register(sender);
         client.send(&token, "carol", "x", None, None).unwrap();
     }
-    let first = broker.register("s11");
+    let first = broker.take_over("s11");
     client.send(&first, "carol", "again", None, None).unwrap();
     let waiting = client.count(&carol).unwrap();
     assert_eq!(waiting.count, 13);

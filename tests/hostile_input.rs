@@ -320,7 +320,7 @@ fn two_thousand_simultaneous_connections() {
 fn an_instance_name_or_recipient_that_tries_path_tricks_on_large_message_files() {
     let broker = TestBroker::start();
     let bob = stored_mail(&broker.addr());
-    let alice = broker.register("alice");
+    let alice = broker.take_over("alice");
     let large = "z".repeat(20 * 1024);
     for name in [
         "../../etc/passwd",

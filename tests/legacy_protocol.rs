@@ -222,12 +222,13 @@ fn register_reply_names_the_instance_and_counts_queued_mail() {
     );
     assert_eq!(reply["message"], "Registered carol with 3 queued messages");
 
-    // Registering again replaces the session: the first token stops working.
+    // Registering again replaces the session: the first token stops working, with the
+    // legacy text (the code says it was replaced).
     let again = legacy_register(&addr, "alice");
     assert_ne!(again, token);
     expect_error(
         &legacy_check(&addr, token),
-        "invalid_session",
+        "session_replaced",
         "Invalid or missing session token",
     );
     assert_eq!(legacy_check(&addr, &again)["status"], "ok");

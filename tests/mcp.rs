@@ -65,7 +65,7 @@ fn tools_list_has_exactly_the_named_tools_and_arguments() {
     let wanted = BTreeMap::from([
         (
             "register".to_owned(),
-            expect(&["instance_id"], &["instance_id"]),
+            expect(&["instance_id", "takeover"], &["instance_id"]),
         ),
         (
             "send".to_owned(),
@@ -142,7 +142,11 @@ fn two_servers_message_each_other_and_the_survivor_takes_over_after_sigkill() {
     assert!(bob.ok("list_instances", json!({})).contains("bob (you)"));
 
     let mut carol = McpProcess::start(&addr, &data, &[], &[]);
-    let registered = carol.ok("register", json!({"instance_id": "alice"}));
+    // alice's session was in use a moment ago: her name is taken over on purpose.
+    let registered = carol.ok(
+        "register",
+        json!({"instance_id": "alice", "takeover": true}),
+    );
     assert!(registered.contains("1 message waiting"), "{registered}");
     let read = carol.ok("check", json!({}));
     assert!(read.contains("From bob"), "{read}");
@@ -199,8 +203,16 @@ fn a_revoked_session_is_renewed_once_and_the_call_goes_through() {
     let mut mcp = mcp_for(&broker, &[], &[]);
     mcp.ok("register", json!({"instance_id": "alice"}));
     let bob = broker.register("bob");
-    // Registering alice elsewhere revokes the MCP server's session.
-    broker.register("alice");
+    // An operator revokes every session (docs/OPERATIONS.md); the MCP server's is gone. (A
+    // session replaced by another registration is not renewed: tests/name_claims.rs.)
+    rusqlite::Connection::open(broker.db_path())
+        .unwrap()
+        .execute(
+            "UPDATE sessions SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+             WHERE revoked_at IS NULL AND instance_name = 'alice'",
+            [],
+        )
+        .unwrap();
     mcp.ok("send", json!({"to_id": "bob", "content": "still me"}));
     let got = mail(&broker, &bob);
     assert_eq!(got.len(), 1);
@@ -653,7 +665,11 @@ fn with_ipc_socket_the_hosted_broker_listens_on_it_and_a_survivor_takes_it_over(
     assert_eq!(pid_on_socket(&socket), bob.pid());
 
     let mut carol = McpProcess::start(tcp, &data, &env, &[]);
-    let registered = carol.ok("register", json!({"instance_id": "alice"}));
+    // alice's session was in use a moment ago: her name is taken over on purpose.
+    let registered = carol.ok(
+        "register",
+        json!({"instance_id": "alice", "takeover": true}),
+    );
     assert!(registered.contains("1 message waiting"), "{registered}");
     let read = carol.ok("check", json!({}));
     assert!(read.contains("From bob"), "{read}");

@@ -163,7 +163,10 @@ fn fresh_names_do_not_escape_the_per_peer_rate_limit() {
     assert!(text.contains("retry in"), "{text}");
     // After the minute, the peer's names may send again.
     broker.clock.advance(Duration::seconds(61));
-    let token = client.register("sock-00", None).unwrap().session_token;
+    let token = client
+        .register_with("sock-00", None, true)
+        .unwrap()
+        .session_token;
     let reply = client
         .request(&send_request(&token, "sink", "later"))
         .unwrap();
@@ -203,7 +206,7 @@ fn new_names_are_limited_per_peer_and_for_everyone() {
     let text = refused["message"].as_str().unwrap();
     assert!(text.contains("--peer-register-limit"), "{text}");
     assert!(
-        client.register("n3", None).is_ok(),
+        client.register_with("n3", None, true).is_ok(),
         "registering a name again makes no new name and is not counted"
     );
     per_peer.clock.advance(Duration::seconds(61));

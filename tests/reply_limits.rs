@@ -504,7 +504,8 @@ fn a_new_holder_of_a_name_does_not_inherit_the_previous_holders_nonces() {
     // Someone else registers alice: the first holder's session is revoked.
     let new_holder = legacy_register(&addr, "alice");
     let revoked = send_with_nonce(&addr, &first_holder, "still me?", "n-2");
-    assert_eq!(revoked["code"], "invalid_session");
+    assert_eq!(revoked["code"], "session_replaced");
+    assert_eq!(revoked["message"], "Invalid or missing session token");
     let mine = send_with_nonce(&addr, &new_holder, "from the second alice", "n-1");
     assert_eq!(mine["status"], "ok", "{mine}");
     assert_eq!(mine["duplicate"], false, "{mine}");

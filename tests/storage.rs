@@ -103,12 +103,12 @@ fn populated() -> Populated {
         reply["message"], "Invalid or missing session token",
         "{reply}"
     );
-    let alice = broker.register("alice");
+    let alice = broker.take_over("alice");
     let (reply, revoked_peer) = raw_request(
         &addr,
         &json!({"action": "list", "session_token": alice_old}),
     );
-    assert_eq!(reply["code"], "invalid_session", "{reply}");
+    assert_eq!(reply["code"], "session_replaced", "{reply}");
 
     let mut client = broker.client();
     let bob_message_id = client

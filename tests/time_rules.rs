@@ -74,13 +74,14 @@ fn a_session_is_refreshed_at_most_once_a_minute_so_busy_requests_do_not_rewrite_
 fn registering_again_revokes_the_old_token() {
     let broker = TestBroker::start();
     let old = broker.register("alice");
-    let new = broker.register("alice");
+    let new = broker.take_over("alice");
     assert_ne!(old, new);
     let reply = legacy(
         &broker.addr(),
         &json!({"action": "list", "session_token": old}),
     );
-    assert_eq!(code(&reply), "invalid_session");
+    assert_eq!(code(&reply), "session_replaced");
+    assert_eq!(reply["message"], "Invalid or missing session token");
     assert!(broker.client().list(&new).is_ok());
 }
 

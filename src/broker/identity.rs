@@ -4,6 +4,13 @@
 //!
 //! Identity always comes from the session token. Names a request claims (`from_id`,
 //! `instance_id`, `old_id`) are never read.
+//!
+//! A name in use is not taken silently: a `register` from this project's own clients
+//! ([`Claim::Asked`]) is refused a name whose session is live unless it asks to take it over,
+//! and a replaced session's next request is told who replaced it and when. The original's
+//! scripts (no `takeover` field, [`Claim::Legacy`]) replace it as they always did, and their
+//! old holder is told the same way. No name may differ from another only in letter case, and
+//! `system` is reserved in every spelling.
 
 use std::sync::Arc;
 
@@ -11,18 +18,107 @@ use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 
 use super::auth_guard::{AuthGuard, Failure};
+use super::listening::Listening;
 use super::session::{constant_time_eq, expected_auth_token, new_token, token_hash};
 use super::{minus, plus, text, Broker, BrokerError, Peer};
 use crate::protocol::{EntryBudget, InstanceName, ListOptions, Reply};
-use crate::store::queries::{self, AuthFailure, IdentityId, PeerActivity};
+use crate::store::queries::{self, AuthFailure, IdentityId, PeerActivity, Replacement};
 
 /// The most instances one `list` page holds, whatever `limit` asks for.
 const LIST_MAX_INSTANCES: u32 = 1000;
 /// A `list` reply without its entries: status, `more`, and the longest `next_after`.
 const LIST_REPLY_FIXED_BYTES: usize = 100;
 
-/// The name reserved for the broker's own notices, so nobody can pose as it.
+/// The name reserved for the broker's own notices, so nobody can pose as it. Reserved in
+/// every letter case: `System` would read just like it.
 pub const SYSTEM_SENDER: &str = "system";
+/// How many replaced sessions of one name are kept to tell their holders; older ones are
+/// forgotten (their holder then sees a plain invalid session).
+const REPLACED_KEPT_PER_NAME: u32 = 8;
+
+/// Whether `name` is the broker's own, in any letter case.
+fn is_reserved(name: &str) -> bool {
+    name.eq_ignore_ascii_case(SYSTEM_SENDER)
+}
+
+/// How a `register` claims its name.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// No `takeover` field: the original's scripts, which replace any earlier session.
+    Legacy,
+    /// This project's own clients: a session in use is replaced only with `takeover`. A
+    /// caller presenting the name's current session token (registering itself again) is
+    /// never refused.
+    Asked {
+        takeover: bool,
+        own_token_hash: Option<String>,
+    },
+}
+
+impl Claim {
+    /// The claim a `register` request makes: `takeover` as sent, and its `session_token`.
+    pub fn from_request(takeover: Option<bool>, session_token: Option<String>) -> Claim {
+        match takeover {
+            None => Claim::Legacy,
+            Some(takeover) => Claim::Asked {
+                takeover,
+                own_token_hash: session_token.as_deref().map(token_hash),
+            },
+        }
+    }
+}
+
+/// When a name's session counts as in use, checked on the writer thread.
+struct LiveRule {
+    window: std::time::Duration,
+    idle_expiry: std::time::Duration,
+    listening: Arc<Listening>,
+}
+
+impl LiveRule {
+    /// Refuses to replace `name`'s session if it is live: not revoked, not expired, and used
+    /// within the window or waiting for mail now. `own_token_hash` matching it is its holder.
+    fn refuse_if_in_use(
+        &self,
+        conn: &Connection,
+        name: &str,
+        own_token_hash: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), BrokerError> {
+        let Some(holder) = queries::name_holder(conn, name)? else {
+            return Ok(());
+        };
+        let is_holder = own_token_hash
+            .is_some_and(|own| constant_time_eq(own.as_bytes(), holder.token_sha256.as_bytes()));
+        let last_used = crate::clock::parse(&holder.last_used_at).unwrap_or(now);
+        let expired = last_used < minus(now, self.idle_expiry);
+        if is_holder || expired {
+            return Ok(());
+        }
+        let last_active = if self.listening.is_waiting(holder.session_id) {
+            "now: it is waiting for mail".to_owned()
+        } else if last_used >= minus(now, self.window) {
+            format!("{} s ago", (now - last_used).num_seconds().max(0))
+        } else {
+            return Ok(());
+        };
+        Err(BrokerError::NameInUse {
+            name: name.to_owned(),
+            last_active,
+        })
+    }
+}
+
+/// What a replaced session's holder is told: when, by whom, and how to take the name back.
+pub(super) fn replaced_hint(name: &str, replacement: &Replacement) -> String {
+    let at = crate::clock::parse(&replacement.at)
+        .map(|at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| replacement.at.clone());
+    format!(
+        "this session was replaced at {at} by a new registration of {name} (from {}); register again with takeover to take the name back (CLI: `claude-ipc register {name} --takeover`; MCP: register with takeover: true), only if the other holder is gone or should give it up",
+        replacement.by
+    )
+}
 
 /// The instance a valid session speaks for.
 #[derive(Debug, Clone)]
@@ -151,12 +247,22 @@ impl SessionCheck {
             return self.refuse(conn, now, None, "unknown session token");
         };
         if session.revoked {
-            return self.refuse(
+            let refused = self.refuse(
                 conn,
                 now,
                 Some(&session.instance_name),
                 "revoked session token",
             );
+            // Recorded like any revoked token; the holder is told what replaced it.
+            return match (refused, session.replaced) {
+                (Err(BrokerError::InvalidSession), Some(replacement)) => {
+                    Err(BrokerError::SessionReplaced {
+                        name: session.instance_name,
+                        replacement,
+                    })
+                }
+                (refused, _) => refused,
+            };
         }
         let idle_cutoff = text(minus(now, self.idle_expiry));
         if session.last_used_at < idle_cutoff {
@@ -228,6 +334,18 @@ impl SessionCheck {
     }
 }
 
+/// Refuses `name` if another instance (other than `except`) has the same name in another
+/// letter case: a look-alike of a peer is how a reader is fooled.
+fn refuse_case_variant(conn: &Connection, name: &str, except: &str) -> Result<(), BrokerError> {
+    match queries::case_variant(conn, name, except)? {
+        Some(existing) => Err(BrokerError::NameTooSimilar {
+            name: name.to_owned(),
+            existing,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Seconds until the oldest counted event leaves the sliding window (at least 1).
 fn retry_seconds(oldest: Option<&str>, now: DateTime<Utc>) -> i64 {
     let frees_at = oldest
@@ -292,6 +410,14 @@ impl Broker {
         }
     }
 
+    fn live_rule(&self) -> LiveRule {
+        LiveRule {
+            window: self.limits.name_live_window,
+            idle_expiry: self.limits.session_idle_expiry,
+            listening: self.listening.clone(),
+        }
+    }
+
     fn peer_record(&self, peer: &Peer) -> PeerRecord {
         PeerRecord {
             label: peer.label.clone(),
@@ -301,18 +427,20 @@ impl Broker {
         }
     }
 
-    /// `register`: checks the shared secret, revokes any earlier session of this name, and
-    /// issues a new token. Mail already waiting for the name is reported, not moved. A peer
-    /// that used up its authentication failures is refused without its secret being looked
-    /// at, and a new name counts against the registration limits.
+    /// `register`: checks the shared secret, replaces any earlier session of this name (a
+    /// live one only if the claim allows it, see [`Claim`]), and issues a new token. Mail
+    /// already waiting for the name is reported, not moved. A peer that used up its
+    /// authentication failures is refused without its secret being looked at, and a new name
+    /// counts against the registration limits and must not differ from another only in case.
     pub(super) async fn register(
         &self,
         name: InstanceName,
         auth_token: Option<String>,
+        claim: Claim,
         peer: &Peer,
     ) -> Result<Reply, BrokerError> {
         let name = name.as_str().to_owned();
-        if name == SYSTEM_SENDER {
+        if is_reserved(&name) {
             return Err(BrokerError::ReservedName(name));
         }
         let secret_ok = match &self.shared_secret {
@@ -336,6 +464,7 @@ impl Broker {
             self.limits.effective_peer_register_limit(),
             self.limits.effective_register_limit(),
         );
+        let live = self.live_rule();
         let now = self.now();
         let queued = self
             .run(move |conn| {
@@ -344,10 +473,18 @@ impl Broker {
                     return Err(BrokerError::InvalidAuth);
                 }
                 if !queries::instance_exists(conn, &name)? {
+                    refuse_case_variant(conn, &name, &name)?;
                     enforce_register_limits(conn, register_limits, &record.key, now)?;
                 }
+                if let Claim::Asked {
+                    takeover: false,
+                    own_token_hash,
+                } = &claim
+                {
+                    live.refuse_if_in_use(conn, &name, own_token_hash.as_deref(), now)?;
+                }
                 let now = text(now);
-                queries::revoke_sessions(conn, &name, &now)?;
+                queries::replace_sessions(conn, &name, &now, &record.key, REPLACED_KEPT_PER_NAME)?;
                 queries::upsert_instance(conn, &name, &now)?;
                 queries::delete_forward(conn, &name)?;
                 queries::insert_session(conn, &name, &hash, &now)?;
@@ -356,6 +493,8 @@ impl Broker {
             })
             .await;
         let (name, queued) = queued?;
+        // A replaced session's long-poll wakes to learn it was replaced.
+        self.doorbells.ring(&name);
         let message = if queued > 0 {
             format!("Registered {name} with {queued} queued messages")
         } else {
@@ -386,12 +525,14 @@ impl Broker {
                 if new == old {
                     return Err(BrokerError::SameName(new));
                 }
-                if new == SYSTEM_SENDER {
+                if is_reserved(&new) {
                     return Err(BrokerError::ReservedName(new));
                 }
                 if queries::instance_exists(conn, &new)? {
                     return Err(BrokerError::NameTaken(new));
                 }
+                // Renaming `alice` to `Alice` fools nobody; `bob` to `Alice` would.
+                refuse_case_variant(conn, &new, &old)?;
                 let last = queries::last_renamed_at(conn, &old)?;
                 // A rename stamped in the future counts as just now: the wait is never longer
                 // than the cooldown.

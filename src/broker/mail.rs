@@ -86,6 +86,7 @@ impl DeliveryReceipt {
 /// What one read of a mailbox found.
 struct Batch {
     caller: String,
+    session_id: i64,
     messages: Vec<Value>,
     ids: Vec<MessageId>,
     more: bool,
@@ -131,6 +132,7 @@ impl Batch {
 /// What one look at a mailbox found for `count`.
 struct Summary {
     caller: String,
+    session_id: i64,
     count: u32,
     senders: Vec<String>,
     /// With nothing waiting: when the caller's first leased message comes back.
@@ -495,6 +497,8 @@ impl Broker {
         let deadline = options.wait.map(|wait| Instant::now() + wait);
         let mut closing = self.doorbells.closing();
         let mut bell: Option<Arc<Notify>> = None;
+        // Held while this check waits: its session is in use (see `Listening`).
+        let mut _listener = None;
         let settle_by = Instant::now() + SETTLE_WAIT;
         let mut first_read = true;
         loop {
@@ -530,6 +534,7 @@ impl Broker {
             }
             let Some(rung) = rung else {
                 bell = Some(self.doorbells.bell(&batch.caller));
+                _listener = Some(self.listening.start(batch.session_id));
                 continue;
             };
             let wake_at = self.wake_time(deadline, batch.next_lease_expiry.as_deref());
@@ -603,6 +608,7 @@ impl Broker {
             };
             Ok(Batch {
                 caller: caller.name.clone(),
+                session_id: caller.session_id,
                 more,
                 messages,
                 ids,
@@ -651,6 +657,8 @@ impl Broker {
         let deadline = wait.map(|wait| Instant::now() + wait);
         let mut closing = self.doorbells.closing();
         let mut bell: Option<Arc<Notify>> = None;
+        // Held while this count waits: its session is in use (see `Listening`).
+        let mut _listener = None;
         loop {
             let listening = bell.clone();
             let mut rung = listening.as_deref().map(|bell| Box::pin(bell.notified()));
@@ -665,6 +673,7 @@ impl Broker {
             }
             let Some(rung) = rung else {
                 bell = Some(self.doorbells.bell(&summary.caller));
+                _listener = Some(self.listening.start(summary.session_id));
                 continue;
             };
             let wake_at = self.wake_time(deadline, summary.next_lease_expiry.as_deref());
@@ -695,6 +704,7 @@ impl Broker {
                 _ => None,
             };
             Ok(Summary {
+                session_id: caller.session_id,
                 caller: caller.name,
                 count,
                 senders,

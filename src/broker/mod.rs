@@ -10,6 +10,7 @@
 //! - [`mail`]: send, broadcast, check, ack and delivery receipts.
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
 //! - [`reader`]: tells a long-poll that its reader's connection closed.
+//! - [`listening`]: which sessions have a long-poll open, so their names count as in use.
 //! - [`unsettled`]: legacy replies waiting for evidence that their client took them.
 //! - [`sweeper`]: expiry and purging in bounded batches.
 //! - [`timekeeping`]: the broker clock every rule runs on, resumed and persisted.
@@ -18,6 +19,7 @@ pub mod auth_guard;
 pub mod doorbell;
 pub mod identity;
 pub mod large_message;
+pub mod listening;
 pub mod mail;
 pub mod peer;
 pub mod reader;
@@ -37,6 +39,7 @@ use rusqlite::Connection;
 use crate::clock::{self, BrokerClock};
 use crate::config::Limits;
 use crate::protocol::{Action, ErrorCode, Reply, Request};
+use crate::store::queries;
 use crate::store::{Durability, Fault, Store, StoreError};
 
 pub use identity::Caller;
@@ -112,6 +115,16 @@ pub enum BrokerError {
     Entropy(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{name} is in use by another session (last active {last_active}); pass --takeover (CLI) or takeover: true (MCP register) to replace it, or choose another name")]
+    NameInUse { name: String, last_active: String },
+    /// The legacy text, since the original's scripts match it; the hint says why.
+    #[error("Invalid or missing session token")]
+    SessionReplaced {
+        name: String,
+        replacement: queries::Replacement,
+    },
+    #[error("`{name}` differs only in letter case from the instance `{existing}`, so readers could take one for the other; choose a name that differs in more than case")]
+    NameTooSimilar { name: String, existing: String },
 }
 
 impl From<rusqlite::Error> for BrokerError {
@@ -143,11 +156,20 @@ impl BrokerError {
             Store(StoreError::Unavailable(fault)) => fault_code(fault),
             LargeFile(_) | Store(_) => ErrorCode::StorageFailed,
             Entropy(_) => ErrorCode::Internal,
+            NameInUse { .. } => ErrorCode::NameInUse,
+            SessionReplaced { .. } => ErrorCode::SessionReplaced,
+            NameTooSimilar { .. } => ErrorCode::NameTooSimilar,
         }
     }
 
     pub fn into_reply(self) -> Reply {
-        Reply::error(self.code(), self.to_string())
+        let reply = Reply::error(self.code(), self.to_string());
+        match self {
+            BrokerError::SessionReplaced { name, replacement } => reply
+                .with("hint", identity::replaced_hint(&name, &replacement))
+                .with("replaced_at", replacement.at),
+            _ => reply,
+        }
     }
 
     /// Whether this refusal can only come after the caller's session was proved, so the
@@ -174,7 +196,10 @@ impl BrokerError {
             | DataTooLarge { .. }
             | LargeFile(_)
             | Entropy(_)
-            | Store(_) => false,
+            | Store(_)
+            | NameInUse { .. }
+            | SessionReplaced { .. }
+            | NameTooSimilar { .. } => false,
         }
     }
 }
@@ -226,6 +251,8 @@ pub struct Broker {
     /// A std `Mutex`, held only to read and set it.
     last_orphan_pass: Mutex<Option<DateTime<Utc>>>,
     unsettled: unsettled::Unsettled,
+    /// Sessions with a long-poll open; shared with `register` jobs on the writer thread.
+    listening: Arc<listening::Listening>,
 }
 
 impl Broker {
@@ -251,6 +278,7 @@ impl Broker {
             doorbells: doorbell::Doorbells::default(),
             last_orphan_pass: Mutex::new(None),
             unsettled: unsettled::Unsettled::default(),
+            listening: Arc::default(),
         }
     }
 
@@ -376,10 +404,13 @@ impl Broker {
             Action::Register {
                 instance_id,
                 auth_token,
-            } => self
-                .register(instance_id, auth_token, peer)
-                .await
-                .map(Outcome::from),
+                takeover,
+            } => {
+                let claim = identity::Claim::from_request(takeover, token);
+                self.register(instance_id, auth_token, claim, peer)
+                    .await
+                    .map(Outcome::from)
+            }
             Action::Send {
                 to_id,
                 message,

@@ -249,6 +249,7 @@ fn next_step(error: &ClientError) -> &'static str {
         }
         "queue_full" => "; the recipient must run `claude-ipc check` before more mail fits",
         "name_taken" => "; choose another name, or `claude-ipc list` to see who has it",
+        "name_too_similar" | "reserved_name" => "; choose another name",
         "storage_failed" => "; retry, and if it keeps failing read the broker's log",
         _ => "",
     }

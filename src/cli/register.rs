@@ -12,14 +12,22 @@ use super::{output, CliError, ClientArgs};
 (sent before it was registered) is yours. The token is saved to IPC_SESSION_FILE or
 ~/.ipc-session (mode 0600), never printed.
 
+A name another session is using (active in the last few minutes, or waiting for mail) is
+refused unless you pass --takeover; that session is then told it was replaced. Take over only
+when you are sure the other holder is gone, or it should give the name up.
+
 Examples:
   claude-ipc register alice
+  claude-ipc register alice --takeover    (replace a session that still uses alice)
   IPC_SHARED_SECRET=the-broker-secret claude-ipc register alice
   IPC_SESSION_FILE=/tmp/bob.session claude-ipc register bob    (a second identity)"
 )]
 pub struct RegisterArgs {
     /// The name to register: 1-32 letters, digits, hyphens or underscores.
     pub name: String,
+    /// Replace the name's session even if it is in use; its holder is told it was replaced.
+    #[arg(long)]
+    pub takeover: bool,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -28,10 +36,17 @@ pub fn run(args: RegisterArgs) -> Result<(), CliError> {
     let secret = std::env::var("IPC_SHARED_SECRET")
         .ok()
         .filter(|s| !s.is_empty());
-    let registered = args
-        .client
-        .connect_or_start()?
-        .register(&args.name, secret.as_deref())?;
+    // The session file's own session of this name is presented: registering yourself again
+    // is never refused as "in use".
+    let own = SessionFile::load()
+        .ok()
+        .filter(|file| file.instance_id == args.name);
+    let registered = args.client.connect_or_start()?.register_as(
+        &args.name,
+        secret.as_deref(),
+        args.takeover,
+        own.as_ref().map(|file| file.session_token.as_str()),
+    )?;
     let path = SessionFile {
         instance_id: args.name.clone(),
         session_token: registered.session_token,

@@ -123,6 +123,11 @@ pub struct ServeArgs {
     /// directory's own, where it is protected by another; ends every session. For one start.
     #[arg(long)]
     pub reset_secret: bool,
+    /// A name whose session was used this recently, or waits for mail now, is in use:
+    /// registering it is refused unless the register asks to take it over (`register
+    /// --takeover`). Legacy registers still replace it, as the original did.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub name_live_window: Duration,
 }
 
 impl ServeArgs {
@@ -164,6 +169,7 @@ impl ServeArgs {
                 auth_failure_rows: self.auth_failure_rows.max(1),
                 unauthenticated_idle_timeout: self.unauthenticated_idle_timeout,
                 request_memory_budget: self.request_memory_budget,
+                name_live_window: self.name_live_window,
             },
             reset_secret: self.reset_secret,
         }

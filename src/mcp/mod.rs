@@ -88,12 +88,25 @@ pub enum ToolError {
     BrokerRefused(ClientError),
     #[error("No broker answers at {target}, and this MCP server may not host one: {refusal} [data_dir_protected].")]
     DataDirProtected { target: String, refusal: String },
+    #[error("Your name was taken over by another session: {detail}. This server does not register again on its own, so two holders never keep replacing each other. Call register with takeover: true only if you are sure the other holder is gone or the user asked you to; otherwise register another name.")]
+    Replaced { detail: String },
+    #[error("This server's session ended (the broker no longer knew it), and registering {name} again was refused: {message} [{code}]. Another session now uses {name}: call register with takeover: true only if you are sure it is gone or the user asked you to; otherwise register another name.")]
+    LostName {
+        name: String,
+        code: String,
+        message: String,
+    },
 }
 
 impl From<ClientError> for ToolError {
     fn from(error: ClientError) -> Self {
         match error {
-            ClientError::Broker { code, message } => ToolError::Refused {
+            ClientError::Broker {
+                code,
+                hint: Some(detail),
+                ..
+            } if code == "session_replaced" => ToolError::Replaced { detail },
+            ClientError::Broker { code, message, .. } => ToolError::Refused {
                 hint: hint_for(&code),
                 code,
                 message,
@@ -128,7 +141,9 @@ fn hint_for(code: &str) -> &'static str {
         "rename_cooldown" | "rate_limited" => "Wait and try again later.",
         "queue_full" => "The recipient must read its mail (check) before more can be sent.",
         "data_too_large" => "Put large payloads in content instead of data.",
-        "reserved_name" => "Choose another name.",
+        "reserved_name" | "name_too_similar" => "Choose another name.",
+        "name_in_use" => "Another session uses this name now. Register another name, or pass takeover: true only if you are sure that session is gone or the user asked you to.",
+        "session_replaced" => "Another session registered your name. Register with takeover: true only if you are sure it is gone or the user asked you to; otherwise register another name.",
         "same_name" => "Nothing to do.",
         _ => "Fix the request and try again.",
     }
@@ -158,6 +173,10 @@ struct State {
 pub struct RegisterArgs {
     /// The name for this instance: 1-32 letters, digits, hyphens or underscores.
     pub instance_id: String,
+    /// Replace another session that is using this name now (default false). Only when you
+    /// are sure the other holder is gone, or the user asked: it loses the name and its mail.
+    #[serde(default)]
+    pub takeover: bool,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -247,10 +266,10 @@ impl IpcServer {
     }
 
     #[tool(
-        description = "Use first, once per session: registers this instance under a name so others can message it; says how many messages are waiting."
+        description = "Use first, once per session: registers this instance under a name so others can message it; says how many messages are waiting. A name another session is using is refused; set takeover to true only if you are sure that session is gone or the user asked you to take the name over."
     )]
     async fn register(&self, Parameters(args): Parameters<RegisterArgs>) -> CallToolResult {
-        reply(self.do_register(args.instance_id).await)
+        reply(self.do_register(args.instance_id, args.takeover).await)
     }
 
     #[tool(
@@ -446,12 +465,26 @@ impl IpcServer {
             .call_until(move |client| first(client, &token), cancel)
             .await
         {
+            // Only a session the broker does not know is renewed, never a replaced one
+            // (`session_replaced`), and never over a name in use: two servers of one name
+            // would otherwise take it from each other for ever, splitting its mail.
             Err(error) if error.is_invalid_session() => {
                 tracing::info!(
                     name = %identity.name,
                     "the broker no longer knows this session; registering the same name again"
                 );
-                let renewed = self.register_name(identity.name).await?;
+                let name = identity.name.clone();
+                let renewed = match self.register_name(identity.name, false).await {
+                    Err(ToolError::Refused { code, message, .. }) if code == "name_in_use" => {
+                        tracing::warn!(%name, "registering the same name again was refused: it is in use");
+                        return Err(ToolError::LostName {
+                            name,
+                            code,
+                            message,
+                        });
+                    }
+                    other => other?,
+                };
                 let token = renewed.token;
                 self.call_until(move |client| work(client, &token), cancel)
                     .await
@@ -460,12 +493,18 @@ impl IpcServer {
         }
     }
 
-    /// Registers `name` with the secret this server has, and makes it the session.
-    async fn register_name(&self, name: String) -> Result<Registration, ToolError> {
+    /// Registers `name` with the secret this server has (taking it over from a session in use
+    /// only with `takeover`), and makes it the session. This server's own session of the
+    /// name is presented, so registering itself again is not refused.
+    async fn register_name(&self, name: String, takeover: bool) -> Result<Registration, ToolError> {
         let secret = self.settings().broker.shared_secret.clone();
+        let own = self.identity().ok().filter(|held| held.name == name);
         let wanted = name.clone();
         let registered = self
-            .call(move |client| client.register(&wanted, secret.as_deref()))
+            .call(move |client| {
+                let own = own.as_ref().map(|held| held.token.as_str());
+                client.register_as(&wanted, secret.as_deref(), takeover, own)
+            })
             .await?;
         let identity = Identity {
             name,
@@ -478,8 +517,8 @@ impl IpcServer {
         })
     }
 
-    async fn do_register(&self, name: String) -> Result<String, ToolError> {
-        let registration = self.register_name(name.clone()).await?;
+    async fn do_register(&self, name: String, takeover: bool) -> Result<String, ToolError> {
+        let registration = self.register_name(name.clone(), takeover).await?;
         let waiting = match registration.queued {
             0 => "No messages are waiting.".to_owned(),
             n => format!(

@@ -50,6 +50,12 @@ pub enum ErrorCode {
     /// A client refused a broker that serves another data directory than its own
     /// (client-side).
     DataDirMismatch,
+    /// A `register` that did not ask to take over named a session in use.
+    NameInUse,
+    /// The session was replaced by a later `register` of its name.
+    SessionReplaced,
+    /// The name differs only in letter case from another instance's.
+    NameTooSimilar,
 }
 
 impl ErrorCode {
@@ -92,6 +98,9 @@ impl ErrorCode {
             DataDirProtected => "data_dir_protected",
             BrokerOpenMode => "broker_open_mode",
             DataDirMismatch => "data_dir_mismatch",
+            NameInUse => "name_in_use",
+            SessionReplaced => "session_replaced",
+            NameTooSimilar => "name_too_similar",
         }
     }
 }

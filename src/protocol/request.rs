@@ -26,6 +26,10 @@ pub enum Action {
     Register {
         instance_id: InstanceName,
         auth_token: Option<String>,
+        /// Sent (true or false) only by this project's own clients: whether to replace a
+        /// session that holds the name and is in use. Absent: a legacy register, which
+        /// replaces it silently as the original did.
+        takeover: Option<bool>,
     },
     Send {
         to_id: InstanceName,
@@ -234,6 +238,7 @@ impl Fields<'_> {
             "register" => Action::Register {
                 instance_id: self.name("instance_id", "Invalid instance ID format")?,
                 auth_token: self.optional_string("auth_token")?,
+                takeover: self.optional_bool("takeover")?,
             },
             "send" => Action::Send {
                 to_id: self.name("to_id", "Invalid recipient ID format")?,

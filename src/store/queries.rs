@@ -53,6 +53,24 @@ pub struct SessionRow {
     pub last_used_at: String,
     pub revoked: bool,
     pub identity: IdentityId,
+    /// Set when a later `register` of the name replaced this session.
+    pub replaced: Option<Replacement>,
+}
+
+/// When a session was replaced by a later `register` of its name, and by which peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    pub at: String,
+    /// The replacing registration's peer key (`uid:1000`, or an address without its port).
+    pub by: String,
+}
+
+/// The session that holds a name now: the one not revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub session_id: i64,
+    pub token_sha256: String,
+    pub last_used_at: String,
 }
 
 /// Who a sender is for replay protection: begun by a `register`, carried by its session
@@ -63,18 +81,40 @@ pub struct IdentityId(pub i64);
 // ---- instances and sessions ----
 
 pub(crate) const FIND_SESSION: &str =
-    "SELECT id, instance_name, last_used_at, revoked_at IS NOT NULL, identity_id
+    "SELECT id, instance_name, last_used_at, revoked_at IS NOT NULL, identity_id, revoked_at,
+            replaced_by
      FROM sessions WHERE token_sha256 = ?1";
 
 pub fn find_session(conn: &Connection, token_sha256: &str) -> rusqlite::Result<Option<SessionRow>> {
     conn.prepare_cached(FIND_SESSION)?
         .query_row([token_sha256], |row| {
+            let revoked_at: Option<String> = row.get(5)?;
+            let replaced_by: Option<String> = row.get(6)?;
             Ok(SessionRow {
                 id: row.get(0)?,
                 instance_name: row.get(1)?,
                 last_used_at: row.get(2)?,
                 revoked: row.get(3)?,
                 identity: IdentityId(row.get(4)?),
+                replaced: revoked_at
+                    .zip(replaced_by)
+                    .map(|(at, by)| Replacement { at, by }),
+            })
+        })
+        .optional()
+}
+
+pub(crate) const NAME_HOLDER: &str = "SELECT id, token_sha256, last_used_at FROM sessions
+     WHERE instance_name = ?1 AND revoked_at IS NULL ORDER BY id DESC LIMIT 1";
+
+/// The session holding `name` now (not revoked; it may be idle or expired), if any.
+pub fn name_holder(conn: &Connection, name: &str) -> rusqlite::Result<Option<Holder>> {
+    conn.prepare_cached(NAME_HOLDER)?
+        .query_row([name], |row| {
+            Ok(Holder {
+                session_id: row.get(0)?,
+                token_sha256: row.get(1)?,
+                last_used_at: row.get(2)?,
             })
         })
         .optional()
@@ -97,13 +137,28 @@ pub fn touch_session(
     Ok(())
 }
 
-pub(crate) const REVOKE_SESSIONS: &str =
-    "UPDATE sessions SET revoked_at = ?2 WHERE instance_name = ?1 AND revoked_at IS NULL";
+pub(crate) const REVOKE_SESSIONS: &str = "UPDATE sessions SET revoked_at = ?2, replaced_by = ?3
+     WHERE instance_name = ?1 AND revoked_at IS NULL";
+pub(crate) const FORGET_OLD_REPLACED: &str = "DELETE FROM sessions WHERE id IN
+       (SELECT id FROM sessions WHERE instance_name = ?1 AND revoked_at IS NOT NULL
+        ORDER BY id DESC LIMIT -1 OFFSET ?2)";
 
-/// Revokes every active session of `name` (one active session per instance).
-pub fn revoke_sessions(conn: &Connection, name: &str, now: &str) -> rusqlite::Result<usize> {
-    conn.prepare_cached(REVOKE_SESSIONS)?
-        .execute(params![name, now])
+/// Revokes every active session of `name` (one active session per instance), recording that
+/// a registration from peer `by` replaced them. Only the newest `keep` revoked sessions of
+/// the name are kept, so a script that registers in a loop cannot grow the table.
+pub fn replace_sessions(
+    conn: &Connection,
+    name: &str,
+    now: &str,
+    by: &str,
+    keep: u32,
+) -> rusqlite::Result<usize> {
+    let replaced = conn
+        .prepare_cached(REVOKE_SESSIONS)?
+        .execute(params![name, now, by])?;
+    conn.prepare_cached(FORGET_OLD_REPLACED)?
+        .execute(params![name, keep])?;
+    Ok(replaced)
 }
 
 pub(crate) const NEXT_IDENTITY: &str =
@@ -143,6 +198,21 @@ pub(crate) const INSTANCE_EXISTS: &str = "SELECT 1 FROM instances WHERE name = ?
 
 pub fn instance_exists(conn: &Connection, name: &str) -> rusqlite::Result<bool> {
     conn.prepare_cached(INSTANCE_EXISTS)?.exists([name])
+}
+
+pub(crate) const CASE_VARIANT: &str = "SELECT name FROM instances
+     WHERE name = ?1 COLLATE NOCASE AND name <> ?1 AND name <> ?2 LIMIT 1";
+
+/// A registered instance other than `except` whose name differs from `name` only in letter
+/// case, if any.
+pub fn case_variant(
+    conn: &Connection,
+    name: &str,
+    except: &str,
+) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached(CASE_VARIANT)?
+        .query_row([name, except], |row| row.get(0))
+        .optional()
 }
 
 pub(crate) const LAST_RENAMED_AT: &str = "SELECT last_renamed_at FROM instances WHERE name = ?1";
@@ -191,8 +261,10 @@ pub fn list_instances_after(
 
 pub(crate) const RENAME_INSTANCE_ROW: &str =
     "UPDATE instances SET name = ?2, last_renamed_at = ?3, last_seen_at = ?3 WHERE name = ?1";
+/// Only the live session moves: a session replaced earlier stays under the name it was
+/// replaced in, which is what its holder is told.
 pub(crate) const RENAME_SESSIONS: &str =
-    "UPDATE sessions SET instance_name = ?2 WHERE instance_name = ?1";
+    "UPDATE sessions SET instance_name = ?2 WHERE instance_name = ?1 AND revoked_at IS NULL";
 pub(crate) const RENAME_PENDING_MAIL: &str =
     "UPDATE messages SET recipient = ?2 WHERE recipient = ?1 AND delivered_at IS NULL";
 pub(crate) const RENAME_REQUEST_LOG: &str =
@@ -875,8 +947,10 @@ pub struct SweepCutoffs<'a> {
     pub peer_activity_before: &'a str,
 }
 
+/// Revoked sessions go at once, except those a registration replaced: they stay (a few per
+/// name, see [`replace_sessions`]) until idle past the expiry, so their holder learns why.
 pub(crate) const SWEEP_SESSIONS: &str = "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions
-       WHERE revoked_at IS NOT NULL OR last_used_at < ?1 LIMIT ?2)";
+       WHERE (revoked_at IS NOT NULL AND replaced_by IS NULL) OR last_used_at < ?1 LIMIT ?2)";
 pub(crate) const SWEEP_FORWARDS: &str =
     "DELETE FROM name_forwards WHERE old_name IN (SELECT old_name FROM name_forwards
        WHERE expires_at <= ?1 LIMIT ?2)";

@@ -821,3 +821,15 @@ pub fn running_as_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }
 }
+
+impl TestBroker {
+    /// Registers `name` asking to take it over (`takeover: true`), as a test that means to
+    /// replace a session still using the name does; returns the new session token.
+    pub fn take_over(&self, name: &str) -> String {
+        let secret = self.config.shared_secret.clone();
+        self.client()
+            .register_with(name, secret.as_deref(), true)
+            .expect("register with takeover")
+            .session_token
+    }
+}
