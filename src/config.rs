@@ -85,6 +85,10 @@ pub struct Limits {
     /// initial buffer, all connections together (a quarter kept for authenticated ones);
     /// never less than two largest requests.
     pub request_memory_budget: usize,
+    /// Whether a legacy register with the static `auth_token = sha256(name:secret)` is
+    /// accepted in secret mode. On by default for the Python original's scripts; whoever sees
+    /// one such token can register as that name until the secret changes.
+    pub static_token_accepted: bool,
 }
 
 /// Registrations of new names per peer per minute when `rate_limit` is on and no other is set.
@@ -159,6 +163,7 @@ impl Default for Limits {
             auth_failure_rows: 10_000,
             unauthenticated_idle_timeout: Duration::from_secs(10),
             request_memory_budget: 64 * 1024 * 1024,
+            static_token_accepted: true,
         }
     }
 }

@@ -42,6 +42,12 @@ pub enum ErrorCode {
     DatabaseGone,
     /// SQLite reports the database corrupt.
     DatabaseDamaged,
+    /// A challenge-response registration failed: open mode, an unknown, used or expired
+    /// challenge, one for another name, or a wrong proof; or, client-side, a broker that did
+    /// not prove it knows the secret.
+    ChallengeFailed,
+    /// A legacy register with the static `auth_token`, which the broker was told to refuse.
+    StaticTokenRefused,
 }
 
 impl ErrorCode {
@@ -81,6 +87,8 @@ impl ErrorCode {
             AuthThrottled => "auth_throttled",
             DatabaseGone => "database_gone",
             DatabaseDamaged => "database_damaged",
+            ChallengeFailed => "challenge_failed",
+            StaticTokenRefused => "static_token_refused",
         }
     }
 }

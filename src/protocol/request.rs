@@ -23,9 +23,18 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Ping,
+    /// Asks for a fresh server nonce to register `instance_id` with, and the broker's proof
+    /// that it knows the shared secret (see [`super::auth`]).
+    Challenge {
+        instance_id: InstanceName,
+        client_nonce: String,
+    },
     Register {
         instance_id: InstanceName,
+        /// The legacy static token (`sha256(name:secret)`).
         auth_token: Option<String>,
+        /// The answer to a `challenge`, which replaces the static token.
+        challenge: Option<ChallengeAnswer>,
     },
     Send {
         to_id: InstanceName,
@@ -58,6 +67,7 @@ impl Action {
     pub fn name(&self) -> &'static str {
         match self {
             Action::Ping => "ping",
+            Action::Challenge { .. } => "challenge",
             Action::Register { .. } => "register",
             Action::Send { .. } => "send",
             Action::Broadcast { .. } => "broadcast",
@@ -68,6 +78,13 @@ impl Action {
             Action::Count { .. } => "count",
         }
     }
+}
+
+/// A `register`'s answer to an earlier `challenge`: which one, and the client's proof.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChallengeAnswer {
+    pub challenge_id: String,
+    pub auth_proof: String,
 }
 
 /// How a `check` reads: how much, whether it settles the mail itself, and how long it waits.
@@ -168,8 +185,9 @@ impl RequestError {
 }
 
 /// Every action the broker answers, in the order the docs list them.
-pub const ACTION_NAMES: [&str; 9] = [
+pub const ACTION_NAMES: [&str; 10] = [
     "ping",
+    "challenge",
     "register",
     "send",
     "broadcast",
@@ -231,9 +249,14 @@ impl Fields<'_> {
         };
         let action = match action {
             "ping" => Action::Ping,
+            "challenge" => Action::Challenge {
+                instance_id: self.name("instance_id", "Invalid instance ID format")?,
+                client_nonce: self.nonce("client_nonce")?,
+            },
             "register" => Action::Register {
                 instance_id: self.name("instance_id", "Invalid instance ID format")?,
                 auth_token: self.optional_string("auth_token")?,
+                challenge: self.challenge_answer()?,
             },
             "send" => Action::Send {
                 to_id: self.name("to_id", "Invalid recipient ID format")?,
@@ -306,6 +329,45 @@ impl Fields<'_> {
                 ),
             )
         })
+    }
+
+    /// A nonce of the challenge-response registration: hex or base64url, 32-128 characters.
+    fn nonce(&self, key: &str) -> Result<String, RequestError> {
+        let text = self.string(key)?;
+        if !super::auth::is_valid_nonce(text) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "`{key}` must be 32-128 letters, digits, `-` or `_`: at least 16 random bytes in hex or base64url (this project's clients send 32 bytes as 64 hex digits)"
+                ),
+            ));
+        }
+        Ok(text.to_owned())
+    }
+
+    /// `challenge_id` and `auth_proof`, which come together; a register carrying them must
+    /// not also carry a static `auth_token`, so it is never unclear which one was checked.
+    fn challenge_answer(&self) -> Result<Option<ChallengeAnswer>, RequestError> {
+        let Some(challenge_id) = self.optional_string("challenge_id")? else {
+            if self.0.contains_key("auth_proof") {
+                return Err(RequestError::new(
+                    ErrorCode::MissingField,
+                    "`auth_proof` needs the `challenge_id` it answers; ask for one with the `challenge` action",
+                ));
+            }
+            return Ok(None);
+        };
+        let static_token = self.optional_string("auth_token")?;
+        if static_token.is_some_and(|token| !token.is_empty()) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidField,
+                "send either `auth_token` (the static token) or `challenge_id` with `auth_proof`, not both",
+            ));
+        }
+        Ok(Some(ChallengeAnswer {
+            challenge_id,
+            auth_proof: self.string("auth_proof")?.to_owned(),
+        }))
     }
 
     fn message(&self) -> Result<MessageBody, RequestError> {
