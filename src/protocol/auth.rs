@@ -246,6 +246,12 @@ mod tests {
     }
 
     #[test]
+    fn printable_text_is_cut_and_has_no_control_characters() {
+        assert_eq!(printable("\u{1b}[2Jhello", 6), "?[2Jhe");
+        assert_eq!(printable("uid 1000", 16), "uid 1000");
+    }
+
+    #[test]
     fn constant_time_eq_is_plain_equality() {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));

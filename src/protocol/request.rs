@@ -656,6 +656,60 @@ mod tests {
     }
 
     #[test]
+    fn a_challenge_and_its_answer_parse_and_a_bad_nonce_is_refused() {
+        let nonce = "ab".repeat(32);
+        let challenge = parse(&format!(
+            r#"{{"action":"challenge","instance_id":"alice","client_nonce":"{nonce}"}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            challenge.action,
+            Action::Challenge {
+                instance_id: InstanceName::parse("alice").unwrap(),
+                client_nonce: nonce,
+            }
+        );
+        let short = r#"{"action":"challenge","instance_id":"alice","client_nonce":"abc"}"#;
+        assert_eq!(code_of(short), ErrorCode::InvalidField);
+        let register = parse(
+            r#"{"action":"register","instance_id":"alice","challenge_id":"c","auth_proof":"p","takeover":false}"#,
+        )
+        .unwrap();
+        let Action::Register {
+            challenge,
+            auth_token,
+            ..
+        } = register.action
+        else {
+            panic!("not a register");
+        };
+        assert_eq!(auth_token, None);
+        assert_eq!(
+            challenge,
+            Some(ChallengeAnswer {
+                challenge_id: "c".into(),
+                auth_proof: "p".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_register_carries_one_credential_and_a_proof_needs_its_challenge() {
+        let both = r#"{"action":"register","instance_id":"a","auth_token":"t","challenge_id":"c","auth_proof":"p"}"#;
+        assert_eq!(code_of(both), ErrorCode::InvalidField);
+        let no_id = r#"{"action":"register","instance_id":"a","auth_proof":"p"}"#;
+        assert_eq!(code_of(no_id), ErrorCode::MissingField);
+        let no_proof = r#"{"action":"register","instance_id":"a","challenge_id":"c"}"#;
+        assert_eq!(code_of(no_proof), ErrorCode::MissingField);
+        // The legacy shape is unchanged: an empty static token and no challenge.
+        let legacy = parse(r#"{"action":"register","instance_id":"a","auth_token":""}"#).unwrap();
+        assert!(matches!(
+            legacy.action,
+            Action::Register { challenge: None, auth_token: Some(ref t), .. } if t.is_empty()
+        ));
+    }
+
+    #[test]
     fn the_unknown_action_text_is_the_legacy_one() {
         assert_eq!(
             parse(r#"{"action": "fly"}"#).unwrap_err().message,
