@@ -525,6 +525,9 @@ impl Client {
                 &json!({"action": "challenge", "instance_id": name, "client_nonce": client_nonce}),
             )
             .map_err(|error| match error {
+                ClientError::Broker { code, .. } if code == "unknown_action" => self.unproven(
+                    "it does not know the `challenge` action (an older broker, or the Python original); this client does not fall back to the static auth_token, which anyone who sees it can replay".into(),
+                ),
                 ClientError::Broker { code, message } => {
                     let (code, message) =
                         (auth::printable(&code, 40), auth::printable(&message, 400));

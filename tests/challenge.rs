@@ -675,3 +675,60 @@ fn a_relay_run_by_another_user_gets_a_challenge_the_client_refuses_and_no_regist
     );
     assert_eq!(broker.count("SELECT count(*) FROM instances"), 0);
 }
+
+#[test]
+fn over_the_unix_socket_the_proof_is_bound_to_the_socket_peers_uid() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ipc.sock");
+    let path = socket.clone();
+    let broker = TestBroker::start_with(move |config| {
+        config.shared_secret = Some(SECRET.into());
+        config.socket = Some(path);
+    });
+    let mut client = Client::connect_unix(&socket, TIMEOUT).unwrap();
+    let challenge = ask_challenge(&mut client, "alice");
+    assert_eq!(challenge.0["client_uid"], own_uid().to_string());
+    let other = client
+        .request(&answer(
+            "alice",
+            "alice",
+            &challenge,
+            ProofUid(Some(own_uid() + 1)),
+        ))
+        .unwrap();
+    assert_eq!(other["code"], "challenge_failed", "{other}");
+    let registered = client.register("alice", Some(SECRET)).unwrap();
+    assert!(broker.client().check(&registered.session_token).is_ok());
+}
+
+#[test]
+fn a_broker_that_does_not_know_the_challenge_gets_no_static_token() {
+    // The Python original's broker answers an unknown action like this.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let heard = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        let mut lines = Vec::new();
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            lines.push(line);
+            let reply = json!({"status": "error", "code": "unknown_action",
+                               "message": "Unknown action: challenge"});
+            writer.write_all(format!("{reply}\n").as_bytes()).unwrap();
+        }
+        lines
+    });
+    let mut client = Client::connect(&addr, TIMEOUT).unwrap();
+    let error = client
+        .register("alice", Some(SECRET))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("does not know the `challenge` action"),
+        "{error}"
+    );
+    drop(client);
+    let lines = heard.join().unwrap();
+    assert_eq!(lines.len(), 1, "only the challenge: {lines:#?}");
+    assert!(!lines[0].contains("auth_token"));
+}
