@@ -14,7 +14,7 @@ use serde_json::{json, Map, Value};
 
 use chrono::{DateTime, Utc};
 
-use crate::broker::session::{expected_auth_token, new_token};
+use crate::protocol::auth::{self, constant_time_eq, expected_auth_token, ProofUid};
 use crate::protocol::ErrorCode;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +43,9 @@ pub enum ClientError {
         ours: String,
         theirs: String,
     },
+    /// The broker did not prove it knows the shared secret; nothing more was sent to it.
+    #[error("the broker at {addr} did not prove that it knows the shared secret: {reason}. Nothing else was sent to it, so it got no credential of yours. Either it is not the broker you share IPC_SHARED_SECRET with, or your secret differs from the broker's, or something relays your connection; `claude-ipc status` shows who answers there [challenge_failed]")]
+    BrokerUnproven { addr: String, reason: String },
 }
 
 impl ClientError {
@@ -53,6 +56,7 @@ impl ClientError {
             ClientError::Broker { code, .. } => Some(code),
             ClientError::BrokerOpenMode { .. } => Some(ErrorCode::BrokerOpenMode.as_str()),
             ClientError::DataDirMismatch { .. } => Some(ErrorCode::DataDirMismatch.as_str()),
+            ClientError::BrokerUnproven { .. } => Some(ErrorCode::ChallengeFailed.as_str()),
             _ => None,
         }
     }
@@ -62,7 +66,9 @@ impl ClientError {
     pub fn is_broker_refused(&self) -> bool {
         matches!(
             self,
-            ClientError::BrokerOpenMode { .. } | ClientError::DataDirMismatch { .. }
+            ClientError::BrokerOpenMode { .. }
+                | ClientError::DataDirMismatch { .. }
+                | ClientError::BrokerUnproven { .. }
         )
     }
 }
@@ -96,6 +102,12 @@ fn message(content: &str, data: Option<Value>) -> Value {
         message["data"] = data;
     }
     message
+}
+
+/// This process's effective uid: the user a broker sees its connections as.
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments, cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() }
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -192,7 +204,7 @@ impl Stamp {
     /// A fresh random nonce, stamped now.
     pub fn fresh() -> std::io::Result<Stamp> {
         Ok(Stamp {
-            nonce: new_token()?,
+            nonce: auth::fresh_nonce()?,
             timestamp: Utc::now(),
         })
     }
@@ -210,6 +222,30 @@ pub struct Registered {
     pub message: String,
     #[serde(default)]
     pub queued: u32,
+}
+
+/// `challenge`'s reply: the broker's nonce and its proof that it knows the secret.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Challenge {
+    pub challenge_id: String,
+    pub server_nonce: String,
+    pub server_proof: String,
+    /// The uid the broker sees this connection as, which both proofs cover (`-`: unknown).
+    #[serde(default)]
+    pub client_uid: Option<String>,
+    #[serde(default)]
+    pub expires_in_ms: u64,
+}
+
+/// A challenge whose server proof checked out: the broker knows the secret, and sees this
+/// client as the user it is.
+#[derive(Debug, Clone)]
+pub struct ProvenChallenge {
+    pub challenge_id: String,
+    pub client_nonce: String,
+    pub server_nonce: String,
+    /// The uid both proofs were computed for.
+    pub uid: ProofUid,
 }
 
 /// `send`'s reply.
@@ -538,8 +574,9 @@ impl Client {
         self.call(&json!({"action": "ping"}))
     }
 
-    /// Registers `name`, computing the auth token from `secret` when one is given. A name
-    /// another session is using is refused (`name_in_use`); see [`Client::register_with`].
+    /// Registers `name`. With a secret, by challenge-response ([`Client::register_by_challenge`]):
+    /// nothing that crosses the wire can be replayed, and a broker that cannot prove it knows
+    /// the secret gets no register at all. Without one, as an open-mode broker expects.
     pub fn register(
         &mut self,
         name: &str,
@@ -568,17 +605,131 @@ impl Client {
         takeover: bool,
         own_token: Option<&str>,
     ) -> Result<Registered, ClientError> {
-        let auth_token = secret
-            .map(|s| expected_auth_token(name, s))
-            .unwrap_or_default();
-        let mut request = json!({
-            "action": "register", "instance_id": name, "auth_token": auth_token,
-            "takeover": takeover,
-        });
+        let mut request = match secret {
+            Some(secret) => self.challenge_register(name, secret)?,
+            None => json!({"action": "register", "instance_id": name, "auth_token": ""}),
+        };
+        request["takeover"] = takeover.into();
         if let Some(token) = own_token {
             request["session_token"] = token.into();
         }
         self.call_as(&request)
+    }
+
+    /// Registers `name` by challenge-response, not taking over a name in use.
+    pub fn register_by_challenge(
+        &mut self,
+        name: &str,
+        secret: &str,
+    ) -> Result<Registered, ClientError> {
+        self.register_as(name, Some(secret), false, None)
+    }
+
+    /// Asks for a challenge, checks the broker's proof that it knows `secret` (and sees this
+    /// client as the user it is), and only then returns the register request carrying this
+    /// client's proof over both nonces, the name and that uid. There is no fallback to the
+    /// static token.
+    fn challenge_register(&mut self, name: &str, secret: &str) -> Result<Value, ClientError> {
+        let proven = self.prove_broker(name, secret)?;
+        let auth_proof = auth::client_proof(
+            secret,
+            name,
+            &proven.server_nonce,
+            &proven.client_nonce,
+            proven.uid,
+        );
+        Ok(json!({
+            "action": "register", "instance_id": name, "challenge_id": proven.challenge_id,
+            "auth_proof": auth_proof,
+        }))
+    }
+
+    /// The legacy registration, as the Python original's scripts do it: the static
+    /// `auth_token = sha256(name:secret)`, which never changes, so whoever sees it can replay
+    /// it. For tests of that path; this project's clients use [`Client::register`].
+    pub fn register_static_token(
+        &mut self,
+        name: &str,
+        secret: &str,
+    ) -> Result<Registered, ClientError> {
+        let auth_token = expected_auth_token(name, secret);
+        self.call_as(&json!({"action": "register", "instance_id": name, "auth_token": auth_token}))
+    }
+
+    /// Sends a `challenge` for `name` and checks the broker's `server_proof`, so the broker
+    /// proves it knows `secret` before anything else is sent. A refusal, a wrong proof, or a
+    /// broker that sees this connection as another user's is [`ClientError::BrokerUnproven`].
+    pub fn prove_broker(
+        &mut self,
+        name: &str,
+        secret: &str,
+    ) -> Result<ProvenChallenge, ClientError> {
+        let client_nonce = auth::fresh_nonce()?;
+        let challenge: Challenge = self
+            .call_as(
+                &json!({"action": "challenge", "instance_id": name, "client_nonce": client_nonce}),
+            )
+            .map_err(|error| match error {
+                ClientError::Broker { code, .. } if code == "unknown_action" => self.unproven(
+                    "it does not know the `challenge` action (an older broker, or the Python original); this client does not fall back to the static auth_token, which anyone who sees it can replay".into(),
+                ),
+                ClientError::Broker { code, message, .. } => {
+                    let (code, message) =
+                        (auth::printable(&code, 40), auth::printable(&message, 400));
+                    self.unproven(format!("it refused the challenge: {message} [{code}]"))
+                }
+                other => other,
+            })?;
+        let uid = self
+            .proof_uid(challenge.client_uid.as_deref())
+            .map_err(|reason| self.unproven(reason))?;
+        let expected =
+            auth::server_proof(secret, name, &client_nonce, &challenge.server_nonce, uid);
+        if !constant_time_eq(challenge.server_proof.as_bytes(), expected.as_bytes()) {
+            return Err(self.unproven(
+                "its server_proof does not match your secret for this challenge".into(),
+            ));
+        }
+        Ok(ProvenChallenge {
+            challenge_id: challenge.challenge_id,
+            client_nonce,
+            server_nonce: challenge.server_nonce,
+            uid,
+        })
+    }
+
+    /// The uid to check the broker's proof with and to bind this client's proof to: this
+    /// process's own, or "unknown" when the broker says it cannot tell and the connection is
+    /// not local (a remote address, where no uid can be seen). A broker that sees a local
+    /// connection as another uid is answering a relay run by that user.
+    fn proof_uid(&self, seen_by_broker: Option<&str>) -> Result<ProofUid, String> {
+        let own = ProofUid(Some(effective_uid()));
+        match seen_by_broker {
+            Some(auth::UNKNOWN_UID) if !self.is_local() => Ok(ProofUid(None)),
+            Some(seen) if seen != own.text() => Err(format!(
+                "it sees this connection as uid {}, but this client runs as uid {}: another user's process may be relaying it",
+                auth::printable(seen, 16),
+                own.text()
+            )),
+            _ => Ok(own),
+        }
+    }
+
+    /// Whether the broker is on this machine by the connection itself: the Unix socket, or
+    /// a loopback TCP address.
+    fn is_local(&self) -> bool {
+        match &self.writer {
+            Stream::Unix(_) => true,
+            Stream::Tcp(stream) => stream.peer_addr().is_ok_and(|addr| addr.ip().is_loopback()),
+        }
+    }
+
+    fn unproven(&self, reason: String) -> ClientError {
+        let addr = match &self.target {
+            Target::Tcp(addr) => addr.clone(),
+            Target::Unix(path) => format!("socket {}", path.display()),
+        };
+        ClientError::BrokerUnproven { addr, reason }
     }
 
     /// Sends `content` (and optional `data`) to `to`. `nonce` makes a retry safe.

@@ -93,6 +93,10 @@ pub struct Limits {
     /// `register` that did not ask to take over is refused it. Longer than the minute by
     /// which a busy session's last use is recorded.
     pub name_live_window: Duration,
+    /// Whether a legacy register with the static `auth_token = sha256(name:secret)` is
+    /// accepted in secret mode. On by default for the Python original's scripts; whoever sees
+    /// one such token can register as that name until the secret changes.
+    pub static_token_accepted: bool,
 }
 
 /// Registrations of new names per peer per minute when `rate_limit` is on and no other is set.
@@ -168,6 +172,7 @@ impl Default for Limits {
             unauthenticated_idle_timeout: Duration::from_secs(10),
             request_memory_budget: 64 * 1024 * 1024,
             name_live_window: Duration::from_secs(5 * MINUTE),
+            static_token_accepted: true,
         }
     }
 }

@@ -151,7 +151,8 @@ fn register_uses_the_shared_secret_from_the_environment() {
     };
     let wrong = register("not-it");
     assert_eq!(wrong.status.code(), Some(1), "{}", stderr(&wrong));
-    assert_stderr_contains(&wrong, "Invalid auth token");
+    // The broker's proof does not match the wrong secret, so no register is sent at all.
+    assert_stderr_contains(&wrong, "did not prove that it knows the shared secret");
     assert!(
         !file.exists(),
         "a refused register must not write a session"
@@ -632,6 +633,7 @@ fn serve_help_lists_every_limit_flag() {
         "--auth-failure-rows",
         "--reset-secret",
         "--name-live-window",
+        "--no-static-token",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(flag)),

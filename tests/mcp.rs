@@ -572,8 +572,12 @@ fn with_a_shared_secret_the_hosted_broker_requires_it_and_the_servers_use_it() {
     assert!(refused.contains("Invalid auth token"), "{refused}");
 
     let mut wrong = McpProcess::start(&addr, &data, &[("IPC_SHARED_SECRET", "guess")], &[]);
+    // The broker's proof does not match this server's secret, so it sends no register at all.
     let text = wrong.error("register", json!({"instance_id": "bob"}));
-    assert!(text.contains("Invalid auth token"), "{text}");
+    assert!(
+        text.contains("did not prove that it knows the shared secret"),
+        "{text}"
+    );
     assert!(
         text.contains("IPC_SHARED_SECRET"),
         "says what to fix: {text}"

@@ -422,6 +422,17 @@ fn every_action_replies_within_one_legacy_read_however_large_the_data() {
         json!({"action": "register", "instance_id": long_name("reg", 1)}),
     );
     assert_eq!(registered["status"], "ok", "{registered}");
+    let bad_nonce = ask(
+        "challenge",
+        json!({"action": "challenge", "instance_id": long_name("reg", 1), "client_nonce": huge}),
+    );
+    assert_eq!(bad_nonce["code"], "invalid_field");
+    let open_mode = ask(
+        "challenge",
+        json!({"action": "challenge", "instance_id": long_name("reg", 1),
+               "client_nonce": "n".repeat(128)}),
+    );
+    assert_eq!(open_mode["code"], "challenge_failed");
     let bad_name = ask(
         "register",
         json!({"action": "register", "instance_id": huge}),

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::latency::Samples;
 use super::wire::{self, expect_ok, Connection, WireError};
-use crate::broker::session::expected_auth_token;
+use crate::protocol::auth::expected_auth_token;
 
 /// How often a legacy-only target is polled where this broker would be long-polled.
 const LEGACY_POLL_INTERVAL: Duration = Duration::from_millis(5);

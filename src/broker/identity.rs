@@ -20,8 +20,8 @@ use rusqlite::Connection;
 use super::auth_guard::{AuthGuard, Failure};
 use super::listening::Listening;
 use super::session::{constant_time_eq, expected_auth_token, new_token, token_hash};
-use super::{minus, plus, text, Broker, BrokerError, Peer};
-use crate::protocol::{EntryBudget, InstanceName, ListOptions, Reply};
+use super::{minus, plus, text, Broker, BrokerError, ChallengeRefusal, Peer};
+use crate::protocol::{ChallengeAnswer, EntryBudget, InstanceName, ListOptions, Reply};
 use crate::store::queries::{self, AuthFailure, IdentityId, PeerActivity, Replacement};
 
 /// The most instances one `list` page holds, whatever `limit` asks for.
@@ -205,6 +205,13 @@ impl PeerRecord {
 
 /// The reason recorded for a registration with the wrong shared-secret token.
 const WRONG_SECRET: &str = "wrong shared-secret auth token";
+
+/// Credentials that did not prove the secret: the refusal, and the reason it is recorded
+/// under as an authentication failure.
+struct CredentialRefusal {
+    error: BrokerError,
+    reason: &'static str,
+}
 
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 /// A session used within this long (or a hundredth of its idle expiry, if that is shorter) is
@@ -427,15 +434,17 @@ impl Broker {
         }
     }
 
-    /// `register`: checks the shared secret, replaces any earlier session of this name (a
-    /// live one only if the claim allows it, see [`Claim`]), and issues a new token. Mail
-    /// already waiting for the name is reported, not moved. A peer that used up its
-    /// authentication failures is refused without its secret being looked at, and a new name
-    /// counts against the registration limits and must not differ from another only in case.
+    /// `register`: checks the shared secret (by the answer to a challenge, or the legacy
+    /// static token), replaces any earlier session of this name (a live one only if the
+    /// claim allows it, see [`Claim`]), and issues a new token. Mail already waiting for the
+    /// name is reported, not moved. A peer that used up its authentication failures is
+    /// refused without its secret being looked at, and a new name counts against the
+    /// registration limits and must not differ from another only in case.
     pub(super) async fn register(
         &self,
         name: InstanceName,
         auth_token: Option<String>,
+        answer: Option<ChallengeAnswer>,
         claim: Claim,
         peer: &Peer,
     ) -> Result<Reply, BrokerError> {
@@ -443,18 +452,12 @@ impl Broker {
         if is_reserved(&name) {
             return Err(BrokerError::ReservedName(name));
         }
-        let secret_ok = match &self.shared_secret {
-            None => true,
-            Some(secret) => {
-                let expected = expected_auth_token(&name, secret);
-                let given = auth_token.unwrap_or_default();
-                constant_time_eq(given.as_bytes(), expected.as_bytes())
-            }
-        };
+        let refusal = self.judge_credentials(&name, auth_token, answer.as_ref(), peer)?;
         let record = self.peer_record(peer);
         if self.shared_secret.is_some() {
-            let failure = record.failure(Some(&name), WRONG_SECRET);
-            if let Err(retry) = self.auth_guard.check_secret(&failure, secret_ok) {
+            let reason = refusal.as_ref().map_or(WRONG_SECRET, |r| r.reason);
+            let failure = record.failure(Some(&name), reason);
+            if let Err(retry) = self.auth_guard.check_secret(&failure, refusal.is_none()) {
                 return Err(self.auth_throttled(peer, retry));
             }
         }
@@ -468,9 +471,9 @@ impl Broker {
         let now = self.now();
         let queued = self
             .run(move |conn| {
-                if !secret_ok {
-                    record.record(conn, now, Some(&name), WRONG_SECRET)?;
-                    return Err(BrokerError::InvalidAuth);
+                if let Some(refusal) = refusal {
+                    record.record(conn, now, Some(&name), refusal.reason)?;
+                    return Err(refusal.error);
                 }
                 if !queries::instance_exists(conn, &name)? {
                     refuse_case_variant(conn, &name, &name)?;
@@ -505,6 +508,47 @@ impl Broker {
             .with("message", message)
             .with("instance_id", name)
             .with("queued", queued))
+    }
+
+    /// Checks a registration's credentials against the shared secret. `Ok(None)`: proved (or
+    /// open mode, which asks for nothing). `Ok(Some(_))`: wrong, an authentication failure to
+    /// count. `Err`: refused before anything was checked, so nothing is counted: a challenge
+    /// answer in open mode, or a static token the broker was told to refuse.
+    fn judge_credentials(
+        &self,
+        name: &str,
+        auth_token: Option<String>,
+        answer: Option<&ChallengeAnswer>,
+        peer: &Peer,
+    ) -> Result<Option<CredentialRefusal>, BrokerError> {
+        let Some(secret) = &self.shared_secret else {
+            return match answer {
+                Some(_) => Err(ChallengeRefusal::OpenMode.into()),
+                None => Ok(None),
+            };
+        };
+        if let Some(answer) = answer {
+            return Ok(self
+                .verify_challenge_answer(secret, name, answer, peer)
+                .err()
+                .map(|refusal| CredentialRefusal {
+                    reason: refusal.reason(),
+                    error: refusal.into(),
+                }));
+        }
+        if !self.limits.static_token_accepted {
+            return Err(BrokerError::StaticTokenRefused);
+        }
+        let expected = expected_auth_token(name, secret);
+        let given = auth_token.unwrap_or_default();
+        Ok(
+            (!constant_time_eq(given.as_bytes(), expected.as_bytes())).then_some(
+                CredentialRefusal {
+                    error: BrokerError::InvalidAuth,
+                    reason: WRONG_SECRET,
+                },
+            ),
+        )
     }
 
     /// `rename`: moves the caller's name, sessions and queued mail to `new_id`, leaves a

@@ -6,6 +6,7 @@
 //!
 //! - [`identity`]: sessions, register, rename, list, the rate limits (per instance, per
 //!   peer, and on new names).
+//! - [`challenge`]: the challenge-response registration's challenges, in memory.
 //! - [`auth_guard`]: throttles peers that keep failing authentication.
 //! - [`mail`]: send, broadcast, check, ack and delivery receipts.
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
@@ -16,6 +17,7 @@
 //! - [`timekeeping`]: the broker clock every rule runs on, resumed and persisted.
 
 pub mod auth_guard;
+pub mod challenge;
 pub mod doorbell;
 pub mod identity;
 pub mod large_message;
@@ -42,6 +44,7 @@ use crate::protocol::{Action, ErrorCode, Reply, Request};
 use crate::store::queries;
 use crate::store::{Durability, Fault, Store, StoreError};
 
+pub use challenge::ChallengeRefusal;
 pub use identity::Caller;
 pub use mail::DeliveryReceipt;
 pub use peer::Peer;
@@ -97,6 +100,10 @@ pub enum BrokerError {
         limit: u32,
         retry_seconds: u64,
     },
+    #[error(transparent)]
+    Challenge(#[from] ChallengeRefusal),
+    #[error("this broker requires challenge-response registration and refuses the static `auth_token` (it runs with --no-static-token): register with this project's client (`claude-ipc register NAME` or the MCP server), or restart the broker without --no-static-token and without IPC_NO_STATIC_TOKEN to accept the static token again")]
+    StaticTokenRefused,
     #[error("Instance {0} already exists")]
     NameTaken(String),
     #[error("You are already named {0}")]
@@ -149,6 +156,8 @@ impl BrokerError {
             LargeMessageSenderFull { .. } => ErrorCode::LargeMessageSenderFull,
             LargeMessageTotalFull { .. } => ErrorCode::LargeMessageTotalFull,
             AuthThrottled { .. } => ErrorCode::AuthThrottled,
+            Challenge(_) => ErrorCode::ChallengeFailed,
+            StaticTokenRefused => ErrorCode::StaticTokenRefused,
             NameTaken(_) => ErrorCode::NameTaken,
             SameName(_) => ErrorCode::SameName,
             StaleTimestamp { .. } => ErrorCode::StaleTimestamp,
@@ -189,6 +198,8 @@ impl BrokerError {
             InvalidSession
             | InvalidAuth
             | AuthThrottled { .. }
+            | Challenge(_)
+            | StaticTokenRefused
             | PeerRegisterLimited { .. }
             | RegisterLimited { .. }
             | ReservedName(_)
@@ -253,6 +264,8 @@ pub struct Broker {
     unsettled: unsettled::Unsettled,
     /// Sessions with a long-poll open; shared with `register` jobs on the writer thread.
     listening: Arc<listening::Listening>,
+    /// Challenges waiting for their `register`; memory only, bounded.
+    challenges: challenge::Challenges,
 }
 
 impl Broker {
@@ -279,6 +292,7 @@ impl Broker {
             last_orphan_pass: Mutex::new(None),
             unsettled: unsettled::Unsettled::default(),
             listening: Arc::default(),
+            challenges: challenge::Challenges::default(),
         }
     }
 
@@ -326,8 +340,9 @@ impl Broker {
     /// Answers one request from `peer`; a long-poll stops waiting once `reader` is gone.
     pub async fn handle_for(&self, request: Request, peer: &Peer, reader: Presence) -> Outcome {
         let action_name = request.action.name();
-        // Every action but `ping` passes a session check or registers before it succeeds.
-        let proves_session = !matches!(request.action, Action::Ping);
+        // Every action but `ping` and `challenge` passes a session check or registers before it
+        // succeeds; anyone may ask for a challenge, so it shows nothing about the connection.
+        let proves_session = !matches!(request.action, Action::Ping | Action::Challenge { .. });
         let result = self.dispatch(request, peer, reader).await;
         let peer = peer.label.as_str();
         match result {
@@ -401,13 +416,20 @@ impl Broker {
         let token = request.session_token;
         match request.action {
             Action::Ping => Ok(self.ping().await.into()),
+            Action::Challenge {
+                instance_id,
+                client_nonce,
+            } => self
+                .challenge(instance_id, client_nonce, peer)
+                .map(Outcome::from),
             Action::Register {
                 instance_id,
                 auth_token,
                 takeover,
+                challenge,
             } => {
                 let claim = identity::Claim::from_request(takeover, token);
-                self.register(instance_id, auth_token, claim, peer)
+                self.register(instance_id, auth_token, challenge, claim, peer)
                     .await
                     .map(Outcome::from)
             }
@@ -475,9 +497,23 @@ impl Broker {
             Some(path) => reply.with("data_dir", path.display().to_string()),
             None => reply,
         };
-        match &self.socket {
+        let reply = match &self.socket {
             Some(path) => reply.with("socket", path.display().to_string()),
             None => reply,
+        };
+        match self.shared_secret {
+            Some(_) => reply.with("static_token", self.static_token_state()),
+            None => reply,
+        }
+    }
+
+    /// Whether a legacy register with the static `auth_token` is accepted: "accepted" or
+    /// "refused" (`--no-static-token`).
+    pub fn static_token_state(&self) -> &'static str {
+        if self.limits.static_token_accepted {
+            "accepted"
+        } else {
+            "refused"
         }
     }
 

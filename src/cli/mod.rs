@@ -247,6 +247,8 @@ fn next_step(error: &ClientError) -> &'static str {
         "invalid_auth" => {
             "; set IPC_SHARED_SECRET to the broker's secret (or unset it for an open-mode broker) and register again"
         }
+        "challenge_failed" => "; run `claude-ipc register NAME` again, which asks for a new challenge",
+        "static_token_refused" => "; `claude-ipc register NAME` registers by challenge-response, which this broker accepts",
         "queue_full" => "; the recipient must run `claude-ipc check` before more mail fits",
         "name_taken" => "; choose another name, or `claude-ipc list` to see who has it",
         "name_too_similar" | "reserved_name" => "; choose another name",

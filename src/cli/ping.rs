@@ -1,17 +1,26 @@
-//! `claude-ipc ping`: does a broker answer, and which version is it?
+//! `claude-ipc ping`: does a broker answer, which version is it, and, when this client holds
+//! the shared secret, does the broker prove it knows it too?
 
 use clap::Args;
+use serde_json::Value;
 
 use super::{output, CliError, ClientArgs};
+use crate::client::Client;
+
+/// The name ping's challenge is issued for. A challenge creates nothing; this one is never
+/// answered and expires.
+const PROBE_NAME: &str = "claude-ipc-ping";
 
 #[derive(Debug, Args)]
 #[command(
     after_help = "Needs no session. Exits with 3 when no broker answers, and with 1 when it answers
 that it refuses requests (its database was removed, replaced or is damaged; the message says
-what to do).
+what to do). With IPC_SHARED_SECRET set, a broker in secret mode must prove it knows that
+secret (a challenge, nothing registered); one that cannot is refused with exit 1.
 
 Examples:
   claude-ipc ping
+  IPC_SHARED_SECRET=the-broker-secret claude-ipc ping
   claude-ipc ping --addr 127.0.0.1:9900
   claude-ipc ping --json"
 )]
@@ -21,17 +30,59 @@ pub struct PingArgs {
 }
 
 pub fn run(args: PingArgs) -> Result<(), CliError> {
-    let reply = args.client.connect()?.ping()?;
+    let secret = std::env::var("IPC_SHARED_SECRET")
+        .ok()
+        .filter(|s| !s.is_empty());
+    let mut client = args.client.connect()?;
+    let mut reply = client.ping()?;
+    let verified = verify_secret(&mut client, &reply, secret.as_deref())?;
     if args.client.json {
+        reply["secret_verified"] = verified.into();
         output::json(&reply);
     } else {
         println!(
-            "broker at {} is up: version {}, protocol {}, {} mode",
+            "broker at {} is up: version {}, protocol {}, {}",
             args.client.target(),
             reply["version"].as_str().unwrap_or("?"),
             reply["protocol"],
-            reply["mode"].as_str().unwrap_or("?")
+            mode_text(&reply, secret.is_some(), verified)
         );
     }
     Ok(())
+}
+
+/// With a secret and a broker that says it runs in secret mode, has the broker prove it
+/// knows the secret; an error if it cannot. `true` only when it did.
+fn verify_secret(
+    client: &mut Client,
+    ping: &Value,
+    secret: Option<&str>,
+) -> Result<bool, CliError> {
+    match (secret, ping["mode"].as_str()) {
+        (Some(secret), Some("secret")) => {
+            client.prove_broker(PROBE_NAME, secret)?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The security mode as a person reads it, and how much of it this client checked.
+fn mode_text(ping: &Value, have_secret: bool, verified: bool) -> String {
+    let static_token = match ping["static_token"].as_str() {
+        Some("refused") => "; the static auth_token is refused",
+        Some("accepted") => "; the legacy static auth_token is also accepted",
+        _ => "",
+    };
+    match ping["mode"].as_str() {
+        Some("secret") if verified => format!(
+            "secret mode, verified: the broker proved it knows your secret{static_token}"
+        ),
+        Some("secret") => format!(
+            "secret mode (not verified: set IPC_SHARED_SECRET to have the broker prove it knows the secret){static_token}"
+        ),
+        Some("open") if have_secret => "open mode (no shared secret), although you hold one: this broker is not protected by your IPC_SHARED_SECRET".to_owned(),
+        Some(mode) => format!("{} mode", crate::protocol::auth::printable(mode, 16)),
+        None => "? mode".to_owned(),
+    }
 }

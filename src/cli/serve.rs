@@ -128,6 +128,17 @@ pub struct ServeArgs {
     /// --takeover`). Legacy registers still replace it, as the original did.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub name_live_window: Duration,
+    /// Refuse the legacy static `auth_token` (sha256(name:secret)) in secret mode: only
+    /// challenge-response registration, as this project's own clients do it, is accepted.
+    /// The Python original's scripts cannot register then. IPC_NO_STATIC_TOKEN=1 does the same
+    /// (empty, 0, false, no or off leave it accepted).
+    #[arg(
+        long,
+        env = "IPC_NO_STATIC_TOKEN",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub no_static_token: bool,
 }
 
 impl ServeArgs {
@@ -170,6 +181,7 @@ impl ServeArgs {
                 unauthenticated_idle_timeout: self.unauthenticated_idle_timeout,
                 request_memory_budget: self.request_memory_budget,
                 name_live_window: self.name_live_window,
+                static_token_accepted: !self.no_static_token,
             },
             reset_secret: self.reset_secret,
         }
@@ -215,9 +227,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "claude-ipc broker listening"
     );
     if config.shared_secret.is_some() {
-        tracing::info!(
-            "security: shared-secret mode (IPC_SHARED_SECRET is set); register needs auth_token"
-        );
+        log_secret_mode(config.limits.static_token_accepted);
     } else {
         tracing::warn!(
             "=========================================================================="
@@ -229,12 +239,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!(
             "=========================================================================="
         );
+        if !config.limits.static_token_accepted {
+            tracing::warn!("--no-static-token has no effect in open mode: there is no secret");
+        }
     }
     signals.recv().await;
     tracing::info!("shutting down: finishing requests in flight");
     running.shutdown().await;
     tracing::info!("database closed; bye");
     Ok(())
+}
+
+/// Says at start how register proves the secret, and what accepting the static token costs.
+fn log_secret_mode(static_token_accepted: bool) {
+    if static_token_accepted {
+        tracing::info!(
+            static_token = "accepted",
+            "security: shared-secret mode (IPC_SHARED_SECRET is set); register needs a challenge-response proof or the legacy static auth_token"
+        );
+        tracing::info!(
+            "the static auth_token never changes: anyone who once sees one can register as that name until the secret changes; --no-static-token refuses it once no legacy script needs it"
+        );
+    } else {
+        tracing::info!(
+            static_token = "refused",
+            "security: shared-secret mode (IPC_SHARED_SECRET is set); register needs a challenge-response proof, the static auth_token is refused (--no-static-token)"
+        );
+    }
 }
 
 /// Descriptors the broker needs besides one per connection: the database and its WAL, the

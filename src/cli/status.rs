@@ -26,6 +26,9 @@ pub const ONLINE_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// The window for counting authentication failures.
 const FAILURE_WINDOW: chrono::Duration = chrono::Duration::hours(24);
 
+/// What accepting the legacy static `auth_token` costs, said while the broker accepts it.
+const STATIC_TOKEN_COST: &str = "the broker accepts the legacy static auth_token (sha256 of name and secret), which never changes: anyone who once sees alice's (a fake broker she talked to, a log, a process listing) can register as alice for ever, until the secret changes. This project's clients register by challenge-response and need no static token; once no Python script of the original needs it, restart the broker with --no-static-token (or IPC_NO_STATIC_TOKEN=1)";
+
 /// `status` waits at most this long for a broker to answer.
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -135,7 +138,7 @@ fn ask_broker(client: &ClientArgs) -> Value {
         "answering": reply.is_ok(), "healthy": false, "addr": client.addr, "error": null,
         "pid": null, "process": null, "version": null, "protocol": null, "mode": null,
         "security": null, "socket": null, "started_at": null, "uptime_seconds": null,
-        "clock": null, "database": null,
+        "clock": null, "database": null, "static_token": null,
     });
     match reply {
         Err(error) => broker["error"] = error.to_string().into(),
@@ -154,6 +157,7 @@ fn ask_broker(client: &ClientArgs) -> Value {
                 "started_at",
                 "uptime_seconds",
                 "clock",
+                "static_token",
             ] {
                 broker[key] = ping.get(key).cloned().unwrap_or(Value::Null);
             }
@@ -260,6 +264,9 @@ fn warnings(report: &Value) -> Vec<String> {
     if broker["answering"] == true {
         if broker["security"] == "open" {
             warnings.push("open mode: any local process can register any name; set IPC_SHARED_SECRET for the broker and its clients".into());
+        }
+        if broker["static_token"] == "accepted" {
+            warnings.push(STATIC_TOKEN_COST.into());
         }
         if let Some(ahead) = wall_clock_offset_worth_saying(&broker["clock"]) {
             warnings.push(ahead);
@@ -378,7 +385,10 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
             broker["version"].as_str().unwrap_or("?"),
         ));
         let security = match broker["security"].as_str() {
-            Some("secret") => "shared secret (register needs IPC_SHARED_SECRET)".to_owned(),
+            Some("secret") => format!(
+                "shared secret (register needs IPC_SHARED_SECRET){}",
+                static_token_text(&broker["static_token"])
+            ),
             Some("open") => paint("OPEN MODE (no shared secret)", Colour::Yellow, colour),
             Some("unix socket") => format!(
                 "unix socket {} ({} mode)",
@@ -436,6 +446,15 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
         ));
     }
     out
+}
+
+/// How the broker treats the static token, after the security mode.
+fn static_token_text(static_token: &Value) -> &'static str {
+    match static_token.as_str() {
+        Some("accepted") => "; static auth_token accepted (see the warning below)",
+        Some("refused") => "; static auth_token refused: challenge-response only",
+        _ => "",
+    }
 }
 
 fn render_contents(

@@ -136,6 +136,7 @@ fn hint_for(code: &str) -> &'static str {
             "IPC_SHARED_SECRET in this MCP server's environment must match the broker's."
         }
         "invalid_session" => "Call register again with your name.",
+        "challenge_failed" => "Call register again; it asks for a new challenge.",
         "invalid_name" => "Names are 1-32 letters, digits, hyphens or underscores.",
         "name_taken" => "Choose another name, or ask its holder to rename.",
         "rename_cooldown" | "rate_limited" => "Wait and try again later.",

@@ -5,6 +5,7 @@
 //! persistent client sends one per line. The frame scanner finds the end of an object as soon
 //! as its last byte arrives, so both work on the same connection code.
 
+pub mod auth;
 pub mod budget;
 pub mod frame;
 pub mod reply;
@@ -14,7 +15,8 @@ pub use budget::{Capped, EntryBudget};
 pub use frame::{FrameScanner, FrameTooLarge, Scan};
 pub use reply::{ErrorCode, Reply};
 pub use request::{
-    AckMode, Action, CheckOptions, InstanceName, ListOptions, MessageBody, Request, ACTION_NAMES,
+    AckMode, Action, ChallengeAnswer, CheckOptions, InstanceName, ListOptions, MessageBody,
+    Request, ACTION_NAMES,
 };
 
 /// The protocol revision reported by `ping`. Bumped when a field changes meaning.

@@ -56,6 +56,12 @@ pub enum ErrorCode {
     SessionReplaced,
     /// The name differs only in letter case from another instance's.
     NameTooSimilar,
+    /// A challenge-response registration failed: open mode, an unknown, used or expired
+    /// challenge, one for another name, or a wrong proof; or, client-side, a broker that did
+    /// not prove it knows the secret.
+    ChallengeFailed,
+    /// A legacy register with the static `auth_token`, which the broker was told to refuse.
+    StaticTokenRefused,
 }
 
 impl ErrorCode {
@@ -101,6 +107,8 @@ impl ErrorCode {
             NameInUse => "name_in_use",
             SessionReplaced => "session_replaced",
             NameTooSimilar => "name_too_similar",
+            ChallengeFailed => "challenge_failed",
+            StaticTokenRefused => "static_token_refused",
         }
     }
 }

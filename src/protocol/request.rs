@@ -23,13 +23,22 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Ping,
+    /// Asks for a fresh server nonce to register `instance_id` with, and the broker's proof
+    /// that it knows the shared secret (see [`super::auth`]).
+    Challenge {
+        instance_id: InstanceName,
+        client_nonce: String,
+    },
     Register {
         instance_id: InstanceName,
+        /// The legacy static token (`sha256(name:secret)`).
         auth_token: Option<String>,
         /// Sent (true or false) only by this project's own clients: whether to replace a
         /// session that holds the name and is in use. Absent: a legacy register, which
         /// replaces it silently as the original did.
         takeover: Option<bool>,
+        /// The answer to a `challenge`, which replaces the static token.
+        challenge: Option<ChallengeAnswer>,
     },
     Send {
         to_id: InstanceName,
@@ -62,6 +71,7 @@ impl Action {
     pub fn name(&self) -> &'static str {
         match self {
             Action::Ping => "ping",
+            Action::Challenge { .. } => "challenge",
             Action::Register { .. } => "register",
             Action::Send { .. } => "send",
             Action::Broadcast { .. } => "broadcast",
@@ -72,6 +82,13 @@ impl Action {
             Action::Count { .. } => "count",
         }
     }
+}
+
+/// A `register`'s answer to an earlier `challenge`: which one, and the client's proof.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChallengeAnswer {
+    pub challenge_id: String,
+    pub auth_proof: String,
 }
 
 /// How a `check` reads: how much, whether it settles the mail itself, and how long it waits.
@@ -172,8 +189,9 @@ impl RequestError {
 }
 
 /// Every action the broker answers, in the order the docs list them.
-pub const ACTION_NAMES: [&str; 9] = [
+pub const ACTION_NAMES: [&str; 10] = [
     "ping",
+    "challenge",
     "register",
     "send",
     "broadcast",
@@ -235,10 +253,15 @@ impl Fields<'_> {
         };
         let action = match action {
             "ping" => Action::Ping,
+            "challenge" => Action::Challenge {
+                instance_id: self.name("instance_id", "Invalid instance ID format")?,
+                client_nonce: self.nonce("client_nonce")?,
+            },
             "register" => Action::Register {
                 instance_id: self.name("instance_id", "Invalid instance ID format")?,
                 auth_token: self.optional_string("auth_token")?,
                 takeover: self.optional_bool("takeover")?,
+                challenge: self.challenge_answer()?,
             },
             "send" => Action::Send {
                 to_id: self.name("to_id", "Invalid recipient ID format")?,
@@ -311,6 +334,45 @@ impl Fields<'_> {
                 ),
             )
         })
+    }
+
+    /// A nonce of the challenge-response registration: hex or base64url, 32-128 characters.
+    fn nonce(&self, key: &str) -> Result<String, RequestError> {
+        let text = self.string(key)?;
+        if !super::auth::is_valid_nonce(text) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "`{key}` must be 32-128 letters, digits, `-` or `_`: at least 16 random bytes in hex or base64url (this project's clients send 32 bytes as 64 hex digits)"
+                ),
+            ));
+        }
+        Ok(text.to_owned())
+    }
+
+    /// `challenge_id` and `auth_proof`, which come together; a register carrying them must
+    /// not also carry a static `auth_token`, so it is never unclear which one was checked.
+    fn challenge_answer(&self) -> Result<Option<ChallengeAnswer>, RequestError> {
+        let Some(challenge_id) = self.optional_string("challenge_id")? else {
+            if self.0.contains_key("auth_proof") {
+                return Err(RequestError::new(
+                    ErrorCode::MissingField,
+                    "`auth_proof` needs the `challenge_id` it answers; ask for one with the `challenge` action",
+                ));
+            }
+            return Ok(None);
+        };
+        let static_token = self.optional_string("auth_token")?;
+        if static_token.is_some_and(|token| !token.is_empty()) {
+            return Err(RequestError::new(
+                ErrorCode::InvalidField,
+                "send either `auth_token` (the static token) or `challenge_id` with `auth_proof`, not both",
+            ));
+        }
+        Ok(Some(ChallengeAnswer {
+            challenge_id,
+            auth_proof: self.string("auth_proof")?.to_owned(),
+        }))
     }
 
     fn message(&self) -> Result<MessageBody, RequestError> {
@@ -596,6 +658,60 @@ mod tests {
         .unwrap_err();
         assert_eq!(error.code, ErrorCode::InvalidField);
         assert!(error.message.contains("large_message_file"));
+    }
+
+    #[test]
+    fn a_challenge_and_its_answer_parse_and_a_bad_nonce_is_refused() {
+        let nonce = "ab".repeat(32);
+        let challenge = parse(&format!(
+            r#"{{"action":"challenge","instance_id":"alice","client_nonce":"{nonce}"}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            challenge.action,
+            Action::Challenge {
+                instance_id: InstanceName::parse("alice").unwrap(),
+                client_nonce: nonce,
+            }
+        );
+        let short = r#"{"action":"challenge","instance_id":"alice","client_nonce":"abc"}"#;
+        assert_eq!(code_of(short), ErrorCode::InvalidField);
+        let register = parse(
+            r#"{"action":"register","instance_id":"alice","challenge_id":"c","auth_proof":"p","takeover":false}"#,
+        )
+        .unwrap();
+        let Action::Register {
+            challenge,
+            auth_token,
+            ..
+        } = register.action
+        else {
+            panic!("not a register");
+        };
+        assert_eq!(auth_token, None);
+        assert_eq!(
+            challenge,
+            Some(ChallengeAnswer {
+                challenge_id: "c".into(),
+                auth_proof: "p".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_register_carries_one_credential_and_a_proof_needs_its_challenge() {
+        let both = r#"{"action":"register","instance_id":"a","auth_token":"t","challenge_id":"c","auth_proof":"p"}"#;
+        assert_eq!(code_of(both), ErrorCode::InvalidField);
+        let no_id = r#"{"action":"register","instance_id":"a","auth_proof":"p"}"#;
+        assert_eq!(code_of(no_id), ErrorCode::MissingField);
+        let no_proof = r#"{"action":"register","instance_id":"a","challenge_id":"c"}"#;
+        assert_eq!(code_of(no_proof), ErrorCode::MissingField);
+        // The legacy shape is unchanged: an empty static token and no challenge.
+        let legacy = parse(r#"{"action":"register","instance_id":"a","auth_token":""}"#).unwrap();
+        assert!(matches!(
+            legacy.action,
+            Action::Register { challenge: None, auth_token: Some(ref t), .. } if t.is_empty()
+        ));
     }
 
     #[test]
