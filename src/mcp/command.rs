@@ -3,6 +3,12 @@
 //!
 //! No shell means `$HOME` stays the five characters `$HOME`, and `;`, `|`, `&&` or a backtick
 //! are ordinary arguments: a message cannot smuggle a second command in.
+//!
+//! The command gets a minimal environment, not this server's: the server's holds the shared
+//! secret and the session file's path, and whatever its parent passed on (API keys, cloud
+//! tokens), and `printenv` would send all of it. It runs in its own process group, which is
+//! killed when the command ends or times out, so nothing it starts in the background outlives
+//! it (a process that leaves the group with `setsid` can; see docs/SECURITY.md).
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,6 +19,29 @@ use tokio::process::Command;
 /// How long the output pipes may stay open after the command ended (a child it started may
 /// still hold them); after that the output read so far is kept.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
+
+/// The only variables the command inherits: what programs need to find each other, the
+/// user's home and the locale. Everything else, and above all every `IPC_*` variable, is left
+/// out; an allowlist, because a list of what to remove can never name every secret a parent
+/// process put in the environment.
+const INHERITED_VARIABLES: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_MESSAGES",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_COLLATE",
+    "TERM",
+    "TZ",
+    "TMPDIR",
+];
 
 /// What a command did.
 #[derive(Debug, Clone)]
@@ -44,6 +73,9 @@ pub async fn run(command: &str, timeout: Duration, cap: usize) -> Result<Command
     let (program, args) = argv.split_first().ok_or(CommandError::Empty)?;
     let mut child = Command::new(program)
         .args(args)
+        .env_clear()
+        .envs(inherited_environment())
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -55,13 +87,20 @@ pub async fn run(command: &str, timeout: Duration, cap: usize) -> Result<Command
         })?;
     let stdout = tokio::spawn(read_capped(child.stdout.take(), cap));
     let stderr = tokio::spawn(read_capped(child.stderr.take(), cap));
+    // The group's id is the child's pid; Linux does not hand that number out again while
+    // any process of the group is alive, so the kill below cannot reach a stranger.
+    let group = child.id();
     let (exit_code, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(status) => (status.ok().and_then(|s| s.code()), false),
         Err(_) => {
+            kill_group(group);
             let _ = child.kill().await;
             (None, true)
         }
     };
+    // Whatever the command left running in the background dies with it; what it wrote is
+    // still in the pipes and is read below.
+    kill_group(group);
     let (stdout, stdout_cut) = collect(stdout).await;
     let (stderr, stderr_cut) = collect(stderr).await;
     Ok(CommandRun {
@@ -72,6 +111,24 @@ pub async fn run(command: &str, timeout: Duration, cap: usize) -> Result<Command
         timed_out,
         truncated: stdout_cut || stderr_cut,
     })
+}
+
+fn inherited_environment() -> Vec<(String, String)> {
+    INHERITED_VARIABLES
+        .iter()
+        .filter_map(|name| Some((name.to_string(), std::env::var(name).ok()?)))
+        .collect()
+}
+
+/// SIGKILL to every process in the group `group` (the command and what it started).
+fn kill_group(group: Option<u32>) {
+    let Some(pgid) = group.and_then(|id| libc::pid_t::try_from(id).ok()) else {
+        return;
+    };
+    // SAFETY: kill(2) with a negative pid signals a process group; it touches no memory.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
 }
 
 /// Reads a pipe to its end, keeping the first `cap` bytes. It keeps reading past the cap so
