@@ -118,8 +118,9 @@ pub struct Protected {
     pub session_files: Vec<PathBuf>,
     /// `IPC_SHARED_SECRET_FILE`, when set.
     pub secret_file: Option<PathBuf>,
-    /// The broker's data directory: everyone's mail and sessions.
-    pub data_dir: PathBuf,
+    /// The broker's data directories (the configured one and the default): everyone's mail
+    /// and sessions.
+    pub data_dirs: Vec<PathBuf>,
     /// `$HOME` and the home directory in the password database (they differ when HOME was
     /// changed), whose credential stores are refused.
     pub homes: Vec<PathBuf>,
@@ -138,7 +139,10 @@ impl Protected {
             secret_file: std::env::var_os("IPC_SHARED_SECRET_FILE")
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
-            data_dir: data_dir.to_path_buf(),
+            data_dirs: vec![
+                data_dir.to_path_buf(),
+                crate::cli::data_dir_or_default(None),
+            ],
             homes,
         }
     }
@@ -164,13 +168,13 @@ impl Protected {
                 return Some("it is the shared secret's file".to_owned());
             }
         }
-        if is_within(path, &self.data_dir) {
-            return Some(format!(
+        let data_dir = self.data_dirs.iter().find(|dir| is_within(path, dir));
+        data_dir.map(|dir| {
+            format!(
                 "it is in the broker's data directory {}, which holds everyone's mail and sessions",
-                self.data_dir.display()
-            ));
-        }
-        None
+                dir.display()
+            )
+        })
     }
 
     fn credential_store_reason(&self, path: &Path) -> Option<String> {
