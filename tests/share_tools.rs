@@ -727,3 +727,95 @@ fn a_check_never_shows_the_secret_or_this_servers_token() {
         "{text}"
     );
 }
+
+// ---- a second local user plants the path ----
+
+/// Plants, in a directory of its own, a FIFO and a link `notes.txt` that it flips between a
+/// harmless file of its own and `target`, for as long as it runs.
+const FLIPPER: &str = r#"
+import os, sys, time
+directory, target = sys.argv[1], sys.argv[2]
+benign = os.path.join(directory, "benign.txt")
+with open(benign, "w") as f:
+    f.write("hello from the attacker\n")
+os.mkfifo(os.path.join(directory, "pipe.txt"))
+link, spare = os.path.join(directory, "notes.txt"), os.path.join(directory, "notes.tmp")
+os.symlink(benign, link)
+print("ready", flush=True)
+end = time.time() + 30
+while time.time() < end:
+    for points_to in (benign, target):
+        try:
+            os.unlink(spare)
+        except FileNotFoundError:
+            pass
+        os.symlink(points_to, spare)
+        os.rename(spare, link)
+"#;
+
+#[test]
+fn a_link_another_user_flips_to_the_session_file_never_delivers_it() {
+    if !running_as_root() {
+        println!("SKIPPED: creating a second local user needs root");
+        return;
+    }
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let attacker = LocalUser::create(&format!("shrflip{}", std::process::id() % 100000));
+    let broker = broker_with(Some(SECRET));
+    let bob = legacy_bob(&broker);
+    let home = fake_home();
+    let session = home.path().join("alice.session");
+    let env = [("IPC_SESSION_FILE", session.to_str().unwrap())];
+    let mut mcp = alice(&broker, home.path(), &env, &[]);
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let theirs = shared.path().join("mallory");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(attacker.uid), Some(attacker.gid)).unwrap();
+    let mut flipper = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", FLIPPER])
+        .arg(&theirs)
+        .arg(&session)
+        .uid(attacker.uid)
+        .gid(attacker.gid)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(flipper.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+
+    let started = Instant::now();
+    assert_file_refused(&mut mcp, theirs.join("pipe.txt"), "a FIFO");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the FIFO held the call up"
+    );
+    let (mut shared_count, mut refused_count) = (0, 0);
+    for _ in 0..60 {
+        let outcome = share_file(&mut mcp, theirs.join("notes.txt"));
+        if outcome.is_error {
+            refused_count += 1;
+        } else {
+            shared_count += 1;
+        }
+    }
+    let _ = flipper.kill();
+    let _ = flipper.wait();
+    let token: Value = serde_json::from_slice(&std::fs::read(&session).unwrap()).unwrap();
+    let token = token["session_token"].as_str().unwrap();
+    let got = delivered(&broker, &bob);
+    assert_eq!(got.len(), shared_count);
+    for content in &got {
+        assert!(!content.contains(token), "the session token was delivered");
+        assert!(content.contains("hello from the attacker"), "{content}");
+    }
+    assert!(
+        refused_count > 0,
+        "the link never pointed at the session file when read"
+    );
+}
