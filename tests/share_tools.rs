@@ -297,6 +297,47 @@ fn a_background_grandchild_dies_with_a_command_killed_at_the_timeout() {
     assert_background_child_dies("1s", &command, &pid_file);
 }
 
+#[test]
+fn a_background_grandchild_dies_when_the_call_is_cancelled() {
+    let broker = broker_with(None);
+    let bob = legacy_bob(&broker);
+    let home = fake_home();
+    let mut mcp = alice(&broker, home.path(), &[], &["--allow-share-command"]);
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let command = format!(
+        "sh -c 'sleep 300 & echo $! > {}; sleep 60'",
+        pid_file.display()
+    );
+    let call = mcp.start_call("share_command", json!({"to_id": "bob", "command": command}));
+    wait_until("the command started its background child", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
+    });
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    mcp.notify(
+        "notifications/cancelled",
+        json!({"requestId": call, "reason": "the user pressed Esc"}),
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let outlived = alive(pid);
+    if outlived {
+        // SAFETY: kill(2) on the pid this test's command started; it touches no memory.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    assert!(
+        !outlived,
+        "the background child {pid} outlived the cancelled call"
+    );
+    assert!(delivered(&broker, &bob).is_empty());
+}
+
 // ---- share_file ----
 
 #[test]

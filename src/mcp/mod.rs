@@ -302,8 +302,9 @@ impl IpcServer {
     async fn share_command(
         &self,
         Parameters(args): Parameters<ShareCommandArgs>,
+        context: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        reply(self.do_share_command(args).await)
+        reply(self.do_share_command(args, context.ct).await)
     }
 
     #[tool(
@@ -653,13 +654,18 @@ impl IpcServer {
         Ok(format!("Shared {path} ({size} bytes). {sent}"))
     }
 
-    async fn do_share_command(&self, args: ShareCommandArgs) -> Result<String, ToolError> {
+    async fn do_share_command(
+        &self,
+        args: ShareCommandArgs,
+        cancel: CancellationToken,
+    ) -> Result<String, ToolError> {
         if !self.settings().allow_share_command {
             return Err(ToolError::ShareCommandDisabled);
         }
         self.identity()?;
         let timeout = self.settings().command_timeout;
-        let run = command::run(&args.command, timeout, self.settings().command_output_cap)
+        let cap = self.settings().command_output_cap;
+        let run = command::run(&args.command, timeout, cap, &cancel)
             .await
             .map_err(|e| ToolError::Input(format!("{e}; nothing was sent.")))?;
         let mut content = String::new();
