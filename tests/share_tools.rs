@@ -490,6 +490,11 @@ fn share_file_refuses_the_brokers_data_directory() {
     let planted = tempfile::tempdir().unwrap();
     symlink(&database, planted.path().join("log.txt")).unwrap();
     assert_file_refused(&mut mcp, planted.path().join("log.txt"), "data directory");
+    // The default data directory too, though this server was pointed at another.
+    let default = home.path().join(".claude-ipc-data");
+    std::fs::create_dir(&default).unwrap();
+    std::fs::write(default.join("notes.txt"), "mail").unwrap();
+    assert_file_refused(&mut mcp, default.join("notes.txt"), "data directory");
     assert!(delivered(&broker, &bob).is_empty());
 }
 
@@ -601,25 +606,38 @@ fn share_file_counts_the_cap_while_reading_even_a_file_that_grows() {
 }
 
 #[test]
-fn a_normal_file_and_a_link_to_one_still_share() {
+fn normal_files_and_links_to_them_still_share_and_only_they_do() {
     let broker = broker_with(Some(SECRET));
     let bob = legacy_bob(&broker);
     let home = fake_home();
     let mut mcp = alice(&broker, home.path(), &[], &[]);
     let dir = tempfile::tempdir().unwrap();
-    let notes = dir.path().join("notes.md");
+    let d = dir.path();
+    let notes = d.join("notes.md");
     std::fs::write(&notes, "# Plan\nship it\n").unwrap();
-    symlink(&notes, dir.path().join("latest.md")).unwrap();
+    symlink(&notes, d.join("latest.md")).unwrap();
+    // Names close to refused ones, which hold nothing secret.
+    for name in ["id_ed25519.pub", ".envrc", "env.example.txt"] {
+        std::fs::write(d.join(name), "# Plan\nship it\n").unwrap();
+    }
+    symlink(home.path().join(".ssh/id_rsa"), d.join("key.md")).unwrap();
+
     let said = mcp.ok("share_file", json!({"to_id": "bob", "filepath": notes}));
     assert!(said.contains("(15 bytes)"), "{said}");
-    let link = dir.path().join("latest.md");
-    mcp.ok("share_file", json!({"to_id": "bob", "filepath": link}));
+    for name in ["latest.md", "id_ed25519.pub", ".envrc", "env.example.txt"] {
+        mcp.ok(
+            "share_file",
+            json!({"to_id": "bob", "filepath": d.join(name)}),
+        );
+    }
+    assert_file_refused(&mut mcp, d.join("key.md"), "it is in ~/.ssh");
     let got = delivered(&broker, &bob);
-    assert_eq!(got.len(), 2);
+    assert_eq!(got.len(), 5, "{got:?}");
     let real = std::fs::canonicalize(&notes).unwrap();
+    assert!(got[1].starts_with(&format!("Shared file: {} (15 bytes)", real.display())));
     for content in got {
-        assert!(content.starts_with(&format!("Shared file: {}", real.display())));
         assert!(content.ends_with("# Plan\nship it\n"), "{content}");
+        assert!(!content.contains("PRIVATE KEY"), "{content}");
     }
 }
 
