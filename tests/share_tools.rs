@@ -643,6 +643,44 @@ fn normal_files_and_links_to_them_still_share_and_only_they_do() {
 
 // ---- what check shows ----
 
+#[test]
+fn sharing_to_yourself_and_checking_never_shows_the_token_or_the_secret() {
+    let broker = broker_with(Some(SECRET));
+    let home = fake_home();
+    let session = home.path().join("alice.session");
+    let env = [("IPC_SESSION_FILE", session.to_str().unwrap())];
+    let mut mcp = alice(&broker, home.path(), &env, &["--allow-share-command"]);
+    let file: Value = serde_json::from_slice(&std::fs::read(&session).unwrap()).unwrap();
+    let token = file["session_token"].as_str().unwrap().to_owned();
+    let copy = home.path().join("session-copy.txt");
+    std::fs::copy(&session, &copy).unwrap();
+    let to_me = |what: &str, value: &Path| json!({"to_id": "alice", what: value});
+    mcp.error("share_file", to_me("filepath", &session));
+    mcp.error("share_file", to_me("filepath", &copy));
+    let cat = format!("cat {}", copy.display());
+    mcp.error("share_command", json!({"to_id": "alice", "command": cat}));
+    mcp.ok(
+        "share_command",
+        json!({"to_id": "alice", "command": "printenv"}),
+    );
+    mcp.ok(
+        "share_command",
+        json!({"to_id": "alice", "command": "cat /proc/self/environ"}),
+    );
+    let text = mcp.ok("check", json!({}));
+    assert_eq!(parse_check(&text).len(), 2, "{text}");
+    assert!(text.contains("PATH="), "{text}");
+    assert!(
+        !text.contains(&token),
+        "the token reached the model: {text}"
+    );
+    assert!(
+        !text.contains(SECRET),
+        "the secret reached the model: {text}"
+    );
+    assert!(!text.contains("IPC_"), "{text}");
+}
+
 /// A check's text as a reader parses it: the header lines (`# …`), each followed by the
 /// content lines (`│ …`) of its message.
 fn parse_check(text: &str) -> Vec<(String, Vec<String>)> {
