@@ -272,6 +272,9 @@ pub struct Received {
     /// Which hand-out this is: 1 the first time, more after a lease ran out unacknowledged.
     #[serde(default)]
     pub delivery_count: u32,
+    /// `direct`, `broadcast` or `system` (a notice from the broker itself).
+    #[serde(default)]
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

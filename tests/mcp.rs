@@ -324,7 +324,11 @@ fn the_session_token_never_appears_on_stdout_and_stdout_is_only_json_rpc() {
     let dir = tempfile::tempdir().unwrap();
     let session_file = dir.path().join("session.json");
     let session_env = session_file.to_str().unwrap();
-    let mut mcp = mcp_for(&broker, &[("IPC_SESSION_FILE", session_env)], &[]);
+    let mut mcp = mcp_for(
+        &broker,
+        &[("IPC_SESSION_FILE", session_env)],
+        &["--allow-share-command"],
+    );
     let bob = broker.register("bob");
     mcp.ok("register", json!({"instance_id": "alice"}));
     let file: Value = serde_json::from_slice(&std::fs::read(&session_file).unwrap()).unwrap();
@@ -422,7 +426,13 @@ fn broadcast_rename_list_and_wait_for_messages_work_as_the_session() {
 #[test]
 fn share_command_runs_without_a_shell_under_a_timeout_and_an_output_cap() {
     let broker = real_clock_broker();
-    let args = ["--command-timeout", "1s", "--command-output-cap", "100"];
+    let args = [
+        "--command-timeout",
+        "1s",
+        "--command-output-cap",
+        "100",
+        "--allow-share-command",
+    ];
     let mut mcp = mcp_for(&broker, &[], &args);
     let bob = broker.register("bob");
     mcp.ok("register", json!({"instance_id": "alice"}));

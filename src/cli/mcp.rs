@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Args;
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args};
 use rmcp::ServiceExt;
 
 use crate::config::{parse_duration, Config};
@@ -13,7 +14,7 @@ use crate::server::ShutdownSignals;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Setup for Claude Code (one line):\n  claude mcp add claude-ipc -s user -- claude-ipc mcp\n\nExample, by hand (it speaks JSON-RPC on stdin and stdout):\n  IPC_ADDR=127.0.0.1:9876 claude-ipc mcp\n  IPC_SOCKET=$HOME/.claude-ipc.sock claude-ipc mcp\n\nIt finds the broker at IPC_ADDR, or on the Unix socket IPC_SOCKET when that is set; if none\nanswers, it hosts one in its own process on the same address, socket and data directory\n(IPC_DATA_DIR), and another MCP server takes over if this one exits. IPC_SHARED_SECRET is\nused to register (and by a hosted broker). If IPC_SESSION_FILE is set, the session is also\nwritten there for the CLI and the hook."
+    after_help = "Setup for Claude Code (one line):\n  claude mcp add claude-ipc -s user -- claude-ipc mcp\n\nExample, by hand (it speaks JSON-RPC on stdin and stdout):\n  IPC_ADDR=127.0.0.1:9876 claude-ipc mcp\n  IPC_SOCKET=$HOME/.claude-ipc.sock claude-ipc mcp\n\nIt finds the broker at IPC_ADDR, or on the Unix socket IPC_SOCKET when that is set; if none\nanswers, it hosts one in its own process on the same address, socket and data directory\n(IPC_DATA_DIR), and another MCP server takes over if this one exits. IPC_SHARED_SECRET is\nused to register (and by a hosted broker). If IPC_SESSION_FILE is set, the session is also\nwritten there for the CLI and the hook.\n\nshare_command is off unless the user enables it (--allow-share-command or\nIPC_ALLOW_SHARE_COMMAND=1), since a message can talk a model into running a command:\n  claude mcp add claude-ipc -s user -e IPC_ALLOW_SHARE_COMMAND=1 -- claude-ipc mcp"
 )]
 pub struct McpArgs {
     /// The broker's address (and where to host one if none answers).
@@ -32,6 +33,14 @@ pub struct McpArgs {
     /// share_command keeps at most this many bytes of stdout and of stderr.
     #[arg(long, default_value_t = 64 * 1024)]
     pub command_output_cap: usize,
+    /// Let the model run commands with share_command (off by default: a message from another
+    /// instance could talk it into running one). Set it where only the user can: this flag or
+    /// IPC_ALLOW_SHARE_COMMAND=1 in the server's configuration.
+    /// The variable takes 1/0, true/false, yes/no or on/off; anything else is an error rather
+    /// than a silent yes.
+    #[arg(long, env = "IPC_ALLOW_SHARE_COMMAND", action = ArgAction::SetTrue,
+          value_parser = BoolishValueParser::new())]
+    pub allow_share_command: bool,
 }
 
 impl McpArgs {
@@ -50,6 +59,7 @@ impl McpArgs {
             write_session_file: std::env::var_os("IPC_SESSION_FILE").is_some_and(|p| !p.is_empty()),
             command_timeout: self.command_timeout,
             command_output_cap: self.command_output_cap,
+            allow_share_command: self.allow_share_command,
         }
     }
 }

@@ -16,6 +16,8 @@
 pub mod command;
 pub mod election;
 pub mod format;
+pub mod guard;
+pub mod share_file;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,6 +62,10 @@ pub struct Settings {
     pub command_timeout: Duration,
     /// `share_command` keeps at most this many bytes of stdout and of stderr.
     pub command_output_cap: usize,
+    /// `share_command` runs only when the user enabled it in the server's configuration
+    /// (`--allow-share-command`, `IPC_ALLOW_SHARE_COMMAND=1`): text from another instance can
+    /// talk a model into running a command.
+    pub allow_share_command: bool,
 }
 
 /// A failure a tool reports to the model: what went wrong and what to do.
@@ -96,6 +102,10 @@ pub enum ToolError {
         code: String,
         message: String,
     },
+    #[error("share_command is disabled on this MCP server, so nothing was run or sent: a message from another instance could otherwise talk you into running a command here. Only the user can enable it, in this server's configuration: start it as `claude-ipc mcp --allow-share-command`, or set IPC_ALLOW_SHARE_COMMAND=1 in its environment (for Claude Code: `claude mcp add claude-ipc -s user -e IPC_ALLOW_SHARE_COMMAND=1 -- claude-ipc mcp`). Tell the user if they want this; do not work around it.")]
+    ShareCommandDisabled,
+    #[error("Refusing to send {what}: it contains {secret}, which must never leave this server. Nothing was sent.")]
+    WouldLeak { what: String, secret: &'static str },
 }
 
 impl From<ClientError> for ToolError {
@@ -308,20 +318,21 @@ impl IpcServer {
     }
 
     #[tool(
-        description = "Use to send the contents of a local text file to another instance (large files arrive as a saved file)."
+        description = "Use to send the contents of a local text file to another instance (large files arrive as a saved file). Regular text files only, up to 512 KiB; it refuses credential stores (~/.ssh, ~/.aws, .env files, private keys...), this server's session and data, and /proc, /sys and /dev."
     )]
     async fn share_file(&self, Parameters(args): Parameters<ShareFileArgs>) -> CallToolResult {
         reply(self.do_share_file(args).await)
     }
 
     #[tool(
-        description = "Use to run a command here (no shell, 30 s limit) and send its stdout, stderr and exit code to another instance."
+        description = "Use to run a command here and send its stdout, stderr and exit code to another instance; off unless the user enabled it in this MCP server's configuration (--allow-share-command or IPC_ALLOW_SHARE_COMMAND=1), because text from another instance could talk a model into running a command. No shell, a minimal environment, 30 s limit."
     )]
     async fn share_command(
         &self,
         Parameters(args): Parameters<ShareCommandArgs>,
+        context: RequestContext<RoleServer>,
     ) -> CallToolResult {
-        reply(self.do_share_command(args).await)
+        reply(self.do_share_command(args, context.ct).await)
     }
 
     #[tool(
@@ -518,6 +529,44 @@ impl IpcServer {
         })
     }
 
+    /// The values no share may carry and no check may show: the secret, this server's session
+    /// token, the token in the session file, and the static auth tokens of those names.
+    async fn secrets(&self) -> guard::Secrets {
+        let identity = self.identity().ok();
+        // A file read: kept off the executor's threads like every other blocking call.
+        let on_disk = tokio::task::spawn_blocking(|| SessionFile::load().ok())
+            .await
+            .ok()
+            .flatten();
+        let tokens: Vec<&str> = identity
+            .iter()
+            .map(|i| i.token.as_str())
+            .chain(on_disk.iter().map(|f| f.session_token.as_str()))
+            .collect();
+        let names: Vec<&str> = identity
+            .iter()
+            .map(|i| i.name.as_str())
+            .chain(on_disk.iter().map(|f| f.instance_id.as_str()))
+            .collect();
+        let secret = self.settings().broker.shared_secret.as_deref();
+        guard::Secrets::of(secret, &tokens, &names)
+    }
+
+    /// The last check before a share leaves: whatever path it took, it carries no secret.
+    async fn refuse_leak(&self, what: &str, content: &str) -> Result<(), ToolError> {
+        let secrets = self.secrets().await;
+        match secrets.found_in(content) {
+            Some(secret) => {
+                // The model may have written the secret into the command: not even the
+                // refusal repeats it.
+                let (what, _) = secrets.redact(what);
+                tracing::warn!("refused to share {what}: it contains {secret}");
+                Err(ToolError::WouldLeak { what, secret })
+            }
+            None => Ok(()),
+        }
+    }
+
     async fn do_register(&self, name: String, takeover: bool) -> Result<String, ToolError> {
         let registration = self.register_name(name.clone(), takeover).await?;
         let waiting = match registration.queued {
@@ -560,6 +609,7 @@ impl IpcServer {
     /// again when the lease runs out, instead of losing it.
     async fn do_check(&self, cancel: CancellationToken) -> Result<String, ToolError> {
         let cancelled = cancel.clone();
+        let secrets = Arc::new(self.secrets().await);
         let (text, handed_back) = self
             .as_session(move |client, token| {
                 let options = CheckOptions {
@@ -568,7 +618,9 @@ impl IpcServer {
                     limit: None,
                 };
                 let checked = client.check_with(token, options)?;
-                let text = format::mail(&checked, chrono::Utc::now());
+                // The token this call used may be a renewed one: guard it too.
+                let secrets = secrets.and_token(token);
+                let text = format::mail(&checked, chrono::Utc::now(), &secrets);
                 if checked.messages.is_empty() {
                     return Ok((text, false));
                 }
@@ -628,48 +680,40 @@ impl IpcServer {
 
     async fn do_share_file(&self, args: ShareFileArgs) -> Result<String, ToolError> {
         self.identity()?;
-        // The real path, with `..` and links resolved, is what the recipient is told.
-        let path = tokio::fs::canonicalize(&args.filepath).await.map_err(|e| {
-            ToolError::Input(format!(
-                "Cannot read {}: {e}. Give the path of a readable text file.",
-                args.filepath
-            ))
-        })?;
-        let cannot = |e: std::io::Error| {
-            ToolError::Input(format!(
-                "Cannot read {}: {e}. Give the path of a readable text file.",
-                path.display()
-            ))
-        };
-        let size = tokio::fs::metadata(&path).await.map_err(cannot)?.len();
-        if size > SHARE_FILE_MAX_BYTES {
-            return Err(ToolError::Input(format!(
-                "{} is {size} bytes; share_file sends at most {SHARE_FILE_MAX_BYTES}. Share a smaller part, or tell the recipient the path.",
-                path.display()
-            )));
-        }
-        let bytes = tokio::fs::read(&path).await.map_err(cannot)?;
-        let text = String::from_utf8(bytes).map_err(|_| {
-            ToolError::Input(format!(
-                "{} is not UTF-8 text; share_file sends text files only.",
-                path.display()
-            ))
-        })?;
-        let mut content = format!("Shared file: {} ({size} bytes)\n", path.display());
+        let protected = share_file::Protected::for_this_user(&self.settings().broker.data_dir);
+        let given = args.filepath.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            share_file::read(&given, &protected, SHARE_FILE_MAX_BYTES)
+        })
+        .await
+        .map_err(|e| ToolError::Input(format!("Reading the file failed: {e}. Nothing was sent.")))?
+        .map_err(|e| ToolError::Input(format!("{e}. Nothing was sent.")))?;
+        let path = read.path.display().to_string();
+        let size = read.text.len();
+        let mut content = format!("Shared file: {path} ({size} bytes)\n");
         if let Some(description) = &args.description {
             content.push_str(&format!("{description}\n"));
         }
         content.push('\n');
-        content.push_str(&text);
-        let data = json!({"shared_file": path.display().to_string(), "size_bytes": size});
+        content.push_str(&read.text);
+        self.refuse_leak(&args.filepath, &content).await?;
+        let data = json!({"shared_file": path, "size_bytes": size});
         let sent = self.do_send(Some(args.to_id), content, Some(data)).await?;
-        Ok(format!("Shared {} ({size} bytes). {sent}", path.display()))
+        Ok(format!("Shared {path} ({size} bytes). {sent}"))
     }
 
-    async fn do_share_command(&self, args: ShareCommandArgs) -> Result<String, ToolError> {
+    async fn do_share_command(
+        &self,
+        args: ShareCommandArgs,
+        cancel: CancellationToken,
+    ) -> Result<String, ToolError> {
+        if !self.settings().allow_share_command {
+            return Err(ToolError::ShareCommandDisabled);
+        }
         self.identity()?;
         let timeout = self.settings().command_timeout;
-        let run = command::run(&args.command, timeout, self.settings().command_output_cap)
+        let cap = self.settings().command_output_cap;
+        let run = command::run(&args.command, timeout, cap, &cancel)
             .await
             .map_err(|e| ToolError::Input(format!("{e}; nothing was sent.")))?;
         let mut content = String::new();
@@ -681,6 +725,8 @@ impl IpcServer {
             &run,
             timeout.as_secs(),
         ));
+        self.refuse_leak(&format!("the output of `{}`", args.command), &content)
+            .await?;
         let data = json!({
             "command": args.command, "argv": run.argv, "exit_code": run.exit_code,
             "timed_out": run.timed_out, "truncated": run.truncated,
