@@ -12,6 +12,8 @@
 //! for tests), [`client`] is the typed client that the CLI, the MCP server and the tests use,
 //! [`mcp`] is the MCP server's tools over that client (and its broker election), and [`cli`]
 //! holds one file per subcommand. [`bench`] is the load generator behind `claude-ipc bench`. [`legacy_import`] brings over the Python original's database.
+//! [`private_file`] reads and writes the files only their user may see (the session file)
+//! without following a planted link.
 
 pub mod bench;
 pub mod broker;
@@ -21,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod legacy_import;
 pub mod mcp;
+pub mod private_file;
 pub mod protocol;
 pub mod server;
 pub mod store;
