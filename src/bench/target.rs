@@ -96,6 +96,7 @@ fn spawn_serve(
         .arg(data_dir)
         .args(["--rate-limit", "0", "--queue-cap", "0"])
         .env_remove("IPC_SHARED_SECRET")
+        .env_remove("IPC_SHARED_SECRET_FILE")
         .env_remove("IPC_SOCKET")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -52,6 +52,8 @@ Environment:
   IPC_SOCKET          the broker's Unix socket (serve --socket); used instead of IPC_ADDR
   IPC_SESSION_FILE    where register saves the session (default ~/.ipc-session)
   IPC_SHARED_SECRET   the shared secret; without it the broker runs in open mode
+  IPC_SHARED_SECRET_FILE  a file (mode 0600, yours) holding the secret instead, so it is
+                      not stored in a configuration file; both set must agree
   IPC_DATA_DIR        the broker's data directory (default ~/.claude-ipc-data)
   IPC_AUTOSTART       0 stops a mail command from starting a broker when none answers
   RUST_LOG            log level: error, warn, info, debug
@@ -222,7 +224,7 @@ fn next_step(error: &ClientError) -> &'static str {
             "; your session expired or was replaced: run `claude-ipc register NAME` again"
         }
         "invalid_auth" => {
-            "; set IPC_SHARED_SECRET to the broker's secret (or unset it for an open-mode broker) and register again"
+            "; set IPC_SHARED_SECRET (or IPC_SHARED_SECRET_FILE) to the broker's secret (or unset them for an open-mode broker) and register again"
         }
         "queue_full" => "; the recipient must run `claude-ipc check` before more mail fits",
         "name_taken" => "; choose another name, or `claude-ipc list` to see who has it",

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
+use crate::secret::shared_secret_from_env;
 
 #[derive(Debug, Args)]
 #[command(
@@ -15,6 +16,7 @@ use super::{output, CliError, ClientArgs};
 Examples:
   claude-ipc register alice
   IPC_SHARED_SECRET=the-broker-secret claude-ipc register alice
+  IPC_SHARED_SECRET_FILE=~/.config/claude-ipc/secret claude-ipc register alice    (a 0600 file)
   IPC_SESSION_FILE=/tmp/bob.session claude-ipc register bob    (a second identity)"
 )]
 pub struct RegisterArgs {
@@ -25,9 +27,7 @@ pub struct RegisterArgs {
 }
 
 pub fn run(args: RegisterArgs) -> Result<(), CliError> {
-    let secret = std::env::var("IPC_SHARED_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty());
+    let secret = shared_secret_from_env().map_err(|e| CliError::Usage(e.to_string()))?;
     let registered = args
         .client
         .connect_or_start()?
