@@ -257,7 +257,9 @@ pub fn run(command: Command) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Reported(code)) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("error: {error}");
+            // A broker's refusal is another party's text; the rest is ours and unchanged.
+            let text = output::block_for_terminal(&error.to_string(), "");
+            eprintln!("error: {text}");
             ExitCode::from(error.exit_code())
         }
     }

@@ -28,9 +28,9 @@ pub fn run(args: PingArgs) -> Result<(), CliError> {
         println!(
             "broker at {} is up: version {}, protocol {}, {} mode",
             args.client.target(),
-            reply["version"].as_str().unwrap_or("?"),
-            reply["protocol"],
-            reply["mode"].as_str().unwrap_or("?")
+            output::for_terminal(reply["version"].as_str().unwrap_or("?")),
+            output::for_terminal(&reply["protocol"].to_string()),
+            output::for_terminal(reply["mode"].as_str().unwrap_or("?"))
         );
     }
     Ok(())

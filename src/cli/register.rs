@@ -46,7 +46,7 @@ pub fn run(args: RegisterArgs) -> Result<(), CliError> {
     } else {
         println!(
             "{} (session saved to {})",
-            registered.message,
+            output::for_terminal(&registered.message),
             path.display()
         );
     }
