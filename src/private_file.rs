@@ -255,6 +255,26 @@ mod tests {
     }
 
     #[test]
+    fn rename_replaces_a_link_at_the_target_instead_of_following_it() {
+        // What `write_private` relies on if a link appears after its check: the link itself
+        // is replaced and what it points to is never written.
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep").unwrap();
+        let target = dir.path().join("session");
+        std::os::unix::fs::symlink(&victim, &target).unwrap();
+        let (temporary, mut file) = create_temporary(dir.path(), &target).unwrap();
+        file.write_all(b"new").unwrap();
+        std::fs::rename(&temporary, &target).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+        assert!(std::fs::symlink_metadata(&target)
+            .unwrap()
+            .file_type()
+            .is_file());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "new");
+    }
+
+    #[test]
     fn a_file_others_can_read_is_refused_with_the_fix() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");

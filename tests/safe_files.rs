@@ -162,6 +162,36 @@ fn register_in_a_shared_directory_never_writes_through_a_planted_link() {
 }
 
 #[test]
+fn the_mcp_server_writes_its_session_file_past_a_link_planted_for_its_pid() {
+    if skipped_without_root("planting links as another user") {
+        return;
+    }
+    let broker = TestBroker::start_on_wall_clock();
+    let shared = shared_dir();
+    let victim = Victim::new();
+    let user = LocalUser::create(&user_name("mp"));
+    let session = shared.path().join("session");
+    let env = [("IPC_SESSION_FILE", session.to_str().unwrap())];
+    let mut mcp = McpProcess::start(&broker.addr(), &broker.data_dir(), &env, &[]);
+    // The server's pid is in plain view in /proc before it registers.
+    let predicted = format!("{}.{}.tmp", session.display(), mcp.pid());
+    as_user(
+        &user,
+        "import os, sys\nos.symlink(sys.argv[1], sys.argv[2])\n",
+        &[victim.path.to_str().unwrap(), &predicted],
+    );
+
+    mcp.ok("register", json!({"instance_id": "alice"}));
+    victim.assert_untouched();
+    let metadata = std::fs::symlink_metadata(&session).unwrap();
+    assert!(metadata.file_type().is_file(), "{}", mcp.log());
+    assert_eq!(mode(&session), 0o600);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&session).unwrap()).unwrap();
+    assert_eq!(saved["instance_id"], "alice");
+}
+
+#[test]
 fn a_link_planted_at_the_session_file_path_is_refused_not_followed() {
     if skipped_without_root("planting links as another user") {
         return;
@@ -468,6 +498,18 @@ fn the_secret_file_serves_the_broker_register_and_mcp() {
     let mut without = McpProcess::start(&broker.addr, &data, &[], &[]);
     let refused = without.error("register", json!({"instance_id": "dave"}));
     assert!(!refused.is_empty());
+}
+
+#[test]
+fn a_broker_the_mcp_server_hosts_reads_the_same_secret_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = secret_file(dir.path(), &format!("{SECRET}\n"), 0o600);
+    let addr = free_addr();
+    let env = [("IPC_SHARED_SECRET_FILE", path.to_str().unwrap())];
+    let mut mcp = McpProcess::start(&addr, &dir.path().join("data"), &env, &[]);
+    mcp.ok("register", json!({"instance_id": "alice"}));
+    assert_broker_has_the_secret(&addr, "legacy");
+    assert!(!mcp.log().contains(SECRET));
 }
 
 #[test]

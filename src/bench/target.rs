@@ -82,7 +82,10 @@ fn spawn_serve(
     data_dir: &std::path::Path,
     addr: SocketAddr,
 ) -> Result<(Child, Duration), TargetError> {
-    std::fs::create_dir_all(data_dir).map_err(TargetError::Spawn)?;
+    // Private like any data directory: a broker refuses one that other users can write.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(data_dir)
+        .map_err(TargetError::Spawn)?;
     let log_path = data_dir.join("bench-broker.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
