@@ -115,9 +115,8 @@ fn check_private(path: &Path, metadata: &Metadata) -> Result<(), PrivateFileErro
 /// directory must be one no other user can rearrange, and an existing `path` must be a
 /// regular file of ours: a link or someone else's file there is refused, not replaced.
 pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PrivateFileError> {
+    check_writable(path)?;
     let dir = parent_of(path);
-    check_directory(dir)?;
-    check_existing_target(path)?;
     let (temporary, mut file) = create_temporary(dir, path)?;
     let written = file
         .write_all(contents)
@@ -133,6 +132,13 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PrivateFileErro
         let _ = dir.sync_all();
     }
     Ok(())
+}
+
+/// Whether [`write_private`] would accept `path`, checked before work whose result must be
+/// saved there (a registration replaces the earlier session).
+pub fn check_writable(path: &Path) -> Result<(), PrivateFileError> {
+    check_directory(parent_of(path))?;
+    check_existing_target(path)
 }
 
 fn parent_of(path: &Path) -> &Path {

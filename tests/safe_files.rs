@@ -212,6 +212,7 @@ fn a_link_planted_at_the_session_file_path_is_refused_not_followed() {
     let text = stderr(&output);
     assert!(text.contains("symbolic link"), "{text}");
     assert!(text.contains(session.to_str().unwrap()), "{text}");
+    assert_eq!(broker.count("SELECT COUNT(*) FROM sessions"), 0);
     victim.assert_untouched();
     assert!(
         std::fs::symlink_metadata(&session)
@@ -332,6 +333,11 @@ fn a_session_directory_others_can_write_without_the_sticky_bit_is_refused() {
     let text = stderr(&output);
     assert!(text.contains("no sticky bit"), "{text}");
     assert!(!session.exists(), "nothing was written there");
+    assert_eq!(
+        broker.count("SELECT COUNT(*) FROM sessions"),
+        0,
+        "refused before registering: an earlier session of the name is not replaced"
+    );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 

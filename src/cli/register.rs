@@ -28,6 +28,7 @@ pub struct RegisterArgs {
 
 pub fn run(args: RegisterArgs) -> Result<(), CliError> {
     let secret = shared_secret_from_env().map_err(|e| CliError::Usage(e.to_string()))?;
+    SessionFile::check_writable()?;
     let registered = args
         .client
         .connect_or_start()?

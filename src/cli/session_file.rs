@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::CliError;
-use crate::private_file;
+use crate::private_file::{self, PrivateFileError};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SessionFile {
@@ -34,14 +34,14 @@ impl SessionFile {
     /// with what to do: another user could have planted it, or could read the token in it.
     pub fn load() -> Result<SessionFile, CliError> {
         let path = path();
-        let text = private_file::read_private(&path).map_err(|e| {
-            if e.is_missing() {
-                CliError::Usage(format!(
-                    "not registered ({e}); run `claude-ipc register NAME` first"
-                ))
-            } else {
-                CliError::Usage(format!("refusing the session file: {e}"))
+        let text = private_file::read_private(&path).map_err(|e| match e {
+            e if e.is_missing() => CliError::Usage(format!(
+                "not registered ({e}); run `claude-ipc register NAME` first"
+            )),
+            e @ PrivateFileError::Io { .. } => {
+                CliError::Usage(format!("cannot read the session file {e}"))
             }
+            e => CliError::Usage(format!("refusing the session file: {e}")),
         })?;
         serde_json::from_str(&text).map_err(|e| {
             CliError::Usage(format!(
@@ -51,18 +51,31 @@ impl SessionFile {
         })
     }
 
+    /// Fails, saying why, if [`SessionFile::save`] would refuse the path: called before
+    /// registering, so a refused path does not cost the session registered before.
+    pub fn check_writable() -> Result<(), CliError> {
+        let path = path();
+        private_file::check_writable(&path).map_err(|e| save_failed(&path, e))
+    }
+
     /// Writes the file with mode 0600, replacing any earlier one. It is written to a fresh
     /// temporary file beside the target and renamed over it, so a crash never leaves a
     /// half-written session and a link planted in a shared directory is never followed.
     pub fn save(&self) -> Result<PathBuf, CliError> {
         let path = path();
         let text = serde_json::to_string(self).expect("a session always serializes");
-        private_file::write_private(&path, text.as_bytes()).map_err(|e| {
-            CliError::Usage(format!(
-                "cannot write the session file {}: {e}; or point IPC_SESSION_FILE elsewhere",
-                path.display()
-            ))
-        })?;
+        private_file::write_private(&path, text.as_bytes()).map_err(|e| save_failed(&path, e))?;
         Ok(path)
     }
+}
+
+fn save_failed(path: &std::path::Path, error: PrivateFileError) -> CliError {
+    let fix = match error {
+        PrivateFileError::Io { .. } => "make its directory writable, or",
+        _ => "or",
+    };
+    CliError::Usage(format!(
+        "cannot write the session file {}: {error}; {fix} point IPC_SESSION_FILE elsewhere",
+        path.display()
+    ))
 }
