@@ -667,3 +667,23 @@ impl Drop for StopOnDrop {
         }
     }
 }
+
+#[test]
+fn every_help_that_lists_the_secret_names_the_secret_file() {
+    for args in [
+        &["--help"][..],
+        &["serve", "--help"],
+        &["mcp", "--help"],
+        &["register", "--help"],
+    ] {
+        let output = Command::new(binary()).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        let help = stdout(&output);
+        assert!(help.contains("IPC_SHARED_SECRET_FILE"), "{args:?}: {help}");
+    }
+    let serve = Command::new(binary())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(stdout(&serve).contains("--secret-file"));
+}

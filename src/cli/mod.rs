@@ -52,8 +52,9 @@ Environment:
   IPC_SOCKET          the broker's Unix socket (serve --socket); used instead of IPC_ADDR
   IPC_SESSION_FILE    where register saves the session (default ~/.ipc-session)
   IPC_SHARED_SECRET   the shared secret; without it the broker runs in open mode
-  IPC_SHARED_SECRET_FILE  a file (mode 0600, yours) holding the secret instead, so it is
-                      not stored in a configuration file; both set must agree
+  IPC_SHARED_SECRET_FILE
+                      a file (yours, mode 0600) holding the secret instead, so it need not
+                      sit in a configuration file; if both are set they must agree
   IPC_DATA_DIR        the broker's data directory (default ~/.claude-ipc-data)
   IPC_AUTOSTART       0 stops a mail command from starting a broker when none answers
   RUST_LOG            log level: error, warn, info, debug

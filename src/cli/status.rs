@@ -260,7 +260,7 @@ fn warnings(report: &Value) -> Vec<String> {
     }
     if broker["answering"] == true {
         if broker["security"] == "open" {
-            warnings.push("open mode: any local process can register any name; set IPC_SHARED_SECRET for the broker and its clients".into());
+            warnings.push("open mode: any local process can register any name; set IPC_SHARED_SECRET_FILE (a 0600 file holding the secret) or IPC_SHARED_SECRET for the broker and its clients".into());
         }
         if let Some(ahead) = wall_clock_offset_worth_saying(&broker["clock"]) {
             warnings.push(ahead);
