@@ -207,7 +207,14 @@ impl CliError {
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CliError::Client(error) => write!(f, "{error}{}", next_step(error)),
+            // One line: a broker's refusal is another party's text, and a newline in it
+            // must not start a line of its own.
+            CliError::Client(error) => write!(
+                f,
+                "{}{}",
+                output::for_terminal(&error.to_string()),
+                next_step(error)
+            ),
             CliError::Usage(text) | CliError::Failed(text) => f.write_str(text),
             CliError::Reported(_) => Ok(()),
         }
@@ -258,7 +265,8 @@ pub fn run(command: Command) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Reported(code)) => ExitCode::from(code),
         Err(error) => {
-            // A broker's refusal is another party's text; the rest is ours and unchanged.
+            // Our own messages may run over lines; any control character in them came from
+            // elsewhere (a path, a reply quoted in a usage error) and is escaped.
             let text = output::block_for_terminal(&error.to_string(), "");
             eprintln!("error: {text}");
             ExitCode::from(error.exit_code())
