@@ -29,6 +29,8 @@ pub enum PrivateFileError {
     TooOpen { path: PathBuf, mode: u32 },
     #[error("{path} is larger than {MAX_PRIVATE_BYTES} bytes; it cannot be what it should be")]
     TooLarge { path: PathBuf },
+    #[error("{path} is a symbolic link made by another user (uid {owner}); refusing to follow it: remove it, or use a path without it")]
+    ForeignLink { path: PathBuf, owner: u32 },
     #[error("the directory {dir} can be changed by another user ({why}); choose a directory only you can write, such as your home directory")]
     UnsafeDirectory { dir: PathBuf, why: String },
     #[error("{path}: {source}")]
@@ -56,6 +58,7 @@ impl PrivateFileError {
 /// Reads `path`, which must be a regular file of ours (not a link) that no other user can
 /// read or write. A FIFO or device is refused without blocking on it.
 pub fn read_private(path: &Path) -> Result<String, PrivateFileError> {
+    check_no_foreign_links(path)?;
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -137,8 +140,31 @@ pub fn write_private(path: &Path, contents: &[u8]) -> Result<(), PrivateFileErro
 /// Whether [`write_private`] would accept `path`, checked before work whose result must be
 /// saved there (a registration replaces the earlier session).
 pub fn check_writable(path: &Path) -> Result<(), PrivateFileError> {
+    check_no_foreign_links(path)?;
     check_directory(parent_of(path))?;
     check_existing_target(path)
+}
+
+/// A link on the way to `path` that another user made (in a shared directory such as /tmp)
+/// would let them choose where we read or write: refused, whatever it points to. Links of our
+/// own or root's are the system's layout and are followed as usual.
+pub fn check_no_foreign_links(path: &Path) -> Result<(), PrivateFileError> {
+    let mut walked = PathBuf::new();
+    for component in path.components() {
+        walked.push(component);
+        let Ok(metadata) = std::fs::symlink_metadata(&walked) else {
+            // The rest does not exist yet, so it holds no links.
+            return Ok(());
+        };
+        let owner = metadata.uid();
+        if metadata.file_type().is_symlink() && owner != effective_uid() && owner != 0 {
+            return Err(PrivateFileError::ForeignLink {
+                path: walked,
+                owner,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn parent_of(path: &Path) -> &Path {

@@ -224,6 +224,69 @@ fn a_link_planted_at_the_session_file_path_is_refused_not_followed() {
 }
 
 #[test]
+fn a_directory_link_planted_on_the_session_path_is_refused() {
+    if skipped_without_root("planting links as another user") {
+        return;
+    }
+    let broker = TestBroker::start_on_wall_clock();
+    let shared = shared_dir();
+    let victim = Victim::new();
+    let user = LocalUser::create(&user_name("dl"));
+    // The attacker makes shared/cfg point into the victim's own directory, so the "session
+    // file" shared/cfg/precious is the victim's file, which a rename would replace.
+    let link = shared.path().join("cfg");
+    as_user(
+        &user,
+        "import os, sys\nos.symlink(sys.argv[1], sys.argv[2])\n",
+        &[
+            victim.path.parent().unwrap().to_str().unwrap(),
+            link.to_str().unwrap(),
+        ],
+    );
+    let session = link.join("precious");
+
+    let output = cli(&broker.addr(), &session, &["register", "alice"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains("symbolic link made by another user"),
+        "{text}"
+    );
+    victim.assert_untouched();
+    let output = cli(&broker.addr(), &session, &["check"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("symbolic link made by another user"));
+}
+
+#[test]
+fn serve_refuses_a_data_dir_reached_through_another_users_link() {
+    if skipped_without_root("planting links as another user") {
+        return;
+    }
+    let shared = shared_dir();
+    let private = tempfile::tempdir().unwrap();
+    let user = LocalUser::create(&user_name("lk"));
+    let link = shared.path().join("data");
+    as_user(
+        &user,
+        "import os, sys\nos.symlink(sys.argv[1], sys.argv[2])\n",
+        &[private.path().to_str().unwrap(), link.to_str().unwrap()],
+    );
+    let output = serve_expecting_refusal(&[
+        "--addr",
+        "127.0.0.1:0",
+        "--data-dir",
+        link.to_str().unwrap(),
+    ]);
+    let text = stderr(&output);
+    assert!(
+        text.contains("symbolic link made by another user"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_dir(private.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn a_session_file_that_is_a_link_is_refused_on_read() {
     if skipped_without_root("planting links as another user") {
         return;

@@ -220,6 +220,11 @@ pub fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
         path: path.display().to_string(),
         reason,
     };
+    // Before anything is created: a link another user planted on the way would choose where.
+    crate::private_file::check_no_foreign_links(path).map_err(|e| StartError::UnsafeDataDir {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })?;
     if !path.exists() {
         DirBuilder::new()
             .recursive(true)
