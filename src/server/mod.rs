@@ -46,7 +46,7 @@ pub enum StartError {
     NotLoopback(SocketAddr),
     #[error("cannot use data directory {path}: {reason}")]
     DataDir { path: String, reason: String },
-    #[error("refusing to use {path} as the data directory: {why}; use a directory only you can write, such as ~/.claude-ipc-data")]
+    #[error("refusing to use {path} as the data directory: {why}; use a directory only you can write, such as ~/.claude-ipc-data (--data-dir or IPC_DATA_DIR)")]
     UnsafeDataDir { path: String, why: String },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -258,7 +258,10 @@ fn refuse_shared_data_dir(path: &Path) -> Result<(), StartError> {
         why,
     };
     if !metadata.is_dir() {
-        return Err(unsafe_dir("it is not a directory".into()));
+        return Err(StartError::DataDir {
+            path: path.display().to_string(),
+            reason: "it is not a directory; choose another with --data-dir".into(),
+        });
     }
     let owner = metadata.uid();
     if owner != unix_socket::effective_uid() {
