@@ -12,6 +12,9 @@
 //! for tests), [`client`] is the typed client that the CLI, the MCP server and the tests use,
 //! [`mcp`] is the MCP server's tools over that client (and its broker election), and [`cli`]
 //! holds one file per subcommand. [`bench`] is the load generator behind `claude-ipc bench`. [`legacy_import`] brings over the Python original's database.
+//! [`secret`] finds the shared secret (`IPC_SHARED_SECRET` or `IPC_SHARED_SECRET_FILE`) for
+//! the broker and every client; [`private_file`] reads and writes the files only their user
+//! may see (the session file, the secret file) without following a planted link.
 
 pub mod bench;
 pub mod broker;
@@ -21,7 +24,9 @@ pub mod clock;
 pub mod config;
 pub mod legacy_import;
 pub mod mcp;
+pub mod private_file;
 pub mod protocol;
+pub mod secret;
 pub mod server;
 pub mod store;
 

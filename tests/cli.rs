@@ -564,6 +564,7 @@ fn usage_errors_exit_2() {
 
     // A file that is not a session is a usage error too, not a crash.
     std::fs::write(&alice.file, "garbage").unwrap();
+    std::fs::set_permissions(&alice.file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let output = alice.run(&broker, &["check"]);
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("claude-ipc register"));
@@ -594,6 +595,8 @@ fn no_broker_exits_3_and_says_how_to_start_one() {
         r#"{"instance_id": "alice", "session_token": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}"#,
     )
     .unwrap();
+    // Mode 0600, as the Python scripts write it: a session file others can read is refused.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let output = cli("127.0.0.1:9", &file, &["check", "--addr", &closed]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     assert!(stderr(&output).contains(&format!("no broker at {closed}")));

@@ -82,7 +82,10 @@ fn spawn_serve(
     data_dir: &std::path::Path,
     addr: SocketAddr,
 ) -> Result<(Child, Duration), TargetError> {
-    std::fs::create_dir_all(data_dir).map_err(TargetError::Spawn)?;
+    // Private like any data directory: a broker refuses one that other users can write.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(data_dir)
+        .map_err(TargetError::Spawn)?;
     let log_path = data_dir.join("bench-broker.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -96,6 +99,7 @@ fn spawn_serve(
         .arg(data_dir)
         .args(["--rate-limit", "0", "--queue-cap", "0"])
         .env_remove("IPC_SHARED_SECRET")
+        .env_remove("IPC_SHARED_SECRET_FILE")
         .env_remove("IPC_SOCKET")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -44,12 +44,17 @@ pub struct BenchArgs {
 }
 
 pub fn run(args: BenchArgs) -> ExitCode {
+    let secret = match crate::secret::shared_secret_from_env() {
+        Ok(secret) => secret,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(super::EXIT_USAGE);
+        }
+    };
     let options = Options {
         addr: args.addr,
         pid: args.pid,
-        secret: std::env::var("IPC_SHARED_SECRET")
-            .ok()
-            .filter(|s| !s.is_empty()),
+        secret,
         duration: args.duration,
         idle_connections: args.idle,
         million: args.million,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use serde_json::json;
 
+use super::output::{block_for_terminal, for_terminal};
 use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
 use crate::client::{CheckOptions, Checked, Client, ClientError, Received};
@@ -18,6 +19,8 @@ use crate::client::{CheckOptions, Checked, Client, ClientError, Received};
 const LEASE: Duration = Duration::from_secs(30);
 /// How long one `watch` long-poll waits before asking again.
 const WATCH_POLL: Duration = Duration::from_secs(25);
+/// What every line of a message's content and data begins with, so none looks like a header.
+const CONTENT_INDENT: &str = "  ";
 /// Pause before `watch` reconnects to a broker that went away.
 const WATCH_RECONNECT: Duration = Duration::from_secs(1);
 
@@ -85,7 +88,7 @@ pub fn run_watch(args: WatchArgs) -> Result<(), CliError> {
                     checked
                         .messages
                         .iter()
-                        .map(|m| format!("{}\n", message_json(m)))
+                        .map(|m| format!("{}\n", output::json_line(&message_json(m))))
                         .collect()
                 } else {
                     checked
@@ -148,7 +151,8 @@ fn print_then_ack(
     }
     if let Err(e) = client.ack(&session.session_token, &ids) {
         eprintln!(
-            "warning: could not acknowledge the mail above ({e}); it will be shown again in {} s",
+            "warning: could not acknowledge the mail above ({}); it will be shown again in {} s",
+            for_terminal(&e.to_string()),
             LEASE.as_secs()
         );
     }
@@ -182,23 +186,23 @@ fn check_text(checked: &Checked) -> String {
 }
 
 /// One message for a person: header line (with how long ago it arrived), indented content,
-/// then data if any.
+/// then data if any. Only the header starts at the margin; every line of the content and data
+/// is indented and has its control characters escaped, so a message cannot forge another
+/// message's header or drive the terminal.
 fn message_text(message: &Received) -> String {
     let ago = output::relative_to_now(&message.timestamp)
         .map(|ago| format!(" ({ago})"))
         .unwrap_or_default();
     let mut text = format!(
-        "[{}] from {} at {}{ago}\n  {}\n",
+        "[{}] from {} at {}{ago}\n{}\n",
         message.id,
-        message.from,
-        message.timestamp,
-        message.message.content.replace('\n', "\n  ")
+        for_terminal(&message.from),
+        for_terminal(&message.timestamp),
+        block_for_terminal(&message.message.content, CONTENT_INDENT)
     );
     if let Some(data) = &message.message.data {
-        text.push_str(&format!(
-            "  data: {}\n",
-            serde_json::Value::Object(data.clone())
-        ));
+        let data = serde_json::Value::Object(data.clone()).to_string();
+        text.push_str(&format!("{CONTENT_INDENT}data: {}\n", for_terminal(&data)));
     }
     text
 }
@@ -224,7 +228,11 @@ pub fn run_list(args: ListArgs) -> Result<(), CliError> {
         let ago = output::relative_to_now(&instance.last_seen)
             .map(|ago| format!(" ({ago})"))
             .unwrap_or_default();
-        println!("{:<32}  last seen {}{ago}", instance.id, instance.last_seen);
+        println!(
+            "{:<32}  last seen {}{ago}",
+            for_terminal(&instance.id),
+            for_terminal(&instance.last_seen)
+        );
     }
     Ok(())
 }

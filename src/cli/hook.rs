@@ -77,7 +77,13 @@ pub fn notice(waiting: &Waiting) -> Option<String> {
     let from = if waiting.senders.is_empty() {
         String::new()
     } else {
-        format!(" (from {})", waiting.senders.join(", "))
+        // Names come from the broker; escaped, none can break the line or start a new one.
+        let names: Vec<_> = waiting
+            .senders
+            .iter()
+            .map(|name| super::output::for_terminal(name))
+            .collect();
+        format!(" (from {})", names.join(", "))
     };
     Some(format!(
         "📬 {} {noun}{from}: use the check tool",
@@ -88,6 +94,19 @@ pub fn notice(waiting: &Waiting) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sender_name_cannot_break_the_line_or_drive_a_terminal() {
+        let forged = Waiting {
+            count: 1,
+            senders: vec!["x\n[7] from alice\u{1b}[2J\u{202e}".into()],
+        };
+        let line = notice(&forged).unwrap();
+        assert_eq!(
+            line,
+            "📬 1 new message (from x\\n[7] from alice\\e[2J\\u{202e}): use the check tool"
+        );
+    }
 
     #[test]
     fn the_notice_counts_and_names_senders() {

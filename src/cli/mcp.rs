@@ -10,11 +10,12 @@ use rmcp::ServiceExt;
 
 use crate::config::{parse_duration, Config};
 use crate::mcp::{IpcServer, Settings};
+use crate::secret::{self, SecretError};
 use crate::server::ShutdownSignals;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Setup for Claude Code (one line):\n  claude mcp add claude-ipc -s user -- claude-ipc mcp\n\nExample, by hand (it speaks JSON-RPC on stdin and stdout):\n  IPC_ADDR=127.0.0.1:9876 claude-ipc mcp\n  IPC_SOCKET=$HOME/.claude-ipc.sock claude-ipc mcp\n\nIt finds the broker at IPC_ADDR, or on the Unix socket IPC_SOCKET when that is set; if none\nanswers, it hosts one in its own process on the same address, socket and data directory\n(IPC_DATA_DIR), and another MCP server takes over if this one exits. IPC_SHARED_SECRET is\nused to register (and by a hosted broker). If IPC_SESSION_FILE is set, the session is also\nwritten there for the CLI and the hook.\n\nshare_command is off unless the user enables it (--allow-share-command or\nIPC_ALLOW_SHARE_COMMAND=1), since a message can talk a model into running a command:\n  claude mcp add claude-ipc -s user -e IPC_ALLOW_SHARE_COMMAND=1 -- claude-ipc mcp"
+    after_help = "Setup for Claude Code (one line):\n  claude mcp add claude-ipc -s user -- claude-ipc mcp\n\nExample, by hand (it speaks JSON-RPC on stdin and stdout):\n  IPC_ADDR=127.0.0.1:9876 claude-ipc mcp\n  IPC_SOCKET=$HOME/.claude-ipc.sock claude-ipc mcp\n\nIt finds the broker at IPC_ADDR, or on the Unix socket IPC_SOCKET when that is set; if none\nanswers, it hosts one in its own process on the same address, socket and data directory\n(IPC_DATA_DIR), and another MCP server takes over if this one exits. IPC_SHARED_SECRET (or the\n0600 file IPC_SHARED_SECRET_FILE names) is used to register and by a hosted broker. If IPC_SESSION_FILE is set, the session is also\nwritten there for the CLI and the hook.\n\nshare_command is off unless the user enables it (--allow-share-command or\nIPC_ALLOW_SHARE_COMMAND=1), since a message can talk a model into running a command:\n  claude mcp add claude-ipc -s user -e IPC_ALLOW_SHARE_COMMAND=1 -- claude-ipc mcp"
 )]
 pub struct McpArgs {
     /// The broker's address (and where to host one if none answers).
@@ -44,23 +45,22 @@ pub struct McpArgs {
 }
 
 impl McpArgs {
-    fn settings(&self) -> Settings {
+    /// The server's settings; fails only if the shared secret cannot be read.
+    fn settings(&self) -> Result<Settings, SecretError> {
         let data_dir = self
             .data_dir
             .clone()
             .unwrap_or_else(|| super::session_file::home_dir().join(".claude-ipc-data"));
         let mut broker = Config::new(self.addr, data_dir);
         broker.socket = super::given_socket(&self.socket).map(PathBuf::from);
-        broker.shared_secret = std::env::var("IPC_SHARED_SECRET")
-            .ok()
-            .filter(|s| !s.is_empty());
-        Settings {
+        broker.shared_secret = secret::shared_secret_from_env()?;
+        Ok(Settings {
             broker,
             write_session_file: std::env::var_os("IPC_SESSION_FILE").is_some_and(|p| !p.is_empty()),
             command_timeout: self.command_timeout,
             command_output_cap: self.command_output_cap,
             allow_share_command: self.allow_share_command,
-        }
+        })
     }
 }
 
@@ -68,7 +68,7 @@ impl McpArgs {
 /// the broker this process hosts, if any.
 pub async fn run(args: McpArgs) -> anyhow::Result<()> {
     let mut signals = ShutdownSignals::install()?;
-    let settings = args.settings();
+    let settings = args.settings()?;
     let socket = settings
         .broker
         .socket

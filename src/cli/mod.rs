@@ -52,6 +52,9 @@ Environment:
   IPC_SOCKET          the broker's Unix socket (serve --socket); used instead of IPC_ADDR
   IPC_SESSION_FILE    where register saves the session (default ~/.ipc-session)
   IPC_SHARED_SECRET   the shared secret; without it the broker runs in open mode
+  IPC_SHARED_SECRET_FILE
+                      a file (yours, mode 0600) holding the secret instead, so it need not
+                      sit in a configuration file; if both are set they must agree
   IPC_DATA_DIR        the broker's data directory (default ~/.claude-ipc-data)
   IPC_AUTOSTART       0 stops a mail command from starting a broker when none answers
   RUST_LOG            log level: error, warn, info, debug
@@ -174,18 +177,17 @@ fn connect_to(addr: &str, socket: Option<&Path>, timeout: Duration) -> Result<Cl
 /// compare).
 pub fn broker_check() -> BrokerCheck {
     BrokerCheck {
-        holds_secret: shared_secret().is_some(),
+        holds_secret: holds_secret(),
         data_dir: std::env::var_os("IPC_DATA_DIR")
             .filter(|dir| !dir.is_empty())
             .map(PathBuf::from),
     }
 }
 
-/// `IPC_SHARED_SECRET`, when set and not empty.
-fn shared_secret() -> Option<String> {
-    std::env::var("IPC_SHARED_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
+/// Whether this client holds the shared secret (`IPC_SHARED_SECRET` or its file). A secret
+/// file that cannot be read still counts: its owner meant the broker to be protected.
+fn holds_secret() -> bool {
+    crate::secret::shared_secret_from_env().map_or(true, |secret| secret.is_some())
 }
 
 /// The data directory `serve` uses: `--data-dir` / `IPC_DATA_DIR`, else `~/.claude-ipc-data`.
@@ -227,7 +229,14 @@ impl CliError {
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CliError::Client(error) => write!(f, "{error}{}", next_step(error)),
+            // One line: a broker's refusal is another party's text, and a newline in it
+            // must not start a line of its own.
+            CliError::Client(error) => write!(
+                f,
+                "{}{}",
+                output::for_terminal(&error.to_string()),
+                next_step(error)
+            ),
             CliError::Usage(text) | CliError::Failed(text) => f.write_str(text),
             CliError::Reported(_) => Ok(()),
         }
@@ -245,7 +254,7 @@ fn next_step(error: &ClientError) -> &'static str {
             "; your session expired or was replaced: run `claude-ipc register NAME` again"
         }
         "invalid_auth" => {
-            "; set IPC_SHARED_SECRET to the broker's secret (or unset it for an open-mode broker) and register again"
+            "; set IPC_SHARED_SECRET (or IPC_SHARED_SECRET_FILE) to the broker's secret (or unset them for an open-mode broker) and register again"
         }
         "challenge_failed" => "; run `claude-ipc register NAME` again, which asks for a new challenge",
         "static_token_refused" => "; `claude-ipc register NAME` registers by challenge-response, which this broker accepts",
@@ -281,7 +290,10 @@ pub fn run(command: Command) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Reported(code)) => ExitCode::from(code),
         Err(error) => {
-            eprintln!("error: {error}");
+            // Our own messages may run over lines; any control character in them came from
+            // elsewhere (a path, a reply quoted in a usage error) and is escaped.
+            let text = output::block_for_terminal(&error.to_string(), "");
+            eprintln!("error: {text}");
             ExitCode::from(error.exit_code())
         }
     }

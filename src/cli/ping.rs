@@ -30,9 +30,8 @@ pub struct PingArgs {
 }
 
 pub fn run(args: PingArgs) -> Result<(), CliError> {
-    let secret = std::env::var("IPC_SHARED_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty());
+    let secret =
+        crate::secret::shared_secret_from_env().map_err(|e| CliError::Usage(e.to_string()))?;
     let mut client = args.client.connect()?;
     let mut reply = client.ping()?;
     let verified = verify_secret(&mut client, &reply, secret.as_deref())?;
@@ -43,8 +42,8 @@ pub fn run(args: PingArgs) -> Result<(), CliError> {
         println!(
             "broker at {} is up: version {}, protocol {}, {}",
             args.client.target(),
-            reply["version"].as_str().unwrap_or("?"),
-            reply["protocol"],
+            output::for_terminal(reply["version"].as_str().unwrap_or("?")),
+            output::for_terminal(&reply["protocol"].to_string()),
             mode_text(&reply, secret.is_some(), verified)
         );
     }

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
+use crate::secret::shared_secret_from_env;
 
 #[derive(Debug, Args)]
 #[command(
@@ -20,6 +21,7 @@ Examples:
   claude-ipc register alice
   claude-ipc register alice --takeover    (replace a session that still uses alice)
   IPC_SHARED_SECRET=the-broker-secret claude-ipc register alice
+  IPC_SHARED_SECRET_FILE=~/.config/claude-ipc/secret claude-ipc register alice    (a 0600 file)
   IPC_SESSION_FILE=/tmp/bob.session claude-ipc register bob    (a second identity)"
 )]
 pub struct RegisterArgs {
@@ -33,9 +35,8 @@ pub struct RegisterArgs {
 }
 
 pub fn run(args: RegisterArgs) -> Result<(), CliError> {
-    let secret = std::env::var("IPC_SHARED_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty());
+    let secret = shared_secret_from_env().map_err(|e| CliError::Usage(e.to_string()))?;
+    SessionFile::check_writable()?;
     // The session file's own session of this name is presented: registering yourself again
     // is never refused as "in use".
     let own = SessionFile::load()
@@ -61,7 +62,7 @@ pub fn run(args: RegisterArgs) -> Result<(), CliError> {
     } else {
         println!(
             "{} (session saved to {})",
-            registered.message,
+            output::for_terminal(&registered.message),
             path.display()
         );
     }

@@ -31,7 +31,10 @@ pub fn run(args: RenameArgs) -> Result<(), CliError> {
     if args.client.json {
         output::json(&reply);
     } else {
-        println!("{}", reply["message"].as_str().unwrap_or("renamed"));
+        println!(
+            "{}",
+            output::for_terminal(reply["message"].as_str().unwrap_or("renamed"))
+        );
     }
     Ok(())
 }

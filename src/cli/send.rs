@@ -75,7 +75,11 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
             "duplicate": sent.duplicate,
         }));
     } else {
-        println!("{} (id {})", sent.message, sent.message_id);
+        println!(
+            "{} (id {})",
+            output::for_terminal(&sent.message),
+            sent.message_id
+        );
     }
     Ok(())
 }
@@ -91,7 +95,10 @@ pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
     if args.client.json {
         output::json(&reply);
     } else {
-        println!("{}", reply["message"].as_str().unwrap_or("broadcast sent"));
+        println!(
+            "{}",
+            output::for_terminal(reply["message"].as_str().unwrap_or("broadcast sent"))
+        );
     }
     Ok(())
 }

@@ -8,11 +8,12 @@ use clap::Args;
 
 use crate::clock::Clock;
 use crate::config::{parse_duration, Config, Limits};
+use crate::secret::{self, SecretError};
 use crate::server;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n  claude-ipc serve --socket ~/.claude-ipc.sock    (also a Unix socket, for your user only)\n\nDurations are written like 30s, 10m, 24h or 7d.\nIPC_SHARED_SECRET, when set, is the secret that register requires; without it the broker runs\nin open mode and says so loudly. The first start with a secret protects the data directory:\nfrom then on a broker started there without that secret refuses, until one start with\n--reset-secret makes the secret then given (or open mode) the directory's own.\n\nExit codes: 0 after a clean stop, 1 when it refuses to start (the message says why), 4 when\nanother broker already holds the data directory, the address or the socket."
+    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --secret-file ~/.config/claude-ipc/secret    (the secret from a 0600 file)\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n  claude-ipc serve --socket ~/.claude-ipc.sock    (also a Unix socket, for your user only)\n\nDurations are written like 30s, 10m, 24h or 7d.\nIPC_SHARED_SECRET, when set, is the secret that register requires; IPC_SHARED_SECRET_FILE (or\n--secret-file) names a file (mode 0600, yours) holding it instead. Without either the broker\nruns in open mode and says so loudly. The first start with a secret protects the data\ndirectory: from then on a broker started there without that secret refuses, until one start\nwith --reset-secret makes the secret then given (or open mode) the directory's own.\n\nThe data directory must be one only you can write; an existing one keeps its mode, a new one\nis created 0700.\n\nExit codes: 0 after a clean stop, 1 when it refuses to start (the message says why), 4 when\nanother broker already holds the data directory, the address or the socket."
 )]
 pub struct ServeArgs {
     /// Address to listen on (loopback unless --allow-remote).
@@ -24,6 +25,10 @@ pub struct ServeArgs {
     /// Also listen on this Unix socket: mode 0600, served only to this user's processes.
     #[arg(long, env = "IPC_SOCKET", value_parser = super::socket_parser())]
     pub socket: Option<PathBuf>,
+    /// Read the shared secret from this file (mode 0600, yours; one line) instead of
+    /// IPC_SHARED_SECRET_FILE; if IPC_SHARED_SECRET is set too, the two must agree.
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
     /// Allow a non-loopback --addr. Anyone who can reach it can try to register.
     #[arg(long)]
     pub allow_remote: bool,
@@ -142,12 +147,14 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn config(&self) -> Config {
+    /// The broker's configuration; fails only if the shared secret cannot be read.
+    pub fn config(&self) -> Result<Config, SecretError> {
         let data_dir = super::data_dir_or_default(self.data_dir.clone());
-        let shared_secret = std::env::var("IPC_SHARED_SECRET")
-            .ok()
-            .filter(|s| !s.is_empty());
-        Config {
+        let shared_secret = match &self.secret_file {
+            Some(path) => secret::shared_secret(secret::secret_from_var(), Some(path))?,
+            None => secret::shared_secret_from_env()?,
+        };
+        Ok(Config {
             addr: self.addr,
             data_dir,
             socket: super::given_socket(&self.socket).map(PathBuf::from),
@@ -184,7 +191,7 @@ impl ServeArgs {
                 static_token_accepted: !self.no_static_token,
             },
             reset_secret: self.reset_secret,
-        }
+        })
     }
 }
 
@@ -204,7 +211,7 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 /// Runs the broker until a signal; returns an error that says why it could not start.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::clock::keep_timers_off_a_faked_monotonic_clock();
-    let config = args.config();
+    let config = args.config()?;
     if let Some(warning) = config.limits.legacy_read_warning() {
         tracing::warn!("{warning}");
     }
@@ -233,9 +240,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "=========================================================================="
         );
         tracing::warn!(
-            "OPEN MODE: IPC_SHARED_SECRET is not set. Any local process can register any"
+            "OPEN MODE: no shared secret is set. Any local process can register any name."
         );
-        tracing::warn!("name. Set IPC_SHARED_SECRET to a long random string to require it.");
+        tracing::warn!(
+            "Set IPC_SHARED_SECRET_FILE to a 0600 file holding a long random string to require it."
+        );
         tracing::warn!(
             "=========================================================================="
         );
@@ -255,7 +264,7 @@ fn log_secret_mode(static_token_accepted: bool) {
     if static_token_accepted {
         tracing::info!(
             static_token = "accepted",
-            "security: shared-secret mode (IPC_SHARED_SECRET is set); register needs a challenge-response proof or the legacy static auth_token"
+            "security: shared-secret mode (IPC_SHARED_SECRET or its file is set); register needs a challenge-response proof or the legacy static auth_token"
         );
         tracing::info!(
             "the static auth_token never changes: anyone who once sees one can register as that name until the secret changes; --no-static-token refuses it once no legacy script needs it"
@@ -263,7 +272,7 @@ fn log_secret_mode(static_token_accepted: bool) {
     } else {
         tracing::info!(
             static_token = "refused",
-            "security: shared-secret mode (IPC_SHARED_SECRET is set); register needs a challenge-response proof, the static auth_token is refused (--no-static-token)"
+            "security: shared-secret mode (IPC_SHARED_SECRET or its file is set); register needs a challenge-response proof, the static auth_token is refused (--no-static-token)"
         );
     }
 }

@@ -1,14 +1,13 @@
 //! The session file shared with the legacy scripts: `~/.ipc-session` (or `IPC_SESSION_FILE`),
-//! JSON `{"instance_id", "session_token"}`, mode 0600.
+//! JSON `{"instance_id", "session_token"}`, mode 0600. It is read and written through
+//! [`crate::private_file`], so a link or another user's file at its path is refused.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
 use super::CliError;
+use crate::private_file::{self, PrivateFileError};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SessionFile {
@@ -31,13 +30,18 @@ pub fn home_dir() -> PathBuf {
 }
 
 impl SessionFile {
+    /// Reads the session. A link, a file of another user's or one others can read is refused,
+    /// with what to do: another user could have planted it, or could read the token in it.
     pub fn load() -> Result<SessionFile, CliError> {
         let path = path();
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            CliError::Usage(format!(
-                "not registered ({}: {e}); run `claude-ipc register NAME` first",
-                path.display()
-            ))
+        let text = private_file::read_private(&path).map_err(|e| match e {
+            e if e.is_missing() => CliError::Usage(format!(
+                "not registered ({e}); run `claude-ipc register NAME` first"
+            )),
+            e @ PrivateFileError::Io { .. } => {
+                CliError::Usage(format!("cannot read the session file {e}"))
+            }
+            e => CliError::Usage(format!("refusing the session file: {e}")),
         })?;
         serde_json::from_str(&text).map_err(|e| {
             CliError::Usage(format!(
@@ -47,31 +51,31 @@ impl SessionFile {
         })
     }
 
-    /// Writes the file with mode 0600, replacing any earlier one. It is written beside the
-    /// target and renamed over it, so a crash never leaves a half-written session.
+    /// Fails, saying why, if [`SessionFile::save`] would refuse the path: called before
+    /// registering, so a refused path does not cost the session registered before.
+    pub fn check_writable() -> Result<(), CliError> {
+        let path = path();
+        private_file::check_writable(&path).map_err(|e| save_failed(&path, e))
+    }
+
+    /// Writes the file with mode 0600, replacing any earlier one. It is written to a fresh
+    /// temporary file beside the target and renamed over it, so a crash never leaves a
+    /// half-written session and a link planted in a shared directory is never followed.
     pub fn save(&self) -> Result<PathBuf, CliError> {
         let path = path();
-        let fail = |e: std::io::Error| {
-            CliError::Usage(format!("cannot write the session file {}: {e}; make its directory writable or point IPC_SESSION_FILE elsewhere", path.display()))
-        };
-        let mut temporary = path.clone().into_os_string();
-        temporary.push(format!(".{}.tmp", std::process::id()));
-        let temporary = PathBuf::from(temporary);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)
-            .map_err(fail)?;
-        // A leftover temporary file may have been created with a wider mode.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(fail)?;
         let text = serde_json::to_string(self).expect("a session always serializes");
-        file.write_all(text.as_bytes())
-            .and_then(|_| file.sync_all())
-            .and_then(|_| std::fs::rename(&temporary, &path))
-            .map_err(fail)?;
+        private_file::write_private(&path, text.as_bytes()).map_err(|e| save_failed(&path, e))?;
         Ok(path)
     }
+}
+
+fn save_failed(path: &std::path::Path, error: PrivateFileError) -> CliError {
+    let fix = match error {
+        PrivateFileError::Io { .. } => "make its directory writable, or",
+        _ => "or",
+    };
+    CliError::Usage(format!(
+        "cannot write the session file {}: {error}; {fix} point IPC_SESSION_FILE elsewhere",
+        path.display()
+    ))
 }

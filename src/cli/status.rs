@@ -6,6 +6,7 @@
 //! broker answering it still prints everything it can and exits with 3; a broker that answers
 //! but refuses requests (its database removed, replaced or damaged) makes it exit with 1.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::{json, Map, Value};
 
-use super::output::{self, paint, relative_time, Colour};
+use super::output::{self, for_terminal, paint, relative_time, Colour};
 use super::{CliError, ClientArgs, EXIT_BROKER_ERROR, EXIT_UNREACHABLE};
 use crate::clock;
 use crate::store::inspect::{self, Snapshot};
@@ -263,7 +264,7 @@ fn warnings(report: &Value) -> Vec<String> {
     }
     if broker["answering"] == true {
         if broker["security"] == "open" {
-            warnings.push("open mode: any local process can register any name; set IPC_SHARED_SECRET for the broker and its clients".into());
+            warnings.push("open mode: any local process can register any name; set IPC_SHARED_SECRET_FILE (a 0600 file holding the secret) or IPC_SHARED_SECRET for the broker and its clients".into());
         }
         if broker["static_token"] == "accepted" {
             warnings.push(STATIC_TOKEN_COST.into());
@@ -359,11 +360,11 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
             .unwrap_or_else(|| "never".into())
     };
     let broker = &report["broker"];
-    let addr = broker["addr"].as_str().unwrap_or("?");
+    let addr = shown(&broker["addr"]);
     if broker["answering"] == true {
         let process = broker["process"]
             .as_str()
-            .map(|p| format!(" ({p})"))
+            .map(|p| format!(" ({})", for_terminal(p)))
             .unwrap_or_default();
         let uptime = broker["uptime_seconds"]
             .as_u64()
@@ -372,7 +373,7 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
         let state = if broker["healthy"] == true {
             paint("answering", Colour::Green, colour)
         } else {
-            let database = broker["database"].as_str().unwrap_or("unhealthy");
+            let database = for_terminal(broker["database"].as_str().unwrap_or("unhealthy"));
             paint(
                 &format!("answering, DATABASE {}", database.to_uppercase()),
                 Colour::Red,
@@ -382,7 +383,7 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
         line(format!(
             "broker       {state} at {addr}: pid {}{process}, version {}{uptime}",
             broker["pid"],
-            broker["version"].as_str().unwrap_or("?"),
+            shown(&broker["version"]),
         ));
         let security = match broker["security"].as_str() {
             Some("secret") => format!(
@@ -392,8 +393,8 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
             Some("open") => paint("OPEN MODE (no shared secret)", Colour::Yellow, colour),
             Some("unix socket") => format!(
                 "unix socket {} ({} mode)",
-                broker["socket"].as_str().unwrap_or("?"),
-                broker["mode"].as_str().unwrap_or("?")
+                shown(&broker["socket"]),
+                shown(&broker["mode"])
             ),
             _ => "unknown".to_owned(),
         };
@@ -415,9 +416,9 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
         line(format!(
             "last run     pid {}, version {} at {}, started {} ({}), {stopped}",
             run["pid"],
-            run["version"].as_str().unwrap_or("?"),
-            run["addr"].as_str().unwrap_or("?"),
-            run["started_at"].as_str().unwrap_or("?"),
+            shown(&run["version"]),
+            shown(&run["addr"]),
+            shown(&run["started_at"]),
             ago(&run["started_at"]),
         ));
     }
@@ -425,7 +426,7 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
     let size = |bytes: &Value| bytes.as_u64().map(human_bytes);
     line(format!(
         "data         {}  (ipc.db {}{}{})",
-        report["data_dir"].as_str().unwrap_or("?"),
+        shown(&report["data_dir"]),
         size(&database["bytes"]).unwrap_or_else(|| "missing".into()),
         size(&database["wal_bytes"])
             .map(|wal| format!(" + {wal} WAL"))
@@ -442,7 +443,7 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
         line(format!(
             "{} {}",
             paint("warning:", Colour::Yellow, colour),
-            warning.as_str().unwrap_or("")
+            for_terminal(warning.as_str().unwrap_or(""))
         ));
     }
     out
@@ -478,7 +479,7 @@ fn render_contents(
         };
         line(format!(
             "  {:<32} {state}  last seen {:<12}  {} waiting",
-            instance["name"].as_str().unwrap_or("?"),
+            shown(&instance["name"]),
             ago(&instance["last_seen"]),
             instance["waiting"]
         ));
@@ -492,7 +493,7 @@ fn render_contents(
         for mail in &unregistered {
             line(format!(
                 "  {:<32} {} waiting, oldest {}",
-                mail["name"].as_str().unwrap_or("?"),
+                shown(&mail["name"]),
                 mail["waiting"],
                 ago(&mail["oldest"])
             ));
@@ -502,9 +503,9 @@ fn render_contents(
     for forward in report["forwards"].as_array().into_iter().flatten() {
         line(format!(
             "forward      {} -> {} until {} ({})",
-            forward["old_name"].as_str().unwrap_or("?"),
-            forward["new_name"].as_str().unwrap_or("?"),
-            forward["expires_at"].as_str().unwrap_or("?"),
+            shown(&forward["old_name"]),
+            shown(&forward["new_name"]),
+            shown(&forward["expires_at"]),
             ago(&forward["expires_at"])
         ));
     }
@@ -513,7 +514,7 @@ fn render_contents(
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(reason, count)| format!("{count} {reason}"))
+        .map(|(reason, count)| format!("{count} {}", for_terminal(reason)))
         .collect();
     let total = failures["total"].as_i64().unwrap_or(0);
     let text = if total == 0 {
@@ -526,6 +527,12 @@ fn render_contents(
         )
     };
     line(format!("auth failures in the last 24 h: {text}"));
+}
+
+/// A string of the report for a person: "?" if missing, escaped because names, versions and
+/// addresses come from the database and the broker, which other users' requests fill.
+fn shown(value: &Value) -> Cow<'_, str> {
+    for_terminal(value.as_str().unwrap_or("?"))
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -14,7 +14,7 @@ mod unread;
 
 use std::fs::DirBuilder;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +47,8 @@ pub enum StartError {
     NotLoopback(SocketAddr),
     #[error("cannot use data directory {path}: {reason}")]
     DataDir { path: String, reason: String },
+    #[error("refusing to use {path} as the data directory: {why}; use a directory only you can write, such as ~/.claude-ipc-data (--data-dir or IPC_DATA_DIR)")]
+    UnsafeDataDir { path: String, why: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
@@ -245,19 +247,28 @@ impl RunningServer {
     }
 }
 
-/// Creates the data directory with mode 0700 if needed and proves it is writable.
+/// Creates the data directory with mode 0700 if needed, refuses one that other users can
+/// write, and proves it is writable. An existing directory keeps its mode: it may be shared
+/// with other tools (or be /tmp), and only a directory the broker created is the broker's to
+/// set. The database and large-message files inside are 0600 whatever the directory's mode.
 pub fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
     let fail = |reason: String| StartError::DataDir {
         path: path.display().to_string(),
         reason,
     };
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| fail(format!("{e}; create it or choose another with --data-dir")))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| fail(format!("cannot set mode 0700: {e}")))?;
+    // Before anything is created: a link another user planted on the way would choose where.
+    crate::private_file::check_no_foreign_links(path).map_err(|e| StartError::UnsafeDataDir {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })?;
+    if !path.exists() {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(|e| fail(format!("{e}; create it or choose another with --data-dir")))?;
+    }
+    refuse_shared_data_dir(path)?;
     // Prove the directory is writable now, rather than at the first large message. The name
     // is this process's own: brokers starting at the same instant on one directory (MCP
     // servers electing one) must not remove each other's probe.
@@ -269,6 +280,38 @@ pub fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
                 "it is not writable ({e}); fix its permissions or choose another with --data-dir"
             ))
         })
+}
+
+/// Another user who can write the data directory can replace the database, plant links
+/// where large-message files go, or remove the lock; such a directory is refused.
+fn refuse_shared_data_dir(path: &Path) -> Result<(), StartError> {
+    let metadata = std::fs::metadata(path).map_err(|e| StartError::DataDir {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let unsafe_dir = |why: String| StartError::UnsafeDataDir {
+        path: path.display().to_string(),
+        why,
+    };
+    if !metadata.is_dir() {
+        return Err(StartError::DataDir {
+            path: path.display().to_string(),
+            reason: "it is not a directory; choose another with --data-dir".into(),
+        });
+    }
+    let owner = metadata.uid();
+    if owner != unix_socket::effective_uid() {
+        return Err(unsafe_dir(format!(
+            "it belongs to another user (uid {owner})"
+        )));
+    }
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(unsafe_dir(format!(
+            "other users can write to it (mode {mode:o})"
+        )));
+    }
+    Ok(())
 }
 
 /// Why binding or listening on `addr` failed, as a start error.
