@@ -1,7 +1,10 @@
 //! A typed, blocking client for the broker's protocol, used by the CLI and the tests.
 //!
 //! It keeps one persistent connection, over TCP or the broker's Unix socket, and sends one
-//! JSON request per line.
+//! JSON request per line. Before it sends anything on a new connection, it checks that the
+//! broker is run by the expected local user (see [`broker_owner`]).
+
+mod broker_owner;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -16,6 +19,8 @@ use chrono::{DateTime, Utc};
 
 use crate::broker::session::{expected_auth_token, new_token};
 
+pub use broker_owner::{BrokerUser, Expected, LocalUser, BROKER_USER_ENV};
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("no broker at {addr} ({reason}); start one with `claude-ipc serve`")]
@@ -28,6 +33,43 @@ pub enum ClientError {
     Protocol(String),
     #[error("{message} [{code}]")]
     Broker { code: String, message: String },
+    #[error("refusing to talk to the broker on {addr}: it is run by {owner}, not by {expected}. Another user may be impersonating the broker; stop it, or if this is a deliberate service account set IPC_BROKER_USER={}", owner.setting())]
+    BrokerWrongUser {
+        addr: String,
+        owner: LocalUser,
+        expected: Expected,
+    },
+    #[error("refusing to talk to the broker on {addr}: cannot tell which user runs it ({reason}); if you trust whatever answers there, set IPC_BROKER_USER=any to skip this check deliberately")]
+    BrokerOwnerUnknown { addr: String, reason: String },
+    #[error("IPC_BROKER_USER (or --broker-user) is {value:?}, which names no user on this machine; give a user name, a numeric uid, or `any`")]
+    BadBrokerUser { value: String },
+}
+
+impl ClientError {
+    /// A stable code for scripts (`--json`): the broker's own code for its refusals.
+    pub fn code(&self) -> &str {
+        match self {
+            ClientError::Unreachable { .. } => "unreachable",
+            ClientError::Io(_) => "connection_failed",
+            ClientError::Closed => "connection_closed",
+            ClientError::Protocol(_) => "bad_reply",
+            ClientError::Broker { code, .. } => code,
+            ClientError::BrokerWrongUser { .. } => "broker_wrong_user",
+            ClientError::BrokerOwnerUnknown { .. } => "broker_owner_unknown",
+            ClientError::BadBrokerUser { .. } => "bad_broker_user",
+        }
+    }
+
+    /// Whether this client refused the broker (or could not tell who runs it), so nothing was
+    /// sent: retrying or starting a broker of its own would not help.
+    pub fn is_untrusted_broker(&self) -> bool {
+        matches!(
+            self,
+            ClientError::BrokerWrongUser { .. }
+                | ClientError::BrokerOwnerUnknown { .. }
+                | ClientError::BadBrokerUser { .. }
+        )
+    }
 }
 
 /// Extra read time allowed on top of a long-poll's wait when no read timeout was set.
@@ -50,8 +92,10 @@ fn millis(duration: Duration) -> u64 {
 pub struct Client {
     reader: BufReader<Stream>,
     writer: Stream,
-    /// Where it connected, so a stamped send can reconnect and retry.
+    /// Where it connected, and whom it trusts there, so a stamped send can reconnect and
+    /// retry under the same check.
     target: Target,
+    broker_user: BrokerUser,
     timeout: Duration,
 }
 
@@ -290,8 +334,19 @@ pub struct InstancePage {
 }
 
 impl Client {
-    /// Connects to `addr` (`host:port`), waiting at most `timeout` for each step.
+    /// Connects to `addr` (`host:port`), waiting at most `timeout` for each step, and trusts
+    /// the broker there only if it runs as the user `IPC_BROKER_USER` names (by default this
+    /// process's own).
     pub fn connect(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
+        Client::connect_as(addr, timeout, BrokerUser::from_env()?)
+    }
+
+    /// [`Client::connect`], trusting the broker only if it runs as `broker_user`.
+    pub fn connect_as(
+        addr: &str,
+        timeout: Duration,
+        broker_user: BrokerUser,
+    ) -> Result<Client, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             addr: addr.to_owned(),
             reason,
@@ -303,38 +358,59 @@ impl Client {
             .ok_or_else(|| unreachable("the address resolves to nothing".into()))?;
         let stream =
             TcpStream::connect_timeout(&target, timeout).map_err(|e| unreachable(e.to_string()))?;
+        broker_owner::check_tcp(&stream, addr, broker_user)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        Self::over(Stream::Tcp(stream), Target::Tcp(addr.to_owned()), timeout)
+        let target = Target::Tcp(addr.to_owned());
+        Self::over(Stream::Tcp(stream), target, broker_user, timeout)
     }
 
     /// Connects to the broker's Unix socket at `path`, waiting at most `timeout` for each
-    /// read or write.
+    /// read or write; the broker must run as the user `IPC_BROKER_USER` names, as in
+    /// [`Client::connect`].
     pub fn connect_unix(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|e| ClientError::Unreachable {
-            addr: format!("socket {}", path.display()),
-            reason: e.to_string(),
-        })?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        Self::over(Stream::Unix(stream), Target::Unix(path.to_owned()), timeout)
+        Client::connect_unix_as(path, timeout, BrokerUser::from_env()?)
     }
 
-    fn over(stream: Stream, target: Target, timeout: Duration) -> Result<Client, ClientError> {
+    /// [`Client::connect_unix`], trusting the broker only if it runs as `broker_user`.
+    pub fn connect_unix_as(
+        path: &Path,
+        timeout: Duration,
+        broker_user: BrokerUser,
+    ) -> Result<Client, ClientError> {
+        let addr = format!("socket {}", path.display());
+        let stream = UnixStream::connect(path).map_err(|e| ClientError::Unreachable {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+        broker_owner::check_unix(&stream, &addr, broker_user)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let target = Target::Unix(path.to_owned());
+        Self::over(Stream::Unix(stream), target, broker_user, timeout)
+    }
+
+    fn over(
+        stream: Stream,
+        target: Target,
+        broker_user: BrokerUser,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
         Ok(Client {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
             target,
+            broker_user,
             timeout,
         })
     }
 
-    /// A new connection to the same broker, the same way.
+    /// A new connection to the same broker, the same way, under the same check.
     fn reconnect(&self) -> Result<Client, ClientError> {
         match &self.target {
-            Target::Tcp(addr) => Client::connect(addr, self.timeout),
-            Target::Unix(path) => Client::connect_unix(path, self.timeout),
+            Target::Tcp(addr) => Client::connect_as(addr, self.timeout, self.broker_user),
+            Target::Unix(path) => Client::connect_unix_as(path, self.timeout, self.broker_user),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::server::ShutdownSignals;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Setup for Claude Code (one line):\n  claude mcp add claude-ipc -s user -- claude-ipc mcp\n\nExample, by hand (it speaks JSON-RPC on stdin and stdout):\n  IPC_ADDR=127.0.0.1:9876 claude-ipc mcp\n  IPC_SOCKET=$HOME/.claude-ipc.sock claude-ipc mcp\n\nIt finds the broker at IPC_ADDR, or on the Unix socket IPC_SOCKET when that is set; if none\nanswers, it hosts one in its own process on the same address, socket and data directory\n(IPC_DATA_DIR), and another MCP server takes over if this one exits. IPC_SHARED_SECRET is\nused to register (and by a hosted broker). If IPC_SESSION_FILE is set, the session is also\nwritten there for the CLI and the hook."
+    after_help = "Setup for Claude Code (one line):\n  claude mcp add claude-ipc -s user -- claude-ipc mcp\n\nExample, by hand (it speaks JSON-RPC on stdin and stdout):\n  IPC_ADDR=127.0.0.1:9876 claude-ipc mcp\n  IPC_SOCKET=$HOME/.claude-ipc.sock claude-ipc mcp\n\nIt finds the broker at IPC_ADDR, or on the Unix socket IPC_SOCKET when that is set; if none\nanswers, it hosts one in its own process on the same address, socket and data directory\n(IPC_DATA_DIR), and another MCP server takes over if this one exits. IPC_SHARED_SECRET is\nused to register (and by a hosted broker). If IPC_SESSION_FILE is set, the session is also\nwritten there for the CLI and the hook. A broker run by another user than this server's is\nrefused before anything is sent to it; IPC_BROKER_USER names a deliberate service account\n(a user name or uid), and `any` skips the check."
 )]
 pub struct McpArgs {
     /// The broker's address (and where to host one if none answers).

@@ -8,7 +8,8 @@ use super::{output, CliError, ClientArgs};
 #[command(
     after_help = "Needs no session. Exits with 3 when no broker answers, and with 1 when it answers
 that it refuses requests (its database was removed, replaced or is damaged; the message says
-what to do).
+what to do). A broker run by another user is refused before anything is sent to it, with
+exit code 3 (IPC_BROKER_USER names a deliberate service account).
 
 Examples:
   claude-ipc ping
