@@ -97,24 +97,31 @@ pub fn run_watch(args: WatchArgs) -> Result<(), CliError> {
                 print_then_ack(&mut client, &session, &text, &checked)?;
             }
             Err(ClientError::Io(_) | ClientError::Closed | ClientError::Unreachable { .. }) => {
-                client = reconnect(&args.client);
+                client = reconnect(&args.client)?;
             }
             Err(other) => return Err(other.into()),
         }
     }
 }
 
-/// Connects again, waiting as long as it takes; says so once on stderr.
-fn reconnect(args: &ClientArgs) -> Client {
+/// Connects again, waiting as long as it takes; says so once on stderr. Stops if what now
+/// answers at the address is a broker run by another user: waiting on it would never end.
+fn reconnect(args: &ClientArgs) -> Result<Client, CliError> {
     eprintln!(
         "lost the broker at {}; waiting for it to come back",
         args.target()
     );
     loop {
         std::thread::sleep(WATCH_RECONNECT);
-        if let Ok(client) = args.connect_or_start() {
-            eprintln!("reconnected");
-            return client;
+        match args.connect_or_start() {
+            Ok(client) => {
+                eprintln!("reconnected");
+                return Ok(client);
+            }
+            Err(CliError::Client(refused)) if refused.is_untrusted_broker() => {
+                return Err(refused.into())
+            }
+            Err(_) => {}
         }
     }
 }
