@@ -1,6 +1,6 @@
 //! Clients talk only to the real broker: a fake broker run by a second local user, on the
 //! broker's TCP port or on a Unix socket path, gets not one byte from the CLI (ping, register,
-//! send, check, watch, hook) or the MCP server, each of which refuses it naming that user;
+//! send, check, watch, list, hook, status) or the MCP server, each of which refuses it naming that user;
 //! `IPC_BROKER_USER` lets a deliberate service account through, and a broker run by the
 //! client's own user keeps working.
 
@@ -380,4 +380,56 @@ fn the_own_users_broker_works_and_the_broker_user_setting_is_enforced() {
     );
     assert_eq!(nobody.status.code(), Some(2), "{}", text(&nobody));
     assert!(text(&nobody).contains("names no user"), "{}", text(&nobody));
+}
+
+/// `watch` that loses its broker and finds another user's in its place stops with the
+/// refusal, instead of handing it the session token or waiting on it for ever.
+#[test]
+fn watch_stops_when_another_users_broker_takes_the_port() {
+    if !can_run("the broker takeover under watch") {
+        return;
+    }
+    let user = LocalUser::create(&user_name("watch"));
+    let broker = TestBroker::start_on_wall_clock();
+    let addr = broker.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("session");
+    let registered = cli(&addr, &session, &["register", "alice"]);
+    assert!(registered.status.success(), "{}", text(&registered));
+    let mut watch = Command::new(binary())
+        .arg("watch")
+        .env("IPC_ADDR", &addr)
+        .env("IPC_SESSION_FILE", &session)
+        .env("IPC_AUTOSTART", "0")
+        .env_remove("IPC_SOCKET")
+        .env_remove("IPC_BROKER_USER")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start watch");
+    let mut said = BufReader::new(watch.stderr.take().unwrap()).lines();
+    let first = said.next().and_then(Result::ok).unwrap_or_default();
+    assert!(first.contains("watching mail for alice"), "{first}");
+
+    drop(broker);
+    let fake = FakeBroker::start(&user, "tcp", &addr, false);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = watch.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = watch.kill();
+            panic!("watch kept waiting on another user's broker");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let rest: Vec<String> = said.map_while(Result::ok).collect();
+    assert_eq!(status.code(), Some(3), "{rest:#?}");
+    assert!(
+        rest.iter()
+            .any(|line| line.contains(&refusal(&user, &addr))),
+        "{rest:#?}"
+    );
+    assert_eq!(fake.received(), "", "the impostor received bytes");
 }
