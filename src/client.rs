@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 
 use crate::broker::session::{expected_auth_token, new_token};
 
-pub use broker_owner::{BrokerUser, Expected, LocalUser, BROKER_USER_ENV};
+pub use broker_owner::{BrokerUser, Expected, NamedUser, BROKER_USER_ENV};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -36,7 +36,7 @@ pub enum ClientError {
     #[error("refusing to talk to the broker on {addr}: it is run by {owner}, not by {expected}. Another user may be impersonating the broker; stop it, or if this is a deliberate service account set IPC_BROKER_USER={}", owner.setting())]
     BrokerWrongUser {
         addr: String,
-        owner: LocalUser,
+        owner: NamedUser,
         expected: Expected,
     },
     #[error("refusing to talk to the broker on {addr}: cannot tell which user runs it ({reason}); if you trust whatever answers there, set IPC_BROKER_USER=any to skip this check deliberately")]

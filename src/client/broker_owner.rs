@@ -66,15 +66,15 @@ impl BrokerUser {
 
 /// A local user, as an error message names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LocalUser {
+pub struct NamedUser {
     pub uid: u32,
     /// `None` when the user database has no name for the uid.
     pub name: Option<String>,
 }
 
-impl LocalUser {
-    fn of(uid: u32) -> LocalUser {
-        LocalUser {
+impl NamedUser {
+    fn of(uid: u32) -> NamedUser {
+        NamedUser {
             uid,
             name: users::user_name(uid),
         }
@@ -86,7 +86,7 @@ impl LocalUser {
     }
 }
 
-impl fmt::Display for LocalUser {
+impl fmt::Display for NamedUser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.name {
             Some(name) => write!(f, "user {name:?} (uid {})", self.uid),
@@ -99,7 +99,7 @@ impl fmt::Display for LocalUser {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expected {
     You(u32),
-    Chosen(LocalUser),
+    Chosen(NamedUser),
 }
 
 impl fmt::Display for Expected {
@@ -173,9 +173,9 @@ fn judge(owner: u32, addr: &str, expected: BrokerUser) -> Result<(), ClientError
     }
     Err(ClientError::BrokerWrongUser {
         addr: addr.to_owned(),
-        owner: LocalUser::of(owner),
+        owner: NamedUser::of(owner),
         expected: match expected {
-            BrokerUser::Uid(uid) => Expected::Chosen(LocalUser::of(uid)),
+            BrokerUser::Uid(uid) => Expected::Chosen(NamedUser::of(uid)),
             _ => Expected::You(expected_uid),
         },
     })
