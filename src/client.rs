@@ -1,7 +1,10 @@
 //! A typed, blocking client for the broker's protocol, used by the CLI and the tests.
 //!
 //! It keeps one persistent connection, over TCP or the broker's Unix socket, and sends one
-//! JSON request per line.
+//! JSON request per line. Before it sends anything on a new connection, it checks that the
+//! broker is run by the expected local user (see [`broker_owner`]).
+
+mod broker_owner;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -16,6 +19,8 @@ use chrono::{DateTime, Utc};
 
 use crate::protocol::auth::{self, constant_time_eq, expected_auth_token, ProofUid};
 use crate::protocol::ErrorCode;
+
+pub use broker_owner::{BrokerUser, Expected, NamedUser, BROKER_USER_ENV};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -46,19 +51,45 @@ pub enum ClientError {
     /// The broker did not prove it knows the shared secret; nothing more was sent to it.
     #[error("the broker at {addr} did not prove that it knows the shared secret: {reason}. Nothing else was sent to it, so it got no credential of yours. Either it is not the broker you share IPC_SHARED_SECRET with, or your secret differs from the broker's, or something relays your connection; `claude-ipc status` shows who answers there [challenge_failed]")]
     BrokerUnproven { addr: String, reason: String },
+    #[error("refusing to talk to the broker on {addr}: it is run by {owner}, not by {expected}. Another user may be impersonating the broker; stop it, or if this is a deliberate service account set IPC_BROKER_USER={}", owner.setting())]
+    BrokerWrongUser {
+        addr: String,
+        owner: NamedUser,
+        expected: Expected,
+    },
+    #[error("refusing to talk to the broker on {addr}: cannot tell which user runs it ({reason}); if you trust whatever answers there, set IPC_BROKER_USER=any to skip this check deliberately")]
+    BrokerOwnerUnknown { addr: String, reason: String },
+    #[error("IPC_BROKER_USER (or --broker-user) is {value:?}, which names no user on this machine; give a user name, a numeric uid, or `any`")]
+    BadBrokerUser { value: String },
 }
 
 impl ClientError {
-    /// The stable code of a refusal, the broker's or this client's own; `None` for a
-    /// connection that failed.
-    pub fn code(&self) -> Option<&str> {
+    /// A stable code for scripts (`--json`): the broker's own code for its refusals.
+    pub fn code(&self) -> &str {
         match self {
-            ClientError::Broker { code, .. } => Some(code),
-            ClientError::BrokerOpenMode { .. } => Some(ErrorCode::BrokerOpenMode.as_str()),
-            ClientError::DataDirMismatch { .. } => Some(ErrorCode::DataDirMismatch.as_str()),
-            ClientError::BrokerUnproven { .. } => Some(ErrorCode::ChallengeFailed.as_str()),
-            _ => None,
+            ClientError::Unreachable { .. } => "unreachable",
+            ClientError::Io(_) => "connection_failed",
+            ClientError::Closed => "connection_closed",
+            ClientError::Protocol(_) => "bad_reply",
+            ClientError::Broker { code, .. } => code,
+            ClientError::BrokerWrongUser { .. } => "broker_wrong_user",
+            ClientError::BrokerOwnerUnknown { .. } => "broker_owner_unknown",
+            ClientError::BadBrokerUser { .. } => "bad_broker_user",
+            ClientError::BrokerOpenMode { .. } => ErrorCode::BrokerOpenMode.as_str(),
+            ClientError::DataDirMismatch { .. } => ErrorCode::DataDirMismatch.as_str(),
+            ClientError::BrokerUnproven { .. } => ErrorCode::ChallengeFailed.as_str(),
         }
+    }
+
+    /// Whether this client refused the broker (or could not tell who runs it), so nothing was
+    /// sent: retrying or starting a broker of its own would not help.
+    pub fn is_untrusted_broker(&self) -> bool {
+        matches!(
+            self,
+            ClientError::BrokerWrongUser { .. }
+                | ClientError::BrokerOwnerUnknown { .. }
+                | ClientError::BadBrokerUser { .. }
+        )
     }
 
     /// Whether this client refused the broker itself (see [`Client::verify_broker`]): trying
@@ -69,7 +100,7 @@ impl ClientError {
             ClientError::BrokerOpenMode { .. }
                 | ClientError::DataDirMismatch { .. }
                 | ClientError::BrokerUnproven { .. }
-        )
+        ) || self.is_untrusted_broker()
     }
 }
 
@@ -104,12 +135,6 @@ fn message(content: &str, data: Option<Value>) -> Value {
     message
 }
 
-/// This process's effective uid: the user a broker sees its connections as.
-fn effective_uid() -> u32 {
-    // SAFETY: geteuid takes no arguments, cannot fail and touches no memory of ours.
-    unsafe { libc::geteuid() }
-}
-
 fn millis(duration: Duration) -> u64 {
     duration.as_millis().try_into().unwrap_or(u64::MAX)
 }
@@ -118,8 +143,10 @@ fn millis(duration: Duration) -> u64 {
 pub struct Client {
     reader: BufReader<Stream>,
     writer: Stream,
-    /// Where it connected, so a stamped send can reconnect and retry.
+    /// Where it connected, and whom it trusts there, so a stamped send can reconnect and
+    /// retry under the same check.
     target: Target,
+    broker_user: BrokerUser,
     timeout: Duration,
     /// What [`Client::verify_broker`] checked, so a reconnection checks it again.
     verified: Option<BrokerCheck>,
@@ -387,8 +414,19 @@ pub struct InstancePage {
 }
 
 impl Client {
-    /// Connects to `addr` (`host:port`), waiting at most `timeout` for each step.
+    /// Connects to `addr` (`host:port`), waiting at most `timeout` for each step, and trusts
+    /// the broker there only if it runs as the user `IPC_BROKER_USER` names (by default this
+    /// process's own).
     pub fn connect(addr: &str, timeout: Duration) -> Result<Client, ClientError> {
+        Client::connect_as(addr, timeout, BrokerUser::from_env()?)
+    }
+
+    /// [`Client::connect`], trusting the broker only if it runs as `broker_user`.
+    pub fn connect_as(
+        addr: &str,
+        timeout: Duration,
+        broker_user: BrokerUser,
+    ) -> Result<Client, ClientError> {
         let unreachable = |reason: String| ClientError::Unreachable {
             addr: addr.to_owned(),
             reason,
@@ -400,29 +438,50 @@ impl Client {
             .ok_or_else(|| unreachable("the address resolves to nothing".into()))?;
         let stream =
             TcpStream::connect_timeout(&target, timeout).map_err(|e| unreachable(e.to_string()))?;
+        broker_owner::check_tcp(&stream, addr, broker_user)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
-        Self::over(Stream::Tcp(stream), Target::Tcp(addr.to_owned()), timeout)
+        let target = Target::Tcp(addr.to_owned());
+        Self::over(Stream::Tcp(stream), target, broker_user, timeout)
     }
 
     /// Connects to the broker's Unix socket at `path`, waiting at most `timeout` for each
-    /// read or write.
+    /// read or write; the broker must run as the user `IPC_BROKER_USER` names, as in
+    /// [`Client::connect`].
     pub fn connect_unix(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|e| ClientError::Unreachable {
-            addr: format!("socket {}", path.display()),
-            reason: e.to_string(),
-        })?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        Self::over(Stream::Unix(stream), Target::Unix(path.to_owned()), timeout)
+        Client::connect_unix_as(path, timeout, BrokerUser::from_env()?)
     }
 
-    fn over(stream: Stream, target: Target, timeout: Duration) -> Result<Client, ClientError> {
+    /// [`Client::connect_unix`], trusting the broker only if it runs as `broker_user`.
+    pub fn connect_unix_as(
+        path: &Path,
+        timeout: Duration,
+        broker_user: BrokerUser,
+    ) -> Result<Client, ClientError> {
+        let addr = format!("socket {}", path.display());
+        let stream = UnixStream::connect(path).map_err(|e| ClientError::Unreachable {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
+        broker_owner::check_unix(&stream, &addr, broker_user)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let target = Target::Unix(path.to_owned());
+        Self::over(Stream::Unix(stream), target, broker_user, timeout)
+    }
+
+    fn over(
+        stream: Stream,
+        target: Target,
+        broker_user: BrokerUser,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
         Ok(Client {
             reader: BufReader::new(stream.try_clone()?),
             writer: stream,
             target,
+            broker_user,
             timeout,
             verified: None,
         })
@@ -455,7 +514,7 @@ impl Client {
                 }
                 _ => {
                     return Err(ClientError::Protocol(format!(
-                        "the broker on {} does not say whether it requires the shared secret,                          so nothing was sent to it",
+                        "the broker on {} does not say whether it requires the shared secret, so nothing was sent to it",
                         self.target()
                     )))
                 }
@@ -474,11 +533,11 @@ impl Client {
         Ok(())
     }
 
-    /// A new connection to the same broker, the same way.
+    /// A new connection to the same broker, the same way, under the same checks.
     fn reconnect(&self) -> Result<Client, ClientError> {
         let mut client = match &self.target {
-            Target::Tcp(addr) => Client::connect(addr, self.timeout)?,
-            Target::Unix(path) => Client::connect_unix(path, self.timeout)?,
+            Target::Tcp(addr) => Client::connect_as(addr, self.timeout, self.broker_user)?,
+            Target::Unix(path) => Client::connect_unix_as(path, self.timeout, self.broker_user)?,
         };
         if let Some(check) = &self.verified {
             client.verify_broker(check)?;
@@ -706,7 +765,7 @@ impl Client {
     /// not local (a remote address, where no uid can be seen). A broker that sees a local
     /// connection as another uid is answering a relay run by that user.
     fn proof_uid(&self, seen_by_broker: Option<&str>) -> Result<ProofUid, String> {
-        let own = ProofUid(Some(effective_uid()));
+        let own = ProofUid(Some(crate::os::users::effective_uid()));
         match seen_by_broker {
             Some(auth::UNKNOWN_UID) if !self.is_local() => Ok(ProofUid(None)),
             Some(seen) if seen != own.text() => Err(format!(

@@ -11,7 +11,8 @@
 //! Around them: [`config`] holds every window and limit, [`clock`] gives the time (injectable
 //! for tests), [`client`] is the typed client that the CLI, the MCP server and the tests use,
 //! [`mcp`] is the MCP server's tools over that client (and its broker election), and [`cli`]
-//! holds one file per subcommand. [`bench`] is the load generator behind `claude-ipc bench`. [`legacy_import`] brings over the Python original's database.
+//! holds one file per subcommand. [`os`] holds the operating-system helpers the broker and the
+//! client share (who owns a socket, which user a uid is). [`bench`] is the load generator behind `claude-ipc bench`. [`legacy_import`] brings over the Python original's database.
 //! [`secret`] finds the shared secret (`IPC_SHARED_SECRET` or `IPC_SHARED_SECRET_FILE`) for
 //! the broker and every client; [`private_file`] reads and writes the files only their user
 //! may see (the session file, the secret file) without following a planted link.
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod legacy_import;
 pub mod mcp;
+pub mod os;
 pub mod private_file;
 pub mod protocol;
 pub mod secret;

@@ -8,7 +8,11 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::bench::{self, Options};
+use crate::client::{Client, ClientError};
 use crate::config::parse_duration;
+
+/// How long the check of the broker at `--addr` may wait for it to accept.
+const OWNER_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 #[command(
@@ -51,6 +55,12 @@ pub fn run(args: BenchArgs) -> ExitCode {
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
+    if let Some(addr) = args.addr {
+        if let Err(refused) = check_broker_owner(addr) {
+            eprintln!("error: {refused}");
+            return ExitCode::from(super::EXIT_UNREACHABLE);
+        }
+    }
     let options = Options {
         addr: args.addr,
         pid: args.pid,
@@ -79,5 +89,16 @@ pub fn run(args: BenchArgs) -> ExitCode {
             eprintln!("\nerror: {error}");
             ExitCode::from(super::EXIT_UNREACHABLE)
         }
+    }
+}
+
+/// The load generator's own connections skip the client's owner check (it would be measured
+/// with every connection), so the broker at `--addr` is checked once, before any of them
+/// sends its registrations. Only a refusal counts here; the run reports an unreachable
+/// address itself.
+fn check_broker_owner(addr: SocketAddr) -> Result<(), ClientError> {
+    match Client::connect(&addr.to_string(), OWNER_CHECK_TIMEOUT) {
+        Err(refused) if refused.is_untrusted_broker() => Err(refused),
+        _ => Ok(()),
     }
 }

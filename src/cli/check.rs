@@ -108,7 +108,8 @@ pub fn run_watch(args: WatchArgs) -> Result<(), CliError> {
 }
 
 /// Connects again, waiting as long as it takes; says so once on stderr. A broker that came
-/// back but must not be trusted (see [`Client::verify_broker`]) ends the watch instead.
+/// back but must not be trusted (run by another user, or failing [`Client::verify_broker`])
+/// ends the watch instead: waiting on it would never end.
 fn reconnect(args: &ClientArgs) -> Result<Client, CliError> {
     eprintln!(
         "lost the broker at {}; waiting for it to come back",

@@ -61,7 +61,9 @@ pub fn run(args: HookArgs) {
 
 fn waiting(addr: &str, socket: Option<&Path>) -> Option<Waiting> {
     let session = SessionFile::load().ok()?;
-    let mut client = super::connect_to(addr, socket, HOOK_TIMEOUT).ok()?;
+    // The broker's user comes from IPC_BROKER_USER; a broker run by anyone else gets nothing.
+    let broker_user = crate::client::BrokerUser::from_env().ok()?;
+    let mut client = super::connect_to(addr, socket, broker_user, HOOK_TIMEOUT).ok()?;
     // The session token goes only to a broker this client may trust with it.
     client.verify_broker(&super::broker_check()).ok()?;
     client.count(&session.session_token).ok()

@@ -25,7 +25,7 @@ use std::time::Duration;
 use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
-use crate::client::{BrokerCheck, Client, ClientError};
+use crate::client::{BrokerCheck, BrokerUser, Client, ClientError};
 
 pub const EXIT_BROKER_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -57,11 +57,14 @@ Environment:
                       sit in a configuration file; if both are set they must agree
   IPC_DATA_DIR        the broker's data directory (default ~/.claude-ipc-data)
   IPC_AUTOSTART       0 stops a mail command from starting a broker when none answers
+  IPC_BROKER_USER     the user the broker must run as (a name or uid; default: you); every
+                      client refuses a broker run by anyone else before sending it anything;
+                      `any` skips the check (needed for a broker on another machine)
   RUST_LOG            log level: error, warn, info, debug
   NO_COLOR            no colour, even on a terminal
 
 Exit codes: 0 success, 1 the broker refused (or a file or database failed), 2 usage error or
-not registered yet, 3 no broker answered.
+not registered yet, 3 no broker answered (or the one that did is run by another user).
 
 Each subcommand has its own --help. Guides: README.md and docs/ (OPERATIONS.md for running it)."
 )]
@@ -116,6 +119,10 @@ pub struct ClientArgs {
     /// Print the broker's reply as JSON, for scripts.
     #[arg(long)]
     pub json: bool,
+    /// The user the broker must run as: a name, a uid, or `any` to skip the check. By default
+    /// only a broker run by you is trusted; anything else is refused before a byte is sent.
+    #[arg(long, env = "IPC_BROKER_USER", value_name = "USER")]
+    pub broker_user: Option<String>,
 }
 
 impl ClientArgs {
@@ -139,7 +146,8 @@ impl ClientArgs {
 
     /// Connects over the socket if one was given, else over TCP, waiting at most `timeout`.
     fn connect_within(&self, timeout: Duration) -> Result<Client, ClientError> {
-        connect_to(&self.addr, self.socket(), timeout)
+        let broker_user = BrokerUser::parse(self.broker_user.as_deref().unwrap_or_default())?;
+        connect_to(&self.addr, self.socket(), broker_user, timeout)
     }
 
     /// Where the broker is, as a person would write it.
@@ -164,11 +172,17 @@ pub fn given_socket(socket: &Option<PathBuf>) -> Option<&Path> {
     socket.as_deref().filter(|p| !p.as_os_str().is_empty())
 }
 
-/// Connects over the socket if there is one, else over TCP to `addr`, waiting at most `timeout`.
-fn connect_to(addr: &str, socket: Option<&Path>, timeout: Duration) -> Result<Client, ClientError> {
+/// Connects over the socket if there is one, else over TCP to `addr`, waiting at most
+/// `timeout`, to a broker run by `broker_user`.
+fn connect_to(
+    addr: &str,
+    socket: Option<&Path>,
+    broker_user: BrokerUser,
+    timeout: Duration,
+) -> Result<Client, ClientError> {
     match socket {
-        Some(path) => Client::connect_unix(path, timeout),
-        None => Client::connect(addr, timeout),
+        Some(path) => Client::connect_unix_as(path, timeout, broker_user),
+        None => Client::connect_as(addr, timeout, broker_user),
     }
 }
 
@@ -221,6 +235,10 @@ impl CliError {
             CliError::Reported(code) => *code,
             CliError::Client(ClientError::Unreachable { .. }) => EXIT_UNREACHABLE,
             CliError::Client(ClientError::Io(_) | ClientError::Closed) => EXIT_UNREACHABLE,
+            CliError::Client(ClientError::BadBrokerUser { .. }) => EXIT_USAGE,
+            CliError::Client(
+                ClientError::BrokerWrongUser { .. } | ClientError::BrokerOwnerUnknown { .. },
+            ) => EXIT_UNREACHABLE,
             CliError::Client(_) => EXIT_BROKER_ERROR,
         }
     }
@@ -268,6 +286,7 @@ fn next_step(error: &ClientError) -> &'static str {
 
 /// Runs one client subcommand (`serve` and `mcp` are run by `main`, which owns the runtime).
 pub fn run(command: Command) -> ExitCode {
+    let json = command.client().is_some_and(|client| client.json);
     let result = match command {
         Command::Serve(_) | Command::Mcp(_) => unreachable!("dispatched by main"),
         Command::Bench(args) => return bench::run(args),
@@ -290,11 +309,44 @@ pub fn run(command: Command) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(CliError::Reported(code)) => ExitCode::from(code),
         Err(error) => {
+            if json {
+                print_json_error(&error);
+            }
             // Our own messages may run over lines; any control character in them came from
             // elsewhere (a path, a reply quoted in a usage error) and is escaped.
             let text = output::block_for_terminal(&error.to_string(), "");
             eprintln!("error: {text}");
             ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// With `--json`, a client failure is also printed on stdout as `{"status": "error", "code",
+/// "message"}`, so a script can tell an impostor broker from a refusal by its code.
+fn print_json_error(error: &CliError) {
+    if let CliError::Client(client_error) = error {
+        output::json(&serde_json::json!({
+            "status": "error",
+            "code": client_error.code(),
+            "message": error.to_string(),
+        }));
+    }
+}
+
+impl Command {
+    /// The client options of a subcommand that talks to the broker.
+    fn client(&self) -> Option<&ClientArgs> {
+        match self {
+            Command::Register(args) => Some(&args.client),
+            Command::Send(args) => Some(&args.client),
+            Command::Broadcast(args) => Some(&args.client),
+            Command::Check(args) => Some(&args.client),
+            Command::Watch(args) => Some(&args.client),
+            Command::List(args) => Some(&args.client),
+            Command::Rename(args) => Some(&args.client),
+            Command::Ping(args) => Some(&args.client),
+            Command::Status(args) => Some(&args.client),
+            _ => None,
         }
     }
 }

@@ -17,6 +17,8 @@ const PROBE_NAME: &str = "claude-ipc-ping";
 that it refuses requests (its database was removed, replaced or is damaged; the message says
 what to do). With IPC_SHARED_SECRET set, a broker in secret mode must prove it knows that
 secret (a challenge, nothing registered); one that cannot is refused with exit 1.
+what to do). A broker run by another user is refused before anything is sent to it, with
+exit code 3 (IPC_BROKER_USER names a deliberate service account).
 
 Examples:
   claude-ipc ping

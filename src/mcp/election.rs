@@ -61,6 +61,9 @@ impl Election {
         loop {
             let last_failure = match self.try_connect().await {
                 Ok(client) => return Ok(client),
+                // Someone else's broker holds the address: hosting one here cannot help, and
+                // waiting for it would only hide the refusal.
+                Err(e) if e.is_untrusted_broker() => return Err(e.into()),
                 Err(e) if e.is_broker_refused() => {
                     tracing::error!("refusing the broker at {}: {e}", self.target());
                     return Err(ToolError::BrokerRefused(e));

@@ -83,6 +83,9 @@ pub enum ToolError {
     },
     #[error("Talking to the broker failed: {0}. Try again; if it keeps failing, check the MCP server's log.")]
     Client(ClientError),
+    /// The broker is run by another user (or nobody can tell who runs it): nothing was sent.
+    #[error("{0}")]
+    UntrustedBroker(ClientError),
     #[error("{0}")]
     Input(String),
     #[error("The call was cancelled; no mail was consumed.")]
@@ -127,6 +130,7 @@ impl From<ClientError> for ToolError {
                 "a reply this server does not understand (is another program listening at IPC_ADDR?)"
                     .to_owned(),
             )),
+            untrusted if untrusted.is_untrusted_broker() => ToolError::UntrustedBroker(untrusted),
             refused if refused.is_broker_refused() => ToolError::BrokerRefused(refused),
             other => ToolError::Client(other),
         }

@@ -7,8 +7,6 @@ pub mod budget;
 pub mod connection;
 pub mod data_dir_guard;
 pub mod lock;
-pub mod peer_uid;
-pub mod sock_diag;
 pub mod unix_socket;
 mod unread;
 
@@ -27,6 +25,7 @@ use tokio::task::JoinHandle;
 use crate::broker::{Broker, Peer};
 use crate::clock::{self, Clock};
 use crate::config::Config;
+use crate::os::{peer_uid, sock_diag};
 use crate::store::{queries, Store, StoreError};
 
 use admission::{Admission, Owner};

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
-use super::sock_diag::SockDiag;
+use crate::os::sock_diag::SockDiag;
 
 /// Whether the loopback TCP client at `peer`, connected to the broker's `local`, has read all
 /// the broker wrote on the socket `ours`. `None` when the kernel cannot say (no such socket

@@ -30,6 +30,7 @@ const NLMSG_HEADER: usize = 16;
 const REQUEST_BODY: usize = 56;
 /// Offsets in `struct inet_diag_msg`: 4 bytes of family, state, timer and retransmits, the
 /// 48-byte sockid, then `idiag_expires`, `idiag_rqueue`, `idiag_wqueue`, `idiag_uid`.
+const STATE_OFFSET: usize = 1;
 const RQUEUE_OFFSET: usize = 4 + 48 + 4;
 const UID_OFFSET: usize = 4 + 48 + 12;
 /// Room for one answer: the 72-byte `inet_diag_msg` after its header, and no extensions
@@ -46,6 +47,30 @@ pub struct TcpSocketInfo {
     pub uid: u32,
     /// For a connected socket, bytes received but not yet read by its owner.
     pub rqueue: u32,
+    /// The TCP state, as numbered in the kernel's `include/net/tcp_states.h`.
+    pub state: u8,
+}
+
+/// `TCP_SYN_RECV` and `TCP_NEW_SYN_RECV`: a connection whose handshake the kernel has not
+/// finished on this side. It is only a request hanging off its listener, and sock_diag reports
+/// its uid as 0 whoever owns the listener.
+const HANDSHAKE_STATES: [u8; 2] = [3, 12];
+
+/// `TCP_TIME_WAIT`: what is left of a closed connection; no process owns it, and sock_diag
+/// reports its uid as 0.
+const TIME_WAIT: u8 = 6;
+
+impl TcpSocketInfo {
+    /// Whether this is the remnant of a closed connection, whose `uid` means nothing.
+    pub fn is_time_wait(&self) -> bool {
+        self.state == TIME_WAIT
+    }
+
+    /// Whether this is a half-open connection, whose `uid` means nothing (see
+    /// [`HANDSHAKE_STATES`]).
+    pub fn is_handshake(&self) -> bool {
+        HANDSHAKE_STATES.contains(&self.state)
+    }
 }
 
 /// An open NETLINK_SOCK_DIAG socket, good for any number of lookups (the accept loop keeps
@@ -222,6 +247,7 @@ fn parse_answer(answer: &[u8]) -> io::Result<Option<TcpSocketInfo>> {
     Ok(Some(TcpSocketInfo {
         uid: u32_at(body, UID_OFFSET).ok_or_else(short)?,
         rqueue: u32_at(body, RQUEUE_OFFSET).ok_or_else(short)?,
+        state: *body.get(STATE_OFFSET).ok_or_else(short)?,
     }))
 }
 
@@ -265,6 +291,7 @@ mod tests {
             let expected = TcpSocketInfo {
                 uid: my_uid(),
                 rqueue: 7,
+                state: 1, // TCP_ESTABLISHED
             };
             assert_eq!(client_socket, expected);
             // The broker's own side of the pair has nothing waiting.

@@ -1,0 +1,95 @@
+//! Local users: the uid this process runs as, and the translation between uids and user
+//! names through the system's user database (`getpwuid_r` / `getpwnam_r`, so NSS sources such
+//! as LDAP count as much as `/etc/passwd`).
+
+use std::ffi::{CStr, CString};
+
+/// The first buffer size for a user record; doubled on `ERANGE` up to [`MAX_RECORD`].
+const FIRST_RECORD: usize = 1024;
+const MAX_RECORD: usize = 1 << 20;
+
+/// The effective uid of this process: the user whose broker a client trusts by default.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The name of user `uid`, if the user database knows it.
+pub fn user_name(uid: u32) -> Option<String> {
+    lookup(|record, buffer, found| {
+        // SAFETY: every pointer is valid for the call: `record` and `found` point to live
+        // locals, `buffer` is writable for the length passed.
+        unsafe { libc::getpwuid_r(uid, record, buffer.as_mut_ptr(), buffer.len(), found) }
+    })
+    .map(|(name, _)| name)
+}
+
+/// The uid of the user called `name`, if there is one.
+pub fn uid_of(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    lookup(|record, buffer, found| {
+        // SAFETY: as in `user_name`; `name` is a NUL-terminated string that outlives the call.
+        unsafe {
+            libc::getpwnam_r(
+                name.as_ptr(),
+                record,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                found,
+            )
+        }
+    })
+    .map(|(_, uid)| uid)
+}
+
+/// Runs one `getpw*_r` call, growing the buffer while the record does not fit; the user's
+/// name and uid, or `None` when there is no such user (or the database cannot be read).
+fn lookup(
+    call: impl Fn(*mut libc::passwd, &mut [libc::c_char], *mut *mut libc::passwd) -> libc::c_int,
+) -> Option<(String, u32)> {
+    let mut size = FIRST_RECORD;
+    loop {
+        // SAFETY: passwd is plain data (integers and pointers) for which all zeros is valid.
+        let mut record: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut buffer = vec![0 as libc::c_char; size];
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        let status = call(&mut record, &mut buffer, &mut found);
+        if status == libc::ERANGE && size < MAX_RECORD {
+            size *= 2;
+            continue;
+        }
+        if status != 0 || found.is_null() {
+            return None;
+        }
+        // SAFETY: on success `pw_name` points to a NUL-terminated string inside `buffer`,
+        // which is still alive here.
+        let name = unsafe { CStr::from_ptr(record.pw_name) };
+        return Some((name.to_string_lossy().into_owned(), record.pw_uid));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_uid_zero_both_ways() {
+        assert_eq!(user_name(0).as_deref(), Some("root"));
+        assert_eq!(uid_of("root"), Some(0));
+    }
+
+    #[test]
+    fn an_unknown_user_or_uid_is_none() {
+        assert_eq!(uid_of("no-such-user-here-ever"), None);
+        assert_eq!(uid_of("bad\0name"), None);
+        assert_eq!(user_name(4_000_000_000), None);
+    }
+
+    #[test]
+    fn this_process_knows_its_own_name() {
+        let me = effective_uid();
+        if let Some(name) = user_name(me) {
+            assert_eq!(uid_of(&name), Some(me));
+        }
+    }
+}
