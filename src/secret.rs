@@ -20,12 +20,19 @@ pub const SECRET_FILE_VAR: &str = "IPC_SHARED_SECRET_FILE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
+    // Not a `source`: the message already says it, and a chain printer would repeat it.
     #[error("cannot use the shared-secret file: {0}")]
-    File(#[from] PrivateFileError),
+    File(PrivateFileError),
     #[error("the shared-secret file {path} is empty; write the secret into it (one line), or unset IPC_SHARED_SECRET_FILE for open mode")]
     Empty { path: PathBuf },
     #[error("IPC_SHARED_SECRET and the shared-secret file {path} hold different secrets; set only one of them")]
     Conflict { path: PathBuf },
+}
+
+impl From<PrivateFileError> for SecretError {
+    fn from(error: PrivateFileError) -> Self {
+        SecretError::File(error)
+    }
 }
 
 /// The secret from the environment: `IPC_SHARED_SECRET`, else the file named by

@@ -233,7 +233,7 @@ fn reset_secret_changes_the_directory_both_ways_and_ends_every_session() {
     let error = client.check(&old).unwrap_err().to_string();
     assert!(error.contains("invalid_session"), "{error}");
     let refused_old = client
-        .register("bob", Some(SECRET))
+        .register_static_token("bob", SECRET)
         .unwrap_err()
         .to_string();
     assert!(refused_old.contains("Invalid auth token"), "{refused_old}");

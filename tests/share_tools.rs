@@ -5,7 +5,7 @@
 //! holding the secret or a token leaves; and a message cannot imitate a header or a notice.
 mod common;
 
-use std::os::unix::fs::symlink;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -42,7 +42,11 @@ fn alice(broker: &TestBroker, home: &Path, extra: &[(&str, &str)], args: &[&str]
         env.push(("IPC_SHARED_SECRET", secret.as_str()));
     }
     let mut mcp = McpProcess::start(&broker.addr(), &broker.data_dir(), &env, args);
-    mcp.ok("register", json!({"instance_id": "alice"}));
+    // Some tests start alice again with other settings: each new server takes the name over.
+    mcp.ok(
+        "register",
+        json!({"instance_id": "alice", "takeover": true}),
+    );
     mcp
 }
 
@@ -175,6 +179,7 @@ fn a_commands_environment_holds_no_ipc_variable_and_no_secret() {
     let session = home.path().join("alice.session");
     let secret_file = home.path().join("secret");
     std::fs::write(&secret_file, SECRET).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let env = [
         ("IPC_SESSION_FILE", session.to_str().unwrap()),
         ("IPC_SHARED_SECRET_FILE", secret_file.to_str().unwrap()),
@@ -454,6 +459,7 @@ fn share_file_refuses_a_file_holding_the_secret_and_the_secrets_file() {
     let home = fake_home();
     let secret_file = home.path().join("team-secret");
     std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let env = [("IPC_SHARED_SECRET_FILE", secret_file.to_str().unwrap())];
     let mut mcp = alice(&broker, home.path(), &env, &[]);
     let dir = tempfile::tempdir().unwrap();
@@ -857,7 +863,6 @@ fn a_link_another_user_flips_to_the_session_file_never_delivers_it() {
         return;
     }
     use std::io::BufRead;
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     let attacker = LocalUser::create(&format!("shrflip{}", std::process::id() % 100000));
     let broker = broker_with(Some(SECRET));
