@@ -12,7 +12,6 @@ use serde_json::{json, Value};
 
 use super::latency::Samples;
 use super::wire::{self, expect_ok, Connection, WireError};
-use crate::protocol::auth::expected_auth_token;
 
 /// How often a legacy-only target is polled where this broker would be long-polled.
 const LEGACY_POLL_INTERVAL: Duration = Duration::from_millis(5);
@@ -113,25 +112,41 @@ pub struct Instance {
     pub token: String,
 }
 
-/// Registers `name` and returns it with its session token.
+/// Registers `name` and returns it with its session token: in open mode the way the Python
+/// original's scripts do (one bare request); with a secret by challenge-response, so the
+/// benchmark works against a broker that refuses the static token too.
 pub fn register(target: &Target, name: &str) -> Result<Instance, WireError> {
-    let auth = target
-        .secret
-        .as_deref()
-        .map(|secret| expected_auth_token(name, secret))
-        .unwrap_or_default();
-    let request = json!({"action": "register", "instance_id": name, "auth_token": auth});
+    let token = match target.secret.as_deref() {
+        Some(secret) => register_by_challenge(target, name, secret)?,
+        None => register_open(target, name)?,
+    };
+    Ok(Instance {
+        name: name.to_owned(),
+        token,
+    })
+}
+
+fn register_open(target: &Target, name: &str) -> Result<String, WireError> {
+    let request = json!({"action": "register", "instance_id": name, "auth_token": ""});
     let reply = expect_ok(wire::legacy_request(
         target.addr,
         &frame(&request, Kind::Legacy),
     )?)?;
-    let token = reply["session_token"]
+    reply["session_token"]
         .as_str()
-        .ok_or_else(|| WireError::Refused(format!("register replied without a token: {reply}")))?;
-    Ok(Instance {
-        name: name.to_owned(),
-        token: token.to_owned(),
-    })
+        .map(str::to_owned)
+        .ok_or_else(|| WireError::Refused(format!("register replied without a token: {reply}")))
+}
+
+fn register_by_challenge(target: &Target, name: &str, secret: &str) -> Result<String, WireError> {
+    let refused = |e: crate::client::ClientError| WireError::Refused(e.to_string());
+    let mut client =
+        crate::client::Client::connect(&target.addr.to_string(), Duration::from_secs(10))
+            .map_err(refused)?;
+    Ok(client
+        .register(name, Some(secret))
+        .map_err(refused)?
+        .session_token)
 }
 
 /// Registers `count` names `<prefix>-<role>-<i>`.

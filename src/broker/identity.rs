@@ -36,9 +36,30 @@ pub const SYSTEM_SENDER: &str = "system";
 /// forgotten (their holder then sees a plain invalid session).
 const REPLACED_KEPT_PER_NAME: u32 = 8;
 
-/// Whether `name` is the broker's own, in any letter case.
+/// Whether `name` is the broker's own or could be read as it: any letter case, with
+/// separators (`sys_tem`), digits that pass for letters (`5ystem`, `syst3m`) or `rn` for `m`
+/// (`systern`). A reader must be able to trust a notice from `system`.
 fn is_reserved(name: &str) -> bool {
-    name.eq_ignore_ascii_case(SYSTEM_SENDER)
+    look_alike_skeleton(name) == SYSTEM_SENDER
+}
+
+/// `name` as a quick reader sees it: lower case, without `-` and `_`, with the digits that
+/// pass for letters read as those letters, and `rn` read as `m`.
+fn look_alike_skeleton(name: &str) -> String {
+    let letters: String = name
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_'))
+        .map(|c| match c.to_ascii_lowercase() {
+            '0' => 'o',
+            '1' => 'l',
+            '3' => 'e',
+            '4' => 'a',
+            '5' => 's',
+            '7' => 't',
+            other => other,
+        })
+        .collect();
+    letters.replace("rn", "m")
 }
 
 /// How a `register` claims its name.
@@ -680,4 +701,21 @@ fn notify_rename(
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_reserved;
+
+    #[test]
+    fn the_brokers_name_is_reserved_in_every_look_alike_and_only_in_those() {
+        for name in [
+            "system", "System", "SYSTEM", "sys_tem", "Sys-Tem", "5ystem", "syst3m", "systern",
+        ] {
+            assert!(is_reserved(name), "{name}");
+        }
+        for name in ["systems", "system2", "sysadmin", "alice", "stem"] {
+            assert!(!is_reserved(name), "{name}");
+        }
+    }
 }

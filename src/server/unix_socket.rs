@@ -140,11 +140,7 @@ fn remove_if_stale(path: &Path) -> Result<(), SocketError> {
     }
 }
 
-/// The broker's effective uid.
-pub fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
+pub use crate::os::users::effective_uid;
 
 /// Only the broker's own user may use the socket: the file mode keeps others out, and this
 /// check holds even if someone widens the mode or passes an open descriptor along.
