@@ -227,6 +227,12 @@ fn every_cli_command_is_refused(
         text(&hook)
     );
     assert!(hook.stdout.is_empty(), "{}", text(&hook));
+    // The person is told on stderr, which Claude Code does not give the model.
+    assert!(
+        String::from_utf8_lossy(&hook.stderr).contains(&expected),
+        "{}",
+        text(&hook)
+    );
 }
 
 /// The MCP server's `register` is refused the same way, as a tool error.

@@ -381,7 +381,9 @@ fn system_is_reserved_in_every_letter_case() {
     let broker = TestBroker::start();
     let addr = broker.addr();
     // Every letter case, and the look-alikes a quick reader takes for it.
-    for name in ["system", "System", "SYSTEM", "sYsTeM", "sys_tem", "5ystem", "systern"] {
+    for name in [
+        "system", "System", "SYSTEM", "sYsTeM", "sys_tem", "5ystem", "systern",
+    ] {
         for reply in [
             register_legacy(&addr, name),
             register_new(&addr, name, false),

@@ -1,8 +1,10 @@
 //! `claude-ipc hook`: one short line for Claude Code's hooks when mail is waiting.
 //!
 //! It reads the session file and asks the broker's non-consuming `count` (over the Unix socket
-//! when `IPC_SOCKET` is set, else over TCP), so the mail stays waiting for the `check` tool. Every failure (no session, no broker, a slow broker) prints
-//! nothing and exits 0: a hook must never get in the user's way. The whole run is bounded by
+//! when `IPC_SOCKET` is set, else over TCP), so the mail stays waiting for the `check` tool.
+//! Every failure (no session, no broker, a slow broker) prints nothing on stdout and exits 0: a
+//! hook must never get in the user's way. Only a broker it refused (another user's, say) is
+//! named on stderr. The whole run is bounded by
 //! short socket timeouts so it finishes well under 100 ms.
 
 use std::path::{Path, PathBuf};
@@ -63,10 +65,26 @@ fn waiting(addr: &str, socket: Option<&Path>) -> Option<Waiting> {
     let session = SessionFile::load().ok()?;
     // The broker's user comes from IPC_BROKER_USER; a broker run by anyone else gets nothing.
     let broker_user = crate::client::BrokerUser::from_env().ok()?;
-    let mut client = super::connect_to(addr, socket, broker_user, HOOK_TIMEOUT).ok()?;
-    // The session token goes only to a broker this client may trust with it.
-    client.verify_broker(&super::broker_check()).ok()?;
+    let connected =
+        super::connect_to(addr, socket, broker_user, HOOK_TIMEOUT).and_then(|mut client| {
+            // The session token goes only to a broker this client may trust with it.
+            client.verify_broker(&super::broker_check())?;
+            Ok(client)
+        });
+    let mut client = connected.map_err(warn_if_refused).ok()?;
     client.count(&session.session_token).ok()
+}
+
+/// A broker this client refused (another user's, an open one although we hold the secret) is
+/// worth a line on stderr, which Claude Code shows the person but not the model; the hook's
+/// output stays empty and its exit code 0.
+fn warn_if_refused(error: crate::client::ClientError) {
+    if error.is_broker_refused() {
+        eprintln!(
+            "claude-ipc hook: {}",
+            super::output::for_terminal(&error.to_string())
+        );
+    }
 }
 
 /// The line for waiting mail, or nothing when none waits.
