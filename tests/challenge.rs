@@ -21,8 +21,8 @@ use claude_ipc::client::Client;
 use claude_ipc::protocol::auth::{self, ProofUid};
 use claude_ipc::protocol::Request;
 use common::{
-    cli_with_env, legacy, legacy_raw, running_as_root, BrokerProcess, LocalUser, TestBroker,
-    TIMEOUT,
+    cli_with_env, legacy, legacy_raw, python3_missing, running_as_root, BrokerProcess, LocalUser,
+    TestBroker, TIMEOUT,
 };
 use serde_json::{json, Value};
 
@@ -647,6 +647,9 @@ while True:
 fn a_relay_run_by_another_user_gets_a_challenge_the_client_refuses_and_no_register() {
     if !running_as_root() {
         println!("SKIPPED: a relay run by a second local user needs root to create that user");
+        return;
+    }
+    if python3_missing("the relay") {
         return;
     }
     let broker = secret_broker();

@@ -108,11 +108,11 @@ fn last_pid() -> u32 {
 }
 
 fn skipped_without_root(why: &str) -> bool {
-    if running_as_root() {
-        return false;
+    if !running_as_root() {
+        println!("SKIPPED: {why} needs root (a second local user)");
+        return true;
     }
-    eprintln!("SKIPPED: {why} needs root (a second local user)");
-    true
+    python3_missing(why)
 }
 
 // ---- the session file ----

@@ -833,3 +833,15 @@ impl TestBroker {
             .session_token
     }
 }
+
+/// The Python the tests run their small fake brokers and attackers with.
+pub const PYTHON3: &str = "/usr/bin/python3";
+
+/// Whether `PYTHON3` is missing; if so, says which test cannot run without it.
+pub fn python3_missing(what: &str) -> bool {
+    if Path::new(PYTHON3).exists() {
+        return false;
+    }
+    println!("SKIPPED: {what} runs a small program with {PYTHON3}; install python3");
+    true
+}
