@@ -504,13 +504,22 @@ fn an_mcp_server_with_another_data_directory_than_the_brokers_refuses_its_tools(
     let mut same = McpProcess::start(&broker.addr, &link, &[], &[]);
     same.ok("register", json!({"instance_id": "alice"}));
 
+    // Given no data directory at all (an empty IPC_DATA_DIR counts as unset), it uses its own
+    // user's broker wherever that keeps its data, as the CLI does.
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let env = [("HOME", home.to_str().unwrap())];
+    let mut unconfigured = McpProcess::start(&broker.addr, Path::new(""), &env, &[]);
+    unconfigured.ok("register", json!({"instance_id": "carol"}));
+
     // The CLI compares too when IPC_DATA_DIR is set explicitly.
     let session_file = dir.path().join("session");
     let env = [("IPC_DATA_DIR", elsewhere.to_str().unwrap())];
     let output = cli_with_env(&broker.addr, &session_file, &["register", "bob"], &env);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("[data_dir_mismatch]"));
-    assert_eq!(sql_count(&data, "SELECT count(*) FROM sessions"), 1);
+    // alice's (through the link) and carol's; none for bob.
+    assert_eq!(sql_count(&data, "SELECT count(*) FROM sessions"), 2);
 }
 
 #[test]

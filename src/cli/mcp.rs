@@ -25,8 +25,9 @@ pub struct McpArgs {
     /// and a hosted broker listens on it too.
     #[arg(long, env = "IPC_SOCKET", value_parser = super::socket_parser())]
     pub socket: Option<PathBuf>,
-    /// The data directory a hosted broker uses [default: ~/.claude-ipc-data]
-    #[arg(long, env = "IPC_DATA_DIR")]
+    /// The data directory a hosted broker uses [default: ~/.claude-ipc-data]; given, a broker
+    /// serving another one is refused. An empty IPC_DATA_DIR counts as unset.
+    #[arg(long, env = "IPC_DATA_DIR", value_parser = super::socket_parser())]
     pub data_dir: Option<PathBuf>,
     /// share_command kills the command after this long.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -47,8 +48,8 @@ pub struct McpArgs {
 impl McpArgs {
     /// The server's settings; fails only if the shared secret cannot be read.
     fn settings(&self) -> Result<Settings, SecretError> {
-        let data_dir = self
-            .data_dir
+        let given = super::given_socket(&self.data_dir).map(PathBuf::from);
+        let data_dir = given
             .clone()
             .unwrap_or_else(|| super::session_file::home_dir().join(".claude-ipc-data"));
         let mut broker = Config::new(self.addr, data_dir);
@@ -60,6 +61,7 @@ impl McpArgs {
             command_timeout: self.command_timeout,
             command_output_cap: self.command_output_cap,
             allow_share_command: self.allow_share_command,
+            data_dir_configured: given.is_some(),
         })
     }
 }

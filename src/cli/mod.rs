@@ -159,15 +159,15 @@ impl ClientArgs {
     }
 }
 
-/// Parses `--socket` / `IPC_SOCKET` keeping an empty value, which clap's path parser refuses:
-/// `IPC_SOCKET=` must mean "no socket" (see [`given_socket`]), not a usage error, above all for
-/// the hook, which must never fail.
+/// Parses `--socket` / `IPC_SOCKET` (and the MCP server's `IPC_DATA_DIR`) keeping an empty
+/// value, which clap's path parser refuses: `IPC_SOCKET=` must mean "no socket" (see
+/// [`given_socket`]), not a usage error, above all for the hook, which must never fail.
 pub fn socket_parser() -> impl TypedValueParser<Value = PathBuf> {
     OsStringValueParser::new().map(PathBuf::from)
 }
 
-/// The socket from `--socket` / `IPC_SOCKET`, if one was given: an empty value (say
-/// `IPC_SOCKET=` in a configuration file) counts as unset.
+/// The socket from `--socket` / `IPC_SOCKET` (or a path parsed the same way), if one was
+/// given: an empty value (say `IPC_SOCKET=` in a configuration file) counts as unset.
 pub fn given_socket(socket: &Option<PathBuf>) -> Option<&Path> {
     socket.as_deref().filter(|p| !p.as_os_str().is_empty())
 }

@@ -34,15 +34,19 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connects to the broker, hosting it in this process when none answers.
 pub struct Election {
     config: Config,
+    /// The data directory was configured (`IPC_DATA_DIR`, `--data-dir`), not the default: a
+    /// broker serving another one is refused rather than silently used.
+    data_dir_configured: bool,
     /// The broker this process hosts, if it won an election. Holding it keeps it running; the
     /// async mutex also makes elections inside one process take turns.
     hosted: Mutex<Option<RunningServer>>,
 }
 
 impl Election {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, data_dir_configured: bool) -> Self {
         Election {
             config,
+            data_dir_configured,
             hosted: Mutex::new(None),
         }
     }
@@ -144,12 +148,16 @@ impl Election {
         }
     }
 
-    /// What this process expects of the broker: secret mode when it has the secret, and
-    /// always its own data directory (it may host the broker there, so it always has one).
+    /// What this process expects of the broker: secret mode when it has the secret, and its
+    /// data directory when one was configured. Without one it would host a broker on the
+    /// default directory, but uses whichever broker of its own user answers (the CLI does the
+    /// same), so that `serve --data-dir X` and an MCP server given only `IPC_ADDR` work together.
     fn broker_check(&self) -> BrokerCheck {
         BrokerCheck {
             holds_secret: self.config.shared_secret.is_some(),
-            data_dir: Some(self.config.data_dir.clone()),
+            data_dir: self
+                .data_dir_configured
+                .then(|| self.config.data_dir.clone()),
         }
     }
 

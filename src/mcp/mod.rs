@@ -66,6 +66,9 @@ pub struct Settings {
     /// (`--allow-share-command`, `IPC_ALLOW_SHARE_COMMAND=1`): text from another instance can
     /// talk a model into running a command.
     pub allow_share_command: bool,
+    /// The data directory was given (`IPC_DATA_DIR`, `--data-dir`): a broker serving another
+    /// is refused (`data_dir_mismatch`).
+    pub data_dir_configured: bool,
 }
 
 /// A failure a tool reports to the model: what went wrong and what to do.
@@ -265,7 +268,7 @@ fn reply(result: Result<String, ToolError>) -> CallToolResult {
 #[tool_router]
 impl IpcServer {
     pub fn new(settings: Settings) -> Self {
-        let election = Election::new(settings.broker.clone());
+        let election = Election::new(settings.broker.clone(), settings.data_dir_configured);
         IpcServer {
             state: Arc::new(State {
                 settings,
