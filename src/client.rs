@@ -890,6 +890,11 @@ impl Client {
         self.call_as(&request)
     }
 
+    /// Ends this session, so the name is free for the next `register` without a takeover.
+    pub fn logout(&mut self, token: &str) -> Result<Value, ClientError> {
+        self.call(&json!({"action": "logout", "session_token": token}))
+    }
+
     pub fn rename(&mut self, token: &str, new_name: &str) -> Result<Value, ClientError> {
         self.call(&json!({"action": "rename", "session_token": token, "new_id": new_name}))
     }

@@ -41,7 +41,12 @@ fn run_async(
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(work) {
+    let result = runtime.block_on(work);
+    // The work is done (the broker stopped, its store closed), but a blocking read can still
+    // hold a runtime thread: the MCP transport's read of stdin ends only when the client
+    // closes it, so a server stopped by a signal would otherwise never exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -96,6 +96,34 @@ fn a_second_mcp_server_of_the_same_name_is_refused_and_all_mail_reaches_the_firs
 }
 
 #[test]
+fn an_mcp_server_that_stops_frees_its_name_and_one_that_is_killed_does_not() {
+    let broker = real_clock_broker();
+    let mut first = mcp_for(&broker);
+    first.ok("register", json!({"instance_id": "frontend"}));
+    let backend = broker.register("backend");
+    broker
+        .client()
+        .send(&backend, "frontend", "while you were away", None, None)
+        .unwrap();
+    // Stopped the way Claude Code stops it, it logs out: the name is free at once.
+    assert!(first.terminate().success());
+    assert_eq!(active_sessions(&broker, "frontend"), 0);
+    let mut second = mcp_for(&broker);
+    second.ok("register", json!({"instance_id": "frontend"}));
+    let read = second.ok("check", json!({}));
+    assert!(
+        read.contains("while you were away"),
+        "the mail waited: {read}"
+    );
+    // Killed, it cannot: the broker cannot tell a dead server from an idle one, so the name
+    // stays in use until the live window passes or someone takes it over.
+    second.kill_9();
+    let mut third = mcp_for(&broker);
+    let refused = third.error("register", json!({"instance_id": "frontend"}));
+    assert!(refused.contains("name_in_use"), "{refused}");
+}
+
+#[test]
 fn an_mcp_server_whose_name_was_taken_over_is_told_and_does_not_take_it_back() {
     let broker = real_clock_broker();
     let mut first = mcp_for(&broker);

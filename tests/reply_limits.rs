@@ -478,6 +478,11 @@ fn every_action_replies_within_one_legacy_read_however_large_the_data() {
     assert_eq!(renamed["status"], "ok", "{renamed}");
     let counted = ask("count", json!({"action": "count", "session_token": walker}));
     assert_eq!(counted["status"], "ok");
+    let logged_out = ask(
+        "logout",
+        json!({"action": "logout", "session_token": walker}),
+    );
+    assert_eq!(logged_out["status"], "ok", "{logged_out}");
     // And a name that is none of them, repeated back only in part.
     let unknown = one_read(&addr, &json!({"action": huge}));
     assert_eq!(unknown["code"], "unknown_action");

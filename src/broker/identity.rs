@@ -574,6 +574,24 @@ impl Broker {
 
     /// `rename`: moves the caller's name, sessions and queued mail to `new_id`, leaves a
     /// forward from the old name, and tells every other registered instance.
+    /// `logout`: ends the caller's own session, so its name is not "in use" any more and the
+    /// next `register` of it needs no takeover. Mail waiting for the name stays waiting.
+    pub(super) async fn logout(
+        &self,
+        token: Option<String>,
+        peer: &Peer,
+    ) -> Result<Reply, BrokerError> {
+        let name = self
+            .as_caller(token, peer, move |conn, caller, now| {
+                queries::end_session(conn, caller.session_id, &text(now))?;
+                Ok(caller.name.clone())
+            })
+            .await?;
+        Ok(Reply::ok()
+            .with("message", format!("Logged out {name}"))
+            .with("instance_id", name))
+    }
+
     pub(super) async fn rename(
         &self,
         token: Option<String>,

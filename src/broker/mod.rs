@@ -459,6 +459,7 @@ impl Broker {
                 .count(token, peer, wait, reader)
                 .await
                 .map(Outcome::from),
+            Action::Logout => self.logout(token, peer).await.map(Outcome::from),
         }
     }
 

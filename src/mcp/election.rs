@@ -161,6 +161,12 @@ impl Election {
         }
     }
 
+    /// The broker that answers now, if one does; never hosts one (for leaving: a broker
+    /// started only to be told goodbye would help nobody).
+    pub async fn connect_without_hosting(&self) -> Result<Client, ClientError> {
+        self.try_connect().await
+    }
+
     /// One attempt to reach the broker: over the socket if one is configured, else over TCP,
     /// refusing one that is not the broker this process expects (see [`Client::verify_broker`]).
     /// The broker can change between two tool calls (a takeover), so every connection checks.

@@ -280,7 +280,27 @@ impl IpcServer {
 
     /// Stops the broker this process hosts, if any.
     pub async fn shutdown(&self) {
+        self.log_out().await;
         self.state.election.shutdown().await;
+    }
+
+    /// Ends this server's session on the way out, so that the server started next (Claude Code
+    /// restarting, say) can register the same name without taking it over. Best effort: a
+    /// broker that is gone, or a session already replaced, has nothing to end.
+    async fn log_out(&self) {
+        let Ok(identity) = self.identity() else {
+            return;
+        };
+        let client = self.state.election.connect_without_hosting().await;
+        let token = identity.token.clone();
+        let ended = match client {
+            Ok(mut client) => blocking(move || client.logout(&token)).await.map(|_| ()),
+            Err(error) => Err(error),
+        };
+        match ended {
+            Ok(()) => tracing::info!(name = %identity.name, "logged out: the name is free"),
+            Err(error) => tracing::info!(name = %identity.name, "could not log out: {error}"),
+        }
     }
 
     #[tool(

@@ -65,6 +65,9 @@ pub enum Action {
     Count {
         wait: Option<Duration>,
     },
+    /// Ends the caller's own session: the name is free at once for the next `register`, which
+    /// then needs no takeover. Sent by an MCP server that shuts down.
+    Logout,
 }
 
 impl Action {
@@ -80,6 +83,7 @@ impl Action {
             Action::List(_) => "list",
             Action::Rename { .. } => "rename",
             Action::Count { .. } => "count",
+            Action::Logout => "logout",
         }
     }
 }
@@ -189,7 +193,7 @@ impl RequestError {
 }
 
 /// Every action the broker answers, in the order the docs list them.
-pub const ACTION_NAMES: [&str; 10] = [
+pub const ACTION_NAMES: [&str; 11] = [
     "ping",
     "challenge",
     "register",
@@ -200,6 +204,7 @@ pub const ACTION_NAMES: [&str; 10] = [
     "list",
     "rename",
     "count",
+    "logout",
 ];
 /// The most characters of a client's own text an error message repeats back, so a reply
 /// never grows with the request.
@@ -281,6 +286,7 @@ impl Fields<'_> {
             "count" => Action::Count {
                 wait: self.optional_millis("wait_ms", 0, MAX_WAIT_MS)?,
             },
+            "logout" => Action::Logout,
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,
             },

@@ -161,6 +161,17 @@ pub fn replace_sessions(
     Ok(replaced)
 }
 
+pub(crate) const END_SESSION: &str =
+    "UPDATE sessions SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL";
+
+/// Ends one session (its holder logged out): revoked, replaced by nobody, so it is swept
+/// and its next use is a plain `invalid_session`.
+pub fn end_session(conn: &Connection, session_id: i64, now: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(END_SESSION)?
+        .execute(params![session_id, now])?;
+    Ok(())
+}
+
 pub(crate) const NEXT_IDENTITY: &str =
     "UPDATE identity_sequence SET last_id = last_id + 1 RETURNING last_id";
 pub(crate) const INSERT_SESSION: &str =

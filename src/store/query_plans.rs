@@ -123,6 +123,7 @@ const STATEMENTS: &[Hot] = &[
     hot("last_renamed_at", "rename", LAST_RENAMED_AT),
     hot("rename_instance_row", "rename", RENAME_INSTANCE_ROW),
     hot("rename_sessions", "rename", RENAME_SESSIONS),
+    hot("end_session", "logout", END_SESSION),
     hot("rename_pending_mail", "rename", RENAME_PENDING_MAIL),
     hot("rename_request_log", "rename", RENAME_REQUEST_LOG),
     hot("rename_forward_targets", "rename", RENAME_FORWARD_TARGETS),

@@ -845,3 +845,12 @@ pub fn python3_missing(what: &str) -> bool {
     println!("SKIPPED: {what} runs a small program with {PYTHON3}; install python3");
     true
 }
+
+impl McpProcess {
+    /// SIGTERM, as Claude Code stops a server it no longer needs, and waits for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill has no memory effects; the pid is our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().expect("reap")
+    }
+}
