@@ -278,7 +278,7 @@ fn next_step(error: &ClientError) -> &'static str {
         "static_token_refused" => "; `claude-ipc register NAME` registers by challenge-response, which this broker accepts",
         "queue_full" => "; the recipient must run `claude-ipc check` before more mail fits",
         "name_taken" => "; choose another name, or `claude-ipc list` to see who has it",
-        "name_too_similar" | "reserved_name" => "; choose another name",
+        // `name_too_similar` and `reserved_name` already say to choose another name.
         "storage_failed" => "; retry, and if it keeps failing read the broker's log",
         _ => "",
     }
