@@ -8,10 +8,8 @@
 //! nothing. The checks made before opening only give a clearer reason and keep a device or a
 //! FIFO from being opened at all.
 
-use std::ffi::{CStr, OsStr};
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
@@ -436,27 +434,8 @@ fn read_at_most(file: impl Read, cap: u64) -> std::io::Result<Vec<u8>> {
 
 /// The home directory the password database gives for this process's user.
 fn password_database_home() -> Option<PathBuf> {
-    // SAFETY: getpwuid_r writes only into `entry` and `buffer`, both ours and large enough as
-    // it reports (ERANGE otherwise, which is treated as "unknown").
-    let uid = unsafe { libc::geteuid() };
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() || entry.pw_dir.is_null() {
-        return None;
-    }
-    // SAFETY: pw_dir points into `buffer`, NUL-terminated, while `buffer` lives.
-    let dir = unsafe { CStr::from_ptr(entry.pw_dir) };
-    Some(PathBuf::from(OsStr::from_bytes(dir.to_bytes())))
+    use crate::os::users;
+    users::home_dir(users::effective_uid())
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
-//! Local users: the uid this process runs as, and the translation between uids and user
-//! names through the system's user database (`getpwuid_r` / `getpwnam_r`, so NSS sources such
+//! Local users: the uid this process runs as, the translation between uids and user names,
+//! and a user's home directory, through the system's user database (`getpwuid_r` / `getpwnam_r`, so NSS sources such
 //! as LDAP count as much as `/etc/passwd`).
 
-use std::ffi::{CStr, CString};
+use std::ffi::{CStr, CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 /// The first buffer size for a user record; doubled on `ERANGE` up to [`MAX_RECORD`].
 const FIRST_RECORD: usize = 1024;
@@ -14,14 +16,30 @@ pub fn effective_uid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// One user's record, as much of it as this program needs.
+struct UserRecord {
+    name: String,
+    uid: u32,
+    home: PathBuf,
+}
+
 /// The name of user `uid`, if the user database knows it.
 pub fn user_name(uid: u32) -> Option<String> {
+    by_uid(uid).map(|user| user.name)
+}
+
+/// The home directory the user database gives for user `uid` (not `$HOME`, which the
+/// environment can change).
+pub fn home_dir(uid: u32) -> Option<PathBuf> {
+    by_uid(uid).map(|user| user.home)
+}
+
+fn by_uid(uid: u32) -> Option<UserRecord> {
     lookup(|record, buffer, found| {
         // SAFETY: every pointer is valid for the call: `record` and `found` point to live
         // locals, `buffer` is writable for the length passed.
         unsafe { libc::getpwuid_r(uid, record, buffer.as_mut_ptr(), buffer.len(), found) }
     })
-    .map(|(name, _)| name)
 }
 
 /// The uid of the user called `name`, if there is one.
@@ -39,14 +57,14 @@ pub fn uid_of(name: &str) -> Option<u32> {
             )
         }
     })
-    .map(|(_, uid)| uid)
+    .map(|user| user.uid)
 }
 
 /// Runs one `getpw*_r` call, growing the buffer while the record does not fit; the user's
-/// name and uid, or `None` when there is no such user (or the database cannot be read).
+/// record, or `None` when there is no such user (or the database cannot be read).
 fn lookup(
     call: impl Fn(*mut libc::passwd, &mut [libc::c_char], *mut *mut libc::passwd) -> libc::c_int,
-) -> Option<(String, u32)> {
+) -> Option<UserRecord> {
     let mut size = FIRST_RECORD;
     loop {
         // SAFETY: passwd is plain data (integers and pointers) for which all zeros is valid.
@@ -61,10 +79,22 @@ fn lookup(
         if status != 0 || found.is_null() {
             return None;
         }
-        // SAFETY: on success `pw_name` points to a NUL-terminated string inside `buffer`,
-        // which is still alive here.
-        let name = unsafe { CStr::from_ptr(record.pw_name) };
-        return Some((name.to_string_lossy().into_owned(), record.pw_uid));
+        if record.pw_name.is_null() || record.pw_dir.is_null() {
+            return None;
+        }
+        // SAFETY: on success `pw_name` and `pw_dir` point to NUL-terminated strings inside
+        // `buffer`, which is still alive here.
+        let (name, home) = unsafe {
+            (
+                CStr::from_ptr(record.pw_name),
+                CStr::from_ptr(record.pw_dir),
+            )
+        };
+        return Some(UserRecord {
+            name: name.to_string_lossy().into_owned(),
+            uid: record.pw_uid,
+            home: PathBuf::from(OsStr::from_bytes(home.to_bytes())),
+        });
     }
 }
 
@@ -76,6 +106,7 @@ mod tests {
     fn root_is_uid_zero_both_ways() {
         assert_eq!(user_name(0).as_deref(), Some("root"));
         assert_eq!(uid_of("root"), Some(0));
+        assert_eq!(home_dir(0), Some(PathBuf::from("/root")));
     }
 
     #[test]
