@@ -1,0 +1,263 @@
+//! `claude-ipc bench`, run for real but briefly: every workload against brokers it starts, and
+//! its delivery check against a target that acknowledges mail and then loses it.
+
+use crate::common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+
+const WORKLOADS: [&str; 9] = [
+    "legacy sends, 1 client",
+    "legacy sends, 4 clients",
+    "persistent sends, 1 client",
+    "persistent sends, 8 clients",
+    "persistent sends, 32 clients",
+    "mixed send+check, 8 clients",
+    "check of 100 queued messages",
+    "broadcast to 50 instances",
+    "long-poll wake-up",
+];
+
+fn bench(args: &[&str]) -> std::process::Output {
+    Command::new(common::binary())
+        .arg("bench")
+        .args(args)
+        .env_remove("IPC_SHARED_SECRET")
+        .env_remove("IPC_ADDR")
+        .output()
+        .expect("run claude-ipc bench")
+}
+
+#[test]
+fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything() {
+    let data = tempfile::tempdir().unwrap();
+    let output = bench(&[
+        "--duration",
+        "150ms",
+        "--idle",
+        "50",
+        "--json",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    let workloads = report["workloads"].as_array().unwrap();
+    let names: Vec<&str> = workloads
+        .iter()
+        .map(|w| w["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, WORKLOADS);
+    for workload in workloads {
+        let name = &workload["workload"];
+        assert!(
+            workload["latency_ms"]["count"].as_u64().unwrap() > 0,
+            "{name}"
+        );
+        assert!(
+            workload["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+            "{name}"
+        );
+        assert!(
+            workload["echo_latency_ms"]["count"].as_u64().unwrap() > 0,
+            "{name}"
+        );
+        if let Some(ratio) = workload["ratio_to_echo"].as_f64() {
+            assert!(ratio > 0.0 && workload["per_second"].as_f64().unwrap() > 0.0);
+        }
+        if name.as_str().unwrap().contains("sends") {
+            let per_commit = workload["jobs_per_commit"].as_f64();
+            assert!(
+                per_commit.is_some_and(|j| j >= 1.0),
+                "{name}: {per_commit:?}"
+            );
+        }
+        if !workload["delivery"].is_null() {
+            let delivery = &workload["delivery"];
+            assert_eq!(delivery["missing"], 0, "{name}: {delivery}");
+            assert_eq!(delivery["duplicated"], 0, "{name}: {delivery}");
+            assert!(delivery["expected"].as_u64().unwrap() > 0, "{name}");
+        }
+    }
+    assert_eq!(report["all_delivered"], true);
+    let idle = &report["idle"];
+    assert_eq!(idle["connections"], 50);
+    let (before, during) = (&idle["rss_kib_before"], &idle["rss_kib_during"]);
+    assert!(before.as_u64().unwrap() > 0 && during.as_u64().unwrap() > 0);
+    for step in 1..=10 {
+        assert!(
+            stderr.contains(&format!("[{step:>2}/11]")),
+            "progress: {stderr}"
+        );
+    }
+    let leftovers = std::fs::read_dir(data.path()).unwrap().count();
+    assert_eq!(
+        leftovers, 0,
+        "each started broker's data directory is removed"
+    );
+}
+
+/// A stand-in for another implementation on a free port: answers each JSON request with
+/// `answer`'s reply. With `keep_open` false it closes after every reply and ends its replies
+/// without a newline, as the Python original does.
+fn start_target(
+    keep_open: bool,
+    answer: impl Fn(&Value) -> Value + Send + Sync + 'static,
+) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 65536];
+                while let Ok(read) = stream.read(&mut chunk) {
+                    if read == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..read]);
+                    // Requests arrive whole or in pieces; answer each once it parses.
+                    let mut requests = serde_json::Deserializer::from_slice(&buffer).into_iter();
+                    let mut replies = Vec::new();
+                    let mut used = 0;
+                    while let Some(Ok(request)) = requests.next() {
+                        used = requests.byte_offset();
+                        replies.push(answer(&request));
+                    }
+                    buffer.drain(..used);
+                    for reply in replies {
+                        let end = if keep_open { "\n" } else { "" };
+                        if stream
+                            .write_all(format!("{reply}{end}").as_bytes())
+                            .is_err()
+                        {
+                            return;
+                        }
+                        if !keep_open {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A target that acknowledges every send and delivers nothing.
+fn start_lossy_target() -> String {
+    start_target(true, |request| match request["action"].as_str() {
+        Some("register") => json!({"status": "ok", "session_token": "t"}),
+        Some("check") => json!({"status": "ok", "messages": []}),
+        _ => json!({"status": "ok"}),
+    })
+}
+
+/// A small in-memory broker that speaks only the legacy protocol (one request per
+/// connection) and, like a naive original, takes the sender from `from_id` and the mailbox
+/// from `instance_id`, so the load generator must send both as the Python clients do.
+fn start_legacy_only_broker() -> String {
+    let queues: Mutex<HashMap<String, Vec<Value>>> = Mutex::default();
+    start_target(false, move |request| {
+        let mut queues = queues.lock().unwrap();
+        let field = |name: &str| request[name].as_str().map(str::to_owned);
+        match (request["action"].as_str(), field("from_id")) {
+            (Some("register"), _) => {
+                let name = field("instance_id").unwrap();
+                queues.entry(name.clone()).or_default();
+                json!({"status": "ok", "session_token": format!("token-{name}")})
+            }
+            (Some("send"), Some(sender)) => {
+                let mail = json!({"from": sender, "message": request["message"]});
+                queues
+                    .entry(field("to_id").unwrap())
+                    .or_default()
+                    .push(mail);
+                json!({"status": "ok", "message": "Message sent"})
+            }
+            (Some("broadcast"), Some(sender)) => {
+                for (name, queue) in queues.iter_mut().filter(|(name, _)| **name != sender) {
+                    let mail = json!({"from": sender, "to": name, "message": request["message"]});
+                    queue.push(mail);
+                }
+                json!({"status": "ok", "count": queues.len() - 1})
+            }
+            (Some("check"), _) => match field("instance_id") {
+                Some(me) => {
+                    let mail = std::mem::take(queues.entry(me).or_default());
+                    json!({"status": "ok", "messages": mail})
+                }
+                None => json!({"status": "error", "message": "instance_id required"}),
+            },
+            _ => json!({"status": "error", "message": "Unknown action or missing from_id"}),
+        }
+    })
+}
+
+#[test]
+fn a_target_that_speaks_only_the_legacy_protocol_is_measured_where_it_can_be() {
+    let addr = start_legacy_only_broker();
+    let output = bench(&[
+        "--addr",
+        &addr,
+        "--duration",
+        "100ms",
+        "--idle",
+        "20",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    for workload in report["workloads"].as_array().unwrap() {
+        let name = workload["workload"].as_str().unwrap();
+        let persistent_only = name.starts_with("persistent") || name.starts_with("mixed");
+        assert_eq!(workload["skipped"], persistent_only, "{name}: {workload}");
+        if persistent_only {
+            let note = workload["note"].as_str().unwrap();
+            assert!(
+                note.contains("closes connections after one request"),
+                "{note}"
+            );
+        } else {
+            assert!(
+                workload["latency_ms"]["count"].as_u64().unwrap() > 0,
+                "{name}"
+            );
+        }
+    }
+    assert_eq!(report["all_delivered"], true);
+    assert!(
+        report["idle"]["rss_kib_before"].is_null(),
+        "no pid, no memory figures"
+    );
+}
+
+#[test]
+fn mail_that_was_acknowledged_but_never_delivered_is_reported_and_fails_the_run() {
+    let addr = start_lossy_target();
+    let output = bench(&[
+        "--addr",
+        &addr,
+        "--only",
+        "legacy sends, 1 client",
+        "--duration",
+        "100ms",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("LOST"), "{stdout}");
+    assert!(
+        stdout.contains("MISSED every acknowledged message delivered exactly once"),
+        "{stdout}"
+    );
+}

@@ -1,0 +1,42 @@
+//! The integration tests: one binary, one module per area, the shared harness in `common`.
+//!
+//! Each module drives the real thing: a broker on port 0 with a temporary data directory, the
+//! real binary as a subprocess, real SQLite files. One binary links once, so changing a test
+//! rebuilds one crate instead of one per area.
+
+mod common;
+
+mod bad_input;
+mod bench;
+mod broker_owner;
+mod challenge;
+mod cli;
+mod cli_delivery;
+mod cli_escaping;
+mod cli_takeover;
+mod clock_jumps;
+mod crash_restart;
+mod crash_torture;
+mod database_guard;
+mod defects;
+mod floods;
+mod gone_readers;
+mod hook;
+mod hostile_input;
+mod import_legacy;
+mod legacy_protocol;
+mod long_poll;
+mod manual_ack;
+mod mcp;
+mod name_claims;
+mod quotas;
+mod reply_limits;
+mod safe_files;
+mod secret_mode;
+mod serve_process;
+mod share_tools;
+mod smoke;
+mod status;
+mod storage;
+mod time_rules;
+mod unix_socket;
