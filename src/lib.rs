@@ -8,7 +8,8 @@
 //! - [`store`]: the only code that speaks SQL; one thread owns the write connection and
 //!   commits queued work together (group commit).
 //!
-//! Around them: [`config`] holds every window and limit, [`clock`] gives the time (injectable
+//! Around them: [`domain`] holds the values every layer shares (names, message ids, kinds,
+//! times), [`config`] holds every window and limit, [`clock`] gives the time (injectable
 //! for tests), [`client`] is the typed client that the CLI, the MCP server and the tests use,
 //! [`mcp`] is the MCP server's tools over that client (and its broker election), and [`cli`]
 //! holds one file per subcommand. [`os`] holds the operating-system helpers the broker and the
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod domain;
 pub mod legacy_import;
 pub mod mcp;
 pub mod os;

@@ -3,13 +3,13 @@
 //! Claimed identities (`from_id`, `instance_id` on anything but `register`, `old_id`) are
 //! deliberately not read at all: the session decides who is speaking.
 
-use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::reply::{ErrorCode, Reply};
+pub use crate::domain::InstanceName;
 
 /// A request that passed parsing; the broker still checks the session and its rules.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,30 +146,6 @@ pub struct MessageBody {
 pub struct SenderStamp {
     pub nonce: Option<String>,
     pub timestamp: Option<DateTime<Utc>>,
-}
-
-/// An instance name: `^[A-Za-z0-9_-]{1,32}$`, case-sensitive.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InstanceName(String);
-
-impl InstanceName {
-    pub fn parse(text: &str) -> Option<Self> {
-        let valid = (1..=32).contains(&text.len())
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        valid.then(|| InstanceName(text.to_owned()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for InstanceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// Why a frame is not a usable request; becomes an error reply.

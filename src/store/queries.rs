@@ -7,9 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::clock::{BootTime, ClockAnchor};
 
-/// The id of a stored message; also what `send` returns and `check` shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(pub i64);
+pub use crate::domain::MessageId;
 
 /// A message about to be stored.
 #[derive(Debug, Clone)]
