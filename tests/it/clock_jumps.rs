@@ -7,19 +7,8 @@ use crate::common;
 
 use chrono::Duration;
 use claude_ipc::clock;
-use claude_ipc::config::Config;
 use common::*;
 use serde_json::{json, Value};
-
-/// The background sweeper runs once at start and then not for a year: the tests sweep
-/// themselves, so nothing races them.
-fn no_background_sweeps(config: &mut Config) {
-    config.limits.sweep_interval = std::time::Duration::from_secs(365 * 86_400);
-}
-
-fn start() -> TestBroker {
-    TestBroker::start_with(no_background_sweeps)
-}
 
 fn code(reply: &Value) -> &str {
     reply["code"].as_str().unwrap_or("")
@@ -64,7 +53,7 @@ fn mail_waiting_for_a_name_nobody_holds(broker: &TestBroker) -> (String, String)
 
 #[test]
 fn eight_days_forward_on_the_wall_clock_expires_nothing_until_the_time_has_really_passed() {
-    let broker = start();
+    let broker = TestBroker::start();
     let (alice, bob) = mail_waiting_for_a_name_nobody_holds(&broker);
     let renamed = rename(&broker, &alice, "alicia");
     assert_eq!(renamed["status"], "ok", "{renamed}");
@@ -101,7 +90,6 @@ fn eight_days_forward_on_the_wall_clock_expires_nothing_until_the_time_has_reall
 #[test]
 fn an_hour_back_on_the_wall_clock_holds_no_limit_or_cooldown_longer_than_its_window() {
     let broker = TestBroker::start_with(|config| {
-        no_background_sweeps(config);
         config.limits.rate_limit = 5;
     });
     let alice = broker.register("alice");
@@ -133,7 +121,7 @@ fn an_hour_back_on_the_wall_clock_holds_no_limit_or_cooldown_longer_than_its_win
 
 #[test]
 fn a_restart_under_a_jumped_wall_clock_resumes_the_broker_clock_of_the_same_boot() {
-    let broker = start();
+    let broker = TestBroker::start();
     let (alice, bob) = mail_waiting_for_a_name_nobody_holds(&broker);
     let before = broker.broker().now();
     broker.clock.advance(Duration::minutes(10));
@@ -163,7 +151,6 @@ fn a_restart_under_a_jumped_wall_clock_resumes_the_broker_clock_of_the_same_boot
 #[test]
 fn after_a_reboot_with_the_wall_clock_behind_the_broker_clock_does_not_go_back() {
     let broker = TestBroker::start_with(|config| {
-        no_background_sweeps(config);
         config.limits.rate_limit = 3;
     });
     let alice = broker.register("alice");
@@ -189,7 +176,6 @@ fn after_a_reboot_with_the_wall_clock_behind_the_broker_clock_does_not_go_back()
 #[test]
 fn stored_times_in_the_future_never_make_a_wait_longer_than_its_window() {
     let broker = TestBroker::start_with(|config| {
-        no_background_sweeps(config);
         config.limits.rate_limit = 5;
     });
     let alice = broker.register("alice");
@@ -243,7 +229,7 @@ fn stored_times_in_the_future_never_make_a_wait_longer_than_its_window() {
 
 #[test]
 fn a_sender_stamping_with_the_jumped_wall_clock_is_not_refused() {
-    let broker = start();
+    let broker = TestBroker::start();
     let (addr, alice, _bob) = broker.alice_and_bob();
     broker.clock.jump_wall(Duration::days(8));
     let send = |at: chrono::DateTime<chrono::Utc>| {
@@ -300,7 +286,7 @@ fn retry_seconds(message: &str) -> i64 {
 
 #[test]
 fn status_says_when_the_wall_clock_disagrees_with_the_broker_clock() {
-    let broker = start();
+    let broker = TestBroker::start();
     let status = |extra: &[&str]| {
         let mut args = vec!["status"];
         args.extend_from_slice(extra);

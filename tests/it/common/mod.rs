@@ -124,8 +124,13 @@ impl TestBroker {
         self.runtime.block_on(future)
     }
 
-    /// Runs one sweep now.
+    /// Runs one sweep now. Only on a broker without its background sweeper: one running
+    /// meanwhile would take some of the rows and leave this sweep's report short.
     pub fn sweep(&self) -> claude_ipc::store::queries::SweepReport {
+        assert!(
+            self.config.limits.sweep_interval.is_zero(),
+            "a test that sweeps by hand must leave the background sweeper off (sweep_interval 0)"
+        );
         let broker = self.server.as_ref().unwrap().broker.clone();
         self.runtime.block_on(broker.sweep()).expect("sweep")
     }
