@@ -321,6 +321,12 @@ impl Broker {
         self.doorbells.close();
     }
 
+    /// Whether `session_id` has a long-poll (`check` or `count` with a wait) listening for its
+    /// doorbell now: from then on any commit of mail for it answers the wait.
+    pub fn is_waiting_for_mail(&self, session_id: i64) -> bool {
+        self.listening.is_waiting(session_id)
+    }
+
     /// The writer's work so far, for `ping`: jobs run and commits made. Jobs per commit is
     /// how much group commit is sharing each disk flush.
     fn store_work(&self) -> serde_json::Value {

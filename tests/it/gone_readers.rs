@@ -15,7 +15,7 @@ use claude_ipc::client::CheckOptions;
 use claude_ipc::clock::Clock;
 use common::{
     binary, cli, closed_by_broker, contents, legacy, legacy_check, legacy_send, read_reply,
-    wait_until, BrokerProcess, McpProcess, SqliteLock, TestBroker,
+    wait_until, BrokerProcess, McpProcess, SqliteLock, TestBroker, PROMPTLY,
 };
 use serde_json::{json, Value};
 
@@ -217,8 +217,9 @@ fn session_file(broker: &TestBroker, dir: &Path, name: &str) -> PathBuf {
     file
 }
 
-/// Starts `claude-ipc watch` for `session` and returns once it is watching.
-fn start_watch(broker: &TestBroker, session: &Path) -> std::process::Child {
+/// Starts `claude-ipc watch` for `name`'s `session` and returns once its long-poll is on
+/// the broker.
+fn start_watch(broker: &TestBroker, name: &str, session: &Path) -> std::process::Child {
     let mut watch = Command::new(binary())
         .arg("watch")
         .env("IPC_ADDR", broker.addr())
@@ -235,9 +236,7 @@ fn start_watch(broker: &TestBroker, session: &Path) -> std::process::Child {
     assert!(said.contains("watching mail"), "{said}");
     // Kept drained, so the watch never blocks on (or fails writing to) its stderr.
     std::thread::spawn(move || for _ in stderr.lines() {});
-    // Its long-poll is on the broker once the broker holds a waiting check for it; the
-    // request follows the line above at once.
-    std::thread::sleep(Duration::from_millis(300));
+    broker.wait_until_waiting_for_mail(name);
     watch
 }
 
@@ -246,7 +245,7 @@ fn an_interrupted_watch_holds_no_mail(how: &str) {
     let dir = tempfile::tempdir().unwrap();
     let alice = session_file(&broker, dir.path(), "alice");
     let bob = session_file(&broker, dir.path(), "bob");
-    let mut watch = start_watch(&broker, &alice);
+    let mut watch = start_watch(&broker, "alice", &alice);
     signal(how, &watch.id().to_string());
     watch.wait().unwrap();
     assert!(
@@ -322,11 +321,15 @@ fn count_with_wait_ms_answers_when_mail_arrives_and_consumes_nothing() {
             )
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
-    let started = std::time::Instant::now();
+    broker.wait_until_waiting_for_mail("alice");
+    let sending = std::time::Instant::now();
     legacy_send(&addr, &bob, "alice", "counted, not consumed");
     let counted = waiter.join().unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5), "{counted}");
+    assert!(
+        sending.elapsed() < PROMPTLY,
+        "answered {:?} after the send: {counted}",
+        sending.elapsed()
+    );
     assert_eq!(counted["count"], 1, "{counted}");
     assert_eq!(counted["senders"], json!(["bob"]));
     exactly_once(&addr, &alice, "counted, not consumed");
@@ -376,9 +379,11 @@ fn a_cancelled_wait_for_messages_consumes_nothing() {
     let mut mcp = mcp_for(&broker);
     mcp.ok("register", json!({"instance_id": "alice"}));
     let waiting = mcp.start_call("wait_for_messages", json!({"timeout_seconds": 20}));
-    std::thread::sleep(Duration::from_secs(1));
+    broker.wait_until_waiting_for_mail("alice");
     cancel(&mut mcp, waiting);
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until("the cancelled wait has left the broker", || {
+        !broker.is_waiting_for_mail("alice")
+    });
     broker
         .client()
         .send(&bob, "alice", "after the cancel", None, None)
@@ -394,7 +399,7 @@ fn a_wait_for_messages_abandoned_unannounced_consumes_nothing() {
     let mut abandoned = mcp_for(&broker);
     abandoned.ok("register", json!({"instance_id": "alice"}));
     let waiting = abandoned.start_call("wait_for_messages", json!({"timeout_seconds": 20}));
-    std::thread::sleep(Duration::from_millis(500));
+    broker.wait_until_waiting_for_mail("alice");
     // The same session is served meanwhile; the wait holds nothing up.
     assert_eq!(abandoned.ok("check", json!({})), "No new messages.");
     broker

@@ -19,6 +19,12 @@ use tempfile::TempDir;
 
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How soon after its cause (a send, a deadline, a lease running out, shutdown) a waiting
+/// client must be answered. A local round trip takes milliseconds; this leaves room for a
+/// loaded machine while staying far below the waits tests ask for, so an answer at the wrong
+/// moment (the deadline instead of the send, a second late) fails.
+pub const PROMPTLY: Duration = Duration::from_secs(1);
+
 /// A broker running inside the test process, on its own runtime, with a manual clock.
 pub struct TestBroker {
     pub addr: SocketAddr,
@@ -857,5 +863,34 @@ impl McpProcess {
         // SAFETY: kill has no memory effects; the pid is our own child, not yet reaped.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.child.wait().expect("reap")
+    }
+}
+
+impl TestBroker {
+    /// The id of `name`'s live session, as the broker keys its open waits.
+    pub fn session_id(&self, name: &str) -> i64 {
+        self.sql()
+            .query_row(
+                "SELECT id FROM sessions WHERE instance_name = ?1 AND revoked_at IS NULL",
+                [name],
+                |row| row.get(0),
+            )
+            .unwrap_or_else(|e| panic!("no live session for {name}: {e}"))
+    }
+
+    /// Whether `name`'s live session has a long-poll listening for its doorbell now, as the
+    /// broker's own registry of open waits says.
+    pub fn is_waiting_for_mail(&self, name: &str) -> bool {
+        self.broker().is_waiting_for_mail(self.session_id(name))
+    }
+
+    /// Returns once `name`'s session has a long-poll listening for its doorbell, so mail
+    /// committed from now on must answer it; fails the test after [`TIMEOUT`].
+    pub fn wait_until_waiting_for_mail(&self, name: &str) {
+        let session_id = self.session_id(name);
+        let broker = self.broker();
+        wait_until(&format!("{name} waits for mail"), || {
+            broker.is_waiting_for_mail(session_id)
+        });
     }
 }
