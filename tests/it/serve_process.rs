@@ -9,13 +9,22 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 
-/// Collects the log lines that arrive within `wait`.
-fn lines_within(broker: &BrokerProcess, wait: Duration) -> Vec<String> {
+/// Collects log lines up to and including the first that contains `wanted`; fails the test
+/// if none does within [`TIMEOUT`].
+fn lines_until(log: &std::sync::mpsc::Receiver<String>, wanted: &str) -> Vec<String> {
+    let deadline = std::time::Instant::now() + TIMEOUT;
     let mut lines = Vec::new();
-    while let Ok(line) = broker.log.recv_timeout(wait) {
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = log
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no log line with `{wanted}` came; it said: {lines:#?}"));
+        let found = line.contains(wanted);
         lines.push(line);
+        if found {
+            return lines;
+        }
     }
-    lines
 }
 
 #[test]
@@ -23,7 +32,8 @@ fn open_mode_start_log_names_everything_and_warns_loudly() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let broker = BrokerProcess::spawn(&data, &[]);
-    let log = lines_within(&broker, Duration::from_millis(300)).join("\n");
+    // The warning's last line names the variable that turns it off.
+    let log = lines_until(&broker.log, "IPC_SHARED_SECRET").join("\n");
     // The listening line itself was consumed by spawn; the address it gave works.
     assert_eq!(broker.client().ping().unwrap()["mode"], "open");
     assert!(log.contains("OPEN MODE"), "{log}");
@@ -47,7 +57,15 @@ fn the_listening_line_has_address_directory_database_and_version() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        let stderr = child.stderr.take().unwrap();
+        let (lines, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+                let _ = lines.send(line.unwrap());
+            }
+        });
+        // SIGINT once it is up: the signal is handled from the moment it listens.
+        let mut said = lines_until(&log, "broker listening");
         Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()
@@ -57,9 +75,9 @@ fn the_listening_line_has_address_directory_database_and_version() {
             status.success(),
             "SIGINT stops the broker cleanly: {status}"
         );
-        let mut log = String::new();
-        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
-        log
+        // The reader ends at the end of the log, once the broker has exited.
+        said.extend(log.iter());
+        said.join("\n")
     };
     let listening = output
         .lines()
@@ -95,11 +113,8 @@ fn authentication_failures_are_logged_at_warn_with_name_and_peer() {
         &json!({"action": "register", "instance_id": "mallory", "auth_token": "0".repeat(64)}),
     );
     assert_eq!(reply["message"], "Invalid auth token");
-    let log = lines_within(&broker, Duration::from_millis(300)).join("\n");
-    let line = log
-        .lines()
-        .find(|l| l.contains("authentication failed"))
-        .unwrap_or_else(|| panic!("no auth failure logged: {log}"));
+    let log = lines_until(&broker.log, "authentication failed").join("\n");
+    let line = log.lines().last().unwrap();
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("mallory"), "{line}");
     assert!(line.contains("peer=\"127.0.0.1:"), "{line}");
