@@ -373,8 +373,8 @@ fn under_libfaketime_eight_days_forward_a_restarted_broker_keeps_mail_sessions_a
 
     let faked = [("LD_PRELOAD", library.as_str()), ("FAKETIME", "+8d")];
     let broker = BrokerProcess::spawn_with_env(data.path(), &sweep_often, &faked);
-    std::thread::sleep(std::time::Duration::from_millis(500)); // several sweeps
     let mut client = broker.client();
+    wait_for_a_few_sweeps(&mut client);
     let ping = client.ping().unwrap();
     let ahead = ping["clock"]["wall_ahead_ms"].as_i64().unwrap();
     assert!((ahead - 8 * 86_400_000).abs() < 60_000, "{ping}");
@@ -386,6 +386,15 @@ fn under_libfaketime_eight_days_forward_a_restarted_broker_keeps_mail_sessions_a
     let ghost = client.register("ghost", None).unwrap();
     assert_eq!(ghost.queued, 21, "no waiting mail was swept");
     assert!(broker.terminate().success());
+}
+
+/// Returns once the broker has swept a few times. With no client asking anything else, only
+/// its background sweeps (every 100 ms in these tests) run store jobs, a handful each, and
+/// `ping` runs none, so ten more jobs than at the first look are at least two sweeps.
+fn wait_for_a_few_sweeps(client: &mut claude_ipc::client::Client) {
+    let mut jobs = || client.ping().unwrap()["store"]["jobs"].as_u64().unwrap();
+    let first = jobs();
+    wait_until("the broker swept a few times", || jobs() >= first + 10);
 }
 
 /// Changes the fake time of every process reading `file` (`FAKETIME_TIMESTAMP_FILE`). The
@@ -426,7 +435,7 @@ fn under_libfaketime_a_running_broker_whose_time_jumps_both_ways_loses_nothing()
     for _ in 0..5 {
         client.ping().unwrap();
     }
-    std::thread::sleep(std::time::Duration::from_millis(500)); // several sweeps
+    wait_for_a_few_sweeps(&mut client);
     let again: Vec<String> = broker
         .log
         .try_iter()
