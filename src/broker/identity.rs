@@ -21,7 +21,9 @@ use super::Activity::NewRequest;
 use super::{done, refuse, Broker, BrokerError, ChallengeRefusal, JobEnd, Peer};
 use crate::domain::{MessageKind, Timestamp};
 use crate::protocol::{ChallengeAnswer, EntryBudget, InstanceName, ListOptions, Reply};
-use crate::store::queries::{AuthFailure, IdentityId, NewMessage, PeerActivity, Replacement};
+use crate::store::queries::{
+    AuthFailure, IdentityId, NewMessage, PeerActivity, Replacement, SessionId,
+};
 use crate::store::{Durability, StoreError, Tx};
 
 /// The most instances one `list` page holds, whatever `limit` asks for.
@@ -146,7 +148,7 @@ pub(super) fn replaced_hint(name: &str, replacement: &Replacement) -> String {
 /// The instance a valid session speaks for.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub session_id: i64,
+    pub session_id: SessionId,
     pub name: InstanceName,
     /// Who the caller is across its renames: the scope of its nonces.
     pub identity: IdentityId,

@@ -25,7 +25,7 @@ use crate::domain::{MessageKind, Timestamp};
 use crate::protocol::request::SenderStamp;
 use crate::protocol::{AckMode, Capped, CheckOptions};
 use crate::protocol::{InstanceName, MessageBody, Reply, REPLY_BUDGET};
-use crate::store::queries::{MessageId, NewMessage, Released, Settled, StoredMessage};
+use crate::store::queries::{MessageId, NewMessage, Released, SessionId, Settled, StoredMessage};
 use crate::store::{Durability, StoreError, Tx};
 
 /// A check reply is kept under the budget every reply keeps (see [`REPLY_BUDGET`]).
@@ -88,7 +88,7 @@ impl DeliveryReceipt {
 /// What one read of a mailbox found.
 struct Batch {
     caller: InstanceName,
-    session_id: i64,
+    session_id: SessionId,
     messages: Vec<Value>,
     ids: Vec<MessageId>,
     more: bool,
@@ -134,7 +134,7 @@ impl Batch {
 /// What one look at a mailbox found for `count`.
 struct Summary {
     caller: InstanceName,
-    session_id: i64,
+    session_id: SessionId,
     count: u32,
     senders: Vec<String>,
     /// With nothing waiting: when the caller's first leased message comes back.

@@ -545,10 +545,7 @@ impl Broker {
                 Activity::NewRequest => check.authenticate(tx, now)?,
                 Activity::Uncounted => check.verify(tx, now)?,
             };
-            match caller {
-                JobEnd::Done(caller) => work(tx, &caller, now),
-                JobEnd::Refused(refusal) => Ok(JobEnd::Refused(refusal)),
-            }
+            caller.then(|caller| work(tx, &caller, now))
         })
         .await
     }

@@ -124,9 +124,9 @@ impl LegacySource {
     pub fn unread_after(&self, after: i64, limit: u32) -> Result<Vec<LegacyMessage>, StoreError> {
         let mut statement = self.conn.prepare_cached(&format!(
             "SELECT id, coalesce(CAST(from_id AS TEXT), ''), coalesce(CAST(to_id AS TEXT), ''),
-                coalesce(CAST(content AS TEXT), ''), coalesce(CAST(timestamp AS TEXT), ''),
-                CAST(data AS TEXT), CAST(large_file_path AS TEXT)
-         FROM messages WHERE {UNREAD} AND id > ?1 ORDER BY id LIMIT ?2"
+                    coalesce(CAST(content AS TEXT), ''), coalesce(CAST(timestamp AS TEXT), ''),
+                    CAST(data AS TEXT), CAST(large_file_path AS TEXT)
+             FROM messages WHERE {UNREAD} AND id > ?1 ORDER BY id LIMIT ?2"
         ))?;
         let rows = statement.query_map(params![after, limit], |row| {
             Ok(LegacyMessage {
@@ -146,7 +146,7 @@ impl LegacySource {
     pub fn instances(&self) -> Result<Vec<(String, String)>, StoreError> {
         let mut statement = self.conn.prepare(
             "SELECT CAST(instance_id AS TEXT), coalesce(CAST(last_seen AS TEXT), '')
-         FROM instances WHERE instance_id IS NOT NULL ORDER BY instance_id",
+             FROM instances WHERE instance_id IS NOT NULL ORDER BY instance_id",
         )?;
         let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -156,9 +156,9 @@ impl LegacySource {
     pub fn renames(&self) -> Result<Vec<LegacyRename>, StoreError> {
         let mut statement = self.conn.prepare(
             "SELECT CAST(old_name AS TEXT), CAST(new_name AS TEXT),
-                coalesce(CAST(changed_at AS TEXT), '')
-         FROM name_history WHERE old_name IS NOT NULL AND new_name IS NOT NULL
-         ORDER BY changed_at",
+                    coalesce(CAST(changed_at AS TEXT), '')
+             FROM name_history WHERE old_name IS NOT NULL AND new_name IS NOT NULL
+             ORDER BY changed_at",
         )?;
         let rows = statement.query_map([], |row| {
             Ok(LegacyRename {
@@ -200,6 +200,10 @@ impl ImportTarget {
     }
 }
 
+const RECORD_IMPORT: &str =
+    "INSERT INTO legacy_imports (kind, fingerprint, legacy_key, source, message_id, imported_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
 impl Tx<'_> {
     /// Whether a legacy row with this fingerprint was imported before.
     pub fn already_imported(&self, kind: &str, fingerprint: &str) -> Result<bool, StoreError> {
@@ -220,18 +224,14 @@ impl Tx<'_> {
         message_id: Option<MessageId>,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.conn.prepare_cached(
-        "INSERT INTO legacy_imports (kind, fingerprint, legacy_key, source, message_id, imported_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        kind,
-        fingerprint,
-        legacy_key,
-        source,
-        message_id,
-        now
-    ])?;
+        self.conn.prepare_cached(RECORD_IMPORT)?.execute(params![
+            kind,
+            fingerprint,
+            legacy_key,
+            source,
+            message_id,
+            now
+        ])?;
         Ok(())
     }
 
@@ -246,7 +246,7 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "INSERT INTO instances (name, registered_at, last_seen_at) VALUES (?1, ?2, ?2)
-             ON CONFLICT (name) DO NOTHING",
+                 ON CONFLICT (name) DO NOTHING",
             )?
             .execute(params![name, last_seen])?;
         Ok(added == 1)
@@ -265,8 +265,8 @@ impl Tx<'_> {
             .conn
             .prepare_cached(
                 "INSERT INTO name_forwards (old_name, new_name, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (old_name) DO NOTHING",
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (old_name) DO NOTHING",
             )?
             .execute(params![old_name, new_name, created_at, expires_at])?;
         Ok(added == 1)

@@ -326,10 +326,11 @@ impl Store {
 }
 
 /// Opens (creating and migrating if needed) a second read-write connection to the database,
-/// for a tool that writes beside a running broker, like `import-legacy`. WAL lets it share the
-/// file; each of its transactions briefly holds the write lock, and the broker's writer waits
-/// for it (up to its busy timeout), so such a tool must keep its transactions short.
-pub fn open_side_connection(path: &Path) -> Result<Connection, StoreError> {
+/// for a tool that writes beside a running broker, like `import-legacy`
+/// ([`legacy::ImportTarget`]). WAL lets it share the file; each of its transactions briefly
+/// holds the write lock, and the broker's writer waits for it (up to its busy timeout), so
+/// such a tool must keep its transactions short.
+fn open_side_connection(path: &Path) -> Result<Connection, StoreError> {
     open_checked(path).map(|(conn, _)| conn)
 }
 
@@ -729,7 +730,7 @@ mod tests {
         let hash = crate::domain::TokenHash::of("h4");
         let id = tx.insert_session(&carol, &hash, since).unwrap();
         assert!(
-            identity(id) > identity(3),
+            identity(id.0) > identity(3),
             "new identities come after the old ones"
         );
     }

@@ -51,7 +51,7 @@ pub struct StoredMessage {
 /// A session found by its token hash.
 #[derive(Debug, Clone)]
 pub struct SessionRow {
-    pub id: i64,
+    pub id: SessionId,
     pub instance_name: InstanceName,
     pub last_used_at: Timestamp,
     pub revoked: bool,
@@ -71,10 +71,14 @@ pub struct Replacement {
 /// The session that holds a name now: the one not revoked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
-    pub session_id: i64,
+    pub session_id: SessionId,
     pub token_sha256: TokenHash,
     pub last_used_at: Timestamp,
 }
+
+/// Which session: the row of one `register`, until it is replaced, ends or expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId(pub i64);
 
 /// Who a sender is for replay protection: begun by a `register`, carried by its session
 /// through every rename, never given to anyone else. Nonces belong to it, not to a name.
@@ -153,7 +157,7 @@ impl Tx<'_> {
                 let revoked_at: Option<Timestamp> = row.get(5)?;
                 let replaced_by: Option<String> = row.get(6)?;
                 Ok(SessionRow {
-                    id: row.get(0)?,
+                    id: SessionId(row.get(0)?),
                     instance_name: row.get(1)?,
                     last_used_at: row.get(2)?,
                     revoked: row.get(3)?,
@@ -174,7 +178,7 @@ impl Tx<'_> {
             .prepare_cached(NAME_HOLDER)?
             .query_row([name], |row| {
                 Ok(Holder {
-                    session_id: row.get(0)?,
+                    session_id: SessionId(row.get(0)?),
                     token_sha256: row.get(1)?,
                     last_used_at: row.get(2)?,
                 })
@@ -186,13 +190,13 @@ impl Tx<'_> {
     /// Refreshes the sliding expiry of a session and the instance's last-seen time.
     pub fn touch_session(
         &self,
-        session_id: i64,
+        session: SessionId,
         name: &InstanceName,
         now: Timestamp,
     ) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(TOUCH_SESSION)?
-            .execute(params![session_id, now])?;
+            .execute(params![session.0, now])?;
         self.conn
             .prepare_cached(TOUCH_INSTANCE)?
             .execute(params![name, now])?;
@@ -222,10 +226,10 @@ impl Tx<'_> {
 
     /// Ends one session (its holder logged out): revoked, replaced by nobody, so it is swept
     /// and its next use is a plain `invalid_session`.
-    pub fn end_session(&self, session_id: i64, now: Timestamp) -> Result<(), StoreError> {
+    pub fn end_session(&self, session: SessionId, now: Timestamp) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(END_SESSION)?
-            .execute(params![session_id, now])?;
+            .execute(params![session.0, now])?;
         Ok(())
     }
 
@@ -236,7 +240,7 @@ impl Tx<'_> {
         name: &InstanceName,
         token: &TokenHash,
         now: Timestamp,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<SessionId, StoreError> {
         let identity: i64 = self
             .conn
             .prepare_cached(NEXT_IDENTITY)?
@@ -244,7 +248,7 @@ impl Tx<'_> {
         self.conn
             .prepare_cached(INSERT_SESSION)?
             .execute(params![name, token, now, identity])?;
-        Ok(self.conn.last_insert_rowid())
+        Ok(SessionId(self.conn.last_insert_rowid()))
     }
 
     /// Registers `name`, or refreshes its last-seen time if it is registered already.

@@ -56,10 +56,10 @@ impl Tx<'_> {
         };
         self.conn.execute(
             "INSERT INTO data_dir_security (id, mode, salt, verifier, set_at)
-         VALUES (1, ?1, ?2, ?3, ?4)
-         ON CONFLICT (id) DO UPDATE SET
-             mode = excluded.mode, salt = excluded.salt,
-             verifier = excluded.verifier, set_at = excluded.set_at",
+             VALUES (1, ?1, ?2, ?3, ?4)
+             ON CONFLICT (id) DO UPDATE SET
+                 mode = excluded.mode, salt = excluded.salt,
+                 verifier = excluded.verifier, set_at = excluded.set_at",
             params![mode, salt, verifier, now],
         )?;
         Ok(())
