@@ -17,7 +17,6 @@ use std::sync::Arc;
 use super::auth_guard::{AuthGuard, Failure};
 use super::listening::Listening;
 use super::session::{constant_time_eq, expected_auth_token, new_token, TokenHash};
-use super::Activity::NewRequest;
 use super::{done, refuse, Broker, BrokerError, ChallengeRefusal, JobEnd, Peer};
 use crate::domain::{MessageKind, Timestamp};
 use crate::protocol::{ChallengeAnswer, EntryBudget, InstanceName, ListOptions, Reply};
@@ -159,6 +158,10 @@ pub struct Caller {
 /// Everything needed to check a session on the writer thread.
 pub(super) struct SessionCheck {
     token_hash: Option<TokenHash>,
+    /// A new request is counted by the rate limits and refreshes the session; more of a
+    /// request already counted (a long-poll reading again after a wake-up) or a peek
+    /// (`count`, which is polled) is not.
+    counted: bool,
     peer: PeerRecord,
     idle_expiry: std::time::Duration,
     rate_limit: u32,
@@ -243,13 +246,26 @@ const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 const TOUCH_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl SessionCheck {
+    /// The same check for work that is not a new request.
+    pub(super) fn uncounted(self) -> SessionCheck {
+        SessionCheck {
+            counted: false,
+            ..self
+        }
+    }
+
+    /// The caller the token proves, counted and refreshed if this is a new request.
+    pub(super) fn caller(&self, tx: &Tx<'_>, now: Timestamp) -> Result<JobEnd<Caller>, StoreError> {
+        if self.counted {
+            self.authenticate(tx, now)
+        } else {
+            self.verify(tx, now)
+        }
+    }
+
     /// Finds the live session for the token, enforces the rate limit, and refreshes the
     /// session's idle timer. Failures are recorded (they commit with the job).
-    pub(super) fn authenticate(
-        &self,
-        tx: &Tx<'_>,
-        now: Timestamp,
-    ) -> Result<JobEnd<Caller>, StoreError> {
+    fn authenticate(&self, tx: &Tx<'_>, now: Timestamp) -> Result<JobEnd<Caller>, StoreError> {
         let caller = match self.verify(tx, now)? {
             JobEnd::Done(caller) => caller,
             refused => return Ok(refused),
@@ -269,7 +285,7 @@ impl SessionCheck {
 
     /// Finds the live session for the token without counting or refreshing it. A failure is
     /// recorded as an authentication failure.
-    pub(super) fn verify(&self, tx: &Tx<'_>, now: Timestamp) -> Result<JobEnd<Caller>, StoreError> {
+    fn verify(&self, tx: &Tx<'_>, now: Timestamp) -> Result<JobEnd<Caller>, StoreError> {
         let Some(hash) = &self.token_hash else {
             return self.refuse(tx, now, None, "missing session token");
         };
@@ -423,6 +439,7 @@ impl Broker {
     pub(super) fn session_check(&self, token: Option<TokenHash>, peer: &Peer) -> SessionCheck {
         SessionCheck {
             token_hash: token,
+            counted: true,
             peer: self.peer_record(peer),
             idle_expiry: self.limits.session_idle_expiry,
             rate_limit: self.limits.rate_limit,
@@ -578,16 +595,10 @@ impl Broker {
         peer: &Peer,
     ) -> Result<Reply, BrokerError> {
         let name = self
-            .as_caller(
-                token,
-                peer,
-                NewRequest,
-                Durability::Flushed,
-                move |tx, caller, now| {
-                    tx.end_session(caller.session_id, now)?;
-                    done(caller.name.clone())
-                },
-            )
+            .as_caller(token, peer, move |tx, caller, now| {
+                tx.end_session(caller.session_id, now)?;
+                done(caller.name.clone())
+            })
             .await?;
         Ok(Reply::ok()
             .with("message", format!("Logged out {name}"))
@@ -605,49 +616,43 @@ impl Broker {
         let forward_for = self.limits.forward_duration;
         let queue_cap = self.limits.queue_cap;
         let renamed = self
-            .as_caller(
-                token,
-                peer,
-                NewRequest,
-                Durability::Flushed,
-                move |tx, caller, now| {
-                    let old = caller.name.clone();
-                    if new == old {
-                        return refuse(BrokerError::SameName(new.to_string()));
+            .as_caller(token, peer, move |tx, caller, now| {
+                let old = caller.name.clone();
+                if new == old {
+                    return refuse(BrokerError::SameName(new.to_string()));
+                }
+                if is_reserved(new.as_str()) {
+                    return refuse(BrokerError::ReservedName(new.to_string()));
+                }
+                if tx.instance_exists(&new)? {
+                    return refuse(BrokerError::NameTaken(new.to_string()));
+                }
+                // Renaming `alice` to `Alice` fools nobody; `bob` to `Alice` would.
+                if let Some(refusal) = case_variant_refusal(tx, &new, &old)? {
+                    return refuse(refusal);
+                }
+                // A rename stamped in the future counts as just now: the wait is never longer
+                // than the cooldown.
+                if let Some(allowed_at) = tx
+                    .last_renamed_at(&old)?
+                    .map(|at| at.min(now).plus(cooldown))
+                {
+                    if allowed_at > now {
+                        let seconds = (allowed_at.at() - now.at()).num_seconds();
+                        return refuse(BrokerError::RenameCooldown {
+                            minutes: (seconds + 59) / 60,
+                        });
                     }
-                    if is_reserved(new.as_str()) {
-                        return refuse(BrokerError::ReservedName(new.to_string()));
-                    }
-                    if tx.instance_exists(&new)? {
-                        return refuse(BrokerError::NameTaken(new.to_string()));
-                    }
-                    // Renaming `alice` to `Alice` fools nobody; `bob` to `Alice` would.
-                    if let Some(refusal) = case_variant_refusal(tx, &new, &old)? {
-                        return refuse(refusal);
-                    }
-                    // A rename stamped in the future counts as just now: the wait is never longer
-                    // than the cooldown.
-                    if let Some(allowed_at) = tx
-                        .last_renamed_at(&old)?
-                        .map(|at| at.min(now).plus(cooldown))
-                    {
-                        if allowed_at > now {
-                            let seconds = (allowed_at.at() - now.at()).num_seconds();
-                            return refuse(BrokerError::RenameCooldown {
-                                minutes: (seconds + 59) / 60,
-                            });
-                        }
-                    }
-                    tx.rename_instance(&old, &new, now, now.plus(forward_for))?;
-                    notify_rename(tx, &old, &new, now, queue_cap)?;
-                    done(
-                        Reply::ok()
-                            .with("message", format!("Renamed {old} to {new}"))
-                            .with("old_id", old)
-                            .with("new_id", new),
-                    )
-                },
-            )
+                }
+                tx.rename_instance(&old, &new, now, now.plus(forward_for))?;
+                notify_rename(tx, &old, &new, now, queue_cap)?;
+                done(
+                    Reply::ok()
+                        .with("message", format!("Renamed {old} to {new}"))
+                        .with("old_id", old)
+                        .with("new_id", new),
+                )
+            })
             .await?;
         // Notices went to everyone, and the caller's queued mail now waits under the new name.
         self.doorbells.ring_all();
@@ -670,30 +675,24 @@ impl Broker {
             .unwrap_or(LIST_MAX_INSTANCES)
             .min(LIST_MAX_INSTANCES);
         let after = options.after;
-        self.as_caller(
-            token,
-            peer,
-            NewRequest,
-            Durability::Flushed,
-            move |tx, _caller, _now| {
-                let mut budget = EntryBudget::new(LIST_REPLY_FIXED_BYTES);
-                let mut instances = Vec::new();
-                let more = tx.list_instances_after(after.as_ref(), limit, |id, last_seen| {
-                    let entry = serde_json::json!({"id": id, "last_seen": last_seen});
-                    let fits = budget.take(&entry);
-                    if fits {
-                        instances.push(entry);
-                    }
-                    fits
-                })?;
-                let next_after = instances.last().map(|entry| entry["id"].clone());
-                let reply = Reply::ok().with("instances", instances).with("more", more);
-                done(match next_after.filter(|_| more) {
-                    Some(last) => reply.with("next_after", last),
-                    None => reply,
-                })
-            },
-        )
+        self.as_caller(token, peer, move |tx, _caller, _now| {
+            let mut budget = EntryBudget::new(LIST_REPLY_FIXED_BYTES);
+            let mut instances = Vec::new();
+            let more = tx.list_instances_after(after.as_ref(), limit, |id, last_seen| {
+                let entry = serde_json::json!({"id": id, "last_seen": last_seen});
+                let fits = budget.take(&entry);
+                if fits {
+                    instances.push(entry);
+                }
+                fits
+            })?;
+            let next_after = instances.last().map(|entry| entry["id"].clone());
+            let reply = Reply::ok().with("instances", instances).with("more", more);
+            done(match next_after.filter(|_| more) {
+                Some(last) => reply.with("next_after", last),
+                None => reply,
+            })
+        })
         .await
     }
 }

@@ -19,7 +19,6 @@ use tokio::time::Instant;
 
 use super::identity::Caller;
 use super::session::TokenHash;
-use super::Activity::{NewRequest, Uncounted};
 use super::{done, large_message, refuse, text, Broker, BrokerError, JobEnd, Outcome, Peer};
 use crate::domain::{MessageKind, Timestamp};
 use crate::protocol::request::SenderStamp;
@@ -361,25 +360,19 @@ impl Broker {
         peer: &Peer,
         ids: Vec<i64>,
     ) -> Result<Reply, BrokerError> {
-        self.as_caller(
-            token,
-            peer,
-            NewRequest,
-            Durability::Flushed,
-            move |tx, caller, now| {
-                let mut acked = 0;
-                let mut already = Capped::new(ACK_SHOWN_IDS);
-                let mut refused = Capped::new(ACK_SHOWN_REFUSALS);
-                for id in ids {
-                    match tx.ack(&caller.name, MessageId(id), now)? {
-                        Settled::Acked => acked += 1,
-                        Settled::AlreadyAcked => already.push(id),
-                        Settled::Unknown => refused.push(unknown_message(id)),
-                    }
+        self.as_caller(token, peer, move |tx, caller, now| {
+            let mut acked = 0;
+            let mut already = Capped::new(ACK_SHOWN_IDS);
+            let mut refused = Capped::new(ACK_SHOWN_REFUSALS);
+            for id in ids {
+                match tx.ack(&caller.name, MessageId(id), now)? {
+                    Settled::Acked => acked += 1,
+                    Settled::AlreadyAcked => already.push(id),
+                    Settled::Unknown => refused.push(unknown_message(id)),
                 }
-                done(settled_reply("acked", acked, already, refused))
-            },
-        )
+            }
+            done(settled_reply("acked", acked, already, refused))
+        })
         .await
     }
 
@@ -392,26 +385,20 @@ impl Broker {
         ids: Vec<i64>,
     ) -> Result<Reply, BrokerError> {
         let (caller, reply) = self
-            .as_caller(
-                token,
-                peer,
-                NewRequest,
-                Durability::Flushed,
-                move |tx, caller, _now| {
-                    let mut released = 0;
-                    let mut already = Capped::new(ACK_SHOWN_IDS);
-                    let mut refused = Capped::new(ACK_SHOWN_REFUSALS);
-                    for id in ids {
-                        match tx.release_owned(&caller.name, MessageId(id))? {
-                            Released::Released => released += 1,
-                            Released::AlreadyAcked => already.push(id),
-                            Released::Unknown => refused.push(unknown_message(id)),
-                        }
+            .as_caller(token, peer, move |tx, caller, _now| {
+                let mut released = 0;
+                let mut already = Capped::new(ACK_SHOWN_IDS);
+                let mut refused = Capped::new(ACK_SHOWN_REFUSALS);
+                for id in ids {
+                    match tx.release_owned(&caller.name, MessageId(id))? {
+                        Released::Released => released += 1,
+                        Released::AlreadyAcked => already.push(id),
+                        Released::Unknown => refused.push(unknown_message(id)),
                     }
-                    let reply = settled_reply("released", released, already, refused);
-                    done((caller.name.clone(), reply))
-                },
-            )
+                }
+                let reply = settled_reply("released", released, already, refused);
+                done((caller.name.clone(), reply))
+            })
             .await?;
         self.doorbells.ring(caller.as_str());
         Ok(reply)
@@ -459,10 +446,9 @@ impl Broker {
             + Send
             + 'static,
     {
-        let flushed = Durability::Flushed;
         if outgoing.prepared.large.is_none() {
             return self
-                .as_caller(token, peer, NewRequest, flushed, move |tx, caller, now| {
+                .as_caller(token, peer, move |tx, caller, now| {
                     store(tx, caller, now, &outgoing)
                 })
                 .await;
@@ -470,21 +456,21 @@ impl Broker {
         let outgoing = Arc::new(outgoing);
         let checked = outgoing.clone();
         let answer = self
-            .as_caller(
-                token.clone(),
-                peer,
-                NewRequest,
-                flushed,
-                move |tx, caller, now| check(tx, caller, now, &checked),
-            )
+            .as_caller(token.clone(), peer, move |tx, caller, now| {
+                check(tx, caller, now, &checked)
+            })
             .await?;
         if let Some(reply) = answer {
             return Ok(reply);
         }
         let path = self.write_large_file(outgoing.clone()).await?;
+        // The same request as the check above, which counted it.
+        let again = self.session_check(token, peer).uncounted();
         let result = self
-            .as_caller(token, peer, Uncounted, flushed, move |tx, caller, now| {
-                store(tx, caller, now, &outgoing)
+            .job(Durability::Flushed, move |tx, now| {
+                again
+                    .caller(tx, now)?
+                    .then(|caller| store(tx, &caller, now, &outgoing))
             })
             .await;
         if !matches!(&result, Ok(reply) if kept_file(reply)) {
@@ -645,12 +631,15 @@ impl Broker {
                 next_lease_expiry,
             })
         };
-        let activity = if first_read { NewRequest } else { Uncounted };
+        let check = self.session_check(token, peer);
+        let check = if first_read { check } else { check.uncounted() };
         // The hold or lease this read puts on the mail need not be flushed before the reply:
         // a crash loses it, and every start releases those anyway. Marking the mail delivered
         // (or an `ack`) is flushed as ever.
-        self.as_caller(token, peer, activity, Durability::Unflushed, read)
-            .await
+        self.job(Durability::Unflushed, move |tx, now| {
+            check.caller(tx, now)?.then(|caller| read(tx, &caller, now))
+        })
+        .await
     }
 
     /// When a waiting check should look again without being rung: its deadline, or when a
@@ -717,26 +706,25 @@ impl Broker {
         token: Option<TokenHash>,
         peer: &Peer,
     ) -> Result<Summary, BrokerError> {
-        self.as_caller(
-            token,
-            peer,
-            Uncounted,
-            Durability::Flushed,
-            move |tx, caller, now| {
-                let (count, senders) = tx.waiting_summary(&caller.name, now, COUNT_MAX_SENDERS)?;
-                let next_lease_expiry = match count {
-                    0 => tx.next_lease_expiry(&caller.name, now)?,
-                    _ => None,
-                };
-                done(Summary {
-                    session_id: caller.session_id,
-                    caller: caller.name.clone(),
-                    count,
-                    senders,
-                    next_lease_expiry,
-                })
-            },
-        )
+        let peek = self.session_check(token, peer).uncounted();
+        self.job(Durability::Flushed, move |tx, now| {
+            let caller = match peek.caller(tx, now)? {
+                JobEnd::Done(caller) => caller,
+                JobEnd::Refused(refusal) => return refuse(refusal),
+            };
+            let (count, senders) = tx.waiting_summary(&caller.name, now, COUNT_MAX_SENDERS)?;
+            let next_lease_expiry = match count {
+                0 => tx.next_lease_expiry(&caller.name, now)?,
+                _ => None,
+            };
+            done(Summary {
+                session_id: caller.session_id,
+                caller: caller.name,
+                count,
+                senders,
+                next_lease_expiry,
+            })
+        })
         .await
     }
 

@@ -523,16 +523,15 @@ impl Broker {
         self.clock.senders_clock(stamp)
     }
 
-    /// Runs `work` as the caller the session `token` proves, in one job (see
-    /// [`Broker::job`]): a session that does not check out refuses the job before `work` runs,
-    /// and that refusal commits the authentication failure it recorded. Only an
-    /// [`Activity::NewRequest`] is counted by the rate limits and refreshes the session.
+    /// Runs `work` as the caller the session `token` proves, as a new request, in one flushed
+    /// job (see [`Broker::job`]): a session that does not check out refuses the job before
+    /// `work` runs, and that refusal commits the authentication failure it recorded. Work
+    /// that is not a new request or need not be flushed checks its own
+    /// [`identity::SessionCheck`] inside [`Broker::job`].
     async fn as_caller<T, F>(
         &self,
         token: Option<TokenHash>,
         peer: &Peer,
-        activity: Activity,
-        durability: Durability,
         work: F,
     ) -> Result<T, BrokerError>
     where
@@ -540,12 +539,8 @@ impl Broker {
         F: FnOnce(&Tx<'_>, &Caller, Timestamp) -> Result<JobEnd<T>, StoreError> + Send + 'static,
     {
         let check = self.session_check(token, peer);
-        self.job(durability, move |tx, now| {
-            let caller = match activity {
-                Activity::NewRequest => check.authenticate(tx, now)?,
-                Activity::Uncounted => check.verify(tx, now)?,
-            };
-            caller.then(|caller| work(tx, &caller, now))
+        self.job(Durability::Flushed, move |tx, now| {
+            check.caller(tx, now)?.then(|caller| work(tx, &caller, now))
         })
         .await
     }
@@ -615,15 +610,6 @@ fn refuse<T>(refusal: impl Into<BrokerError>) -> Result<JobEnd<T>, StoreError> {
 /// A job's result as its end.
 fn done<T>(result: T) -> Result<JobEnd<T>, StoreError> {
     Ok(JobEnd::Done(result))
-}
-
-/// Whether a session's job is activity: a new request is counted by the rate limits and
-/// refreshes the session; an uncounted one is more of a request already counted (a long-poll
-/// reading again after a wake-up) or a peek (`count`, which is polled).
-#[derive(Clone, Copy)]
-enum Activity {
-    NewRequest,
-    Uncounted,
 }
 
 /// The wire code for a fault that makes the store refuse work.
