@@ -98,17 +98,18 @@ struct LiveRule {
 }
 
 impl LiveRule {
-    /// Refuses to replace `name`'s session if it is live: not revoked, not expired, and used
-    /// within the window or waiting for mail now. `own_token_hash` matching it is its holder.
-    fn refuse_if_in_use(
+    /// The refusal to replace `name`'s session if it is live: not revoked, not expired, and
+    /// used within the window or waiting for mail now. `own_token_hash` matching it is its
+    /// holder.
+    fn in_use_refusal(
         &self,
         tx: &Tx<'_>,
         name: &InstanceName,
         own_token_hash: Option<&TokenHash>,
         now: Timestamp,
-    ) -> Result<JobEnd<()>, StoreError> {
+    ) -> Result<Option<BrokerError>, StoreError> {
         let Some(holder) = tx.name_holder(name)? else {
-            return done(());
+            return Ok(None);
         };
         let is_holder = own_token_hash.is_some_and(|own| {
             constant_time_eq(
@@ -119,19 +120,19 @@ impl LiveRule {
         let last_used = holder.last_used_at;
         let expired = last_used < now.minus(self.idle_expiry);
         if is_holder || expired {
-            return done(());
+            return Ok(None);
         }
         let last_active = if self.listening.is_waiting(holder.session_id) {
             "now: it is waiting for mail".to_owned()
         } else if last_used >= now.minus(self.window) {
             format!("{} s ago", (now.at() - last_used.at()).num_seconds().max(0))
         } else {
-            return done(());
+            return Ok(None);
         };
-        refuse(BrokerError::NameInUse {
+        Ok(Some(BrokerError::NameInUse {
             name: name.to_string(),
             last_active,
-        })
+        }))
     }
 }
 
@@ -513,21 +514,23 @@ impl Broker {
                         return refuse(refusal);
                     }
                 }
-                let in_use = match &claim {
-                    Claim::Asked {
-                        takeover: false,
-                        own_token_hash,
-                    } => live.refuse_if_in_use(tx, &name, own_token_hash.as_ref(), now)?,
-                    _ => JobEnd::Done(()),
-                };
-                in_use.then(|()| {
-                    tx.replace_sessions(&name, now, &record.key, REPLACED_KEPT_PER_NAME)?;
-                    tx.upsert_instance(&name, now)?;
-                    tx.delete_forward(&name)?;
-                    tx.insert_session(&name, &hash, now)?;
-                    let queued = tx.pending_count(&name)?;
-                    done((name, queued))
-                })
+                if let Claim::Asked {
+                    takeover: false,
+                    own_token_hash,
+                } = &claim
+                {
+                    if let Some(refusal) =
+                        live.in_use_refusal(tx, &name, own_token_hash.as_ref(), now)?
+                    {
+                        return refuse(refusal);
+                    }
+                }
+                tx.replace_sessions(&name, now, &record.key, REPLACED_KEPT_PER_NAME)?;
+                tx.upsert_instance(&name, now)?;
+                tx.delete_forward(&name)?;
+                tx.insert_session(&name, &hash, now)?;
+                let queued = tx.pending_count(&name)?;
+                done((name, queued))
             })
             .await?;
         // A replaced session's long-poll wakes to learn it was replaced.

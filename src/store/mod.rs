@@ -6,8 +6,8 @@
 //! only after its work is committed, and with `synchronous=FULL` committed means on disk.
 //!
 //! A job sees the database only through its transaction handle [`Tx`], whose methods
-//! ([`queries`]) take and return the shared domain values; nothing outside this module sees a
-//! connection. Each job runs inside its own savepoint, so a job that fails (returns an error,
+//! ([`queries`]) take and return the shared domain values; no code outside this module runs
+//! a statement. Each job runs inside its own savepoint, so a job that fails (returns an error,
 //! or panics) rolls back only its own changes, never its neighbours'.
 //!
 //! Before each commit the writer checks that the files at the database's path are still the
@@ -128,8 +128,9 @@ type Completion = Box<dyn FnOnce(Result<(), BatchError>) + Send>;
 type Job = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
 
 /// One job's view of the database: the writer thread's open transaction, inside the job's own
-/// savepoint. Its methods are the statements of [`queries`] (and of [`security`]); it lives
-/// only as long as the job runs, so no statement can run outside a job.
+/// savepoint (or the import's own transaction, [`legacy::ImportTarget`]). Its methods are the
+/// statements of [`queries`], [`security`] and [`legacy`]; a `Tx` lives only as long as its
+/// transaction, so no statement runs outside one.
 pub struct Tx<'a> {
     conn: &'a Connection,
 }
