@@ -1,13 +1,15 @@
 //! The values every layer shares, from the wire to the database: who ([`InstanceName`]),
-//! which message ([`MessageId`]), what kind ([`MessageKind`]) and when ([`Timestamp`]).
+//! which message ([`MessageId`]), what kind ([`MessageKind`]), when ([`Timestamp`]) and which
+//! session ([`TokenHash`], what the store keeps of a session token).
 //!
 //! They live below `protocol`, `broker` and `store` so that each of those can name them
 //! without importing another layer.
 
 use std::fmt;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
 
 use crate::clock;
 
@@ -32,6 +34,12 @@ impl InstanceName {
 impl fmt::Display for InstanceName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl From<InstanceName> for serde_json::Value {
+    fn from(name: InstanceName) -> Self {
+        serde_json::Value::String(name.0)
     }
 }
 
@@ -100,19 +108,41 @@ impl fmt::Display for MessageKind {
     }
 }
 
-/// A moment in UTC, written everywhere (wire and database) as the one fixed-width RFC 3339
-/// text of [`clock::to_text`], so SQLite compares stored times as strings correctly.
+/// A moment in UTC to the millisecond, written everywhere (wire and database) as the one
+/// fixed-width RFC 3339 text of [`clock::to_text`], so SQLite compares stored times as strings
+/// correctly.
+///
+/// It holds no more than that text does, so comparing two `Timestamp`s gives what SQLite's
+/// comparison of their stored texts gives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {
+    /// `at`, less what its text would not show (below the millisecond).
     pub fn new(at: DateTime<Utc>) -> Self {
-        Timestamp(at)
+        Timestamp(at.trunc_subsecs(3))
+    }
+
+    /// This moment plus `by`, saturating at the end of time instead of panicking on an
+    /// absurd configuration.
+    pub fn plus(self, by: std::time::Duration) -> Self {
+        let later = chrono::Duration::from_std(by)
+            .ok()
+            .and_then(|by| self.0.checked_add_signed(by));
+        Timestamp::new(later.unwrap_or(DateTime::<Utc>::MAX_UTC))
+    }
+
+    /// This moment less `by`, saturating at the start of time.
+    pub fn minus(self, by: std::time::Duration) -> Self {
+        let earlier = chrono::Duration::from_std(by)
+            .ok()
+            .and_then(|by| self.0.checked_sub_signed(by));
+        Timestamp::new(earlier.unwrap_or(DateTime::<Utc>::MIN_UTC))
     }
 
     /// Reads stored or received text (any RFC 3339 offset).
     pub fn parse(text: &str) -> Option<Self> {
-        clock::parse(text).map(Timestamp)
+        clock::parse(text).map(Timestamp::new)
     }
 
     pub fn at(self) -> DateTime<Utc> {
@@ -127,7 +157,13 @@ impl Timestamp {
 
 impl From<DateTime<Utc>> for Timestamp {
     fn from(at: DateTime<Utc>) -> Self {
-        Timestamp(at)
+        Timestamp::new(at)
+    }
+}
+
+impl From<Timestamp> for serde_json::Value {
+    fn from(at: Timestamp) -> Self {
+        serde_json::Value::String(at.to_text())
     }
 }
 
@@ -151,9 +187,79 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// What the store keeps in place of a session token: its SHA-256 in lowercase hex, so a copy
+/// of the database cannot be used to speak as anyone. A request's token is hashed once, when
+/// the request arrives, and the hash goes with it to every check.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TokenHash(String);
+
+impl TokenHash {
+    pub fn of(token: &str) -> Self {
+        #[cfg(test)]
+        HASHED.with(|hashed| hashed.set(hashed.get() + 1));
+        let hex = Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        TokenHash(hex)
+    }
+
+    /// A hash as the store read it back.
+    pub fn from_stored(hex: String) -> Self {
+        TokenHash(hex)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// How many tokens this thread has hashed so far, for the tests that count them.
+    #[cfg(test)]
+    pub(crate) fn hashed_on_this_thread() -> u64 {
+        HASHED.with(std::cell::Cell::get)
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    static HASHED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Not the hash itself: logs need not carry what identifies a session.
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(..)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_hash_is_lowercase_hex_sha256() {
+        // `hashlib.sha256(b"abc").hexdigest()`.
+        assert_eq!(
+            TokenHash::of("abc").as_str(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn a_timestamp_holds_what_its_text_holds_and_compares_as_it() {
+        let at = |text: &str| Timestamp::new(clock::parse(text).unwrap());
+        let fine = at("2026-12-01T08:00:00.123456Z");
+        assert_eq!(fine, at("2026-12-01T08:00:00.123Z"));
+        assert!(at("2026-12-01T08:00:00.123Z") < at("2026-12-01T08:00:00.124Z"));
+        assert_eq!(
+            fine.plus(std::time::Duration::from_secs(60)).to_text(),
+            "2026-12-01T08:01:00.123Z"
+        );
+        assert_eq!(
+            fine.minus(std::time::Duration::MAX),
+            Timestamp::new(DateTime::<Utc>::MIN_UTC)
+        );
+    }
 
     #[test]
     fn a_timestamp_is_stored_as_the_clocks_fixed_width_text() {

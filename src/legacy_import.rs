@@ -22,17 +22,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Local, NaiveDateTime, TimeZone, Utc};
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::broker::identity::SYSTEM_SENDER;
 use crate::clock;
+use crate::domain::{MessageKind, Timestamp};
 use crate::protocol::InstanceName;
-use crate::store::legacy::{self, LegacyMessage, LegacyRename};
-use crate::store::queries::{self, NewMessage};
-use crate::store::{self, StoreError};
+use crate::store::legacy::{ImportTarget, LegacyMessage, LegacyRename, LegacySource};
+use crate::store::queries::{MessageId, NewMessage};
+use crate::store::{StoreError, Tx};
 
 /// Messages per write transaction: small enough that a running broker never waits long for the
 /// write lock, large enough that the fsync per commit is not the whole cost.
@@ -178,17 +178,16 @@ pub fn import(
 ) -> Result<ImportReport, ImportError> {
     refuse_own_database(options)?;
     let source = open_source(&options.source)?;
-    let mut target = store::open_side_connection(&options.database)?;
-    let write_failed = |e: rusqlite::Error| ImportError::Write {
+    let mut target = ImportTarget::open(&options.database, BUSY_TIMEOUT)?;
+    let write_failed = |e: StoreError| ImportError::Write {
         path: options.database.clone(),
-        reason: e.to_string(),
+        reason: sqlite_reason(e),
     };
-    target.busy_timeout(BUSY_TIMEOUT).map_err(write_failed)?;
-    let read_failed = |e: rusqlite::Error| ImportError::Source {
+    let read_failed = |e: StoreError| ImportError::Source {
         path: options.source.clone(),
-        reason: e.to_string(),
+        reason: sqlite_reason(e),
     };
-    let renames = legacy::renames(&source).map_err(read_failed)?;
+    let renames = source.renames().map_err(read_failed)?;
     let importer = Importer {
         renames: Renames::from_rows(&renames),
         source_label: std::fs::canonicalize(&options.source)
@@ -196,39 +195,49 @@ pub fn import(
             .display()
             .to_string(),
         options,
-        now_text: clock::to_text(options.now),
+        now: Timestamp::new(options.now),
     };
     let mut report = ImportReport {
-        skipped_read: legacy::count_read(&source).map_err(read_failed)?,
+        skipped_read: source.count_read().map_err(read_failed)?,
         ..ImportReport::default()
     };
-    let instances = legacy::instances(&source).map_err(read_failed)?;
-    in_transaction(&mut target, |tx| {
-        importer.instances(tx, &instances, &mut report)?;
-        importer.forwards(tx, &renames, &mut report)
-    })
-    .map_err(write_failed)?;
-    let total = legacy::count_unread(&source).map_err(read_failed)?;
+    let instances = source.instances().map_err(read_failed)?;
+    target
+        .in_transaction(|tx| {
+            importer.instances(tx, &instances, &mut report)?;
+            importer.forwards(tx, &renames, &mut report)
+        })
+        .map_err(write_failed)?;
+    let total = source.count_unread().map_err(read_failed)?;
     let mut done = 0;
     let mut after = i64::MIN;
     loop {
-        let batch = legacy::unread_after(&source, after, BATCH).map_err(read_failed)?;
+        let batch = source.unread_after(after, BATCH).map_err(read_failed)?;
         let Some(last) = batch.last() else { break };
         after = last.id;
-        in_transaction(&mut target, |tx| {
-            batch
-                .iter()
-                .try_for_each(|message| importer.message(tx, message, &mut report))
-        })
-        .map_err(write_failed)?;
+        target
+            .in_transaction(|tx| {
+                batch
+                    .iter()
+                    .try_for_each(|message| importer.message(tx, message, &mut report))
+            })
+            .map_err(write_failed)?;
         done += batch.len() as u64;
         progress(Progress { done, total });
     }
     Ok(report)
 }
 
+/// What SQLite said, as these errors have always put it (without the store's own prefix).
+fn sqlite_reason(error: StoreError) -> String {
+    match error {
+        StoreError::Sqlite(sqlite) => sqlite.to_string(),
+        other => other.to_string(),
+    }
+}
+
 /// Opens the legacy file read-only and checks that it has the original's schema.
-fn open_source(path: &Path) -> Result<Connection, ImportError> {
+fn open_source(path: &Path) -> Result<LegacySource, ImportError> {
     let fail = |reason: String| ImportError::Source {
         path: path.to_owned(),
         reason,
@@ -236,19 +245,16 @@ fn open_source(path: &Path) -> Result<Connection, ImportError> {
     if !path.is_file() {
         return Err(fail("there is no such file".into()));
     }
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| fail(e.to_string()))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| fail(e.to_string()))?;
-    match legacy::schema_problem(&conn) {
-        Ok(None) => Ok(conn),
+    let source = LegacySource::open(path, BUSY_TIMEOUT).map_err(|e| fail(sqlite_reason(e)))?;
+    match source.schema_problem() {
+        Ok(None) => Ok(source),
         Ok(Some(reason)) => Err(ImportError::NotLegacy {
             path: path.to_owned(),
             reason,
         }),
         Err(e) => Err(ImportError::NotLegacy {
             path: path.to_owned(),
-            reason: e.to_string(),
+            reason: sqlite_reason(e),
         }),
     }
 }
@@ -264,22 +270,12 @@ fn refuse_own_database(options: &ImportOptions) -> Result<(), ImportError> {
     Ok(())
 }
 
-/// Runs `work` in one immediate transaction: all of it is stored, or none.
-fn in_transaction(
-    conn: &mut Connection,
-    work: impl FnOnce(&Connection) -> rusqlite::Result<()>,
-) -> rusqlite::Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    work(&tx)?;
-    tx.commit()
-}
-
 /// The parts of an import that do not change from row to row.
 struct Importer<'a> {
     options: &'a ImportOptions,
     renames: Renames,
     source_label: String,
-    now_text: String,
+    now: Timestamp,
 }
 
 impl Importer<'_> {
@@ -291,13 +287,13 @@ impl Importer<'_> {
 
     fn instances(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         rows: &[(String, String)],
         report: &mut ImportReport,
-    ) -> rusqlite::Result<()> {
+    ) -> Result<(), StoreError> {
         for (legacy_name, last_seen) in rows {
             let fingerprint = fingerprint(&json!(["instance", legacy_name]));
-            if legacy::already_imported(tx, "instance", &fingerprint)? {
+            if tx.already_imported("instance", &fingerprint)? {
                 report.already_imported += 1;
                 continue;
             }
@@ -306,11 +302,11 @@ impl Importer<'_> {
             // row while it lived; an instance seen after its forward ended is a new holder of
             // the name and keeps it.
             let name = self.renames.current_name(legacy_name, seen, self.window());
-            if !acceptable_name(&name) {
+            let Some(name) = acceptable_name(&name) else {
                 report.invalid_names += 1;
                 continue;
-            }
-            if legacy::insert_instance(tx, &name, &clock::to_text(seen))? {
+            };
+            if tx.insert_instance(&name, Timestamp::new(seen))? {
                 report.instances += 1;
             } else {
                 report.instances_present += 1;
@@ -322,10 +318,10 @@ impl Importer<'_> {
 
     fn forwards(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         rows: &[LegacyRename],
         report: &mut ImportReport,
-    ) -> rusqlite::Result<()> {
+    ) -> Result<(), StoreError> {
         for rename in rows {
             let fingerprint = fingerprint(&json!([
                 "forward",
@@ -333,14 +329,13 @@ impl Importer<'_> {
                 rename.new_name,
                 rename.changed_at
             ]));
-            if legacy::already_imported(tx, "forward", &fingerprint)? {
+            if tx.already_imported("forward", &fingerprint)? {
                 report.already_imported += 1;
                 continue;
             }
             match self.live_forward(tx, rename)? {
-                Some((new_name, created, expires)) => {
-                    if legacy::insert_forward(tx, &rename.old_name, &new_name, &created, &expires)?
-                    {
+                Some((old_name, new_name, created, expires)) => {
+                    if tx.insert_forward(&old_name, &new_name, created, expires)? {
                         report.forwards += 1;
                     } else {
                         report.forwards_not_live += 1;
@@ -355,14 +350,14 @@ impl Importer<'_> {
         Ok(())
     }
 
-    /// Where a legacy rename forwards now, with its creation and expiry text, if it is live:
-    /// inside the forward window, pointing at another valid name, and with its old name not
-    /// registered again.
+    /// A legacy rename's forward (from, to, created, expires) if it is live: inside the
+    /// forward window, pointing at another valid name, and with its old name not registered
+    /// again.
     fn live_forward(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         rename: &LegacyRename,
-    ) -> rusqlite::Result<Option<(String, String, String)>> {
+    ) -> Result<Option<(InstanceName, InstanceName, Timestamp, Timestamp)>, StoreError> {
         let Some(changed_at) = legacy_time(&rename.changed_at) else {
             return Ok(None);
         };
@@ -373,26 +368,31 @@ impl Importer<'_> {
         let new_name = self
             .renames
             .current_name(&rename.new_name, changed_at, self.window());
-        let valid = acceptable_name(&rename.old_name) && acceptable_name(&new_name);
-        if !valid || new_name == rename.old_name || queries::instance_exists(tx, &rename.old_name)?
-        {
+        let (Some(old_name), Some(new_name)) = (
+            acceptable_name(&rename.old_name),
+            acceptable_name(&new_name),
+        ) else {
+            return Ok(None);
+        };
+        if new_name == old_name || tx.instance_exists(&old_name)? {
             return Ok(None);
         }
         Ok(Some((
+            old_name,
             new_name,
-            clock::to_text(changed_at),
-            clock::to_text(expires),
+            Timestamp::new(changed_at),
+            Timestamp::new(expires),
         )))
     }
 
     fn message(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         message: &LegacyMessage,
         report: &mut ImportReport,
-    ) -> rusqlite::Result<()> {
+    ) -> Result<(), StoreError> {
         let fingerprint = message_fingerprint(message);
-        if legacy::already_imported(tx, "message", &fingerprint)? {
+        if tx.already_imported("message", &fingerprint)? {
             report.already_imported += 1;
             return Ok(());
         }
@@ -404,10 +404,12 @@ impl Importer<'_> {
         let recipient = self
             .renames
             .current_name(&message.to_id, received, self.window());
-        if !acceptable_name(&recipient) || !acceptable_name(&message.to_id) {
+        let (Some(recipient), Some(addressed_to)) =
+            (acceptable_name(&recipient), acceptable_name(&message.to_id))
+        else {
             report.invalid_names += 1;
             return Ok(());
-        }
+        };
         let large_file = message
             .large_file_path
             .as_deref()
@@ -416,26 +418,23 @@ impl Importer<'_> {
         if large_file.is_some_and(|path| !Path::new(path).is_file()) {
             report.missing_large_files += 1;
         }
-        let id = queries::insert_message(
-            tx,
-            &NewMessage {
-                sender: &message.from_id,
-                addressed_to: &message.to_id,
-                recipient: &recipient,
-                // The original stored a broadcast as one ordinary row per recipient, with
-                // nothing to tell it apart, so every imported message is direct.
-                kind: "direct",
-                content: &message.content,
-                data: data.as_deref(),
-                large_file: large_file.filter(|path| is_large_message_path(path)),
-                // The original's files were written by it, not by this broker's senders, so
-                // they are left out of the large-message caps.
-                large_file_bytes: None,
-                nonce: None,
-                sender_timestamp: None,
-                received_at: &clock::to_text(received),
-            },
-        )?;
+        let id = tx.insert_message(&NewMessage {
+            sender: &message.from_id,
+            addressed_to: &addressed_to,
+            recipient: &recipient,
+            // The original stored a broadcast as one ordinary row per recipient, with
+            // nothing to tell it apart, so every imported message is direct.
+            kind: MessageKind::Direct,
+            content: &message.content,
+            data: data.as_deref(),
+            large_file: large_file.filter(|path| is_large_message_path(path)),
+            // The original's files were written by it, not by this broker's senders, so
+            // they are left out of the large-message caps.
+            large_file_bytes: None,
+            nonce: None,
+            sender_timestamp: None,
+            received_at: Timestamp::new(received),
+        })?;
         report.messages += 1;
         self.record(
             tx,
@@ -448,28 +447,27 @@ impl Importer<'_> {
 
     fn record(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         kind: &str,
         fingerprint: &str,
         legacy_key: &str,
-        message_id: Option<queries::MessageId>,
-    ) -> rusqlite::Result<()> {
-        legacy::record_import(
-            tx,
+        message_id: Option<MessageId>,
+    ) -> Result<(), StoreError> {
+        tx.record_import(
             kind,
             fingerprint,
             legacy_key,
             &self.source_label,
             message_id,
-            &self.now_text,
+            self.now,
         )
     }
 }
 
-/// Whether this broker accepts `name` for an instance: the name rule, and not the name
-/// reserved for broker notices.
-fn acceptable_name(name: &str) -> bool {
-    InstanceName::parse(name).is_some() && name != SYSTEM_SENDER
+/// `name` as an instance name, if this broker accepts it for one: the name rule, and not the
+/// name reserved for broker notices.
+fn acceptable_name(name: &str) -> Option<InstanceName> {
+    InstanceName::parse(name).filter(|_| name != SYSTEM_SENDER)
 }
 
 /// The original's renames: old name → (new name, when).

@@ -14,15 +14,16 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
-use rusqlite::Connection;
-
 use super::auth_guard::{AuthGuard, Failure};
 use super::listening::Listening;
-use super::session::{constant_time_eq, expected_auth_token, new_token, token_hash};
-use super::{minus, plus, text, Broker, BrokerError, ChallengeRefusal, Peer};
+use super::session::{constant_time_eq, expected_auth_token, new_token, TokenHash};
+use super::{done, refuse, Broker, BrokerError, ChallengeRefusal, JobEnd, Peer};
+use crate::domain::{MessageKind, Timestamp};
 use crate::protocol::{ChallengeAnswer, EntryBudget, InstanceName, ListOptions, Reply};
-use crate::store::queries::{self, AuthFailure, IdentityId, PeerActivity, Replacement};
+use crate::store::queries::{
+    AuthFailure, IdentityId, NewMessage, PeerActivity, Replacement, SessionId,
+};
+use crate::store::{Durability, StoreError, Tx};
 
 /// The most instances one `list` page holds, whatever `limit` asks for.
 const LIST_MAX_INSTANCES: u32 = 1000;
@@ -72,18 +73,18 @@ pub enum Claim {
     /// never refused.
     Asked {
         takeover: bool,
-        own_token_hash: Option<String>,
+        own_token_hash: Option<TokenHash>,
     },
 }
 
 impl Claim {
     /// The claim a `register` request makes: `takeover` as sent, and its `session_token`.
-    pub fn from_request(takeover: Option<bool>, session_token: Option<String>) -> Claim {
+    pub fn from_request(takeover: Option<bool>, session_token: Option<TokenHash>) -> Claim {
         match takeover {
             None => Claim::Legacy,
             Some(takeover) => Claim::Asked {
                 takeover,
-                own_token_hash: session_token.as_deref().map(token_hash),
+                own_token_hash: session_token,
             },
         }
     }
@@ -97,44 +98,47 @@ struct LiveRule {
 }
 
 impl LiveRule {
-    /// Refuses to replace `name`'s session if it is live: not revoked, not expired, and used
-    /// within the window or waiting for mail now. `own_token_hash` matching it is its holder.
-    fn refuse_if_in_use(
+    /// The refusal to replace `name`'s session if it is live: not revoked, not expired, and
+    /// used within the window or waiting for mail now. `own_token_hash` matching it is its
+    /// holder.
+    fn in_use_refusal(
         &self,
-        conn: &Connection,
-        name: &str,
-        own_token_hash: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<(), BrokerError> {
-        let Some(holder) = queries::name_holder(conn, name)? else {
-            return Ok(());
+        tx: &Tx<'_>,
+        name: &InstanceName,
+        own_token_hash: Option<&TokenHash>,
+        now: Timestamp,
+    ) -> Result<Option<BrokerError>, StoreError> {
+        let Some(holder) = tx.name_holder(name)? else {
+            return Ok(None);
         };
-        let is_holder = own_token_hash
-            .is_some_and(|own| constant_time_eq(own.as_bytes(), holder.token_sha256.as_bytes()));
-        let last_used = crate::clock::parse(&holder.last_used_at).unwrap_or(now);
-        let expired = last_used < minus(now, self.idle_expiry);
+        let is_holder = own_token_hash.is_some_and(|own| {
+            constant_time_eq(
+                own.as_str().as_bytes(),
+                holder.token_sha256.as_str().as_bytes(),
+            )
+        });
+        let last_used = holder.last_used_at;
+        let expired = last_used < now.minus(self.idle_expiry);
         if is_holder || expired {
-            return Ok(());
+            return Ok(None);
         }
         let last_active = if self.listening.is_waiting(holder.session_id) {
             "now: it is waiting for mail".to_owned()
-        } else if last_used >= minus(now, self.window) {
-            format!("{} s ago", (now - last_used).num_seconds().max(0))
+        } else if last_used >= now.minus(self.window) {
+            format!("{} s ago", (now.at() - last_used.at()).num_seconds().max(0))
         } else {
-            return Ok(());
+            return Ok(None);
         };
-        Err(BrokerError::NameInUse {
-            name: name.to_owned(),
+        Ok(Some(BrokerError::NameInUse {
+            name: name.to_string(),
             last_active,
-        })
+        }))
     }
 }
 
 /// What a replaced session's holder is told: when, by whom, and how to take the name back.
 pub(super) fn replaced_hint(name: &str, replacement: &Replacement) -> String {
-    let at = crate::clock::parse(&replacement.at)
-        .map(|at| at.format("%Y-%m-%d %H:%M:%S UTC").to_string())
-        .unwrap_or_else(|| replacement.at.clone());
+    let at = replacement.at.at().format("%Y-%m-%d %H:%M:%S UTC");
     format!(
         "this session was replaced at {at} by a new registration of {name} (from {}); register again with takeover to take the name back (CLI: `claude-ipc register {name} --takeover`; MCP: register with takeover: true), only if the other holder is gone or should give it up",
         replacement.by
@@ -144,17 +148,21 @@ pub(super) fn replaced_hint(name: &str, replacement: &Replacement) -> String {
 /// The instance a valid session speaks for.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub session_id: i64,
-    pub name: String,
+    pub session_id: SessionId,
+    pub name: InstanceName,
     /// Who the caller is across its renames: the scope of its nonces.
     pub identity: IdentityId,
     /// When the session was last refreshed, as stored.
-    pub last_used_at: String,
+    pub last_used_at: Timestamp,
 }
 
 /// Everything needed to check a session on the writer thread.
 pub(super) struct SessionCheck {
-    token_hash: Option<String>,
+    token_hash: Option<TokenHash>,
+    /// A new request is counted by the rate limits and refreshes the session; more of a
+    /// request already counted (a long-poll reading again after a wake-up) or a peek
+    /// (`count`, which is polled) is not.
+    counted: bool,
     peer: PeerRecord,
     idle_expiry: std::time::Duration,
     rate_limit: u32,
@@ -176,11 +184,11 @@ impl PeerRecord {
     /// records it in its aggregate row.
     fn refused(
         &self,
-        conn: &Connection,
-        now: DateTime<Utc>,
-        name: Option<&str>,
+        tx: &Tx<'_>,
+        now: Timestamp,
+        name: Option<&InstanceName>,
         reason: &str,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), StoreError> {
         // A peer past its failure limit is still refused as usual, but its failures cost no
         // row and no log line: only the summary counts them. Its valid tokens keep working,
         // because a session token (256 random bits) cannot be guessed, so throttling them
@@ -188,30 +196,27 @@ impl PeerRecord {
         if self.guard.throttled(&self.key).is_some() {
             return Ok(());
         }
-        self.guard.failed(&self.failure(name, reason));
-        self.record(conn, now, name, reason)
+        self.guard
+            .failed(&self.failure(name.map(InstanceName::as_str), reason));
+        self.record(tx, now, name, reason)
     }
 
     /// Records a failure already counted by the guard in its aggregate row.
     fn record(
         &self,
-        conn: &Connection,
-        now: DateTime<Utc>,
-        name: Option<&str>,
+        tx: &Tx<'_>,
+        now: Timestamp,
+        name: Option<&InstanceName>,
         reason: &str,
-    ) -> Result<(), BrokerError> {
-        let at = text(now);
-        let minute = format!("{}:00.000Z", &at[..16]);
+    ) -> Result<(), StoreError> {
         let failure = AuthFailure {
-            at: &at,
-            minute: &minute,
+            at: now,
             name,
             peer: &self.label,
             peer_key: &self.key,
             reason,
         };
-        queries::record_auth_failure(conn, &failure, self.max_rows)?;
-        Ok(())
+        tx.record_auth_failure(&failure, self.max_rows)
     }
 
     fn failure<'a>(&'a self, name: Option<&'a str>, reason: &'a str) -> Failure<'a> {
@@ -242,66 +247,79 @@ const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
 const TOUCH_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl SessionCheck {
+    /// The same check for work that is not a new request.
+    pub(super) fn uncounted(self) -> SessionCheck {
+        SessionCheck {
+            counted: false,
+            ..self
+        }
+    }
+
+    /// The caller the token proves, counted and refreshed if this is a new request.
+    pub(super) fn caller(&self, tx: &Tx<'_>, now: Timestamp) -> Result<JobEnd<Caller>, StoreError> {
+        if self.counted {
+            self.authenticate(tx, now)
+        } else {
+            self.verify(tx, now)
+        }
+    }
+
     /// Finds the live session for the token, enforces the rate limit, and refreshes the
     /// session's idle timer. Failures are recorded (they commit with the job).
-    pub(super) fn authenticate(
-        &self,
-        conn: &Connection,
-        now: DateTime<Utc>,
-    ) -> Result<Caller, BrokerError> {
-        let caller = self.verify(conn, now)?;
-        self.enforce_rate_limits(conn, &caller.name, now)?;
+    fn authenticate(&self, tx: &Tx<'_>, now: Timestamp) -> Result<JobEnd<Caller>, StoreError> {
+        let caller = match self.verify(tx, now)? {
+            JobEnd::Done(caller) => caller,
+            refused => return Ok(refused),
+        };
+        if let Some(refusal) = self.rate_limit_refusal(tx, &caller.name, now)? {
+            return refuse(refusal);
+        }
         let granularity = TOUCH_GRANULARITY.min(self.idle_expiry / 100);
-        let last_used = caller.last_used_at.as_str();
+        let last_used = caller.last_used_at;
         // A last use stamped in the future (written before the broker's time went back) is
         // rewritten too, so the session expires an idle window after its real last use.
-        if last_used <= text(minus(now, granularity)).as_str() || last_used > text(now).as_str() {
-            queries::touch_session(conn, caller.session_id, &caller.name, &text(now))?;
+        if last_used <= now.minus(granularity) || last_used > now {
+            tx.touch_session(caller.session_id, &caller.name, now)?;
         }
-        Ok(caller)
+        done(caller)
     }
 
     /// Finds the live session for the token without counting or refreshing it. A failure is
     /// recorded as an authentication failure.
-    pub(super) fn verify(
-        &self,
-        conn: &Connection,
-        now: DateTime<Utc>,
-    ) -> Result<Caller, BrokerError> {
+    fn verify(&self, tx: &Tx<'_>, now: Timestamp) -> Result<JobEnd<Caller>, StoreError> {
         let Some(hash) = &self.token_hash else {
-            return self.refuse(conn, now, None, "missing session token");
+            return self.refuse(tx, now, None, "missing session token");
         };
-        let Some(session) = queries::find_session(conn, hash)? else {
-            return self.refuse(conn, now, None, "unknown session token");
+        let Some(session) = tx.find_session(hash)? else {
+            return self.refuse(tx, now, None, "unknown session token");
         };
         if session.revoked {
             let refused = self.refuse(
-                conn,
+                tx,
                 now,
                 Some(&session.instance_name),
                 "revoked session token",
-            );
+            )?;
             // Recorded like any revoked token; the holder is told what replaced it.
-            return match (refused, session.replaced) {
-                (Err(BrokerError::InvalidSession), Some(replacement)) => {
-                    Err(BrokerError::SessionReplaced {
-                        name: session.instance_name,
+            return Ok(match (refused, session.replaced) {
+                (JobEnd::Refused(BrokerError::InvalidSession), Some(replacement)) => {
+                    JobEnd::Refused(BrokerError::SessionReplaced {
+                        name: session.instance_name.to_string(),
                         replacement,
                     })
                 }
                 (refused, _) => refused,
-            };
+            });
         }
-        let idle_cutoff = text(minus(now, self.idle_expiry));
-        if session.last_used_at < idle_cutoff {
+        if session.last_used_at < now.minus(self.idle_expiry) {
             return self.refuse(
-                conn,
+                tx,
                 now,
                 Some(&session.instance_name),
                 "expired session token",
             );
         }
-        Ok(Caller {
+        done(Caller {
             session_id: session.id,
             name: session.instance_name,
             identity: session.identity,
@@ -311,126 +329,118 @@ impl SessionCheck {
 
     fn refuse(
         &self,
-        conn: &Connection,
-        now: DateTime<Utc>,
-        name: Option<&str>,
+        tx: &Tx<'_>,
+        now: Timestamp,
+        name: Option<&InstanceName>,
         reason: &str,
-    ) -> Result<Caller, BrokerError> {
-        self.peer.refused(conn, now, name, reason)?;
-        Err(BrokerError::InvalidSession)
+    ) -> Result<JobEnd<Caller>, StoreError> {
+        self.peer.refused(tx, now, name, reason)?;
+        refuse(BrokerError::InvalidSession)
     }
 
-    /// Refuses the request if it would pass the caller's own limit or its peer's (summed
-    /// over every name the peer uses), and counts it against both only when neither refuses.
-    fn enforce_rate_limits(
+    /// The refusal if the request would pass the caller's own limit or its peer's (summed
+    /// over every name the peer uses); counted against both only when neither refuses.
+    fn rate_limit_refusal(
         &self,
-        conn: &Connection,
-        name: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), BrokerError> {
-        let window_start = text(minus(now, RATE_WINDOW));
+        tx: &Tx<'_>,
+        name: &InstanceName,
+        now: Timestamp,
+    ) -> Result<Option<BrokerError>, StoreError> {
+        let window_start = now.minus(RATE_WINDOW);
         if self.rate_limit > 0 {
-            let (count, oldest) = queries::requests_since(conn, name, &window_start, &text(now))?;
+            let (count, oldest) = tx.requests_since(name, window_start, now)?;
             if count >= self.rate_limit {
-                return Err(BrokerError::RateLimited {
-                    name: name.to_owned(),
+                return Ok(Some(BrokerError::RateLimited {
+                    name: name.to_string(),
                     limit: self.rate_limit,
-                    retry_seconds: retry_seconds(oldest.as_deref(), now),
-                });
+                    retry_seconds: retry_seconds(oldest, now),
+                }));
             }
         }
         let peer = &self.peer.key;
         if self.peer_rate_limit > 0 {
             let (count, oldest) =
-                queries::peer_activity_since(conn, PeerActivity::Request, peer, &window_start)?;
+                tx.peer_activity_since(PeerActivity::Request, peer, window_start)?;
             if count >= self.peer_rate_limit {
-                return Err(BrokerError::PeerRateLimited {
+                return Ok(Some(BrokerError::PeerRateLimited {
                     peer: peer.clone(),
                     limit: self.peer_rate_limit,
-                    retry_seconds: retry_seconds(oldest.as_deref(), now),
-                });
+                    retry_seconds: retry_seconds(oldest, now),
+                }));
             }
         }
-        let now = text(now);
         if self.rate_limit > 0 {
-            queries::log_request(conn, name, &now, &window_start)?;
+            tx.log_request(name, now, window_start)?;
         }
         if self.peer_rate_limit > 0 {
-            queries::log_peer_activity(conn, PeerActivity::Request, peer, &now, &window_start)?;
+            tx.log_peer_activity(PeerActivity::Request, peer, now, window_start)?;
         }
-        Ok(())
+        Ok(None)
     }
 }
 
 /// Refuses `name` if another instance (other than `except`) has the same name in another
 /// letter case: a look-alike of a peer is how a reader is fooled.
-fn refuse_case_variant(conn: &Connection, name: &str, except: &str) -> Result<(), BrokerError> {
-    match queries::case_variant(conn, name, except)? {
-        Some(existing) => Err(BrokerError::NameTooSimilar {
-            name: name.to_owned(),
-            existing,
-        }),
-        None => Ok(()),
-    }
+fn case_variant_refusal(
+    tx: &Tx<'_>,
+    name: &InstanceName,
+    except: &InstanceName,
+) -> Result<Option<BrokerError>, StoreError> {
+    Ok(tx
+        .case_variant(name, except)?
+        .map(|existing| BrokerError::NameTooSimilar {
+            name: name.to_string(),
+            existing: existing.to_string(),
+        }))
 }
 
 /// Seconds until the oldest counted event leaves the sliding window (at least 1).
-fn retry_seconds(oldest: Option<&str>, now: DateTime<Utc>) -> i64 {
-    let frees_at = oldest
-        .and_then(crate::clock::parse)
-        .map(|oldest| plus(oldest, RATE_WINDOW))
-        .unwrap_or(now);
-    (frees_at - now).num_seconds().max(1)
+fn retry_seconds(oldest: Option<Timestamp>, now: Timestamp) -> i64 {
+    let frees_at = oldest.map_or(now, |oldest| oldest.plus(RATE_WINDOW));
+    (frees_at.at() - now.at()).num_seconds().max(1)
 }
 
-/// Refuses a registration that would create a new name past the peer's or everyone's
-/// limit for the window (`limits`: per peer, for everyone; 0 is off), and counts it
-/// otherwise. Only new names are counted: registering again only replaces a session.
-fn enforce_register_limits(
-    conn: &Connection,
+/// The refusal of a registration that would create a new name past the peer's or everyone's
+/// limit for the window (`limits`: per peer, for everyone; 0 is off); counted otherwise.
+/// Only new names are counted: registering again only replaces a session.
+fn register_limit_refusal(
+    tx: &Tx<'_>,
     limits: (u32, u32),
     peer: &str,
-    now: DateTime<Utc>,
-) -> Result<(), BrokerError> {
+    now: Timestamp,
+) -> Result<Option<BrokerError>, StoreError> {
     let (per_peer, everyone) = limits;
-    let window_start = text(minus(now, RATE_WINDOW));
+    let window_start = now.minus(RATE_WINDOW);
     if per_peer > 0 {
-        let (count, oldest) =
-            queries::peer_activity_since(conn, PeerActivity::Register, peer, &window_start)?;
+        let (count, oldest) = tx.peer_activity_since(PeerActivity::Register, peer, window_start)?;
         if count >= per_peer {
-            return Err(BrokerError::PeerRegisterLimited {
+            return Ok(Some(BrokerError::PeerRegisterLimited {
                 peer: peer.to_owned(),
                 limit: per_peer,
-                retry_seconds: retry_seconds(oldest.as_deref(), now),
-            });
+                retry_seconds: retry_seconds(oldest, now),
+            }));
         }
     }
     if everyone > 0 {
-        let (count, oldest) =
-            queries::all_activity_since(conn, PeerActivity::Register, &window_start)?;
+        let (count, oldest) = tx.all_activity_since(PeerActivity::Register, window_start)?;
         if count >= everyone {
-            return Err(BrokerError::RegisterLimited {
+            return Ok(Some(BrokerError::RegisterLimited {
                 limit: everyone,
-                retry_seconds: retry_seconds(oldest.as_deref(), now),
-            });
+                retry_seconds: retry_seconds(oldest, now),
+            }));
         }
     }
     if per_peer > 0 || everyone > 0 {
-        queries::log_peer_activity(
-            conn,
-            PeerActivity::Register,
-            peer,
-            &text(now),
-            &window_start,
-        )?;
+        tx.log_peer_activity(PeerActivity::Register, peer, now, window_start)?;
     }
-    Ok(())
+    Ok(None)
 }
 
 impl Broker {
-    pub(super) fn session_check(&self, token: Option<String>, peer: &Peer) -> SessionCheck {
+    pub(super) fn session_check(&self, token: Option<TokenHash>, peer: &Peer) -> SessionCheck {
         SessionCheck {
-            token_hash: token.as_deref().map(token_hash),
+            token_hash: token,
+            counted: true,
             peer: self.peer_record(peer),
             idle_expiry: self.limits.session_idle_expiry,
             rate_limit: self.limits.rate_limit,
@@ -469,56 +479,62 @@ impl Broker {
         claim: Claim,
         peer: &Peer,
     ) -> Result<Reply, BrokerError> {
-        let name = name.as_str().to_owned();
-        if is_reserved(&name) {
-            return Err(BrokerError::ReservedName(name));
+        if is_reserved(name.as_str()) {
+            return Err(BrokerError::ReservedName(name.to_string()));
         }
-        let refusal = self.judge_credentials(&name, auth_token, answer.as_ref(), peer)?;
+        let refusal = self.judge_credentials(name.as_str(), auth_token, answer.as_ref(), peer)?;
         let record = self.peer_record(peer);
         if self.shared_secret.is_some() {
             let reason = refusal.as_ref().map_or(WRONG_SECRET, |r| r.reason);
-            let failure = record.failure(Some(&name), reason);
+            let failure = record.failure(Some(name.as_str()), reason);
             if let Err(retry) = self.auth_guard.check_secret(&failure, refusal.is_none()) {
                 return Err(self.auth_throttled(peer, retry));
             }
         }
         let token = new_token().map_err(BrokerError::Entropy)?;
-        let hash = token_hash(&token);
+        let hash = TokenHash::of(&token);
         let register_limits = (
             self.limits.effective_peer_register_limit(),
             self.limits.effective_register_limit(),
         );
         let live = self.live_rule();
-        let now = self.now();
-        let queued = self
-            .run(move |conn| {
+        let (name, queued) = self
+            .job(Durability::Flushed, move |tx, now| {
                 if let Some(refusal) = refusal {
-                    record.record(conn, now, Some(&name), refusal.reason)?;
-                    return Err(refusal.error);
+                    record.record(tx, now, Some(&name), refusal.reason)?;
+                    return refuse(refusal.error);
                 }
-                if !queries::instance_exists(conn, &name)? {
-                    refuse_case_variant(conn, &name, &name)?;
-                    enforce_register_limits(conn, register_limits, &record.key, now)?;
+                if !tx.instance_exists(&name)? {
+                    if let Some(refusal) = case_variant_refusal(tx, &name, &name)? {
+                        return refuse(refusal);
+                    }
+                    if let Some(refusal) =
+                        register_limit_refusal(tx, register_limits, &record.key, now)?
+                    {
+                        return refuse(refusal);
+                    }
                 }
                 if let Claim::Asked {
                     takeover: false,
                     own_token_hash,
                 } = &claim
                 {
-                    live.refuse_if_in_use(conn, &name, own_token_hash.as_deref(), now)?;
+                    if let Some(refusal) =
+                        live.in_use_refusal(tx, &name, own_token_hash.as_ref(), now)?
+                    {
+                        return refuse(refusal);
+                    }
                 }
-                let now = text(now);
-                queries::replace_sessions(conn, &name, &now, &record.key, REPLACED_KEPT_PER_NAME)?;
-                queries::upsert_instance(conn, &name, &now)?;
-                queries::delete_forward(conn, &name)?;
-                queries::insert_session(conn, &name, &hash, &now)?;
-                let queued = queries::pending_count(conn, &name)?;
-                Ok((name, queued))
+                tx.replace_sessions(&name, now, &record.key, REPLACED_KEPT_PER_NAME)?;
+                tx.upsert_instance(&name, now)?;
+                tx.delete_forward(&name)?;
+                tx.insert_session(&name, &hash, now)?;
+                let queued = tx.pending_count(&name)?;
+                done((name, queued))
             })
-            .await;
-        let (name, queued) = queued?;
+            .await?;
         // A replaced session's long-poll wakes to learn it was replaced.
-        self.doorbells.ring(&name);
+        self.doorbells.ring(name.as_str());
         let message = if queued > 0 {
             format!("Registered {name} with {queued} queued messages")
         } else {
@@ -578,13 +594,13 @@ impl Broker {
     /// next `register` of it needs no takeover. Mail waiting for the name stays waiting.
     pub(super) async fn logout(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
     ) -> Result<Reply, BrokerError> {
         let name = self
-            .as_caller(token, peer, move |conn, caller, now| {
-                queries::end_session(conn, caller.session_id, &text(now))?;
-                Ok(caller.name.clone())
+            .as_caller(token, peer, move |tx, caller, now| {
+                tx.end_session(caller.session_id, now)?;
+                done(caller.name.clone())
             })
             .await?;
         Ok(Reply::ok()
@@ -594,50 +610,51 @@ impl Broker {
 
     pub(super) async fn rename(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
         new_id: InstanceName,
     ) -> Result<Reply, BrokerError> {
-        let new = new_id.as_str().to_owned();
+        let new = new_id;
         let cooldown = self.limits.rename_cooldown;
         let forward_for = self.limits.forward_duration;
         let queue_cap = self.limits.queue_cap;
         let renamed = self
-            .as_caller(token, peer, move |conn, caller, now| {
+            .as_caller(token, peer, move |tx, caller, now| {
                 let old = caller.name.clone();
                 if new == old {
-                    return Err(BrokerError::SameName(new));
+                    return refuse(BrokerError::SameName(new.to_string()));
                 }
-                if is_reserved(&new) {
-                    return Err(BrokerError::ReservedName(new));
+                if is_reserved(new.as_str()) {
+                    return refuse(BrokerError::ReservedName(new.to_string()));
                 }
-                if queries::instance_exists(conn, &new)? {
-                    return Err(BrokerError::NameTaken(new));
+                if tx.instance_exists(&new)? {
+                    return refuse(BrokerError::NameTaken(new.to_string()));
                 }
                 // Renaming `alice` to `Alice` fools nobody; `bob` to `Alice` would.
-                refuse_case_variant(conn, &new, &old)?;
-                let last = queries::last_renamed_at(conn, &old)?;
+                if let Some(refusal) = case_variant_refusal(tx, &new, &old)? {
+                    return refuse(refusal);
+                }
                 // A rename stamped in the future counts as just now: the wait is never longer
                 // than the cooldown.
-                if let Some(allowed_at) = last
-                    .as_deref()
-                    .and_then(crate::clock::parse)
-                    .map(|at| plus(at.min(now), cooldown))
+                if let Some(allowed_at) = tx
+                    .last_renamed_at(&old)?
+                    .map(|at| at.min(now).plus(cooldown))
                 {
                     if allowed_at > now {
-                        let seconds = (allowed_at - now).num_seconds();
-                        return Err(BrokerError::RenameCooldown {
+                        let seconds = (allowed_at.at() - now.at()).num_seconds();
+                        return refuse(BrokerError::RenameCooldown {
                             minutes: (seconds + 59) / 60,
                         });
                     }
                 }
-                let stamp = text(now);
-                queries::rename_instance(conn, &old, &new, &stamp, &text(plus(now, forward_for)))?;
-                notify_rename(conn, &old, &new, &stamp, queue_cap)?;
-                Ok(Reply::ok()
-                    .with("message", format!("Renamed {old} to {new}"))
-                    .with("old_id", old)
-                    .with("new_id", new))
+                tx.rename_instance(&old, &new, now, now.plus(forward_for))?;
+                notify_rename(tx, &old, &new, now, queue_cap)?;
+                done(
+                    Reply::ok()
+                        .with("message", format!("Renamed {old} to {new}"))
+                        .with("old_id", old)
+                        .with("new_id", new),
+                )
             })
             .await?;
         // Notices went to everyone, and the caller's queued mail now waits under the new name.
@@ -652,7 +669,7 @@ impl Broker {
     /// exactly once.
     pub(super) async fn list(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
         options: ListOptions,
     ) -> Result<Reply, BrokerError> {
@@ -660,12 +677,11 @@ impl Broker {
             .limit
             .unwrap_or(LIST_MAX_INSTANCES)
             .min(LIST_MAX_INSTANCES);
-        let after = options.after.map(|name| name.as_str().to_owned());
-        self.as_caller(token, peer, move |conn, _caller, _now| {
+        let after = options.after;
+        self.as_caller(token, peer, move |tx, _caller, _now| {
             let mut budget = EntryBudget::new(LIST_REPLY_FIXED_BYTES);
             let mut instances = Vec::new();
-            let after = after.as_deref().unwrap_or("");
-            let more = queries::list_instances_after(conn, after, limit, |id, last_seen| {
+            let more = tx.list_instances_after(after.as_ref(), limit, |id, last_seen| {
                 let entry = serde_json::json!({"id": id, "last_seen": last_seen});
                 let fits = budget.take(&entry);
                 if fits {
@@ -675,7 +691,7 @@ impl Broker {
             })?;
             let next_after = instances.last().map(|entry| entry["id"].clone());
             let reply = Reply::ok().with("instances", instances).with("more", more);
-            Ok(match next_after.filter(|_| more) {
+            done(match next_after.filter(|_| more) {
                 Some(last) => reply.with("next_after", last),
                 None => reply,
             })
@@ -687,36 +703,33 @@ impl Broker {
 /// Stores a system notice "<old> renamed to <new>" for every other registered instance
 /// whose queue has room: like a broadcast, a notice never pushes a queue past its cap.
 fn notify_rename(
-    conn: &Connection,
-    old: &str,
-    new: &str,
-    now: &str,
+    tx: &Tx<'_>,
+    old: &InstanceName,
+    new: &InstanceName,
+    now: Timestamp,
     queue_cap: u32,
-) -> Result<(), BrokerError> {
+) -> Result<(), StoreError> {
     let content = format!("{old} renamed to {new}");
-    for (recipient, _) in queries::list_instances(conn)? {
-        if recipient == new {
+    for (recipient, _) in tx.list_instances()? {
+        if recipient == *new {
             continue;
         }
-        if queue_cap > 0 && queries::pending_count(conn, &recipient)? >= queue_cap {
+        if queue_cap > 0 && tx.pending_count(&recipient)? >= queue_cap {
             continue;
         }
-        queries::insert_message(
-            conn,
-            &queries::NewMessage {
-                sender: SYSTEM_SENDER,
-                addressed_to: &recipient,
-                recipient: &recipient,
-                kind: "system",
-                content: &content,
-                data: None,
-                large_file: None,
-                large_file_bytes: None,
-                nonce: None,
-                sender_timestamp: None,
-                received_at: now,
-            },
-        )?;
+        tx.insert_message(&NewMessage {
+            sender: SYSTEM_SENDER,
+            addressed_to: &recipient,
+            recipient: &recipient,
+            kind: MessageKind::System,
+            content: &content,
+            data: None,
+            large_file: None,
+            large_file_bytes: None,
+            nonce: None,
+            sender_timestamp: None,
+            received_at: now,
+        })?;
     }
     Ok(())
 }

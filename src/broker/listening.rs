@@ -5,17 +5,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::store::queries::SessionId;
+
 /// Open long-polls per session id.
 #[derive(Debug, Default)]
 pub struct Listening {
     /// A std `Mutex`: it guards only the map and is never held across an `.await`; the
     /// writer thread reads it while deciding a `register`.
-    open: Mutex<HashMap<i64, usize>>,
+    open: Mutex<HashMap<SessionId, usize>>,
 }
 
 impl Listening {
     /// Marks `session_id` as waiting until the returned guard is dropped.
-    pub fn start(self: &Arc<Self>, session_id: i64) -> Listener {
+    pub fn start(self: &Arc<Self>, session_id: SessionId) -> Listener {
         *self.open().entry(session_id).or_default() += 1;
         Listener {
             listening: self.clone(),
@@ -24,11 +26,11 @@ impl Listening {
     }
 
     /// Whether `session_id` has a long-poll open now.
-    pub fn is_waiting(&self, session_id: i64) -> bool {
+    pub fn is_waiting(&self, session_id: SessionId) -> bool {
         self.open().contains_key(&session_id)
     }
 
-    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<i64, usize>> {
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, usize>> {
         self.open.lock().expect("listening map poisoned")
     }
 }
@@ -37,7 +39,7 @@ impl Listening {
 #[derive(Debug)]
 pub struct Listener {
     listening: Arc<Listening>,
-    session_id: i64,
+    session_id: SessionId,
 }
 
 impl Drop for Listener {
@@ -59,12 +61,12 @@ mod tests {
     #[test]
     fn a_session_waits_while_any_of_its_long_polls_is_open() {
         let listening = Arc::new(Listening::default());
-        let first = listening.start(7);
-        let second = listening.start(7);
+        let first = listening.start(SessionId(7));
+        let second = listening.start(SessionId(7));
         drop(first);
-        assert!(listening.is_waiting(7));
+        assert!(listening.is_waiting(SessionId(7)));
         drop(second);
-        assert!(!listening.is_waiting(7));
-        assert!(!listening.is_waiting(8));
+        assert!(!listening.is_waiting(SessionId(7)));
+        assert!(!listening.is_waiting(SessionId(8)));
     }
 }

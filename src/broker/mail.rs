@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rusqlite::Connection;
 use serde_json::{json, Map, Value};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
@@ -19,12 +18,14 @@ use super::unsettled::InFlight;
 use tokio::time::Instant;
 
 use super::identity::Caller;
-use super::{large_message, minus, plus, text, Activity, Broker, BrokerError, Outcome, Peer};
+use super::session::TokenHash;
+use super::{done, large_message, refuse, text, Broker, BrokerError, JobEnd, Outcome, Peer};
+use crate::domain::{MessageKind, Timestamp};
 use crate::protocol::request::SenderStamp;
 use crate::protocol::{AckMode, Capped, CheckOptions};
 use crate::protocol::{InstanceName, MessageBody, Reply, REPLY_BUDGET};
-use crate::store::queries::{self, MessageId, NewMessage, Released, Settled, StoredMessage};
-use crate::store::Durability;
+use crate::store::queries::{MessageId, NewMessage, Released, SessionId, Settled, StoredMessage};
+use crate::store::{Durability, StoreError, Tx};
 
 /// A check reply is kept under the budget every reply keeps (see [`REPLY_BUDGET`]).
 const CHECK_REPLY_BUDGET: usize = REPLY_BUDGET;
@@ -57,10 +58,10 @@ const SETTLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// the client provably never read it. Dropped unsettled, the hold simply runs out.
 #[derive(Debug)]
 pub struct DeliveryReceipt {
-    recipient: String,
+    recipient: InstanceName,
     ids: Vec<MessageId>,
     /// The hold's (or lease's) end, as stored: settling touches only mail still held by it.
-    held_until: String,
+    held_until: Timestamp,
     settled_by: SettledBy,
     /// Set for a legacy receipt: counts it as on its way until it is settled or dropped.
     in_flight: Option<InFlight>,
@@ -85,15 +86,15 @@ impl DeliveryReceipt {
 
 /// What one read of a mailbox found.
 struct Batch {
-    caller: String,
-    session_id: i64,
+    caller: InstanceName,
+    session_id: SessionId,
     messages: Vec<Value>,
     ids: Vec<MessageId>,
     more: bool,
     /// The lease (manual ack) or hold (auto ack) on `ids` runs until then.
-    held_until: Option<String>,
+    held_until: Option<Timestamp>,
     /// With nothing to hand out: when the caller's first leased message comes back.
-    next_lease_expiry: Option<String>,
+    next_lease_expiry: Option<Timestamp>,
 }
 
 impl Batch {
@@ -104,8 +105,8 @@ impl Batch {
         let settled_by = match ack {
             AckMode::Manual { .. } => {
                 reply = reply.with("ack", "manual");
-                if let Some(until) = self.held_until.as_ref().filter(|_| !self.ids.is_empty()) {
-                    reply = reply.with("lease_until", until.clone());
+                if let Some(until) = self.held_until.filter(|_| !self.ids.is_empty()) {
+                    reply = reply.with("lease_until", until);
                 }
                 SettledBy::Ack
             }
@@ -131,12 +132,12 @@ impl Batch {
 
 /// What one look at a mailbox found for `count`.
 struct Summary {
-    caller: String,
-    session_id: i64,
+    caller: InstanceName,
+    session_id: SessionId,
     count: u32,
     senders: Vec<String>,
     /// With nothing waiting: when the caller's first leased message comes back.
-    next_lease_expiry: Option<String>,
+    next_lease_expiry: Option<Timestamp>,
 }
 
 impl Summary {
@@ -193,33 +194,37 @@ struct Outgoing {
 impl Outgoing {
     /// Refuses a large message whose file would take its sender's stored large mail, or
     /// everyone's, past its cap. Files are counted from the stored rows, once each.
-    fn check_large_caps(&self, conn: &Connection, sender: &str) -> Result<(), BrokerError> {
+    fn large_cap_refusal(
+        &self,
+        tx: &Tx<'_>,
+        sender: &InstanceName,
+    ) -> Result<Option<BrokerError>, StoreError> {
         let Some(large) = &self.prepared.large else {
-            return Ok(());
+            return Ok(None);
         };
         let bytes = large.bytes();
         if self.large_sender_cap > 0 {
-            let used = queries::sender_large_file_bytes(conn, sender)?;
+            let used = tx.sender_large_file_bytes(sender)?;
             if used + bytes > self.large_sender_cap {
-                return Err(BrokerError::LargeMessageSenderFull {
-                    sender: sender.to_owned(),
+                return Ok(Some(BrokerError::LargeMessageSenderFull {
+                    sender: sender.to_string(),
                     used,
                     bytes,
                     limit: self.large_sender_cap,
-                });
+                }));
             }
         }
         if self.large_total_cap > 0 {
-            let used = queries::total_large_file_bytes(conn)?;
+            let used = tx.total_large_file_bytes()?;
             if used + bytes > self.large_total_cap {
-                return Err(BrokerError::LargeMessageTotalFull {
+                return Ok(Some(BrokerError::LargeMessageTotalFull {
                     used,
                     bytes,
                     limit: self.large_total_cap,
-                });
+                }));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Refuses a sender `timestamp` too far from the broker's clock, to the millisecond: a
@@ -245,26 +250,25 @@ impl Outgoing {
     /// not get it.
     fn earlier_copy(
         &self,
-        conn: &Connection,
+        tx: &Tx<'_>,
         caller: &Caller,
-        now: DateTime<Utc>,
-    ) -> Result<Option<MessageId>, BrokerError> {
+        now: Timestamp,
+    ) -> Result<Option<MessageId>, StoreError> {
         let Some(nonce) = &self.stamp.nonce else {
             return Ok(None);
         };
-        let since = text(minus(now, self.replay_window));
-        Ok(queries::find_nonce(conn, caller.identity, nonce, &since)?)
+        tx.find_nonce(caller.identity, nonce, now.minus(self.replay_window))
     }
 
     fn remember_nonce(
         &self,
-        conn: &Connection,
+        tx: &Tx<'_>,
         caller: &Caller,
         id: MessageId,
-        now: DateTime<Utc>,
-    ) -> Result<(), BrokerError> {
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
         if let Some(nonce) = &self.stamp.nonce {
-            queries::record_nonce(conn, caller.identity, &caller.name, nonce, id, &text(now))?;
+            tx.record_nonce(caller.identity, &caller.name, nonce, id, now)?;
         }
         Ok(())
     }
@@ -283,22 +287,24 @@ impl Broker {
     /// original id if the sender already used this nonce inside the replay window.
     pub(super) async fn send(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
         to_id: InstanceName,
         message: MessageBody,
         stamp: SenderStamp,
     ) -> Result<Reply, BrokerError> {
         let outgoing = self.outgoing(&message, stamp)?;
-        let to = to_id.as_str().to_owned();
-        let check = move |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
-            Ok(match plan_send(conn, caller, now, &to, outgoing)? {
-                SendPlan::Duplicate(original) => Some(duplicate_reply(original)),
-                SendPlan::Deliver { .. } => None,
-            })
+        let to = to_id.clone();
+        let check = move |tx: &Tx<'_>, caller: &Caller, now, outgoing: &Outgoing| {
+            Ok(
+                plan_send(tx, caller, now, &to, outgoing)?.map(|plan| match plan {
+                    SendPlan::Duplicate(original) => Some(duplicate_reply(original)),
+                    SendPlan::Deliver { .. } => None,
+                }),
+            )
         };
-        let store = move |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
-            store_send(conn, caller, now, to_id.as_str(), outgoing)
+        let store = move |tx: &Tx<'_>, caller: &Caller, now, outgoing: &Outgoing| {
+            store_send(tx, caller, now, &to_id, outgoing)
         };
         let reply = self
             .store_outgoing(token, peer, outgoing, check, store, |reply| {
@@ -316,21 +322,25 @@ impl Broker {
     /// so it stays small however many instances there are.
     pub(super) async fn broadcast(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
         message: MessageBody,
         stamp: SenderStamp,
     ) -> Result<Reply, BrokerError> {
         let outgoing = self.outgoing(&message, stamp)?;
-        let check = |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
-            Ok(match plan_broadcast(conn, caller, now, outgoing)? {
-                BroadcastPlan::Duplicate(original) => Some(duplicate_reply(original)),
-                BroadcastPlan::Deliver {
-                    recipients,
-                    skipped,
-                } if recipients.is_empty() => Some(broadcast_reply(Capped::new(0), skipped, None)),
-                BroadcastPlan::Deliver { .. } => None,
-            })
+        let check = |tx: &Tx<'_>, caller: &Caller, now, outgoing: &Outgoing| {
+            Ok(
+                plan_broadcast(tx, caller, now, outgoing)?.map(|plan| match plan {
+                    BroadcastPlan::Duplicate(original) => Some(duplicate_reply(original)),
+                    BroadcastPlan::Deliver {
+                        recipients,
+                        skipped,
+                    } if recipients.is_empty() => {
+                        Some(broadcast_reply(Capped::new(0), skipped, None))
+                    }
+                    BroadcastPlan::Deliver { .. } => None,
+                }),
+            )
         };
         let reply = self
             .store_outgoing(token, peer, outgoing, check, store_broadcast, |reply| {
@@ -346,23 +356,22 @@ impl Broker {
     /// reply counts each outcome and lists only the first few ids of each.
     pub(super) async fn ack(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
         ids: Vec<i64>,
     ) -> Result<Reply, BrokerError> {
-        self.as_caller(token, peer, move |conn, caller, now| {
-            let now = text(now);
+        self.as_caller(token, peer, move |tx, caller, now| {
             let mut acked = 0;
             let mut already = Capped::new(ACK_SHOWN_IDS);
             let mut refused = Capped::new(ACK_SHOWN_REFUSALS);
             for id in ids {
-                match queries::ack(conn, &caller.name, MessageId(id), &now)? {
+                match tx.ack(&caller.name, MessageId(id), now)? {
                     Settled::Acked => acked += 1,
                     Settled::AlreadyAcked => already.push(id),
                     Settled::Unknown => refused.push(unknown_message(id)),
                 }
             }
-            Ok(settled_reply("acked", acked, already, refused))
+            done(settled_reply("acked", acked, already, refused))
         })
         .await
     }
@@ -371,27 +380,27 @@ impl Broker {
     /// reader that could not take it (its caller gave up). Refusals are as for `ack`.
     pub(super) async fn release(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
         ids: Vec<i64>,
     ) -> Result<Reply, BrokerError> {
         let (caller, reply) = self
-            .as_caller(token, peer, move |conn, caller, _now| {
+            .as_caller(token, peer, move |tx, caller, _now| {
                 let mut released = 0;
                 let mut already = Capped::new(ACK_SHOWN_IDS);
                 let mut refused = Capped::new(ACK_SHOWN_REFUSALS);
                 for id in ids {
-                    match queries::release_owned(conn, &caller.name, MessageId(id))? {
+                    match tx.release_owned(&caller.name, MessageId(id))? {
                         Released::Released => released += 1,
                         Released::AlreadyAcked => already.push(id),
                         Released::Unknown => refused.push(unknown_message(id)),
                     }
                 }
                 let reply = settled_reply("released", released, already, refused);
-                Ok((caller.name.clone(), reply))
+                done((caller.name.clone(), reply))
             })
             .await?;
-        self.doorbells.ring(&caller);
+        self.doorbells.ring(caller.as_str());
         Ok(reply)
     }
 
@@ -417,7 +426,7 @@ impl Broker {
     /// that refers to it.
     async fn store_outgoing<C, F>(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
         outgoing: Outgoing,
         check: C,
@@ -426,38 +435,42 @@ impl Broker {
     ) -> Result<Reply, BrokerError>
     where
         C: FnOnce(
-                &Connection,
+                &Tx<'_>,
                 &Caller,
-                DateTime<Utc>,
+                Timestamp,
                 &Outgoing,
-            ) -> Result<Option<Reply>, BrokerError>
+            ) -> Result<JobEnd<Option<Reply>>, StoreError>
             + Send
             + 'static,
-        F: FnOnce(&Connection, &Caller, DateTime<Utc>, &Outgoing) -> Result<Reply, BrokerError>
+        F: FnOnce(&Tx<'_>, &Caller, Timestamp, &Outgoing) -> Result<JobEnd<Reply>, StoreError>
             + Send
             + 'static,
     {
         if outgoing.prepared.large.is_none() {
             return self
-                .as_caller(token, peer, move |conn, caller, now| {
-                    store(conn, caller, now, &outgoing)
+                .as_caller(token, peer, move |tx, caller, now| {
+                    store(tx, caller, now, &outgoing)
                 })
                 .await;
         }
         let outgoing = Arc::new(outgoing);
         let checked = outgoing.clone();
         let answer = self
-            .as_caller(token.clone(), peer, move |conn, caller, now| {
-                check(conn, caller, now, &checked)
+            .as_caller(token.clone(), peer, move |tx, caller, now| {
+                check(tx, caller, now, &checked)
             })
             .await?;
         if let Some(reply) = answer {
             return Ok(reply);
         }
         let path = self.write_large_file(outgoing.clone()).await?;
+        // The same request as the check above, which counted it.
+        let again = self.session_check(token, peer).uncounted();
         let result = self
-            .as_caller_again(token, peer, move |conn, caller, now| {
-                store(conn, caller, now, &outgoing)
+            .job(Durability::Flushed, move |tx, now| {
+                again
+                    .caller(tx, now)?
+                    .then(|caller| store(tx, &caller, now, &outgoing))
             })
             .await;
         if !matches!(&result, Ok(reply) if kept_file(reply)) {
@@ -489,7 +502,7 @@ impl Broker {
     ///   answers empty, having read and leased nothing).
     pub(super) async fn check(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
         options: CheckOptions,
         mut reader: Presence,
@@ -508,7 +521,7 @@ impl Broker {
             if let Some(rung) = rung.as_mut() {
                 rung.as_mut().enable();
             }
-            let turn = self.check_turn(token.as_deref()).await;
+            let turn = self.check_turn(token.as_ref()).await;
             let batch = self
                 .read_batch(token.clone(), peer, &options, first_read)
                 .await?;
@@ -516,7 +529,7 @@ impl Broker {
             // Counted before the turn is given up, so the session's next check, which waits
             // for the turn, knows this reply is on its way.
             let in_flight = (options.ack == AckMode::Auto && !batch.ids.is_empty())
-                .then(|| self.unsettled.start(&batch.caller));
+                .then(|| self.unsettled.start(batch.caller.as_str()));
             // The hold (or lease) is committed with the read, so no other reader can be
             // handed this mail once the turn is given up.
             drop(turn);
@@ -533,11 +546,11 @@ impl Broker {
                 return Ok(batch.into_outcome(options.ack, in_flight));
             }
             let Some(rung) = rung else {
-                bell = Some(self.doorbells.bell(&batch.caller));
+                bell = Some(self.doorbells.bell(batch.caller.as_str()));
                 _listener = Some(self.listening.start(batch.session_id));
                 continue;
             };
-            let wake_at = self.wake_time(deadline, batch.next_lease_expiry.as_deref());
+            let wake_at = self.wake_time(deadline, batch.next_lease_expiry);
             tokio::select! {
                 _ = rung => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
@@ -550,14 +563,19 @@ impl Broker {
     /// With the caller's legacy replies still on their way, waits (until `until` at most) for
     /// one to settle; true if one did, so the mailbox is worth reading again: mail whose
     /// reply was not taken is back in it.
-    async fn settled_meanwhile(&self, caller: &str, until: Instant, reader: &mut Presence) -> bool {
-        let Some(settling) = self.unsettled.settling(caller) else {
+    async fn settled_meanwhile(
+        &self,
+        caller: &InstanceName,
+        until: Instant,
+        reader: &mut Presence,
+    ) -> bool {
+        let Some(settling) = self.unsettled.settling(caller.as_str()) else {
             return false;
         };
         let settled = settling.notified();
         tokio::pin!(settled);
         settled.as_mut().enable();
-        if self.unsettled.settling(caller).is_none() {
+        if self.unsettled.settling(caller.as_str()).is_none() {
             return true;
         }
         tokio::select! {
@@ -571,7 +589,7 @@ impl Broker {
     /// the first read of a request counts against the rate limit.
     async fn read_batch(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
         options: &CheckOptions,
         first_read: bool,
@@ -582,31 +600,28 @@ impl Broker {
             .min(CHECK_MAX_MESSAGES);
         let ack = options.ack;
         let hold = self.receipt_hold();
-        let read = move |conn: &Connection, caller: &Caller, now: DateTime<Utc>| {
-            let now_text = text(now);
+        let read = move |tx: &Tx<'_>, caller: &Caller, now: Timestamp| {
             let mut budget = ReplyBudget::new();
-            let more = queries::available_for(conn, &caller.name, &now_text, fetch, |stored| {
-                budget.take(stored)
-            })?;
+            let more = tx.available_for(&caller.name, now, fetch, |stored| budget.take(stored))?;
             let (messages, ids) = (budget.messages, budget.ids);
             let held_until = match ack {
                 AckMode::Auto => {
-                    let until = text(plus(now, hold));
-                    queries::hold(conn, &ids, &until)?;
+                    let until = now.plus(hold);
+                    tx.hold(&ids, until)?;
                     until
                 }
                 AckMode::Manual { lease } => {
-                    let until = text(plus(now, lease));
-                    queries::lease(conn, &ids, &until)?;
+                    let until = now.plus(lease);
+                    tx.lease(&ids, until)?;
                     until
                 }
             };
             let next_lease_expiry = if ids.is_empty() {
-                queries::next_lease_expiry(conn, &caller.name, &now_text)?
+                tx.next_lease_expiry(&caller.name, now)?
             } else {
                 None
             };
-            Ok(Batch {
+            done(Batch {
                 caller: caller.name.clone(),
                 session_id: caller.session_id,
                 more,
@@ -616,26 +631,25 @@ impl Broker {
                 next_lease_expiry,
             })
         };
-        let activity = if first_read {
-            Activity::NewRequest
-        } else {
-            Activity::SameRequest
-        };
+        let check = self.session_check(token, peer);
+        let check = if first_read { check } else { check.uncounted() };
         // The hold or lease this read puts on the mail need not be flushed before the reply:
         // a crash loses it, and every start releases those anyway. Marking the mail delivered
         // (or an `ack`) is flushed as ever.
-        self.in_session(token, peer, activity, Durability::Unflushed, read)
-            .await
+        self.job(Durability::Unflushed, move |tx, now| {
+            check.caller(tx, now)?.then(|caller| read(tx, &caller, now))
+        })
+        .await
     }
 
     /// When a waiting check should look again without being rung: its deadline, or when a
     /// lease on its mail runs out and that mail becomes deliverable again.
-    fn wake_time(&self, deadline: Option<Instant>, lease_expiry: Option<&str>) -> Instant {
+    fn wake_time(&self, deadline: Option<Instant>, lease_expiry: Option<Timestamp>) -> Instant {
         let deadline = deadline.unwrap_or_else(Instant::now);
-        let Some(expiry) = lease_expiry.and_then(crate::clock::parse) else {
+        let Some(expiry) = lease_expiry else {
             return deadline;
         };
-        let in_a_moment = (expiry - self.now()).to_std().unwrap_or_default();
+        let in_a_moment = (expiry.at() - self.now()).to_std().unwrap_or_default();
         deadline.min(Instant::now() + in_a_moment)
     }
 
@@ -649,7 +663,7 @@ impl Broker {
     /// gives up unannounced loses no mail.
     pub(super) async fn count(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
         wait: Option<std::time::Duration>,
         mut reader: Presence,
@@ -672,11 +686,11 @@ impl Broker {
                 return Ok(summary.into_reply());
             }
             let Some(rung) = rung else {
-                bell = Some(self.doorbells.bell(&summary.caller));
+                bell = Some(self.doorbells.bell(summary.caller.as_str()));
                 _listener = Some(self.listening.start(summary.session_id));
                 continue;
             };
-            let wake_at = self.wake_time(deadline, summary.next_lease_expiry.as_deref());
+            let wake_at = self.wake_time(deadline, summary.next_lease_expiry);
             tokio::select! {
                 _ = rung => {}
                 _ = tokio::time::sleep_until(wake_at) => {}
@@ -689,21 +703,21 @@ impl Broker {
     /// One look at the caller's waiting mail for `count`, without counting a request.
     async fn waiting_summary(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
     ) -> Result<Summary, BrokerError> {
-        let auth = self.session_check(token, peer);
-        let now = self.now();
-        self.run(move |conn| {
-            let caller = auth.verify(conn, now)?;
-            let now = text(now);
-            let (count, senders) =
-                queries::waiting_summary(conn, &caller.name, &now, COUNT_MAX_SENDERS)?;
+        let peek = self.session_check(token, peer).uncounted();
+        self.job(Durability::Flushed, move |tx, now| {
+            let caller = match peek.caller(tx, now)? {
+                JobEnd::Done(caller) => caller,
+                JobEnd::Refused(refusal) => return refuse(refusal),
+            };
+            let (count, senders) = tx.waiting_summary(&caller.name, now, COUNT_MAX_SENDERS)?;
             let next_lease_expiry = match count {
-                0 => queries::next_lease_expiry(conn, &caller.name, &now)?,
+                0 => tx.next_lease_expiry(&caller.name, now)?,
                 _ => None,
             };
-            Ok(Summary {
+            done(Summary {
                 session_id: caller.session_id,
                 caller: caller.name,
                 count,
@@ -723,7 +737,6 @@ impl Broker {
     /// Marks the receipt's mail delivered: the client took the reply. Mail whose hold ran
     /// out and was taken by another reader meanwhile is left to that reader.
     pub async fn confirm_delivery(&self, receipt: DeliveryReceipt) -> Result<usize, BrokerError> {
-        let now = text(self.now());
         let DeliveryReceipt {
             ids,
             held_until,
@@ -731,7 +744,9 @@ impl Broker {
             ..
         } = receipt;
         let marked = self
-            .run(move |conn| Ok(queries::deliver_held(conn, &ids, &held_until, &now)?))
+            .job(Durability::Flushed, move |tx, now| {
+                done(tx.deliver_held(&ids, held_until, now)?)
+            })
             .await;
         // Settled (or failed) only now that the job is done, so a check woken by this sees it.
         drop(in_flight);
@@ -749,17 +764,19 @@ impl Broker {
             ..
         } = receipt;
         let released = self
-            .run(move |conn| Ok(queries::release_held(conn, &ids, &held_until)?))
+            .job(Durability::Flushed, move |tx, _now| {
+                done(tx.release_held(&ids, held_until)?)
+            })
             .await;
         drop(in_flight);
-        self.doorbells.ring(&recipient);
+        self.doorbells.ring(recipient.as_str());
         released
     }
 
     /// Waits for this session's turn to check; unauthenticated requests share one turn, which
     /// is harmless because they are refused before reading mail.
-    async fn check_turn(&self, token: Option<&str>) -> OwnedMutexGuard<()> {
-        let key = token.map(super::session::token_hash).unwrap_or_default();
+    async fn check_turn(&self, token: Option<&TokenHash>) -> OwnedMutexGuard<()> {
+        let key = token.cloned();
         let lock = {
             let mut locks = self.check_locks.lock().expect("check lock map poisoned");
             locks.retain(|_, lock| Arc::strong_count(lock) > 1);
@@ -822,30 +839,36 @@ enum SendPlan {
     /// The nonce was used already: answer with that message.
     Duplicate(MessageId),
     Deliver {
-        recipient: String,
-        forwarded_to: Option<String>,
+        recipient: InstanceName,
+        forwarded_to: Option<InstanceName>,
         registered: bool,
     },
 }
 
 /// Checks a send against every rule without storing anything.
 fn plan_send(
-    conn: &Connection,
+    tx: &Tx<'_>,
     caller: &Caller,
-    now: DateTime<Utc>,
-    to_id: &str,
+    now: Timestamp,
+    to_id: &InstanceName,
     outgoing: &Outgoing,
-) -> Result<SendPlan, BrokerError> {
-    outgoing.check_stamp(outgoing.senders_clock)?;
-    if let Some(original) = outgoing.earlier_copy(conn, caller, now)? {
-        return Ok(SendPlan::Duplicate(original));
+) -> Result<JobEnd<SendPlan>, StoreError> {
+    if let Err(refusal) = outgoing.check_stamp(outgoing.senders_clock) {
+        return refuse(refusal);
     }
-    let forwarded_to = queries::resolve_forward(conn, to_id, &text(now))?;
-    let recipient = forwarded_to.as_deref().unwrap_or(to_id).to_owned();
-    let registered = queries::instance_exists(conn, &recipient)?;
-    ensure_room(conn, &recipient, outgoing.queue_cap)?;
-    outgoing.check_large_caps(conn, &caller.name)?;
-    Ok(SendPlan::Deliver {
+    if let Some(original) = outgoing.earlier_copy(tx, caller, now)? {
+        return done(SendPlan::Duplicate(original));
+    }
+    let forwarded_to = tx.resolve_forward(to_id, now)?;
+    let recipient = forwarded_to.as_ref().unwrap_or(to_id).clone();
+    let registered = tx.instance_exists(&recipient)?;
+    if let Some(refusal) = room_refusal(tx, &recipient, outgoing.queue_cap)? {
+        return refuse(refusal);
+    }
+    if let Some(refusal) = outgoing.large_cap_refusal(tx, &caller.name)? {
+        return refuse(refusal);
+    }
+    done(SendPlan::Deliver {
         recipient,
         forwarded_to,
         registered,
@@ -853,41 +876,51 @@ fn plan_send(
 }
 
 fn store_send(
-    conn: &Connection,
+    tx: &Tx<'_>,
     caller: &Caller,
-    now: DateTime<Utc>,
-    to_id: &str,
+    now: Timestamp,
+    to_id: &InstanceName,
     outgoing: &Outgoing,
-) -> Result<Reply, BrokerError> {
-    let (recipient, forwarded_to, registered) = match plan_send(conn, caller, now, to_id, outgoing)?
-    {
-        SendPlan::Duplicate(original) => return Ok(duplicate_reply(original)),
-        SendPlan::Deliver {
-            recipient,
-            forwarded_to,
-            registered,
-        } => (recipient, forwarded_to, registered),
-    };
-    let recipient = recipient.as_str();
-    let id = insert(conn, caller, now, to_id, recipient, "direct", outgoing)?;
-    outgoing.remember_nonce(conn, caller, id, now)?;
-    let message = match (&forwarded_to, registered) {
-        (Some(new), _) => format!("Message forwarded from {to_id} to {new}"),
-        (None, false) => format!("Message queued for {recipient} (not yet registered)"),
-        (None, true) => "Message sent".to_owned(),
-    };
-    Ok(Reply::ok()
-        .with("message", message)
-        .with("message_id", id.0)
-        .with("recipient", recipient)
-        .with("duplicate", false))
+) -> Result<JobEnd<Reply>, StoreError> {
+    plan_send(tx, caller, now, to_id, outgoing)?.then(|plan| {
+        let (recipient, forwarded_to, registered) = match plan {
+            SendPlan::Duplicate(original) => return done(duplicate_reply(original)),
+            SendPlan::Deliver {
+                recipient,
+                forwarded_to,
+                registered,
+            } => (recipient, forwarded_to, registered),
+        };
+        let id = insert(
+            tx,
+            caller,
+            now,
+            to_id,
+            &recipient,
+            MessageKind::Direct,
+            outgoing,
+        )?;
+        outgoing.remember_nonce(tx, caller, id, now)?;
+        let message = match (&forwarded_to, registered) {
+            (Some(new), _) => format!("Message forwarded from {to_id} to {new}"),
+            (None, false) => format!("Message queued for {recipient} (not yet registered)"),
+            (None, true) => "Message sent".to_owned(),
+        };
+        done(
+            Reply::ok()
+                .with("message", message)
+                .with("message_id", id.0)
+                .with("recipient", recipient)
+                .with("duplicate", false),
+        )
+    })
 }
 
 /// What a broadcast will do, once every rule has passed.
 enum BroadcastPlan {
     Duplicate(MessageId),
     Deliver {
-        recipients: Vec<String>,
+        recipients: Vec<InstanceName>,
         /// Registered instances whose queue is full.
         skipped: Capped<String>,
     },
@@ -895,70 +928,69 @@ enum BroadcastPlan {
 
 /// Checks a broadcast against every rule and finds who has room, without storing anything.
 fn plan_broadcast(
-    conn: &Connection,
+    tx: &Tx<'_>,
     caller: &Caller,
-    now: DateTime<Utc>,
+    now: Timestamp,
     outgoing: &Outgoing,
-) -> Result<BroadcastPlan, BrokerError> {
-    outgoing.check_stamp(outgoing.senders_clock)?;
-    if let Some(original) = outgoing.earlier_copy(conn, caller, now)? {
-        return Ok(BroadcastPlan::Duplicate(original));
+) -> Result<JobEnd<BroadcastPlan>, StoreError> {
+    if let Err(refusal) = outgoing.check_stamp(outgoing.senders_clock) {
+        return refuse(refusal);
+    }
+    if let Some(original) = outgoing.earlier_copy(tx, caller, now)? {
+        return done(BroadcastPlan::Duplicate(original));
     }
     let mut recipients = Vec::new();
     let mut skipped = Capped::new(BROADCAST_SHOWN_SKIPPED);
-    for (recipient, _) in queries::list_instances(conn)? {
+    for (recipient, _) in tx.list_instances()? {
         if recipient == caller.name {
             continue;
         }
-        if ensure_room(conn, &recipient, outgoing.queue_cap).is_err() {
-            skipped.push(recipient);
+        if room_refusal(tx, &recipient, outgoing.queue_cap)?.is_some() {
+            skipped.push(recipient.to_string());
         } else {
             recipients.push(recipient);
         }
     }
     if !recipients.is_empty() {
-        outgoing.check_large_caps(conn, &caller.name)?;
+        if let Some(refusal) = outgoing.large_cap_refusal(tx, &caller.name)? {
+            return refuse(refusal);
+        }
     }
-    Ok(BroadcastPlan::Deliver {
+    done(BroadcastPlan::Deliver {
         recipients,
         skipped,
     })
 }
 
 fn store_broadcast(
-    conn: &Connection,
+    tx: &Tx<'_>,
     caller: &Caller,
-    now: DateTime<Utc>,
+    now: Timestamp,
     outgoing: &Outgoing,
-) -> Result<Reply, BrokerError> {
-    let (recipients, skipped) = match plan_broadcast(conn, caller, now, outgoing)? {
-        BroadcastPlan::Duplicate(original) => return Ok(duplicate_reply(original)),
-        BroadcastPlan::Deliver {
-            recipients,
-            skipped,
-        } => (recipients, skipped),
-    };
-    let mut ids = Capped::new(BROADCAST_SHOWN_IDS);
-    let (mut first_id, mut last_id) = (None, None);
-    for recipient in &recipients {
-        let id = insert(
-            conn,
-            caller,
-            now,
-            recipient,
-            recipient,
-            "broadcast",
-            outgoing,
-        )?;
-        first_id.get_or_insert(id);
-        last_id = Some(id);
-        ids.push(id.0);
-    }
-    if let Some(first) = first_id {
-        // A retry with this nonce is answered with the first copy's id.
-        outgoing.remember_nonce(conn, caller, first, now)?;
-    }
-    Ok(broadcast_reply(ids, skipped, first_id.zip(last_id)))
+) -> Result<JobEnd<Reply>, StoreError> {
+    plan_broadcast(tx, caller, now, outgoing)?.then(|plan| {
+        let (recipients, skipped) = match plan {
+            BroadcastPlan::Duplicate(original) => return done(duplicate_reply(original)),
+            BroadcastPlan::Deliver {
+                recipients,
+                skipped,
+            } => (recipients, skipped),
+        };
+        let mut ids = Capped::new(BROADCAST_SHOWN_IDS);
+        let (mut first_id, mut last_id) = (None, None);
+        for recipient in &recipients {
+            let kind = MessageKind::Broadcast;
+            let id = insert(tx, caller, now, recipient, recipient, kind, outgoing)?;
+            first_id.get_or_insert(id);
+            last_id = Some(id);
+            ids.push(id.0);
+        }
+        if let Some(first) = first_id {
+            // A retry with this nonce is answered with the first copy's id.
+            outgoing.remember_nonce(tx, caller, first, now)?;
+        }
+        done(broadcast_reply(ids, skipped, first_id.zip(last_id)))
+    })
 }
 
 /// The reply to an `ack` (or a release): how many ids it settled under `done_field`, and
@@ -1002,47 +1034,48 @@ fn broadcast_reply(
     reply
 }
 
-fn ensure_room(conn: &Connection, recipient: &str, cap: u32) -> Result<(), BrokerError> {
-    if cap > 0 && queries::pending_count(conn, recipient)? >= cap {
-        return Err(BrokerError::QueueFull {
-            name: recipient.to_owned(),
+/// The refusal of mail for `recipient` when its queue is at its cap (0: no cap).
+fn room_refusal(
+    tx: &Tx<'_>,
+    recipient: &InstanceName,
+    cap: u32,
+) -> Result<Option<BrokerError>, StoreError> {
+    if cap > 0 && tx.pending_count(recipient)? >= cap {
+        return Ok(Some(BrokerError::QueueFull {
+            name: recipient.to_string(),
             cap,
-        });
+        }));
     }
-    Ok(())
+    Ok(None)
 }
 
 fn insert(
-    conn: &Connection,
+    tx: &Tx<'_>,
     caller: &Caller,
-    now: DateTime<Utc>,
-    addressed_to: &str,
-    recipient: &str,
-    kind: &str,
+    now: Timestamp,
+    addressed_to: &InstanceName,
+    recipient: &InstanceName,
+    kind: MessageKind,
     outgoing: &Outgoing,
-) -> Result<MessageId, BrokerError> {
+) -> Result<MessageId, StoreError> {
     let (prepared, stamp) = (&outgoing.prepared, &outgoing.stamp);
     let large_file = prepared
         .large
         .as_ref()
         .map(|large| large.path.display().to_string());
-    let sender_timestamp = stamp.timestamp.map(text);
-    Ok(queries::insert_message(
-        conn,
-        &NewMessage {
-            sender: &caller.name,
-            addressed_to,
-            recipient,
-            kind,
-            content: &prepared.content,
-            data: prepared.data.as_deref(),
-            large_file: large_file.as_deref(),
-            large_file_bytes: prepared.large.as_ref().map(LargeFile::bytes),
-            nonce: stamp.nonce.as_deref(),
-            sender_timestamp: sender_timestamp.as_deref(),
-            received_at: &text(now),
-        },
-    )?)
+    tx.insert_message(&NewMessage {
+        sender: caller.name.as_str(),
+        addressed_to,
+        recipient,
+        kind,
+        content: &prepared.content,
+        data: prepared.data.as_deref(),
+        large_file: large_file.as_deref(),
+        large_file_bytes: prepared.large.as_ref().map(LargeFile::bytes),
+        nonce: stamp.nonce.as_deref(),
+        sender_timestamp: stamp.timestamp.map(Timestamp::new),
+        received_at: now,
+    })
 }
 
 /// The reply entries of one `check`, oldest first, filled until the next would make the reply
@@ -1101,8 +1134,8 @@ fn wire_message(stored: &StoredMessage) -> Value {
     if let Some(nonce) = &stored.nonce {
         entry["nonce"] = nonce.clone().into();
     }
-    if let Some(at) = &stored.sender_timestamp {
-        entry["sender_timestamp"] = at.clone().into();
+    if let Some(at) = stored.sender_timestamp {
+        entry["sender_timestamp"] = at.into();
     }
     entry
 }

@@ -36,13 +36,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Duration, Utc};
-use rusqlite::Connection;
 
 use crate::clock::{self, BrokerClock};
 use crate::config::Limits;
+use crate::domain::{Timestamp, TokenHash};
 use crate::protocol::{Action, ErrorCode, Reply, Request};
 use crate::store::queries;
-use crate::store::{Durability, Fault, Store, StoreError};
+use crate::store::{Durability, Fault, Store, StoreError, Tx};
 
 pub use challenge::ChallengeRefusal;
 pub use identity::Caller;
@@ -132,12 +132,6 @@ pub enum BrokerError {
     },
     #[error("`{name}` differs only in letter case from the instance `{existing}`, so readers could take one for the other; choose a name that differs in more than case")]
     NameTooSimilar { name: String, existing: String },
-}
-
-impl From<rusqlite::Error> for BrokerError {
-    fn from(error: rusqlite::Error) -> Self {
-        BrokerError::Store(StoreError::Sqlite(error))
-    }
 }
 
 impl BrokerError {
@@ -254,7 +248,7 @@ pub struct Broker {
     /// One check at a time per session, so two connections of one instance never both receive
     /// the same mail before it is marked delivered. A std `Mutex` guards only the map and is
     /// never held across an `.await`.
-    check_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    check_locks: Mutex<HashMap<Option<TokenHash>, Arc<tokio::sync::Mutex<()>>>>,
     doorbells: doorbell::Doorbells,
     /// Failed-authentication counters per peer; shared with jobs on the writer thread.
     auth_guard: Arc<auth_guard::AuthGuard>,
@@ -419,7 +413,8 @@ impl Broker {
         peer: &Peer,
         reader: Presence,
     ) -> Result<Outcome, BrokerError> {
-        let token = request.session_token;
+        // Hashed once here; every check of this request (a long-poll makes several) uses it.
+        let token = request.session_token.as_deref().map(TokenHash::of);
         match request.action {
             Action::Ping => Ok(self.ping().await.into()),
             Action::Challenge {
@@ -534,115 +529,93 @@ impl Broker {
         self.clock.senders_clock(stamp)
     }
 
-    /// Runs `action` as the session's caller inside one store job. Rule refusals commit what
-    /// was recorded before them (an auth failure, say); storage errors roll the job back.
+    /// Runs `work` as the caller the session `token` proves, as a new request, in one flushed
+    /// job (see [`Broker::job`]): a session that does not check out refuses the job before
+    /// `work` runs, and that refusal commits the authentication failure it recorded. Work
+    /// that is not a new request or need not be flushed checks its own
+    /// [`identity::SessionCheck`] inside [`Broker::job`].
     async fn as_caller<T, F>(
         &self,
-        token: Option<String>,
+        token: Option<TokenHash>,
         peer: &Peer,
-        action: F,
+        work: F,
     ) -> Result<T, BrokerError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
-    {
-        self.in_session(
-            token,
-            peer,
-            Activity::NewRequest,
-            Durability::Flushed,
-            action,
-        )
-        .await
-    }
-
-    /// Like [`Broker::as_caller`], but neither counts a request nor refreshes the session: a
-    /// long-poll reading again after a wake-up is still the one request it was.
-    async fn as_caller_again<T, F>(
-        &self,
-        token: Option<String>,
-        peer: &Peer,
-        action: F,
-    ) -> Result<T, BrokerError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
-    {
-        self.in_session(
-            token,
-            peer,
-            Activity::SameRequest,
-            Durability::Flushed,
-            action,
-        )
-        .await
-    }
-
-    /// Authenticates the session and runs `action` as its caller in one store job, committed
-    /// with `durability`.
-    async fn in_session<T, F>(
-        &self,
-        token: Option<String>,
-        peer: &Peer,
-        activity: Activity,
-        durability: Durability,
-        action: F,
-    ) -> Result<T, BrokerError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection, &Caller, DateTime<Utc>) -> Result<T, BrokerError> + Send + 'static,
+        F: FnOnce(&Tx<'_>, &Caller, Timestamp) -> Result<JobEnd<T>, StoreError> + Send + 'static,
     {
         let check = self.session_check(token, peer);
-        let now = self.now();
-        self.run_with(durability, move |conn| {
-            let caller = match activity {
-                Activity::NewRequest => check.authenticate(conn, now)?,
-                Activity::SameRequest => check.verify(conn, now)?,
-            };
-            action(conn, &caller, now)
+        self.job(Durability::Flushed, move |tx, now| {
+            check.caller(tx, now)?.then(|caller| work(tx, &caller, now))
         })
         .await
     }
 
-    /// Runs `work` on the writer thread, keeping rule refusals apart from storage failures. A
-    /// storage failure that says the database is corrupt turns the store "damaged" here, so
-    /// every path (requests, receipts, the sweeper) reports it the same way.
-    async fn run<T, F>(&self, work: F) -> Result<T, BrokerError>
+    /// Runs `work` as one job on the store's writer thread at the broker clock's `now`,
+    /// committed with `durability`. Every broker job goes through here.
+    ///
+    /// How the job ends decides what is kept: `Ok(JobEnd::Done)` and `Ok(JobEnd::Refused)`
+    /// both commit (a refusal keeps what was recorded before it, such as an authentication
+    /// failure or a counted request), while `Err(StoreError)` rolls the job back. A storage
+    /// failure that says the database is corrupt turns the store "damaged" here, so every
+    /// path (requests, receipts, the sweeper) reports it the same way.
+    async fn job<T, F>(&self, durability: Durability, work: F) -> Result<T, BrokerError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
+        F: FnOnce(&Tx<'_>, Timestamp) -> Result<JobEnd<T>, StoreError> + Send + 'static,
     {
-        self.run_with(Durability::Flushed, work).await
-    }
-
-    /// [`Broker::run`], committed with `durability`.
-    async fn run_with<T, F>(&self, durability: Durability, work: F) -> Result<T, BrokerError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, BrokerError> + Send + 'static,
-    {
-        let work = move |conn: &Connection| match work(conn) {
-            Err(BrokerError::Store(error)) => Err(error),
-            other => Ok(other),
-        };
-        let written = match durability {
-            Durability::Flushed => self.store.write(work).await,
-            Durability::Unflushed => self.store.write_unflushed(work).await,
-        };
-        // The job's own outcome (a rule's refusal or its result), once the commit is known.
-        written.map_err(|error| match self.store.notice(&error) {
-            Some(fault) => StoreError::Unavailable(fault),
-            None => error,
-        })?
+        let now = Timestamp::new(self.now());
+        match self.store.write(durability, move |tx| work(tx, now)).await {
+            Ok(JobEnd::Done(done)) => Ok(done),
+            Ok(JobEnd::Refused(refusal)) => Err(refusal),
+            Err(failure) => Err(match self.store.notice(&failure) {
+                Some(fault) => StoreError::Unavailable(fault),
+                None => failure,
+            }
+            .into()),
+        }
     }
 }
 
-/// Whether a session's work is a new request (counted by the rate limit, refreshing the
-/// session) or more of one already counted.
-#[derive(Clone, Copy)]
-enum Activity {
-    NewRequest,
-    SameRequest,
+/// How a broker job ends when the store did not fail; both ends commit. A rule refuses by
+/// returning `Ok(JobEnd::Refused(..))`, keeping what it recorded before (an authentication
+/// failure, a counted request, a rate-limit entry); only an `Err(StoreError)` rolls the job
+/// back.
+#[derive(Debug)]
+pub(crate) enum JobEnd<T> {
+    Done(T),
+    Refused(BrokerError),
+}
+
+impl<T> JobEnd<T> {
+    /// The result turned by `f`; a refusal stays the refusal.
+    fn map<U>(self, f: impl FnOnce(T) -> U) -> JobEnd<U> {
+        match self {
+            JobEnd::Done(done) => JobEnd::Done(f(done)),
+            JobEnd::Refused(refusal) => JobEnd::Refused(refusal),
+        }
+    }
+
+    /// Goes on with `next` after `Done`; a refusal ends the job as it is.
+    fn then<U>(
+        self,
+        next: impl FnOnce(T) -> Result<JobEnd<U>, StoreError>,
+    ) -> Result<JobEnd<U>, StoreError> {
+        match self {
+            JobEnd::Done(done) => next(done),
+            JobEnd::Refused(refusal) => Ok(JobEnd::Refused(refusal)),
+        }
+    }
+}
+
+/// A refusal as a job's end: `refuse(BrokerError::SameName(..))`.
+fn refuse<T>(refusal: impl Into<BrokerError>) -> Result<JobEnd<T>, StoreError> {
+    Ok(JobEnd::Refused(refusal.into()))
+}
+
+/// A job's result as its end.
+fn done<T>(result: T) -> Result<JobEnd<T>, StoreError> {
+    Ok(JobEnd::Done(result))
 }
 
 /// The wire code for a fault that makes the store refuse work.
@@ -677,6 +650,9 @@ fn seconds_text(ms: i64) -> String {
     let whole = format!("{}.{:03}", ms / 1000, (ms % 1000).abs());
     whole.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
+
+#[cfg(test)]
+mod job_tests;
 
 #[cfg(test)]
 mod tests {

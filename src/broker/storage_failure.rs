@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::BrokerError;
-use crate::store::StoreError;
+use crate::store::DiskTrouble;
 
 /// What is wrong with the data directory, when that is why a write failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,15 +41,12 @@ pub fn diagnose(error: &BrokerError, data_dir: &Path) -> Option<DataDirProblem> 
 fn from_error(error: &BrokerError) -> Option<DataDirProblem> {
     match error {
         BrokerError::LargeFile(io) => from_io(io),
-        BrokerError::Store(StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _))) => {
-            match failure.code {
-                rusqlite::ErrorCode::DiskFull => Some(DataDirProblem::Full),
-                rusqlite::ErrorCode::ReadOnly => {
-                    Some(DataDirProblem::ReadOnly("the database is read-only".into()))
-                }
-                _ => None,
+        BrokerError::Store(error) => match error.disk_trouble()? {
+            DiskTrouble::Full => Some(DataDirProblem::Full),
+            DiskTrouble::ReadOnly => {
+                Some(DataDirProblem::ReadOnly("the database is read-only".into()))
             }
-        }
+        },
         _ => None,
     }
 }

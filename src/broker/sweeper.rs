@@ -10,8 +10,10 @@
 //! no message refers to and that was written more than [`ORPHAN_GRACE`] ago is the leftover
 //! of a broker killed between writing a file and committing its message, and is removed.
 
-use super::{large_message, minus, plus, text, Broker, BrokerError};
-use crate::store::queries::{self, SweepCutoffs, SweepReport, SweepTables};
+use super::{done, large_message, minus, plus, Broker, BrokerError};
+use crate::domain::Timestamp;
+use crate::store::queries::{SweepCutoffs, SweepReport, SweepTables};
+use crate::store::Durability;
 
 /// Rows one sweep job may delete per table.
 const SWEEP_BATCH: u32 = 500;
@@ -83,7 +85,9 @@ impl Broker {
         for batch in old.chunks(ORPHAN_BATCH) {
             let paths = batch.to_vec();
             let orphans = self
-                .run(move |conn| Ok(queries::unreferenced_files(conn, &paths)?))
+                .job(Durability::Flushed, move |tx, _now| {
+                    done(tx.unreferenced_files(&paths)?)
+                })
                 .await?;
             for orphan in &orphans {
                 tracing::info!("removing large-message file {orphan}: no message refers to it");
@@ -96,35 +100,28 @@ impl Broker {
     }
 
     async fn sweep_batch(&self, tables: SweepTables) -> Result<SweepReport, BrokerError> {
-        let now = self.now();
-        let limits = &self.limits;
-        let cutoffs = [
-            text(now),
-            text(minus(now, limits.session_idle_expiry)),
-            text(minus(now, limits.future_mail_retention)),
-            text(minus(now, limits.delivered_retention)),
-            text(minus(now, limits.replay_window)),
-            text(minus(now, std::time::Duration::from_secs(60))),
-            text(minus(now, AUTH_FAILURE_RETENTION)),
-            text(minus(now, limits.instance_retention)),
-            text(minus(now, limits.rename_cooldown)),
-        ];
-        self.run(move |conn| {
-            let cut = SweepCutoffs {
-                now: &cutoffs[0],
-                session_idle_before: &cutoffs[1],
-                future_mail_before: &cutoffs[2],
-                delivered_before: &cutoffs[3],
-                nonces_before: &cutoffs[4],
-                request_log_before: &cutoffs[5],
-                auth_failures_before: &cutoffs[6],
-                instances_unseen_before: &cutoffs[7],
-                renamed_before: &cutoffs[8],
-                peer_activity_before: &cutoffs[5],
-            };
-            Ok(queries::sweep(conn, &cut, tables, SWEEP_BATCH)?)
+        let limits = self.limits.clone();
+        self.job(Durability::Flushed, move |tx, now| {
+            done(tx.sweep(&cutoffs(&limits, now), tables, SWEEP_BATCH)?)
         })
         .await
+    }
+}
+
+/// What each table keeps at `now`: rows older than these go.
+fn cutoffs(limits: &crate::config::Limits, now: Timestamp) -> SweepCutoffs {
+    let rate_window = now.minus(std::time::Duration::from_secs(60));
+    SweepCutoffs {
+        now,
+        session_idle_before: now.minus(limits.session_idle_expiry),
+        future_mail_before: now.minus(limits.future_mail_retention),
+        delivered_before: now.minus(limits.delivered_retention),
+        nonces_before: now.minus(limits.replay_window),
+        request_log_before: rate_window,
+        auth_failures_before: now.minus(AUTH_FAILURE_RETENTION),
+        instances_unseen_before: now.minus(limits.instance_retention),
+        renamed_before: now.minus(limits.rename_cooldown),
+        peer_activity_before: rate_window,
     }
 }
 

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use super::{text, Broker};
 use crate::clock::{BrokerClock, Clock, Resumed};
-use crate::store::{queries, Store, StoreError};
+use crate::domain::Timestamp;
+use crate::store::{Durability, Store, StoreError, Tx};
 
 /// A wall clock this far from the broker clock, either way, is reported. Below it the two
 /// differ by ordinary drift and slewing, which is not news.
@@ -30,11 +31,11 @@ pub(super) struct OffsetReport {
 /// once, in one job: a run killed a moment later still leaves an anchor of its own boot.
 pub async fn resume_broker_clock(store: &Store, clock: Clock) -> Result<BrokerClock, StoreError> {
     let (broker_clock, resumed) = store
-        .write(move |conn| {
-            let persisted = queries::load_clock_anchor(conn)?;
-            let floor = queries::latest_run_time(conn)?;
+        .write(Durability::Flushed, move |tx| {
+            let persisted = tx.load_clock_anchor()?;
+            let floor = tx.latest_run_time()?.map(Timestamp::at);
             let (broker_clock, resumed) = BrokerClock::resume(clock, persisted, floor);
-            save(conn, &broker_clock)?;
+            save(tx, &broker_clock)?;
             Ok::<_, StoreError>((broker_clock, resumed))
         })
         .await?;
@@ -49,8 +50,8 @@ pub async fn resume_broker_clock(store: &Store, clock: Clock) -> Result<BrokerCl
     Ok(broker_clock)
 }
 
-fn save(conn: &rusqlite::Connection, clock: &BrokerClock) -> rusqlite::Result<()> {
-    queries::save_clock_anchor(conn, &clock.anchor_now(), &text(clock.wall()))
+fn save(tx: &Tx<'_>, clock: &BrokerClock) -> Result<(), StoreError> {
+    tx.save_clock_anchor(&clock.anchor_now(), Timestamp::new(clock.wall()))
 }
 
 impl Broker {
@@ -60,7 +61,7 @@ impl Broker {
         let clock = self.clock.clone();
         let saved = self
             .store
-            .write(move |conn| save(conn, &clock).map_err(StoreError::from))
+            .write(Durability::Flushed, move |tx| save(tx, &clock))
             .await;
         if let Err(e) = saved {
             tracing::warn!("could not persist the broker clock: {e}");

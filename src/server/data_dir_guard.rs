@@ -28,8 +28,9 @@ use rand::TryRngCore;
 use sha2::Sha256;
 
 use crate::broker::session::constant_time_eq;
-use crate::store::security::{self, Protection};
-use crate::store::{Store, StoreError};
+use crate::domain::Timestamp;
+use crate::store::security::Protection;
+use crate::store::{Durability, Store, StoreError};
 
 /// What the verifier's HMAC covers before the salt, so it cannot stand for anything else
 /// made with the same secret.
@@ -95,12 +96,12 @@ pub async fn apply(
     data_dir: &Path,
     secret: Option<String>,
     reset: bool,
-    now: String,
+    now: Timestamp,
 ) -> Result<Change, GuardError> {
     let data_dir = data_dir.to_owned();
     store
-        .write(move |conn| {
-            let stored = security::read_protection(conn).map_err(StoreError::from)?;
+        .write(Durability::Flushed, move |tx| {
+            let stored = tx.read_protection()?;
             let wanted = match decide(&stored, secret.as_deref(), reset) {
                 Ok(None) => return Ok(Change::None),
                 Ok(Some(wanted)) => wanted,
@@ -110,9 +111,8 @@ pub async fn apply(
                 Some(secret) => protect_with(secret)?,
                 None => Protection::Open,
             };
-            security::record_protection(conn, &protection, &now).map_err(StoreError::from)?;
-            let sessions_ended =
-                security::end_all_sessions(conn, &now).map_err(StoreError::from)?;
+            tx.record_protection(&protection, now)?;
+            let sessions_ended = tx.end_all_sessions(now)?;
             Ok(match wanted {
                 Some(_) => Change::Protected { sessions_ended },
                 None => Change::Opened { sessions_ended },

@@ -23,10 +23,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::{Broker, Peer};
-use crate::clock::{self, Clock};
+use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::Timestamp;
 use crate::os::{peer_uid, sock_diag};
-use crate::store::{queries, Store, StoreError};
+use crate::store::{Durability, Store, StoreError};
 
 use admission::{Admission, Owner};
 use budget::ByteBudget;
@@ -132,13 +133,13 @@ pub async fn start(
     })?;
     let store = Store::open(&config.database_path())?;
     let broker_clock = crate::broker::timekeeping::resume_broker_clock(&store, clock).await?;
-    let started = clock::to_text(broker_clock.now());
+    let started = Timestamp::new(broker_clock.now());
     let guarded = data_dir_guard::apply(
         &store,
         &config.data_dir,
         config.shared_secret.clone(),
         config.reset_secret,
-        started.clone(),
+        started,
     )
     .await;
     match guarded {
@@ -165,15 +166,13 @@ pub async fn start(
         }
     };
     let run_id = store
-        .write(move |conn| {
-            queries::record_start(
-                conn,
+        .write(Durability::Flushed, move |tx| {
+            tx.record_start(
                 std::process::id(),
                 crate::VERSION,
                 &addr.to_string(),
-                &started,
+                started,
             )
-            .map_err(StoreError::from)
         })
         .await;
     let run_id = match run_id {
@@ -230,13 +229,13 @@ impl RunningServer {
             socket.remove_file();
         }
         self.broker.persist_clock().await;
-        let stopped = clock::to_text(self.broker.now());
+        let stopped = Timestamp::new(self.broker.now());
         let run_id = self.run_id;
         let recorded = self
             .broker
             .store()
-            .write(move |conn| {
-                queries::record_stop(conn, run_id, &stopped).map_err(StoreError::from)
+            .write(Durability::Flushed, move |tx| {
+                tx.record_stop(run_id, stopped)
             })
             .await;
         if let Err(e) = recorded {
@@ -537,7 +536,7 @@ impl TcpOwners {
 /// accepted, so every request's job runs after it and sees that mail again; it is not waited
 /// for, so start-up does not grow with the number of leases (a `ping` needs no job).
 fn release_leases_of_the_last_run(store: &Store) {
-    let released = store.queue(|conn| Ok::<_, StoreError>(queries::release_leases(conn)?));
+    let released = store.write(Durability::Flushed, |tx| tx.release_leases());
     let store = store.clone();
     tokio::spawn(async move {
         match released.await {

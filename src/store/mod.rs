@@ -1,17 +1,20 @@
 //! The SQLite store: the only module that speaks SQL.
 //!
 //! One dedicated thread owns the database connection. Async handlers hand it work as closures
-//! over a channel; the thread runs everything that has queued up inside one transaction and
-//! commits once (group commit), then answers each caller. A caller hears "ok" only after its
-//! work is committed, and with `synchronous=FULL` committed means on disk.
+//! over a channel ([`Store::write`]); the thread runs everything that has queued up inside one
+//! transaction and commits once (group commit), then answers each caller. A caller hears "ok"
+//! only after its work is committed, and with `synchronous=FULL` committed means on disk.
 //!
-//! Each job runs inside its own savepoint, so a job that fails (a broken rule, a constraint)
-//! rolls back only its own changes, never its neighbours'.
+//! A job sees the database only through its transaction handle [`Tx`], whose methods
+//! ([`queries`]) take and return the shared domain values; no code outside this module runs
+//! a statement. Each job runs inside its own savepoint, so a job that fails (returns an error,
+//! or panics) rolls back only its own changes, never its neighbours'.
 //!
 //! Before each commit the writer checks that the files at the database's path are still the
 //! ones it has open ([`health`]); if not, or once SQLite reports the database corrupt, the
 //! store refuses every later job and says why.
 
+mod columns;
 pub mod health;
 pub mod inspect;
 pub mod legacy;
@@ -70,7 +73,26 @@ pub enum StoreError {
     Unavailable(Fault),
 }
 
+/// What SQLite said about the disk under a failed write, when that is why it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskTrouble {
+    Full,
+    ReadOnly,
+}
+
 impl StoreError {
+    /// Whether SQLite said the disk is full or the database read-only.
+    pub fn disk_trouble(&self) -> Option<DiskTrouble> {
+        let StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) = self else {
+            return None;
+        };
+        match failure.code {
+            rusqlite::ErrorCode::DiskFull => Some(DiskTrouble::Full),
+            rusqlite::ErrorCode::ReadOnly => Some(DiskTrouble::ReadOnly),
+            _ => None,
+        }
+    }
+
     /// Whether SQLite said the file is corrupt or not a database at all.
     pub fn is_corruption(&self) -> bool {
         let StoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) = self else {
@@ -104,6 +126,14 @@ type Completion = Box<dyn FnOnce(Result<(), BatchError>) + Send>;
 /// A unit of work for the writer thread. It is given `None` when no transaction could be
 /// started, so it does not run and its caller hears why.
 type Job = Box<dyn FnOnce(Option<&Connection>) -> Completion + Send>;
+
+/// One job's view of the database: the writer thread's open transaction, inside the job's own
+/// savepoint (or the import's own transaction, [`legacy::ImportTarget`]). Its methods are the
+/// statements of [`queries`], [`security`] and [`legacy`]; a `Tx` lives only as long as its
+/// transaction, so no statement runs outside one.
+pub struct Tx<'a> {
+    conn: &'a Connection,
+}
 
 enum Command {
     Run(Job, Durability),
@@ -233,46 +263,21 @@ impl Store {
         if self.guard.files.verify().is_ok() {
             return None;
         }
-        let _ = self.write(|_| Ok::<_, StoreError>(())).await;
+        let _ = self
+            .write(Durability::Flushed, |_| Ok::<_, StoreError>(()))
+            .await;
         self.fault()
     }
 
-    /// Runs `work` on the writer thread inside the next group commit, and returns its result
-    /// once that commit is on disk. If `work` fails, its changes are rolled back and its error
-    /// returned; if the commit fails, the caller gets [`StoreError::CommitFailed`].
-    pub async fn write<T, E, F>(&self, work: F) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-    {
-        self.queue(work).await
-    }
-
-    /// [`Store::write`] for bookkeeping that need not be flushed before the caller goes on
-    /// (see [`Durability::Unflushed`]).
-    pub async fn write_unflushed<T, E, F>(&self, work: F) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-    {
-        self.queue_with(Durability::Unflushed, work).await
-    }
-
-    /// [`Store::write`], but the job is queued now, before this returns, rather than when the
-    /// returned future is first polled: every job queued after this call runs after it. The
-    /// future resolves once the job's commit is on disk.
-    pub fn queue<T, E, F>(&self, work: F) -> impl std::future::Future<Output = Result<T, E>>
-    where
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-    {
-        self.queue_with(Durability::Flushed, work)
-    }
-
-    fn queue_with<T, E, F>(
+    /// Runs `work` on the writer thread inside the next group commit, committed with
+    /// `durability`, and returns its result once that commit is done. The job is queued now,
+    /// before this returns, rather than when the returned future is first polled: every job
+    /// queued after this call runs after it.
+    ///
+    /// `Ok` commits what `work` did; `Err` (or a panic, [`StoreError::Panicked`]) rolls back
+    /// its savepoint, so it leaves nothing behind. If the commit fails, the caller gets
+    /// [`StoreError::CommitFailed`] (or the fault that refuses all work).
+    pub fn write<T, E, F>(
         &self,
         durability: Durability,
         work: F,
@@ -280,7 +285,7 @@ impl Store {
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        F: FnOnce(&Tx<'_>) -> Result<T, E> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
@@ -322,10 +327,11 @@ impl Store {
 }
 
 /// Opens (creating and migrating if needed) a second read-write connection to the database,
-/// for a tool that writes beside a running broker, like `import-legacy`. WAL lets it share the
-/// file; each of its transactions briefly holds the write lock, and the broker's writer waits
-/// for it (up to its busy timeout), so such a tool must keep its transactions short.
-pub fn open_side_connection(path: &Path) -> Result<Connection, StoreError> {
+/// for a tool that writes beside a running broker, like `import-legacy`
+/// ([`legacy::ImportTarget`]). WAL lets it share the file; each of its transactions briefly
+/// holds the write lock, and the broker's writer waits for it (up to its busy timeout), so
+/// such a tool must keep its transactions short.
+fn open_side_connection(path: &Path) -> Result<Connection, StoreError> {
     open_checked(path).map(|(conn, _)| conn)
 }
 
@@ -435,10 +441,10 @@ fn explain_open_failure(path: &Path, error: impl std::fmt::Display) -> StoreErro
 fn run_in_savepoint<T, E, F>(conn: &Connection, work: F) -> Result<T, E>
 where
     E: From<StoreError>,
-    F: FnOnce(&Connection) -> Result<T, E>,
+    F: FnOnce(&Tx<'_>) -> Result<T, E>,
 {
     run_statement(conn, "SAVEPOINT job")?;
-    let result = match catch_unwind(AssertUnwindSafe(|| work(conn))) {
+    let result = match catch_unwind(AssertUnwindSafe(|| work(&Tx { conn }))) {
         Ok(result) => result,
         Err(panic) => Err(StoreError::Panicked(panic_text(&panic)).into()),
     };
@@ -637,25 +643,25 @@ impl Guard {
 mod tests {
     use super::*;
 
-    fn count(conn: &Connection) -> rusqlite::Result<i64> {
-        conn.query_row(
+    const FLUSHED: Durability = Durability::Flushed;
+
+    fn count(tx: &Tx<'_>) -> Result<i64, StoreError> {
+        Ok(tx.conn.query_row(
             "SELECT coalesce(sum(failures), 0) FROM auth_failures",
             [],
             |r| r.get(0),
-        )
+        )?)
     }
 
-    fn insert_failure(conn: &Connection, reason: &str) -> Result<(), StoreError> {
+    fn insert_failure(tx: &Tx<'_>, reason: &str) -> Result<(), StoreError> {
         let failure = queries::AuthFailure {
-            at: "2026-01-01T00:00:00.000Z",
-            minute: "2026-01-01T00:00:00.000Z",
+            at: crate::domain::Timestamp::parse("2026-01-01T00:00:00.000Z").unwrap(),
             name: None,
             peer: "test",
             peer_key: "test",
             reason,
         };
-        queries::record_auth_failure(conn, &failure, 100)?;
-        Ok(())
+        tx.record_auth_failure(&failure, 100)
     }
 
     #[tokio::test]
@@ -664,15 +670,12 @@ mod tests {
         let path = dir.path().join("ipc.db");
         let store = Store::open(&path).unwrap();
         store
-            .write(|conn| insert_failure(conn, "first"))
+            .write(FLUSHED, |tx| insert_failure(tx, "first"))
             .await
             .unwrap();
         store.shutdown().await;
         let store = Store::open(&path).unwrap();
-        let rows = store
-            .write(|conn| Ok::<_, StoreError>(count(conn)?))
-            .await
-            .unwrap();
+        let rows = store.write(FLUSHED, count).await.unwrap();
         assert_eq!(rows, 1, "reopening kept the data and did not re-apply V1");
         store.shutdown().await;
     }
@@ -710,7 +713,11 @@ mod tests {
             identity(1),
             "each earlier session had its own identity"
         );
-        let kept = queries::find_nonce(&conn, queries::IdentityId(alice), "n-1", at).unwrap();
+        let tx = Tx { conn: &conn };
+        let since = crate::domain::Timestamp::parse(at).unwrap();
+        let kept = tx
+            .find_nonce(queries::IdentityId(alice), "n-1", since)
+            .unwrap();
         assert_eq!(
             kept,
             Some(MessageId(10)),
@@ -720,9 +727,11 @@ mod tests {
             .query_row("SELECT count(*) FROM send_nonces", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 1, "a nonce of a name nobody holds is dropped");
-        let id = queries::insert_session(&conn, "carol", "h4", at).unwrap();
+        let carol = crate::domain::InstanceName::parse("carol").unwrap();
+        let hash = crate::domain::TokenHash::of("h4");
+        let id = tx.insert_session(&carol, &hash, since).unwrap();
         assert!(
-            identity(id) > identity(3),
+            identity(id.0) > identity(3),
             "new identities come after the old ones"
         );
     }
@@ -735,8 +744,8 @@ mod tests {
             let store = store.clone();
             async move {
                 store
-                    .write(move |conn| {
-                        insert_failure(conn, "kept or not")?;
+                    .write(FLUSHED, move |tx| {
+                        insert_failure(tx, "kept or not")?;
                         if i % 2 == 1 {
                             return Err(StoreError::Closed);
                         }
@@ -752,10 +761,7 @@ mod tests {
         let ok = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(ok, 9, "even jobs but the panicking one succeed");
         assert!(matches!(results[4], Err(StoreError::Panicked(_))));
-        let rows = store
-            .write(|conn| Ok::<_, StoreError>(count(conn)?))
-            .await
-            .unwrap();
+        let rows = store.write(FLUSHED, count).await.unwrap();
         assert_eq!(rows, 9, "failed and panicked jobs left nothing behind");
         store.shutdown().await;
     }
@@ -779,12 +785,9 @@ mod tests {
     async fn a_queued_job_runs_before_later_jobs_even_if_nobody_awaits_it() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("ipc.db")).unwrap();
-        let not_awaited = store.queue(|conn| insert_failure(conn, "queued"));
+        let not_awaited = store.write(FLUSHED, |tx| insert_failure(tx, "queued"));
         drop(not_awaited);
-        let rows = store
-            .write(|conn| Ok::<_, StoreError>(count(conn)?))
-            .await
-            .unwrap();
+        let rows = store.write(FLUSHED, count).await.unwrap();
         assert_eq!(
             rows, 1,
             "the queued job ran first, though its future was dropped"
@@ -796,25 +799,28 @@ mod tests {
     async fn only_batches_of_unflushed_jobs_commit_without_a_flush() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("ipc.db")).unwrap();
-        let synchronous = |conn: &Connection| -> Result<i64, StoreError> {
-            Ok(conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?)
+        let synchronous = |tx: &Tx<'_>| -> Result<i64, StoreError> {
+            Ok(tx
+                .conn
+                .query_row("PRAGMA synchronous", [], |row| row.get(0))?)
         };
         const NORMAL: i64 = 1;
         const FULL: i64 = 2;
-        assert_eq!(store.write_unflushed(synchronous).await.unwrap(), NORMAL);
-        assert_eq!(store.write(synchronous).await.unwrap(), FULL);
-        assert_eq!(store.write_unflushed(synchronous).await.unwrap(), NORMAL);
+        const UNFLUSHED: Durability = Durability::Unflushed;
+        assert_eq!(store.write(UNFLUSHED, synchronous).await.unwrap(), NORMAL);
+        assert_eq!(store.write(FLUSHED, synchronous).await.unwrap(), FULL);
+        assert_eq!(store.write(UNFLUSHED, synchronous).await.unwrap(), NORMAL);
         // A batch holding any flushed job is flushed: queued while the writer is busy, the two
         // share the next batch, and both see FULL.
         let (started_tx, started) = std::sync::mpsc::channel();
-        let busy = store.queue(move |_| {
+        let busy = store.write(FLUSHED, move |_| {
             started_tx.send(()).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(200));
             Ok::<_, StoreError>(())
         });
         started.recv().unwrap();
-        let unflushed = store.queue_with(Durability::Unflushed, synchronous);
-        let flushed = store.queue(synchronous);
+        let unflushed = store.write(UNFLUSHED, synchronous);
+        let flushed = store.write(FLUSHED, synchronous);
         let (busy, unflushed, flushed) = tokio::join!(busy, unflushed, flushed);
         busy.unwrap();
         assert_eq!((unflushed.unwrap(), flushed.unwrap()), (FULL, FULL));

@@ -20,9 +20,10 @@ use chrono::{TimeZone, Utc};
 use claude_ipc::client::Client;
 use claude_ipc::clock::{self, Clock};
 use claude_ipc::config::Config;
+use claude_ipc::domain::{InstanceName, MessageKind, Timestamp};
 use claude_ipc::protocol::{ACTION_NAMES, LEGACY_READ_BYTES, REPLY_BUDGET};
-use claude_ipc::store::queries::{self, NewMessage};
-use claude_ipc::store::StoreError;
+use claude_ipc::store::queries::NewMessage;
+use claude_ipc::store::{Durability, StoreError};
 use common::*;
 use serde_json::{json, Value};
 
@@ -294,29 +295,35 @@ fn a_broadcast_to_6000_recipients_is_summarised_within_one_read() {
 
 /// Stores `count` messages for `recipient` in one job; returns their ids.
 fn mail_through_the_store(broker: &TestBroker, recipient: &str, count: usize) -> Vec<i64> {
-    let (recipient, now) = (recipient.to_owned(), clock::to_text(broker.clock.now()));
+    let recipient = InstanceName::parse(recipient).expect("a valid name");
+    let now = Timestamp::new(broker.clock.now());
     broker
-        .block_on(broker.broker().store().write(move |conn| {
-            let mut ids = Vec::new();
-            for i in 0..count {
-                let content = format!("note {i}");
-                let message = NewMessage {
-                    sender: "alice",
-                    addressed_to: &recipient,
-                    recipient: &recipient,
-                    kind: "direct",
-                    content: &content,
-                    data: None,
-                    large_file: None,
-                    large_file_bytes: None,
-                    nonce: None,
-                    sender_timestamp: None,
-                    received_at: &now,
-                };
-                ids.push(queries::insert_message(conn, &message)?.0);
-            }
-            Ok::<_, StoreError>(ids)
-        }))
+        .block_on(
+            broker
+                .broker()
+                .store()
+                .write(Durability::Flushed, move |tx| {
+                    let mut ids = Vec::new();
+                    for i in 0..count {
+                        let content = format!("note {i}");
+                        let message = NewMessage {
+                            sender: "alice",
+                            addressed_to: &recipient,
+                            recipient: &recipient,
+                            kind: MessageKind::Direct,
+                            content: &content,
+                            data: None,
+                            large_file: None,
+                            large_file_bytes: None,
+                            nonce: None,
+                            sender_timestamp: None,
+                            received_at: now,
+                        };
+                        ids.push(tx.insert_message(&message)?.0);
+                    }
+                    Ok::<_, StoreError>(ids)
+                }),
+        )
         .expect("mail stored")
 }
 

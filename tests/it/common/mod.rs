@@ -677,13 +677,14 @@ impl TestBroker {
     /// broker's store, in one job: over the wire ten thousand would take minutes. They have no
     /// session; they receive broadcasts and appear in `list` like any other.
     pub fn store_instances(&self, prefix: &str, count: usize) -> Vec<String> {
-        use claude_ipc::store::{queries, StoreError};
+        use claude_ipc::domain::{InstanceName, Timestamp};
+        use claude_ipc::store::{Durability, StoreError};
         let names: Vec<String> = (0..count).map(|i| long_name(prefix, i)).collect();
-        let now = claude_ipc::clock::to_text(self.clock.now());
+        let now = Timestamp::new(self.clock.now());
         let to_store = names.clone();
-        self.block_on(self.broker().store().write(move |conn| {
+        self.block_on(self.broker().store().write(Durability::Flushed, move |tx| {
             for name in &to_store {
-                queries::upsert_instance(conn, name, &now)?;
+                tx.upsert_instance(&InstanceName::parse(name).expect("a valid name"), now)?;
             }
             Ok::<_, StoreError>(())
         }))
