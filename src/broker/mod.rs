@@ -41,7 +41,7 @@ use crate::clock::{self, BrokerClock};
 use crate::config::Limits;
 use crate::domain::{Timestamp, TokenHash};
 use crate::protocol::{Action, ErrorCode, Reply, Request};
-use crate::store::queries;
+use crate::store::queries::{self, SessionId};
 use crate::store::{Durability, Fault, Store, StoreError, Tx};
 
 pub use challenge::ChallengeRefusal;
@@ -317,7 +317,7 @@ impl Broker {
 
     /// Whether `session_id` has a long-poll (`check` or `count` with a wait) listening for its
     /// doorbell now: from then on any commit of mail for it answers the wait.
-    pub fn is_waiting_for_mail(&self, session_id: i64) -> bool {
+    pub fn is_waiting_for_mail(&self, session_id: SessionId) -> bool {
         self.listening.is_waiting(session_id)
     }
 

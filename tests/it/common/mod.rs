@@ -869,14 +869,16 @@ impl McpProcess {
 
 impl TestBroker {
     /// The id of `name`'s live session, as the broker keys its open waits.
-    pub fn session_id(&self, name: &str) -> i64 {
-        self.sql()
+    pub fn session_id(&self, name: &str) -> claude_ipc::store::queries::SessionId {
+        let id = self
+            .sql()
             .query_row(
                 "SELECT id FROM sessions WHERE instance_name = ?1 AND revoked_at IS NULL",
                 [name],
                 |row| row.get(0),
             )
-            .unwrap_or_else(|e| panic!("no live session for {name}: {e}"))
+            .unwrap_or_else(|e| panic!("no live session for {name}: {e}"));
+        claude_ipc::store::queries::SessionId(id)
     }
 
     /// Whether `name`'s live session has a long-poll listening for its doorbell now, as the
