@@ -257,6 +257,11 @@ impl Config {
         }
     }
 
+    /// Where the broker keeps its data unless told otherwise: `~/.claude-ipc-data`.
+    pub fn default_data_dir() -> PathBuf {
+        crate::os::users::own_home().join(".claude-ipc-data")
+    }
+
     pub fn database_path(&self) -> PathBuf {
         self.data_dir.join("ipc.db")
     }

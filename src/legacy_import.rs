@@ -27,8 +27,8 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::broker::identity::SYSTEM_SENDER;
 use crate::clock;
+use crate::domain::SYSTEM_SENDER;
 use crate::protocol::InstanceName;
 use crate::store::legacy::{self, LegacyMessage, LegacyRename};
 use crate::store::queries::{self, NewMessage};

@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::broker::session::constant_time_eq;
 use crate::private_file::{self, PrivateFileError};
+use crate::protocol::auth::constant_time_eq;
 
 /// The variable holding the secret itself.
 pub const SECRET_VAR: &str = "IPC_SHARED_SECRET";

@@ -144,7 +144,7 @@ const REFUSAL_READ_MAX: u64 = 64 * 1024;
 /// process's environment, so it runs with this client's shared secret (or none), never
 /// another mode than the client's.
 fn spawn_serve(args: &ClientArgs, data_dir: &Path) -> std::io::Result<Started> {
-    crate::server::prepare_data_dir(data_dir).map_err(std::io::Error::other)?;
+    crate::os::prepare_data_dir(data_dir).map_err(std::io::Error::other)?;
     let log = OpenOptions::new()
         .create(true)
         .append(true)

@@ -11,9 +11,9 @@ use clap::Args;
 use serde_json::json;
 
 use super::output::{block_for_terminal, for_terminal};
-use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
 use crate::client::{CheckOptions, Checked, Client, ClientError, Received};
+use crate::session_file::SessionFile;
 
 /// How long printed-but-unacknowledged mail is held before it is handed out again.
 const LEASE: Duration = Duration::from_secs(30);

@@ -15,7 +15,6 @@ mod register;
 mod rename;
 mod send;
 pub mod serve;
-pub mod session_file;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +25,8 @@ use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::{BrokerCheck, BrokerUser, Client, ClientError};
+use crate::config::Config;
+use crate::session_file::SessionFileError;
 
 pub const EXIT_BROKER_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -206,7 +207,7 @@ fn holds_secret() -> bool {
 
 /// The data directory `serve` uses: `--data-dir` / `IPC_DATA_DIR`, else `~/.claude-ipc-data`.
 pub fn data_dir_or_default(given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| session_file::home_dir().join(".claude-ipc-data"))
+    given.unwrap_or_else(Config::default_data_dir)
 }
 
 /// A failure that ends a subcommand, with its exit code.
@@ -224,6 +225,13 @@ pub enum CliError {
 impl From<ClientError> for CliError {
     fn from(error: ClientError) -> Self {
         CliError::Client(error)
+    }
+}
+
+/// Not registered, or a session file that cannot be used: the person must act.
+impl From<SessionFileError> for CliError {
+    fn from(error: SessionFileError) -> Self {
+        CliError::Usage(error.to_string())
     }
 }
 

@@ -3,9 +3,9 @@
 use clap::Args;
 use serde_json::json;
 
-use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
 use crate::secret::shared_secret_from_env;
+use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
 #[command(

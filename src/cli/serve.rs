@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::clock::Clock;
 use crate::config::{parse_duration, Config, Limits};
+use crate::os::{self, ShutdownSignals};
 use crate::secret::{self, SecretError};
 use crate::server;
 
@@ -215,7 +216,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(warning) = config.limits.legacy_read_warning() {
         tracing::warn!("{warning}");
     }
-    let mut signals = server::ShutdownSignals::install()?;
+    let mut signals = ShutdownSignals::install()?;
     // Each listener has its own table of --max-connections.
     let listeners = if config.socket.is_some() { 2 } else { 1 };
     raise_open_file_limit(config.limits.max_connections, listeners);
@@ -284,7 +285,7 @@ const SPARE_DESCRIPTORS: u64 = 64;
 /// Raises the soft open-file limit to the hard limit, so the connection cap, not a default
 /// soft limit of 1,024, decides how many clients are served. Logs when it is still too low.
 fn raise_open_file_limit(max_connections: usize, listeners: u64) {
-    let limit = match server::raise_open_file_limit() {
+    let limit = match os::raise_open_file_limit() {
         Ok(limit) => limit,
         Err(e) => {
             tracing::warn!("cannot read or raise the open-file limit: {e}");

@@ -7,8 +7,8 @@ use serde_json::Value;
 
 use super::command::CommandRun;
 use super::guard::Secrets;
-use crate::broker::identity::SYSTEM_SENDER;
 use crate::client::{Checked, Instance, Received, Waiting};
+use crate::domain::SYSTEM_SENDER;
 
 /// "3 min ago" for a broker timestamp, or nothing if it does not parse.
 pub fn ago(timestamp: &str, now: DateTime<Utc>) -> String {

@@ -30,9 +30,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::session_file::SessionFile;
 use crate::client::{CheckOptions, Client, ClientError, Stamp, Waiting};
 use crate::config::Config;
+use crate::session_file::SessionFile;
 use election::Election;
 
 /// How long mail a tool read stays leased to it before it is handed out again unacknowledged.

@@ -27,7 +27,7 @@ use rand::rngs::OsRng;
 use rand::TryRngCore;
 use sha2::Sha256;
 
-use crate::broker::session::constant_time_eq;
+use crate::protocol::auth::constant_time_eq;
 use crate::store::security::{self, Protection};
 use crate::store::{Store, StoreError};
 
