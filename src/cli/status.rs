@@ -14,9 +14,10 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::{json, Map, Value};
 
-use super::output::{self, for_terminal, paint, relative_time, Colour};
+use super::output::{self, for_terminal, paint, Colour};
 use super::{CliError, ClientArgs, EXIT_BROKER_ERROR, EXIT_UNREACHABLE};
 use crate::clock;
+use crate::relative_time::{relative_time, span};
 use crate::store::inspect::{self, Snapshot};
 
 /// An instance seen within this window is shown as online. Clients that are in use make a
@@ -239,7 +240,7 @@ fn wall_clock_offset_worth_saying(clock: &Value) -> Option<String> {
     let direction = if ahead_ms > 0 { "ahead of" } else { "behind" };
     Some(format!(
         "the broker's wall clock is {} {direction} its broker clock (the wall clock jumped); times are stored and windows measured by the broker clock ({}), so nothing expires early or waits longer",
-        output::span(ahead_ms.unsigned_abs() / 1000),
+        span(ahead_ms.unsigned_abs() / 1000),
         clock["broker"].as_str().unwrap_or("?"),
     ))
 }
@@ -368,7 +369,7 @@ fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
             .unwrap_or_default();
         let uptime = broker["uptime_seconds"]
             .as_u64()
-            .map(|s| format!(", up {}", output::span(s)))
+            .map(|s| format!(", up {}", span(s)))
             .unwrap_or_default();
         let state = if broker["healthy"] == true {
             paint("answering", Colour::Green, colour)
@@ -469,7 +470,7 @@ fn render_contents(
     line(format!(
         "instances    {} registered, {online} online (seen in the last {})",
         instances.len(),
-        output::span(ONLINE_WINDOW.as_secs())
+        span(ONLINE_WINDOW.as_secs())
     ));
     for instance in &instances {
         let state = if instance["online"] == true {
