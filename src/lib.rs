@@ -21,6 +21,7 @@
 //! the broker and every client; [`private_file`] reads and writes the files only their user
 //! may see (the session file, the secret file) without following a planted link.
 
+pub mod background_serve;
 pub mod bench;
 pub mod broker;
 pub mod cli;

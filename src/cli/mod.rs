@@ -26,6 +26,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::{BrokerCheck, BrokerUser, Client, ClientError};
 use crate::config::Config;
+use crate::secret::SecretError;
 use crate::session_file::SessionFileError;
 
 pub const EXIT_BROKER_ERROR: u8 = 1;
@@ -225,6 +226,13 @@ pub enum CliError {
 impl From<ClientError> for CliError {
     fn from(error: ClientError) -> Self {
         CliError::Client(error)
+    }
+}
+
+/// A secret file that cannot be used: the person must fix it.
+impl From<SecretError> for CliError {
+    fn from(error: SecretError) -> Self {
+        CliError::Usage(error.to_string())
     }
 }
 

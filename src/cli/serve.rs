@@ -151,10 +151,7 @@ impl ServeArgs {
     /// The broker's configuration; fails only if the shared secret cannot be read.
     pub fn config(&self) -> Result<Config, SecretError> {
         let data_dir = super::data_dir_or_default(self.data_dir.clone());
-        let shared_secret = match &self.secret_file {
-            Some(path) => secret::shared_secret(secret::secret_from_var(), Some(path))?,
-            None => secret::shared_secret_from_env()?,
-        };
+        let shared_secret = secret::shared_secret_with_file(self.secret_file.as_deref())?;
         Ok(Config {
             addr: self.addr,
             data_dir,
