@@ -1,6 +1,8 @@
 //! Every window and limit the broker enforces, with the defaults from the product spec.
 //!
-//! `serve` builds a [`Config`] from its flags; tests build one directly and change a field.
+//! [`Limits`] is also the set of `serve` flags that set them (flattened into `serve`'s
+//! arguments), so each default is written once, beside the field's help. `serve` builds a
+//! [`Config`] from its flags; tests build one directly and change a field.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
