@@ -1,6 +1,8 @@
 //! Every window and limit the broker enforces, with the defaults from the product spec.
 //!
-//! `serve` builds a [`Config`] from its flags; tests build one directly and change a field.
+//! [`Limits`] is also the set of `serve` flags that set them (flattened into `serve`'s
+//! arguments), so each default is written once, beside the field's help. `serve` builds a
+//! [`Config`] from its flags; tests build one directly and change a field.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,79 +25,125 @@ pub struct Config {
 }
 
 /// The rules' windows and caps, and the per-connection limits.
-#[derive(Debug, Clone)]
+///
+/// Each field is also a `serve` flag (the struct is flattened into its arguments): the doc
+/// comment is the flag's help, and its `default_value` is the one default, which
+/// [`Limits::default`] reads through the same parser.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct Limits {
-    /// A session unused for this long stops working.
+    /// A session unused this long stops working.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub session_idle_expiry: Duration,
-    /// Mail for a name nobody has registered is dropped after this long.
+    /// Mail for a name nobody registered is dropped after this long.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
     pub future_mail_retention: Duration,
     /// Delivered mail (and its large-message file) is purged after this long.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
     pub delivered_retention: Duration,
-    /// After a rename the old name forwards to the new one for this long.
+    /// After a rename, the old name forwards to the new one this long.
+    #[arg(long, default_value = "2h", value_parser = parse_duration)]
     pub forward_duration: Duration,
-    /// The minimum time between two renames of one instance.
+    /// Minimum time between two renames of one instance.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub rename_cooldown: Duration,
     /// Pending messages per recipient; 0 means unlimited.
+    #[arg(long, default_value_t = 100)]
     pub queue_cap: u32,
     /// Requests per 60 s per instance; 0 turns the limit off.
+    #[arg(long, default_value_t = 100)]
     pub rate_limit: u32,
-    /// The largest request accepted, in bytes; the connection is closed after a larger one.
+    /// Largest request in bytes; the connection is closed after a larger one.
+    #[arg(long, default_value_t = 1024 * 1024)]
     pub max_request_bytes: usize,
-    /// Content longer than this (in bytes, as JSON text) is stored in a file instead.
+    /// Content over this many bytes is stored in a file under large-messages/.
+    // Counted in bytes of the content as JSON text.
+    #[arg(long, default_value_t = 10 * 1024)]
     pub large_message_bytes: usize,
-    /// The largest `message.data` object accepted, in bytes of JSON.
+    /// Largest `message.data` object in bytes of JSON.
+    #[arg(long, default_value_t = 16 * 1024)]
     pub max_data_bytes: usize,
-    /// A `send` nonce seen again within this window is a duplicate. Must be longer than twice
-    /// `max_clock_skew` plus [`REPLAY_WINDOW_MARGIN`].
+    /// A send nonce repeated within this window is reported as a duplicate, not stored. Must
+    /// be longer than twice --max-clock-skew plus 30s.
+    // 30 s is `REPLAY_WINDOW_MARGIN`; `Limits::validate` refuses a shorter window. The spec's
+    // 10 minutes is exactly twice its 5-minute skew, which would let a replay through.
+    #[arg(long, default_value = "11m", value_parser = parse_duration)]
     pub replay_window: Duration,
-    /// A `send` timestamp further than this from the broker's clock is refused.
+    /// A send timestamp further than this from the broker's clock is refused.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub max_clock_skew: Duration,
-    /// Simultaneous connections; the next one gets an error and is closed.
+    /// Connections per listener (TCP, the Unix socket each). At the cap a new one evicts the
+    /// longest-quiet unauthenticated connection, or is refused. Another user holds at most a
+    /// quarter, all other users together three quarters.
+    #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
-    /// A connection with no request in progress is closed after this long.
+    /// A connection with no request for this long is closed.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub idle_timeout: Duration,
-    /// A request that started arriving must be complete within this long.
+    /// A request must arrive in full within this long of its first byte.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub read_timeout: Duration,
     /// A reply the client does not read within this long closes the connection.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub write_timeout: Duration,
-    /// How often the sweeper expires and purges old rows; zero turns the background sweeper
-    /// off (`serve` never allows that; the test harness does, and sweeps by hand).
+    /// How often expired sessions, forwards and old mail are swept.
+    // Zero turns the background sweeper off: `serve` never allows that (it raises the flag to
+    // at least 100 ms); the test harness does, and sweeps by hand.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
     pub sweep_interval: Duration,
-    /// An instance with no live session, no waiting mail and no forward to it, unseen this
-    /// long, is removed so that names nobody uses do not pile up (and collect notices).
+    /// An instance with no live session, no waiting mail and no forward to it is removed after
+    /// this long unseen.
+    // So that names nobody uses do not pile up (and collect notices).
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
     pub instance_retention: Duration,
-    /// Requests per 60 s per peer, summed over every name it uses; 0 turns it off. `None`:
-    /// ten times `rate_limit` (so off when that is off).
+    /// Requests per 60 s per peer (its user, or its address), summed over all its names; 0
+    /// turns it off [default: 10 × --rate-limit]
+    // `None`: `PEER_RATE_FACTOR` times `rate_limit` (so off when that is off).
+    #[arg(long)]
     pub peer_rate_limit: Option<u32>,
-    /// Registrations that create a new name, per 60 s per peer; 0 turns it off. `None`:
-    /// [`DEFAULT_PEER_REGISTER_LIMIT`], or off when `rate_limit` is off.
+    /// New names registered per 60 s per peer; 0 turns it off [default: 60, off with
+    /// --rate-limit 0]
+    // `None`: `DEFAULT_PEER_REGISTER_LIMIT`, or off when `rate_limit` is off.
+    #[arg(long)]
     pub peer_register_limit: Option<u32>,
-    /// Registrations that create a new name, per 60 s for everyone together; 0 turns it off.
-    /// `None`: [`DEFAULT_REGISTER_LIMIT`], or off when `rate_limit` is off.
+    /// New names registered per 60 s by everyone together; 0 turns it off [default: 600, off
+    /// with --rate-limit 0]
+    // `None`: `DEFAULT_REGISTER_LIMIT`, or off when `rate_limit` is off.
+    #[arg(long)]
     pub register_limit: Option<u32>,
-    /// Bytes of large-message files all stored mail may refer to; 0 means unlimited.
+    /// Bytes of large-message files all stored mail may hold; 0 means unlimited.
+    #[arg(long, default_value_t = 1024 * 1024 * 1024)]
     pub large_message_total_bytes: u64,
-    /// Bytes of large-message files one sender's stored mail may refer to; 0 means unlimited.
+    /// Bytes of large-message files one sender's stored mail may hold; 0 means unlimited.
+    #[arg(long, default_value_t = 100 * 1024 * 1024)]
     pub large_message_sender_bytes: u64,
-    /// Authentication failures per 60 s per peer before its requests that need authentication
-    /// are refused unchecked until the minute has passed; 0 turns it off.
+    /// Authentication failures per 60 s per peer before its requests that need
+    /// authentication are refused unchecked for the rest of the minute; 0 turns it off.
+    #[arg(long, default_value_t = 60)]
     pub auth_failure_limit: u32,
-    /// The most rows `auth_failures` keeps; the oldest go first.
+    /// The most rows the auth_failures table keeps; the oldest are removed first.
+    #[arg(long, default_value_t = 10_000)]
     pub auth_failure_rows: u32,
-    /// A connection none of whose requests has proved a session yet is closed after this long
-    /// with no request (or `idle_timeout`, if that is shorter), so idle floods drain fast.
+    /// A connection that has not yet registered or used a session is closed after this long
+    /// with no request (or --idle-timeout, if shorter).
+    // So that floods of idle connections drain fast.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub unauthenticated_idle_timeout: Duration,
-    /// Bytes that requests still arriving may hold in memory beyond each connection's small
-    /// initial buffer, all connections together (a quarter kept for authenticated ones);
-    /// never less than two largest requests.
+    /// Bytes of partly received requests held in memory, all connections together, beyond a
+    /// small buffer each; a request needing more waits. A quarter is kept for connections that
+    /// registered or used a session. At least twice --max-request-bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
     pub request_memory_budget: usize,
-    /// A name's session used within this long (or with a long-poll open now) is in use: a
-    /// `register` that did not ask to take over is refused it. Longer than the minute by
-    /// which a busy session's last use is recorded.
+    /// A name whose session was used this recently, or waits for mail now, is in use:
+    /// registering it is refused unless the register asks to take it over (`register
+    /// --takeover`). Legacy registers still replace it, as the original did.
+    // Longer than the minute by which a busy session's last use is recorded.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub name_live_window: Duration,
-    /// Whether a legacy register with the static `auth_token = sha256(name:secret)` is
-    /// accepted in secret mode. On by default for the Python original's scripts; whoever sees
-    /// one such token can register as that name until the secret changes.
+    // Whether a legacy register with the static `auth_token = sha256(name:secret)` is
+    // accepted in secret mode. On by default for the Python original's scripts; whoever sees
+    // one such token can register as that name until the secret changes. Its flag says the
+    // opposite (`serve --no-static-token`), so `serve` sets it rather than clap.
+    #[arg(skip = true)]
     pub static_token_accepted: bool,
 }
 
@@ -137,43 +185,17 @@ impl Limits {
 }
 
 impl Default for Limits {
+    /// The defaults of the `serve` flags, read through clap from the `default_value`s above:
+    /// there is no second list of them to fall out of step.
     fn default() -> Self {
-        const MINUTE: u64 = 60;
-        const HOUR: u64 = 60 * MINUTE;
-        const DAY: u64 = 24 * HOUR;
-        Limits {
-            session_idle_expiry: Duration::from_secs(DAY),
-            future_mail_retention: Duration::from_secs(7 * DAY),
-            delivered_retention: Duration::from_secs(7 * DAY),
-            forward_duration: Duration::from_secs(2 * HOUR),
-            rename_cooldown: Duration::from_secs(HOUR),
-            queue_cap: 100,
-            rate_limit: 100,
-            max_request_bytes: 1024 * 1024,
-            large_message_bytes: 10 * 1024,
-            max_data_bytes: 16 * 1024,
-            // Longer than twice the skew plus the margin (see `Limits::validate`); the spec's
-            // 10 minutes is exactly twice its 5-minute skew, which lets a replay through.
-            replay_window: Duration::from_secs(11 * MINUTE),
-            max_clock_skew: Duration::from_secs(5 * MINUTE),
-            max_connections: 1024,
-            idle_timeout: Duration::from_secs(5 * MINUTE),
-            read_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(10),
-            sweep_interval: Duration::from_secs(MINUTE),
-            instance_retention: Duration::from_secs(7 * DAY),
-            peer_rate_limit: None,
-            peer_register_limit: None,
-            register_limit: None,
-            large_message_total_bytes: 1024 * 1024 * 1024,
-            large_message_sender_bytes: 100 * 1024 * 1024,
-            auth_failure_limit: 60,
-            auth_failure_rows: 10_000,
-            unauthenticated_idle_timeout: Duration::from_secs(10),
-            request_memory_budget: 64 * 1024 * 1024,
-            name_live_window: Duration::from_secs(5 * MINUTE),
-            static_token_accepted: true,
+        #[derive(clap::Parser)]
+        struct OnlyLimits {
+            #[command(flatten)]
+            limits: Limits,
         }
+        <OnlyLimits as clap::Parser>::try_parse_from(["limits"])
+            .expect("every limit's default parses")
+            .limits
     }
 }
 
@@ -255,6 +277,11 @@ impl Config {
             limits: Limits::default(),
             reset_secret: false,
         }
+    }
+
+    /// Where the broker keeps its data unless told otherwise: `~/.claude-ipc-data`.
+    pub fn default_data_dir() -> PathBuf {
+        crate::os::users::own_home().join(".claude-ipc-data")
     }
 
     pub fn database_path(&self) -> PathBuf {

@@ -13,6 +13,11 @@ use sha2::{Digest, Sha256};
 
 use crate::clock;
 
+/// The name reserved for the broker's own notices, so nobody can pose as it. Reserved in
+/// every letter case (`System` would read just like it), and shown by the MCP server as a
+/// notice from the broker rather than a message from someone.
+pub const SYSTEM_SENDER: &str = "system";
+
 /// An instance name: `^[A-Za-z0-9_-]{1,32}$`, case-sensitive.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InstanceName(String);

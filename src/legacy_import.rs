@@ -26,9 +26,8 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::broker::identity::SYSTEM_SENDER;
 use crate::clock;
-use crate::domain::{MessageKind, Timestamp};
+use crate::domain::{MessageKind, Timestamp, SYSTEM_SENDER};
 use crate::protocol::InstanceName;
 use crate::store::legacy::{ImportTarget, LegacyMessage, LegacyRename, LegacySource};
 use crate::store::queries::{MessageId, NewMessage};

@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::server::unix_socket::effective_uid;
+use crate::os::users::effective_uid;
 
 /// How many random temporary names are tried before giving up (each collision means someone
 /// created that very name first, which a 64-bit random name makes all but impossible).

@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::broker::session::constant_time_eq;
 use crate::private_file::{self, PrivateFileError};
+use crate::protocol::auth::constant_time_eq;
 
 /// The variable holding the secret itself.
 pub const SECRET_VAR: &str = "IPC_SHARED_SECRET";
@@ -39,18 +39,22 @@ impl From<PrivateFileError> for SecretError {
 /// `IPC_SHARED_SECRET_FILE`; `None` (open mode) when neither is set. An empty variable
 /// counts as unset.
 pub fn shared_secret_from_env() -> Result<Option<String>, SecretError> {
-    let file = non_empty_var(SECRET_FILE_VAR).map(PathBuf::from);
-    shared_secret(secret_from_var(), file.as_deref())
+    shared_secret_with_file(None)
 }
 
-/// `IPC_SHARED_SECRET` alone, for a caller that names the file itself (`serve --secret-file`).
-pub fn secret_from_var() -> Option<String> {
-    non_empty_var(SECRET_VAR)
+/// [`shared_secret_from_env`], with `file` (`serve --secret-file`), when given, in place of
+/// the file `IPC_SHARED_SECRET_FILE` names. The only place either variable is read.
+pub fn shared_secret_with_file(file: Option<&Path>) -> Result<Option<String>, SecretError> {
+    let file = match file {
+        Some(path) => Some(path.to_owned()),
+        None => non_empty_var(SECRET_FILE_VAR).map(PathBuf::from),
+    };
+    shared_secret(non_empty_var(SECRET_VAR), file.as_deref())
 }
 
 /// The secret from `given` (the variable's value) and `file` (a path to read it from), with
 /// the same rules as [`shared_secret_from_env`].
-pub fn shared_secret(
+fn shared_secret(
     given: Option<String>,
     file: Option<&Path>,
 ) -> Result<Option<String>, SecretError> {

@@ -68,7 +68,7 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
     if options.million && options.addr.is_some() {
         return Err(BenchError::MillionNeedsSpawn);
     }
-    let _ = crate::server::raise_open_file_limit();
+    let _ = crate::os::raise_open_file_limit();
     let echo = EchoServer::start().map_err(BenchError::Echo)?;
     let mut bench = Bench::new(options, echo.addr);
     bench.all()?;

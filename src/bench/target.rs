@@ -4,10 +4,11 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use super::wire::{self, WireError};
+use crate::{background_serve, secret};
 
 /// How long a started broker may take to answer its first ping.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -82,31 +83,24 @@ fn spawn_serve(
     data_dir: &std::path::Path,
     addr: SocketAddr,
 ) -> Result<(Child, Duration), TargetError> {
-    // Private like any data directory: a broker refuses one that other users can write.
-    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
-        .create(data_dir)
-        .map_err(TargetError::Spawn)?;
-    let log_path = data_dir.join("bench-broker.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(TargetError::Spawn)?;
     let exe = std::env::current_exe().map_err(TargetError::Spawn)?;
     let started = Instant::now();
-    let mut child = Command::new(exe)
-        .args(["serve", "--addr", &addr.to_string(), "--data-dir"])
-        .arg(data_dir)
-        .args(["--rate-limit", "0", "--queue-cap", "0"])
-        .env_remove("IPC_SHARED_SECRET")
-        .env_remove("IPC_SHARED_SECRET_FILE")
-        .env_remove("IPC_SOCKET")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log.try_clone().map_err(TargetError::Spawn)?)
-        .spawn()
-        .map_err(TargetError::Spawn)?;
+    let serve = background_serve::spawn(
+        &exe,
+        &addr.to_string(),
+        data_dir,
+        "bench-broker.log",
+        |command| {
+            command
+                .args(["--rate-limit", "0", "--queue-cap", "0"])
+                .env_remove(secret::SECRET_VAR)
+                .env_remove(secret::SECRET_FILE_VAR)
+                .env_remove("IPC_SOCKET")
+                .env("RUST_LOG", "warn");
+        },
+    )
+    .map_err(TargetError::Spawn)?;
+    let (mut child, log_path) = (serve.child, serve.log);
     while started.elapsed() < START_TIMEOUT {
         if wire::legacy_request(addr, br#"{"action":"ping"}"#).is_ok() {
             return Ok((child, started.elapsed()));

@@ -16,9 +16,10 @@ use std::sync::Arc;
 
 use super::auth_guard::{AuthGuard, Failure};
 use super::listening::Listening;
-use super::session::{constant_time_eq, expected_auth_token, new_token, TokenHash};
+use super::session::{new_token, TokenHash};
 use super::{done, refuse, Broker, BrokerError, ChallengeRefusal, JobEnd, Peer};
-use crate::domain::{MessageKind, Timestamp};
+use crate::domain::{MessageKind, Timestamp, SYSTEM_SENDER};
+use crate::protocol::auth::{constant_time_eq, expected_auth_token};
 use crate::protocol::{ChallengeAnswer, EntryBudget, InstanceName, ListOptions, Reply};
 use crate::store::queries::{
     AuthFailure, IdentityId, NewMessage, PeerActivity, Replacement, SessionId,
@@ -30,9 +31,6 @@ const LIST_MAX_INSTANCES: u32 = 1000;
 /// A `list` reply without its entries: status, `more`, and the longest `next_after`.
 const LIST_REPLY_FIXED_BYTES: usize = 100;
 
-/// The name reserved for the broker's own notices, so nobody can pose as it. Reserved in
-/// every letter case: `System` would read just like it.
-pub const SYSTEM_SENDER: &str = "system";
 /// How many replaced sessions of one name are kept to tell their holders; older ones are
 /// forgotten (their holder then sees a plain invalid session).
 const REPLACED_KEPT_PER_NAME: u32 = 8;

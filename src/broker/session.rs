@@ -1,4 +1,5 @@
-//! Session tokens and the shared-secret check.
+//! Session tokens. The shared-secret formulas (the static `auth_token`, the proofs) are the
+//! protocol's, in [`crate::protocol::auth`], where the clients take them from too.
 //!
 //! A token is 32 bytes from the OS random source, sent as base64url without padding (43
 //! characters). The broker keeps only its SHA-256 ([`TokenHash`]), so a copy of the database cannot be used
@@ -19,10 +20,6 @@ pub fn new_token() -> std::io::Result<String> {
         .map_err(|e| std::io::Error::other(format!("the OS random source failed: {e}")))?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
-
-// The secret's formulas live with the protocol, where the client takes them from too; they are
-// named here as well so that code speaking of sessions finds them beside the tokens.
-pub use crate::protocol::auth::{constant_time_eq, expected_auth_token};
 
 #[cfg(test)]
 mod tests {

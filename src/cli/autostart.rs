@@ -8,15 +8,14 @@
 //! another process wins the race, this one's `serve` exits and the winner answers.
 //! `IPC_AUTOSTART=0` turns this off; `ping`, `status` and `hook` never start a broker.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{data_dir_or_default, ClientArgs};
+use crate::background_serve::{self, BackgroundServe};
 use crate::client::{Client, ClientError};
 
 /// How long a freshly started broker gets to answer.
@@ -71,7 +70,7 @@ pub fn connect_or_start(args: &ClientArgs, timeout: Duration) -> Result<Client, 
         if let Some(status) = exited.filter(|s| s.code() != Some(super::serve::EXIT_TAKEN.into())) {
             eprintln!(
                 "the broker started in the background (pid {pid}) exited ({status}): {}",
-                started.refusal(&data_dir)
+                refusal(&started)
             );
             return Err(ClientError::Unreachable {
                 addr: args.target(),
@@ -99,42 +98,34 @@ fn loopback(args: &ClientArgs) -> bool {
         .is_ok_and(|addr| addr.ip().is_loopback())
 }
 
-/// A `serve` started in the background, and where its lines begin in the log.
-struct Started {
-    child: Child,
-    log_offset: u64,
-}
-
-impl Started {
-    /// Why the broker exited: the error lines it wrote to the log since it was started (the
-    /// last few lines if it wrote no error line).
-    fn refusal(&self, data_dir: &Path) -> String {
-        let log = data_dir.join(LOG_FILE);
-        let mut text = String::new();
-        let read = File::open(&log).and_then(|mut file| {
-            file.seek(SeekFrom::Start(self.log_offset))?;
-            file.take(REFUSAL_READ_MAX).read_to_string(&mut text)
-        });
-        if let Err(e) = read {
-            return format!(
-                "it exited, and its log {} cannot be read: {e}",
-                log.display()
-            );
-        }
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|line| !line.trim().is_empty())
-            .collect();
-        let errors: Vec<&str> = lines
-            .iter()
-            .filter_map(|line| line.strip_prefix("error: "))
-            .collect();
-        if errors.is_empty() {
-            let tail = lines[lines.len().saturating_sub(3)..].join("\n");
-            return format!("it exited; the end of {}:\n{tail}", log.display());
-        }
-        errors.join("\n")
+/// Why the broker started in the background exited: the error lines it wrote to the log since
+/// it was started (the last few lines if it wrote no error line).
+fn refusal(started: &BackgroundServe) -> String {
+    let log = &started.log;
+    let mut text = String::new();
+    let read = File::open(log).and_then(|mut file| {
+        file.seek(SeekFrom::Start(started.log_offset))?;
+        file.take(REFUSAL_READ_MAX).read_to_string(&mut text)
+    });
+    if let Err(e) = read {
+        return format!(
+            "it exited, and its log {} cannot be read: {e}",
+            log.display()
+        );
     }
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("error: "))
+        .collect();
+    if errors.is_empty() {
+        let tail = lines[lines.len().saturating_sub(3)..].join("\n");
+        return format!("it exited; the end of {}:\n{tail}", log.display());
+    }
+    errors.join("\n")
 }
 
 /// The most of the log read back to find why a started broker exited.
@@ -143,26 +134,12 @@ const REFUSAL_READ_MAX: u64 = 64 * 1024;
 /// Starts `claude-ipc serve` detached, logging to `<data_dir>/broker.log`. It inherits this
 /// process's environment, so it runs with this client's shared secret (or none), never
 /// another mode than the client's.
-fn spawn_serve(args: &ClientArgs, data_dir: &Path) -> std::io::Result<Started> {
-    crate::server::prepare_data_dir(data_dir).map_err(std::io::Error::other)?;
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(data_dir.join(LOG_FILE))?;
-    let log_offset = log.metadata()?.len();
-    let mut command = Command::new(std::env::current_exe()?);
-    command
-        .args(["serve", "--addr", &args.addr, "--data-dir"])
-        .arg(data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .env("NO_COLOR", "1")
-        .process_group(0);
-    if let Some(socket) = args.socket() {
-        command.arg("--socket").arg(socket);
-    }
-    let child = command.spawn()?;
-    Ok(Started { child, log_offset })
+fn spawn_serve(args: &ClientArgs, data_dir: &Path) -> std::io::Result<BackgroundServe> {
+    let exe = std::env::current_exe()?;
+    background_serve::spawn(&exe, &args.addr, data_dir, LOG_FILE, |command| {
+        command.env("NO_COLOR", "1").process_group(0);
+        if let Some(socket) = args.socket() {
+            command.arg("--socket").arg(socket);
+        }
+    })
 }

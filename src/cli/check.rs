@@ -11,9 +11,10 @@ use clap::Args;
 use serde_json::json;
 
 use super::output::{block_for_terminal, for_terminal};
-use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
 use crate::client::{CheckOptions, Checked, Client, ClientError, Received};
+use crate::relative_time::relative_to_now;
+use crate::session_file::SessionFile;
 
 /// How long printed-but-unacknowledged mail is held before it is handed out again.
 const LEASE: Duration = Duration::from_secs(30);
@@ -191,7 +192,7 @@ fn check_text(checked: &Checked) -> String {
 /// is indented and has its control characters escaped, so a message cannot forge another
 /// message's header or drive the terminal.
 fn message_text(message: &Received) -> String {
-    let ago = output::relative_to_now(&message.timestamp)
+    let ago = relative_to_now(&message.timestamp)
         .map(|ago| format!(" ({ago})"))
         .unwrap_or_default();
     let mut text = format!(
@@ -226,7 +227,7 @@ pub fn run_list(args: ListArgs) -> Result<(), CliError> {
         println!("No instances registered");
     }
     for instance in instances {
-        let ago = output::relative_to_now(&instance.last_seen)
+        let ago = relative_to_now(&instance.last_seen)
             .map(|ago| format!(" ({ago})"))
             .unwrap_or_default();
         println!(

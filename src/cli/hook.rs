@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::session_file::SessionFile;
 use crate::client::Waiting;
+use crate::session_file::SessionFile;
 
 /// Connecting to a local broker takes well under a millisecond; a broker that is not there
 /// refuses at once. This only bounds a machine that is badly stuck.

@@ -10,8 +10,8 @@ use rmcp::ServiceExt;
 
 use crate::config::{parse_duration, Config};
 use crate::mcp::{IpcServer, Settings};
+use crate::os::ShutdownSignals;
 use crate::secret::{self, SecretError};
-use crate::server::ShutdownSignals;
 
 #[derive(Debug, Args)]
 #[command(
@@ -49,9 +49,7 @@ impl McpArgs {
     /// The server's settings; fails only if the shared secret cannot be read.
     fn settings(&self) -> Result<Settings, SecretError> {
         let given = super::given_socket(&self.data_dir).map(PathBuf::from);
-        let data_dir = given
-            .clone()
-            .unwrap_or_else(|| super::session_file::home_dir().join(".claude-ipc-data"));
+        let data_dir = given.clone().unwrap_or_else(Config::default_data_dir);
         let mut broker = Config::new(self.addr, data_dir);
         broker.socket = super::given_socket(&self.socket).map(PathBuf::from);
         broker.shared_secret = secret::shared_secret_from_env()?;

@@ -15,7 +15,6 @@ mod register;
 mod rename;
 mod send;
 pub mod serve;
-pub mod session_file;
 mod status;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +25,9 @@ use clap::builder::{OsStringValueParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::{BrokerCheck, BrokerUser, Client, ClientError};
+use crate::config::Config;
+use crate::secret::SecretError;
+use crate::session_file::SessionFileError;
 
 pub const EXIT_BROKER_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -206,7 +208,7 @@ fn holds_secret() -> bool {
 
 /// The data directory `serve` uses: `--data-dir` / `IPC_DATA_DIR`, else `~/.claude-ipc-data`.
 pub fn data_dir_or_default(given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| session_file::home_dir().join(".claude-ipc-data"))
+    given.unwrap_or_else(Config::default_data_dir)
 }
 
 /// A failure that ends a subcommand, with its exit code.
@@ -224,6 +226,20 @@ pub enum CliError {
 impl From<ClientError> for CliError {
     fn from(error: ClientError) -> Self {
         CliError::Client(error)
+    }
+}
+
+/// A secret file that cannot be used: the person must fix it.
+impl From<SecretError> for CliError {
+    fn from(error: SecretError) -> Self {
+        CliError::Usage(error.to_string())
+    }
+}
+
+/// Not registered, or a session file that cannot be used: the person must act.
+impl From<SessionFileError> for CliError {
+    fn from(error: SessionFileError) -> Self {
+        CliError::Usage(error.to_string())
     }
 }
 

@@ -32,8 +32,7 @@ pub struct PingArgs {
 }
 
 pub fn run(args: PingArgs) -> Result<(), CliError> {
-    let secret =
-        crate::secret::shared_secret_from_env().map_err(|e| CliError::Usage(e.to_string()))?;
+    let secret = crate::secret::shared_secret_from_env()?;
     let mut client = args.client.connect()?;
     let mut reply = client.ping()?;
     let verified = verify_secret(&mut client, &reply, secret.as_deref())?;

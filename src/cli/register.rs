@@ -3,9 +3,9 @@
 use clap::Args;
 use serde_json::json;
 
-use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
 use crate::secret::shared_secret_from_env;
+use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
 #[command(
@@ -35,7 +35,7 @@ pub struct RegisterArgs {
 }
 
 pub fn run(args: RegisterArgs) -> Result<(), CliError> {
-    let secret = shared_secret_from_env().map_err(|e| CliError::Usage(e.to_string()))?;
+    let secret = shared_secret_from_env()?;
     SessionFile::check_writable()?;
     // The session file's own session of this name is presented: registering yourself again
     // is never refused as "in use".

@@ -2,8 +2,8 @@
 
 use clap::Args;
 
-use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
+use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
 #[command(

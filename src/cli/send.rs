@@ -3,9 +3,9 @@
 use clap::Args;
 use serde_json::Value;
 
-use super::session_file::SessionFile;
 use super::{output, CliError, ClientArgs};
 use crate::client::Stamp;
+use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
 #[command(

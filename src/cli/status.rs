@@ -7,16 +7,19 @@
 //! but refuses requests (its database removed, replaced or damaged) makes it exit with 1.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
-use super::output::{self, for_terminal, paint, relative_time, Colour};
+use super::output::{self, for_terminal, paint, Colour};
 use super::{CliError, ClientArgs, EXIT_BROKER_ERROR, EXIT_UNREACHABLE};
 use crate::clock;
+use crate::relative_time::{relative_time, span};
 use crate::store::inspect::{self, Snapshot};
 
 /// An instance seen within this window is shown as online. Clients that are in use make a
@@ -57,255 +60,435 @@ pub struct StatusArgs {
 pub fn run(args: StatusArgs) -> Result<(), CliError> {
     let data_dir = super::data_dir_or_default(args.data_dir.clone());
     let report = gather(&args.client, &data_dir, Utc::now());
-    let now = report["checked_at"]
-        .as_str()
-        .and_then(clock::parse)
-        .unwrap_or_else(Utc::now);
+    let now = clock::parse(&report.checked_at).unwrap_or_else(Utc::now);
     if args.client.json {
-        output::json(&report);
+        output::json(&serde_json::to_value(&report).expect("a status report serializes"));
     } else {
         print!("{}", render(&report, now, output::colour_enabled()));
     }
-    match report["status"].as_str() {
-        Some("ok") => Ok(()),
-        Some("unhealthy") => Err(CliError::Reported(EXIT_BROKER_ERROR)),
-        _ => Err(CliError::Reported(EXIT_UNREACHABLE)),
+    match report.status {
+        Health::Ok => Ok(()),
+        Health::Unhealthy => Err(CliError::Reported(EXIT_BROKER_ERROR)),
+        Health::Unreachable => Err(CliError::Reported(EXIT_UNREACHABLE)),
     }
 }
 
-/// Everything `status` reports, as the JSON document `--json` prints.
-fn gather(client: &ClientArgs, data_dir: &Path, now: DateTime<Utc>) -> Value {
+// ---- the report, as `--json` prints it (docs/OPERATIONS.md) ----
+
+/// Everything `status` reports.
+#[derive(Debug, Serialize)]
+struct StatusReport {
+    status: Health,
+    /// The broker clock's time when the broker answers (stored times are on it), else this
+    /// machine's.
+    checked_at: String,
+    broker: BrokerReport,
+    data_dir: PathBuf,
+    database: DatabaseReport,
+    last_run: Option<LastRun>,
+    online_window_seconds: u64,
+    instances: Vec<InstanceReport>,
+    unregistered_mail: Vec<UnregisteredReport>,
+    /// `None` when the database cannot be read.
+    pending_total: Option<i64>,
+    forwards: Vec<ForwardReport>,
+    auth_failures_24h: AuthFailures,
+    warnings: Vec<String>,
+}
+
+/// The exit code's reason: a healthy broker answered, one answered but refuses requests, or
+/// none answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Health {
+    Ok,
+    Unhealthy,
+    Unreachable,
+}
+
+/// The broker as `ping` describes it, or why it did not answer.
+#[derive(Debug, Default, Serialize)]
+struct BrokerReport {
+    answering: bool,
+    healthy: bool,
+    addr: String,
+    error: Option<String>,
+    pid: Option<u64>,
+    /// The broker's command line, from /proc.
+    process: Option<String>,
+    version: Option<String>,
+    protocol: Option<u64>,
+    mode: Option<String>,
+    security: Option<Security>,
+    socket: Option<String>,
+    started_at: Option<String>,
+    uptime_seconds: Option<i64>,
+    clock: Option<BrokerClock>,
+    database: Option<String>,
+    static_token: Option<String>,
+}
+
+/// The security mode in one word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+enum Security {
+    #[serde(rename = "secret")]
+    Secret,
+    #[serde(rename = "open")]
+    Open,
+    #[serde(rename = "unix socket")]
+    UnixSocket,
+}
+
+/// The broker's clocks, as `ping` reports them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BrokerClock {
+    broker: String,
+    wall: String,
+    wall_ahead_ms: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct DatabaseReport {
+    path: PathBuf,
+    bytes: Option<u64>,
+    wal_bytes: Option<u64>,
+    readable: bool,
+    error: Option<String>,
+    schema_version: Option<i64>,
+}
+
+/// The latest broker start the data directory records.
+#[derive(Debug, Serialize)]
+struct LastRun {
+    pid: i64,
+    version: String,
+    addr: String,
+    started_at: String,
+    stopped_at: Option<String>,
+    stopped_cleanly: bool,
+    process_alive: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct InstanceReport {
+    name: String,
+    online: bool,
+    last_seen: String,
+    registered_at: String,
+    waiting: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct UnregisteredReport {
+    name: String,
+    waiting: i64,
+    oldest: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ForwardReport {
+    old_name: String,
+    new_name: String,
+    expires_at: String,
+}
+
+/// Authentication failures in the last 24 hours; `total` is `None` when the database cannot
+/// be read.
+#[derive(Debug, Default, Serialize)]
+struct AuthFailures {
+    total: Option<i64>,
+    by_reason: BTreeMap<String, i64>,
+}
+
+// ---- gathering it ----
+
+/// Everything `status` reports: the broker's `ping`, the database read directly, and the
+/// process checks.
+fn gather(client: &ClientArgs, data_dir: &Path, now: DateTime<Utc>) -> StatusReport {
     let broker = ask_broker(client);
     // Stored times are on the broker clock; when the wall clock has jumped, "online" and
     // "ago" are measured against the broker's time, which the broker reports.
-    let now = broker["clock"]["broker"]
-        .as_str()
-        .and_then(clock::parse)
+    let now = broker
+        .clock
+        .as_ref()
+        .and_then(|clock| clock::parse(&clock.broker))
         .unwrap_or(now);
-    let database_path = data_dir.join("ipc.db");
+    let (database, snapshot) = read_database(&data_dir.join("ipc.db"), now);
+    let mut report = StatusReport {
+        status: match (broker.answering, broker.healthy) {
+            (true, true) => Health::Ok,
+            (true, false) => Health::Unhealthy,
+            (false, _) => Health::Unreachable,
+        },
+        checked_at: clock::to_text(now),
+        broker,
+        data_dir: data_dir.to_owned(),
+        database,
+        last_run: None,
+        online_window_seconds: ONLINE_WINDOW.as_secs(),
+        instances: Vec::new(),
+        unregistered_mail: Vec::new(),
+        pending_total: None,
+        forwards: Vec::new(),
+        auth_failures_24h: AuthFailures::default(),
+        warnings: Vec::new(),
+    };
+    if let Some(snapshot) = &snapshot {
+        fill_from_database(&mut report, snapshot, now);
+    }
+    report.warnings = warnings(&report);
+    report
+}
+
+/// The database's files and, if it can be read, what it holds.
+fn read_database(database_path: &Path, now: DateTime<Utc>) -> (DatabaseReport, Option<Snapshot>) {
     // Sizes first: opening the database read-only may create an empty -wal file.
     let (bytes, wal_bytes) = (
-        file_size(&database_path),
-        file_size(&wal_path(&database_path)),
+        file_size(database_path),
+        file_size(&wal_path(database_path)),
     );
-    let snapshot = inspect::open_read_only(&database_path).and_then(|conn| {
+    let snapshot = inspect::open_read_only(database_path).and_then(|conn| {
         let since = clock::to_text(now - FAILURE_WINDOW);
         inspect::snapshot(&conn, &clock::to_text(now), &since).map_err(Into::into)
     });
-    let mut database = json!({
-        "path": database_path,
-        "bytes": bytes,
-        "wal_bytes": wal_bytes,
-        "readable": snapshot.is_ok(),
-        "error": snapshot.as_ref().err().map(|e| e.to_string()),
-        "schema_version": null,
-    });
-    let snapshot = snapshot.ok();
-    let mut report = json!({
-        "status": match (&broker["answering"], &broker["healthy"]) {
-            (Value::Bool(true), Value::Bool(true)) => "ok",
-            (Value::Bool(true), _) => "unhealthy",
-            _ => "unreachable",
-        },
-        "checked_at": clock::to_text(now),
-        "broker": broker,
-        "data_dir": data_dir,
-        "database": null,
-        "last_run": null,
-        "online_window_seconds": ONLINE_WINDOW.as_secs(),
-        "instances": [],
-        "unregistered_mail": [],
-        "pending_total": null,
-        "forwards": [],
-        "auth_failures_24h": {"total": null, "by_reason": {}},
-        "warnings": [],
-    });
-    if let Some(snapshot) = &snapshot {
-        database["schema_version"] = snapshot.schema_version.into();
-        fill_from_database(&mut report, snapshot, now);
-    }
-    report["database"] = database;
-    report["warnings"] = warnings(&report).into();
-    report
+    let report = DatabaseReport {
+        path: database_path.to_owned(),
+        bytes,
+        wal_bytes,
+        readable: snapshot.is_ok(),
+        error: snapshot.as_ref().err().map(|e| e.to_string()),
+        schema_version: snapshot.as_ref().ok().and_then(|s| s.schema_version),
+    };
+    (report, snapshot.ok())
+}
+
+/// What `status` reads of a `ping` reply. An error reply (a database gone or damaged) carries
+/// the same fields as a healthy one, and its `message`.
+#[derive(Debug, Deserialize)]
+struct Ping {
+    status: String,
+    message: Option<String>,
+    database: Option<String>,
+    pid: Option<u64>,
+    version: Option<String>,
+    protocol: Option<u64>,
+    mode: Option<String>,
+    socket: Option<String>,
+    started_at: Option<String>,
+    uptime_seconds: Option<i64>,
+    clock: Option<BrokerClock>,
+    static_token: Option<String>,
 }
 
 /// The broker's side: `ping`, or why it did not answer. A broker that answers `ping` with an
 /// error (its database is gone or damaged) is answering but not healthy.
-fn ask_broker(client: &ClientArgs) -> Value {
+fn ask_broker(client: &ClientArgs) -> BrokerReport {
     let reply = client
         .connect_within(PING_TIMEOUT)
         .and_then(|mut client| client.request(&json!({"action": "ping"})));
-    let mut broker = json!({
-        "answering": reply.is_ok(), "healthy": false, "addr": client.addr, "error": null,
-        "pid": null, "process": null, "version": null, "protocol": null, "mode": null,
-        "security": null, "socket": null, "started_at": null, "uptime_seconds": null,
-        "clock": null, "database": null, "static_token": null,
-    });
-    match reply {
-        Err(error) => broker["error"] = error.to_string().into(),
-        Ok(ping) => {
-            broker["healthy"] = (ping["status"] == "ok").into();
-            if ping["status"] != "ok" {
-                broker["error"] = ping["message"].clone();
+    let unanswered = BrokerReport {
+        addr: client.addr.clone(),
+        ..BrokerReport::default()
+    };
+    let reply = match reply {
+        Ok(reply) => reply,
+        Err(error) => {
+            return BrokerReport {
+                error: Some(error.to_string()),
+                ..unanswered
             }
-            for key in [
-                "database",
-                "pid",
-                "version",
-                "protocol",
-                "mode",
-                "socket",
-                "started_at",
-                "uptime_seconds",
-                "clock",
-                "static_token",
-            ] {
-                broker[key] = ping.get(key).cloned().unwrap_or(Value::Null);
-            }
-            broker["security"] = security(&ping).into();
-            broker["process"] = ping["pid"].as_u64().and_then(process_command_line).into();
         }
+    };
+    // The one place the reply is read as JSON: from here on it is typed.
+    match serde_json::from_value::<Ping>(reply) {
+        Ok(ping) => answered(ping, unanswered),
+        Err(e) => BrokerReport {
+            answering: true,
+            error: Some(format!("its ping reply is not understood: {e}")),
+            ..unanswered
+        },
     }
-    broker
+}
+
+/// The broker report of a broker that answered `ping`.
+fn answered(ping: Ping, unanswered: BrokerReport) -> BrokerReport {
+    let healthy = ping.status == "ok";
+    let security = security(&ping);
+    BrokerReport {
+        answering: true,
+        healthy,
+        error: if healthy { None } else { ping.message },
+        security,
+        process: ping.pid.and_then(process_command_line),
+        pid: ping.pid,
+        version: ping.version,
+        protocol: ping.protocol,
+        mode: ping.mode,
+        socket: ping.socket,
+        started_at: ping.started_at,
+        uptime_seconds: ping.uptime_seconds,
+        clock: ping.clock,
+        database: ping.database,
+        static_token: ping.static_token,
+        ..unanswered
+    }
 }
 
 /// The security mode in one word: a Unix socket (whose file mode and peer check keep other
 /// users out) wins over the TCP modes.
-fn security(ping: &Value) -> Option<&'static str> {
-    if ping["socket"].is_string() {
-        return Some("unix socket");
+fn security(ping: &Ping) -> Option<Security> {
+    if ping.socket.is_some() {
+        return Some(Security::UnixSocket);
     }
-    match ping["mode"].as_str() {
-        Some("secret") => Some("secret"),
-        Some("open") => Some("open"),
+    match ping.mode.as_deref() {
+        Some("secret") => Some(Security::Secret),
+        Some("open") => Some(Security::Open),
         _ => None,
     }
 }
 
-fn fill_from_database(report: &mut Value, snapshot: &Snapshot, now: DateTime<Utc>) {
+fn fill_from_database(report: &mut StatusReport, snapshot: &Snapshot, now: DateTime<Utc>) {
     let online_since = clock::to_text(now - chrono::Duration::from_std(ONLINE_WINDOW).unwrap());
-    report["instances"] = snapshot
+    report.instances = snapshot
         .instances
         .iter()
-        .map(|i| {
-            json!({
-                "name": i.name, "online": i.last_seen_at >= online_since,
-                "last_seen": i.last_seen_at, "registered_at": i.registered_at,
-                "waiting": i.waiting,
-            })
+        .map(|i| InstanceReport {
+            name: i.name.clone(),
+            online: i.last_seen_at >= online_since,
+            last_seen: i.last_seen_at.clone(),
+            registered_at: i.registered_at.clone(),
+            waiting: i.waiting,
         })
-        .collect::<Vec<_>>()
-        .into();
-    report["unregistered_mail"] = snapshot
+        .collect();
+    report.unregistered_mail = snapshot
         .unregistered_mail
         .iter()
-        .map(|m| json!({"name": m.name, "waiting": m.waiting, "oldest": m.oldest}))
-        .collect::<Vec<_>>()
-        .into();
-    report["pending_total"] = snapshot.pending_total.into();
-    report["forwards"] = snapshot
+        .map(|m| UnregisteredReport {
+            name: m.name.clone(),
+            waiting: m.waiting,
+            oldest: m.oldest.clone(),
+        })
+        .collect();
+    report.pending_total = Some(snapshot.pending_total);
+    report.forwards = snapshot
         .forwards
         .iter()
-        .map(
-            |f| json!({"old_name": f.old_name, "new_name": f.new_name, "expires_at": f.expires_at}),
-        )
-        .collect::<Vec<_>>()
-        .into();
-    let by_reason: Map<String, Value> = snapshot
-        .auth_failures
-        .iter()
-        .map(|(reason, count)| (reason.clone(), (*count).into()))
+        .map(|f| ForwardReport {
+            old_name: f.old_name.clone(),
+            new_name: f.new_name.clone(),
+            expires_at: f.expires_at.clone(),
+        })
         .collect();
-    let total: i64 = snapshot.auth_failures.iter().map(|(_, count)| count).sum();
-    report["auth_failures_24h"] = json!({"total": total, "by_reason": by_reason});
-    if let Some(run) = &snapshot.last_run {
-        report["last_run"] = json!({
-            "pid": run.pid, "version": run.version, "addr": run.addr,
-            "started_at": run.started_at, "stopped_at": run.stopped_at,
-            "stopped_cleanly": run.stopped_at.is_some(),
-            "process_alive": u64::try_from(run.pid).ok().is_some_and(process_alive),
-        });
-    }
+    report.auth_failures_24h = AuthFailures {
+        total: Some(snapshot.auth_failures.iter().map(|(_, count)| count).sum()),
+        by_reason: snapshot.auth_failures.iter().cloned().collect(),
+    };
+    report.last_run = snapshot.last_run.as_ref().map(|run| LastRun {
+        pid: run.pid,
+        version: run.version.clone(),
+        addr: run.addr.clone(),
+        started_at: run.started_at.clone(),
+        stopped_at: run.stopped_at.clone(),
+        stopped_cleanly: run.stopped_at.is_some(),
+        process_alive: u64::try_from(run.pid).ok().is_some_and(process_alive),
+    });
 }
 
+// ---- what an operator should look at ----
+
 /// Things an operator should look at, in words.
+fn warnings(report: &StatusReport) -> Vec<String> {
+    let broker = &report.broker;
+    let mut warnings = Vec::new();
+    if broker.answering && !broker.healthy {
+        warnings.push(format!(
+            "the broker answers but refuses requests: {}",
+            broker.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    if !report.database.readable {
+        warnings.push(format!(
+            "cannot read the database: {}",
+            report.database.error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    if broker.answering {
+        warnings.extend(answering_broker_warnings(broker, report.last_run.as_ref()));
+    } else if let Some(run) = report.last_run.as_ref().filter(|run| !run.stopped_cleanly) {
+        warnings.push(unclean_stop_warning(broker, run));
+    }
+    warnings
+}
+
+/// What is worth saying about the broker that answers: its mode, its static token, its wall
+/// clock, and whether it is the one this data directory records.
+fn answering_broker_warnings(broker: &BrokerReport, run: Option<&LastRun>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if broker.security == Some(Security::Open) {
+        warnings.push("open mode: any local process can register any name; set IPC_SHARED_SECRET_FILE (a 0600 file holding the secret) or IPC_SHARED_SECRET for the broker and its clients".into());
+    }
+    if broker.static_token.as_deref() == Some("accepted") {
+        warnings.push(STATIC_TOKEN_COST.into());
+    }
+    if let Some(ahead) = broker
+        .clock
+        .as_ref()
+        .and_then(wall_clock_offset_worth_saying)
+    {
+        warnings.push(ahead);
+    }
+    if let Some(run) = run {
+        let recorded = !run.stopped_cleanly && u64::try_from(run.pid).ok() == broker.pid;
+        if !recorded {
+            warnings.push(format!(
+                "the broker answering at {} (pid {}) is not the one recorded in this data directory (last run: pid {}); pass the broker's --data-dir (or IPC_DATA_DIR)",
+                broker.addr,
+                number(broker.pid),
+                run.pid
+            ));
+        }
+    }
+    warnings
+}
+
 /// The broker's wall clock is off its broker clock by more than a few seconds: say so, and
 /// that the rules are not affected, so an operator who sees odd times knows why.
-fn wall_clock_offset_worth_saying(clock: &Value) -> Option<String> {
-    let ahead_ms = clock["wall_ahead_ms"].as_i64()?;
+fn wall_clock_offset_worth_saying(clock: &BrokerClock) -> Option<String> {
+    let ahead_ms = clock.wall_ahead_ms;
     if ahead_ms.abs() <= 2_000 {
         return None;
     }
     let direction = if ahead_ms > 0 { "ahead of" } else { "behind" };
     Some(format!(
         "the broker's wall clock is {} {direction} its broker clock (the wall clock jumped); times are stored and windows measured by the broker clock ({}), so nothing expires early or waits longer",
-        output::span(ahead_ms.unsigned_abs() / 1000),
-        clock["broker"].as_str().unwrap_or("?"),
+        span(ahead_ms.unsigned_abs() / 1000),
+        clock.broker,
     ))
 }
 
-fn warnings(report: &Value) -> Vec<String> {
-    let broker = &report["broker"];
-    let run = &report["last_run"];
-    let mut warnings = Vec::new();
-    if broker["answering"] == true && broker["healthy"] != true {
-        warnings.push(format!(
-            "the broker answers but refuses requests: {}",
-            broker["error"].as_str().unwrap_or("unknown error")
-        ));
+/// No broker answers, and the last one did not stop cleanly: still running elsewhere, hung,
+/// or crashed.
+fn unclean_stop_warning(broker: &BrokerReport, run: &LastRun) -> String {
+    let (addr, run_addr) = (broker.addr.as_str(), run.addr.as_str());
+    if run.process_alive && addr != run_addr {
+        format!(
+            "the last broker (pid {}) is still running and listens at {run_addr}, not {addr}; pass --addr {run_addr} (or set IPC_ADDR)",
+            run.pid
+        )
+    } else if run.process_alive {
+        format!(
+            "the last broker (pid {}) is still running but does not answer at {addr}: it may be starting, stopping or hung; look at its log (docs/OPERATIONS.md, after a crash)",
+            run.pid
+        )
+    } else {
+        format!(
+            "the last broker (pid {}, started {}) did not stop cleanly: it was killed or crashed. Acknowledged mail is safe; start it again with `claude-ipc serve` (docs/OPERATIONS.md, after a crash)",
+            run.pid, run.started_at
+        )
     }
-    if !report["database"]["readable"].as_bool().unwrap_or(false) {
-        warnings.push(format!(
-            "cannot read the database: {}",
-            report["database"]["error"]
-                .as_str()
-                .unwrap_or("unknown error")
-        ));
-    }
-    if broker["answering"] == true {
-        if broker["security"] == "open" {
-            warnings.push("open mode: any local process can register any name; set IPC_SHARED_SECRET_FILE (a 0600 file holding the secret) or IPC_SHARED_SECRET for the broker and its clients".into());
-        }
-        if broker["static_token"] == "accepted" {
-            warnings.push(STATIC_TOKEN_COST.into());
-        }
-        if let Some(ahead) = wall_clock_offset_worth_saying(&broker["clock"]) {
-            warnings.push(ahead);
-        }
-        let recorded = run["stopped_cleanly"] == false && run["pid"] == broker["pid"];
-        if run.is_object() && !recorded {
-            warnings.push(format!(
-                "the broker answering at {} (pid {}) is not the one recorded in this data directory (last run: pid {}); pass the broker's --data-dir (or IPC_DATA_DIR)",
-                broker["addr"].as_str().unwrap_or("?"),
-                broker["pid"],
-                run["pid"]
-            ));
-        }
-    } else if run["stopped_cleanly"] == false {
-        let (addr, run_addr) = (
-            broker["addr"].as_str().unwrap_or("?"),
-            run["addr"].as_str().unwrap_or("?"),
-        );
-        warnings.push(if run["process_alive"] == true && addr != run_addr {
-            format!(
-                "the last broker (pid {}) is still running and listens at {run_addr}, not {addr}; pass --addr {run_addr} (or set IPC_ADDR)",
-                run["pid"]
-            )
-        } else if run["process_alive"] == true {
-            format!(
-                "the last broker (pid {}) is still running but does not answer at {addr}: it may be starting, stopping or hung; look at its log (docs/OPERATIONS.md, after a crash)",
-                run["pid"]
-            )
-        } else {
-            format!(
-                "the last broker (pid {}, started {}) did not stop cleanly: it was killed or crashed. Acknowledged mail is safe; start it again with `claude-ipc serve` (docs/OPERATIONS.md, after a crash)",
-                run["pid"],
-                run["started_at"].as_str().unwrap_or("?")
-            )
-        });
-    }
-    warnings
 }
+
+// ---- the processes behind the report ----
 
 fn file_size(path: &Path) -> Option<u64> {
     std::fs::metadata(path).ok().map(|m| m.len())
@@ -346,193 +529,229 @@ fn process_alive(pid: u64) -> bool {
 
 // ---- the report for people ----
 
-/// The report as text for people. `colour` paints states when stdout is a terminal.
-fn render(report: &Value, now: DateTime<Utc>, colour: bool) -> String {
-    let mut out = String::new();
-    let mut line = |text: String| {
-        out.push_str(&text);
-        out.push('\n');
-    };
-    let ago = |at: &Value| -> String {
-        at.as_str()
-            .and_then(clock::parse)
-            .map(|then| relative_time(then, now))
-            .unwrap_or_else(|| "never".into())
-    };
-    let broker = &report["broker"];
-    let addr = shown(&broker["addr"]);
-    if broker["answering"] == true {
-        let process = broker["process"]
-            .as_str()
-            .map(|p| format!(" ({})", for_terminal(p)))
-            .unwrap_or_default();
-        let uptime = broker["uptime_seconds"]
-            .as_u64()
-            .map(|s| format!(", up {}", output::span(s)))
-            .unwrap_or_default();
-        let state = if broker["healthy"] == true {
-            paint("answering", Colour::Green, colour)
-        } else {
-            let database = for_terminal(broker["database"].as_str().unwrap_or("unhealthy"));
-            paint(
-                &format!("answering, DATABASE {}", database.to_uppercase()),
-                Colour::Red,
-                colour,
-            )
-        };
-        line(format!(
-            "broker       {state} at {addr}: pid {}{process}, version {}{uptime}",
-            broker["pid"],
-            shown(&broker["version"]),
-        ));
-        let security = match broker["security"].as_str() {
-            Some("secret") => format!(
-                "shared secret (register needs IPC_SHARED_SECRET){}",
-                static_token_text(&broker["static_token"])
-            ),
-            Some("open") => paint("OPEN MODE (no shared secret)", Colour::Yellow, colour),
-            Some("unix socket") => format!(
-                "unix socket {} ({} mode)",
-                shown(&broker["socket"]),
-                shown(&broker["mode"])
-            ),
-            _ => "unknown".to_owned(),
-        };
-        line(format!("security     {security}"));
-    } else {
-        line(format!(
-            "broker       {} at {addr}; start one with `claude-ipc serve`",
-            paint("NOT ANSWERING", Colour::Red, colour)
-        ));
-        line("security     unknown (no broker answering)".into());
+/// The report as text for people, a section at a time. `colour` paints states when stdout
+/// is a terminal.
+fn render(report: &StatusReport, now: DateTime<Utc>, colour: bool) -> String {
+    let mut lines = broker_lines(&report.broker, colour);
+    if let Some(run) = &report.last_run {
+        lines.push(last_run_line(run, report.broker.answering, now, colour));
     }
-    let run = &report["last_run"];
-    if run.is_object() {
-        let stopped = match run["stopped_at"].as_str() {
-            Some(at) => format!("stopped {at}"),
-            None if broker["answering"] == true => "running".into(),
-            None => paint("did not stop cleanly", Colour::Yellow, colour),
-        };
-        line(format!(
-            "last run     pid {}, version {} at {}, started {} ({}), {stopped}",
-            run["pid"],
-            shown(&run["version"]),
-            shown(&run["addr"]),
-            shown(&run["started_at"]),
-            ago(&run["started_at"]),
+    lines.push(data_line(report));
+    if report.database.readable {
+        lines.extend(instance_lines(&report.instances, now, colour));
+        lines.extend(unregistered_lines(&report.unregistered_mail, now));
+        lines.push(format!(
+            "mail waiting {} in all",
+            report.pending_total.unwrap_or_default()
         ));
+        lines.extend(forward_lines(&report.forwards, now));
+        lines.push(auth_failures_line(&report.auth_failures_24h, colour));
     }
-    let database = &report["database"];
-    let size = |bytes: &Value| bytes.as_u64().map(human_bytes);
-    line(format!(
-        "data         {}  (ipc.db {}{}{})",
-        shown(&report["data_dir"]),
-        size(&database["bytes"]).unwrap_or_else(|| "missing".into()),
-        size(&database["wal_bytes"])
-            .map(|wal| format!(" + {wal} WAL"))
-            .unwrap_or_default(),
-        database["schema_version"]
-            .as_i64()
-            .map(|v| format!(", schema v{v}"))
-            .unwrap_or_default(),
-    ));
-    if database["readable"] == true {
-        render_contents(report, &mut line, &ago, colour);
-    }
-    for warning in report["warnings"].as_array().into_iter().flatten() {
-        line(format!(
+    for warning in &report.warnings {
+        lines.push(format!(
             "{} {}",
             paint("warning:", Colour::Yellow, colour),
-            for_terminal(warning.as_str().unwrap_or(""))
+            for_terminal(warning)
         ));
     }
+    let mut out = lines.join("\n");
+    out.push('\n');
     out
 }
 
+/// "broker ..." and "security ...".
+fn broker_lines(broker: &BrokerReport, colour: bool) -> Vec<String> {
+    let addr = for_terminal(&broker.addr);
+    if !broker.answering {
+        return vec![
+            format!(
+                "broker       {} at {addr}; start one with `claude-ipc serve`",
+                paint("NOT ANSWERING", Colour::Red, colour)
+            ),
+            "security     unknown (no broker answering)".into(),
+        ];
+    }
+    let process = broker
+        .process
+        .as_deref()
+        .map(|p| format!(" ({})", for_terminal(p)))
+        .unwrap_or_default();
+    let uptime = broker
+        .uptime_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map(|s| format!(", up {}", span(s)))
+        .unwrap_or_default();
+    let state = if broker.healthy {
+        paint("answering", Colour::Green, colour)
+    } else {
+        let database = for_terminal(broker.database.as_deref().unwrap_or("unhealthy"));
+        paint(
+            &format!("answering, DATABASE {}", database.to_uppercase()),
+            Colour::Red,
+            colour,
+        )
+    };
+    vec![
+        format!(
+            "broker       {state} at {addr}: pid {}{process}, version {}{uptime}",
+            number(broker.pid),
+            shown(&broker.version),
+        ),
+        format!("security     {}", security_text(broker, colour)),
+    ]
+}
+
+fn security_text(broker: &BrokerReport, colour: bool) -> String {
+    match broker.security {
+        Some(Security::Secret) => format!(
+            "shared secret (register needs IPC_SHARED_SECRET){}",
+            static_token_text(broker.static_token.as_deref())
+        ),
+        Some(Security::Open) => paint("OPEN MODE (no shared secret)", Colour::Yellow, colour),
+        Some(Security::UnixSocket) => format!(
+            "unix socket {} ({} mode)",
+            shown(&broker.socket),
+            shown(&broker.mode)
+        ),
+        None => "unknown".to_owned(),
+    }
+}
+
 /// How the broker treats the static token, after the security mode.
-fn static_token_text(static_token: &Value) -> &'static str {
-    match static_token.as_str() {
+fn static_token_text(static_token: Option<&str>) -> &'static str {
+    match static_token {
         Some("accepted") => "; static auth_token accepted (see the warning below)",
         Some("refused") => "; static auth_token refused: challenge-response only",
         _ => "",
     }
 }
 
-fn render_contents(
-    report: &Value,
-    line: &mut impl FnMut(String),
-    ago: &impl Fn(&Value) -> String,
-    colour: bool,
-) {
-    let instances = report["instances"].as_array().cloned().unwrap_or_default();
-    let online = instances.iter().filter(|i| i["online"] == true).count();
-    line(format!(
+fn last_run_line(run: &LastRun, answering: bool, now: DateTime<Utc>, colour: bool) -> String {
+    let stopped = match &run.stopped_at {
+        Some(at) => format!("stopped {}", for_terminal(at)),
+        None if answering => "running".into(),
+        None => paint("did not stop cleanly", Colour::Yellow, colour),
+    };
+    format!(
+        "last run     pid {}, version {} at {}, started {} ({}), {stopped}",
+        run.pid,
+        for_terminal(&run.version),
+        for_terminal(&run.addr),
+        for_terminal(&run.started_at),
+        ago(&run.started_at, now),
+    )
+}
+
+/// "data ..." : the directory, the database's size and its schema.
+fn data_line(report: &StatusReport) -> String {
+    let database = &report.database;
+    format!(
+        "data         {}  (ipc.db {}{}{})",
+        for_terminal(&report.data_dir.display().to_string()),
+        database
+            .bytes
+            .map(human_bytes)
+            .unwrap_or_else(|| "missing".into()),
+        database
+            .wal_bytes
+            .map(|wal| format!(" + {} WAL", human_bytes(wal)))
+            .unwrap_or_default(),
+        database
+            .schema_version
+            .map(|v| format!(", schema v{v}"))
+            .unwrap_or_default(),
+    )
+}
+
+fn instance_lines(instances: &[InstanceReport], now: DateTime<Utc>, colour: bool) -> Vec<String> {
+    let online = instances.iter().filter(|i| i.online).count();
+    let mut lines = vec![format!(
         "instances    {} registered, {online} online (seen in the last {})",
         instances.len(),
-        output::span(ONLINE_WINDOW.as_secs())
-    ));
-    for instance in &instances {
-        let state = if instance["online"] == true {
+        span(ONLINE_WINDOW.as_secs())
+    )];
+    for instance in instances {
+        let state = if instance.online {
             paint("online ", Colour::Green, colour)
         } else {
             paint("offline", Colour::Dim, colour)
         };
-        line(format!(
+        lines.push(format!(
             "  {:<32} {state}  last seen {:<12}  {} waiting",
-            shown(&instance["name"]),
-            ago(&instance["last_seen"]),
-            instance["waiting"]
+            for_terminal(&instance.name),
+            ago(&instance.last_seen, now),
+            instance.waiting
         ));
     }
-    let unregistered = report["unregistered_mail"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    if !unregistered.is_empty() {
-        line("waiting for names not registered yet".into());
-        for mail in &unregistered {
-            line(format!(
-                "  {:<32} {} waiting, oldest {}",
-                shown(&mail["name"]),
-                mail["waiting"],
-                ago(&mail["oldest"])
-            ));
-        }
+    lines
+}
+
+fn unregistered_lines(unregistered: &[UnregisteredReport], now: DateTime<Utc>) -> Vec<String> {
+    if unregistered.is_empty() {
+        return Vec::new();
     }
-    line(format!("mail waiting {} in all", report["pending_total"]));
-    for forward in report["forwards"].as_array().into_iter().flatten() {
-        line(format!(
-            "forward      {} -> {} until {} ({})",
-            shown(&forward["old_name"]),
-            shown(&forward["new_name"]),
-            shown(&forward["expires_at"]),
-            ago(&forward["expires_at"])
+    let mut lines = vec!["waiting for names not registered yet".to_owned()];
+    for mail in unregistered {
+        lines.push(format!(
+            "  {:<32} {} waiting, oldest {}",
+            for_terminal(&mail.name),
+            mail.waiting,
+            ago(&mail.oldest, now)
         ));
     }
-    let failures = &report["auth_failures_24h"];
-    let reasons: Vec<String> = failures["by_reason"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(reason, count)| format!("{count} {}", for_terminal(reason)))
-        .collect();
-    let total = failures["total"].as_i64().unwrap_or(0);
+    lines
+}
+
+fn forward_lines(forwards: &[ForwardReport], now: DateTime<Utc>) -> Vec<String> {
+    forwards
+        .iter()
+        .map(|forward| {
+            format!(
+                "forward      {} -> {} until {} ({})",
+                for_terminal(&forward.old_name),
+                for_terminal(&forward.new_name),
+                for_terminal(&forward.expires_at),
+                ago(&forward.expires_at, now)
+            )
+        })
+        .collect()
+}
+
+fn auth_failures_line(failures: &AuthFailures, colour: bool) -> String {
+    let total = failures.total.unwrap_or(0);
     let text = if total == 0 {
         "none".to_owned()
     } else {
+        let reasons: Vec<String> = failures
+            .by_reason
+            .iter()
+            .map(|(reason, count)| format!("{count} {}", for_terminal(reason)))
+            .collect();
         paint(
             &format!("{total}: {}", reasons.join(", ")),
             Colour::Yellow,
             colour,
         )
     };
-    line(format!("auth failures in the last 24 h: {text}"));
+    format!("auth failures in the last 24 h: {text}")
+}
+
+/// How long ago a stored time was, or "never" if it is not one.
+fn ago(at: &str, now: DateTime<Utc>) -> String {
+    clock::parse(at)
+        .map(|then| relative_time(then, now))
+        .unwrap_or_else(|| "never".into())
 }
 
 /// A string of the report for a person: "?" if missing, escaped because names, versions and
 /// addresses come from the database and the broker, which other users' requests fill.
-fn shown(value: &Value) -> Cow<'_, str> {
-    for_terminal(value.as_str().unwrap_or("?"))
+fn shown(value: &Option<String>) -> Cow<'_, str> {
+    for_terminal(value.as_deref().unwrap_or("?"))
+}
+
+/// A number of the report for a person, "?" if missing.
+fn number(value: Option<u64>) -> String {
+    value.map_or_else(|| "?".to_owned(), |n| n.to_string())
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -7,21 +7,16 @@ use serde_json::Value;
 
 use super::command::CommandRun;
 use super::guard::Secrets;
-use crate::broker::identity::SYSTEM_SENDER;
 use crate::client::{Checked, Instance, Received, Waiting};
+use crate::domain::SYSTEM_SENDER;
+use crate::relative_time::relative_time;
 
-/// "3 min ago" for a broker timestamp, or nothing if it does not parse.
+/// "3 min ago" for a broker timestamp (worded as the CLI words it), or "at an unknown time"
+/// if it does not parse.
 pub fn ago(timestamp: &str, now: DateTime<Utc>) -> String {
-    let Some(at) = crate::clock::parse(timestamp) else {
-        return "at an unknown time".to_owned();
-    };
-    let seconds = (now - at).num_seconds().max(0);
-    match seconds {
-        0..=9 => "just now".to_owned(),
-        10..=59 => format!("{seconds} s ago"),
-        60..=3599 => format!("{} min ago", seconds / 60),
-        3600..=86_399 => format!("{} h ago", seconds / 3600),
-        _ => format!("{} d ago", seconds / 86_400),
+    match crate::clock::parse(timestamp) {
+        Some(at) => relative_time(at, now),
+        None => "at an unknown time".to_owned(),
     }
 }
 
@@ -344,6 +339,7 @@ mod tests {
         assert_eq!(ago("2026-01-01T11:59:30.000Z", now), "30 s ago");
         assert_eq!(ago("2026-01-01T11:57:00.000Z", now), "3 min ago");
         assert_eq!(ago("2026-01-01T10:00:00.000Z", now), "2 h ago");
-        assert_eq!(ago("2025-12-29T12:00:00.000Z", now), "3 d ago");
+        assert_eq!(ago("2025-12-29T12:00:00.000Z", now), "3 days ago");
+        assert_eq!(ago("not a time", now), "at an unknown time");
     }
 }

@@ -5,7 +5,7 @@
 //! The share tools refuse files and commands by path and by environment, but a list of paths is
 //! never complete; this looks at the bytes themselves just before they leave.
 
-use crate::broker::session::expected_auth_token;
+use crate::protocol::auth::expected_auth_token;
 
 /// Values shorter than this are not looked for: a secret of one or two characters would match
 /// nearly every text, and a token is always far longer.

@@ -23,16 +23,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{ContentBlock, Implementation, IntoContents, ServerCapabilities, ServerConfig};
 use rmcp::service::RequestContext;
 use rmcp::{schemars, tool, tool_handler, tool_router, RoleServer, ServerHandler};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::session_file::SessionFile;
 use crate::client::{CheckOptions, Client, ClientError, Stamp, Waiting};
 use crate::config::Config;
+use crate::session_file::SessionFile;
 use election::Election;
 
 /// How long mail a tool read stays leased to it before it is handed out again unacknowledged.
@@ -254,14 +254,12 @@ pub struct WaitArgs {
     pub timeout_seconds: Option<f64>,
 }
 
-/// A tool's outcome as the model sees it.
-fn reply(result: Result<String, ToolError>) -> CallToolResult {
-    match result {
-        Ok(text) => CallToolResult::success(vec![ContentBlock::text(text)]),
-        Err(error) => {
-            tracing::debug!("tool error: {error}");
-            CallToolResult::error(vec![ContentBlock::text(error.to_string())])
-        }
+/// A tool's failure as the model sees it: its text, in a result marked `isError` (rmcp marks
+/// the `Err` of a tool's `Result` so).
+impl IntoContents for ToolError {
+    fn into_contents(self) -> Vec<ContentBlock> {
+        tracing::debug!("tool error: {self}");
+        vec![ContentBlock::text(self.to_string())]
     }
 }
 
@@ -306,49 +304,140 @@ impl IpcServer {
     #[tool(
         description = "Use first, once per session: registers this instance under a name so others can message it; says how many messages are waiting. A name another session is using is refused; set takeover to true only if you are sure that session is gone or the user asked you to take the name over."
     )]
-    async fn register(&self, Parameters(args): Parameters<RegisterArgs>) -> CallToolResult {
-        reply(self.do_register(args.instance_id, args.takeover).await)
+    async fn register(
+        &self,
+        Parameters(args): Parameters<RegisterArgs>,
+    ) -> Result<String, ToolError> {
+        let RegisterArgs {
+            instance_id: name,
+            takeover,
+        } = args;
+        let registration = self.register_name(name.clone(), takeover).await?;
+        let waiting = match registration.queued {
+            0 => "No messages are waiting.".to_owned(),
+            n => format!(
+                "{} waiting: call check to read them.",
+                format::messages(n as usize)
+            ),
+        };
+        Ok(format!("Registered as {name}. {waiting}"))
     }
 
     #[tool(
         description = "Use to send a message to one other instance by name (it may register later; the mail waits)."
     )]
-    async fn send(&self, Parameters(args): Parameters<SendArgs>) -> CallToolResult {
-        reply(
-            self.do_send(Some(args.to_id), args.content, args.data)
-                .await,
-        )
+    async fn send(&self, Parameters(args): Parameters<SendArgs>) -> Result<String, ToolError> {
+        self.send_message(Some(args.to_id), args.content, args.data)
+            .await
     }
 
     #[tool(description = "Use to send one message to every other registered instance.")]
-    async fn broadcast(&self, Parameters(args): Parameters<BroadcastArgs>) -> CallToolResult {
-        reply(self.do_send(None, args.content, args.data).await)
+    async fn broadcast(
+        &self,
+        Parameters(args): Parameters<BroadcastArgs>,
+    ) -> Result<String, ToolError> {
+        self.send_message(None, args.content, args.data).await
     }
 
+    /// Reads waiting mail, leased to this reader, and acknowledges it only once the tool's
+    /// text is built and only if the call was not cancelled by then; a cancelled call hands
+    /// the mail back to the queue at once. A broker that dies in between hands the mail out
+    /// again when the lease runs out, instead of losing it.
     #[tool(
         description = "Use to read your waiting messages (each is shown once), e.g. when the user says \"check messages\"."
     )]
-    async fn check(&self, context: RequestContext<RoleServer>) -> CallToolResult {
-        reply(self.do_check(context.ct).await)
+    async fn check(&self, context: RequestContext<RoleServer>) -> Result<String, ToolError> {
+        let cancelled = context.ct;
+        let secrets = Arc::new(self.secrets().await);
+        let (text, handed_back) = self
+            .as_session(move |client, token| {
+                let options = CheckOptions {
+                    manual_ack: Some(CHECK_LEASE),
+                    wait: None,
+                    limit: None,
+                };
+                let checked = client.check_with(token, options)?;
+                // The token this call used may be a renewed one: guard it too.
+                let secrets = secrets.and_token(token);
+                let text = format::mail(&checked, chrono::Utc::now(), &secrets);
+                if checked.messages.is_empty() {
+                    return Ok((text, false));
+                }
+                if cancelled.is_cancelled() {
+                    client.release(token, &checked.ids())?;
+                    return Ok((text, true));
+                }
+                let acked = client.ack(token, &checked.ids())?;
+                if !acked.refused.is_empty() {
+                    tracing::warn!(refused = ?acked.refused, "the broker refused some acks; that mail may come again");
+                }
+                Ok((text, false))
+            })
+            .await?;
+        if handed_back {
+            tracing::info!("check was cancelled; its mail was handed back unread");
+            return Err(ToolError::Cancelled);
+        }
+        Ok(text)
     }
 
     #[tool(description = "Use to see which instances are registered and when each was last seen.")]
-    async fn list_instances(&self) -> CallToolResult {
-        reply(self.do_list().await)
+    async fn list_instances(&self) -> Result<String, ToolError> {
+        let instances = self.as_session(|client, token| client.list(token)).await?;
+        let me = self.identity()?.name;
+        Ok(format::instances(&instances, &me, chrono::Utc::now()))
     }
 
     #[tool(
         description = "Use to change this instance's name; mail to the old name forwards to the new one for a while."
     )]
-    async fn rename(&self, Parameters(args): Parameters<RenameArgs>) -> CallToolResult {
-        reply(self.do_rename(args.new_id).await)
+    async fn rename(&self, Parameters(args): Parameters<RenameArgs>) -> Result<String, ToolError> {
+        let new_name = args.new_id;
+        let wanted = new_name.clone();
+        let reply = self
+            .as_session(move |client, token| client.rename(token, &wanted))
+            .await?;
+        let token = self.identity()?.token;
+        self.set_identity(Identity {
+            name: new_name.clone(),
+            token,
+        });
+        let said = reply["message"].as_str().unwrap_or("Renamed");
+        Ok(format!(
+            "{said}. You are now {new_name}; mail to the old name forwards to you for a while."
+        ))
     }
 
     #[tool(
         description = "Use to send the contents of a local text file to another instance (large files arrive as a saved file). Regular text files only, up to 512 KiB; it refuses credential stores (~/.ssh, ~/.aws, .env files, private keys...), this server's session and data, and /proc, /sys and /dev."
     )]
-    async fn share_file(&self, Parameters(args): Parameters<ShareFileArgs>) -> CallToolResult {
-        reply(self.do_share_file(args).await)
+    async fn share_file(
+        &self,
+        Parameters(args): Parameters<ShareFileArgs>,
+    ) -> Result<String, ToolError> {
+        self.identity()?;
+        let protected = share_file::Protected::for_this_user(&self.settings().broker.data_dir);
+        let given = args.filepath.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            share_file::read(&given, &protected, SHARE_FILE_MAX_BYTES)
+        })
+        .await
+        .map_err(|e| ToolError::Input(format!("Reading the file failed: {e}. Nothing was sent.")))?
+        .map_err(|e| ToolError::Input(format!("{e}. Nothing was sent.")))?;
+        let path = read.path.display().to_string();
+        let size = read.text.len();
+        let mut content = format!("Shared file: {path} ({size} bytes)\n");
+        if let Some(description) = &args.description {
+            content.push_str(&format!("{description}\n"));
+        }
+        content.push('\n');
+        content.push_str(&read.text);
+        self.refuse_leak(&args.filepath, &content).await?;
+        let data = json!({"shared_file": path, "size_bytes": size});
+        let sent = self
+            .send_message(Some(args.to_id), content, Some(data))
+            .await?;
+        Ok(format!("Shared {path} ({size} bytes). {sent}"))
     }
 
     #[tool(
@@ -358,10 +447,49 @@ impl IpcServer {
         &self,
         Parameters(args): Parameters<ShareCommandArgs>,
         context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        reply(self.do_share_command(args, context.ct).await)
+    ) -> Result<String, ToolError> {
+        if !self.settings().allow_share_command {
+            return Err(ToolError::ShareCommandDisabled);
+        }
+        self.identity()?;
+        let timeout = self.settings().command_timeout;
+        let cap = self.settings().command_output_cap;
+        let run = command::run(&args.command, timeout, cap, &context.ct)
+            .await
+            .map_err(|e| ToolError::Input(format!("{e}; nothing was sent.")))?;
+        let mut content = String::new();
+        if let Some(description) = &args.description {
+            content.push_str(&format!("{description}\n"));
+        }
+        content.push_str(&format::command_report(
+            &args.command,
+            &run,
+            timeout.as_secs(),
+        ));
+        self.refuse_leak(&format!("the output of `{}`", args.command), &content)
+            .await?;
+        let data = json!({
+            "command": args.command, "argv": run.argv, "exit_code": run.exit_code,
+            "timed_out": run.timed_out, "truncated": run.truncated,
+        });
+        let sent = self
+            .send_message(Some(args.to_id), content, Some(data))
+            .await?;
+        let outcome = match (run.exit_code, run.timed_out) {
+            (_, true) => format!("was killed after {} s", timeout.as_secs()),
+            (Some(code), _) => format!("exited with {code}"),
+            (None, _) => "was killed by a signal".to_owned(),
+        };
+        Ok(format!(
+            "`{}` {outcome}; its output was sent. {sent}",
+            args.command
+        ))
     }
 
+    /// Long-polls the broker until mail arrives or the time is up, and says what waits: the
+    /// mail is read by `check`, so a wait the client gave up on, told or not, consumes
+    /// nothing. A broker that stops answers its waiters early and empty, so the wait resumes
+    /// (through the election) until the deadline.
     #[tool(
         description = "Use to wait for a reply: returns as soon as mail arrives (saying how much and from whom; then call check to read it), or at the timeout."
     )]
@@ -369,8 +497,17 @@ impl IpcServer {
         &self,
         Parameters(args): Parameters<WaitArgs>,
         context: RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        reply(self.do_wait(args.timeout_seconds, context.ct).await)
+    ) -> Result<String, ToolError> {
+        let seconds = args
+            .timeout_seconds
+            .filter(|s| s.is_finite())
+            .unwrap_or(WAIT_DEFAULT_SECONDS as f64)
+            .clamp(0.0, WAIT_MAX_SECONDS as f64);
+        let waited = self.wait_for_mail(seconds, &context.ct).await?;
+        Ok(match waited {
+            Some(waiting) => format::waiting(&waiting),
+            None => format!("No new messages after waiting {seconds} s."),
+        })
     }
 }
 
@@ -594,21 +731,9 @@ impl IpcServer {
         }
     }
 
-    async fn do_register(&self, name: String, takeover: bool) -> Result<String, ToolError> {
-        let registration = self.register_name(name.clone(), takeover).await?;
-        let waiting = match registration.queued {
-            0 => "No messages are waiting.".to_owned(),
-            n => format!(
-                "{} waiting: call check to read them.",
-                format::messages(n as usize)
-            ),
-        };
-        Ok(format!("Registered as {name}. {waiting}"))
-    }
-
     /// `send` (with a recipient) or `broadcast` (without), with a fresh nonce and the
     /// sender's timestamp; a retry after a lost connection repeats the same nonce.
-    async fn do_send(
+    async fn send_message(
         &self,
         to: Option<String>,
         content: String,
@@ -630,45 +755,6 @@ impl IpcServer {
         Ok(sent_text(&reply))
     }
 
-    /// Reads waiting mail, leased to this reader, and acknowledges it only once the tool's
-    /// text is built and only if the call was not cancelled by then; a cancelled call hands
-    /// the mail back to the queue at once. A broker that dies in between hands the mail out
-    /// again when the lease runs out, instead of losing it.
-    async fn do_check(&self, cancel: CancellationToken) -> Result<String, ToolError> {
-        let cancelled = cancel.clone();
-        let secrets = Arc::new(self.secrets().await);
-        let (text, handed_back) = self
-            .as_session(move |client, token| {
-                let options = CheckOptions {
-                    manual_ack: Some(CHECK_LEASE),
-                    wait: None,
-                    limit: None,
-                };
-                let checked = client.check_with(token, options)?;
-                // The token this call used may be a renewed one: guard it too.
-                let secrets = secrets.and_token(token);
-                let text = format::mail(&checked, chrono::Utc::now(), &secrets);
-                if checked.messages.is_empty() {
-                    return Ok((text, false));
-                }
-                if cancelled.is_cancelled() {
-                    client.release(token, &checked.ids())?;
-                    return Ok((text, true));
-                }
-                let acked = client.ack(token, &checked.ids())?;
-                if !acked.refused.is_empty() {
-                    tracing::warn!(refused = ?acked.refused, "the broker refused some acks; that mail may come again");
-                }
-                Ok((text, false))
-            })
-            .await?;
-        if handed_back {
-            tracing::info!("check was cancelled; its mail was handed back unread");
-            return Err(ToolError::Cancelled);
-        }
-        Ok(text)
-    }
-
     /// Waits up to `wait` for mail without consuming any; a cancelled wait closes its
     /// connection, so the broker stops waiting for it too.
     async fn count_waiting(
@@ -683,115 +769,22 @@ impl IpcServer {
         .await
     }
 
-    async fn do_list(&self) -> Result<String, ToolError> {
-        let instances = self.as_session(|client, token| client.list(token)).await?;
-        let me = self.identity()?.name;
-        Ok(format::instances(&instances, &me, chrono::Utc::now()))
-    }
-
-    async fn do_rename(&self, new_name: String) -> Result<String, ToolError> {
-        let wanted = new_name.clone();
-        let reply = self
-            .as_session(move |client, token| client.rename(token, &wanted))
-            .await?;
-        let token = self.identity()?.token;
-        self.set_identity(Identity {
-            name: new_name.clone(),
-            token,
-        });
-        let said = reply["message"].as_str().unwrap_or("Renamed");
-        Ok(format!(
-            "{said}. You are now {new_name}; mail to the old name forwards to you for a while."
-        ))
-    }
-
-    async fn do_share_file(&self, args: ShareFileArgs) -> Result<String, ToolError> {
-        self.identity()?;
-        let protected = share_file::Protected::for_this_user(&self.settings().broker.data_dir);
-        let given = args.filepath.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            share_file::read(&given, &protected, SHARE_FILE_MAX_BYTES)
-        })
-        .await
-        .map_err(|e| ToolError::Input(format!("Reading the file failed: {e}. Nothing was sent.")))?
-        .map_err(|e| ToolError::Input(format!("{e}. Nothing was sent.")))?;
-        let path = read.path.display().to_string();
-        let size = read.text.len();
-        let mut content = format!("Shared file: {path} ({size} bytes)\n");
-        if let Some(description) = &args.description {
-            content.push_str(&format!("{description}\n"));
-        }
-        content.push('\n');
-        content.push_str(&read.text);
-        self.refuse_leak(&args.filepath, &content).await?;
-        let data = json!({"shared_file": path, "size_bytes": size});
-        let sent = self.do_send(Some(args.to_id), content, Some(data)).await?;
-        Ok(format!("Shared {path} ({size} bytes). {sent}"))
-    }
-
-    async fn do_share_command(
+    /// What is waiting once mail arrives, or `None` when `seconds` pass without any. Each
+    /// long-poll is asked for the time left, since a broker that stops answers early.
+    async fn wait_for_mail(
         &self,
-        args: ShareCommandArgs,
-        cancel: CancellationToken,
-    ) -> Result<String, ToolError> {
-        if !self.settings().allow_share_command {
-            return Err(ToolError::ShareCommandDisabled);
-        }
-        self.identity()?;
-        let timeout = self.settings().command_timeout;
-        let cap = self.settings().command_output_cap;
-        let run = command::run(&args.command, timeout, cap, &cancel)
-            .await
-            .map_err(|e| ToolError::Input(format!("{e}; nothing was sent.")))?;
-        let mut content = String::new();
-        if let Some(description) = &args.description {
-            content.push_str(&format!("{description}\n"));
-        }
-        content.push_str(&format::command_report(
-            &args.command,
-            &run,
-            timeout.as_secs(),
-        ));
-        self.refuse_leak(&format!("the output of `{}`", args.command), &content)
-            .await?;
-        let data = json!({
-            "command": args.command, "argv": run.argv, "exit_code": run.exit_code,
-            "timed_out": run.timed_out, "truncated": run.truncated,
-        });
-        let sent = self.do_send(Some(args.to_id), content, Some(data)).await?;
-        let outcome = match (run.exit_code, run.timed_out) {
-            (_, true) => format!("was killed after {} s", timeout.as_secs()),
-            (Some(code), _) => format!("exited with {code}"),
-            (None, _) => "was killed by a signal".to_owned(),
-        };
-        Ok(format!(
-            "`{}` {outcome}; its output was sent. {sent}",
-            args.command
-        ))
-    }
-
-    /// Long-polls the broker until mail arrives or the time is up, and says what waits: the
-    /// mail is read by `check`, so a wait the client gave up on, told or not, consumes
-    /// nothing. A broker that stops answers its waiters early and empty, so the wait resumes
-    /// (through the election) until the deadline.
-    async fn do_wait(
-        &self,
-        timeout_seconds: Option<f64>,
-        cancel: CancellationToken,
-    ) -> Result<String, ToolError> {
-        let seconds = timeout_seconds
-            .filter(|s| s.is_finite())
-            .unwrap_or(WAIT_DEFAULT_SECONDS as f64)
-            .clamp(0.0, WAIT_MAX_SECONDS as f64);
+        seconds: f64,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Waiting>, ToolError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let waiting = self.count_waiting(left, &cancel).await?;
+            let waiting = self.count_waiting(left, cancel).await?;
             if waiting.count > 0 {
-                return Ok(format::waiting(&waiting));
+                return Ok(Some(waiting));
             }
             if tokio::time::Instant::now() >= deadline {
-                return Ok(format!("No new messages after waiting {seconds} s."));
+                return Ok(None);
             }
         }
     }

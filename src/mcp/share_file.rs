@@ -127,10 +127,10 @@ pub struct Protected {
 impl Protected {
     /// The protected places for this process: its environment, its user and `data_dir`.
     pub fn for_this_user(data_dir: &Path) -> Protected {
-        let mut homes = vec![crate::cli::session_file::home_dir()];
+        let mut homes = vec![crate::os::users::own_home()];
         homes.extend(password_database_home());
         homes.dedup();
-        let mut session_files = vec![crate::cli::session_file::path()];
+        let mut session_files = vec![crate::session_file::path()];
         session_files.extend(homes.iter().map(|home| home.join(".ipc-session")));
         Protected {
             session_files,
@@ -139,7 +139,7 @@ impl Protected {
                 .map(PathBuf::from),
             data_dirs: vec![
                 data_dir.to_path_buf(),
-                crate::cli::data_dir_or_default(None),
+                crate::config::Config::default_data_dir(),
             ],
             homes,
         }

@@ -28,6 +28,14 @@ pub fn user_name(uid: u32) -> Option<String> {
     by_uid(uid).map(|user| user.name)
 }
 
+/// `$HOME`, else the working directory: where this user's own files (the session file, the
+/// default data directory) go by default.
+pub fn own_home() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
 /// The home directory the user database gives for user `uid` (not `$HOME`, which the
 /// environment can change).
 pub fn home_dir(uid: u32) -> Option<PathBuf> {

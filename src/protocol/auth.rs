@@ -162,10 +162,17 @@ mod tests {
 
     #[test]
     fn the_static_token_matches_the_legacy_formula() {
-        // python3: hashlib.sha256(b"alice:s3cret").hexdigest()
+        // Computed with python3, not with this code:
+        // hashlib.sha256(b"alice:s3cret").hexdigest()
         assert_eq!(
             expected_auth_token("alice", "s3cret"),
             "1fe25d9a2d615222be6f64cccdf98ccb67023a1b492f090876ad1bf896833f04"
+        );
+        // hashlib.sha256("bob:pässword with spaces".encode()).hexdigest(): the secret is
+        // hashed as its UTF-8 bytes, spaces and all.
+        assert_eq!(
+            expected_auth_token("bob", "pässword with spaces"),
+            "991e1f522d58e907bd828ba455c5e579de9ca93a889a271847f71c4ae48ec61b"
         );
         assert_eq!(
             hex(&Sha256::digest(b"abc")),

@@ -27,8 +27,8 @@ use rand::rngs::OsRng;
 use rand::TryRngCore;
 use sha2::Sha256;
 
-use crate::broker::session::constant_time_eq;
 use crate::domain::Timestamp;
+use crate::protocol::auth::constant_time_eq;
 use crate::store::security::Protection;
 use crate::store::{Durability, Store, StoreError};
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::StartError;
+use crate::os::DataDirError;
 
 /// The lock file's name inside the data directory.
 pub const LOCK_FILE: &str = "broker.lock";
@@ -32,9 +33,11 @@ impl DataDirLock {
     /// Takes the lock on `data_dir` or says which process holds it.
     pub fn acquire(data_dir: &Path) -> Result<DataDirLock, StartError> {
         let path = data_dir.join(LOCK_FILE);
-        let fail = |e: std::io::Error| StartError::DataDir {
-            path: path.display().to_string(),
-            reason: format!("cannot open the lock file: {e}"),
+        let fail = |e: std::io::Error| {
+            StartError::DataDir(DataDirError::Unusable {
+                path: path.display().to_string(),
+                reason: format!("cannot open the lock file: {e}"),
+            })
         };
         let mut file = OpenOptions::new()
             .read(true)

@@ -10,10 +10,7 @@ pub mod lock;
 pub mod unix_socket;
 mod unread;
 
-use std::fs::DirBuilder;
 use std::net::SocketAddr;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +23,7 @@ use crate::broker::{Broker, Peer};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::domain::Timestamp;
-use crate::os::{peer_uid, sock_diag};
+use crate::os::{peer_uid, prepare_data_dir, sock_diag, DataDirError};
 use crate::store::{Durability, Store, StoreError};
 
 use admission::{Admission, Owner};
@@ -45,10 +42,8 @@ const LISTEN_BACKLOG: u32 = 4096;
 pub enum StartError {
     #[error("refusing to listen on {0}: it is not a loopback address, so other machines could connect. Pass --allow-remote if that is really what you want")]
     NotLoopback(SocketAddr),
-    #[error("cannot use data directory {path}: {reason}")]
-    DataDir { path: String, reason: String },
-    #[error("refusing to use {path} as the data directory: {why}; use a directory only you can write, such as ~/.claude-ipc-data (--data-dir or IPC_DATA_DIR)")]
-    UnsafeDataDir { path: String, why: String },
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
@@ -243,73 +238,6 @@ impl RunningServer {
         }
         self.broker.store().shutdown().await;
     }
-}
-
-/// Creates the data directory with mode 0700 if needed, refuses one that other users can
-/// write, and proves it is writable. An existing directory keeps its mode: it may be shared
-/// with other tools (or be /tmp), and only a directory the broker created is the broker's to
-/// set. The database and large-message files inside are 0600 whatever the directory's mode.
-pub fn prepare_data_dir(path: &Path) -> Result<(), StartError> {
-    let fail = |reason: String| StartError::DataDir {
-        path: path.display().to_string(),
-        reason,
-    };
-    // Before anything is created: a link another user planted on the way would choose where.
-    crate::private_file::check_no_foreign_links(path).map_err(|e| StartError::UnsafeDataDir {
-        path: path.display().to_string(),
-        why: e.to_string(),
-    })?;
-    if !path.exists() {
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(path)
-            .map_err(|e| fail(format!("{e}; create it or choose another with --data-dir")))?;
-    }
-    refuse_shared_data_dir(path)?;
-    // Prove the directory is writable now, rather than at the first large message. The name
-    // is this process's own: brokers starting at the same instant on one directory (MCP
-    // servers electing one) must not remove each other's probe.
-    let probe = path.join(format!(".write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"")
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| {
-            fail(format!(
-                "it is not writable ({e}); fix its permissions or choose another with --data-dir"
-            ))
-        })
-}
-
-/// Another user who can write the data directory can replace the database, plant links
-/// where large-message files go, or remove the lock; such a directory is refused.
-fn refuse_shared_data_dir(path: &Path) -> Result<(), StartError> {
-    let metadata = std::fs::metadata(path).map_err(|e| StartError::DataDir {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let unsafe_dir = |why: String| StartError::UnsafeDataDir {
-        path: path.display().to_string(),
-        why,
-    };
-    if !metadata.is_dir() {
-        return Err(StartError::DataDir {
-            path: path.display().to_string(),
-            reason: "it is not a directory; choose another with --data-dir".into(),
-        });
-    }
-    let owner = metadata.uid();
-    if owner != unix_socket::effective_uid() {
-        return Err(unsafe_dir(format!(
-            "it belongs to another user (uid {owner})"
-        )));
-    }
-    let mode = metadata.permissions().mode() & 0o7777;
-    if mode & 0o022 != 0 {
-        return Err(unsafe_dir(format!(
-            "other users can write to it (mode {mode:o})"
-        )));
-    }
-    Ok(())
 }
 
 /// Why binding or listening on `addr` failed, as a start error.
@@ -580,54 +508,5 @@ async fn sweep_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
         }
         broker.report_clock_offset();
         broker.persist_clock().await;
-    }
-}
-
-/// Raises this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit.
-pub fn raise_open_file_limit() -> std::io::Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit for the call to fill in.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: `raised` is a valid rlimit that only raises the soft limit up to the hard one.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        limit = raised;
-    }
-    Ok(limit.rlim_cur)
-}
-
-/// SIGINT and SIGTERM, caught from the moment this is created, so a signal that arrives
-/// while the broker is still starting is not lost (or fatal).
-pub struct ShutdownSignals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-}
-
-impl ShutdownSignals {
-    pub fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(ShutdownSignals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-        })
-    }
-
-    /// Resolves when either signal arrives.
-    pub async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-        }
     }
 }

@@ -33,7 +33,7 @@ fn one_flood_at_a_time() -> MutexGuard<'static, ()> {
     let guard = ONE_FLOOD_AT_A_TIME
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let limit = claude_ipc::server::raise_open_file_limit().unwrap();
+    let limit = claude_ipc::os::raise_open_file_limit().unwrap();
     assert!(
         limit >= IDLE_FLOOD as u64 + 200,
         "these floods need {} open files but the hard limit is {limit}; raise it (ulimit -Hn)",

@@ -231,7 +231,7 @@ fn a_client_that_never_reads_its_replies() {
 fn two_thousand_simultaneous_connections() {
     const CONNECTIONS: usize = 2_000;
     const CAP: usize = 1_990;
-    let limit = claude_ipc::server::raise_open_file_limit().unwrap();
+    let limit = claude_ipc::os::raise_open_file_limit().unwrap();
     assert!(
         limit >= CONNECTIONS as u64 + 100,
         "this test needs {} open files but the hard limit is {limit}; raise it (ulimit -Hn)",

@@ -580,7 +580,7 @@ fn the_auth_token_is_lowercase_hex_sha256_of_name_colon_secret() {
         Some(String::new()),
         None,
         // The token for a different secret.
-        Some(claude_ipc::broker::session::expected_auth_token(
+        Some(claude_ipc::protocol::auth::expected_auth_token(
             "alice", "other",
         )),
     ];

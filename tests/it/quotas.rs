@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration as StdDuration;
 
 use chrono::Duration;
-use claude_ipc::broker::session::expected_auth_token;
 use claude_ipc::client::Client;
+use claude_ipc::protocol::auth::expected_auth_token;
 use common::{BrokerProcess, TestBroker, TIMEOUT};
 use serde_json::{json, Value};
 

@@ -466,7 +466,7 @@ fn share_file_refuses_a_file_holding_the_secret_and_the_secrets_file() {
     let notes = dir.path().join("setup-notes.txt");
     std::fs::write(&notes, format!("export IPC_SHARED_SECRET={SECRET}\n")).unwrap();
     let static_token = dir.path().join("token.txt");
-    let sha = claude_ipc::broker::session::expected_auth_token("alice", SECRET);
+    let sha = claude_ipc::protocol::auth::expected_auth_token("alice", SECRET);
     std::fs::write(&static_token, format!("auth_token: {sha}\n")).unwrap();
 
     assert_file_refused(&mut mcp, &secret_file, "it is the shared secret's file");

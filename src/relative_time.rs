@@ -1,0 +1,69 @@
+//! How long ago a time was, for people: "just now", "42 s ago", "3 min ago", "2 h ago",
+//! "5 days ago", "in 3 min". The CLI and the MCP server say it the same way.
+
+use chrono::{DateTime, Utc};
+
+/// How long ago (or how far ahead) `then` is from `now`, for people: "just now", "42 s ago",
+/// "3 min ago", "2 h ago", "5 days ago"; future times read "in 3 min". Differences under five
+/// seconds either way are "just now", so small clock differences between machines do not show
+/// as "in 1 s".
+pub fn relative_time(then: DateTime<Utc>, now: DateTime<Utc>) -> String {
+    let seconds = (now - then).num_seconds();
+    if seconds.abs() < 5 {
+        return "just now".to_owned();
+    }
+    let amount = span(seconds.unsigned_abs());
+    if seconds > 0 {
+        format!("{amount} ago")
+    } else {
+        format!("in {amount}")
+    }
+}
+
+/// A duration in the largest unit that keeps it readable, rounded down: "42 s", "3 min",
+/// "30 h" (hours up to two days), "5 days".
+pub fn span(seconds: u64) -> String {
+    const MINUTE: u64 = 60;
+    const HOUR: u64 = 60 * MINUTE;
+    const DAY: u64 = 24 * HOUR;
+    match seconds {
+        s if s < MINUTE => format!("{s} s"),
+        s if s < HOUR => format!("{} min", s / MINUTE),
+        s if s < 2 * DAY => format!("{} h", s / HOUR),
+        s => format!("{} days", s / DAY),
+    }
+}
+
+/// [`relative_time`] for a stored time string; `None` if it is not RFC 3339.
+pub fn relative_to_now(stored: &str) -> Option<String> {
+    crate::clock::parse(stored).map(|then| relative_time(then, Utc::now()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn ago(seconds: i64) -> String {
+        let now = crate::clock::parse("2026-06-01T12:00:00Z").unwrap();
+        relative_time(now - Duration::seconds(seconds), now)
+    }
+
+    #[test]
+    fn relative_times_pick_a_readable_unit() {
+        assert_eq!(ago(0), "just now");
+        assert_eq!(ago(4), "just now");
+        assert_eq!(ago(42), "42 s ago");
+        assert_eq!(ago(3 * 60 + 59), "3 min ago");
+        assert_eq!(ago(2 * 3600 + 10), "2 h ago");
+        assert_eq!(ago(30 * 3600), "30 h ago");
+        assert_eq!(ago(5 * 86_400 + 7), "5 days ago");
+    }
+
+    #[test]
+    fn future_times_read_in() {
+        assert_eq!(ago(-3), "just now");
+        assert_eq!(ago(-90), "in 1 min");
+        assert_eq!(ago(-7200), "in 2 h");
+    }
+}
