@@ -180,6 +180,7 @@ pub async fn start(
             return Err(e.into());
         }
     };
+    store.start_integrity_check();
     let broker = Arc::new(
         Broker::new(
             store,

@@ -160,6 +160,10 @@ pub struct Store {
     commands: mpsc::Sender<Command>,
     counters: Arc<Counters>,
     guard: Arc<Guard>,
+    /// Set when the database was too large to check before opening: the background check
+    /// waits for [`Store::start_integrity_check`], so that a damage it finds cannot refuse
+    /// the broker's own start-up writes halfway and leave a broker that never served.
+    check_pending: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the writer needs to notice that the database stopped being the database.
@@ -216,7 +220,7 @@ impl Store {
             health: Health::default(),
         });
         if !checked {
-            check_in_background(guard.clone());
+            guard.health.set_checking(true);
         }
         let (commands, receiver) = mpsc::channel();
         let counters = Arc::new(Counters::default());
@@ -230,7 +234,19 @@ impl Store {
             commands,
             counters,
             guard,
+            check_pending: Arc::new((!checked).into()),
         })
+    }
+
+    /// Starts the background integrity check of a database too large to check at open; a
+    /// no-op when it was checked then (or the check has started already). The server calls it
+    /// once its start-up writes are done, so from then on a damage found turns `ping`
+    /// unhealthy instead of refusing the start.
+    pub fn start_integrity_check(&self) {
+        use std::sync::atomic::Ordering;
+        if self.check_pending.swap(false, Ordering::SeqCst) {
+            check_in_background(self.guard.clone());
+        }
     }
 
     /// Why the store refuses work, if it does.
@@ -353,12 +369,12 @@ fn open_checked(path: &Path) -> Result<(Connection, bool), StoreError> {
 /// Runs `PRAGMA quick_check` on its own read-only connection and turns the store "damaged"
 /// if it fails. The writer serves meanwhile; `ping` says "checking".
 fn check_in_background(guard: Arc<Guard>) {
-    guard.health.set_checking(true);
     let size = std::fs::metadata(&guard.path).map_or(0, |m| m.len());
     tracing::info!(
         bytes = size,
         "checking the database's integrity in the background"
     );
+    let health = guard.clone();
     let spawned = thread::Builder::new()
         .name("store-check".into())
         .spawn(move || {
@@ -376,6 +392,7 @@ fn check_in_background(guard: Arc<Guard>) {
         });
     if let Err(e) = spawned {
         tracing::warn!("cannot start the background integrity check: {e}");
+        health.health.set_checking(false);
     }
 }
 
