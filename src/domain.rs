@@ -24,6 +24,13 @@ impl InstanceName {
         valid.then(|| InstanceName(text.to_owned()))
     }
 
+    /// A name read back from the database, which holds only names that passed
+    /// [`InstanceName::parse`] (register, rename and the legacy import all check it): not
+    /// checked again.
+    pub fn from_store(text: String) -> Self {
+        InstanceName(text)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

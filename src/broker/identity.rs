@@ -21,7 +21,9 @@ use super::auth_guard::{AuthGuard, Failure};
 use super::listening::Listening;
 use super::session::{constant_time_eq, expected_auth_token, new_token, token_hash};
 use super::{minus, plus, text, Broker, BrokerError, ChallengeRefusal, Peer};
-use crate::protocol::{ChallengeAnswer, EntryBudget, InstanceName, ListOptions, Reply};
+use crate::domain::Timestamp;
+use crate::protocol::schema::{InstanceEntry, ListReply, LogoutReply, RegisterReply, RenameReply};
+use crate::protocol::{ChallengeAnswer, EntryBudget, InstanceName, ListOptions};
 use crate::store::queries::{self, AuthFailure, IdentityId, PeerActivity, Replacement};
 
 /// The most instances one `list` page holds, whatever `limit` asks for.
@@ -468,7 +470,7 @@ impl Broker {
         answer: Option<ChallengeAnswer>,
         claim: Claim,
         peer: &Peer,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<RegisterReply, BrokerError> {
         let name = name.as_str().to_owned();
         if is_reserved(&name) {
             return Err(BrokerError::ReservedName(name));
@@ -524,11 +526,12 @@ impl Broker {
         } else {
             format!("Registered {name}")
         };
-        Ok(Reply::ok()
-            .with("session_token", token)
-            .with("message", message)
-            .with("instance_id", name)
-            .with("queued", queued))
+        Ok(RegisterReply {
+            session_token: token,
+            message,
+            instance_id: InstanceName::from_store(name),
+            queued,
+        })
     }
 
     /// Checks a registration's credentials against the shared secret. `Ok(None)`: proved (or
@@ -580,16 +583,17 @@ impl Broker {
         &self,
         token: Option<String>,
         peer: &Peer,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<LogoutReply, BrokerError> {
         let name = self
             .as_caller(token, peer, move |conn, caller, now| {
                 queries::end_session(conn, caller.session_id, &text(now))?;
                 Ok(caller.name.clone())
             })
             .await?;
-        Ok(Reply::ok()
-            .with("message", format!("Logged out {name}"))
-            .with("instance_id", name))
+        Ok(LogoutReply {
+            message: format!("Logged out {name}"),
+            instance_id: InstanceName::from_store(name),
+        })
     }
 
     pub(super) async fn rename(
@@ -597,7 +601,7 @@ impl Broker {
         token: Option<String>,
         peer: &Peer,
         new_id: InstanceName,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<RenameReply, BrokerError> {
         let new = new_id.as_str().to_owned();
         let cooldown = self.limits.rename_cooldown;
         let forward_for = self.limits.forward_duration;
@@ -634,10 +638,11 @@ impl Broker {
                 let stamp = text(now);
                 queries::rename_instance(conn, &old, &new, &stamp, &text(plus(now, forward_for)))?;
                 notify_rename(conn, &old, &new, &stamp, queue_cap)?;
-                Ok(Reply::ok()
-                    .with("message", format!("Renamed {old} to {new}"))
-                    .with("old_id", old)
-                    .with("new_id", new))
+                Ok(RenameReply {
+                    message: format!("Renamed {old} to {new}"),
+                    old_id: InstanceName::from_store(old),
+                    new_id: InstanceName::from_store(new),
+                })
             })
             .await?;
         // Notices went to everyone, and the caller's queued mail now waits under the new name.
@@ -655,7 +660,7 @@ impl Broker {
         token: Option<String>,
         peer: &Peer,
         options: ListOptions,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<ListReply, BrokerError> {
         let limit = options
             .limit
             .unwrap_or(LIST_MAX_INSTANCES)
@@ -666,18 +671,25 @@ impl Broker {
             let mut instances = Vec::new();
             let after = after.as_deref().unwrap_or("");
             let more = queries::list_instances_after(conn, after, limit, |id, last_seen| {
-                let entry = serde_json::json!({"id": id, "last_seen": last_seen});
+                let entry = InstanceEntry {
+                    id: InstanceName::from_store(id.to_owned()),
+                    last_seen: Timestamp::parse(last_seen)
+                        .unwrap_or(Timestamp::new(DateTime::UNIX_EPOCH)),
+                };
                 let fits = budget.take(&entry);
                 if fits {
                     instances.push(entry);
                 }
                 fits
             })?;
-            let next_after = instances.last().map(|entry| entry["id"].clone());
-            let reply = Reply::ok().with("instances", instances).with("more", more);
-            Ok(match next_after.filter(|_| more) {
-                Some(last) => reply.with("next_after", last),
-                None => reply,
+            let next_after = instances
+                .last()
+                .filter(|_| more)
+                .map(|entry| entry.id.clone());
+            Ok(ListReply {
+                instances,
+                more,
+                next_after,
             })
         })
         .await

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
-use serde_json::{json, Map, Value};
+// `message.data` is the sender's own JSON: measured and stored as text, never a reply.
+use serde_json::Value;
 use tokio::sync::{Notify, OwnedMutexGuard};
 
 use super::reader::Presence;
@@ -20,9 +21,15 @@ use tokio::time::Instant;
 
 use super::identity::Caller;
 use super::{large_message, minus, plus, text, Activity, Broker, BrokerError, Outcome, Peer};
+use crate::domain::{MessageKind, Timestamp};
+use crate::protocol::budget::entry_bytes;
 use crate::protocol::request::SenderStamp;
+use crate::protocol::schema::{
+    AckReply, BroadcastCopies, BroadcastReply, CheckReply, CountReply, ManualAck, RefusedId,
+    ReleaseReply, SendReply, SettledIds, WireBody, WireMessage,
+};
 use crate::protocol::{AckMode, Capped, CheckOptions};
-use crate::protocol::{InstanceName, MessageBody, Reply, REPLY_BUDGET};
+use crate::protocol::{InstanceName, MessageBody, REPLY_BUDGET};
 use crate::store::queries::{self, MessageId, NewMessage, Released, Settled, StoredMessage};
 use crate::store::Durability;
 
@@ -87,7 +94,7 @@ impl DeliveryReceipt {
 struct Batch {
     caller: String,
     session_id: i64,
-    messages: Vec<Value>,
+    messages: Vec<WireMessage>,
     ids: Vec<MessageId>,
     more: bool,
     /// The lease (manual ack) or hold (auto ack) on `ids` runs until then.
@@ -98,15 +105,20 @@ struct Batch {
 
 impl Batch {
     fn into_outcome(self, ack: AckMode, in_flight: Option<InFlight>) -> Outcome {
-        let mut reply = Reply::ok()
-            .with("messages", self.messages)
-            .with("more", self.more);
+        let mut reply = CheckReply {
+            messages: self.messages,
+            more: self.more,
+            ack: None,
+            lease_until: None,
+        };
         let settled_by = match ack {
             AckMode::Manual { .. } => {
-                reply = reply.with("ack", "manual");
-                if let Some(until) = self.held_until.as_ref().filter(|_| !self.ids.is_empty()) {
-                    reply = reply.with("lease_until", until.clone());
-                }
+                reply.ack = Some(ManualAck::Manual);
+                reply.lease_until = self
+                    .held_until
+                    .as_deref()
+                    .filter(|_| !self.ids.is_empty())
+                    .map(stored_time);
                 SettledBy::Ack
             }
             AckMode::Auto => SettledBy::Receipt,
@@ -122,7 +134,7 @@ impl Batch {
             _ => None,
         };
         Outcome {
-            reply,
+            reply: reply.into(),
             receipt,
             authenticated: true,
         }
@@ -140,20 +152,16 @@ struct Summary {
 }
 
 impl Summary {
-    fn into_reply(self) -> Reply {
-        Reply::ok()
-            .with("count", self.count)
-            .with("senders", self.senders)
+    fn into_reply(self) -> CountReply {
+        CountReply {
+            count: self.count,
+            senders: self
+                .senders
+                .into_iter()
+                .map(InstanceName::from_store)
+                .collect(),
+        }
     }
-}
-
-/// The refusal of an `ack` (or release) of an id the caller does not own.
-fn unknown_message(id: i64) -> Value {
-    json!({
-        "id": id,
-        "code": "unknown_message",
-        "message": format!("no message {id} is addressed to you; ack only ids your check returned"),
-    })
 }
 
 /// A message body ready to store: content possibly swapped for a summary and a file.
@@ -270,14 +278,6 @@ impl Outgoing {
     }
 }
 
-/// The reply to a send or broadcast whose nonce was already used: nothing new is stored.
-fn duplicate_reply(original: MessageId) -> Reply {
-    Reply::ok()
-        .with("message", "Duplicate nonce: already stored")
-        .with("duplicate", true)
-        .with("message_id", original.0)
-}
-
 impl Broker {
     /// `send`: stores one message for `to_id` (following a live forward), or reports the
     /// original id if the sender already used this nonce inside the replay window.
@@ -288,12 +288,12 @@ impl Broker {
         to_id: InstanceName,
         message: MessageBody,
         stamp: SenderStamp,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<SendReply, BrokerError> {
         let outgoing = self.outgoing(&message, stamp)?;
         let to = to_id.as_str().to_owned();
         let check = move |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
             Ok(match plan_send(conn, caller, now, &to, outgoing)? {
-                SendPlan::Duplicate(original) => Some(duplicate_reply(original)),
+                SendPlan::Duplicate(original) => Some(SendReply::duplicate(original)),
                 SendPlan::Deliver { .. } => None,
             })
         };
@@ -301,12 +301,12 @@ impl Broker {
             store_send(conn, caller, now, to_id.as_str(), outgoing)
         };
         let reply = self
-            .store_outgoing(token, peer, outgoing, check, store, |reply| {
-                !is_duplicate(reply)
+            .store_outgoing(token, peer, outgoing, check, store, |reply: &SendReply| {
+                !reply.duplicate
             })
             .await?;
-        if let Some(recipient) = reply.get("recipient").and_then(Value::as_str) {
-            self.doorbells.ring(recipient);
+        if let Some(recipient) = &reply.recipient {
+            self.doorbells.ring(recipient.as_str());
         }
         Ok(reply)
     }
@@ -320,11 +320,13 @@ impl Broker {
         peer: &Peer,
         message: MessageBody,
         stamp: SenderStamp,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<BroadcastReply, BrokerError> {
         let outgoing = self.outgoing(&message, stamp)?;
         let check = |conn: &Connection, caller: &Caller, now, outgoing: &Outgoing| {
             Ok(match plan_broadcast(conn, caller, now, outgoing)? {
-                BroadcastPlan::Duplicate(original) => Some(duplicate_reply(original)),
+                BroadcastPlan::Duplicate(original) => {
+                    Some(BroadcastReply::Duplicate(SendReply::duplicate(original)))
+                }
                 BroadcastPlan::Deliver {
                     recipients,
                     skipped,
@@ -333,9 +335,14 @@ impl Broker {
             })
         };
         let reply = self
-            .store_outgoing(token, peer, outgoing, check, store_broadcast, |reply| {
-                reply_count(reply) > 0
-            })
+            .store_outgoing(
+                token,
+                peer,
+                outgoing,
+                check,
+                store_broadcast,
+                |reply: &BroadcastReply| reply.stored() > 0,
+            )
             .await?;
         self.doorbells.ring_all();
         Ok(reply)
@@ -349,7 +356,7 @@ impl Broker {
         token: Option<String>,
         peer: &Peer,
         ids: Vec<i64>,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<AckReply, BrokerError> {
         self.as_caller(token, peer, move |conn, caller, now| {
             let now = text(now);
             let mut acked = 0;
@@ -358,11 +365,14 @@ impl Broker {
             for id in ids {
                 match queries::ack(conn, &caller.name, MessageId(id), &now)? {
                     Settled::Acked => acked += 1,
-                    Settled::AlreadyAcked => already.push(id),
-                    Settled::Unknown => refused.push(unknown_message(id)),
+                    Settled::AlreadyAcked => already.push(MessageId(id)),
+                    Settled::Unknown => refused.push(RefusedId::unknown_message(MessageId(id))),
                 }
             }
-            Ok(settled_reply("acked", acked, already, refused))
+            Ok(AckReply {
+                acked,
+                rest: settled_ids(already, refused),
+            })
         })
         .await
     }
@@ -374,7 +384,7 @@ impl Broker {
         token: Option<String>,
         peer: &Peer,
         ids: Vec<i64>,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<ReleaseReply, BrokerError> {
         let (caller, reply) = self
             .as_caller(token, peer, move |conn, caller, _now| {
                 let mut released = 0;
@@ -383,11 +393,16 @@ impl Broker {
                 for id in ids {
                     match queries::release_owned(conn, &caller.name, MessageId(id))? {
                         Released::Released => released += 1,
-                        Released::AlreadyAcked => already.push(id),
-                        Released::Unknown => refused.push(unknown_message(id)),
+                        Released::AlreadyAcked => already.push(MessageId(id)),
+                        Released::Unknown => {
+                            refused.push(RefusedId::unknown_message(MessageId(id)))
+                        }
                     }
                 }
-                let reply = settled_reply("released", released, already, refused);
+                let reply = ReleaseReply {
+                    released,
+                    rest: settled_ids(already, refused),
+                };
                 Ok((caller.name.clone(), reply))
             })
             .await?;
@@ -415,25 +430,21 @@ impl Broker {
     /// is never written. Then the file is written, and `store` runs without counting the
     /// request again; the file is removed unless `kept_file` says the reply stored a message
     /// that refers to it.
-    async fn store_outgoing<C, F>(
+    async fn store_outgoing<R, C, F>(
         &self,
         token: Option<String>,
         peer: &Peer,
         outgoing: Outgoing,
         check: C,
         store: F,
-        kept_file: fn(&Reply) -> bool,
-    ) -> Result<Reply, BrokerError>
+        kept_file: fn(&R) -> bool,
+    ) -> Result<R, BrokerError>
     where
-        C: FnOnce(
-                &Connection,
-                &Caller,
-                DateTime<Utc>,
-                &Outgoing,
-            ) -> Result<Option<Reply>, BrokerError>
+        R: Send + 'static,
+        C: FnOnce(&Connection, &Caller, DateTime<Utc>, &Outgoing) -> Result<Option<R>, BrokerError>
             + Send
             + 'static,
-        F: FnOnce(&Connection, &Caller, DateTime<Utc>, &Outgoing) -> Result<Reply, BrokerError>
+        F: FnOnce(&Connection, &Caller, DateTime<Utc>, &Outgoing) -> Result<R, BrokerError>
             + Send
             + 'static,
     {
@@ -653,7 +664,7 @@ impl Broker {
         peer: &Peer,
         wait: Option<std::time::Duration>,
         mut reader: Presence,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<CountReply, BrokerError> {
         let deadline = wait.map(|wait| Instant::now() + wait);
         let mut closing = self.doorbells.closing();
         let mut bell: Option<Arc<Notify>> = None;
@@ -858,10 +869,10 @@ fn store_send(
     now: DateTime<Utc>,
     to_id: &str,
     outgoing: &Outgoing,
-) -> Result<Reply, BrokerError> {
+) -> Result<SendReply, BrokerError> {
     let (recipient, forwarded_to, registered) = match plan_send(conn, caller, now, to_id, outgoing)?
     {
-        SendPlan::Duplicate(original) => return Ok(duplicate_reply(original)),
+        SendPlan::Duplicate(original) => return Ok(SendReply::duplicate(original)),
         SendPlan::Deliver {
             recipient,
             forwarded_to,
@@ -876,11 +887,12 @@ fn store_send(
         (None, false) => format!("Message queued for {recipient} (not yet registered)"),
         (None, true) => "Message sent".to_owned(),
     };
-    Ok(Reply::ok()
-        .with("message", message)
-        .with("message_id", id.0)
-        .with("recipient", recipient)
-        .with("duplicate", false))
+    Ok(SendReply {
+        message,
+        message_id: id,
+        recipient: Some(InstanceName::from_store(recipient.to_owned())),
+        duplicate: false,
+    })
 }
 
 /// What a broadcast will do, once every rule has passed.
@@ -930,9 +942,11 @@ fn store_broadcast(
     caller: &Caller,
     now: DateTime<Utc>,
     outgoing: &Outgoing,
-) -> Result<Reply, BrokerError> {
+) -> Result<BroadcastReply, BrokerError> {
     let (recipients, skipped) = match plan_broadcast(conn, caller, now, outgoing)? {
-        BroadcastPlan::Duplicate(original) => return Ok(duplicate_reply(original)),
+        BroadcastPlan::Duplicate(original) => {
+            return Ok(BroadcastReply::Duplicate(SendReply::duplicate(original)))
+        }
         BroadcastPlan::Deliver {
             recipients,
             skipped,
@@ -952,7 +966,7 @@ fn store_broadcast(
         )?;
         first_id.get_or_insert(id);
         last_id = Some(id);
-        ids.push(id.0);
+        ids.push(id);
     }
     if let Some(first) = first_id {
         // A retry with this nonce is answered with the first copy's id.
@@ -961,45 +975,41 @@ fn store_broadcast(
     Ok(broadcast_reply(ids, skipped, first_id.zip(last_id)))
 }
 
-/// The reply to an `ack` (or a release): how many ids it settled under `done_field`, and
-/// only the first ids found already settled and the first refusals, with their counts, so it
-/// fits a legacy read however many ids it named.
-fn settled_reply(
-    done_field: &str,
-    done: usize,
-    already: Capped<i64>,
-    refused: Capped<Value>,
-) -> Reply {
-    let truncated = already.truncated() || refused.truncated();
-    Reply::ok()
-        .with(done_field, done)
-        .with("already_acked_count", already.total())
-        .with("already_acked", already.into_shown())
-        .with("refused_count", refused.total())
-        .with("refused", refused.into_shown())
-        .with("truncated", truncated)
+/// What an `ack` (or a release) did not settle: only the first ids found already settled
+/// and the first refusals, with their counts, so the reply fits a legacy read however many
+/// ids it named.
+fn settled_ids(already: Capped<MessageId>, refused: Capped<RefusedId>) -> SettledIds {
+    SettledIds {
+        truncated: already.truncated() || refused.truncated(),
+        already_acked_count: already.total(),
+        already_acked: already.into_shown(),
+        refused_count: refused.total(),
+        refused: refused.into_shown(),
+    }
 }
 
 /// The broadcast reply: every copy counted, only the first ids and skipped names listed, so
 /// it fits a legacy read however many instances there are.
 fn broadcast_reply(
-    ids: Capped<i64>,
+    ids: Capped<MessageId>,
     skipped: Capped<String>,
     first_and_last: Option<(MessageId, MessageId)>,
-) -> Reply {
+) -> BroadcastReply {
     let count = ids.total();
-    let truncated = ids.truncated() || skipped.truncated();
-    let mut reply = Reply::ok()
-        .with("message", format!("Broadcast to {count} instances"))
-        .with("count", count)
-        .with("message_ids", ids.into_shown())
-        .with("skipped_count", skipped.total())
-        .with("skipped", skipped.into_shown())
-        .with("truncated", truncated);
-    if let Some((first, last)) = first_and_last {
-        reply = reply.with("first_id", first.0).with("last_id", last.0);
-    }
-    reply
+    BroadcastReply::Delivered(BroadcastCopies {
+        message: format!("Broadcast to {count} instances"),
+        count,
+        truncated: ids.truncated() || skipped.truncated(),
+        message_ids: ids.into_shown(),
+        skipped_count: skipped.total(),
+        skipped: skipped
+            .into_shown()
+            .into_iter()
+            .map(InstanceName::from_store)
+            .collect(),
+        first_id: first_and_last.map(|(first, _)| first),
+        last_id: first_and_last.map(|(_, last)| last),
+    })
 }
 
 fn ensure_room(conn: &Connection, recipient: &str, cap: u32) -> Result<(), BrokerError> {
@@ -1049,7 +1059,7 @@ fn insert(
 /// outgrow a legacy client's single read. Always takes at least one message.
 struct ReplyBudget {
     used: usize,
-    messages: Vec<Value>,
+    messages: Vec<WireMessage>,
     ids: Vec<MessageId>,
 }
 
@@ -1065,7 +1075,7 @@ impl ReplyBudget {
     /// Adds the message if it fits; false means it did not and the reply is full.
     fn take(&mut self, stored: &StoredMessage) -> bool {
         let entry = wire_message(stored);
-        let size = entry.to_string().len() + 1;
+        let size = entry_bytes(&entry) + 1;
         if !self.messages.is_empty() && self.used + size > CHECK_REPLY_BUDGET {
             return false;
         }
@@ -1078,41 +1088,25 @@ impl ReplyBudget {
 
 /// One message as `check` shows it: the legacy fields plus id, nonce, sender_timestamp and
 /// which hand-out this is (`delivery_count`, 1 the first time).
-fn wire_message(stored: &StoredMessage) -> Value {
-    let mut body = Map::new();
-    body.insert("content".into(), stored.content.clone().into());
-    if let Some(data) = stored
-        .data
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<Value>(d).ok())
-    {
-        body.insert("data".into(), data);
+fn wire_message(stored: &StoredMessage) -> WireMessage {
+    WireMessage {
+        id: stored.id,
+        from: InstanceName::from_store(stored.sender.clone()),
+        to: InstanceName::from_store(stored.recipient.clone()),
+        addressed_to: InstanceName::from_store(stored.addressed_to.clone()),
+        // The store's CHECK constraint admits only the three kinds.
+        kind: MessageKind::parse(&stored.kind).unwrap_or(MessageKind::Direct),
+        timestamp: stored_time(&stored.received_at),
+        message: WireBody::from_stored(stored.content.clone(), stored.data.as_deref()),
+        nonce: stored.nonce.clone(),
+        sender_timestamp: stored.sender_timestamp.as_deref().map(stored_time),
+        delivery_count: stored.delivery_count + 1,
     }
-    let mut entry = json!({
-        "id": stored.id.0,
-        "from": stored.sender,
-        "to": stored.recipient,
-        "addressed_to": stored.addressed_to,
-        "kind": stored.kind,
-        "timestamp": stored.received_at,
-        "message": body,
-        "delivery_count": stored.delivery_count + 1,
-    });
-    if let Some(nonce) = &stored.nonce {
-        entry["nonce"] = nonce.clone().into();
-    }
-    if let Some(at) = &stored.sender_timestamp {
-        entry["sender_timestamp"] = at.clone().into();
-    }
-    entry
 }
 
-fn is_duplicate(reply: &Reply) -> bool {
-    reply.get("duplicate") == Some(&Value::Bool(true))
-}
-
-fn reply_count(reply: &Reply) -> u64 {
-    reply.get("count").and_then(Value::as_u64).unwrap_or(0)
+/// A time the store wrote, which it writes only as [`Timestamp::to_text`] does.
+fn stored_time(text: &str) -> Timestamp {
+    Timestamp::parse(text).unwrap_or(Timestamp::new(DateTime::UNIX_EPOCH))
 }
 
 /// Removes a large-message file whose message was not stored.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::reply::{ErrorCode, Reply};
+use super::{ErrorCode, Reply};
 pub use crate::domain::InstanceName;
 
 /// A request that passed parsing; the broker still checks the session and its rules.
