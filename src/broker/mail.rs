@@ -11,8 +11,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
-// `message.data` is the sender's own JSON: measured and stored as text, never a reply.
-use serde_json::Value;
 use tokio::sync::{Notify, OwnedMutexGuard};
 
 use super::reader::Presence;
@@ -26,7 +24,7 @@ use crate::protocol::budget::entry_bytes;
 use crate::protocol::request::SenderStamp;
 use crate::protocol::schema::{
     AckReply, BroadcastCopies, BroadcastReply, CheckReply, CountReply, ManualAck, RefusedId,
-    ReleaseReply, SendReply, SettledIds, WireBody, WireMessage,
+    ReleaseReply, SendReply, WireBody, WireMessage,
 };
 use crate::protocol::{AckMode, Capped, CheckOptions};
 use crate::protocol::{InstanceName, MessageBody, REPLY_BUDGET};
@@ -369,9 +367,14 @@ impl Broker {
                     Settled::Unknown => refused.push(RefusedId::unknown_message(MessageId(id))),
                 }
             }
+            let unsettled = Unsettled::of(already, refused);
             Ok(AckReply {
                 acked,
-                rest: settled_ids(already, refused),
+                truncated: unsettled.truncated,
+                already_acked_count: unsettled.already_count,
+                already_acked: unsettled.already,
+                refused_count: unsettled.refused_count,
+                refused: unsettled.refused,
             })
         })
         .await
@@ -399,9 +402,14 @@ impl Broker {
                         }
                     }
                 }
+                let unsettled = Unsettled::of(already, refused);
                 let reply = ReleaseReply {
                     released,
-                    rest: settled_ids(already, refused),
+                    truncated: unsettled.truncated,
+                    already_acked_count: unsettled.already_count,
+                    already_acked: unsettled.already,
+                    refused_count: unsettled.refused_count,
+                    refused: unsettled.refused,
                 };
                 Ok((caller.name.clone(), reply))
             })
@@ -782,16 +790,13 @@ impl Broker {
     /// Whether content is over the large-message threshold, measured as JSON text because
     /// that is what a check reply must fit.
     fn needs_file(&self, message: &MessageBody) -> bool {
-        Value::String(message.content.clone()).to_string().len() > self.limits.large_message_bytes
+        message.content_json_bytes() > self.limits.large_message_bytes
     }
 
     /// Checks the data size and, for large content, chooses its file and builds the summary
     /// that is queued in its place.
     fn prepare(&self, message: &MessageBody) -> Result<Prepared, BrokerError> {
-        let data = message
-            .data
-            .as_ref()
-            .map(|data| Value::Object(data.clone()).to_string());
+        let data = message.data_text();
         let data_bytes = data.as_ref().map_or(0, String::len);
         if data_bytes > self.limits.max_data_bytes {
             return Err(BrokerError::DataTooLarge {
@@ -808,18 +813,11 @@ impl Broker {
         }
         let (content, now) = (&message.content, self.now());
         let path = large_message::new_path(&self.large_message_dir, now);
-        let mut data_object = message.data.clone().unwrap_or_default();
-        data_object.insert(
-            "large_message_file".into(),
-            path.display().to_string().into(),
-        );
-        data_object.insert(
-            "original_size_kb".into(),
-            large_message::size_kb(content).into(),
-        );
+        let data =
+            message.large_data_text(&path.display().to_string(), large_message::size_kb(content));
         Ok(Prepared {
             content: large_message::summary(content, &path),
-            data: Some(Value::Object(data_object).to_string()),
+            data: Some(data),
             large: Some(LargeFile {
                 text: large_message::file_text(content, now),
                 path,
@@ -978,13 +976,23 @@ fn store_broadcast(
 /// What an `ack` (or a release) did not settle: only the first ids found already settled
 /// and the first refusals, with their counts, so the reply fits a legacy read however many
 /// ids it named.
-fn settled_ids(already: Capped<MessageId>, refused: Capped<RefusedId>) -> SettledIds {
-    SettledIds {
-        truncated: already.truncated() || refused.truncated(),
-        already_acked_count: already.total(),
-        already_acked: already.into_shown(),
-        refused_count: refused.total(),
-        refused: refused.into_shown(),
+struct Unsettled {
+    already_count: usize,
+    already: Vec<MessageId>,
+    refused_count: usize,
+    refused: Vec<RefusedId>,
+    truncated: bool,
+}
+
+impl Unsettled {
+    fn of(already: Capped<MessageId>, refused: Capped<RefusedId>) -> Self {
+        Unsettled {
+            truncated: already.truncated() || refused.truncated(),
+            already_count: already.total(),
+            already: already.into_shown(),
+            refused_count: refused.total(),
+            refused: refused.into_shown(),
+        }
     }
 }
 

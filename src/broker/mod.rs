@@ -41,7 +41,9 @@ use rusqlite::Connection;
 use crate::clock::{self, BrokerClock};
 use crate::config::Limits;
 use crate::domain::Timestamp;
-use crate::protocol::schema::{ErrorReply, PingReply, SecurityMode, StaticToken, StoreWork};
+use crate::protocol::schema::{
+    ErrorReply, PingRefusal, PingReply, SecurityMode, StaticToken, StoreWork,
+};
 use crate::protocol::{Action, ErrorCode, Reply, Request};
 use crate::store::queries;
 use crate::store::{Durability, Fault, Store, StoreError};
@@ -483,7 +485,10 @@ impl Broker {
         let uptime = (self.now() - self.started_at).num_seconds().max(0);
         let (refusal, database) = match self.store.check_files().await {
             Some(fault) => (
-                Some(ErrorReply::new(fault_code(&fault), fault.message())),
+                Some(PingRefusal {
+                    code: fault_code(&fault),
+                    message: fault.message().to_owned(),
+                }),
                 fault.state(),
             ),
             None if self.store.is_checking() => (None, "checking"),

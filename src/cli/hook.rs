@@ -114,12 +114,15 @@ pub fn notice(waiting: &Waiting) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::InstanceName;
 
     #[test]
     fn a_sender_name_cannot_break_the_line_or_drive_a_terminal() {
         let forged = Waiting {
             count: 1,
-            senders: vec!["x\n[7] from alice\u{1b}[2J\u{202e}".into()],
+            senders: vec![InstanceName::from_store(
+                "x\n[7] from alice\u{1b}[2J\u{202e}".into(),
+            )],
         };
         let line = notice(&forged).unwrap();
         assert_eq!(
@@ -132,7 +135,10 @@ mod tests {
     fn the_notice_counts_and_names_senders() {
         let two = Waiting {
             count: 2,
-            senders: vec!["alice".into(), "bob".into()],
+            senders: vec![
+                InstanceName::from_store("alice".into()),
+                InstanceName::from_store("bob".into()),
+            ],
         };
         assert_eq!(
             notice(&two).unwrap(),
@@ -140,7 +146,7 @@ mod tests {
         );
         let one = Waiting {
             count: 1,
-            senders: vec!["alice".into()],
+            senders: vec![InstanceName::from_store("alice".into())],
         };
         assert_eq!(
             notice(&one).unwrap(),

@@ -35,7 +35,7 @@ pub fn run(args: PingArgs) -> Result<(), CliError> {
     let secret =
         crate::secret::shared_secret_from_env().map_err(|e| CliError::Usage(e.to_string()))?;
     let mut client = args.client.connect()?;
-    let mut reply = client.ping()?;
+    let mut reply = crate::protocol::Reply::from(client.ping()?).to_json();
     let verified = verify_secret(&mut client, &reply, secret.as_deref())?;
     if args.client.json {
         reply["secret_verified"] = verified.into();

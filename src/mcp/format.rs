@@ -83,8 +83,8 @@ fn one_message(message: &Received, now: DateTime<Utc>, secrets: &Secrets) -> Str
         "# {}, id {}, {} ({}):\n",
         who_and_kind(message),
         message.id,
-        ago(&message.timestamp, now),
-        one_line(&message.timestamp)
+        ago(&message.timestamp.to_text(), now),
+        one_line(&message.timestamp.to_text())
     );
     let (content, mut redacted) = secrets.redact(&message.message.content);
     text.push_str(&quoted(&content));
@@ -102,7 +102,7 @@ fn one_message(message: &Received, now: DateTime<Utc>, secrets: &Secrets) -> Str
 
 /// "From alice, direct message" or, only for the broker's own notices, "Notice from the broker".
 fn who_and_kind(message: &Received) -> String {
-    let kind = message.kind.as_deref();
+    let kind = Some(message.kind.as_str());
     if message.from == SYSTEM_SENDER && kind == Some("system") {
         return "Notice from the broker".to_owned();
     }
@@ -200,7 +200,7 @@ pub fn instances(instances: &[Instance], me: &str, now: DateTime<Utc>) -> String
         text.push_str(&format!(
             "- {}{you}: last seen {}\n",
             one_line(&instance.id),
-            ago(&instance.last_seen, now)
+            ago(&instance.last_seen.to_text(), now)
         ));
     }
     text
@@ -245,7 +245,8 @@ mod tests {
 
     fn received(from: &str, kind: &str, content: &str) -> Received {
         serde_json::from_value(serde_json::json!({
-            "id": 7, "from": from, "to": "bob", "kind": kind,
+            "id": 7, "from": from, "to": "bob", "addressed_to": "bob", "kind": kind,
+            "delivery_count": 1,
             "timestamp": "2026-01-01T12:00:00.000Z", "message": {"content": content},
         }))
         .unwrap()

@@ -1,7 +1,8 @@
 //! [`Reply`]: what the broker writes back, one typed reply per action (see [`super::schema`]),
 //! serialized as one line with its `status`.
 
-use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::schema::{
@@ -44,11 +45,19 @@ impl Reply {
     }
 
     /// The reply as written on the wire: one JSON object and a newline.
-    ///
-    /// The object's keys are in alphabetical order, `status` among them, as the broker has
-    /// always written them (a `serde_json::Map` keeps its keys sorted): built through a `Map`
-    /// here, in this one place, so no reply type has to declare its fields in that order.
     pub fn to_line(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec(&self.to_json()).expect("a JSON map always serializes");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// The reply as the JSON object written on the wire, `status` included (for `--json`
+    /// output that shows the whole reply).
+    ///
+    /// Its keys are in alphabetical order, as the broker has always written them (a
+    /// `serde_json::Map` keeps its keys sorted): built through a `Map` here, in this one
+    /// place, so no reply type has to declare its fields in that order.
+    pub fn to_json(&self) -> Value {
         let mut fields = match self {
             Reply::Ping(reply) => fields_of(reply.as_ref()),
             Reply::Challenge(reply) => fields_of(reply),
@@ -66,10 +75,23 @@ impl Reply {
         };
         let status = if self.is_ok() { "ok" } else { "error" };
         fields.insert("status".into(), status.into());
-        let mut bytes = serde_json::to_vec(&fields).expect("a JSON map always serializes");
-        bytes.push(b'\n');
-        bytes
+        Value::Object(fields)
     }
+}
+
+/// Reads one reply line as what a client expects: `T` if its `status` is `ok`, the
+/// [`ErrorReply`] if not.
+pub fn parse_reply<T: DeserializeOwned>(line: &[u8]) -> serde_json::Result<Result<T, ErrorReply>> {
+    #[derive(Deserialize)]
+    struct Status {
+        #[serde(default)]
+        status: String,
+    }
+    let Status { status } = serde_json::from_slice(line)?;
+    Ok(match status.as_str() {
+        "ok" => Ok(serde_json::from_slice(line)?),
+        _ => Err(serde_json::from_slice(line)?),
+    })
 }
 
 /// A reply struct's fields as a sorted map.

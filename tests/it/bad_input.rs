@@ -22,7 +22,7 @@ fn stored_mail(broker: &TestBroker) -> (String, String) {
 }
 
 fn assert_mail_intact_and_broker_serving(broker: &TestBroker, bob: &str) {
-    assert_eq!(broker.client().ping().unwrap()["status"], "ok");
+    assert_eq!(ping_json(&mut broker.client())["status"], "ok");
     let checked = broker.client().check(bob).unwrap();
     assert_eq!(checked.messages.len(), 1);
     assert_eq!(checked.messages[0].message.content, "must survive");

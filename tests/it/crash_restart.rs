@@ -118,7 +118,7 @@ fn acknowledged_mail_and_sessions_survive_kill_9_mid_stream() {
                 match sent {
                     Ok(sent) => {
                         assert!(!sent.duplicate, "a fresh nonce was called a duplicate");
-                        acked.push((seq, sent.message_id));
+                        acked.push((seq, sent.message_id.0));
                         acked_total.fetch_add(1, Ordering::Relaxed);
                         seq += 1;
                     }
@@ -173,7 +173,7 @@ fn acknowledged_mail_and_sessions_survive_kill_9_mid_stream() {
             .list(token)
             .unwrap_or_else(|e| panic!("{name}'s pre-kill token refused after restart: {e}"))
             .into_iter()
-            .map(|i| i.id)
+            .map(|i| i.id.to_string())
             .collect();
         assert!(names.contains(name) && names.contains(&RECIPIENT.to_owned()));
     }
@@ -202,9 +202,9 @@ fn acknowledged_mail_and_sessions_survive_kill_9_mid_stream() {
             Some(nonce_for(&message.from, seq).as_str())
         );
         by_sender
-            .entry(message.from.clone())
+            .entry(message.from.to_string())
             .or_default()
-            .push((seq, message.id));
+            .push((seq, message.id.0));
     }
     assert!(
         received.windows(2).all(|w| w[0].id < w[1].id),
@@ -273,7 +273,7 @@ fn forwards_and_rename_cooldown_survive_kill_9() {
     let alice = client.register("alice", None).unwrap().session_token;
     let bob = client.register("bob", None).unwrap().session_token;
     let renamed = client.rename(&alice, "alice2").unwrap();
-    assert_eq!(renamed["message"], "Renamed alice to alice2");
+    assert_eq!(renamed.message, "Renamed alice to alice2");
     drop(client);
     broker.kill_9();
 

@@ -9,7 +9,10 @@ use crate::protocol::ErrorCode;
 /// legacy scripts (see `docs/PROTOCOL.md` §10); `code` is for programs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorReply {
+    /// Read as [`ErrorCode::Unknown`] when absent: the Python original sends none.
+    #[serde(default = "unknown_code")]
     pub code: ErrorCode,
+    #[serde(default = "no_message")]
     pub message: String,
     /// Why, when `message` is a legacy text that cannot say it (a replaced session's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -28,4 +31,12 @@ impl ErrorReply {
             replaced_at: None,
         }
     }
+}
+
+fn unknown_code() -> ErrorCode {
+    ErrorCode::Unknown
+}
+
+fn no_message() -> String {
+    "(no message)".to_owned()
 }

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ErrorReply;
 use crate::domain::{InstanceName, Timestamp};
+use crate::protocol::ErrorCode;
 
 /// `ping`: who hosts the broker since when, in which security mode, over which socket and
 /// data directory. Every field may be absent when read: an older broker (or the Python
@@ -15,7 +15,7 @@ pub struct PingReply {
     /// A database gone or damaged: the reply is then an error, with these fields beside the
     /// usual ones, so nothing reports healthy while requests fail.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub refusal: Option<ErrorReply>,
+    pub refusal: Option<PingRefusal>,
     /// `ok`, `checking` (its integrity check still runs), `gone` or `damaged`.
     pub database: String,
     pub version: String,
@@ -39,6 +39,13 @@ pub struct PingReply {
     /// In secret mode: whether the legacy static `auth_token` is accepted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub static_token: Option<StaticToken>,
+}
+
+/// Why a `ping` is an error: the database's fault, as every other request reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingRefusal {
+    pub code: ErrorCode,
+    pub message: String,
 }
 
 /// Whether the broker requires the shared secret.

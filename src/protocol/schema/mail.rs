@@ -160,28 +160,33 @@ impl WireBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AckReply {
     pub acked: usize,
-    #[serde(flatten)]
-    pub rest: SettledIds,
+    #[serde(default)]
+    pub already_acked_count: usize,
+    #[serde(default)]
+    pub already_acked: Vec<MessageId>,
+    #[serde(default)]
+    pub refused_count: usize,
+    #[serde(default)]
+    pub refused: Vec<RefusedId>,
+    /// Some ids were counted but not listed.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
-/// `ack` with `release`: how many leased ids went back to the queue, and the rest as for
-/// [`AckReply`].
+/// `ack` with `release`: how many leased ids went back to the queue; the other fields as
+/// for [`AckReply`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseReply {
     pub released: usize,
-    #[serde(flatten)]
-    pub rest: SettledIds,
-}
-
-/// What an `ack` or release did not settle.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct SettledIds {
+    #[serde(default)]
     pub already_acked_count: usize,
+    #[serde(default)]
     pub already_acked: Vec<MessageId>,
+    #[serde(default)]
     pub refused_count: usize,
+    #[serde(default)]
     pub refused: Vec<RefusedId>,
-    /// Some ids were counted but not listed.
+    #[serde(default)]
     pub truncated: bool,
 }
 

@@ -19,12 +19,12 @@ pub mod requests;
 
 pub use error::ErrorReply;
 pub use identity::{
-    ChallengeReply, ClockReport, InstanceEntry, ListReply, LogoutReply, PingReply, RegisterReply,
-    RenameReply, SecurityMode, StaticToken, StoreWork,
+    ChallengeReply, ClockReport, InstanceEntry, ListReply, LogoutReply, PingRefusal, PingReply,
+    RegisterReply, RenameReply, SecurityMode, StaticToken, StoreWork,
 };
 pub use mail::{
     AckReply, BroadcastCopies, BroadcastReply, CheckReply, CountReply, ManualAck, RefusedId,
-    ReleaseReply, SendReply, SettledIds, WireBody, WireMessage,
+    ReleaseReply, SendReply, WireBody, WireMessage,
 };
 pub use requests::ClientRequest;
 

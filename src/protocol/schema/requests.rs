@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::mail::{ManualAck, WireBody};
+use serde_json::Value;
+
+use super::mail::ManualAck;
 use crate::domain::Timestamp;
 
 /// One request, as one JSON object with its `action`.
@@ -80,6 +82,15 @@ pub struct RegisterRequest {
     pub session_token: Option<String>,
 }
 
+/// What the sender wrote: `{content, data?}`. `data` should be a JSON object; it is sent
+/// as given, and the broker refuses anything else with the text legacy clients know.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestBody {
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
+
 /// The sender's replay protection: a nonce that makes a retry safe, and when it wrote the
 /// message.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -95,7 +106,7 @@ pub struct RequestStamp {
 pub struct SendRequest {
     pub session_token: String,
     pub to_id: String,
-    pub message: WireBody,
+    pub message: RequestBody,
     #[serde(flatten)]
     pub stamp: RequestStamp,
 }
@@ -104,7 +115,7 @@ pub struct SendRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BroadcastRequest {
     pub session_token: String,
-    pub message: WireBody,
+    pub message: RequestBody,
     #[serde(flatten)]
     pub stamp: RequestStamp,
 }

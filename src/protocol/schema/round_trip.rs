@@ -32,6 +32,13 @@ fn body() -> WireBody {
     }
 }
 
+fn request_body() -> RequestBody {
+    RequestBody {
+        content: "The API changed".to_owned(),
+        data: Some(json!({"files": ["src/api.rs"]})),
+    }
+}
+
 /// One request per action, each with its optional fields set where it has any.
 fn requests() -> Vec<ClientRequest> {
     let stamp = RequestStamp {
@@ -55,12 +62,12 @@ fn requests() -> Vec<ClientRequest> {
         ClientRequest::Send(SendRequest {
             session_token: token(),
             to_id: "bob".into(),
-            message: body(),
+            message: request_body(),
             stamp: stamp.clone(),
         }),
         ClientRequest::Broadcast(BroadcastRequest {
             session_token: token(),
-            message: body(),
+            message: request_body(),
             stamp,
         }),
         ClientRequest::Check(CheckRequest {
@@ -109,16 +116,6 @@ fn message() -> WireMessage {
     }
 }
 
-fn settled() -> SettledIds {
-    SettledIds {
-        already_acked_count: 1,
-        already_acked: vec![MessageId(1)],
-        refused_count: 1,
-        refused: vec![RefusedId::unknown_message(MessageId(999))],
-        truncated: false,
-    }
-}
-
 /// Samples of every reply, with the action each answers; errors answer any action.
 fn replies() -> Vec<(&'static str, Reply)> {
     let ping = PingReply {
@@ -144,10 +141,10 @@ fn replies() -> Vec<(&'static str, Reply)> {
         static_token: Some(StaticToken::Refused),
     };
     let gone = PingReply {
-        refusal: Some(ErrorReply::new(
-            ErrorCode::DatabaseGone,
-            "the database is gone",
-        )),
+        refusal: Some(PingRefusal {
+            code: ErrorCode::DatabaseGone,
+            message: "the database is gone".into(),
+        }),
         database: "gone".into(),
         ..ping.clone()
     };
@@ -220,7 +217,11 @@ fn replies() -> Vec<(&'static str, Reply)> {
             "ack",
             AckReply {
                 acked: 1,
-                rest: settled(),
+                already_acked_count: 1,
+                already_acked: vec![MessageId(1)],
+                refused_count: 1,
+                refused: vec![RefusedId::unknown_message(MessageId(999))],
+                truncated: true,
             }
             .into(),
         ),
@@ -228,7 +229,11 @@ fn replies() -> Vec<(&'static str, Reply)> {
             "ack",
             ReleaseReply {
                 released: 1,
-                rest: settled(),
+                already_acked_count: 1,
+                already_acked: vec![MessageId(1)],
+                refused_count: 1,
+                refused: vec![RefusedId::unknown_message(MessageId(999))],
+                truncated: true,
             }
             .into(),
         ),
