@@ -5,17 +5,50 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::ErrorCode;
+
 use super::schema::{
     AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, ListReply,
     LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply,
 };
-pub use super::ErrorCode;
 
-/// One reply to one request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reply {
-    /// Boxed: it is several times larger than any other reply.
-    Ping(Box<PingReply>),
+/// Declares [`Reply`] with one variant per reply type, its `From` conversions, and the map of
+/// a reply's fields, from one list.
+macro_rules! replies {
+    ($($variant:ident($type:ty)),* $(,)?) => {
+        /// One reply to one request.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Reply {
+            /// Boxed: it is several times larger than any other reply.
+            Ping(Box<PingReply>),
+            $($variant($type),)*
+        }
+
+        impl From<PingReply> for Reply {
+            fn from(reply: PingReply) -> Self {
+                Reply::Ping(Box::new(reply))
+            }
+        }
+
+        $(impl From<$type> for Reply {
+            fn from(reply: $type) -> Self {
+                Reply::$variant(reply)
+            }
+        })*
+
+        impl Reply {
+            /// The reply's own fields, without `status`, as a sorted map.
+            fn fields(&self) -> Map<String, Value> {
+                match self {
+                    Reply::Ping(reply) => fields_of(reply.as_ref()),
+                    $(Reply::$variant(reply) => fields_of(reply),)*
+                }
+            }
+        }
+    };
+}
+
+replies!(
     Challenge(ChallengeReply),
     Register(RegisterReply),
     Send(SendReply),
@@ -28,7 +61,7 @@ pub enum Reply {
     Count(CountReply),
     Logout(LogoutReply),
     Error(ErrorReply),
-}
+);
 
 impl Reply {
     /// `{"status": "error", "code": ..., "message": ...}`.
@@ -58,21 +91,7 @@ impl Reply {
     /// `serde_json::Map` keeps its keys sorted): built through a `Map` here, in this one
     /// place, so no reply type has to declare its fields in that order.
     pub fn to_json(&self) -> Value {
-        let mut fields = match self {
-            Reply::Ping(reply) => fields_of(reply.as_ref()),
-            Reply::Challenge(reply) => fields_of(reply),
-            Reply::Register(reply) => fields_of(reply),
-            Reply::Send(reply) => fields_of(reply),
-            Reply::Broadcast(reply) => fields_of(reply),
-            Reply::Check(reply) => fields_of(reply),
-            Reply::Ack(reply) => fields_of(reply),
-            Reply::Release(reply) => fields_of(reply),
-            Reply::List(reply) => fields_of(reply),
-            Reply::Rename(reply) => fields_of(reply),
-            Reply::Count(reply) => fields_of(reply),
-            Reply::Logout(reply) => fields_of(reply),
-            Reply::Error(reply) => fields_of(reply),
-        };
+        let mut fields = self.fields();
         let status = if self.is_ok() { "ok" } else { "error" };
         fields.insert("status".into(), status.into());
         Value::Object(fields)
@@ -101,37 +120,6 @@ fn fields_of(reply: &impl Serialize) -> Map<String, Value> {
         other => unreachable!("a reply serializes to an object, not {other}"),
     }
 }
-
-macro_rules! reply_from {
-    ($($variant:ident($type:ty)),* $(,)?) => {
-        $(impl From<$type> for Reply {
-            fn from(reply: $type) -> Self {
-                Reply::$variant(reply)
-            }
-        })*
-    };
-}
-
-impl From<PingReply> for Reply {
-    fn from(reply: PingReply) -> Self {
-        Reply::Ping(Box::new(reply))
-    }
-}
-
-reply_from!(
-    Challenge(ChallengeReply),
-    Register(RegisterReply),
-    Send(SendReply),
-    Broadcast(BroadcastReply),
-    Check(CheckReply),
-    Ack(AckReply),
-    Release(ReleaseReply),
-    List(ListReply),
-    Rename(RenameReply),
-    Count(CountReply),
-    Logout(LogoutReply),
-    Error(ErrorReply),
-);
 
 #[cfg(test)]
 mod tests {
