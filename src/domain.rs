@@ -24,41 +24,7 @@ impl InstanceName {
         valid.then(|| InstanceName(text.to_owned()))
     }
 
-    /// A name read back from the database, which holds only names that passed
-    /// [`InstanceName::parse`] (register, rename and the legacy import all check it): not
-    /// checked again.
-    pub fn from_store(text: String) -> Self {
-        InstanceName(text)
-    }
-
     pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq<str> for InstanceName {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for InstanceName {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
-    }
-}
-
-impl PartialEq<String> for InstanceName {
-    fn eq(&self, other: &String) -> bool {
-        self.0 == *other
-    }
-}
-
-/// A name reads as its text wherever text is wanted (printing, comparing, a database key).
-impl std::ops::Deref for InstanceName {
-    type Target = str;
-
-    fn deref(&self) -> &str {
         &self.0
     }
 }

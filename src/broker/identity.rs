@@ -21,7 +21,6 @@ use super::auth_guard::{AuthGuard, Failure};
 use super::listening::Listening;
 use super::session::{constant_time_eq, expected_auth_token, new_token, token_hash};
 use super::{minus, plus, text, Broker, BrokerError, ChallengeRefusal, Peer};
-use crate::domain::Timestamp;
 use crate::protocol::schema::{InstanceEntry, ListReply, LogoutReply, RegisterReply, RenameReply};
 use crate::protocol::{ChallengeAnswer, EntryBudget, InstanceName, ListOptions};
 use crate::store::queries::{self, AuthFailure, IdentityId, PeerActivity, Replacement};
@@ -529,7 +528,7 @@ impl Broker {
         Ok(RegisterReply {
             session_token: token,
             message,
-            instance_id: InstanceName::from_store(name),
+            instance_id: name,
             queued,
         })
     }
@@ -592,7 +591,7 @@ impl Broker {
             .await?;
         Ok(LogoutReply {
             message: format!("Logged out {name}"),
-            instance_id: InstanceName::from_store(name),
+            instance_id: name,
         })
     }
 
@@ -640,8 +639,8 @@ impl Broker {
                 notify_rename(conn, &old, &new, &stamp, queue_cap)?;
                 Ok(RenameReply {
                     message: format!("Renamed {old} to {new}"),
-                    old_id: InstanceName::from_store(old),
-                    new_id: InstanceName::from_store(new),
+                    old_id: old,
+                    new_id: new,
                 })
             })
             .await?;
@@ -672,9 +671,8 @@ impl Broker {
             let after = after.as_deref().unwrap_or("");
             let more = queries::list_instances_after(conn, after, limit, |id, last_seen| {
                 let entry = InstanceEntry {
-                    id: InstanceName::from_store(id.to_owned()),
-                    last_seen: Timestamp::parse(last_seen)
-                        .unwrap_or(Timestamp::new(DateTime::UNIX_EPOCH)),
+                    id: id.to_owned(),
+                    last_seen: last_seen.to_owned(),
                 };
                 let fits = budget.take(&entry);
                 if fits {

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::identity::Caller;
 use super::{large_message, minus, plus, text, Activity, Broker, BrokerError, Outcome, Peer};
-use crate::domain::{MessageKind, Timestamp};
+use crate::domain::MessageKind;
 use crate::protocol::budget::entry_bytes;
 use crate::protocol::request::SenderStamp;
 use crate::protocol::schema::{
@@ -116,7 +116,7 @@ impl Batch {
                     .held_until
                     .as_deref()
                     .filter(|_| !self.ids.is_empty())
-                    .map(stored_time);
+                    .map(str::to_owned);
                 SettledBy::Ack
             }
             AckMode::Auto => SettledBy::Receipt,
@@ -153,11 +153,7 @@ impl Summary {
     fn into_reply(self) -> CountReply {
         CountReply {
             count: self.count,
-            senders: self
-                .senders
-                .into_iter()
-                .map(InstanceName::from_store)
-                .collect(),
+            senders: self.senders,
         }
     }
 }
@@ -888,7 +884,7 @@ fn store_send(
     Ok(SendReply {
         message,
         message_id: id,
-        recipient: Some(InstanceName::from_store(recipient.to_owned())),
+        recipient: Some(recipient.to_owned()),
         duplicate: false,
     })
 }
@@ -1010,11 +1006,7 @@ fn broadcast_reply(
         truncated: ids.truncated() || skipped.truncated(),
         message_ids: ids.into_shown(),
         skipped_count: skipped.total(),
-        skipped: skipped
-            .into_shown()
-            .into_iter()
-            .map(InstanceName::from_store)
-            .collect(),
+        skipped: skipped.into_shown(),
         first_id: first_and_last.map(|(first, _)| first),
         last_id: first_and_last.map(|(_, last)| last),
     })
@@ -1099,22 +1091,17 @@ impl ReplyBudget {
 fn wire_message(stored: &StoredMessage) -> WireMessage {
     WireMessage {
         id: stored.id,
-        from: InstanceName::from_store(stored.sender.clone()),
-        to: InstanceName::from_store(stored.recipient.clone()),
-        addressed_to: InstanceName::from_store(stored.addressed_to.clone()),
+        from: stored.sender.clone(),
+        to: stored.recipient.clone(),
+        addressed_to: stored.addressed_to.clone(),
         // The store's CHECK constraint admits only the three kinds.
         kind: MessageKind::parse(&stored.kind).unwrap_or(MessageKind::Direct),
-        timestamp: stored_time(&stored.received_at),
+        timestamp: stored.received_at.clone(),
         message: WireBody::from_stored(stored.content.clone(), stored.data.as_deref()),
         nonce: stored.nonce.clone(),
-        sender_timestamp: stored.sender_timestamp.as_deref().map(stored_time),
+        sender_timestamp: stored.sender_timestamp.clone(),
         delivery_count: stored.delivery_count + 1,
     }
-}
-
-/// A time the store wrote, which it writes only as [`Timestamp::to_text`] does.
-fn stored_time(text: &str) -> Timestamp {
-    Timestamp::parse(text).unwrap_or(Timestamp::new(DateTime::UNIX_EPOCH))
 }
 
 /// Removes a large-message file whose message was not stored.

@@ -40,7 +40,6 @@ use rusqlite::Connection;
 
 use crate::clock::{self, BrokerClock};
 use crate::config::Limits;
-use crate::domain::Timestamp;
 use crate::protocol::schema::{
     ErrorReply, PingRefusal, PingReply, SecurityMode, StaticToken, StoreWork,
 };
@@ -179,7 +178,7 @@ impl BrokerError {
         let mut reply = ErrorReply::new(self.code(), self.to_string());
         if let BrokerError::SessionReplaced { name, replacement } = self {
             reply.hint = Some(identity::replaced_hint(&name, &replacement));
-            reply.replaced_at = Timestamp::parse(&replacement.at);
+            reply.replaced_at = Some(replacement.at);
         }
         Reply::Error(reply)
     }
@@ -501,7 +500,7 @@ impl Broker {
             protocol: crate::protocol::PROTOCOL_VERSION,
             mode: Some(mode),
             pid: std::process::id(),
-            started_at: Some(Timestamp::new(self.started_at)),
+            started_at: Some(text(self.started_at)),
             uptime_seconds: uptime,
             clock: Some(self.clock_report()),
             store: Some(self.store_work()),

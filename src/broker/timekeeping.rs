@@ -8,7 +8,6 @@
 
 use std::sync::Mutex;
 
-use crate::domain::Timestamp;
 use crate::protocol::schema::ClockReport;
 use chrono::Duration;
 
@@ -105,8 +104,8 @@ impl Broker {
     pub(super) fn clock_report(&self) -> ClockReport {
         let (broker, wall) = (self.clock.now(), self.clock.wall());
         ClockReport {
-            broker: Timestamp::new(broker),
-            wall: Timestamp::new(wall),
+            broker: text(broker),
+            wall: text(wall),
             wall_ahead_ms: (wall - broker).num_milliseconds(),
         }
     }

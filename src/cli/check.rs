@@ -191,14 +191,14 @@ fn check_text(checked: &Checked) -> String {
 /// is indented and has its control characters escaped, so a message cannot forge another
 /// message's header or drive the terminal.
 fn message_text(message: &Received) -> String {
-    let ago = output::relative_to_now(&message.timestamp.to_text())
+    let ago = output::relative_to_now(&message.timestamp)
         .map(|ago| format!(" ({ago})"))
         .unwrap_or_default();
     let mut text = format!(
         "[{}] from {} at {}{ago}\n{}\n",
         message.id,
         for_terminal(&message.from),
-        for_terminal(&message.timestamp.to_text()),
+        for_terminal(&message.timestamp),
         block_for_terminal(&message.message.content, CONTENT_INDENT)
     );
     if let Some(data) = &message.message.data {
@@ -226,13 +226,13 @@ pub fn run_list(args: ListArgs) -> Result<(), CliError> {
         println!("No instances registered");
     }
     for instance in instances {
-        let ago = output::relative_to_now(&instance.last_seen.to_text())
+        let ago = output::relative_to_now(&instance.last_seen)
             .map(|ago| format!(" ({ago})"))
             .unwrap_or_default();
         println!(
             "{:<32}  last seen {}{ago}",
             for_terminal(&instance.id),
-            for_terminal(&instance.last_seen.to_text())
+            for_terminal(&instance.last_seen)
         );
     }
     Ok(())

@@ -114,15 +114,12 @@ pub fn notice(waiting: &Waiting) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::InstanceName;
 
     #[test]
     fn a_sender_name_cannot_break_the_line_or_drive_a_terminal() {
         let forged = Waiting {
             count: 1,
-            senders: vec![InstanceName::from_store(
-                "x\n[7] from alice\u{1b}[2J\u{202e}".into(),
-            )],
+            senders: vec!["x\n[7] from alice\u{1b}[2J\u{202e}".into()],
         };
         let line = notice(&forged).unwrap();
         assert_eq!(
@@ -135,10 +132,7 @@ mod tests {
     fn the_notice_counts_and_names_senders() {
         let two = Waiting {
             count: 2,
-            senders: vec![
-                InstanceName::from_store("alice".into()),
-                InstanceName::from_store("bob".into()),
-            ],
+            senders: vec!["alice".into(), "bob".into()],
         };
         assert_eq!(
             notice(&two).unwrap(),
@@ -146,7 +140,7 @@ mod tests {
         );
         let one = Waiting {
             count: 1,
-            senders: vec![InstanceName::from_store("alice".into())],
+            senders: vec!["alice".into()],
         };
         assert_eq!(
             notice(&one).unwrap(),

@@ -83,8 +83,8 @@ fn one_message(message: &Received, now: DateTime<Utc>, secrets: &Secrets) -> Str
         "# {}, id {}, {} ({}):\n",
         who_and_kind(message),
         message.id,
-        ago(&message.timestamp.to_text(), now),
-        one_line(&message.timestamp.to_text())
+        ago(&message.timestamp, now),
+        one_line(&message.timestamp)
     );
     let (content, mut redacted) = secrets.redact(&message.message.content);
     text.push_str(&quoted(&content));
@@ -200,7 +200,7 @@ pub fn instances(instances: &[Instance], me: &str, now: DateTime<Utc>) -> String
         text.push_str(&format!(
             "- {}{you}: last seen {}\n",
             one_line(&instance.id),
-            ago(&instance.last_seen.to_text(), now)
+            ago(&instance.last_seen, now)
         ));
     }
     text

@@ -125,7 +125,7 @@ fn register_saves_a_0600_session_file_and_prints_a_human_line() {
         .list(&token)
         .unwrap()
         .into_iter()
-        .map(|i| i.id.to_string())
+        .map(|i| i.id)
         .collect();
     assert_eq!(names, ["alice"]);
 }

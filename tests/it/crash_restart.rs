@@ -173,7 +173,7 @@ fn acknowledged_mail_and_sessions_survive_kill_9_mid_stream() {
             .list(token)
             .unwrap_or_else(|e| panic!("{name}'s pre-kill token refused after restart: {e}"))
             .into_iter()
-            .map(|i| i.id.to_string())
+            .map(|i| i.id)
             .collect();
         assert!(names.contains(name) && names.contains(&RECIPIENT.to_owned()));
     }
@@ -202,7 +202,7 @@ fn acknowledged_mail_and_sessions_survive_kill_9_mid_stream() {
             Some(nonce_for(&message.from, seq).as_str())
         );
         by_sender
-            .entry(message.from.to_string())
+            .entry(message.from.clone())
             .or_default()
             .push((seq, message.id.0));
     }

@@ -320,7 +320,7 @@ fn defect_04_rename_ignores_a_claimed_old_id() {
         .list(&bob)
         .unwrap()
         .into_iter()
-        .map(|i| i.id.to_string())
+        .map(|i| i.id)
         .collect();
     assert_eq!(names, ["bob", "stolen"]);
     assert_eq!(

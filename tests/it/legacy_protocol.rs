@@ -183,7 +183,7 @@ fn typed_client_uses_one_persistent_connection_for_every_action() {
         .list(&alice.session_token)
         .unwrap()
         .into_iter()
-        .map(|i| i.id.to_string())
+        .map(|i| i.id)
         .collect();
     assert_eq!(names, ["alice", "bob"]);
     let renamed = client.rename(&alice.session_token, "carol").unwrap();
@@ -192,7 +192,7 @@ fn typed_client_uses_one_persistent_connection_for_every_action() {
         .list(&bob.session_token)
         .unwrap()
         .into_iter()
-        .map(|i| i.id.to_string())
+        .map(|i| i.id)
         .collect();
     assert_eq!(names, ["bob", "carol"]);
 }

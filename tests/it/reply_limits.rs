@@ -169,7 +169,7 @@ fn paging_ten_thousand_instances_returns_each_exactly_once_even_while_names_come
         .list(&lister)
         .unwrap()
         .into_iter()
-        .map(|i| i.id.to_string())
+        .map(|i| i.id)
         .collect();
     assert_each_exactly_once(&all, &expected);
     assert!(unpaged_size(&all) > 10 * LEGACY_READ_BYTES);
@@ -187,11 +187,11 @@ fn paging_ten_thousand_instances_returns_each_exactly_once_even_while_names_come
     let ahead = long_name("z", 1);
     client.register(&behind, None).unwrap();
     client.register(&ahead, None).unwrap();
-    let mut names: Vec<String> = first.instances.iter().map(|i| i.id.to_string()).collect();
+    let mut names: Vec<String> = first.instances.into_iter().map(|i| i.id).collect();
     let mut after = first.next_after;
     while let Some(cursor) = after {
         let page = client.list_page(&lister, Some(&cursor), None).unwrap();
-        names.extend(page.instances.iter().map(|i| i.id.to_string()));
+        names.extend(page.instances.into_iter().map(|i| i.id));
         after = page.next_after.filter(|_| page.more);
     }
     expected.insert(ahead);

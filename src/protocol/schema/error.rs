@@ -2,7 +2,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Timestamp;
 use crate::protocol::ErrorCode;
 
 /// A refusal or failure. `message` is for people, and some of its texts are fixed for the
@@ -19,7 +18,7 @@ pub struct ErrorReply {
     pub hint: Option<String>,
     /// With `session_replaced`: when the session was replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaced_at: Option<Timestamp>,
+    pub replaced_at: Option<String>,
 }
 
 impl ErrorReply {

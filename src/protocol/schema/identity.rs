@@ -3,7 +3,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{InstanceName, Timestamp};
 use crate::protocol::ErrorCode;
 
 /// `ping`: who hosts the broker since when, in which security mode, over which socket and
@@ -24,7 +23,7 @@ pub struct PingReply {
     pub mode: Option<SecurityMode>,
     pub pid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<Timestamp>,
+    pub started_at: Option<String>,
     pub uptime_seconds: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clock: Option<ClockReport>,
@@ -78,8 +77,8 @@ impl StaticToken {
 /// wall clock is ahead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClockReport {
-    pub broker: Timestamp,
-    pub wall: Timestamp,
+    pub broker: String,
+    pub wall: String,
     pub wall_ahead_ms: i64,
 }
 
@@ -110,7 +109,7 @@ pub struct RegisterReply {
     pub session_token: String,
     /// `Registered alice`, or `Registered alice with 3 queued messages`.
     pub message: String,
-    pub instance_id: InstanceName,
+    pub instance_id: String,
     #[serde(default)]
     pub queued: u32,
 }
@@ -119,8 +118,8 @@ pub struct RegisterReply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RenameReply {
     pub message: String,
-    pub old_id: InstanceName,
-    pub new_id: InstanceName,
+    pub old_id: String,
+    pub new_id: String,
 }
 
 /// One page of `list`: instances in name order, and where the next page starts.
@@ -131,19 +130,19 @@ pub struct ListReply {
     pub more: bool,
     /// With `more`: the last name on this page, to pass as `after` for the next.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_after: Option<InstanceName>,
+    pub next_after: Option<String>,
 }
 
 /// One instance in `list`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceEntry {
-    pub id: InstanceName,
-    pub last_seen: Timestamp,
+    pub id: String,
+    pub last_seen: String,
 }
 
 /// `logout`: `Logged out alice`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogoutReply {
     pub message: String,
-    pub instance_id: InstanceName,
+    pub instance_id: String,
 }

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::domain::{InstanceName, MessageId, MessageKind, Timestamp};
+use crate::domain::{MessageId, MessageKind};
 
 /// `send`: the stored message's id and whom it went to. A nonce already used inside the
 /// replay window gives `duplicate: true`, the original id and no `recipient`: nothing new
@@ -17,7 +17,7 @@ pub struct SendReply {
     /// Who holds the message now (a forward's target, or the name it was sent to); the
     /// broker wakes that reader's long-poll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub recipient: Option<InstanceName>,
+    pub recipient: Option<String>,
     #[serde(default)]
     pub duplicate: bool,
 }
@@ -74,7 +74,7 @@ pub struct BroadcastCopies {
     pub message_ids: Vec<MessageId>,
     /// Instances whose queue was full, so they got no copy.
     pub skipped_count: usize,
-    pub skipped: Vec<InstanceName>,
+    pub skipped: Vec<String>,
     /// Some ids or names were counted but not listed.
     pub truncated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,7 +95,7 @@ pub struct CheckReply {
     pub ack: Option<ManualAck>,
     /// With a manual ack and mail: until when it is leased to this reader.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease_until: Option<Timestamp>,
+    pub lease_until: Option<String>,
 }
 
 impl CheckReply {
@@ -117,20 +117,20 @@ pub enum ManualAck {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireMessage {
     pub id: MessageId,
-    pub from: InstanceName,
+    pub from: String,
     /// The reader: a forward's target, or the name it was sent to.
-    pub to: InstanceName,
+    pub to: String,
     /// The name the sender wrote (differs from `to` after a rename's forward).
-    pub addressed_to: InstanceName,
+    pub addressed_to: String,
     pub kind: MessageKind,
     /// When the broker received it.
-    pub timestamp: Timestamp,
+    pub timestamp: String,
     pub message: WireBody,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
     /// When the sender says it wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sender_timestamp: Option<Timestamp>,
+    pub sender_timestamp: Option<String>,
     /// 1 the first time; more after a lease ran out unacknowledged.
     pub delivery_count: u32,
 }
@@ -217,5 +217,5 @@ impl RefusedId {
 pub struct CountReply {
     pub count: u32,
     /// Distinct senders, by their oldest waiting message; at most ten.
-    pub senders: Vec<InstanceName>,
+    pub senders: Vec<String>,
 }

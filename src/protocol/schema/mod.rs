@@ -11,6 +11,12 @@
 //! - [`error`]: the error reply every action may give instead.
 //!
 //! Every reply is written by [`super::Reply::to_line`], which adds `status`.
+//!
+//! Ids, kinds, codes and counts are typed. The names and times a broker reports in a reply
+//! are kept as the text it sent, not as [`crate::domain::InstanceName`] or
+//! [`crate::domain::Timestamp`]: a client shows whatever a broker says (escaped) rather than
+//! refuse the whole reply, and a broker that is not ours may say anything (see
+//! `tests/it/cli_escaping.rs`). The broker builds them from its domain values.
 
 pub mod error;
 pub mod identity;
