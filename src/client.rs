@@ -12,12 +12,22 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use chrono::{DateTime, Utc};
 
 use crate::protocol::auth::{self, constant_time_eq, expected_auth_token, ProofUid};
+use crate::protocol::reply::parse_reply;
+use crate::protocol::schema::requests::{
+    AckRequest, BroadcastRequest, ChallengeRequest, CheckRequest, CountRequest, ListRequest,
+    LogoutRequest, RegisterRequest, RenameRequest, RequestBody, RequestStamp, SendRequest,
+};
+use crate::protocol::schema::{
+    AckReply, BroadcastReply, ChallengeReply, CheckReply, ClientRequest, CountReply, ErrorReply,
+    InstanceEntry, ListReply, LogoutReply, ManualAck, PingReply, RefusedId, RegisterReply,
+    ReleaseReply, RenameReply, SecurityMode, SendReply, WireBody, WireMessage,
+};
 use crate::protocol::ErrorCode;
 
 pub use broker_owner::{BrokerUser, Expected, NamedUser, BROKER_USER_ENV};
@@ -34,7 +44,7 @@ pub enum ClientError {
     Protocol(String),
     #[error("{message} [{code}]{}", hint.as_deref().map(|hint| format!(": {hint}")).unwrap_or_default())]
     Broker {
-        code: String,
+        code: ErrorCode,
         message: String,
         /// The broker's explanation beside a message whose text is fixed for the legacy
         /// scripts (a replaced session's `Invalid or missing session token`).
@@ -63,6 +73,16 @@ pub enum ClientError {
     BadBrokerUser { value: String },
 }
 
+impl From<ErrorReply> for ClientError {
+    fn from(reply: ErrorReply) -> Self {
+        ClientError::Broker {
+            code: reply.code,
+            message: reply.message,
+            hint: reply.hint,
+        }
+    }
+}
+
 impl ClientError {
     /// A stable code for scripts (`--json`): the broker's own code for its refusals.
     pub fn code(&self) -> &str {
@@ -71,7 +91,7 @@ impl ClientError {
             ClientError::Io(_) => "connection_failed",
             ClientError::Closed => "connection_closed",
             ClientError::Protocol(_) => "bad_reply",
-            ClientError::Broker { code, .. } => code,
+            ClientError::Broker { code, .. } => code.as_str(),
             ClientError::BrokerWrongUser { .. } => "broker_wrong_user",
             ClientError::BrokerOwnerUnknown { .. } => "broker_owner_unknown",
             ClientError::BadBrokerUser { .. } => "bad_broker_user",
@@ -127,12 +147,11 @@ impl BrokerCheck {
 const WAIT_MARGIN: Duration = Duration::from_secs(10);
 
 /// A request's `message`: `{content, data?}`.
-fn message(content: &str, data: Option<Value>) -> Value {
-    let mut message = json!({"content": content});
-    if let Some(data) = data {
-        message["data"] = data;
+fn message(content: &str, data: Option<Value>) -> RequestBody {
+    RequestBody {
+        content: content.to_owned(),
+        data,
     }
-    message
 }
 
 fn millis(duration: Duration) -> u64 {
@@ -236,33 +255,40 @@ impl Stamp {
         })
     }
 
-    fn apply(&self, request: &mut Value) {
-        request["nonce"] = self.nonce.clone().into();
-        request["timestamp"] = crate::clock::to_text(self.timestamp).into();
+    fn fields(&self) -> RequestStamp {
+        RequestStamp {
+            nonce: Some(self.nonce.clone()),
+            timestamp: Some(self.timestamp.into()),
+        }
     }
 }
 
+// The replies, by the names this client's callers know them by: the shared wire types of
+// `protocol::schema`.
 /// `register`'s reply.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Registered {
-    pub session_token: String,
-    pub message: String,
-    #[serde(default)]
-    pub queued: u32,
-}
-
+pub type Registered = RegisterReply;
 /// `challenge`'s reply: the broker's nonce and its proof that it knows the secret.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Challenge {
-    pub challenge_id: String,
-    pub server_nonce: String,
-    pub server_proof: String,
-    /// The uid the broker sees this connection as, which both proofs cover (`-`: unknown).
-    #[serde(default)]
-    pub client_uid: Option<String>,
-    #[serde(default)]
-    pub expires_in_ms: u64,
-}
+pub type Challenge = ChallengeReply;
+/// `send`'s reply.
+pub type Sent = SendReply;
+/// One message as `check` returns it.
+pub type Received = WireMessage;
+/// What a sender wrote.
+pub type Body = WireBody;
+/// `check`'s reply.
+pub type Checked = CheckReply;
+/// `ack`'s reply. The lists hold only the first few ids of each kind; the counts cover all.
+pub type Acked = AckReply;
+/// `ack` with `release`'s reply.
+pub type Released = ReleaseReply;
+/// An id an `ack` could not settle, and why.
+pub type Refused = RefusedId;
+/// `count`'s reply: waiting mail, not consumed.
+pub type Waiting = CountReply;
+/// One entry of `list`.
+pub type Instance = InstanceEntry;
+/// One page of `list`: instances in name order, and where the next page starts.
+pub type InstancePage = ListReply;
 
 /// A challenge whose server proof checked out: the broker knows the secret, and sees this
 /// client as the user it is.
@@ -273,59 +299,6 @@ pub struct ProvenChallenge {
     pub server_nonce: String,
     /// The uid both proofs were computed for.
     pub uid: ProofUid,
-}
-
-/// `send`'s reply.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Sent {
-    pub message: String,
-    pub message_id: i64,
-    #[serde(default)]
-    pub duplicate: bool,
-}
-
-/// One message as `check` returns it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Received {
-    pub id: i64,
-    pub from: String,
-    pub to: String,
-    pub timestamp: String,
-    pub message: Body,
-    #[serde(default)]
-    pub nonce: Option<String>,
-    #[serde(default)]
-    pub sender_timestamp: Option<String>,
-    /// Which hand-out this is: 1 the first time, more after a lease ran out unacknowledged.
-    #[serde(default)]
-    pub delivery_count: u32,
-    /// `direct`, `broadcast` or `system` (a notice from the broker itself).
-    #[serde(default)]
-    pub kind: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Body {
-    pub content: String,
-    #[serde(default)]
-    pub data: Option<Map<String, Value>>,
-}
-
-/// `check`'s reply.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Checked {
-    pub messages: Vec<Received>,
-    #[serde(default)]
-    pub more: bool,
-    /// With a manual ack: until when the returned mail is held for this reader.
-    #[serde(default)]
-    pub lease_until: Option<String>,
-}
-
-impl Checked {
-    pub fn ids(&self) -> Vec<i64> {
-        self.messages.iter().map(|m| m.id).collect()
-    }
 }
 
 /// How to `check`: see [`Client::check_with`].
@@ -339,33 +312,6 @@ pub struct CheckOptions {
     pub limit: Option<u32>,
 }
 
-/// `ack`'s reply. The lists hold only the first few ids of each kind; the counts cover all.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Acked {
-    pub acked: u32,
-    #[serde(default)]
-    pub already_acked: Vec<i64>,
-    #[serde(default)]
-    pub already_acked_count: u32,
-    #[serde(default)]
-    pub refused: Vec<Refused>,
-    #[serde(default)]
-    pub refused_count: u32,
-    /// Some ids were counted but not listed.
-    #[serde(default)]
-    pub truncated: bool,
-}
-
-/// `ack` with `release`'s reply.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Released {
-    pub released: u32,
-    #[serde(default)]
-    pub already_acked: Vec<i64>,
-    #[serde(default)]
-    pub refused: Vec<Refused>,
-}
-
 /// Closes a client's connection from another thread, which ends a call blocked on it (with
 /// an error) and tells the broker this reader is gone.
 pub struct Closer(Stream);
@@ -377,40 +323,6 @@ impl Closer {
             Stream::Unix(stream) => stream.shutdown(std::net::Shutdown::Both),
         };
     }
-}
-
-/// An id an `ack` could not settle, and why.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Refused {
-    pub id: i64,
-    pub code: String,
-    pub message: String,
-}
-
-/// `count`'s reply: waiting mail, not consumed.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Waiting {
-    pub count: u32,
-    /// Distinct senders, by their oldest waiting message; at most ten.
-    pub senders: Vec<String>,
-}
-
-/// One entry of `list`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct Instance {
-    pub id: String,
-    pub last_seen: String,
-}
-
-/// One page of `list`: instances in name order, and where the next page starts.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct InstancePage {
-    pub instances: Vec<Instance>,
-    #[serde(default)]
-    pub more: bool,
-    /// With `more`: the last name on this page, to pass as `after` for the next.
-    #[serde(default)]
-    pub next_after: Option<String>,
 }
 
 impl Client {
@@ -503,11 +415,12 @@ impl Client {
             return Ok(());
         }
         // Read whatever the status: a broker whose database is gone still says its mode.
-        let reply = self.request(&json!({"action": "ping"}))?;
+        let line = self.exchange(&ClientRequest::Ping.to_line())?;
+        let reply: PingReply = serde_json::from_str(&line).map_err(|e| bad_reply(e, &line))?;
         if check.holds_secret {
-            match reply["mode"].as_str() {
-                Some("secret") => {}
-                Some("open") => {
+            match reply.mode {
+                Some(SecurityMode::Secret) => {}
+                Some(SecurityMode::Open) => {
                     return Err(ClientError::BrokerOpenMode {
                         target: self.target(),
                     })
@@ -520,12 +433,12 @@ impl Client {
                 }
             }
         }
-        if let (Some(ours), Some(theirs)) = (&check.data_dir, reply["data_dir"].as_str()) {
-            if !same_directory(ours, Path::new(theirs)) {
+        if let (Some(ours), Some(theirs)) = (&check.data_dir, reply.data_dir) {
+            if !same_directory(ours, Path::new(&theirs)) {
                 return Err(ClientError::DataDirMismatch {
                     target: self.target(),
                     ours: ours.display().to_string(),
-                    theirs: theirs.to_owned(),
+                    theirs,
                 });
             }
         }
@@ -547,16 +460,15 @@ impl Client {
 
     /// Sends a stamped request; if the connection fails on the way, connects again and sends
     /// the very same request once more. The nonce makes the broker store it only once.
-    fn call_stamped<T: for<'de> Deserialize<'de>>(
+    fn call_stamped<T: DeserializeOwned>(
         &mut self,
-        mut request: Value,
-        stamp: &Stamp,
+        request: ClientRequest,
     ) -> Result<T, ClientError> {
-        stamp.apply(&mut request);
-        match self.call_as(&request) {
+        let line = request.to_line();
+        match self.call_line(&line) {
             Err(ClientError::Io(_) | ClientError::Closed) => {
                 *self = self.reconnect()?;
-                self.call_as(&request)
+                self.call_line(&line)
             }
             other => other,
         }
@@ -571,9 +483,12 @@ impl Client {
         data: Option<Value>,
         stamp: &Stamp,
     ) -> Result<Sent, ClientError> {
-        let mut request = json!({"action": "send", "session_token": token, "to_id": to});
-        request["message"] = message(content, data);
-        self.call_stamped(request, stamp)
+        self.call_stamped(ClientRequest::Send(SendRequest {
+            session_token: token.to_owned(),
+            to_id: to.to_owned(),
+            message: message(content, data),
+            stamp: stamp.fields(),
+        }))
     }
 
     /// `broadcast` with a stamp, retried once with the same nonce after a connection failure.
@@ -583,10 +498,12 @@ impl Client {
         content: &str,
         data: Option<Value>,
         stamp: &Stamp,
-    ) -> Result<Value, ClientError> {
-        let mut request = json!({"action": "broadcast", "session_token": token});
-        request["message"] = message(content, data);
-        self.call_stamped(request, stamp)
+    ) -> Result<BroadcastReply, ClientError> {
+        self.call_stamped(ClientRequest::Broadcast(BroadcastRequest {
+            session_token: token.to_owned(),
+            message: message(content, data),
+            stamp: stamp.fields(),
+        }))
     }
 
     /// Changes how long each later request may wait for the broker (say, for a long poll).
@@ -597,43 +514,53 @@ impl Client {
         Ok(())
     }
 
-    /// Sends any request and returns the reply as JSON, whatever its status.
-    pub fn request(&mut self, request: &Value) -> Result<Value, ClientError> {
-        let mut line =
-            serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        line.push(b'\n');
-        self.writer.write_all(&line)?;
+    /// Writes one request line and reads one reply line.
+    fn exchange(&mut self, line: &[u8]) -> Result<String, ClientError> {
+        self.writer.write_all(line)?;
         let mut reply = String::new();
         if self.reader.read_line(&mut reply)? == 0 {
             return Err(ClientError::Closed);
         }
-        serde_json::from_str(&reply).map_err(|e| ClientError::Protocol(format!("{e}: {reply}")))
+        Ok(reply)
     }
 
-    /// Sends a request; an error reply becomes [`ClientError::Broker`].
+    /// Sends any JSON request (one the typed methods would not send, say) and returns the
+    /// reply as JSON, whatever its status.
+    pub fn request(&mut self, request: &Value) -> Result<Value, ClientError> {
+        let mut line =
+            serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        let reply = self.exchange(&line)?;
+        serde_json::from_str(&reply).map_err(|e| bad_reply(e, &reply))
+    }
+
+    /// [`Client::request`], with an error reply as [`ClientError::Broker`].
     pub fn call(&mut self, request: &Value) -> Result<Value, ClientError> {
-        let reply = self.request(request)?;
-        if reply["status"] == "ok" {
-            return Ok(reply);
+        let mut line =
+            serde_json::to_vec(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.call_line(&line)
+    }
+
+    /// Sends a typed request and reads its typed reply; an error reply becomes
+    /// [`ClientError::Broker`].
+    fn call_as<T: DeserializeOwned>(&mut self, request: ClientRequest) -> Result<T, ClientError> {
+        self.call_line(&request.to_line())
+    }
+
+    fn call_line<T: DeserializeOwned>(&mut self, line: &[u8]) -> Result<T, ClientError> {
+        let reply = self.exchange(line)?;
+        match parse_reply(reply.as_bytes()) {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(refusal)) => Err(refusal.into()),
+            Err(e) => Err(bad_reply(e, &reply)),
         }
-        Err(ClientError::Broker {
-            code: reply["code"].as_str().unwrap_or("unknown").to_owned(),
-            message: reply["message"]
-                .as_str()
-                .unwrap_or("(no message)")
-                .to_owned(),
-            hint: reply["hint"].as_str().map(str::to_owned),
-        })
     }
 
-    fn call_as<T: for<'de> Deserialize<'de>>(&mut self, request: &Value) -> Result<T, ClientError> {
-        let reply = self.call(request)?;
-        serde_json::from_value(reply.clone())
-            .map_err(|e| ClientError::Protocol(format!("{e}: {reply}")))
-    }
-
-    pub fn ping(&mut self) -> Result<Value, ClientError> {
-        self.call(&json!({"action": "ping"}))
+    /// `ping`: the broker's version, mode and health. A broker whose database is gone or
+    /// damaged answers with an error ([`ClientError::Broker`]).
+    pub fn ping(&mut self) -> Result<PingReply, ClientError> {
+        self.call_as(ClientRequest::Ping)
     }
 
     /// Registers `name`. With a secret, by challenge-response ([`Client::register_by_challenge`]):
@@ -667,15 +594,19 @@ impl Client {
         takeover: bool,
         own_token: Option<&str>,
     ) -> Result<Registered, ClientError> {
-        let mut request = match secret {
+        let request = match secret {
             Some(secret) => self.challenge_register(name, secret)?,
-            None => json!({"action": "register", "instance_id": name, "auth_token": ""}),
+            None => RegisterRequest {
+                instance_id: name.to_owned(),
+                auth_token: Some(String::new()),
+                ..RegisterRequest::default()
+            },
         };
-        request["takeover"] = takeover.into();
-        if let Some(token) = own_token {
-            request["session_token"] = token.into();
-        }
-        self.call_as(&request)
+        self.call_as(ClientRequest::Register(RegisterRequest {
+            takeover: Some(takeover),
+            session_token: own_token.map(str::to_owned),
+            ..request
+        }))
     }
 
     /// Registers `name` by challenge-response, not taking over a name in use.
@@ -691,7 +622,11 @@ impl Client {
     /// client as the user it is), and only then returns the register request carrying this
     /// client's proof over both nonces, the name and that uid. There is no fallback to the
     /// static token.
-    fn challenge_register(&mut self, name: &str, secret: &str) -> Result<Value, ClientError> {
+    fn challenge_register(
+        &mut self,
+        name: &str,
+        secret: &str,
+    ) -> Result<RegisterRequest, ClientError> {
         let proven = self.prove_broker(name, secret)?;
         let auth_proof = auth::client_proof(
             secret,
@@ -700,10 +635,12 @@ impl Client {
             &proven.client_nonce,
             proven.uid,
         );
-        Ok(json!({
-            "action": "register", "instance_id": name, "challenge_id": proven.challenge_id,
-            "auth_proof": auth_proof,
-        }))
+        Ok(RegisterRequest {
+            instance_id: name.to_owned(),
+            challenge_id: Some(proven.challenge_id),
+            auth_proof: Some(auth_proof),
+            ..RegisterRequest::default()
+        })
     }
 
     /// The legacy registration, as the Python original's scripts do it: the static
@@ -714,8 +651,11 @@ impl Client {
         name: &str,
         secret: &str,
     ) -> Result<Registered, ClientError> {
-        let auth_token = expected_auth_token(name, secret);
-        self.call_as(&json!({"action": "register", "instance_id": name, "auth_token": auth_token}))
+        self.call_as(ClientRequest::Register(RegisterRequest {
+            instance_id: name.to_owned(),
+            auth_token: Some(expected_auth_token(name, secret)),
+            ..RegisterRequest::default()
+        }))
     }
 
     /// Sends a `challenge` for `name` and checks the broker's `server_proof`, so the broker
@@ -728,16 +668,22 @@ impl Client {
     ) -> Result<ProvenChallenge, ClientError> {
         let client_nonce = auth::fresh_nonce()?;
         let challenge: Challenge = self
-            .call_as(
-                &json!({"action": "challenge", "instance_id": name, "client_nonce": client_nonce}),
-            )
+            .call_as(ClientRequest::Challenge(ChallengeRequest {
+                instance_id: name.to_owned(),
+                client_nonce: client_nonce.clone(),
+            }))
             .map_err(|error| match error {
-                ClientError::Broker { code, .. } if code == "unknown_action" => self.unproven(
+                ClientError::Broker {
+                    code: ErrorCode::UnknownAction,
+                    ..
+                } => self.unproven(
                     "it does not know the `challenge` action (an older broker, or the Python original); this client does not fall back to the static auth_token, which anyone who sees it can replay".into(),
                 ),
                 ClientError::Broker { code, message, .. } => {
-                    let (code, message) =
-                        (auth::printable(&code, 40), auth::printable(&message, 400));
+                    let (code, message) = (
+                        auth::printable(code.as_str(), 40),
+                        auth::printable(&message, 400),
+                    );
                     self.unproven(format!("it refused the challenge: {message} [{code}]"))
                 }
                 other => other,
@@ -803,23 +749,28 @@ impl Client {
         data: Option<Value>,
         nonce: Option<&str>,
     ) -> Result<Sent, ClientError> {
-        let mut request = json!({"action": "send", "session_token": token, "to_id": to});
-        request["message"] = message(content, data);
-        if let Some(nonce) = nonce {
-            request["nonce"] = nonce.into();
-        }
-        self.call_as(&request)
+        self.call_as(ClientRequest::Send(SendRequest {
+            session_token: token.to_owned(),
+            to_id: to.to_owned(),
+            message: message(content, data),
+            stamp: RequestStamp {
+                nonce: nonce.map(str::to_owned),
+                timestamp: None,
+            },
+        }))
     }
 
-    pub fn broadcast(&mut self, token: &str, content: &str) -> Result<Value, ClientError> {
-        self.call(&json!({
-            "action": "broadcast", "session_token": token, "message": {"content": content},
+    pub fn broadcast(&mut self, token: &str, content: &str) -> Result<BroadcastReply, ClientError> {
+        self.call_as(ClientRequest::Broadcast(BroadcastRequest {
+            session_token: token.to_owned(),
+            message: message(content, None),
+            stamp: RequestStamp::default(),
         }))
     }
 
     /// The legacy check: what it returns is marked delivered once the reply is written.
     pub fn check(&mut self, token: &str) -> Result<Checked, ClientError> {
-        self.call_as(&json!({"action": "check", "session_token": token}))
+        self.check_with(token, CheckOptions::default())
     }
 
     /// A check with a manual ack, a long-poll, or a limit. While it long-polls, the read
@@ -829,24 +780,26 @@ impl Client {
         token: &str,
         options: CheckOptions,
     ) -> Result<Checked, ClientError> {
-        let mut request = json!({"action": "check", "session_token": token});
-        if let Some(lease) = options.manual_ack {
-            request["ack"] = "manual".into();
-            request["lease_ms"] = millis(lease).into();
+        let request = ClientRequest::Check(CheckRequest {
+            session_token: token.to_owned(),
+            ack: options.manual_ack.map(|_| ManualAck::Manual),
+            lease_ms: options.manual_ack.map(millis),
+            limit: options.limit,
+            wait_ms: options.wait.map(millis),
+        });
+        match options.wait {
+            Some(wait) => self.with_wait(wait, |client| client.call_as(request)),
+            None => self.call_as(request),
         }
-        if let Some(limit) = options.limit {
-            request["limit"] = limit.into();
-        }
-        let Some(wait) = options.wait else {
-            return self.call_as(&request);
-        };
-        request["wait_ms"] = millis(wait).into();
-        self.with_wait(wait, |client| client.call_as(&request))
     }
 
     /// Settles mail a manual-ack check returned.
     pub fn ack(&mut self, token: &str, ids: &[i64]) -> Result<Acked, ClientError> {
-        self.call_as(&json!({"action": "ack", "session_token": token, "ids": ids}))
+        self.call_as(ClientRequest::Ack(AckRequest {
+            session_token: token.to_owned(),
+            ids: ids.to_vec(),
+            release: false,
+        }))
     }
 
     /// Every registered instance, in name order: follows `list`'s pages to the end.
@@ -862,7 +815,7 @@ impl Client {
             match page.next_after {
                 // A cursor that does not move on would ask for the same page for ever.
                 Some(next) if after.as_deref().is_none_or(|last| next.as_str() > last) => {
-                    after = Some(next)
+                    after = Some(next.as_str().to_owned())
                 }
                 other => {
                     return Err(ClientError::Protocol(format!(
@@ -880,40 +833,52 @@ impl Client {
         after: Option<&str>,
         limit: Option<u32>,
     ) -> Result<InstancePage, ClientError> {
-        let mut request = json!({"action": "list", "session_token": token});
-        if let Some(after) = after {
-            request["after"] = after.into();
-        }
-        if let Some(limit) = limit {
-            request["limit"] = limit.into();
-        }
-        self.call_as(&request)
+        self.call_as(ClientRequest::List(ListRequest {
+            session_token: token.to_owned(),
+            after: after.map(str::to_owned),
+            limit,
+        }))
     }
 
     /// Ends this session, so the name is free for the next `register` without a takeover.
-    pub fn logout(&mut self, token: &str) -> Result<Value, ClientError> {
-        self.call(&json!({"action": "logout", "session_token": token}))
+    pub fn logout(&mut self, token: &str) -> Result<LogoutReply, ClientError> {
+        self.call_as(ClientRequest::Logout(LogoutRequest {
+            session_token: token.to_owned(),
+        }))
     }
 
-    pub fn rename(&mut self, token: &str, new_name: &str) -> Result<Value, ClientError> {
-        self.call(&json!({"action": "rename", "session_token": token, "new_id": new_name}))
+    pub fn rename(&mut self, token: &str, new_name: &str) -> Result<RenameReply, ClientError> {
+        self.call_as(ClientRequest::Rename(RenameRequest {
+            session_token: token.to_owned(),
+            new_id: new_name.to_owned(),
+        }))
     }
 
     /// How much mail is waiting and from whom, without consuming any.
     pub fn count(&mut self, token: &str) -> Result<Waiting, ClientError> {
-        self.call_as(&json!({"action": "count", "session_token": token}))
+        self.call_as(ClientRequest::Count(CountRequest {
+            session_token: token.to_owned(),
+            wait_ms: None,
+        }))
     }
 
     /// Like [`Client::count`], but with nothing waiting, waits up to `wait` for mail to
     /// arrive. It consumes nothing either way.
     pub fn count_waiting(&mut self, token: &str, wait: Duration) -> Result<Waiting, ClientError> {
-        let request = json!({"action": "count", "session_token": token, "wait_ms": millis(wait)});
-        self.with_wait(wait, |client| client.call_as(&request))
+        let request = ClientRequest::Count(CountRequest {
+            session_token: token.to_owned(),
+            wait_ms: Some(millis(wait)),
+        });
+        self.with_wait(wait, |client| client.call_as(request))
     }
 
     /// Hands mail a manual-ack check leased back to the queue at once, unread.
     pub fn release(&mut self, token: &str, ids: &[i64]) -> Result<Released, ClientError> {
-        self.call_as(&json!({"action": "ack", "session_token": token, "ids": ids, "release": true}))
+        self.call_as(ClientRequest::Ack(AckRequest {
+            session_token: token.to_owned(),
+            ids: ids.to_vec(),
+            release: true,
+        }))
     }
 
     /// A handle that closes this connection from another thread.
@@ -935,6 +900,11 @@ impl Client {
         self.reader.get_ref().set_read_timeout(usual)?;
         result
     }
+}
+
+/// A reply this client cannot read, with the line it got.
+fn bad_reply(error: serde_json::Error, line: &str) -> ClientError {
+    ClientError::Protocol(format!("{error}: {}", line.trim_end()))
 }
 
 /// Whether two paths name one directory: compared after resolving links and `..`, as the

@@ -70,6 +70,18 @@ impl<'de> Deserialize<'de> for InstanceName {
 #[serde(transparent)]
 pub struct MessageId(pub i64);
 
+impl PartialEq<i64> for MessageId {
+    fn eq(&self, other: &i64) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<MessageId> for i64 {
+    fn eq(&self, other: &MessageId) -> bool {
+        *self == other.0
+    }
+}
+
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)

@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 
 use super::{plus, Broker, BrokerError, Peer};
 use crate::protocol::auth::{self, constant_time_eq, ProofUid};
-use crate::protocol::{ChallengeAnswer, InstanceName, Reply};
+use crate::protocol::schema::ChallengeReply;
+use crate::protocol::{ChallengeAnswer, InstanceName};
 
 /// How long a challenge can be answered. A client answers in one round trip; this is long
 /// enough for a slow machine and short enough that an unanswered challenge is soon gone.
@@ -137,7 +138,7 @@ impl Broker {
         name: InstanceName,
         client_nonce: String,
         peer: &Peer,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<ChallengeReply, BrokerError> {
         let Some(secret) = &self.shared_secret else {
             return Err(ChallengeRefusal::OpenMode.into());
         };
@@ -154,12 +155,13 @@ impl Broker {
             server_nonce: server_nonce.clone(),
             issued_at: self.now(),
         });
-        Ok(Reply::ok()
-            .with("challenge_id", id)
-            .with("server_nonce", server_nonce)
-            .with("server_proof", server_proof)
-            .with("client_uid", uid.text())
-            .with("expires_in_ms", LIFETIME.as_millis() as u64))
+        Ok(ChallengeReply {
+            challenge_id: id,
+            server_nonce,
+            server_proof,
+            client_uid: Some(uid.text()),
+            expires_in_ms: LIFETIME.as_millis() as u64,
+        })
     }
 
     /// Checks a register's answer to a challenge, which is used up by the check. The proof

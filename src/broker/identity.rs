@@ -20,7 +20,8 @@ use super::session::{new_token, TokenHash};
 use super::{done, refuse, Broker, BrokerError, ChallengeRefusal, JobEnd, Peer};
 use crate::domain::{MessageKind, Timestamp, SYSTEM_SENDER};
 use crate::protocol::auth::{constant_time_eq, expected_auth_token};
-use crate::protocol::{ChallengeAnswer, EntryBudget, InstanceName, ListOptions, Reply};
+use crate::protocol::schema::{InstanceEntry, ListReply, LogoutReply, RegisterReply, RenameReply};
+use crate::protocol::{ChallengeAnswer, EntryBudget, InstanceName, ListOptions};
 use crate::store::queries::{
     AuthFailure, IdentityId, NewMessage, PeerActivity, Replacement, SessionId,
 };
@@ -476,7 +477,7 @@ impl Broker {
         answer: Option<ChallengeAnswer>,
         claim: Claim,
         peer: &Peer,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<RegisterReply, BrokerError> {
         if is_reserved(name.as_str()) {
             return Err(BrokerError::ReservedName(name.to_string()));
         }
@@ -538,11 +539,12 @@ impl Broker {
         } else {
             format!("Registered {name}")
         };
-        Ok(Reply::ok()
-            .with("session_token", token)
-            .with("message", message)
-            .with("instance_id", name)
-            .with("queued", queued))
+        Ok(RegisterReply {
+            session_token: token,
+            message,
+            instance_id: name.to_string(),
+            queued,
+        })
     }
 
     /// Checks a registration's credentials against the shared secret. `Ok(None)`: proved (or
@@ -594,16 +596,17 @@ impl Broker {
         &self,
         token: Option<TokenHash>,
         peer: &Peer,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<LogoutReply, BrokerError> {
         let name = self
             .as_caller(token, peer, move |tx, caller, now| {
                 tx.end_session(caller.session_id, now)?;
                 done(caller.name.clone())
             })
             .await?;
-        Ok(Reply::ok()
-            .with("message", format!("Logged out {name}"))
-            .with("instance_id", name))
+        Ok(LogoutReply {
+            message: format!("Logged out {name}"),
+            instance_id: name.to_string(),
+        })
     }
 
     pub(super) async fn rename(
@@ -611,7 +614,7 @@ impl Broker {
         token: Option<TokenHash>,
         peer: &Peer,
         new_id: InstanceName,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<RenameReply, BrokerError> {
         let new = new_id;
         let cooldown = self.limits.rename_cooldown;
         let forward_for = self.limits.forward_duration;
@@ -647,12 +650,11 @@ impl Broker {
                 }
                 tx.rename_instance(&old, &new, now, now.plus(forward_for))?;
                 notify_rename(tx, &old, &new, now, queue_cap)?;
-                done(
-                    Reply::ok()
-                        .with("message", format!("Renamed {old} to {new}"))
-                        .with("old_id", old)
-                        .with("new_id", new),
-                )
+                done(RenameReply {
+                    message: format!("Renamed {old} to {new}"),
+                    old_id: old.to_string(),
+                    new_id: new.to_string(),
+                })
             })
             .await?;
         // Notices went to everyone, and the caller's queued mail now waits under the new name.
@@ -670,7 +672,7 @@ impl Broker {
         token: Option<TokenHash>,
         peer: &Peer,
         options: ListOptions,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<ListReply, BrokerError> {
         let limit = options
             .limit
             .unwrap_or(LIST_MAX_INSTANCES)
@@ -680,18 +682,24 @@ impl Broker {
             let mut budget = EntryBudget::new(LIST_REPLY_FIXED_BYTES);
             let mut instances = Vec::new();
             let more = tx.list_instances_after(after.as_ref(), limit, |id, last_seen| {
-                let entry = serde_json::json!({"id": id, "last_seen": last_seen});
+                let entry = InstanceEntry {
+                    id: id.to_string(),
+                    last_seen: last_seen.to_text(),
+                };
                 let fits = budget.take(&entry);
                 if fits {
                     instances.push(entry);
                 }
                 fits
             })?;
-            let next_after = instances.last().map(|entry| entry["id"].clone());
-            let reply = Reply::ok().with("instances", instances).with("more", more);
-            done(match next_after.filter(|_| more) {
-                Some(last) => reply.with("next_after", last),
-                None => reply,
+            let next_after = instances
+                .last()
+                .filter(|_| more)
+                .map(|entry| entry.id.clone());
+            done(ListReply {
+                instances,
+                more,
+                next_after,
             })
         })
         .await

@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde_json::{json, Map, Value};
 use tokio::sync::{Notify, OwnedMutexGuard};
 
 use super::reader::Presence;
@@ -21,9 +20,14 @@ use super::identity::Caller;
 use super::session::TokenHash;
 use super::{done, large_message, refuse, text, Broker, BrokerError, JobEnd, Outcome, Peer};
 use crate::domain::{MessageKind, Timestamp};
+use crate::protocol::budget::entry_bytes;
 use crate::protocol::request::SenderStamp;
+use crate::protocol::schema::{
+    AckReply, BroadcastCopies, BroadcastReply, CheckReply, CountReply, ManualAck, RefusedId,
+    ReleaseReply, SendReply, WireBody, WireMessage,
+};
 use crate::protocol::{AckMode, Capped, CheckOptions};
-use crate::protocol::{InstanceName, MessageBody, Reply, REPLY_BUDGET};
+use crate::protocol::{InstanceName, MessageBody, REPLY_BUDGET};
 use crate::store::queries::{MessageId, NewMessage, Released, SessionId, Settled, StoredMessage};
 use crate::store::{Durability, StoreError, Tx};
 
@@ -88,7 +92,7 @@ impl DeliveryReceipt {
 struct Batch {
     caller: InstanceName,
     session_id: SessionId,
-    messages: Vec<Value>,
+    messages: Vec<WireMessage>,
     ids: Vec<MessageId>,
     more: bool,
     /// The lease (manual ack) or hold (auto ack) on `ids` runs until then.
@@ -99,15 +103,19 @@ struct Batch {
 
 impl Batch {
     fn into_outcome(self, ack: AckMode, in_flight: Option<InFlight>) -> Outcome {
-        let mut reply = Reply::ok()
-            .with("messages", self.messages)
-            .with("more", self.more);
+        let mut reply = CheckReply {
+            messages: self.messages,
+            more: self.more,
+            ack: None,
+            lease_until: None,
+        };
         let settled_by = match ack {
             AckMode::Manual { .. } => {
-                reply = reply.with("ack", "manual");
-                if let Some(until) = self.held_until.filter(|_| !self.ids.is_empty()) {
-                    reply = reply.with("lease_until", until);
-                }
+                reply.ack = Some(ManualAck::Manual);
+                reply.lease_until = self
+                    .held_until
+                    .filter(|_| !self.ids.is_empty())
+                    .map(Timestamp::to_text);
                 SettledBy::Ack
             }
             AckMode::Auto => SettledBy::Receipt,
@@ -123,7 +131,7 @@ impl Batch {
             _ => None,
         };
         Outcome {
-            reply,
+            reply: reply.into(),
             receipt,
             authenticated: true,
         }
@@ -141,20 +149,12 @@ struct Summary {
 }
 
 impl Summary {
-    fn into_reply(self) -> Reply {
-        Reply::ok()
-            .with("count", self.count)
-            .with("senders", self.senders)
+    fn into_reply(self) -> CountReply {
+        CountReply {
+            count: self.count,
+            senders: self.senders,
+        }
     }
-}
-
-/// The refusal of an `ack` (or release) of an id the caller does not own.
-fn unknown_message(id: i64) -> Value {
-    json!({
-        "id": id,
-        "code": "unknown_message",
-        "message": format!("no message {id} is addressed to you; ack only ids your check returned"),
-    })
 }
 
 /// A message body ready to store: content possibly swapped for a summary and a file.
@@ -274,14 +274,6 @@ impl Outgoing {
     }
 }
 
-/// The reply to a send or broadcast whose nonce was already used: nothing new is stored.
-fn duplicate_reply(original: MessageId) -> Reply {
-    Reply::ok()
-        .with("message", "Duplicate nonce: already stored")
-        .with("duplicate", true)
-        .with("message_id", original.0)
-}
-
 impl Broker {
     /// `send`: stores one message for `to_id` (following a live forward), or reports the
     /// original id if the sender already used this nonce inside the replay window.
@@ -292,13 +284,13 @@ impl Broker {
         to_id: InstanceName,
         message: MessageBody,
         stamp: SenderStamp,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<SendReply, BrokerError> {
         let outgoing = self.outgoing(&message, stamp)?;
         let to = to_id.clone();
         let check = move |tx: &Tx<'_>, caller: &Caller, now, outgoing: &Outgoing| {
             Ok(
                 plan_send(tx, caller, now, &to, outgoing)?.map(|plan| match plan {
-                    SendPlan::Duplicate(original) => Some(duplicate_reply(original)),
+                    SendPlan::Duplicate(original) => Some(SendReply::duplicate(original)),
                     SendPlan::Deliver { .. } => None,
                 }),
             )
@@ -307,12 +299,12 @@ impl Broker {
             store_send(tx, caller, now, &to_id, outgoing)
         };
         let reply = self
-            .store_outgoing(token, peer, outgoing, check, store, |reply| {
-                !is_duplicate(reply)
+            .store_outgoing(token, peer, outgoing, check, store, |reply: &SendReply| {
+                !reply.duplicate
             })
             .await?;
-        if let Some(recipient) = reply.get("recipient").and_then(Value::as_str) {
-            self.doorbells.ring(recipient);
+        if let Some(recipient) = &reply.recipient {
+            self.doorbells.ring(recipient.as_str());
         }
         Ok(reply)
     }
@@ -326,12 +318,14 @@ impl Broker {
         peer: &Peer,
         message: MessageBody,
         stamp: SenderStamp,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<BroadcastReply, BrokerError> {
         let outgoing = self.outgoing(&message, stamp)?;
         let check = |tx: &Tx<'_>, caller: &Caller, now, outgoing: &Outgoing| {
             Ok(
                 plan_broadcast(tx, caller, now, outgoing)?.map(|plan| match plan {
-                    BroadcastPlan::Duplicate(original) => Some(duplicate_reply(original)),
+                    BroadcastPlan::Duplicate(original) => {
+                        Some(BroadcastReply::Duplicate(SendReply::duplicate(original)))
+                    }
                     BroadcastPlan::Deliver {
                         recipients,
                         skipped,
@@ -343,9 +337,14 @@ impl Broker {
             )
         };
         let reply = self
-            .store_outgoing(token, peer, outgoing, check, store_broadcast, |reply| {
-                reply_count(reply) > 0
-            })
+            .store_outgoing(
+                token,
+                peer,
+                outgoing,
+                check,
+                store_broadcast,
+                |reply: &BroadcastReply| reply.stored() > 0,
+            )
             .await?;
         self.doorbells.ring_all();
         Ok(reply)
@@ -359,7 +358,7 @@ impl Broker {
         token: Option<TokenHash>,
         peer: &Peer,
         ids: Vec<i64>,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<AckReply, BrokerError> {
         self.as_caller(token, peer, move |tx, caller, now| {
             let mut acked = 0;
             let mut already = Capped::new(ACK_SHOWN_IDS);
@@ -367,11 +366,19 @@ impl Broker {
             for id in ids {
                 match tx.ack(&caller.name, MessageId(id), now)? {
                     Settled::Acked => acked += 1,
-                    Settled::AlreadyAcked => already.push(id),
-                    Settled::Unknown => refused.push(unknown_message(id)),
+                    Settled::AlreadyAcked => already.push(MessageId(id)),
+                    Settled::Unknown => refused.push(RefusedId::unknown_message(MessageId(id))),
                 }
             }
-            done(settled_reply("acked", acked, already, refused))
+            let unsettled = Unsettled::of(already, refused);
+            done(AckReply {
+                acked,
+                truncated: unsettled.truncated,
+                already_acked_count: unsettled.already_count,
+                already_acked: unsettled.already,
+                refused_count: unsettled.refused_count,
+                refused: unsettled.refused,
+            })
         })
         .await
     }
@@ -383,7 +390,7 @@ impl Broker {
         token: Option<TokenHash>,
         peer: &Peer,
         ids: Vec<i64>,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<ReleaseReply, BrokerError> {
         let (caller, reply) = self
             .as_caller(token, peer, move |tx, caller, _now| {
                 let mut released = 0;
@@ -392,11 +399,21 @@ impl Broker {
                 for id in ids {
                     match tx.release_owned(&caller.name, MessageId(id))? {
                         Released::Released => released += 1,
-                        Released::AlreadyAcked => already.push(id),
-                        Released::Unknown => refused.push(unknown_message(id)),
+                        Released::AlreadyAcked => already.push(MessageId(id)),
+                        Released::Unknown => {
+                            refused.push(RefusedId::unknown_message(MessageId(id)))
+                        }
                     }
                 }
-                let reply = settled_reply("released", released, already, refused);
+                let unsettled = Unsettled::of(already, refused);
+                let reply = ReleaseReply {
+                    released,
+                    truncated: unsettled.truncated,
+                    already_acked_count: unsettled.already_count,
+                    already_acked: unsettled.already,
+                    refused_count: unsettled.refused_count,
+                    refused: unsettled.refused,
+                };
                 done((caller.name.clone(), reply))
             })
             .await?;
@@ -424,25 +441,21 @@ impl Broker {
     /// is never written. Then the file is written, and `store` runs without counting the
     /// request again; the file is removed unless `kept_file` says the reply stored a message
     /// that refers to it.
-    async fn store_outgoing<C, F>(
+    async fn store_outgoing<R, C, F>(
         &self,
         token: Option<TokenHash>,
         peer: &Peer,
         outgoing: Outgoing,
         check: C,
         store: F,
-        kept_file: fn(&Reply) -> bool,
-    ) -> Result<Reply, BrokerError>
+        kept_file: fn(&R) -> bool,
+    ) -> Result<R, BrokerError>
     where
-        C: FnOnce(
-                &Tx<'_>,
-                &Caller,
-                Timestamp,
-                &Outgoing,
-            ) -> Result<JobEnd<Option<Reply>>, StoreError>
+        R: Send + 'static,
+        C: FnOnce(&Tx<'_>, &Caller, Timestamp, &Outgoing) -> Result<JobEnd<Option<R>>, StoreError>
             + Send
             + 'static,
-        F: FnOnce(&Tx<'_>, &Caller, Timestamp, &Outgoing) -> Result<JobEnd<Reply>, StoreError>
+        F: FnOnce(&Tx<'_>, &Caller, Timestamp, &Outgoing) -> Result<JobEnd<R>, StoreError>
             + Send
             + 'static,
     {
@@ -667,7 +680,7 @@ impl Broker {
         peer: &Peer,
         wait: Option<std::time::Duration>,
         mut reader: Presence,
-    ) -> Result<Reply, BrokerError> {
+    ) -> Result<CountReply, BrokerError> {
         let deadline = wait.map(|wait| Instant::now() + wait);
         let mut closing = self.doorbells.closing();
         let mut bell: Option<Arc<Notify>> = None;
@@ -788,16 +801,13 @@ impl Broker {
     /// Whether content is over the large-message threshold, measured as JSON text because
     /// that is what a check reply must fit.
     fn needs_file(&self, message: &MessageBody) -> bool {
-        Value::String(message.content.clone()).to_string().len() > self.limits.large_message_bytes
+        message.content_json_bytes() > self.limits.large_message_bytes
     }
 
     /// Checks the data size and, for large content, chooses its file and builds the summary
     /// that is queued in its place.
     fn prepare(&self, message: &MessageBody) -> Result<Prepared, BrokerError> {
-        let data = message
-            .data
-            .as_ref()
-            .map(|data| Value::Object(data.clone()).to_string());
+        let data = message.data_text();
         let data_bytes = data.as_ref().map_or(0, String::len);
         if data_bytes > self.limits.max_data_bytes {
             return Err(BrokerError::DataTooLarge {
@@ -814,18 +824,11 @@ impl Broker {
         }
         let (content, now) = (&message.content, self.now());
         let path = large_message::new_path(&self.large_message_dir, now);
-        let mut data_object = message.data.clone().unwrap_or_default();
-        data_object.insert(
-            "large_message_file".into(),
-            path.display().to_string().into(),
-        );
-        data_object.insert(
-            "original_size_kb".into(),
-            large_message::size_kb(content).into(),
-        );
+        let data =
+            message.large_data_text(&path.display().to_string(), large_message::size_kb(content));
         Ok(Prepared {
             content: large_message::summary(content, &path),
-            data: Some(Value::Object(data_object).to_string()),
+            data: Some(data),
             large: Some(LargeFile {
                 text: large_message::file_text(content, now),
                 path,
@@ -881,10 +884,10 @@ fn store_send(
     now: Timestamp,
     to_id: &InstanceName,
     outgoing: &Outgoing,
-) -> Result<JobEnd<Reply>, StoreError> {
+) -> Result<JobEnd<SendReply>, StoreError> {
     plan_send(tx, caller, now, to_id, outgoing)?.then(|plan| {
         let (recipient, forwarded_to, registered) = match plan {
-            SendPlan::Duplicate(original) => return done(duplicate_reply(original)),
+            SendPlan::Duplicate(original) => return done(SendReply::duplicate(original)),
             SendPlan::Deliver {
                 recipient,
                 forwarded_to,
@@ -906,13 +909,12 @@ fn store_send(
             (None, false) => format!("Message queued for {recipient} (not yet registered)"),
             (None, true) => "Message sent".to_owned(),
         };
-        done(
-            Reply::ok()
-                .with("message", message)
-                .with("message_id", id.0)
-                .with("recipient", recipient)
-                .with("duplicate", false),
-        )
+        done(SendReply {
+            message,
+            message_id: id,
+            recipient: Some(recipient.to_string()),
+            duplicate: false,
+        })
     })
 }
 
@@ -967,10 +969,12 @@ fn store_broadcast(
     caller: &Caller,
     now: Timestamp,
     outgoing: &Outgoing,
-) -> Result<JobEnd<Reply>, StoreError> {
+) -> Result<JobEnd<BroadcastReply>, StoreError> {
     plan_broadcast(tx, caller, now, outgoing)?.then(|plan| {
         let (recipients, skipped) = match plan {
-            BroadcastPlan::Duplicate(original) => return done(duplicate_reply(original)),
+            BroadcastPlan::Duplicate(original) => {
+                return done(BroadcastReply::Duplicate(SendReply::duplicate(original)))
+            }
             BroadcastPlan::Deliver {
                 recipients,
                 skipped,
@@ -983,7 +987,7 @@ fn store_broadcast(
             let id = insert(tx, caller, now, recipient, recipient, kind, outgoing)?;
             first_id.get_or_insert(id);
             last_id = Some(id);
-            ids.push(id.0);
+            ids.push(id);
         }
         if let Some(first) = first_id {
             // A retry with this nonce is answered with the first copy's id.
@@ -993,45 +997,47 @@ fn store_broadcast(
     })
 }
 
-/// The reply to an `ack` (or a release): how many ids it settled under `done_field`, and
-/// only the first ids found already settled and the first refusals, with their counts, so it
-/// fits a legacy read however many ids it named.
-fn settled_reply(
-    done_field: &str,
-    done: usize,
-    already: Capped<i64>,
-    refused: Capped<Value>,
-) -> Reply {
-    let truncated = already.truncated() || refused.truncated();
-    Reply::ok()
-        .with(done_field, done)
-        .with("already_acked_count", already.total())
-        .with("already_acked", already.into_shown())
-        .with("refused_count", refused.total())
-        .with("refused", refused.into_shown())
-        .with("truncated", truncated)
+/// What an `ack` (or a release) did not settle: only the first ids found already settled
+/// and the first refusals, with their counts, so the reply fits a legacy read however many
+/// ids it named.
+struct Unsettled {
+    already_count: usize,
+    already: Vec<MessageId>,
+    refused_count: usize,
+    refused: Vec<RefusedId>,
+    truncated: bool,
+}
+
+impl Unsettled {
+    fn of(already: Capped<MessageId>, refused: Capped<RefusedId>) -> Self {
+        Unsettled {
+            truncated: already.truncated() || refused.truncated(),
+            already_count: already.total(),
+            already: already.into_shown(),
+            refused_count: refused.total(),
+            refused: refused.into_shown(),
+        }
+    }
 }
 
 /// The broadcast reply: every copy counted, only the first ids and skipped names listed, so
 /// it fits a legacy read however many instances there are.
 fn broadcast_reply(
-    ids: Capped<i64>,
+    ids: Capped<MessageId>,
     skipped: Capped<String>,
     first_and_last: Option<(MessageId, MessageId)>,
-) -> Reply {
+) -> BroadcastReply {
     let count = ids.total();
-    let truncated = ids.truncated() || skipped.truncated();
-    let mut reply = Reply::ok()
-        .with("message", format!("Broadcast to {count} instances"))
-        .with("count", count)
-        .with("message_ids", ids.into_shown())
-        .with("skipped_count", skipped.total())
-        .with("skipped", skipped.into_shown())
-        .with("truncated", truncated);
-    if let Some((first, last)) = first_and_last {
-        reply = reply.with("first_id", first.0).with("last_id", last.0);
-    }
-    reply
+    BroadcastReply::Delivered(BroadcastCopies {
+        message: format!("Broadcast to {count} instances"),
+        count,
+        truncated: ids.truncated() || skipped.truncated(),
+        message_ids: ids.into_shown(),
+        skipped_count: skipped.total(),
+        skipped: skipped.into_shown(),
+        first_id: first_and_last.map(|(first, _)| first),
+        last_id: first_and_last.map(|(_, last)| last),
+    })
 }
 
 /// The refusal of mail for `recipient` when its queue is at its cap (0: no cap).
@@ -1082,7 +1088,7 @@ fn insert(
 /// outgrow a legacy client's single read. Always takes at least one message.
 struct ReplyBudget {
     used: usize,
-    messages: Vec<Value>,
+    messages: Vec<WireMessage>,
     ids: Vec<MessageId>,
 }
 
@@ -1098,7 +1104,7 @@ impl ReplyBudget {
     /// Adds the message if it fits; false means it did not and the reply is full.
     fn take(&mut self, stored: &StoredMessage) -> bool {
         let entry = wire_message(stored);
-        let size = entry.to_string().len() + 1;
+        let size = entry_bytes(&entry) + 1;
         if !self.messages.is_empty() && self.used + size > CHECK_REPLY_BUDGET {
             return false;
         }
@@ -1111,41 +1117,19 @@ impl ReplyBudget {
 
 /// One message as `check` shows it: the legacy fields plus id, nonce, sender_timestamp and
 /// which hand-out this is (`delivery_count`, 1 the first time).
-fn wire_message(stored: &StoredMessage) -> Value {
-    let mut body = Map::new();
-    body.insert("content".into(), stored.content.clone().into());
-    if let Some(data) = stored
-        .data
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<Value>(d).ok())
-    {
-        body.insert("data".into(), data);
+fn wire_message(stored: &StoredMessage) -> WireMessage {
+    WireMessage {
+        id: stored.id,
+        from: stored.sender.clone(),
+        to: stored.recipient.to_string(),
+        addressed_to: stored.addressed_to.to_string(),
+        kind: stored.kind,
+        timestamp: stored.received_at.to_text(),
+        message: WireBody::from_stored(stored.content.clone(), stored.data.as_deref()),
+        nonce: stored.nonce.clone(),
+        sender_timestamp: stored.sender_timestamp.map(Timestamp::to_text),
+        delivery_count: stored.delivery_count + 1,
     }
-    let mut entry = json!({
-        "id": stored.id.0,
-        "from": stored.sender,
-        "to": stored.recipient,
-        "addressed_to": stored.addressed_to,
-        "kind": stored.kind,
-        "timestamp": stored.received_at,
-        "message": body,
-        "delivery_count": stored.delivery_count + 1,
-    });
-    if let Some(nonce) = &stored.nonce {
-        entry["nonce"] = nonce.clone().into();
-    }
-    if let Some(at) = stored.sender_timestamp {
-        entry["sender_timestamp"] = at.into();
-    }
-    entry
-}
-
-fn is_duplicate(reply: &Reply) -> bool {
-    reply.get("duplicate") == Some(&Value::Bool(true))
-}
-
-fn reply_count(reply: &Reply) -> u64 {
-    reply.get("count").and_then(Value::as_u64).unwrap_or(0)
 }
 
 /// Removes a large-message file whose message was not stored.

@@ -40,6 +40,9 @@ use chrono::{DateTime, Duration, Utc};
 use crate::clock::{self, BrokerClock};
 use crate::config::Limits;
 use crate::domain::{Timestamp, TokenHash};
+use crate::protocol::schema::{
+    ErrorReply, PingRefusal, PingReply, SecurityMode, StaticToken, StoreWork,
+};
 use crate::protocol::{Action, ErrorCode, Reply, Request};
 use crate::store::queries::{self, SessionId};
 use crate::store::{Durability, Fault, Store, StoreError, Tx};
@@ -166,13 +169,12 @@ impl BrokerError {
     }
 
     pub fn into_reply(self) -> Reply {
-        let reply = Reply::error(self.code(), self.to_string());
-        match self {
-            BrokerError::SessionReplaced { name, replacement } => reply
-                .with("hint", identity::replaced_hint(&name, &replacement))
-                .with("replaced_at", replacement.at),
-            _ => reply,
+        let mut reply = ErrorReply::new(self.code(), self.to_string());
+        if let BrokerError::SessionReplaced { name, replacement } = self {
+            reply.hint = Some(identity::replaced_hint(&name, &replacement));
+            reply.replaced_at = Some(replacement.at.to_text());
         }
+        Reply::Error(reply)
     }
 
     /// Whether this refusal can only come after the caller's session was proved, so the
@@ -219,10 +221,11 @@ pub struct Outcome {
     pub authenticated: bool,
 }
 
-impl From<Reply> for Outcome {
-    fn from(reply: Reply) -> Self {
+impl Outcome {
+    /// A reply with no receipt to settle.
+    pub fn reply(reply: impl Into<Reply>) -> Self {
         Outcome {
-            reply,
+            reply: reply.into(),
             receipt: None,
             authenticated: false,
         }
@@ -323,9 +326,12 @@ impl Broker {
 
     /// The writer's work so far, for `ping`: jobs run and commits made. Jobs per commit is
     /// how much group commit is sharing each disk flush.
-    fn store_work(&self) -> serde_json::Value {
+    fn store_work(&self) -> StoreWork {
         let stats = self.store.stats();
-        serde_json::json!({"jobs": stats.jobs, "commits": stats.commits})
+        StoreWork {
+            jobs: stats.jobs,
+            commits: stats.commits,
+        }
     }
 
     pub fn is_open_mode(&self) -> bool {
@@ -364,7 +370,7 @@ impl Broker {
                 };
                 Outcome {
                     authenticated,
-                    ..reply.into()
+                    ..Outcome::reply(reply)
                 }
             }
         }
@@ -416,13 +422,13 @@ impl Broker {
         // Hashed once here; every check of this request (a long-poll makes several) uses it.
         let token = request.session_token.as_deref().map(TokenHash::of);
         match request.action {
-            Action::Ping => Ok(self.ping().await.into()),
+            Action::Ping => Ok(Outcome::reply(self.ping().await)),
             Action::Challenge {
                 instance_id,
                 client_nonce,
             } => self
                 .challenge(instance_id, client_nonce, peer)
-                .map(Outcome::from),
+                .map(Outcome::reply),
             Action::Register {
                 instance_id,
                 auth_token,
@@ -432,7 +438,7 @@ impl Broker {
                 let claim = identity::Claim::from_request(takeover, token);
                 self.register(instance_id, auth_token, challenge, claim, peer)
                     .await
-                    .map(Outcome::from)
+                    .map(Outcome::reply)
             }
             Action::Send {
                 to_id,
@@ -441,26 +447,26 @@ impl Broker {
             } => self
                 .send(token, peer, to_id, message, stamp)
                 .await
-                .map(Outcome::from),
+                .map(Outcome::reply),
             Action::Broadcast { message, stamp } => self
                 .broadcast(token, peer, message, stamp)
                 .await
-                .map(Outcome::from),
+                .map(Outcome::reply),
             Action::Check(options) => self.check(token, peer, options, reader).await,
             Action::Ack {
                 ids,
                 release: false,
-            } => self.ack(token, peer, ids).await.map(Outcome::from),
+            } => self.ack(token, peer, ids).await.map(Outcome::reply),
             Action::Ack { ids, release: true } => {
-                self.release(token, peer, ids).await.map(Outcome::from)
+                self.release(token, peer, ids).await.map(Outcome::reply)
             }
-            Action::List(options) => self.list(token, peer, options).await.map(Outcome::from),
-            Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::from),
+            Action::List(options) => self.list(token, peer, options).await.map(Outcome::reply),
+            Action::Rename { new_id } => self.rename(token, peer, new_id).await.map(Outcome::reply),
             Action::Count { wait } => self
                 .count(token, peer, wait, reader)
                 .await
-                .map(Outcome::from),
-            Action::Logout => self.logout(token, peer).await.map(Outcome::from),
+                .map(Outcome::reply),
+            Action::Logout => self.logout(token, peer).await.map(Outcome::reply),
         }
     }
 
@@ -469,53 +475,55 @@ impl Broker {
     /// "ok" or "checking" (its integrity check still runs); a removed or damaged database
     /// makes the reply an error with the same fields, so nothing reports healthy while
     /// requests fail.
-    async fn ping(&self) -> Reply {
+    async fn ping(&self) -> PingReply {
         self.report_clock_offset();
         let mode = if self.is_open_mode() {
-            "open"
+            SecurityMode::Open
         } else {
-            "secret"
+            SecurityMode::Secret
         };
         let uptime = (self.now() - self.started_at).num_seconds().max(0);
-        let (reply, database) = match self.store.check_files().await {
+        let (refusal, database) = match self.store.check_files().await {
             Some(fault) => (
-                Reply::error(fault_code(&fault), fault.message()),
+                Some(PingRefusal {
+                    code: fault_code(&fault),
+                    message: fault.message().to_owned(),
+                }),
                 fault.state(),
             ),
-            None if self.store.is_checking() => (Reply::ok(), "checking"),
-            None => (Reply::ok(), "ok"),
+            None if self.store.is_checking() => (None, "checking"),
+            None => (None, "ok"),
         };
-        let reply = reply
-            .with("database", database)
-            .with("version", crate::VERSION)
-            .with("protocol", crate::protocol::PROTOCOL_VERSION)
-            .with("mode", mode)
-            .with("pid", std::process::id())
-            .with("started_at", text(self.started_at))
-            .with("uptime_seconds", uptime)
-            .with("clock", self.clock_report())
-            .with("store", self.store_work());
-        let reply = match &self.data_dir {
-            Some(path) => reply.with("data_dir", path.display().to_string()),
-            None => reply,
-        };
-        let reply = match &self.socket {
-            Some(path) => reply.with("socket", path.display().to_string()),
-            None => reply,
-        };
-        match self.shared_secret {
-            Some(_) => reply.with("static_token", self.static_token_state()),
-            None => reply,
+        PingReply {
+            refusal,
+            database: database.to_owned(),
+            version: crate::VERSION.to_owned(),
+            protocol: crate::protocol::PROTOCOL_VERSION,
+            mode: Some(mode),
+            pid: std::process::id(),
+            started_at: Some(text(self.started_at)),
+            uptime_seconds: uptime,
+            clock: Some(self.clock_report()),
+            store: Some(self.store_work()),
+            data_dir: self
+                .data_dir
+                .as_ref()
+                .map(|path| path.display().to_string()),
+            socket: self.socket.as_ref().map(|path| path.display().to_string()),
+            static_token: self
+                .shared_secret
+                .as_ref()
+                .map(|_| self.static_token_state()),
         }
     }
 
-    /// Whether a legacy register with the static `auth_token` is accepted: "accepted" or
-    /// "refused" (`--no-static-token`).
-    pub fn static_token_state(&self) -> &'static str {
+    /// Whether a legacy register with the static `auth_token` is accepted, or refused
+    /// (`--no-static-token`).
+    pub fn static_token_state(&self) -> StaticToken {
         if self.limits.static_token_accepted {
-            "accepted"
+            StaticToken::Accepted
         } else {
-            "refused"
+            StaticToken::Refused
         }
     }
 

@@ -8,8 +8,8 @@
 
 use std::sync::Mutex;
 
+use crate::protocol::schema::ClockReport;
 use chrono::Duration;
-use serde_json::{json, Value};
 
 use super::{text, Broker};
 use crate::clock::{BrokerClock, Clock, Resumed};
@@ -102,12 +102,12 @@ impl Broker {
     }
 
     /// `ping`'s `clock`: the broker clock, the wall clock, and how far the wall clock is ahead.
-    pub(super) fn clock_report(&self) -> Value {
+    pub(super) fn clock_report(&self) -> ClockReport {
         let (broker, wall) = (self.clock.now(), self.clock.wall());
-        json!({
-            "broker": text(broker),
-            "wall": text(wall),
-            "wall_ahead_ms": (wall - broker).num_milliseconds(),
-        })
+        ClockReport {
+            broker: text(broker),
+            wall: text(wall),
+            wall_ahead_ms: (wall - broker).num_milliseconds(),
+        }
     }
 }

@@ -34,7 +34,7 @@ pub struct PingArgs {
 pub fn run(args: PingArgs) -> Result<(), CliError> {
     let secret = crate::secret::shared_secret_from_env()?;
     let mut client = args.client.connect()?;
-    let mut reply = client.ping()?;
+    let mut reply = crate::protocol::Reply::from(client.ping()?).to_json();
     let verified = verify_secret(&mut client, &reply, secret.as_deref())?;
     if args.client.json {
         reply["secret_verified"] = verified.into();

@@ -26,6 +26,7 @@ pub fn run(args: RenameArgs) -> Result<(), CliError> {
         .client
         .connect_or_start()?
         .rename(&session.session_token, &args.new_name)?;
+    let reply = crate::protocol::Reply::from(reply).to_json();
     session.instance_id = args.new_name.clone();
     session.save()?;
     if args.client.json {

@@ -92,6 +92,7 @@ pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
         None,
         &fresh_stamp()?,
     )?;
+    let reply = crate::protocol::Reply::from(reply).to_json();
     if args.client.json {
         output::json(&reply);
     } else {

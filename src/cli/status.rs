@@ -13,12 +13,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 
 use super::output::{self, for_terminal, paint, Colour};
 use super::{CliError, ClientArgs, EXIT_BROKER_ERROR, EXIT_UNREACHABLE};
 use crate::clock;
+use crate::protocol::schema::{ClockReport, PingReply, SecurityMode};
 use crate::relative_time::{relative_time, span};
 use crate::store::inspect::{self, Snapshot};
 
@@ -123,7 +124,7 @@ struct BrokerReport {
     socket: Option<String>,
     started_at: Option<String>,
     uptime_seconds: Option<i64>,
-    clock: Option<BrokerClock>,
+    clock: Option<ClockReport>,
     database: Option<String>,
     static_token: Option<String>,
 }
@@ -137,14 +138,6 @@ enum Security {
     Open,
     #[serde(rename = "unix socket")]
     UnixSocket,
-}
-
-/// The broker's clocks, as `ping` reports them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct BrokerClock {
-    broker: String,
-    wall: String,
-    wall_ahead_ms: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -262,24 +255,6 @@ fn read_database(database_path: &Path, now: DateTime<Utc>) -> (DatabaseReport, O
     (report, snapshot.ok())
 }
 
-/// What `status` reads of a `ping` reply. An error reply (a database gone or damaged) carries
-/// the same fields as a healthy one, and its `message`.
-#[derive(Debug, Deserialize)]
-struct Ping {
-    status: String,
-    message: Option<String>,
-    database: Option<String>,
-    pid: Option<u64>,
-    version: Option<String>,
-    protocol: Option<u64>,
-    mode: Option<String>,
-    socket: Option<String>,
-    started_at: Option<String>,
-    uptime_seconds: Option<i64>,
-    clock: Option<BrokerClock>,
-    static_token: Option<String>,
-}
-
 /// The broker's side: `ping`, or why it did not answer. A broker that answers `ping` with an
 /// error (its database is gone or damaged) is answering but not healthy.
 fn ask_broker(client: &ClientArgs) -> BrokerReport {
@@ -300,7 +275,7 @@ fn ask_broker(client: &ClientArgs) -> BrokerReport {
         }
     };
     // The one place the reply is read as JSON: from here on it is typed.
-    match serde_json::from_value::<Ping>(reply) {
+    match serde_json::from_value::<PingReply>(reply) {
         Ok(ping) => answered(ping, unanswered),
         Err(e) => BrokerReport {
             answering: true,
@@ -311,40 +286,38 @@ fn ask_broker(client: &ClientArgs) -> BrokerReport {
 }
 
 /// The broker report of a broker that answered `ping`.
-fn answered(ping: Ping, unanswered: BrokerReport) -> BrokerReport {
-    let healthy = ping.status == "ok";
-    let security = security(&ping);
+fn answered(ping: PingReply, unanswered: BrokerReport) -> BrokerReport {
+    let pid = u64::from(ping.pid);
     BrokerReport {
         answering: true,
-        healthy,
-        error: if healthy { None } else { ping.message },
-        security,
-        process: ping.pid.and_then(process_command_line),
-        pid: ping.pid,
-        version: ping.version,
-        protocol: ping.protocol,
-        mode: ping.mode,
+        healthy: ping.refusal.is_none(),
+        error: ping.refusal.map(|refusal| refusal.message),
+        security: security(ping.socket.is_some(), ping.mode),
+        process: process_command_line(pid),
+        pid: Some(pid),
+        version: Some(ping.version),
+        protocol: Some(u64::from(ping.protocol)),
+        mode: ping.mode.map(|mode| mode.as_str().to_owned()),
         socket: ping.socket,
         started_at: ping.started_at,
-        uptime_seconds: ping.uptime_seconds,
+        uptime_seconds: Some(ping.uptime_seconds),
         clock: ping.clock,
-        database: ping.database,
-        static_token: ping.static_token,
+        database: Some(ping.database),
+        static_token: ping.static_token.map(|token| token.as_str().to_owned()),
         ..unanswered
     }
 }
 
 /// The security mode in one word: a Unix socket (whose file mode and peer check keep other
 /// users out) wins over the TCP modes.
-fn security(ping: &Ping) -> Option<Security> {
-    if ping.socket.is_some() {
+fn security(has_socket: bool, mode: Option<SecurityMode>) -> Option<Security> {
+    if has_socket {
         return Some(Security::UnixSocket);
     }
-    match ping.mode.as_deref() {
-        Some("secret") => Some(Security::Secret),
-        Some("open") => Some(Security::Open),
-        _ => None,
-    }
+    mode.map(|mode| match mode {
+        SecurityMode::Secret => Security::Secret,
+        SecurityMode::Open => Security::Open,
+    })
 }
 
 fn fill_from_database(report: &mut StatusReport, snapshot: &Snapshot, now: DateTime<Utc>) {
@@ -453,7 +426,7 @@ fn answering_broker_warnings(broker: &BrokerReport, run: Option<&LastRun>) -> Ve
 
 /// The broker's wall clock is off its broker clock by more than a few seconds: say so, and
 /// that the rules are not affected, so an operator who sees odd times knows why.
-fn wall_clock_offset_worth_saying(clock: &BrokerClock) -> Option<String> {
+fn wall_clock_offset_worth_saying(clock: &ClockReport) -> Option<String> {
     let ahead_ms = clock.wall_ahead_ms;
     if ahead_ms.abs() <= 2_000 {
         return None;

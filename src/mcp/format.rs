@@ -97,7 +97,7 @@ fn one_message(message: &Received, now: DateTime<Utc>, secrets: &Secrets) -> Str
 
 /// "From alice, direct message" or, only for the broker's own notices, "Notice from the broker".
 fn who_and_kind(message: &Received) -> String {
-    let kind = message.kind.as_deref();
+    let kind = Some(message.kind.as_str());
     if message.from == SYSTEM_SENDER && kind == Some("system") {
         return "Notice from the broker".to_owned();
     }
@@ -240,7 +240,8 @@ mod tests {
 
     fn received(from: &str, kind: &str, content: &str) -> Received {
         serde_json::from_value(serde_json::json!({
-            "id": 7, "from": from, "to": "bob", "kind": kind,
+            "id": 7, "from": from, "to": "bob", "addressed_to": "bob", "kind": kind,
+            "delivery_count": 1,
             "timestamp": "2026-01-01T12:00:00.000Z", "message": {"content": content},
         }))
         .unwrap()

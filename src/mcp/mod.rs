@@ -123,8 +123,8 @@ impl From<ClientError> for ToolError {
                 ..
             } if code == "session_replaced" => ToolError::Replaced { detail },
             ClientError::Broker { code, message, .. } => ToolError::Refused {
-                hint: hint_for(&code),
-                code,
+                hint: hint_for(code.as_str()),
+                code: code.as_str().to_owned(),
                 message,
             },
             // Its text quotes the raw reply, which for a register holds the new token: neither
@@ -402,7 +402,7 @@ impl IpcServer {
             name: new_name.clone(),
             token,
         });
-        let said = reply["message"].as_str().unwrap_or("Renamed");
+        let said = reply.message.as_str();
         Ok(format!(
             "{said}. You are now {new_name}; mail to the old name forwards to you for a while."
         ))
@@ -749,7 +749,9 @@ impl IpcServer {
                 Some(to) => client
                     .send_stamped(token, to, &content, data.clone(), &stamp)
                     .map(|sent| json!({"message": sent.message, "message_id": sent.message_id})),
-                None => client.broadcast_stamped(token, &content, data.clone(), &stamp),
+                None => client
+                    .broadcast_stamped(token, &content, data.clone(), &stamp)
+                    .map(|reply| crate::protocol::Reply::from(reply).to_json()),
             })
             .await?;
         Ok(sent_text(&reply))

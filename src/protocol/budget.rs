@@ -2,7 +2,7 @@
 //! in, in order, while it fits, and the reply says there is more ([`EntryBudget`]); or a
 //! summary shows the first few of a list and counts the rest ([`Capped`]).
 
-use serde_json::Value;
+use serde::Serialize;
 
 /// The bytes a reply has used so far, counted as it is built.
 #[derive(Debug, Clone)]
@@ -25,8 +25,8 @@ impl EntryBudget {
 
     /// Counts `entry` in if it still fits (with its separating comma); false leaves the
     /// budget as it was, and the reply is full.
-    pub fn take(&mut self, entry: &Value) -> bool {
-        let size = entry.to_string().len() + 1;
+    pub fn take(&mut self, entry: &impl Serialize) -> bool {
+        let size = entry_bytes(entry) + 1;
         if self.used + size > self.limit {
             return false;
         }
@@ -39,6 +39,11 @@ impl EntryBudget {
     pub fn entries(&self) -> usize {
         self.entries
     }
+}
+
+/// How many bytes `entry` takes in a reply: its JSON, as written.
+pub fn entry_bytes(entry: &impl Serialize) -> usize {
+    serde_json::to_vec(entry).map_or(0, |bytes| bytes.len())
 }
 
 /// The start of a list a reply summarises: the first `cap` entries, and how many there were

@@ -1,5 +1,6 @@
 //! The wire protocol, with no I/O: bytes → [`frame`] → [`request::Request`], and
-//! [`reply::Reply`] → bytes.
+//! [`reply::Reply`] → bytes. The request and reply types of every action, which clients
+//! share, are in [`schema`].
 //!
 //! One JSON object per request. A legacy client sends it with no terminator and waits; a
 //! persistent client sends one per line. The frame scanner finds the end of an object as soon
@@ -7,13 +8,16 @@
 
 pub mod auth;
 pub mod budget;
+pub mod error_code;
 pub mod frame;
 pub mod reply;
 pub mod request;
+pub mod schema;
 
 pub use budget::{Capped, EntryBudget};
+pub use error_code::ErrorCode;
 pub use frame::{FrameScanner, FrameTooLarge, Scan};
-pub use reply::{ErrorCode, Reply};
+pub use reply::Reply;
 pub use request::{
     AckMode, Action, ChallengeAnswer, CheckOptions, InstanceName, ListOptions, MessageBody,
     Request, ACTION_NAMES,

@@ -1,159 +1,123 @@
-//! Replies: `{"status": "ok", ...}` or `{"status": "error", "code": ..., "message": ...}`,
-//! serialized as one line.
+//! [`Reply`]: what the broker writes back, one typed reply per action (see [`super::schema`]),
+//! serialized as one line with its `status`.
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// A stable, machine-readable error code. The `message` beside it is for people; legacy
-/// clients match some message texts, so those texts are fixed too (see `docs/PROTOCOL.md`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    InvalidJson,
-    NotAnObject,
-    MissingField,
-    InvalidField,
-    UnknownAction,
-    InvalidName,
-    ReservedName,
-    RequestTooLarge,
-    ReadTimeout,
-    IdleTimeout,
-    TooManyConnections,
-    ConnectionEvicted,
-    ConnectionQuota,
-    ForbiddenPeer,
-    InvalidAuth,
-    InvalidSession,
-    QueueFull,
-    RenameCooldown,
-    RateLimited,
-    NameTaken,
-    SameName,
-    StaleTimestamp,
-    DataTooLarge,
-    StorageFailed,
-    Internal,
-    PeerRateLimited,
-    PeerRegisterLimited,
-    RegisterLimited,
-    LargeMessageSenderFull,
-    LargeMessageTotalFull,
-    AuthThrottled,
-    /// The database's files were removed or replaced under the running broker.
-    DatabaseGone,
-    /// SQLite reports the database corrupt.
-    DatabaseDamaged,
-    /// A broker refused to start: its data directory is protected by a shared secret it does
-    /// not have.
-    DataDirProtected,
-    /// A client holding the shared secret refused a broker in open mode (client-side).
-    BrokerOpenMode,
-    /// A client refused a broker that serves another data directory than its own
-    /// (client-side).
-    DataDirMismatch,
-    /// A `register` that did not ask to take over named a session in use.
-    NameInUse,
-    /// The session was replaced by a later `register` of its name.
-    SessionReplaced,
-    /// The name differs only in letter case from another instance's.
-    NameTooSimilar,
-    /// A challenge-response registration failed: open mode, an unknown, used or expired
-    /// challenge, one for another name, or a wrong proof; or, client-side, a broker that did
-    /// not prove it knows the secret.
-    ChallengeFailed,
-    /// A legacy register with the static `auth_token`, which the broker was told to refuse.
-    StaticTokenRefused,
-}
+use super::ErrorCode;
 
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        use ErrorCode::*;
-        match self {
-            InvalidJson => "invalid_json",
-            NotAnObject => "not_an_object",
-            MissingField => "missing_field",
-            InvalidField => "invalid_field",
-            UnknownAction => "unknown_action",
-            InvalidName => "invalid_name",
-            ReservedName => "reserved_name",
-            RequestTooLarge => "request_too_large",
-            ReadTimeout => "read_timeout",
-            IdleTimeout => "idle_timeout",
-            TooManyConnections => "too_many_connections",
-            ConnectionEvicted => "connection_evicted",
-            ConnectionQuota => "connection_quota",
-            ForbiddenPeer => "forbidden_peer",
-            InvalidAuth => "invalid_auth",
-            InvalidSession => "invalid_session",
-            QueueFull => "queue_full",
-            RenameCooldown => "rename_cooldown",
-            RateLimited => "rate_limited",
-            NameTaken => "name_taken",
-            SameName => "same_name",
-            StaleTimestamp => "stale_timestamp",
-            DataTooLarge => "data_too_large",
-            StorageFailed => "storage_failed",
-            Internal => "internal",
-            PeerRateLimited => "peer_rate_limited",
-            PeerRegisterLimited => "peer_register_limited",
-            RegisterLimited => "register_limited",
-            LargeMessageSenderFull => "large_message_sender_full",
-            LargeMessageTotalFull => "large_message_total_full",
-            AuthThrottled => "auth_throttled",
-            DatabaseGone => "database_gone",
-            DatabaseDamaged => "database_damaged",
-            DataDirProtected => "data_dir_protected",
-            BrokerOpenMode => "broker_open_mode",
-            DataDirMismatch => "data_dir_mismatch",
-            NameInUse => "name_in_use",
-            SessionReplaced => "session_replaced",
-            NameTooSimilar => "name_too_similar",
-            ChallengeFailed => "challenge_failed",
-            StaticTokenRefused => "static_token_refused",
+use super::schema::{
+    AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, ListReply,
+    LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply,
+};
+
+/// Declares [`Reply`] with one variant per reply type, its `From` conversions, and the map of
+/// a reply's fields, from one list.
+macro_rules! replies {
+    ($($variant:ident($type:ty)),* $(,)?) => {
+        /// One reply to one request.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Reply {
+            /// Boxed: it is several times larger than any other reply.
+            Ping(Box<PingReply>),
+            $($variant($type),)*
         }
-    }
+
+        impl From<PingReply> for Reply {
+            fn from(reply: PingReply) -> Self {
+                Reply::Ping(Box::new(reply))
+            }
+        }
+
+        $(impl From<$type> for Reply {
+            fn from(reply: $type) -> Self {
+                Reply::$variant(reply)
+            }
+        })*
+
+        impl Reply {
+            /// The reply's own fields, without `status`, as a sorted map.
+            fn fields(&self) -> Map<String, Value> {
+                match self {
+                    Reply::Ping(reply) => fields_of(reply.as_ref()),
+                    $(Reply::$variant(reply) => fields_of(reply),)*
+                }
+            }
+        }
+    };
 }
 
-/// One reply, built field by field.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    fields: Map<String, Value>,
-}
+replies!(
+    Challenge(ChallengeReply),
+    Register(RegisterReply),
+    Send(SendReply),
+    Broadcast(BroadcastReply),
+    Check(CheckReply),
+    Ack(AckReply),
+    Release(ReleaseReply),
+    List(ListReply),
+    Rename(RenameReply),
+    Count(CountReply),
+    Logout(LogoutReply),
+    Error(ErrorReply),
+);
 
 impl Reply {
-    /// `{"status": "ok"}`, to which the action adds its fields.
-    pub fn ok() -> Self {
-        let mut fields = Map::new();
-        fields.insert("status".into(), "ok".into());
-        Reply { fields }
-    }
-
     /// `{"status": "error", "code": ..., "message": ...}`.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
-        let mut fields = Map::new();
-        fields.insert("status".into(), "error".into());
-        fields.insert("code".into(), code.as_str().into());
-        fields.insert("message".into(), message.into().into());
-        Reply { fields }
-    }
-
-    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
-        self.fields.insert(key.to_owned(), value.into());
-        self
-    }
-
-    pub fn get(&self, key: &str) -> Option<&Value> {
-        self.fields.get(key)
+        Reply::Error(ErrorReply::new(code, message))
     }
 
     pub fn is_ok(&self) -> bool {
-        self.fields.get("status").and_then(Value::as_str) == Some("ok")
+        match self {
+            Reply::Error(_) => false,
+            Reply::Ping(ping) => ping.refusal.is_none(),
+            _ => true,
+        }
     }
 
     /// The reply as written on the wire: one JSON object and a newline.
     pub fn to_line(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec(&self.fields).expect("a JSON map always serializes");
+        let mut bytes = serde_json::to_vec(&self.to_json()).expect("a JSON map always serializes");
         bytes.push(b'\n');
         bytes
+    }
+
+    /// The reply as the JSON object written on the wire, `status` included (for `--json`
+    /// output that shows the whole reply).
+    ///
+    /// Its keys are in alphabetical order, as the broker has always written them (a
+    /// `serde_json::Map` keeps its keys sorted): built through a `Map` here, in this one
+    /// place, so no reply type has to declare its fields in that order.
+    pub fn to_json(&self) -> Value {
+        let mut fields = self.fields();
+        let status = if self.is_ok() { "ok" } else { "error" };
+        fields.insert("status".into(), status.into());
+        Value::Object(fields)
+    }
+}
+
+/// Reads one reply line as what a client expects: `T` if its `status` is `ok`, the
+/// [`ErrorReply`] if not.
+pub fn parse_reply<T: DeserializeOwned>(line: &[u8]) -> serde_json::Result<Result<T, ErrorReply>> {
+    #[derive(Deserialize)]
+    struct Status {
+        #[serde(default)]
+        status: String,
+    }
+    let Status { status } = serde_json::from_slice(line)?;
+    Ok(match status.as_str() {
+        "ok" => Ok(serde_json::from_slice(line)?),
+        _ => Err(serde_json::from_slice(line)?),
+    })
+}
+
+/// A reply struct's fields as a sorted map.
+fn fields_of(reply: &impl Serialize) -> Map<String, Value> {
+    match serde_json::to_value(reply).expect("a reply always serializes") {
+        Value::Object(fields) => fields,
+        other => unreachable!("a reply serializes to an object, not {other}"),
     }
 }
 
@@ -162,16 +126,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn errors_carry_status_code_and_message_on_one_line() {
+    fn errors_carry_status_code_and_message_on_one_line_in_key_order() {
         let line = Reply::error(
             ErrorCode::InvalidSession,
             "Invalid or missing session token",
         )
         .to_line();
-        assert_eq!(*line.last().unwrap(), b'\n');
-        let value: Value = serde_json::from_slice(&line).unwrap();
-        assert_eq!(value["status"], "error");
-        assert_eq!(value["code"], "invalid_session");
-        assert_eq!(value["message"], "Invalid or missing session token");
+        assert_eq!(
+            line,
+            b"{\"code\":\"invalid_session\",\"message\":\"Invalid or missing session token\",\"status\":\"error\"}\n"
+        );
     }
 }

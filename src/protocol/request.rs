@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::reply::{ErrorCode, Reply};
+use super::{ErrorCode, Reply};
 pub use crate::domain::InstanceName;
 
 /// A request that passed parsing; the broker still checks the session and its rules.
@@ -139,6 +139,29 @@ pub const MAX_ACK_IDS: usize = 1000;
 pub struct MessageBody {
     pub content: String,
     pub data: Option<Map<String, Value>>,
+}
+
+impl MessageBody {
+    /// The bytes `content` takes as a JSON string: what a check reply must fit.
+    pub fn content_json_bytes(&self) -> usize {
+        Value::String(self.content.clone()).to_string().len()
+    }
+
+    /// `data` as the JSON text it is stored as.
+    pub fn data_text(&self) -> Option<String> {
+        self.data
+            .as_ref()
+            .map(|data| Value::Object(data.clone()).to_string())
+    }
+
+    /// `data` as stored for content moved to a large-message file: the sender's fields, and
+    /// beside them the file and the content's original size.
+    pub fn large_data_text(&self, file: &str, original_size_kb: f64) -> String {
+        let mut data = self.data.clone().unwrap_or_default();
+        data.insert("large_message_file".into(), file.into());
+        data.insert("original_size_kb".into(), original_size_kb.into());
+        Value::Object(data).to_string()
+    }
 }
 
 /// The sender's optional replay-protection fields.

@@ -296,7 +296,7 @@ impl<S: Socket> Connection<S> {
     ) -> (Outcome, Option<Departure>) {
         let request = match Request::parse(frame) {
             Ok(request) => request,
-            Err(error) => return (error.into_reply().into(), None),
+            Err(error) => return (Outcome::reply(error.into_reply()), None),
         };
         let (left, presence) = reader::watch_reader();
         // Boxed, so that only a connection in the middle of a request holds the rules'

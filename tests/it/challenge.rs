@@ -362,7 +362,10 @@ fn with_no_static_token_a_legacy_register_is_refused_and_the_cli_still_registers
         &json!({"action": "register", "instance_id": "alice"}),
     );
     assert_eq!(without["code"], "static_token_refused", "{without}");
-    assert_eq!(broker.client().ping().unwrap()["static_token"], "refused");
+    assert_eq!(
+        common::ping_json(&mut broker.client())["static_token"],
+        "refused"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("alice.session");
@@ -380,9 +383,14 @@ fn the_static_token_is_accepted_by_default_and_ping_says_so() {
                 "auth_token": auth::expected_auth_token("alice", SECRET)}),
     );
     assert_eq!(registered["status"], "ok", "{registered}");
-    assert_eq!(broker.client().ping().unwrap()["static_token"], "accepted");
+    assert_eq!(
+        common::ping_json(&mut broker.client())["static_token"],
+        "accepted"
+    );
     let open = TestBroker::start();
-    assert!(open.client().ping().unwrap().get("static_token").is_none());
+    assert!(common::ping_json(&mut open.client())
+        .get("static_token")
+        .is_none());
 }
 
 #[test]
@@ -611,7 +619,10 @@ fn serve_no_static_token_refuses_the_static_token_and_says_so_at_start_and_in_st
         &[],
         &[("IPC_SHARED_SECRET", SECRET), ("IPC_NO_STATIC_TOKEN", "1")],
     );
-    assert_eq!(broker.client().ping().unwrap()["static_token"], "refused");
+    assert_eq!(
+        common::ping_json(&mut broker.client())["static_token"],
+        "refused"
+    );
 }
 
 /// A relay run by another local user, in python3: forwards a client to the real broker and

@@ -375,7 +375,7 @@ fn under_libfaketime_eight_days_forward_a_restarted_broker_keeps_mail_sessions_a
     let broker = BrokerProcess::spawn_with_env(data.path(), &sweep_often, &faked);
     let mut client = broker.client();
     wait_for_a_few_sweeps(&mut client);
-    let ping = client.ping().unwrap();
+    let ping = ping_json(&mut client);
     let ahead = ping["clock"]["wall_ahead_ms"].as_i64().unwrap();
     assert!((ahead - 8 * 86_400_000).abs() < 60_000, "{ping}");
     assert!(client.list(&alice).is_ok(), "alice's session survived");
@@ -392,7 +392,7 @@ fn under_libfaketime_eight_days_forward_a_restarted_broker_keeps_mail_sessions_a
 /// its background sweeps (every 100 ms in these tests) run store jobs, a handful each, and
 /// `ping` runs none, so ten more jobs than at the first look are at least two sweeps.
 fn wait_for_a_few_sweeps(client: &mut claude_ipc::client::Client) {
-    let mut jobs = || client.ping().unwrap()["store"]["jobs"].as_u64().unwrap();
+    let mut jobs = || ping_json(client)["store"]["jobs"].as_u64().unwrap();
     let first = jobs();
     wait_until("the broker swept a few times", || jobs() >= first + 10);
 }
@@ -433,7 +433,7 @@ fn under_libfaketime_a_running_broker_whose_time_jumps_both_ways_loses_nothing()
     let warning = log_line(&broker, "the wall clock disagrees with the broker clock");
     assert!(warning.contains("WARN"), "{warning}");
     for _ in 0..5 {
-        client.ping().unwrap();
+        ping_json(&mut client);
     }
     wait_for_a_few_sweeps(&mut client);
     let again: Vec<String> = broker

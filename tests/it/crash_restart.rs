@@ -118,7 +118,7 @@ fn acknowledged_mail_and_sessions_survive_kill_9_mid_stream() {
                 match sent {
                     Ok(sent) => {
                         assert!(!sent.duplicate, "a fresh nonce was called a duplicate");
-                        acked.push((seq, sent.message_id));
+                        acked.push((seq, sent.message_id.0));
                         acked_total.fetch_add(1, Ordering::Relaxed);
                         seq += 1;
                     }
@@ -204,7 +204,7 @@ fn acknowledged_mail_and_sessions_survive_kill_9_mid_stream() {
         by_sender
             .entry(message.from.clone())
             .or_default()
-            .push((seq, message.id));
+            .push((seq, message.id.0));
     }
     assert!(
         received.windows(2).all(|w| w[0].id < w[1].id),
@@ -273,7 +273,7 @@ fn forwards_and_rename_cooldown_survive_kill_9() {
     let alice = client.register("alice", None).unwrap().session_token;
     let bob = client.register("bob", None).unwrap().session_token;
     let renamed = client.rename(&alice, "alice2").unwrap();
-    assert_eq!(renamed["message"], "Renamed alice to alice2");
+    assert_eq!(renamed.message, "Renamed alice to alice2");
     drop(client);
     broker.kill_9();
 

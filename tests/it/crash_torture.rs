@@ -238,7 +238,7 @@ fn persistent_send(
         .as_mut()
         .unwrap()
         .send_stamped(token, to, content, None, stamp)?;
-    Ok(sent.message_id)
+    Ok(sent.message_id.0)
 }
 
 /// What the Python scripts do: one connection per request, no newline, one read.
@@ -290,8 +290,8 @@ fn read_until_stopped(token: &str, addr: &Address, reading: &AtomicBool) -> Read
         };
         for message in &checked.messages {
             log.deliveries += 1;
-            if log.acked_ids.contains(&message.id) {
-                log.delivered_after_ack.push(message.id);
+            if log.acked_ids.contains(&message.id.0) {
+                log.delivered_after_ack.push(message.id.0);
             }
             log.received.insert(message.message.content.clone());
         }

@@ -155,7 +155,7 @@ fn a_request_dribbled_across_several_writes_is_answered_once_complete() {
 fn typed_client_uses_one_persistent_connection_for_every_action() {
     let broker = TestBroker::start();
     let mut client = broker.client();
-    assert_eq!(client.ping().unwrap()["status"], "ok");
+    assert_eq!(ping_json(&mut client)["status"], "ok");
     let alice = client.register("alice", None).unwrap();
     assert_eq!(alice.message, "Registered alice");
     let bob = client.register("bob", None).unwrap();
@@ -170,7 +170,7 @@ fn typed_client_uses_one_persistent_connection_for_every_action() {
         .unwrap();
     assert_eq!(sent.message, "Message sent");
     let broadcast = client.broadcast(&bob.session_token, "to all").unwrap();
-    assert_eq!(broadcast["message"], "Broadcast to 1 instances");
+    assert_eq!(broadcast.message(), "Broadcast to 1 instances");
     let checked = client.check(&bob.session_token).unwrap();
     assert_eq!(checked.messages.len(), 1);
     assert_eq!(checked.messages[0].id, sent.message_id);
@@ -187,7 +187,7 @@ fn typed_client_uses_one_persistent_connection_for_every_action() {
         .collect();
     assert_eq!(names, ["alice", "bob"]);
     let renamed = client.rename(&alice.session_token, "carol").unwrap();
-    assert_eq!(renamed["message"], "Renamed alice to carol");
+    assert_eq!(renamed.message, "Renamed alice to carol");
     let names: Vec<String> = client
         .list(&bob.session_token)
         .unwrap()

@@ -19,6 +19,7 @@ mod crash_torture;
 mod database_guard;
 mod defects;
 mod floods;
+mod golden;
 mod gone_readers;
 mod hook;
 mod hostile_input;

@@ -577,7 +577,7 @@ fn with_a_shared_secret_the_hosted_broker_requires_it_and_the_servers_use_it() {
     let mut alice = McpProcess::start(&addr, &data, &secret, &[]);
     alice.ok("register", json!({"instance_id": "alice"}));
     let mut client = Client::connect(&addr, TIMEOUT).unwrap();
-    assert_eq!(client.ping().unwrap()["mode"], "secret");
+    assert_eq!(ping_json(&mut client)["mode"], "secret");
     let refused = client.register("mallory", None).unwrap_err().to_string();
     assert!(refused.contains("Invalid auth token"), "{refused}");
 
@@ -620,8 +620,9 @@ fn pid_on_socket(socket: &Path) -> Value {
     Client::connect_unix(socket, TIMEOUT)
         .expect("the broker answers on the socket")
         .ping()
-        .unwrap()["pid"]
-        .clone()
+        .unwrap()
+        .pid
+        .into()
 }
 
 #[test]

@@ -31,7 +31,7 @@ fn active_sessions(broker: &TestBroker, name: &str) -> i64 {
 /// The broker's refusal code and message for a typed-client call that must fail.
 fn refusal<T: std::fmt::Debug>(result: Result<T, ClientError>) -> (String, String) {
     match result {
-        Err(ClientError::Broker { code, message, .. }) => (code, message),
+        Err(ClientError::Broker { code, message, .. }) => (code.to_string(), message),
         other => panic!("expected a broker refusal, got {other:?}"),
     }
 }

@@ -476,7 +476,7 @@ fn serve_keeps_the_mode_of_an_existing_private_dir_and_creates_a_new_one_0700() 
     let dir = tempfile::tempdir().unwrap();
     chmod(dir.path(), 0o755);
     let broker = BrokerProcess::spawn(dir.path(), &[]);
-    broker.client().ping().unwrap();
+    ping_json(&mut broker.client());
     assert_eq!(
         mode(dir.path()),
         0o755,
@@ -492,7 +492,7 @@ fn serve_keeps_the_mode_of_an_existing_private_dir_and_creates_a_new_one_0700() 
     let parent = tempfile::tempdir().unwrap();
     let fresh = parent.path().join("new").join("data");
     let broker = BrokerProcess::spawn(&fresh, &[]);
-    broker.client().ping().unwrap();
+    ping_json(&mut broker.client());
     assert_eq!(
         mode(&fresh),
         0o700,

@@ -250,12 +250,12 @@ fn reset_secret_changes_the_directory_both_ways_and_ends_every_session() {
         broker.log()
     );
     let mut client = broker.client();
-    assert_eq!(client.ping().unwrap()["mode"], "open");
+    assert_eq!(common::ping_json(&mut client)["mode"], "open");
     let error = client.check(&newer).unwrap_err().to_string();
     assert!(error.contains("invalid_session"), "{error}");
     broker.stop();
     let broker = started(&data, &[], &[]);
-    assert_eq!(broker.client().ping().unwrap()["mode"], "open");
+    assert_eq!(common::ping_json(&mut broker.client())["mode"], "open");
     broker.stop();
     assert_eq!(
         sql_count(
@@ -454,8 +454,7 @@ fn cli_autostart_without_the_secret_on_a_protected_directory_prints_the_refusal(
     let said = String::from_utf8_lossy(&output.stderr).into_owned();
     let pid = common::lock_holder(&data).expect("a broker holds the directory");
     let mode = Client::connect(&addr, TIMEOUT)
-        .and_then(|mut client| client.ping())
-        .map(|reply| reply["mode"].clone());
+        .map(|mut client| common::ping_json(&mut client)["mode"].clone());
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()

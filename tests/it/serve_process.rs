@@ -35,7 +35,7 @@ fn open_mode_start_log_names_everything_and_warns_loudly() {
     // The warning's last line names the variable that turns it off.
     let log = lines_until(&broker.log, "IPC_SHARED_SECRET").join("\n");
     // The listening line itself was consumed by spawn; the address it gave works.
-    assert_eq!(broker.client().ping().unwrap()["mode"], "open");
+    assert_eq!(ping_json(&mut broker.client())["mode"], "open");
     assert!(log.contains("OPEN MODE"), "{log}");
     assert!(log.contains("IPC_SHARED_SECRET"), "{log}");
     assert!(
@@ -220,7 +220,7 @@ fn a_second_broker_on_the_same_data_directory_is_refused_with_the_first_ones_pid
         data.display()
     );
     assert!(said.contains(&expected), "{said}");
-    assert_eq!(first.client().ping().unwrap()["status"], "ok");
+    assert_eq!(ping_json(&mut first.client())["status"], "ok");
 }
 
 #[test]
@@ -247,5 +247,5 @@ fn the_data_directory_is_free_again_once_its_broker_is_killed() {
     let data = dir.path().join("data");
     BrokerProcess::spawn(&data, &[]).kill_9();
     let second = BrokerProcess::spawn(&data, &[]);
-    assert_eq!(second.client().ping().unwrap()["status"], "ok");
+    assert_eq!(ping_json(&mut second.client())["status"], "ok");
 }

@@ -16,6 +16,6 @@ fn in_process_broker_answers_a_legacy_ping() {
 fn subprocess_broker_answers_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProcess::spawn(&dir.path().join("data"), &[]);
-    assert_eq!(broker.client().ping().unwrap()["status"], "ok");
+    assert_eq!(ping_json(&mut broker.client())["status"], "ok");
     assert!(broker.terminate().success());
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use claude_ipc::clock::Clock;
-use common::{TestBroker, TIMEOUT};
+use common::{ping_json, TestBroker, TIMEOUT};
 use rusqlite::fallible_iterator::FallibleIterator;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::Connection;
@@ -114,7 +114,8 @@ fn populated() -> Populated {
     let bob_message_id = client
         .send(&alice, "bob", "waiting for bob", None, Some("nonce-1"))
         .unwrap()
-        .message_id;
+        .message_id
+        .0;
     client
         .send(
             &alice,
@@ -126,7 +127,7 @@ fn populated() -> Populated {
         .unwrap();
     assert_eq!(client.check(&carol).unwrap().messages.len(), 1);
     // The connection confirms delivery before it reads the next request.
-    client.ping().unwrap();
+    ping_json(&mut client);
     client
         .send(&alice, "ghost", "future mail for ghost", None, None)
         .unwrap();

@@ -42,13 +42,10 @@ fn the_socket_is_0600_answers_ping_with_its_path_and_is_removed_on_a_clean_stop(
     let dir = tempfile::tempdir().unwrap();
     let (broker, socket) = socket_broker(dir.path());
     assert_eq!(mode(&socket), 0o600);
-    let reply = claude_ipc::client::Client::connect_unix(&socket, TIMEOUT)
-        .unwrap()
-        .ping()
-        .unwrap();
+    let reply = ping_json(&mut claude_ipc::client::Client::connect_unix(&socket, TIMEOUT).unwrap());
     assert_eq!(reply["socket"], socket.to_str().unwrap(), "{reply}");
     // Over TCP the same broker reports the same socket.
-    assert_eq!(broker.client().ping().unwrap()["socket"], reply["socket"]);
+    assert_eq!(ping_json(&mut broker.client())["socket"], reply["socket"]);
     // No staging directory is left beside the socket.
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -159,14 +156,11 @@ fn a_stale_socket_from_a_killed_broker_is_replaced_and_a_live_one_refused() {
     assert!(!second.status.success());
     let said = String::from_utf8_lossy(&second.stderr);
     assert!(said.contains("another broker is listening"), "{said}");
-    assert_eq!(first.client().ping().unwrap()["status"], "ok");
+    assert_eq!(ping_json(&mut first.client())["status"], "ok");
     first.kill_9();
     assert!(socket.exists(), "kill -9 leaves the socket file behind");
     let (restarted, socket) = socket_broker(dir.path());
-    let reply = claude_ipc::client::Client::connect_unix(&socket, TIMEOUT)
-        .unwrap()
-        .ping()
-        .unwrap();
+    let reply = ping_json(&mut claude_ipc::client::Client::connect_unix(&socket, TIMEOUT).unwrap());
     assert_eq!(reply["status"], "ok");
     drop(restarted);
 }

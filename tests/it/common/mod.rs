@@ -263,6 +263,12 @@ pub fn instance_names(list_reply: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The whole `ping` reply as JSON (`status` included) on `client`'s connection; panics on an
+/// error reply.
+pub fn ping_json(client: &mut Client) -> Value {
+    client.call(&json!({"action": "ping"})).expect("ping")
+}
+
 /// A legacy-style register; returns the session token.
 pub fn legacy_register(addr: &str, name: &str) -> String {
     let reply = legacy(
