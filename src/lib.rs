@@ -13,12 +13,12 @@
 //! for tests), [`client`] is the typed client that the CLI, the MCP server and the tests use,
 //! [`mcp`] is the MCP server's tools over that client (and its broker election), and [`cli`]
 //! holds one file per subcommand. [`os`] holds the operating-system helpers the broker and the
-//! client share (who owns a socket, which user a uid is). [`bench`] is the load generator behind `claude-ipc bench`. [`legacy_import`] brings over the Python original's database.
+//! client share (who owns a socket, which user a uid is).
+//! [`legacy_import`] brings over the Python original's database.
 //! [`secret`] finds the shared secret (`IPC_SHARED_SECRET` or `IPC_SHARED_SECRET_FILE`) for
 //! the broker and every client; [`private_file`] reads and writes the files only their user
 //! may see (the session file, the secret file) without following a planted link.
 
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

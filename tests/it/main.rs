@@ -7,7 +7,6 @@
 mod common;
 
 mod bad_input;
-mod bench;
 mod broker_owner;
 mod challenge;
 mod cli;

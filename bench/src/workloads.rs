@@ -8,10 +8,11 @@ use std::sync::mpsc;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use claude_ipc::protocol::auth::{self, ProofUid};
 use serde_json::{json, Value};
 
-use super::latency::Samples;
-use super::wire::{self, expect_ok, Connection, WireError};
+use crate::latency::Samples;
+use crate::wire::{self, expect_ok, Connection, WireError};
 
 /// How often a legacy-only target is polled where this broker would be long-polled.
 const LEGACY_POLL_INTERVAL: Duration = Duration::from_millis(5);
@@ -132,21 +133,47 @@ fn register_open(target: &Target, name: &str) -> Result<String, WireError> {
         target.addr,
         &frame(&request, Kind::Legacy),
     )?)?;
+    session_token(&reply)
+}
+
+/// Registration by challenge-response, as the product's client does it: the broker proves it
+/// knows the secret (for this name, nonce and the uid it sees this connection as) before the
+/// client's proof is sent.
+fn register_by_challenge(target: &Target, name: &str, secret: &str) -> Result<String, WireError> {
+    let nonce = auth::fresh_nonce()?;
+    let mut connection = Connection::open(target.addr)?;
+    let request = json!({"action": "challenge", "instance_id": name, "client_nonce": nonce});
+    let challenge = expect_ok(connection.request(&frame(&request, Kind::Persistent))?)?;
+    let field = |key: &str| challenge[key].as_str().unwrap_or_default().to_owned();
+    let (server_nonce, uid) = (field("server_nonce"), own_proof_uid(&field("client_uid")));
+    let expected = auth::server_proof(secret, name, &nonce, &server_nonce, uid);
+    if !auth::constant_time_eq(field("server_proof").as_bytes(), expected.as_bytes()) {
+        return Err(WireError::Refused(format!(
+            "the target's challenge reply does not prove it knows the secret: {challenge}"
+        )));
+    }
+    let proof = auth::client_proof(secret, name, &server_nonce, &nonce, uid);
+    let request = json!({"action": "register", "instance_id": name,
+        "challenge_id": field("challenge_id"), "auth_proof": proof});
+    let reply = expect_ok(connection.request(&frame(&request, Kind::Persistent))?)?;
+    session_token(&reply)
+}
+
+/// The uid both proofs cover: this process's, unless the broker says it cannot see it.
+fn own_proof_uid(seen_by_broker: &str) -> ProofUid {
+    if seen_by_broker == auth::UNKNOWN_UID {
+        ProofUid(None)
+    } else {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        ProofUid(Some(unsafe { libc::geteuid() }))
+    }
+}
+
+fn session_token(reply: &Value) -> Result<String, WireError> {
     reply["session_token"]
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| WireError::Refused(format!("register replied without a token: {reply}")))
-}
-
-fn register_by_challenge(target: &Target, name: &str, secret: &str) -> Result<String, WireError> {
-    let refused = |e: crate::client::ClientError| WireError::Refused(e.to_string());
-    let mut client =
-        crate::client::Client::connect(&target.addr.to_string(), Duration::from_secs(10))
-            .map_err(refused)?;
-    Ok(client
-        .register(name, Some(secret))
-        .map_err(refused)?
-        .session_token)
 }
 
 /// Registers `count` names `<prefix>-<role>-<i>`.
