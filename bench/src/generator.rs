@@ -12,7 +12,7 @@ use crate::memory;
 use crate::report::{self, Report, Row};
 use crate::target::{self, SpawnedBroker, TargetError};
 use crate::wire::WireError;
-use crate::workloads::{self, Delivery, Instance, Kind, Mailbox, Run, Target};
+use crate::workloads::{self, Delivery, Instance, Kind, Mailbox, Replies, Run, Target};
 
 /// What to measure and where.
 #[derive(Debug, Clone)]
@@ -77,6 +77,9 @@ struct Bench<'a> {
     /// The broker the current workload runs against, when this run starts them.
     spawned: Option<SpawnedBroker>,
 }
+
+/// How many turns a send workload and its two ceilings take (see [`Bench::in_turns`]).
+const TURNS: u32 = 5;
 
 /// How many workloads `all` runs (the million-message run included); progress counts to it.
 const STEPS: usize = 11;
@@ -175,21 +178,9 @@ impl<'a> Bench<'a> {
         let at = |e| wire_error(name, e);
         let senders = workloads::register_many(&target, "sender", clients).map_err(at)?;
         let sink = workloads::register(&target, &format!("{}-sink", target.prefix)).map_err(at)?;
-        let duration = self.options.duration;
-        let (ceiling, _) =
-            workloads::sends(self.echo, kind, &senders, &sink.name, duration, false).map_err(at)?;
-        let (durable, _) = workloads::sends(
-            self.durable_echo,
-            kind,
-            &senders,
-            &sink.name,
-            duration,
-            false,
-        )
-        .map_err(at)?;
         let work_before = target::store_work(target.addr);
-        let (run, sent) = workloads::sends(target.addr, kind, &senders, &sink.name, duration, true)
-            .map_err(at)?;
+        let [(ceiling, _), (durable, _), (run, sent)] =
+            self.in_turns(&target, kind, (&senders, &sink.name), name)?;
         let per_commit = target::jobs_per_commit(work_before, target::store_work(target.addr));
         let drain_started = Instant::now();
         let received = Mailbox::open(&target, &sink)
@@ -208,6 +199,35 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
+    /// Sends from `senders` to the plain echo, the durable echo and the target in turns,
+    /// [`TURNS`] slices of the workload's duration each, so that a slow spell of the shared
+    /// machine or its disk falls on all three alike. Returns the three runs in that order, each
+    /// with how many messages every sender had acknowledged.
+    fn in_turns(
+        &self,
+        target: &Target,
+        kind: Kind,
+        to: (&[Instance], &str),
+        name: &str,
+    ) -> Result<[(Run, Vec<u64>); 3], BenchError> {
+        let slice = self.options.duration / TURNS;
+        let legs = [
+            (self.echo, Replies::Echoed),
+            (self.durable_echo, Replies::Echoed),
+            (target.addr, Replies::Checked),
+        ];
+        let mut totals: [(Run, Vec<u64>); 3] = Default::default();
+        for _ in 0..TURNS {
+            for ((addr, replies), (total, sent)) in legs.iter().zip(totals.iter_mut()) {
+                let (run, now_sent) = workloads::sends(*addr, kind, to, slice, *replies, sent)
+                    .map_err(|e| wire_error(name, e))?;
+                total.extend(run);
+                *sent = now_sent;
+            }
+        }
+        Ok(totals)
+    }
+
     fn mixed(&mut self, clients: usize) -> Result<(), BenchError> {
         let name = format!("mixed send+check, {clients} clients");
         let Some(target) = self.begin(&name)? else {
@@ -221,15 +241,9 @@ impl<'a> Bench<'a> {
         let names = workloads::register_many(&target, "mixed", clients).map_err(at)?;
         let duration = self.options.duration;
         let ceiling_of = |echo| {
-            workloads::sends(
-                echo,
-                Kind::Persistent,
-                &names,
-                &names[0].name,
-                duration,
-                false,
-            )
-            .map(|(run, _)| run)
+            let to = (names.as_slice(), names[0].name.as_str());
+            workloads::sends(echo, Kind::Persistent, to, duration, Replies::Echoed, &[])
+                .map(|(run, _)| run)
         };
         let ceiling = ceiling_of(self.echo).map_err(at)?;
         let durable = ceiling_of(self.durable_echo).map_err(at)?;
@@ -377,13 +391,14 @@ impl<'a> Bench<'a> {
         } else {
             Kind::Legacy
         };
+        let to = (nobody.as_slice(), "ceiling");
         let (ceiling, _) = workloads::sends(
             self.echo,
             kind,
-            &nobody,
-            "ceiling",
+            to,
             self.options.duration,
-            false,
+            Replies::Echoed,
+            &[],
         )
         .map_err(|e| wire_error(name, e))?;
         Ok(ceiling)

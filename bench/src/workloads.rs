@@ -53,6 +53,13 @@ impl Run {
     pub fn rate(&self) -> f64 {
         per_second(self.ops, self.elapsed)
     }
+
+    /// Adds another stretch of the same workload: its operations, its time, its latencies.
+    pub fn extend(&mut self, more: Run) {
+        self.ops += more.ops;
+        self.elapsed += more.elapsed;
+        self.latency.merge(more.latency);
+    }
 }
 
 pub fn per_second(count: u64, elapsed: Duration) -> f64 {
@@ -226,30 +233,40 @@ pub struct Sender {
     sent: u64,
 }
 
-/// Sends as fast as `clients` closed-loop clients can, every one to `sink`. Against the echo
-/// ceiling (`check_replies` false) the same bytes are written and echoed back.
+/// Where a run of [`sends`] goes and what it expects back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replies {
+    /// A ceiling: the same bytes are written and echoed back, whatever they say.
+    Echoed,
+    /// The broker: every reply must be `ok`.
+    Checked,
+}
+
+/// Sends as fast as `senders.len()` closed-loop clients can, every one to `sink`, for
+/// `duration`. Client `i` numbers its contents on from `sent_before[i]` (zero when absent), so
+/// runs in turns send each content once; returns each client's total.
 pub fn sends(
     addr: SocketAddr,
     kind: Kind,
-    senders: &[Instance],
-    sink: &str,
+    (senders, sink): (&[Instance], &str),
     duration: Duration,
-    check_replies: bool,
+    replies: Replies,
+    sent_before: &[u64],
 ) -> Result<(Run, Vec<u64>), WireError> {
     let setup = |client: usize| {
         Ok(Sender {
             link: Link::with_kind(addr, kind)?,
             me: senders[client].clone(),
             client,
-            sent: 0,
+            sent: sent_before.get(client).copied().unwrap_or(0),
         })
     };
-    let op = |sender: &mut Sender, seq: u64| {
-        let text = content(sender.client, seq);
+    let op = |sender: &mut Sender, _seq: u64| {
+        let text = content(sender.client, sender.sent);
         let reply = sender
             .link
             .exchange(&send_request(&sender.me, sink, &text))?;
-        if check_replies {
+        if replies == Replies::Checked {
             expect_ok(reply)?;
         }
         sender.sent += 1;
