@@ -15,14 +15,15 @@
 //! holds one file per subcommand. [`os`] holds the operating-system helpers the broker and the
 //! clients share (who owns a socket, which user a uid is, whether a data directory is safe,
 //! the open-file limit and the stop signals). [`session_file`] is the session the CLI, the
-//! hook and the MCP server keep on disk. [`bench`] is the load generator behind `claude-ipc bench`. [`legacy_import`] brings over the Python original's database.
-//! [`relative_time`] says how long ago a time was, the one wording the CLI and the MCP server share.
+//! hook and the MCP server keep on disk; [`background_serve`] starts a broker in the
+//! background for them. [`legacy_import`] brings over the Python original's database.
+//! [`relative_time`] says how long ago a time was, the one wording the CLI and the MCP
+//! server share.
 //! [`secret`] finds the shared secret (`IPC_SHARED_SECRET` or `IPC_SHARED_SECRET_FILE`) for
 //! the broker and every client; [`private_file`] reads and writes the files only their user
 //! may see (the session file, the secret file) without following a planted link.
 
 pub mod background_serve;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

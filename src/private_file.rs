@@ -9,6 +9,8 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::os::users::effective_uid;
+use rand::rngs::OsRng;
+use rand::{RngCore, TryRngCore};
 
 /// How many random temporary names are tried before giving up (each collision means someone
 /// created that very name first, which a 64-bit random name makes all but impossible).
@@ -232,7 +234,10 @@ fn create_temporary(dir: &Path, target: &Path) -> Result<(PathBuf, File), Privat
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".to_owned());
     for _ in 0..TEMPORARY_ATTEMPTS {
-        let temporary = dir.join(format!(".{base}.{:016x}.tmp", rand::random::<u64>()));
+        let temporary = dir.join(format!(
+            ".{base}.{:016x}.tmp",
+            OsRng.unwrap_err().next_u64()
+        ));
         let opened = OpenOptions::new()
             .write(true)
             .create_new(true)

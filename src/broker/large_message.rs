@@ -10,7 +10,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use rand::RngCore;
+use rand::rngs::OsRng;
+use rand::{RngCore, TryRngCore};
 
 /// How much of the content the summary keeps.
 const SUMMARY_CHARS: usize = 200;
@@ -28,7 +29,7 @@ pub fn write_file(dir: &Path, content: &str, now: DateTime<Utc>) -> std::io::Res
 /// A fresh name in `dir` for a file written at `now`; nothing is created yet.
 pub fn new_path(dir: &Path, now: DateTime<Utc>) -> PathBuf {
     let mut random = [0u8; 8];
-    rand::rng().fill_bytes(&mut random);
+    OsRng.unwrap_err().fill_bytes(&mut random);
     let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
     dir.join(format!("{}-{suffix}.md", now.format(NAME_TIME_FORMAT)))
 }

@@ -4,7 +4,6 @@
 //! registered yet"), 3 no broker answered.
 
 mod autostart;
-mod bench;
 mod check;
 pub mod hook;
 mod import_legacy;
@@ -105,8 +104,6 @@ pub enum Command {
     Mcp(mcp::McpArgs),
     /// For Claude Code hooks: print one line if mail is waiting, else nothing.
     Hook(hook::HookArgs),
-    /// Measure a broker under load, beside a bare echo server (docs/PERFORMANCE.md).
-    Bench(bench::BenchArgs),
 }
 
 /// Options every client subcommand takes.
@@ -305,7 +302,6 @@ pub fn run(command: Command) -> ExitCode {
     let json = command.client().is_some_and(|client| client.json);
     let result = match command {
         Command::Serve(_) | Command::Mcp(_) => unreachable!("dispatched by main"),
-        Command::Bench(args) => return bench::run(args),
         Command::Hook(args) => {
             hook::run(args);
             Ok(())

@@ -13,6 +13,8 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rand::rngs::OsRng;
+use rand::{RngCore, TryRngCore};
 use tokio::net::unix::UCred;
 use tokio::net::UnixListener;
 
@@ -100,7 +102,7 @@ fn staging_dir(parent: &Path) -> std::io::Result<PathBuf> {
     // A random name, so another user cannot block the start by creating the names first in a
     // shared directory such as /tmp (mkdir never follows a link they plant, either).
     for _ in 0..16 {
-        let name = format!(".claude-ipc-socket-{:016x}", rand::random::<u64>());
+        let name = format!(".claude-ipc-socket-{:016x}", OsRng.unwrap_err().next_u64());
         let dir = parent.join(name);
         match DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),

@@ -662,6 +662,8 @@ fn every_subcommand_help_has_examples() {
     for expected in ["serve", "register", "check", "status", "import-legacy"] {
         assert!(subcommands.iter().any(|s| s == expected), "{subcommands:?}");
     }
+    // The load generator is its own crate (bench/), not part of the binary users install.
+    assert!(!subcommands.iter().any(|s| s == "bench"), "{subcommands:?}");
     for subcommand in &subcommands {
         let output = Command::new(binary())
             .args([subcommand.as_str(), "--help"])

@@ -6,7 +6,6 @@
 
 mod common;
 
-mod bench;
 mod broker_owner;
 mod challenge;
 mod cli;

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::target::{memory_kib, SpawnedBroker, TargetError};
-use super::wire::{self, expect_ok, Connection, WireError};
-use super::workloads::{
+use crate::target::{memory_kib, SpawnedBroker, TargetError};
+use crate::wire::{self, expect_ok, Connection, WireError};
+use crate::workloads::{
     broadcast_request, check_request, contents, frame, register, register_many, Instance, Kind,
     Link, Mailbox, Target,
 };

@@ -1,32 +1,18 @@
-//! `claude-ipc bench`: the load generator. It drives a broker (one it starts, or any address
-//! that speaks the protocol) through each workload, measures a bare echo server over the same
-//! kind of connection in the same run, and prints every figure beside that ceiling.
-//!
-//! - [`wire`]: the minimal blocking clients both sides are driven with.
-//! - [`echo`]: the ceiling.
-//! - [`target`]: the broker under test, started here or reached at an address.
-//! - [`workloads`]: what is measured; [`memory`]: the million-message run and idle connections.
-//! - [`report`]: the table and the targets.
-
-mod echo;
-mod latency;
-mod memory;
-mod report;
-mod target;
-mod wire;
-mod workloads;
+//! One run of the load generator: it drives a broker (one it starts, or any address that
+//! speaks the protocol) through each workload, measures both echo ceilings over the same kind
+//! of connection in the same run, and collects every figure beside them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use echo::EchoServer;
-use report::{Report, Row};
-use target::SpawnedBroker;
-use workloads::{Delivery, Kind, Mailbox, Target};
-
-pub use target::TargetError;
-pub use wire::WireError;
+use crate::echo::EchoServer;
+use crate::latency;
+use crate::memory;
+use crate::report::{self, Report, Row};
+use crate::target::{self, SpawnedBroker, TargetError};
+use crate::wire::WireError;
+use crate::workloads::{self, Delivery, Instance, Kind, Mailbox, Replies, Run, Target};
 
 /// What to measure and where.
 #[derive(Debug, Clone)]
@@ -43,12 +29,13 @@ pub struct Options {
     pub idle_connections: usize,
     /// Also store a million messages, restart on them and drain them (started brokers only).
     pub million: bool,
-    /// Print the report as JSON instead of a table.
-    pub json: bool,
     /// Run only the workloads whose names contain this text.
     pub only: Option<String>,
-    /// Where started brokers keep their throwaway data directories: the disk under test.
+    /// Where started brokers keep their throwaway data directories, and the durable echo its
+    /// file: the disk under test.
     pub data_parent: PathBuf,
+    /// The `claude-ipc` binary to start brokers from (None with `addr`).
+    pub broker_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +46,8 @@ pub enum BenchError {
     Target(#[from] TargetError),
     #[error("cannot start the echo server: {0}")]
     Echo(std::io::Error),
+    #[error("cannot start the durable echo in {0}: {1}")]
+    DurableEcho(PathBuf, std::io::Error),
     #[error("--million needs a broker this run starts (drop --addr): it restarts the broker")]
     MillionNeedsSpawn,
 }
@@ -68,31 +57,39 @@ pub fn run(options: &Options) -> Result<Report, BenchError> {
     if options.million && options.addr.is_some() {
         return Err(BenchError::MillionNeedsSpawn);
     }
-    let _ = crate::os::raise_open_file_limit();
+    // A thousand idle connections, and the clients' own, need more than the usual 1,024.
+    let _ = claude_ipc::os::raise_open_file_limit();
     let echo = EchoServer::start().map_err(BenchError::Echo)?;
-    let mut bench = Bench::new(options, echo.addr);
+    let durable = EchoServer::start_durable(&options.data_parent)
+        .map_err(|e| BenchError::DurableEcho(options.data_parent.clone(), e))?;
+    let mut bench = Bench::new(options, echo.addr, durable.addr);
     bench.all()?;
     Ok(bench.report)
 }
 
-/// One run in progress: the options, the ceiling's address and the rows measured so far.
+/// One run in progress: the options, the ceilings' addresses and the rows measured so far.
 struct Bench<'a> {
     options: &'a Options,
     echo: SocketAddr,
+    durable_echo: SocketAddr,
     report: Report,
     step: usize,
     /// The broker the current workload runs against, when this run starts them.
     spawned: Option<SpawnedBroker>,
 }
 
+/// How many turns a send workload and its two ceilings take (see [`Bench::in_turns`]).
+const TURNS: u32 = 5;
+
 /// How many workloads `all` runs (the million-message run included); progress counts to it.
 const STEPS: usize = 11;
 
 impl<'a> Bench<'a> {
-    fn new(options: &'a Options, echo: SocketAddr) -> Self {
+    fn new(options: &'a Options, echo: SocketAddr, durable_echo: SocketAddr) -> Self {
         Bench {
             options,
             echo,
+            durable_echo,
             report: Report::new(options.addr.is_none()),
             step: 0,
             spawned: None,
@@ -136,8 +133,13 @@ impl<'a> Bench<'a> {
             Some(addr) => addr,
             None => {
                 self.spawned = None;
-                let broker =
-                    SpawnedBroker::start(&self.options.data_parent, &format!("step{}", self.step))?;
+                let binary = self
+                    .options
+                    .broker_bin
+                    .as_deref()
+                    .expect("a run without --addr has its broker binary");
+                let label = format!("step{}", self.step);
+                let broker = SpawnedBroker::start(binary, &self.options.data_parent, &label)?;
                 let addr = broker.addr;
                 self.spawned = Some(broker);
                 addr
@@ -176,12 +178,9 @@ impl<'a> Bench<'a> {
         let at = |e| wire_error(name, e);
         let senders = workloads::register_many(&target, "sender", clients).map_err(at)?;
         let sink = workloads::register(&target, &format!("{}-sink", target.prefix)).map_err(at)?;
-        let duration = self.options.duration;
-        let (ceiling, _) =
-            workloads::sends(self.echo, kind, &senders, &sink.name, duration, false).map_err(at)?;
         let work_before = target::store_work(target.addr);
-        let (run, sent) = workloads::sends(target.addr, kind, &senders, &sink.name, duration, true)
-            .map_err(at)?;
+        let [(ceiling, _), (durable, _), (run, sent)] =
+            self.in_turns(&target, kind, (&senders, &sink.name), name)?;
         let per_commit = target::jobs_per_commit(work_before, target::store_work(target.addr));
         let drain_started = Instant::now();
         let received = Mailbox::open(&target, &sink)
@@ -189,6 +188,7 @@ impl<'a> Bench<'a> {
             .map_err(at)?;
         let delivery = Delivery::compare(workloads::expected_contents(&sent), &received);
         let row = Row::new(name, &run, &ceiling)
+            .durable_ceiling(&durable)
             .deliveries(workloads::per_second(
                 delivery.delivered,
                 drain_started.elapsed(),
@@ -197,6 +197,35 @@ impl<'a> Bench<'a> {
             .per_commit(per_commit);
         self.finish(row);
         Ok(())
+    }
+
+    /// Sends from `senders` to the plain echo, the durable echo and the target in turns,
+    /// [`TURNS`] slices of the workload's duration each, so that a slow spell of the shared
+    /// machine or its disk falls on all three alike. Returns the three runs in that order, each
+    /// with how many messages every sender had acknowledged.
+    fn in_turns(
+        &self,
+        target: &Target,
+        kind: Kind,
+        to: (&[Instance], &str),
+        name: &str,
+    ) -> Result<[(Run, Vec<u64>); 3], BenchError> {
+        let slice = self.options.duration / TURNS;
+        let legs = [
+            (self.echo, Replies::Echoed),
+            (self.durable_echo, Replies::Echoed),
+            (target.addr, Replies::Checked),
+        ];
+        let mut totals: [(Run, Vec<u64>); 3] = Default::default();
+        for _ in 0..TURNS {
+            for ((addr, replies), (total, sent)) in legs.iter().zip(totals.iter_mut()) {
+                let (run, now_sent) = workloads::sends(*addr, kind, to, slice, *replies, sent)
+                    .map_err(|e| wire_error(name, e))?;
+                total.extend(run);
+                *sent = now_sent;
+            }
+        }
+        Ok(totals)
     }
 
     fn mixed(&mut self, clients: usize) -> Result<(), BenchError> {
@@ -211,15 +240,13 @@ impl<'a> Bench<'a> {
         let at = |e| wire_error(&name, e);
         let names = workloads::register_many(&target, "mixed", clients).map_err(at)?;
         let duration = self.options.duration;
-        let (ceiling, _) = workloads::sends(
-            self.echo,
-            Kind::Persistent,
-            &names,
-            &names[0].name,
-            duration,
-            false,
-        )
-        .map_err(at)?;
+        let ceiling_of = |echo| {
+            let to = (names.as_slice(), names[0].name.as_str());
+            workloads::sends(echo, Kind::Persistent, to, duration, Replies::Echoed, &[])
+                .map(|(run, _)| run)
+        };
+        let ceiling = ceiling_of(self.echo).map_err(at)?;
+        let durable = ceiling_of(self.durable_echo).map_err(at)?;
         let work_before = target::store_work(target.addr);
         let (run, mut finished) = workloads::mixed(&target, &names, duration).map_err(at)?;
         let per_commit = target::jobs_per_commit(work_before, target::store_work(target.addr));
@@ -244,6 +271,7 @@ impl<'a> Bench<'a> {
             check_latency.merge(client.check_latency);
         }
         let row = Row::new(&name, &run, &ceiling)
+            .durable_ceiling(&durable)
             .deliveries(workloads::per_second(delivered_during_run, run.elapsed))
             .delivery(delivery)
             .per_commit(per_commit)
@@ -353,8 +381,8 @@ impl<'a> Bench<'a> {
     }
 
     /// The echo ceiling for one client over the connection kind the target supports.
-    fn echo_one_client(&self, target: &Target, name: &str) -> Result<workloads::Run, BenchError> {
-        let nobody = [workloads::Instance {
+    fn echo_one_client(&self, target: &Target, name: &str) -> Result<Run, BenchError> {
+        let nobody = [Instance {
             name: "ceiling".into(),
             token: "ceiling".into(),
         }];
@@ -363,13 +391,14 @@ impl<'a> Bench<'a> {
         } else {
             Kind::Legacy
         };
+        let to = (nobody.as_slice(), "ceiling");
         let (ceiling, _) = workloads::sends(
             self.echo,
             kind,
-            &nobody,
-            "ceiling",
+            to,
             self.options.duration,
-            false,
+            Replies::Echoed,
+            &[],
         )
         .map_err(|e| wire_error(name, e))?;
         Ok(ceiling)

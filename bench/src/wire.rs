@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::protocol::{FrameScanner, Scan};
+use claude_ipc::protocol::{FrameScanner, Scan};
 
 /// How long any one reply may take before the run is declared stuck.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);

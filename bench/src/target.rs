@@ -4,11 +4,14 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Child;
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use super::wire::{self, WireError};
-use crate::{background_serve, secret};
+use crate::wire::{self, WireError};
+use claude_ipc::{background_serve, secret};
+
+/// The broker binary's name, as `cargo build` leaves it in `target/<profile>/`.
+const BROKER_BINARY: &str = "claude-ipc";
 
 /// How long a started broker may take to answer its first ping.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,10 +24,66 @@ pub enum TargetError {
     NoAnswer(Duration, PathBuf),
 }
 
-/// A broker this run started: `claude-ipc serve` from this same binary, on a free port, with
-/// a throwaway data directory that is removed when the run ends.
+/// The broker binary is not where it was looked for, or could not be built there.
+#[derive(Debug, thiserror::Error)]
+#[error("no broker binary at {0}: build it first (`cargo build --release` builds it beside this program), or name it with --broker-bin")]
+pub struct MissingBroker(PathBuf);
+
+/// The `claude-ipc` binary to start brokers from: `given`, else the one beside this program
+/// (`cargo build` puts both in `target/<profile>/`). Run by `cargo run`, this program first
+/// has cargo bring that binary up to date, so the broker measured is the source's.
+pub fn broker_binary(given: Option<PathBuf>) -> Result<PathBuf, MissingBroker> {
+    let path = match given {
+        Some(path) => path,
+        None => {
+            let beside = std::env::current_exe()
+                .ok()
+                .and_then(|exe| Some(exe.parent()?.join(BROKER_BINARY)))
+                .unwrap_or_else(|| PathBuf::from(BROKER_BINARY));
+            build_with_cargo(&beside);
+            beside
+        }
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(MissingBroker(path))
+    }
+}
+
+/// Under `cargo run` (which sets `CARGO`), builds the broker binary with this program's own
+/// profile, which names the directory both live in. Failures are cargo's to report; a binary
+/// still missing afterwards is reported by the caller.
+fn build_with_cargo(beside: &Path) {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return;
+    };
+    let profile = match beside.parent().and_then(Path::file_name) {
+        Some(dir) if dir == "debug" => "dev".into(),
+        Some(dir) => dir.to_string_lossy().into_owned(),
+        None => return,
+    };
+    eprintln!(
+        "building the broker: cargo build --profile {profile} -p claude-ipc --bin {BROKER_BINARY}"
+    );
+    let _ = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "--profile",
+            &profile,
+            "-p",
+            "claude-ipc",
+        ])
+        .args(["--bin", BROKER_BINARY])
+        .status();
+}
+
+/// A broker this run started: `claude-ipc serve` on a free port, with a throwaway data
+/// directory that is removed when the run ends.
 pub struct SpawnedBroker {
     child: Child,
+    binary: PathBuf,
     pub addr: SocketAddr,
     data_dir: PathBuf,
     /// How long the last start took, from spawning the process to its first answered ping.
@@ -33,16 +92,17 @@ pub struct SpawnedBroker {
 
 impl SpawnedBroker {
     /// Starts a broker on a new, empty data directory under `parent`.
-    pub fn start(parent: &Path, label: &str) -> Result<SpawnedBroker, TargetError> {
+    pub fn start(binary: &Path, parent: &Path, label: &str) -> Result<SpawnedBroker, TargetError> {
         let data_dir = parent.join(format!(
             "claude-ipc-bench-{}-{label}-{}",
             std::process::id(),
-            chrono::Utc::now().timestamp_micros()
+            unique_micros()
         ));
         let addr = free_port().map_err(TargetError::Spawn)?;
-        let (child, start_time) = spawn_serve(&data_dir, addr)?;
+        let (child, start_time) = spawn_serve(binary, &data_dir, addr)?;
         Ok(SpawnedBroker {
             child,
+            binary: binary.to_owned(),
             addr,
             data_dir,
             start_time,
@@ -57,7 +117,7 @@ impl SpawnedBroker {
     /// data directory and port; returns the time from spawn to the first answered ping.
     pub fn restart(&mut self, crash: bool) -> Result<Duration, TargetError> {
         self.stop(if crash { libc::SIGKILL } else { libc::SIGTERM });
-        let (child, start_time) = spawn_serve(&self.data_dir, self.addr)?;
+        let (child, start_time) = spawn_serve(&self.binary, &self.data_dir, self.addr)?;
         self.child = child;
         self.start_time = start_time;
         Ok(start_time)
@@ -80,13 +140,13 @@ impl Drop for SpawnedBroker {
 /// Starts `serve` with the limits that would otherwise throttle a load test lifted, and waits
 /// for its first answered ping.
 fn spawn_serve(
-    data_dir: &std::path::Path,
+    binary: &Path,
+    data_dir: &Path,
     addr: SocketAddr,
 ) -> Result<(Child, Duration), TargetError> {
-    let exe = std::env::current_exe().map_err(TargetError::Spawn)?;
     let started = Instant::now();
     let serve = background_serve::spawn(
-        &exe,
+        binary,
         &addr.to_string(),
         data_dir,
         "bench-broker.log",
@@ -113,6 +173,13 @@ fn spawn_serve(
     let _ = child.kill();
     let _ = child.wait();
     Err(TargetError::NoAnswer(START_TIMEOUT, log_path))
+}
+
+/// Microseconds since the epoch: makes a data directory's name unique across runs.
+pub fn unique_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros())
 }
 
 fn free_port() -> std::io::Result<SocketAddr> {

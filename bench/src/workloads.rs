@@ -8,10 +8,11 @@ use std::sync::mpsc;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
+use claude_ipc::protocol::auth::{self, ProofUid};
 use serde_json::{json, Value};
 
-use super::latency::Samples;
-use super::wire::{self, expect_ok, Connection, WireError};
+use crate::latency::Samples;
+use crate::wire::{self, expect_ok, Connection, WireError};
 
 /// How often a legacy-only target is polled where this broker would be long-polled.
 const LEGACY_POLL_INTERVAL: Duration = Duration::from_millis(5);
@@ -51,6 +52,13 @@ pub struct Run {
 impl Run {
     pub fn rate(&self) -> f64 {
         per_second(self.ops, self.elapsed)
+    }
+
+    /// Adds another stretch of the same workload: its operations, its time, its latencies.
+    pub fn extend(&mut self, more: Run) {
+        self.ops += more.ops;
+        self.elapsed += more.elapsed;
+        self.latency.merge(more.latency);
     }
 }
 
@@ -132,21 +140,47 @@ fn register_open(target: &Target, name: &str) -> Result<String, WireError> {
         target.addr,
         &frame(&request, Kind::Legacy),
     )?)?;
+    session_token(&reply)
+}
+
+/// Registration by challenge-response, as the product's client does it: the broker proves it
+/// knows the secret (for this name, nonce and the uid it sees this connection as) before the
+/// client's proof is sent.
+fn register_by_challenge(target: &Target, name: &str, secret: &str) -> Result<String, WireError> {
+    let nonce = auth::fresh_nonce()?;
+    let mut connection = Connection::open(target.addr)?;
+    let request = json!({"action": "challenge", "instance_id": name, "client_nonce": nonce});
+    let challenge = expect_ok(connection.request(&frame(&request, Kind::Persistent))?)?;
+    let field = |key: &str| challenge[key].as_str().unwrap_or_default().to_owned();
+    let (server_nonce, uid) = (field("server_nonce"), own_proof_uid(&field("client_uid")));
+    let expected = auth::server_proof(secret, name, &nonce, &server_nonce, uid);
+    if !auth::constant_time_eq(field("server_proof").as_bytes(), expected.as_bytes()) {
+        return Err(WireError::Refused(format!(
+            "the target's challenge reply does not prove it knows the secret: {challenge}"
+        )));
+    }
+    let proof = auth::client_proof(secret, name, &server_nonce, &nonce, uid);
+    let request = json!({"action": "register", "instance_id": name,
+        "challenge_id": field("challenge_id"), "auth_proof": proof});
+    let reply = expect_ok(connection.request(&frame(&request, Kind::Persistent))?)?;
+    session_token(&reply)
+}
+
+/// The uid both proofs cover: this process's, unless the broker says it cannot see it.
+fn own_proof_uid(seen_by_broker: &str) -> ProofUid {
+    if seen_by_broker == auth::UNKNOWN_UID {
+        ProofUid(None)
+    } else {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        ProofUid(Some(unsafe { libc::geteuid() }))
+    }
+}
+
+fn session_token(reply: &Value) -> Result<String, WireError> {
     reply["session_token"]
         .as_str()
         .map(str::to_owned)
         .ok_or_else(|| WireError::Refused(format!("register replied without a token: {reply}")))
-}
-
-fn register_by_challenge(target: &Target, name: &str, secret: &str) -> Result<String, WireError> {
-    let refused = |e: crate::client::ClientError| WireError::Refused(e.to_string());
-    let mut client =
-        crate::client::Client::connect(&target.addr.to_string(), Duration::from_secs(10))
-            .map_err(refused)?;
-    Ok(client
-        .register(name, Some(secret))
-        .map_err(refused)?
-        .session_token)
 }
 
 /// Registers `count` names `<prefix>-<role>-<i>`.
@@ -199,30 +233,40 @@ pub struct Sender {
     sent: u64,
 }
 
-/// Sends as fast as `clients` closed-loop clients can, every one to `sink`. Against the echo
-/// ceiling (`check_replies` false) the same bytes are written and echoed back.
+/// Where a run of [`sends`] goes and what it expects back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replies {
+    /// A ceiling: the same bytes are written and echoed back, whatever they say.
+    Echoed,
+    /// The broker: every reply must be `ok`.
+    Checked,
+}
+
+/// Sends as fast as `senders.len()` closed-loop clients can, every one to `sink`, for
+/// `duration`. Client `i` numbers its contents on from `sent_before[i]` (zero when absent), so
+/// runs in turns send each content once; returns each client's total.
 pub fn sends(
     addr: SocketAddr,
     kind: Kind,
-    senders: &[Instance],
-    sink: &str,
+    (senders, sink): (&[Instance], &str),
     duration: Duration,
-    check_replies: bool,
+    replies: Replies,
+    sent_before: &[u64],
 ) -> Result<(Run, Vec<u64>), WireError> {
     let setup = |client: usize| {
         Ok(Sender {
             link: Link::with_kind(addr, kind)?,
             me: senders[client].clone(),
             client,
-            sent: 0,
+            sent: sent_before.get(client).copied().unwrap_or(0),
         })
     };
-    let op = |sender: &mut Sender, seq: u64| {
-        let text = content(sender.client, seq);
+    let op = |sender: &mut Sender, _seq: u64| {
+        let text = content(sender.client, sender.sent);
         let reply = sender
             .link
             .exchange(&send_request(&sender.me, sink, &text))?;
-        if check_replies {
+        if replies == Replies::Checked {
             expect_ok(reply)?;
         }
         sender.sent += 1;

@@ -1,14 +1,15 @@
-//! The load generator's report: one row per workload beside its echo ceiling, then each of the
-//! performance targets with the figure that meets or misses it.
+//! The load generator's report: one row per workload beside its two ceilings (the plain echo
+//! and the durable echo), then each of the performance targets with the figure that meets or
+//! misses it.
 
 use std::fmt::Write as _;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::latency::{Samples, Summary};
-use super::memory::{mib, IdleFigures, MillionFigures};
-use super::workloads::{Delivery, Run};
+use crate::latency::{Samples, Summary};
+use crate::memory::{mib, IdleFigures, MillionFigures};
+use crate::workloads::{Delivery, Run};
 
 /// One workload's figures.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +18,8 @@ pub struct Row {
     /// Operations per second, where throughput is what the workload measures.
     pub rate: Option<f64>,
     pub ceiling_rate: Option<f64>,
+    /// The durable echo's rate with the same clients, where the workload is measured on it.
+    pub durable_rate: Option<f64>,
     pub deliveries_per_second: Option<f64>,
     pub latency: Summary,
     pub ceiling_latency: Summary,
@@ -59,6 +62,12 @@ impl Row {
         }
     }
 
+    /// The durable echo measured with the same clients.
+    pub fn durable_ceiling(mut self, durable: &Run) -> Row {
+        self.durable_rate = Some(durable.rate());
+        self
+    }
+
     pub fn deliveries(mut self, per_second: f64) -> Row {
         self.deliveries_per_second = Some(per_second);
         self
@@ -79,8 +88,15 @@ impl Row {
         self
     }
 
+    /// The rate as a fraction of the plain echo's.
     pub fn ratio(&self) -> Option<f64> {
         Some(self.rate? / self.ceiling_rate?)
+    }
+
+    /// The rate as a fraction of the durable echo's: what a durable reply costs beyond the
+    /// disk's own flush.
+    pub fn durable_ratio(&self) -> Option<f64> {
+        Some(self.rate? / self.durable_rate?)
     }
 
     /// The one line shown when the workload finishes.
@@ -89,6 +105,9 @@ impl Row {
             (Some(rate), Some(ratio)) => format!("{rate:.0}/s = {ratio:.2}x echo, "),
             _ => String::new(),
         };
+        if let Some(durable) = self.durable_ratio() {
+            let _ = write!(line, "{durable:.2}x durable echo, ");
+        }
         let _ = write!(line, "p99 {}", millis(self.latency.p99));
         if let Some(delivery) = self.delivery {
             let _ = write!(line, ", {}", delivered(&delivery));
@@ -103,6 +122,8 @@ impl Row {
             "per_second": self.rate,
             "echo_per_second": self.ceiling_rate,
             "ratio_to_echo": self.ratio(),
+            "durable_echo_per_second": self.durable_rate,
+            "ratio_to_durable_echo": self.durable_ratio(),
             "deliveries_per_second": self.deliveries_per_second,
             "latency_ms": summary_json(&self.latency),
             "echo_latency_ms": summary_json(&self.ceiling_latency),
@@ -153,6 +174,25 @@ pub struct Report {
     pub million: Option<MillionFigures>,
 }
 
+/// The share of the durable echo persistent sends must reach.
+const PERSISTENT_SENDS_GOAL: f64 = 0.85;
+
+/// The workloads held to [`PERSISTENT_SENDS_GOAL`], with their targets' wording.
+const DURABLE_TARGETS: [(&str, &str); 3] = [
+    (
+        "persistent sends, 1 client >= 0.85x durable echo",
+        "persistent sends, 1 client",
+    ),
+    (
+        "persistent sends, 8 clients >= 0.85x durable echo",
+        "persistent sends, 8 clients",
+    ),
+    (
+        "persistent sends, 32 clients >= 0.85x durable echo",
+        "persistent sends, 32 clients",
+    ),
+];
+
 /// A performance target and the figure measured for it.
 struct Verdict {
     target: &'static str,
@@ -179,11 +219,13 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<34} {:>9} {:>9} {:>7} {:>12} {:>9} {:>9} {:>9} {:>9}",
+            "{:<34} {:>9} {:>9} {:>7} {:>9} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9}",
             "workload",
             "per s",
             "echo/s",
             "x echo",
+            "durable/s",
+            "x durable",
             "deliveries/s",
             "p50 ms",
             "p99 ms",
@@ -224,31 +266,26 @@ impl Report {
         out
     }
 
-    fn ratio_of(&self, workload: &str) -> Option<f64> {
-        self.rows.iter().find(|r| r.workload == workload)?.ratio()
+    fn durable_ratio_of(&self, workload: &str) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.workload == workload)?
+            .durable_ratio()
     }
 
     fn verdicts(&self) -> Vec<Verdict> {
         let mut verdicts = Vec::new();
-        let mut ratio = |target, workload, goal: f64| {
-            if let Some(ratio) = self.ratio_of(workload) {
+        // Against the durable echo, not the plain one: a reply that promises "on disk" cannot
+        // come sooner than the disk's flush, which the plain echo never pays.
+        for (target, workload) in DURABLE_TARGETS {
+            if let Some(ratio) = self.durable_ratio_of(workload) {
                 verdicts.push(Verdict {
                     target,
                     figure: format!("{ratio:.2}x"),
-                    met: ratio >= goal,
+                    met: ratio >= PERSISTENT_SENDS_GOAL,
                 });
             }
-        };
-        ratio(
-            "legacy sends, 1 client >= 0.7x echo",
-            "legacy sends, 1 client",
-            0.7,
-        );
-        ratio(
-            "persistent sends, 8 clients >= 0.5x echo",
-            "persistent sends, 8 clients",
-            0.5,
-        );
+        }
         let two_ms = Duration::from_millis(2);
         let mut under = |target, figure: Option<Duration>, goal: Duration| {
             if let Some(figure) = figure {
@@ -331,11 +368,13 @@ fn table_line(row: &Row) -> String {
     };
     let ms = |d: Duration| format!("{:.2}", d.as_secs_f64() * 1e3);
     format!(
-        "{:<34} {:>9} {:>9} {:>7} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "{:<34} {:>9} {:>9} {:>7} {:>9} {:>9} {:>12} {:>9} {:>9} {:>9} {:>9}",
         row.workload,
         number(row.rate, 0),
         number(row.ceiling_rate, 0),
         number(row.ratio(), 2),
+        number(row.durable_rate, 0),
+        number(row.durable_ratio(), 2),
         number(row.deliveries_per_second, 0),
         ms(row.latency.p50),
         ms(row.latency.p99),

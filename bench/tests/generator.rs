@@ -1,7 +1,6 @@
-//! `claude-ipc bench`, run for real but briefly: every workload against brokers it starts, and
-//! its delivery check against a target that acknowledges mail and then loses it.
-
-use crate::common;
+//! The load generator, run for real but briefly: every workload against brokers it starts
+//! (the `claude-ipc` binary built beside it), and its delivery check against a target that
+//! acknowledges mail and then loses it.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -23,9 +22,25 @@ const WORKLOADS: [&str; 9] = [
     "long-poll wake-up",
 ];
 
+/// The broker binary `cargo test` builds beside the load generator. Named explicitly, so the
+/// generator does not try to build it while this test holds cargo's lock.
+fn broker_binary() -> std::path::PathBuf {
+    let generator = std::path::Path::new(env!("CARGO_BIN_EXE_claude-ipc-bench"));
+    let broker = generator.with_file_name("claude-ipc");
+    assert!(
+        broker.is_file(),
+        "{} is missing: run `cargo test` from the workspace root, which builds it",
+        broker.display()
+    );
+    broker
+}
+
 fn bench(args: &[&str]) -> std::process::Output {
-    Command::new(common::binary())
-        .arg("bench")
+    let mut command = Command::new(env!("CARGO_BIN_EXE_claude-ipc-bench"));
+    if !args.contains(&"--addr") && !args.contains(&"--broker-bin") {
+        command.arg("--broker-bin").arg(broker_binary());
+    }
+    command
         .args(args)
         .env_remove("IPC_SHARED_SECRET")
         .env_remove("IPC_ADDR")
@@ -71,6 +86,13 @@ fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything()
         if let Some(ratio) = workload["ratio_to_echo"].as_f64() {
             assert!(ratio > 0.0 && workload["per_second"].as_f64().unwrap() > 0.0);
         }
+        if name.as_str().unwrap().contains("send") {
+            let durable = workload["durable_echo_per_second"].as_f64();
+            assert!(durable.is_some_and(|d| d > 0.0), "{name}: {workload}");
+            let ratio = workload["ratio_to_durable_echo"].as_f64().unwrap();
+            let expected = workload["per_second"].as_f64().unwrap() / durable.unwrap();
+            assert!((ratio - expected).abs() < 1e-9, "{name}: {workload}");
+        }
         if name.as_str().unwrap().contains("sends") {
             let per_commit = workload["jobs_per_commit"].as_f64();
             assert!(
@@ -96,10 +118,37 @@ fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything()
             "progress: {stderr}"
         );
     }
+    let targets: Vec<&str> = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["target"].as_str().unwrap())
+        .collect();
+    for clients in ["1 client", "8 clients", "32 clients"] {
+        let target = format!("persistent sends, {clients} >= 0.85x durable echo");
+        assert!(targets.contains(&target.as_str()), "{targets:?}");
+    }
     let leftovers = std::fs::read_dir(data.path()).unwrap().count();
     assert_eq!(
         leftovers, 0,
-        "each started broker's data directory is removed"
+        "each started broker's data directory, and the durable echo's file, are removed"
+    );
+}
+
+#[test]
+fn a_missing_broker_binary_is_named_with_how_to_build_it() {
+    let output = bench(&[
+        "--broker-bin",
+        "/nonexistent/claude-ipc",
+        "--duration",
+        "10ms",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no broker binary at /nonexistent/claude-ipc")
+            && stderr.contains("cargo build --release"),
+        "{stderr}"
     );
 }
 
