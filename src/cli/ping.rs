@@ -2,10 +2,11 @@
 //! the shared secret, does the broker prove it knows it too?
 
 use clap::Args;
-use serde_json::Value;
 
 use super::{output, CliError, ClientArgs};
 use crate::client::Client;
+use crate::protocol::schema::{PingReply, SecurityMode, StaticToken};
+use crate::protocol::Reply;
 
 /// The name ping's challenge is issued for. A challenge creates nothing; this one is never
 /// answered and expires.
@@ -16,8 +17,8 @@ const PROBE_NAME: &str = "claude-ipc-ping";
     after_help = "Needs no session. Exits with 3 when no broker answers, and with 1 when it answers
 that it refuses requests (its database was removed, replaced or is damaged; the message says
 what to do). With IPC_SHARED_SECRET set, a broker in secret mode must prove it knows that
-secret (a challenge, nothing registered); one that cannot is refused with exit 1.
-what to do). A broker run by another user is refused before anything is sent to it, with
+secret (a challenge, nothing registered); one that cannot is refused with exit 1. A broker
+run by another user is refused before anything is sent to it, with
 exit code 3 (IPC_BROKER_USER names a deliberate service account).
 
 Examples:
@@ -34,18 +35,19 @@ pub struct PingArgs {
 pub fn run(args: PingArgs) -> Result<(), CliError> {
     let secret = crate::secret::shared_secret_from_env()?;
     let mut client = args.client.connect()?;
-    let mut reply = crate::protocol::Reply::from(client.ping()?).to_json();
-    let verified = verify_secret(&mut client, &reply, secret.as_deref())?;
+    let ping = client.ping()?;
+    let verified = verify_secret(&mut client, &ping, secret.as_deref())?;
     if args.client.json {
+        let mut reply = Reply::from(ping).to_json();
         reply["secret_verified"] = verified.into();
         output::json(&reply);
     } else {
         println!(
             "broker at {} is up: version {}, protocol {}, {}",
             args.client.target(),
-            output::for_terminal(reply["version"].as_str().unwrap_or("?")),
-            output::for_terminal(&reply["protocol"].to_string()),
-            mode_text(&reply, secret.is_some(), verified)
+            output::for_terminal(&ping.version),
+            ping.protocol,
+            mode_text(&ping, secret.is_some(), verified)
         );
     }
     Ok(())
@@ -55,11 +57,11 @@ pub fn run(args: PingArgs) -> Result<(), CliError> {
 /// knows the secret; an error if it cannot. `true` only when it did.
 fn verify_secret(
     client: &mut Client,
-    ping: &Value,
+    ping: &PingReply,
     secret: Option<&str>,
 ) -> Result<bool, CliError> {
-    match (secret, ping["mode"].as_str()) {
-        (Some(secret), Some("secret")) => {
+    match (secret, ping.mode) {
+        (Some(secret), Some(SecurityMode::Secret)) => {
             client.prove_broker(PROBE_NAME, secret)?;
             Ok(true)
         }
@@ -68,21 +70,21 @@ fn verify_secret(
 }
 
 /// The security mode as a person reads it, and how much of it this client checked.
-fn mode_text(ping: &Value, have_secret: bool, verified: bool) -> String {
-    let static_token = match ping["static_token"].as_str() {
-        Some("refused") => "; the static auth_token is refused",
-        Some("accepted") => "; the legacy static auth_token is also accepted",
-        _ => "",
+fn mode_text(ping: &PingReply, have_secret: bool, verified: bool) -> String {
+    let static_token = match ping.static_token {
+        Some(StaticToken::Refused) => "; the static auth_token is refused",
+        Some(StaticToken::Accepted) => "; the legacy static auth_token is also accepted",
+        None => "",
     };
-    match ping["mode"].as_str() {
-        Some("secret") if verified => format!(
+    match ping.mode {
+        Some(SecurityMode::Secret) if verified => format!(
             "secret mode, verified: the broker proved it knows your secret{static_token}"
         ),
-        Some("secret") => format!(
+        Some(SecurityMode::Secret) => format!(
             "secret mode (not verified: set IPC_SHARED_SECRET to have the broker prove it knows the secret){static_token}"
         ),
-        Some("open") if have_secret => "open mode (no shared secret), although you hold one: this broker is not protected by your IPC_SHARED_SECRET".to_owned(),
-        Some(mode) => format!("{} mode", crate::protocol::auth::printable(mode, 16)),
+        Some(SecurityMode::Open) if have_secret => "open mode (no shared secret), although you hold one: this broker is not protected by your IPC_SHARED_SECRET".to_owned(),
+        Some(SecurityMode::Open) => "open mode".to_owned(),
         None => "? mode".to_owned(),
     }
 }

@@ -26,16 +26,12 @@ pub fn run(args: RenameArgs) -> Result<(), CliError> {
         .client
         .connect_or_start()?
         .rename(&session.session_token, &args.new_name)?;
-    let reply = crate::protocol::Reply::from(reply).to_json();
     session.instance_id = args.new_name.clone();
     session.save()?;
     if args.client.json {
-        output::json(&reply);
+        output::json(&crate::protocol::Reply::from(reply).to_json());
     } else {
-        println!(
-            "{}",
-            output::for_terminal(reply["message"].as_str().unwrap_or("renamed"))
-        );
+        println!("{}", output::for_terminal(&reply.message));
     }
     Ok(())
 }

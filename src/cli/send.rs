@@ -92,14 +92,10 @@ pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
         None,
         &fresh_stamp()?,
     )?;
-    let reply = crate::protocol::Reply::from(reply).to_json();
     if args.client.json {
-        output::json(&reply);
+        output::json(&crate::protocol::Reply::from(reply).to_json());
     } else {
-        println!(
-            "{}",
-            output::for_terminal(reply["message"].as_str().unwrap_or("broadcast sent"))
-        );
+        println!("{}", output::for_terminal(reply.message()));
     }
     Ok(())
 }

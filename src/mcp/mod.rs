@@ -32,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{CheckOptions, Client, ClientError, Stamp, Waiting};
 use crate::config::Config;
+use crate::domain::MessageId;
+use crate::protocol::schema::BroadcastReply;
 use crate::session_file::SessionFile;
 use election::Election;
 
@@ -744,17 +746,15 @@ impl IpcServer {
         // client) repeats the same nonce, so the broker stores the message once.
         let stamp =
             Stamp::fresh().map_err(|e| ToolError::Input(format!("cannot make a nonce: {e}")))?;
-        let reply = self
-            .as_session(move |client, token| match &to {
-                Some(to) => client
-                    .send_stamped(token, to, &content, data.clone(), &stamp)
-                    .map(|sent| json!({"message": sent.message, "message_id": sent.message_id})),
-                None => client
-                    .broadcast_stamped(token, &content, data.clone(), &stamp)
-                    .map(|reply| crate::protocol::Reply::from(reply).to_json()),
-            })
-            .await?;
-        Ok(sent_text(&reply))
+        self.as_session(move |client, token| match &to {
+            Some(to) => client
+                .send_stamped(token, to, &content, data.clone(), &stamp)
+                .map(|sent| sent_text(&sent.message, Some(sent.message_id), &[], 0)),
+            None => client
+                .broadcast_stamped(token, &content, data.clone(), &stamp)
+                .map(|reply| broadcast_text(&reply)),
+        })
+        .await
     }
 
     /// Waits up to `wait` for mail without consuming any; a cancelled wait closes its
@@ -817,24 +817,37 @@ fn object_or_none(data: Option<Value>) -> Result<Option<Map<String, Value>>, Too
     }
 }
 
-/// The broker's reply to a send or broadcast, for the model.
-fn sent_text(reply: &Value) -> String {
-    let said = reply["message"].as_str().unwrap_or("Sent");
+/// The broker's reply to a send or broadcast, for the model: what it said, the message's id
+/// and the instances whose queue was full (the broker lists only the first `skipped`).
+fn sent_text(
+    said: &str,
+    id: Option<MessageId>,
+    skipped: &[String],
+    skipped_count: usize,
+) -> String {
     let mut text = said.to_owned();
-    if let Some(id) = reply["message_id"].as_i64() {
+    if let Some(id) = id {
         text.push_str(&format!(" (message id {id})"));
     }
-    if let Some(skipped) = reply["skipped"].as_array().filter(|s| !s.is_empty()) {
-        let names: Vec<&str> = skipped.iter().filter_map(Value::as_str).collect();
-        text.push_str(&format!("; skipped (queue full): {}", names.join(", ")));
-        // The broker lists only the first few; say how many more there were.
-        let unlisted = reply["skipped_count"]
-            .as_u64()
-            .map_or(0, |all| all.saturating_sub(names.len() as u64));
+    if !skipped.is_empty() {
+        text.push_str(&format!("; skipped (queue full): {}", skipped.join(", ")));
+        let unlisted = skipped_count.saturating_sub(skipped.len());
         if unlisted > 0 {
             text.push_str(&format!(" and {unlisted} more"));
         }
     }
     text.push('.');
     text
+}
+
+/// A broadcast's reply for the model; a duplicate names the earlier broadcast's first copy.
+fn broadcast_text(reply: &BroadcastReply) -> String {
+    match reply {
+        BroadcastReply::Delivered(copies) => {
+            sent_text(&copies.message, None, &copies.skipped, copies.skipped_count)
+        }
+        BroadcastReply::Duplicate(original) => {
+            sent_text(&original.message, Some(original.message_id), &[], 0)
+        }
+    }
 }
