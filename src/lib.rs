@@ -2,10 +2,16 @@
 //!
 //! A request travels through these modules, in this order:
 //!
-//! - [`protocol`]: bytes → frame → [`protocol::Request`]; [`protocol::Reply`] → bytes. No I/O.
+//! - [`protocol`]: bytes → frame → [`protocol::Request`] (a hand parser, since its error texts
+//!   are the legacy contract); [`protocol::schema`] holds the request and reply type of every
+//!   action, shared by the broker, the client and the load generator; [`protocol::Reply`] →
+//!   bytes. No I/O.
 //! - [`server`]: the accept loop and one task per connection: limits, timeouts, shutdown.
-//! - [`broker`]: the rules: sessions, send/check/rename/broadcast, forwards, limits.
-//! - [`store`]: the only code that speaks SQL; one thread owns the write connection and
+//! - [`broker`]: the rules: sessions, send/check/rename/broadcast, forwards, limits. Each
+//!   request is one job on the store (`Broker::job`); a rule returns its action's reply type,
+//!   or a refusal that still commits what it counted.
+//! - [`store`]: the only code that speaks SQL, through a transaction handle ([`store::Tx`])
+//!   whose methods take and return [`domain`] types; one thread owns the write connection and
 //!   commits queued work together (group commit).
 //!
 //! Around them: [`domain`] holds the values every layer shares (names, message ids, kinds,
@@ -22,6 +28,9 @@
 //! [`secret`] finds the shared secret (`IPC_SHARED_SECRET` or `IPC_SHARED_SECRET_FILE`) for
 //! the broker and every client; [`private_file`] reads and writes the files only their user
 //! may see (the session file, the secret file) without following a planted link.
+//!
+//! The load generator is not part of this crate: it is the workspace's `bench/` crate
+//! (`cargo run --release -p claude-ipc-bench`).
 
 pub mod background_serve;
 pub mod broker;
