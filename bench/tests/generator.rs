@@ -45,7 +45,7 @@ fn bench(args: &[&str]) -> std::process::Output {
         .env_remove("IPC_SHARED_SECRET")
         .env_remove("IPC_ADDR")
         .output()
-        .expect("run claude-ipc bench")
+        .expect("run claude-ipc-bench")
 }
 
 #[test]
