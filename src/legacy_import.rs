@@ -419,6 +419,9 @@ impl Importer<'_> {
         }
         let id = tx.insert_message(&NewMessage {
             sender: &message.from_id,
+            // Sent through the original, not through this broker: its sender has no
+            // receipt for it here.
+            sent_by: None,
             addressed_to: &addressed_to,
             recipient: &recipient,
             // The original stored a broadcast as one ordinary row per recipient, with

@@ -39,7 +39,7 @@ const REPLACED_KEPT_PER_NAME: u32 = 8;
 /// Whether `name` is the broker's own or could be read as it: any letter case, with
 /// separators (`sys_tem`), digits that pass for letters (`5ystem`, `syst3m`) or `rn` for `m`
 /// (`systern`). A reader must be able to trust a notice from `system`.
-fn is_reserved(name: &str) -> bool {
+pub(super) fn is_reserved(name: &str) -> bool {
     look_alike_skeleton(name) == SYSTEM_SENDER
 }
 
@@ -725,6 +725,7 @@ fn notify_rename(
         }
         tx.insert_message(&NewMessage {
             sender: SYSTEM_SENDER,
+            sent_by: None,
             addressed_to: &recipient,
             recipient: &recipient,
             kind: MessageKind::System,

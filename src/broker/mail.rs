@@ -16,8 +16,9 @@ use super::reader::Presence;
 use super::unsettled::InFlight;
 use tokio::time::Instant;
 
-use super::identity::Caller;
+use super::identity::{is_reserved, Caller};
 use super::session::TokenHash;
+use super::typos;
 use super::{done, large_message, refuse, text, Broker, BrokerError, JobEnd, Outcome, Peer};
 use crate::domain::{MessageKind, Timestamp};
 use crate::protocol::budget::entry_bytes;
@@ -620,12 +621,12 @@ impl Broker {
             let held_until = match ack {
                 AckMode::Auto => {
                     let until = now.plus(hold);
-                    tx.hold(&ids, until)?;
+                    tx.hold(&ids, until, now)?;
                     until
                 }
                 AckMode::Manual { lease } => {
                     let until = now.plus(lease);
-                    tx.lease(&ids, until)?;
+                    tx.lease(&ids, until, now)?;
                     until
                 }
             };
@@ -865,6 +866,9 @@ fn plan_send(
     let forwarded_to = tx.resolve_forward(to_id, now)?;
     let recipient = forwarded_to.as_ref().unwrap_or(to_id).clone();
     let registered = tx.instance_exists(&recipient)?;
+    if forwarded_to.is_none() && !registered && is_reserved(to_id.as_str()) {
+        return refuse(BrokerError::ReservedRecipient(to_id.to_string()));
+    }
     if let Some(refusal) = room_refusal(tx, &recipient, outgoing.queue_cap)? {
         return refuse(refusal);
     }
@@ -909,13 +913,30 @@ fn store_send(
             (None, false) => format!("Message queued for {recipient} (not yet registered)"),
             (None, true) => "Message sent".to_owned(),
         };
+        let did_you_mean = match (&forwarded_to, registered) {
+            (None, false) => meant_instead(tx, to_id)?,
+            _ => None,
+        };
         done(SendReply {
             message,
             message_id: id,
             recipient: Some(recipient.to_string()),
             duplicate: false,
+            did_you_mean,
         })
     })
+}
+
+/// The registered name a send to `to_id`, a name no instance holds, probably meant: only for
+/// a name never seen (no forward from it either), so mail sent ahead to a peer that has yet
+/// to register is not second-guessed once the name has been in use.
+fn meant_instead(tx: &Tx<'_>, to_id: &InstanceName) -> Result<Option<String>, StoreError> {
+    if tx.forward_known(to_id)? {
+        return Ok(None);
+    }
+    let known = tx.list_instances()?;
+    let names = known.iter().map(|(name, _)| name.as_str());
+    Ok(typos::closest(to_id.as_str(), names).map(str::to_owned))
 }
 
 /// What a broadcast will do, once every rule has passed.
@@ -1071,6 +1092,7 @@ fn insert(
         .map(|large| large.path.display().to_string());
     tx.insert_message(&NewMessage {
         sender: caller.name.as_str(),
+        sent_by: Some(&caller.name),
         addressed_to,
         recipient,
         kind,

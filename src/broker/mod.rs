@@ -9,6 +9,8 @@
 //! - [`challenge`]: the challenge-response registration's challenges, in memory.
 //! - [`auth_guard`]: throttles peers that keep failing authentication.
 //! - [`mail`]: send, broadcast, check, ack and delivery receipts.
+//! - [`receipts`]: `sent`, what became of the caller's own mail.
+//! - [`typos`]: the name a send to a never-seen name probably meant.
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
 //! - [`reader`]: tells a long-poll that its reader's connection closed.
 //! - [`listening`]: which sessions have a long-poll open, so their names count as in use.
@@ -25,10 +27,12 @@ pub mod listening;
 pub mod mail;
 pub mod peer;
 pub mod reader;
+pub mod receipts;
 pub mod session;
 pub mod storage_failure;
 pub mod sweeper;
 pub mod timekeeping;
+pub mod typos;
 pub mod unsettled;
 
 use std::collections::HashMap;
@@ -62,6 +66,8 @@ pub enum BrokerError {
     InvalidAuth,
     #[error("`{0}` is reserved for broker notices; choose another name")]
     ReservedName(String),
+    #[error("`{0}` is a name reserved for the broker's own notices: no instance can ever hold it, so mail to it would never be read; nothing was sent. Send to an instance's name (`list` shows them)")]
+    ReservedRecipient(String),
     #[error("Message queue full for {name} ({cap} message limit)")]
     QueueFull { name: String, cap: u32 },
     #[error("Rate limit: can rename again in {minutes} minutes")]
@@ -143,7 +149,7 @@ impl BrokerError {
         match self {
             InvalidSession => ErrorCode::InvalidSession,
             InvalidAuth => ErrorCode::InvalidAuth,
-            ReservedName(_) => ErrorCode::ReservedName,
+            ReservedName(_) | ReservedRecipient(_) => ErrorCode::ReservedName,
             QueueFull { .. } => ErrorCode::QueueFull,
             RenameCooldown { .. } => ErrorCode::RenameCooldown,
             RateLimited { .. } => ErrorCode::RateLimited,
@@ -190,7 +196,8 @@ impl BrokerError {
             | LargeMessageSenderFull { .. }
             | LargeMessageTotalFull { .. }
             | NameTaken(_)
-            | SameName(_) => true,
+            | SameName(_)
+            | ReservedRecipient(_) => true,
             InvalidSession
             | InvalidAuth
             | AuthThrottled { .. }
@@ -467,6 +474,7 @@ impl Broker {
                 .await
                 .map(Outcome::reply),
             Action::Logout => self.logout(token, peer).await.map(Outcome::reply),
+            Action::Sent(selection) => self.sent(token, peer, selection).await.map(Outcome::reply),
         }
     }
 

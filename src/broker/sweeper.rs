@@ -1,6 +1,8 @@
 //! Expiry and purging: idle sessions, old forwards, undelivered future mail past its
 //! retention, delivered mail past its retention (with its large-message file), stale nonces,
 //! rate-limit rows (per instance and per peer), authentication failures older than 30 days,
+//! records of mail that expired undelivered (kept for its sender's receipts as long as
+//! delivered mail),
 //! and instances nobody has used for the instance retention (no live session, no waiting mail
 //! but rename notices, no live forward to them). Each pass deletes in
 //! bounded batches, one short job at a time, so sends queued behind it wait for one small
@@ -122,6 +124,8 @@ fn cutoffs(limits: &crate::config::Limits, now: Timestamp) -> SweepCutoffs {
         instances_unseen_before: now.minus(limits.instance_retention),
         renamed_before: now.minus(limits.rename_cooldown),
         peer_activity_before: rate_window,
+        // A sender may ask about expired mail as long as about delivered mail.
+        expired_receipts_before: now.minus(limits.delivered_retention),
     }
 }
 
@@ -147,4 +151,5 @@ fn add(total: &mut SweepReport, report: SweepReport) {
     total.instances += report.instances;
     total.peer_activity += report.peer_activity;
     total.orphan_files += report.orphan_files;
+    total.expired_receipts += report.expired_receipts;
 }

@@ -68,6 +68,17 @@ pub enum Action {
     /// Ends the caller's own session: the name is free at once for the next `register`, which
     /// then needs no takeover. Sent by an MCP server that shuts down.
     Logout,
+    /// Receipts for the caller's own mail: what became of each message, and when.
+    Sent(SentSelection),
+}
+
+/// Which of its mail a `sent` asks about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SentSelection {
+    /// Its newest messages, at most this many.
+    Newest(u32),
+    /// Exactly these ids, in this order.
+    Ids(Vec<i64>),
 }
 
 impl Action {
@@ -84,6 +95,7 @@ impl Action {
             Action::Rename { .. } => "rename",
             Action::Count { .. } => "count",
             Action::Logout => "logout",
+            Action::Sent(_) => "sent",
         }
     }
 }
@@ -131,8 +143,12 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 pub const MAX_LEASE_MS: u64 = 3_600_000;
 /// Longest long-poll a client may ask for; a client wanting longer asks again.
 pub const MAX_WAIT_MS: u64 = 300_000;
-/// Most ids one `ack` may settle.
+/// Most ids one `ack` may settle, and one `sent` may ask about.
 pub const MAX_ACK_IDS: usize = 1000;
+/// How many of its newest messages a `sent` reports without a `limit`.
+pub const DEFAULT_SENT_LIMIT: u32 = 20;
+/// The most a `sent` may ask for.
+pub const MAX_SENT_LIMIT: u32 = 500;
 
 /// What a sender wrote: `{content, data?}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -192,7 +208,7 @@ impl RequestError {
 }
 
 /// Every action the broker answers, in the order the docs list them.
-pub const ACTION_NAMES: [&str; 11] = [
+pub const ACTION_NAMES: [&str; 12] = [
     "ping",
     "challenge",
     "register",
@@ -204,6 +220,7 @@ pub const ACTION_NAMES: [&str; 11] = [
     "rename",
     "count",
     "logout",
+    "sent",
 ];
 /// The most characters of a client's own text an error message repeats back, so a reply
 /// never grows with the request.
@@ -286,6 +303,7 @@ impl Fields<'_> {
                 wait: self.optional_millis("wait_ms", 0, MAX_WAIT_MS)?,
             },
             "logout" => Action::Logout,
+            "sent" => Action::Sent(self.sent_selection()?),
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,
             },
@@ -491,6 +509,43 @@ impl Fields<'_> {
     /// `ids` of an `ack`: a non-empty array of message ids.
     fn ids(&self) -> Result<Vec<i64>, RequestError> {
         let expected = format!("an array of 1 to {MAX_ACK_IDS} message ids");
+        if self.0.get("ids").is_none_or(Value::is_null) {
+            return Err(RequestError::new(
+                ErrorCode::MissingField,
+                format!("missing field `ids` ({expected}, as `check` returned them)"),
+            ));
+        }
+        self.id_list(&expected)
+    }
+
+    /// What a `sent` asks about: `ids`, or its newest `limit` (1 to [`MAX_SENT_LIMIT`],
+    /// default [`DEFAULT_SENT_LIMIT`]); not both.
+    fn sent_selection(&self) -> Result<SentSelection, RequestError> {
+        let given = |key: &str| self.0.get(key).is_some_and(|value| !value.is_null());
+        if given("ids") && given("limit") {
+            return Err(RequestError::new(
+                ErrorCode::InvalidField,
+                "send either `ids` (exactly those messages) or `limit` (your newest ones), not both",
+            ));
+        }
+        if given("ids") {
+            let expected = format!("an array of 1 to {MAX_ACK_IDS} message ids you sent");
+            return Ok(SentSelection::Ids(self.id_list(&expected)?));
+        }
+        let expected = format!("a whole number from 1 to {MAX_SENT_LIMIT}");
+        let limit = match self.0.get("limit") {
+            None | Some(Value::Null) => DEFAULT_SENT_LIMIT,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(limit) if (1..=u64::from(MAX_SENT_LIMIT)).contains(&limit) => limit as u32,
+                _ => return Err(wrong_type("limit", &expected, &Value::Number(n.clone()))),
+            },
+            Some(other) => return Err(wrong_type("limit", &expected, other)),
+        };
+        Ok(SentSelection::Newest(limit))
+    }
+
+    /// `ids`, present: an array of 1 to [`MAX_ACK_IDS`] message ids.
+    fn id_list(&self, expected: &str) -> Result<Vec<i64>, RequestError> {
         let items = match self.0.get("ids") {
             Some(Value::Array(items)) if (1..=MAX_ACK_IDS).contains(&items.len()) => items,
             Some(Value::Array(items)) => {
@@ -502,10 +557,10 @@ impl Fields<'_> {
             None | Some(Value::Null) => {
                 return Err(RequestError::new(
                     ErrorCode::MissingField,
-                    format!("missing field `ids` ({expected}, as `check` returned them)"),
+                    format!("missing field `ids` ({expected})"),
                 ))
             }
-            Some(other) => return Err(wrong_type("ids", &expected, other)),
+            Some(other) => return Err(wrong_type("ids", expected, other)),
         };
         items
             .iter()

@@ -21,6 +21,7 @@ pub mod legacy;
 pub mod queries;
 #[cfg(test)]
 mod query_plans;
+pub mod receipts;
 pub mod rescue;
 pub mod security;
 pub mod startup;

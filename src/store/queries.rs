@@ -17,6 +17,9 @@ pub use crate::domain::MessageId;
 pub struct NewMessage<'a> {
     /// Text, not a name: mail imported from the original keeps the sender it was written with.
     pub sender: &'a str,
+    /// The sending instance, whose `sent` reports the message; `None` for the broker's own
+    /// notices.
+    pub sent_by: Option<&'a InstanceName>,
     pub addressed_to: &'a InstanceName,
     pub recipient: &'a InstanceName,
     pub kind: MessageKind,
@@ -320,8 +323,8 @@ impl Tx<'_> {
     }
 
     /// Moves everything that belongs to `old` to `new`: the instance row, its sessions, its
-    /// pending mail (merged with mail already waiting for `new`), its rate-limit window, and
-    /// forwards that pointed at `old`. Then `old` forwards to `new` until
+    /// pending mail (merged with mail already waiting for `new`), its rate-limit window,
+    /// forwards that pointed at `old`, and the receipts of the mail it sent. Then `old` forwards to `new` until
     /// `forward_expires_at`.
     pub fn rename_instance(
         &self,
@@ -336,6 +339,7 @@ impl Tx<'_> {
         conn.execute(RENAME_PENDING_MAIL, params![old, new])?;
         conn.execute(RENAME_REQUEST_LOG, params![old, new])?;
         conn.execute(RENAME_FORWARD_TARGETS, params![old, new])?;
+        self.move_receipts(old, new)?;
         self.delete_forward(new)?;
         conn.execute(UPSERT_FORWARD, params![old, new, now, forward_expires_at])?;
         Ok(())
@@ -348,6 +352,8 @@ pub(crate) const RESOLVE_FORWARD: &str =
     "SELECT new_name FROM name_forwards WHERE old_name = ?1 AND expires_at > ?2";
 
 pub(crate) const DELETE_FORWARD: &str = "DELETE FROM name_forwards WHERE old_name = ?1";
+
+pub(crate) const FORWARD_KNOWN: &str = "SELECT 1 FROM name_forwards WHERE old_name = ?1";
 
 impl Tx<'_> {
     /// Where mail to `name` goes now, if `name` has a live forward.
@@ -364,6 +370,12 @@ impl Tx<'_> {
         Ok(target)
     }
 
+    /// Whether a forward from `name` is kept, live or expired and not yet swept: the name was
+    /// an instance's until it renamed.
+    pub fn forward_known(&self, name: &InstanceName) -> Result<bool, StoreError> {
+        Ok(self.conn.prepare_cached(FORWARD_KNOWN)?.exists([name])?)
+    }
+
     /// Drops the forward from `name`: a real instance now holds that name.
     pub fn delete_forward(&self, name: &InstanceName) -> Result<(), StoreError> {
         self.conn.prepare_cached(DELETE_FORWARD)?.execute([name])?;
@@ -375,8 +387,8 @@ impl Tx<'_> {
 
 pub(crate) const INSERT_MESSAGE: &str =
     "INSERT INTO messages (sender, addressed_to, recipient, kind, content, data, large_file,
-                           nonce, sender_timestamp, received_at, large_file_bytes)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+                           nonce, sender_timestamp, received_at, large_file_bytes, sent_by)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
 
 pub(crate) const PENDING_COUNT: &str =
     "SELECT count(*) FROM messages WHERE recipient = ?1 AND delivered_at IS NULL";
@@ -417,11 +429,12 @@ pub(crate) const AVAILABLE_FOR: &str = concat!(
 pub(crate) const NEXT_LEASE_EXPIRY: &str = "SELECT min(leased_until) FROM messages
      WHERE recipient = ?1 AND delivered_at IS NULL AND leased_until > ?2";
 
-pub(crate) const LEASE: &str =
-    "UPDATE messages SET leased_until = ?2, delivery_count = delivery_count + 1
+pub(crate) const LEASE: &str = "UPDATE messages
+     SET leased_until = ?2, delivery_count = delivery_count + 1, read_at = coalesce(read_at, ?3)
      WHERE id = ?1 AND delivered_at IS NULL";
 
-pub(crate) const HOLD: &str = "UPDATE messages SET leased_until = ?2
+pub(crate) const HOLD: &str =
+    "UPDATE messages SET leased_until = ?2, read_at = coalesce(read_at, ?3)
      WHERE id = ?1 AND delivered_at IS NULL";
 
 pub(crate) const DELIVER_HELD: &str =
@@ -481,6 +494,7 @@ impl Tx<'_> {
             message.sender_timestamp,
             message.received_at,
             message.large_file_bytes.map(|bytes| bytes as i64),
+            message.sent_by,
         ])?;
         Ok(MessageId(self.conn.last_insert_rowid()))
     }
@@ -580,16 +594,43 @@ impl Tx<'_> {
             .query_row(params![recipient, now], |row| row.get(0))?)
     }
 
-    /// Leases these messages until `until`, counting the hand-out.
-    pub fn lease(&self, ids: &[MessageId], until: Timestamp) -> Result<usize, StoreError> {
-        self.update_waiting(LEASE, ids, until)
+    /// Leases these messages until `until`, counting the hand-out; the first hand-out is
+    /// recorded as read at `now`.
+    pub fn lease(
+        &self,
+        ids: &[MessageId],
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
+        self.hand_out(LEASE, ids, until, now)
     }
 
     /// Holds these messages until `until` while a reply carrying them is on its way: nobody
     /// else is handed them meanwhile. Unlike [`Tx::lease`] it does not count a hand-out;
-    /// settling does.
-    pub fn hold(&self, ids: &[MessageId], until: Timestamp) -> Result<usize, StoreError> {
-        self.update_waiting(HOLD, ids, until)
+    /// settling does. The first hand-out is recorded as read at `now`.
+    pub fn hold(
+        &self,
+        ids: &[MessageId],
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
+        self.hand_out(HOLD, ids, until, now)
+    }
+
+    /// Runs a lease or hold (`?1` the id, `?2` its end, `?3` now) for each id.
+    fn hand_out(
+        &self,
+        update: &str,
+        ids: &[MessageId],
+        until: Timestamp,
+        now: Timestamp,
+    ) -> Result<usize, StoreError> {
+        let mut statement = self.conn.prepare_cached(update)?;
+        let mut changed = 0;
+        for id in ids {
+            changed += statement.execute(params![id, until, now])?;
+        }
+        Ok(changed)
     }
 
     /// Marks held messages delivered, but only those still held by this very hold (`until`):
@@ -1042,6 +1083,8 @@ pub struct SweepReport {
     pub peer_activity: usize,
     /// Large-message files no message referred to, removed by the orphan pass.
     pub orphan_files: usize,
+    /// Records of expired mail (see [`Tx::record_expiry`]) kept past their retention.
+    pub expired_receipts: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -1058,6 +1101,8 @@ pub struct SweepCutoffs {
     /// ...if they did not rename after this (their cooldown would be forgotten with them).
     pub renamed_before: Timestamp,
     pub peer_activity_before: Timestamp,
+    /// Records of mail that expired undelivered go once older than this.
+    pub expired_receipts_before: Timestamp,
 }
 
 /// Revoked sessions go at once, except those a registration replaced: they stay (a few per
@@ -1164,27 +1209,35 @@ impl Tx<'_> {
                 SWEEP_PEER_ACTIVITY,
                 cut.peer_activity_before,
             )?,
+            expired_receipts: delete(
+                tables.expired_receipts,
+                super::receipts::SWEEP_EXPIRED_MAIL,
+                cut.expired_receipts_before,
+            )?,
             ..SweepReport::default()
         };
         if tables.instances {
             report.instances = self.reap_instances(cut, batch)?;
         }
-        let mail = |wanted: bool, select: &str, before: Timestamp| {
+        let mail = |wanted: bool, select: &str, before: Timestamp, expires: Option<Timestamp>| {
             if wanted {
-                self.delete_messages_returning_files(select, before, batch)
+                self.delete_messages_returning_files(select, before, batch, expires)
             } else {
                 Ok((0, Vec::new()))
             }
         };
+        // Mail removed undelivered expired: its sender's receipt says so.
         let future = mail(
             tables.future_mail,
             SWEEP_FUTURE_MAIL,
             cut.future_mail_before,
+            Some(cut.now),
         )?;
         let delivered = mail(
             tables.delivered_mail,
             SWEEP_DELIVERED_MAIL,
             cut.delivered_before,
+            None,
         )?;
         report.future_mail = future.0;
         report.delivered_mail = delivered.0;
@@ -1211,6 +1264,7 @@ impl Tx<'_> {
             )?
             .collect::<rusqlite::Result<_>>()?;
         for name in &names {
+            self.forget_receipts(name)?;
             conn.execute(DELETE_NOTICES_FOR, [name])?;
             conn.execute(DELETE_SESSIONS_OF, [name])?;
             conn.execute(DELETE_INSTANCE, [name])?;
@@ -1218,11 +1272,14 @@ impl Tx<'_> {
         Ok(names.len())
     }
 
+    /// Deletes the messages `select` finds (up to `batch`); with `expired_at`, each is first
+    /// recorded as expired then (see [`Tx::record_expiry`]).
     fn delete_messages_returning_files(
         &self,
         select: &str,
         before: Timestamp,
         batch: u32,
+        expired_at: Option<Timestamp>,
     ) -> Result<(usize, Vec<String>), StoreError> {
         let mut statement = self.conn.prepare(select)?;
         let rows: Vec<(i64, Option<String>)> = statement
@@ -1230,6 +1287,9 @@ impl Tx<'_> {
             .collect::<rusqlite::Result<_>>()?;
         let mut delete = self.conn.prepare_cached(DELETE_MESSAGE)?;
         for (id, _) in &rows {
+            if let Some(at) = expired_at {
+                self.record_expiry(*id, at)?;
+            }
             delete.execute([id])?;
         }
         // Broadcast copies share one file: remove it only when no message refers to it any
@@ -1259,6 +1319,7 @@ pub struct SweepTables {
     pub auth_failures: bool,
     pub instances: bool,
     pub peer_activity: bool,
+    pub expired_receipts: bool,
 }
 
 impl SweepTables {
@@ -1272,6 +1333,7 @@ impl SweepTables {
         auth_failures: true,
         instances: true,
         peer_activity: true,
+        expired_receipts: true,
     };
 
     /// The tables whose batch in `report` was full, so may hold more to remove.
@@ -1286,6 +1348,7 @@ impl SweepTables {
             auth_failures: report.auth_failures >= batch,
             instances: report.instances >= batch,
             peer_activity: report.peer_activity >= batch,
+            expired_receipts: report.expired_receipts >= batch,
         }
     }
 
@@ -1299,5 +1362,6 @@ impl SweepTables {
             || self.auth_failures
             || self.instances
             || self.peer_activity
+            || self.expired_receipts
     }
 }

@@ -8,9 +8,10 @@ use rusqlite::types::Null;
 use rusqlite::Connection;
 
 use super::queries::*;
+use super::receipts::*;
 
 /// Tables that grow with traffic or with the number of instances.
-const HOT_TABLES: [&str; 8] = [
+const HOT_TABLES: [&str; 9] = [
     "peer_activity",
     "auth_failures",
     "messages",
@@ -19,6 +20,7 @@ const HOT_TABLES: [&str; 8] = [
     "sessions",
     "instances",
     "name_forwards",
+    "expired_mail",
 ];
 
 /// One statement, the request paths that run it, and the one scan it may make, if any.
@@ -96,6 +98,21 @@ const STATEMENTS: &[Hot] = &[
         "the partial index holds only mail with a large file, which the caps keep few",
     ),
     hot("resolve_forward", "send", RESOLVE_FORWARD),
+    hot(
+        "forward_known",
+        "send to an unregistered name",
+        FORWARD_KNOWN,
+    ),
+    hot("sent_by", "sent", SENT_BY),
+    hot("expired_sent_by", "sent", EXPIRED_SENT_BY),
+    hot("sent_one", "sent with ids", SENT_ONE),
+    hot("expired_one", "sent with ids", EXPIRED_ONE),
+    hot("move_sent_mail", "rename", MOVE_SENT_MAIL),
+    hot("move_expired_mail", "rename", MOVE_EXPIRED_MAIL),
+    hot("forget_sent_mail", "sweeper", FORGET_SENT_MAIL),
+    hot("forget_expired_mail", "sweeper", FORGET_EXPIRED_MAIL),
+    hot("record_expiry", "sweeper", RECORD_EXPIRY),
+    hot("sweep_expired_mail", "sweeper", SWEEP_EXPIRED_MAIL),
     hot("instance_exists", "send, rename", INSTANCE_EXISTS),
     hot("find_nonce", "send", FIND_NONCE),
     hot("pending_count", "send, broadcast, register", PENDING_COUNT),
@@ -131,7 +148,7 @@ const STATEMENTS: &[Hot] = &[
     hot("list_instances_after", "list", LIST_INSTANCES_AFTER),
     scans(
         "list_instances",
-        "broadcast, rename",
+        "broadcast, rename, send to a never-seen name (did_you_mean)",
         LIST_INSTANCES,
         "SCAN instances USING INDEX sqlite_autoindex_instances_1",
         "it returns every instance, in name order",

@@ -308,6 +308,7 @@ fn mail_through_the_store(broker: &TestBroker, recipient: &str, count: usize) ->
                         let content = format!("note {i}");
                         let message = NewMessage {
                             sender: "alice",
+                            sent_by: None,
                             addressed_to: &recipient,
                             recipient: &recipient,
                             kind: MessageKind::Direct,

@@ -1,5 +1,6 @@
 //! The replies about mail: `send`, `broadcast`, `check` (with [`WireMessage`], one message as
-//! a reader sees it), `ack` and its `release`, and `count`.
+//! a reader sees it), `ack` and its `release`, `count`, and `sent` (with [`Receipt`], one
+//! message as its sender sees it).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -20,6 +21,11 @@ pub struct SendReply {
     pub recipient: Option<String>,
     #[serde(default)]
     pub duplicate: bool,
+    /// Mail to a name nobody ever registered, close to the name of an instance that is
+    /// registered: that instance's name, in case the sender mistyped it. The mail still waits
+    /// for the name it was sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub did_you_mean: Option<String>,
 }
 
 /// The text of a send or broadcast whose nonce was already used.
@@ -33,6 +39,7 @@ impl SendReply {
             message_id: original,
             recipient: None,
             duplicate: true,
+            did_you_mean: None,
         }
     }
 }
@@ -212,10 +219,91 @@ impl RefusedId {
     }
 }
 
+impl RefusedId {
+    /// An id `sent` cannot report: the caller sent no such message that is still kept (or
+    /// it does not exist: alike, so ids cannot be probed).
+    pub fn not_sent_by_you(id: MessageId) -> Self {
+        RefusedId {
+            id,
+            code: "unknown_message".to_owned(),
+            message: format!(
+                "no message {id} sent by you is kept; ask only for ids your send or broadcast returned (delivered and expired mail is purged after a while)"
+            ),
+        }
+    }
+}
+
 /// `count`: waiting mail, not consumed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CountReply {
     pub count: u32,
     /// Distinct senders, by their oldest waiting message; at most ten.
     pub senders: Vec<String>,
+}
+
+/// `sent`: the caller's own mail, newest first (or the ids it asked for, in their order), as
+/// much as fits the reply budget; ids it did not send are refused one by one, as `ack`
+/// refuses them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentReply {
+    pub messages: Vec<Receipt>,
+    /// Some messages asked for were left out to keep the reply small: ask for fewer.
+    #[serde(default)]
+    pub more: bool,
+    #[serde(default)]
+    pub refused_count: usize,
+    /// The first refusals; `refused_count` counts them all.
+    #[serde(default)]
+    pub refused: Vec<RefusedId>,
+}
+
+/// What became of one message, for its sender. A time is absent until its change happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub id: MessageId,
+    /// Who holds it now: a forward's target, or the name it was sent to.
+    pub to: String,
+    /// The name the sender wrote.
+    pub addressed_to: String,
+    pub kind: MessageKind,
+    pub state: ReceiptState,
+    /// How many times a check handed it out.
+    pub delivery_count: u32,
+    pub sent_at: String,
+    /// Its first hand-out to a reader (a check of either kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_at: Option<String>,
+    /// When a channel-mode MCP server first pushed it into a live session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<String>,
+    /// When the broker dropped it undelivered: nobody registered the name in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<String>,
+}
+
+/// Where a message is on its way, as `sent` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiptState {
+    /// Not handed out now: never yet, or a lease ran out unacknowledged (`read_at` says).
+    Waiting,
+    /// Handed out to a reader that has not acknowledged it yet (its lease or hold is live).
+    Read,
+    /// Acknowledged by its reader: done.
+    Delivered,
+    /// Dropped undelivered when its time ran out.
+    Expired,
+}
+
+impl ReceiptState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptState::Waiting => "waiting",
+            ReceiptState::Read => "read",
+            ReceiptState::Delivered => "delivered",
+            ReceiptState::Expired => "expired",
+        }
+    }
 }

@@ -25,6 +25,7 @@ pub enum ClientRequest {
     Rename(RenameRequest),
     Count(CountRequest),
     Logout(LogoutRequest),
+    Sent(SentRequest),
 }
 
 impl ClientRequest {
@@ -42,6 +43,7 @@ impl ClientRequest {
             ClientRequest::Rename(_) => "rename",
             ClientRequest::Count(_) => "count",
             ClientRequest::Logout(_) => "logout",
+            ClientRequest::Sent(_) => "sent",
         }
     }
 
@@ -173,4 +175,14 @@ pub struct CountRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogoutRequest {
     pub session_token: String,
+}
+
+/// `sent`: receipts for the caller's own mail: its newest `limit` messages, or exactly `ids`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SentRequest {
+    pub session_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<i64>>,
 }

@@ -99,6 +99,11 @@ fn requests() -> Vec<ClientRequest> {
         ClientRequest::Logout(LogoutRequest {
             session_token: token(),
         }),
+        ClientRequest::Sent(SentRequest {
+            session_token: token(),
+            limit: None,
+            ids: Some(vec![3, 999]),
+        }),
     ]
 }
 
@@ -162,6 +167,14 @@ fn replies() -> Vec<(&'static str, Reply)> {
         message_id: MessageId(3),
         recipient: Some(name("bob")),
         duplicate: false,
+        did_you_mean: None,
+    };
+    let near_miss = SendReply {
+        message: "Message queued for bbo (not yet registered)".into(),
+        message_id: MessageId(4),
+        recipient: Some(name("bbo")),
+        duplicate: false,
+        did_you_mean: Some(name("bob")),
     };
     let copies = BroadcastCopies {
         message: "Broadcast to 2 instances".into(),
@@ -199,6 +212,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
         ),
         ("send", sent.into()),
         ("send", SendReply::duplicate(MessageId(3)).into()),
+        ("send", near_miss.into()),
         ("broadcast", BroadcastReply::Delivered(copies).into()),
         (
             "broadcast",
@@ -275,6 +289,43 @@ fn replies() -> Vec<(&'static str, Reply)> {
             }
             .into(),
         ),
+        (
+            "sent",
+            SentReply {
+                messages: vec![
+                    Receipt {
+                        id: MessageId(3),
+                        to: name("robert"),
+                        addressed_to: name("bob"),
+                        kind: MessageKind::Direct,
+                        state: ReceiptState::Delivered,
+                        delivery_count: 1,
+                        sent_at: at("2026-01-01T12:00:00.000Z"),
+                        read_at: Some(at("2026-01-01T12:00:01.000Z")),
+                        pushed_at: Some(at("2026-01-01T12:00:00.050Z")),
+                        delivered_at: Some(at("2026-01-01T12:00:02.000Z")),
+                        expired_at: None,
+                    },
+                    Receipt {
+                        id: MessageId(2),
+                        to: name("nobody"),
+                        addressed_to: name("nobody"),
+                        kind: MessageKind::Broadcast,
+                        state: ReceiptState::Expired,
+                        delivery_count: 0,
+                        sent_at: at("2026-01-01T12:00:00.000Z"),
+                        read_at: None,
+                        pushed_at: None,
+                        delivered_at: None,
+                        expired_at: Some(at("2026-01-08T12:00:00.000Z")),
+                    },
+                ],
+                more: true,
+                refused_count: 1,
+                refused: vec![RefusedId::not_sent_by_you(MessageId(999))],
+            }
+            .into(),
+        ),
         ("any", replaced.into()),
     ]
 }
@@ -305,6 +356,7 @@ fn reply_round_trips(reply: &Reply) {
         Reply::Rename(inner) => round_trips(inner, &line),
         Reply::Count(inner) => round_trips(inner, &line),
         Reply::Logout(inner) => round_trips(inner, &line),
+        Reply::Sent(inner) => round_trips(inner, &line),
         Reply::Error(inner) => round_trips(inner, &line),
     }
 }
