@@ -22,11 +22,12 @@ use crate::protocol::reply::parse_reply;
 use crate::protocol::schema::requests::{
     AckRequest, BroadcastRequest, ChallengeRequest, CheckRequest, CountRequest, ListRequest,
     LogoutRequest, RegisterRequest, RenameRequest, RequestBody, RequestStamp, SendRequest,
+    SentRequest,
 };
 use crate::protocol::schema::{
     AckReply, BroadcastReply, ChallengeReply, CheckReply, ClientRequest, CountReply, ErrorReply,
     InstanceEntry, ListReply, LogoutReply, ManualAck, PingReply, RefusedId, RegisterReply,
-    ReleaseReply, RenameReply, SecurityMode, SendReply, WireBody, WireMessage,
+    ReleaseReply, RenameReply, SecurityMode, SendReply, SentReply, WireBody, WireMessage,
 };
 use crate::protocol::ErrorCode;
 
@@ -878,6 +879,21 @@ impl Client {
             session_token: token.to_owned(),
             ids: ids.to_vec(),
             release: true,
+        }))
+    }
+
+    /// Receipts for this session's own mail: what became of each message and when. Its
+    /// newest `limit` messages (the broker's default of 20 without one), or exactly `ids`.
+    pub fn sent(
+        &mut self,
+        token: &str,
+        limit: Option<u32>,
+        ids: Option<&[i64]>,
+    ) -> Result<SentReply, ClientError> {
+        self.call_as(ClientRequest::Sent(SentRequest {
+            session_token: token.to_owned(),
+            limit,
+            ids: ids.map(<[i64]>::to_vec),
         }))
     }
 

@@ -13,6 +13,7 @@ mod ping;
 mod register;
 mod rename;
 mod send;
+mod sent;
 pub mod serve;
 mod status;
 
@@ -45,6 +46,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
   claude-ipc register alice                 register; the session goes to ~/.ipc-session
   claude-ipc send bob \"API changed\"         send bob a message (registered or not yet)
   claude-ipc check                          read your mail
+  claude-ipc sent                           what became of the mail you sent
   claude-ipc status                         the broker, its instances and waiting mail
   claude mcp add claude-ipc -s user -- claude-ipc mcp    give Claude Code the tools
 
@@ -86,6 +88,8 @@ pub enum Command {
     Send(send::SendArgs),
     /// Send a message to every other registered instance.
     Broadcast(send::BroadcastArgs),
+    /// What became of the mail you sent: waiting, read, delivered or expired, and when.
+    Sent(sent::SentArgs),
     /// Read your waiting mail; it is acknowledged once printed.
     Check(check::CheckArgs),
     /// Print mail as it arrives, until interrupted.
@@ -291,7 +295,7 @@ fn next_step(error: &ClientError) -> &'static str {
         "static_token_refused" => "; `claude-ipc register NAME` registers by challenge-response, which this broker accepts",
         "queue_full" => "; the recipient must run `claude-ipc check` before more mail fits",
         "name_taken" => "; choose another name, or `claude-ipc list` to see who has it",
-        // `name_too_similar` and `reserved_name` already say to choose another name.
+        // `name_too_similar` and `reserved_name` already say what to do instead.
         "storage_failed" => "; retry, and if it keeps failing read the broker's log",
         _ => "",
     }
@@ -309,6 +313,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Register(args) => register::run(args),
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),
+        Command::Sent(args) => sent::run(args),
         Command::Check(args) => check::run(args),
         Command::Watch(args) => check::run_watch(args),
         Command::List(args) => check::run_list(args),
@@ -352,6 +357,7 @@ impl Command {
             Command::Register(args) => Some(&args.client),
             Command::Send(args) => Some(&args.client),
             Command::Broadcast(args) => Some(&args.client),
+            Command::Sent(args) => Some(&args.client),
             Command::Check(args) => Some(&args.client),
             Command::Watch(args) => Some(&args.client),
             Command::List(args) => Some(&args.client),

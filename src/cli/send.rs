@@ -9,7 +9,8 @@ use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Mail to a name nobody has registered yet waits for it (7 days). Content over 10 KiB is
+    after_help = "Mail to a name nobody has registered yet waits for it (7 days); if the name is close to a
+registered one, the reply asks whether you meant that one. Content over 10 KiB is
 stored in a file and the recipient gets a summary with its path. Each send carries a fresh
 nonce, so a retried request is stored once.
 
@@ -73,6 +74,7 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
         output::json(&serde_json::json!({
             "status": "ok", "message": sent.message, "message_id": sent.message_id,
             "duplicate": sent.duplicate,
+            "did_you_mean": sent.did_you_mean,
         }));
     } else {
         println!(
@@ -80,6 +82,10 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
             output::for_terminal(&sent.message),
             sent.message_id
         );
+        if let Some(meant) = &sent.did_you_mean {
+            let hint = crate::mcp::format::did_you_mean(&args.to, meant);
+            println!("{}", output::for_terminal(&hint));
+        }
     }
     Ok(())
 }

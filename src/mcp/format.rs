@@ -9,6 +9,7 @@ use super::command::CommandRun;
 use super::guard::Secrets;
 use crate::client::{Checked, Instance, Received, Waiting};
 use crate::domain::SYSTEM_SENDER;
+use crate::protocol::schema::{Receipt, ReceiptState, SentReply};
 use crate::relative_time::relative_time;
 
 /// "3 min ago" for a broker timestamp (worded as the CLI words it), or "at an unknown time"
@@ -206,6 +207,92 @@ fn count_of(count: usize, noun: &str) -> String {
         format!("1 {noun}")
     } else {
         format!("{count} {noun}s")
+    }
+}
+
+/// How long mail for a name nobody registered waits, by the broker's default
+/// (`--future-mail-retention`).
+const FUTURE_MAIL_WAIT: &str = "7 days";
+
+/// What a send to a never-seen name adds when the broker offers the name it probably meant.
+pub fn did_you_mean(to: &str, meant: &str) -> String {
+    let (to, meant) = (one_line(to), one_line(meant));
+    format!(
+        "no instance named '{to}' has registered yet; did you mean '{meant}'? The mail will wait up to {FUTURE_MAIL_WAIT} for '{to}'."
+    )
+}
+
+/// A `sent` reply, one line per message ("#42 to bob: delivered 3 min ago"), then the ids
+/// that were refused, and `more_hint` when the broker left some out.
+pub fn receipts(reply: &SentReply, now: DateTime<Utc>, more_hint: &str) -> String {
+    let mut lines: Vec<String> = reply
+        .messages
+        .iter()
+        .map(|receipt| receipt_line(receipt, now))
+        .collect();
+    for refused in &reply.refused {
+        lines.push(format!(
+            "#{}: not found (you did not send it, or it was purged)",
+            refused.id
+        ));
+    }
+    let unlisted = reply.refused_count.saturating_sub(reply.refused.len());
+    if unlisted > 0 {
+        lines.push(format!("and {unlisted} more ids not found"));
+    }
+    if lines.is_empty() {
+        lines.push("You have sent no mail that the broker still keeps.".to_owned());
+    }
+    if reply.more {
+        lines.push(more_hint.to_owned());
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// "#42 to bob: delivered 3 min ago (pushed 3 min ago)".
+pub fn receipt_line(receipt: &Receipt, now: DateTime<Utc>) -> String {
+    let mut to = one_line(&receipt.to);
+    if receipt.addressed_to != receipt.to {
+        to.push_str(&format!(" (sent to {})", one_line(&receipt.addressed_to)));
+    }
+    if receipt.kind.as_str() == "broadcast" {
+        to.push_str(" (broadcast)");
+    }
+    let when = |at: &Option<String>| at.as_deref().map(|at| ago(at, now)).unwrap_or_default();
+    let sent = ago(&receipt.sent_at, now);
+    let state = match receipt.state {
+        ReceiptState::Delivered => format!("delivered {}", when(&receipt.delivered_at)),
+        ReceiptState::Read => format!(
+            "read {}, not acknowledged yet (sent {sent})",
+            when(&receipt.read_at)
+        ),
+        ReceiptState::Waiting if receipt.read_at.is_some() => format!(
+            "waiting again, sent {sent}: handed out {} (first {}) but not acknowledged",
+            times(receipt.delivery_count),
+            when(&receipt.read_at)
+        ),
+        ReceiptState::Waiting => format!("waiting, sent {sent}"),
+        ReceiptState::Expired => format!(
+            "expired {} unread: nobody registered '{}' in time (sent {sent})",
+            when(&receipt.expired_at),
+            one_line(&receipt.to)
+        ),
+    };
+    let mut line = format!("#{} to {to}: {state}", receipt.id);
+    if let Some(pushed) = &receipt.pushed_at {
+        line.push_str(&format!(" (pushed {})", ago(pushed, now)));
+    }
+    line
+}
+
+/// "once", "twice", "3 times".
+fn times(count: u32) -> String {
+    match count {
+        0 | 1 => "once".to_owned(),
+        2 => "twice".to_owned(),
+        n => format!("{n} times"),
     }
 }
 

@@ -161,7 +161,9 @@ fn hint_for(code: &str) -> &'static str {
         "rename_cooldown" | "rate_limited" => "Wait and try again later.",
         "queue_full" => "The recipient must read its mail (check) before more can be sent.",
         "data_too_large" => "Put large payloads in content instead of data.",
-        "reserved_name" | "name_too_similar" => "Choose another name.",
+        "reserved_name" | "name_too_similar" => {
+            "Choose another name; to send, use the name of a registered instance (list_instances)."
+        }
         "name_in_use" => "Another session uses this name now. Register another name, or pass takeover: true only if you are sure that session is gone or the user asked you to.",
         "session_replaced" => "Another session registered your name. Register with takeover: true only if you are sure it is gone or the user asked you to; otherwise register another name.",
         "same_name" => "Nothing to do.",
@@ -247,6 +249,16 @@ pub struct ShareCommandArgs {
     /// Optional note on why the output is shared.
     #[serde(default)]
     pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct SentArgs {
+    /// How many of your newest messages to report (1-500, default 20).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Only these message ids (as send returned them), instead of your newest.
+    #[serde(default)]
+    pub ids: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -381,6 +393,18 @@ impl IpcServer {
             return Err(ToolError::Cancelled);
         }
         Ok(text)
+    }
+
+    #[tool(
+        description = "Use to see what became of messages you sent: waiting, read (handed out, not acknowledged yet), delivered or expired, and when; your newest by default, or the ids send returned."
+    )]
+    async fn sent(&self, Parameters(args): Parameters<SentArgs>) -> Result<String, ToolError> {
+        let SentArgs { limit, ids } = args;
+        let reply = self
+            .as_session(move |client, token| client.sent(token, limit, ids.as_deref()))
+            .await?;
+        let hint = "More of your mail is kept: call sent with a larger limit, or with ids.";
+        Ok(format::receipts(&reply, chrono::Utc::now(), hint))
     }
 
     #[tool(description = "Use to see which instances are registered and when each was last seen.")]
@@ -749,7 +773,13 @@ impl IpcServer {
         self.as_session(move |client, token| match &to {
             Some(to) => client
                 .send_stamped(token, to, &content, data.clone(), &stamp)
-                .map(|sent| sent_text(&sent.message, Some(sent.message_id), &[], 0)),
+                .map(|sent| {
+                    let text = sent_text(&sent.message, Some(sent.message_id), &[], 0);
+                    match &sent.did_you_mean {
+                        Some(meant) => format!("{text} {}", format::did_you_mean(to, meant)),
+                        None => text,
+                    }
+                }),
             None => client
                 .broadcast_stamped(token, &content, data.clone(), &stamp)
                 .map(|reply| broadcast_text(&reply)),

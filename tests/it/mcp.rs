@@ -93,6 +93,7 @@ fn tools_list_has_exactly_the_named_tools_and_arguments() {
             "wait_for_messages".to_owned(),
             expect(&["timeout_seconds"], &[]),
         ),
+        ("sent".to_owned(), expect(&["ids", "limit"], &[])),
     ]);
     assert_eq!(found, wanted);
 }
@@ -354,6 +355,7 @@ fn the_session_token_never_appears_on_stdout_and_stdout_is_only_json_rpc() {
         ("share_file", json!({"to_id": "bob", "filepath": shared})),
         ("share_command", json!({"to_id": "bob", "command": "env"})),
         ("wait_for_messages", json!({"timeout_seconds": 0})),
+        ("sent", json!({})),
         ("rename", json!({"new_id": "alicia"})),
     ] {
         mcp.ok(tool, arguments);
