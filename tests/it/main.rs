@@ -29,6 +29,7 @@ mod manual_ack;
 mod mcp;
 mod name_claims;
 mod quotas;
+mod receipts;
 mod refusals;
 mod reply_limits;
 mod safe_files;
