@@ -168,15 +168,21 @@ fn send_to_a_known_and_an_unknown_name_and_a_repeated_nonce() {
         &[],
         r#"{"duplicate":false,"message":"Message queued for nobody (not yet registered)","message_id":2,"recipient":"nobody","status":"ok"}"#,
     );
+    // A never-seen name one edit from a registered one gains `did_you_mean`.
     assert_golden(
-        &send("bob", r#", "nonce": "n-1""#),
+        &send("bbo", ""),
         &[],
-        r#"{"duplicate":false,"message":"Message sent","message_id":3,"recipient":"bob","status":"ok"}"#,
+        r#"{"did_you_mean":"bob","duplicate":false,"message":"Message queued for bbo (not yet registered)","message_id":3,"recipient":"bbo","status":"ok"}"#,
     );
     assert_golden(
         &send("bob", r#", "nonce": "n-1""#),
         &[],
-        r#"{"duplicate":true,"message":"Duplicate nonce: already stored","message_id":3,"status":"ok"}"#,
+        r#"{"duplicate":false,"message":"Message sent","message_id":4,"recipient":"bob","status":"ok"}"#,
+    );
+    assert_golden(
+        &send("bob", r#", "nonce": "n-1""#),
+        &[],
+        r#"{"duplicate":true,"message":"Duplicate nonce: already stored","message_id":4,"status":"ok"}"#,
     );
 }
 
@@ -387,7 +393,7 @@ fn refusals_of_malformed_requests() {
         ),
         (
             r#"{"instance_id": "alice"}"#,
-            r#"{"code":"missing_field","message":"request has no `action`; use one of: ping, challenge, register, send, broadcast, check, ack, list, rename, count, logout","status":"error"}"#,
+            r#"{"code":"missing_field","message":"request has no `action`; use one of: ping, challenge, register, send, broadcast, check, ack, list, rename, count, logout, sent","status":"error"}"#,
         ),
         (
             r#"{"action": 7}"#,
@@ -514,5 +520,35 @@ fn refusal_of_a_request_over_the_size_limit() {
         &String::from_utf8(reply).unwrap(),
         &[],
         r#"{"code":"request_too_large","message":"request is larger than 65536 bytes; the connection is closed. Send smaller requests","status":"error"}"#,
+    );
+}
+
+#[test]
+fn sent_receipts_and_a_send_to_a_reserved_name() {
+    let broker = TestBroker::start();
+    let (addr, alice, bob) = broker.alice_and_bob();
+    legacy_send(&addr, &alice, "bob", "one");
+    legacy_send(&addr, &alice, "nobody", "two");
+    legacy(
+        &addr,
+        &serde_json::json!({"action": "check", "session_token": bob, "ack": "manual"}),
+    );
+    assert_golden(
+        &raw(
+            &addr,
+            &format!(r#"{{"action": "sent", "session_token": "{alice}", "ids": [1, 2, 9]}}"#),
+        ),
+        &[],
+        r#"{"messages":[{"addressed_to":"bob","delivery_count":1,"id":1,"kind":"direct","read_at":"2026-01-01T12:00:00.000Z","sent_at":"2026-01-01T12:00:00.000Z","state":"read","to":"bob"},{"addressed_to":"nobody","delivery_count":0,"id":2,"kind":"direct","sent_at":"2026-01-01T12:00:00.000Z","state":"waiting","to":"nobody"}],"more":false,"refused":[{"code":"unknown_message","id":9,"message":"no message 9 sent by you is kept; ask only for ids your send or broadcast returned (delivered and expired mail is purged after a while)"}],"refused_count":1,"status":"ok"}"#,
+    );
+    assert_golden(
+        &raw(
+            &addr,
+            &format!(
+                r#"{{"action": "send", "session_token": "{alice}", "to_id": "system", "message": {{"content": "hi"}}}}"#
+            ),
+        ),
+        &[],
+        r#"{"code":"reserved_name","message":"`system` is a name reserved for the broker's own notices: no instance can ever hold it, so mail to it would never be read; nothing was sent. Send to an instance's name (`list` shows them)","status":"error"}"#,
     );
 }

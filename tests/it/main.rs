@@ -17,6 +17,7 @@ mod crash_restart;
 mod crash_torture;
 mod database_guard;
 mod defects;
+mod did_you_mean;
 mod floods;
 mod golden;
 mod gone_readers;
