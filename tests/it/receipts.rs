@@ -378,3 +378,22 @@ fn the_cli_and_the_mcp_tool_say_what_became_of_each_message() {
         "{refused}"
     );
 }
+
+#[test]
+fn a_removed_instance_takes_its_receipts_along() {
+    let broker = TestBroker::start();
+    let (_, alice, _bob) = broker.alice_and_bob();
+    let mut client = broker.client();
+    let id = send(&mut client, &alice, "bob", "before alice went away");
+    // Unused past the instance retention (and its session past the idle expiry), alice is
+    // removed by the sweeper; bob, with mail waiting, is kept.
+    broker.clock.advance(Span::days(8));
+    assert_eq!(broker.sweep().instances, 1);
+    let next_alice = broker.register("alice");
+    assert!(sent(&mut client, &next_alice).messages.is_empty());
+    let asked = client.sent(&next_alice, None, Some(&[id])).unwrap();
+    assert_eq!(
+        asked.refused_count, 1,
+        "not shown the earlier holder's mail"
+    );
+}
