@@ -155,7 +155,7 @@ fn newest_first(stored: Vec<SentRow>, expired: Vec<SentRow>, limit: usize) -> Ve
             rows.push(record);
         }
     }
-    rows.sort_by(|a, b| b.id.cmp(&a.id));
+    rows.sort_by_key(|row| std::cmp::Reverse(row.id));
     rows.truncate(limit);
     rows
 }
