@@ -13,7 +13,9 @@ pub fn closest<'a>(typed: &str, known: impl IntoIterator<Item = &'a str>) -> Opt
     let length = typed.chars().count();
     let mut best: Option<(usize, &str)> = None;
     for name in known {
-        if name == typed {
+        // A name more than MAX_EDITS longer or shorter cannot be close; skipping it keeps a
+        // send to a never-seen name cheap on the writer thread however many instances exist.
+        if name == typed || name.len().abs_diff(typed.len()) > MAX_EDITS {
             continue;
         }
         let edits = edit_distance(&typed_lower, &name.to_ascii_lowercase());

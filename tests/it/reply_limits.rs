@@ -486,6 +486,16 @@ fn every_action_replies_within_one_legacy_read_however_large_the_data() {
     assert_eq!(renamed["status"], "ok", "{renamed}");
     let counted = ask("count", json!({"action": "count", "session_token": walker}));
     assert_eq!(counted["status"], "ok");
+    let receipts = ask(
+        "sent",
+        json!({"action": "sent", "session_token": sender, "limit": 500}),
+    );
+    assert_eq!(receipts["more"], true, "{receipts}");
+    let unknown_receipts = ask(
+        "sent",
+        json!({"action": "sent", "session_token": sender, "ids": strangers}),
+    );
+    assert_eq!(unknown_receipts["refused_count"], 1000);
     let logged_out = ask(
         "logout",
         json!({"action": "logout", "session_token": walker}),
