@@ -1086,14 +1086,14 @@ fn insert(
 
 /// The reply entries of one `check`, oldest first, filled until the next would make the reply
 /// outgrow a legacy client's single read. Always takes at least one message.
-struct ReplyBudget {
+pub(super) struct ReplyBudget {
     used: usize,
-    messages: Vec<WireMessage>,
-    ids: Vec<MessageId>,
+    pub(super) messages: Vec<WireMessage>,
+    pub(super) ids: Vec<MessageId>,
 }
 
 impl ReplyBudget {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         ReplyBudget {
             used: 64, // {"status":"ok","more":false,"messages":[]}
             messages: Vec::new(),
@@ -1102,7 +1102,7 @@ impl ReplyBudget {
     }
 
     /// Adds the message if it fits; false means it did not and the reply is full.
-    fn take(&mut self, stored: &StoredMessage) -> bool {
+    pub(super) fn take(&mut self, stored: &StoredMessage) -> bool {
         let entry = wire_message(stored);
         let size = entry_bytes(&entry) + 1;
         if !self.messages.is_empty() && self.used + size > CHECK_REPLY_BUDGET {

@@ -40,3 +40,4 @@ mod status;
 mod storage;
 mod time_rules;
 mod unix_socket;
+mod watch;
