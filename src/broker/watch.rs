@@ -8,6 +8,11 @@
 //! it empty, and a reader who closed the connection ends it before anything is read. A newer
 //! watch of the same session and watcher answers an older one at once (`replaced`), so a
 //! hook started for the next turn takes over from the last one instead of both waking.
+//!
+//! A reply that provably never reached the watcher (the connection reset before it was
+//! written or read, or writing it failed) un-records its announcement and push through the
+//! same receipt the connection settles `check` replies with, so a push that never arrived is
+//! not recorded as pushed.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,13 +21,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::mail::ReplyBudget;
+use super::mail::{DeliveryReceipt, ReplyBudget};
 use super::reader::Presence;
 use super::session::TokenHash;
 use super::{done, Broker, BrokerError, Outcome, Peer};
-use crate::domain::Timestamp;
+use crate::domain::{MessageId, Timestamp};
 use crate::protocol::schema::WatchReply;
-use crate::protocol::{InstanceName, WatchOptions};
+use crate::protocol::{InstanceName, WatchOptions, Watcher};
 use crate::store::queries::SessionId;
 use crate::store::{Durability, Tx};
 
@@ -31,6 +36,28 @@ struct Announced {
     caller: InstanceName,
     session_id: SessionId,
     reply: WatchReply,
+    ids: Vec<MessageId>,
+    /// When the announcement was recorded, as stored.
+    at: Timestamp,
+}
+
+impl Announced {
+    /// The reply, with the receipt that un-records the announcement if the reply never
+    /// reaches the watcher (see [`DeliveryReceipt::announcement`]).
+    fn into_outcome(self, watcher: &Watcher) -> Outcome {
+        let receipt = (!self.ids.is_empty()).then(|| {
+            DeliveryReceipt::announcement(
+                self.caller,
+                watcher.as_str().to_owned(),
+                self.ids,
+                self.at,
+            )
+        });
+        Outcome {
+            receipt,
+            ..answer(self.reply)
+        }
+    }
 }
 
 impl Broker {
@@ -84,7 +111,7 @@ impl Broker {
             let out_of_time = deadline.is_none_or(|deadline| Instant::now() >= deadline);
             let stop = out_of_time || self.doorbells.is_closing() || reader.is_gone();
             if !announced.reply.messages.is_empty() || stop {
-                return Ok(answer(announced.reply));
+                return Ok(announced.into_outcome(&options.watcher));
             }
             let Some(rung) = rung else {
                 bell = Some(self.doorbells.bell(announced.caller.as_str()));
@@ -127,6 +154,8 @@ impl Broker {
                     more,
                     replaced: false,
                 },
+                ids: budget.ids,
+                at: now,
             })
         };
         let check = self.session_check(token, peer);

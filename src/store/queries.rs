@@ -728,6 +728,14 @@ pub(crate) const ANNOUNCE: &str =
 pub(crate) const MARK_PUSHED: &str =
     "UPDATE messages SET pushed_at = ?2 WHERE id = ?1 AND pushed_at IS NULL";
 
+pub(crate) const UNANNOUNCE: &str =
+    "DELETE FROM announcements WHERE message_id = ?1 AND watcher = ?2 AND announced_at = ?3";
+
+/// After an un-recorded push: `pushed_at` becomes the earliest push still recorded, if any.
+pub(crate) const UNMARK_PUSHED: &str = "UPDATE messages SET pushed_at =
+       (SELECT min(announced_at) FROM announcements WHERE message_id = ?1 AND push = 1)
+     WHERE id = ?1 AND pushed_at = ?2";
+
 pub(crate) const ANNOUNCEMENTS_OF: &str =
     "SELECT watcher, announced_at, push FROM announcements WHERE message_id = ?1
      ORDER BY announced_at, watcher";
@@ -785,6 +793,25 @@ impl Tx<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Forgets the announcement of these messages to `watcher` made at `at` (its reply never
+    /// reached the watcher), and the push it recorded: `pushed_at` falls back to the earliest
+    /// push still recorded. Returns the announcements removed.
+    pub fn unannounce(
+        &self,
+        watcher: &str,
+        ids: &[MessageId],
+        at: Timestamp,
+    ) -> Result<usize, StoreError> {
+        let mut forget = self.conn.prepare_cached(UNANNOUNCE)?;
+        let mut unmark = self.conn.prepare_cached(UNMARK_PUSHED)?;
+        let mut removed = 0;
+        for id in ids {
+            removed += forget.execute(params![id, watcher, at])?;
+            unmark.execute(params![id, at])?;
+        }
+        Ok(removed)
     }
 
     /// Every announcement of message `id`, oldest first (for `claude-ipc` tooling and tests).

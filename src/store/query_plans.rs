@@ -114,6 +114,8 @@ const STATEMENTS: &[Hot] = &[
     hot("unannounced_for", "watch (every read)", UNANNOUNCED_FOR),
     hot("announce", "watch", ANNOUNCE),
     hot("mark_pushed", "watch with push", MARK_PUSHED),
+    hot("unannounce", "watch, reply never read", UNANNOUNCE),
+    hot("unmark_pushed", "watch, reply never read", UNMARK_PUSHED),
     hot("ack_owned", "ack", ACK_OWNED),
     hot("ack_settle", "ack", ACK_SETTLE),
     hot("revoke_sessions", "register", REVOKE_SESSIONS),

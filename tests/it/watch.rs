@@ -468,3 +468,75 @@ fn a_watch_reply_on_the_wire_carries_messages_more_and_replaced() {
         "{line}"
     );
 }
+
+/// Mail announced to `watcher`, and the messages whose `pushed_at` is set.
+fn announced_and_pushed(broker: &TestBroker, watcher: &str) -> (i64, i64) {
+    (
+        announcements(broker, watcher),
+        broker.count("SELECT count(*) FROM messages WHERE pushed_at IS NOT NULL"),
+    )
+}
+
+#[test]
+fn a_push_whose_reply_was_never_read_is_not_recorded() {
+    let broker = TestBroker::start();
+    let (addr, alice, bob) = broker.alice_and_bob();
+    legacy_send(&addr, &bob, "alice", "pushed, never read");
+    let request = json!({"action": "watch", "session_token": alice, "watcher": "mcp-1",
+                         "push": true});
+    let mut reader = TcpStream::connect(&addr).unwrap();
+    reader.write_all(format!("{request}\n").as_bytes()).unwrap();
+    wait_until("the push is recorded", || {
+        announced_and_pushed(&broker, "mcp-1") == (1, 1)
+    });
+    // Closing with the reply unread resets the connection: provably never read.
+    drop(reader);
+    wait_until("the push is un-recorded", || {
+        announced_and_pushed(&broker, "mcp-1") == (0, 0)
+    });
+    let told = broker
+        .client()
+        .watch(
+            &alice,
+            &WatchOptions {
+                push: true,
+                ..options("mcp-1")
+            },
+        )
+        .unwrap();
+    assert_eq!(contents(&told), ["pushed, never read"]);
+    assert_eq!(announced_and_pushed(&broker, "mcp-1"), (1, 1));
+}
+
+#[test]
+fn a_push_whose_reply_was_read_stays_recorded() {
+    let broker = TestBroker::start();
+    let (addr, alice, bob) = broker.alice_and_bob();
+    legacy_send(&addr, &bob, "alice", "read, then closed");
+    let request = json!({"action": "watch", "session_token": alice, "watcher": "mcp-1",
+                         "push": true});
+    // Read, then closed cleanly, as the hook does.
+    assert_eq!(
+        legacy(&addr, &request)["messages"][0]["message"]["content"],
+        "read, then closed"
+    );
+    // Read, then the next request, then a reset: the first reply was taken.
+    legacy_send(&addr, &bob, "alice", "read, then reset");
+    let mut stream = TcpStream::connect(&addr).unwrap();
+    stream.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("read, then reset"), "{line}");
+    let waiting = json!({"action": "watch", "session_token": alice, "watcher": "mcp-1",
+                         "push": true, "wait_ms": 60_000});
+    stream.write_all(format!("{waiting}\n").as_bytes()).unwrap();
+    broker.wait_until_waiting_for_mail("alice");
+    drop(reader);
+    drop(stream);
+    wait_until("the watch stops waiting", || {
+        !broker.is_waiting_for_mail("alice")
+    });
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(announced_and_pushed(&broker, "mcp-1"), (2, 2));
+}
