@@ -20,7 +20,7 @@ pub use frame::{FrameScanner, FrameTooLarge, Scan};
 pub use reply::Reply;
 pub use request::{
     AckMode, Action, ChallengeAnswer, CheckOptions, InstanceName, ListOptions, MessageBody,
-    Request, SentSelection, ACTION_NAMES,
+    Request, SentSelection, WatchOptions, Watcher, ACTION_NAMES,
 };
 
 /// The protocol revision reported by `ping`. Bumped when a field changes meaning.

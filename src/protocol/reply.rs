@@ -10,6 +10,7 @@ use super::ErrorCode;
 use super::schema::{
     AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, ListReply,
     LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply, SentReply,
+    WatchReply,
 };
 
 /// Declares [`Reply`] with one variant per reply type, its `From` conversions, and the map of
@@ -60,6 +61,7 @@ replies!(
     Rename(RenameReply),
     Count(CountReply),
     Logout(LogoutReply),
+    Watch(WatchReply),
     Sent(SentReply),
     Error(ErrorReply),
 );

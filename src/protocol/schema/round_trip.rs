@@ -99,6 +99,13 @@ fn requests() -> Vec<ClientRequest> {
         ClientRequest::Logout(LogoutRequest {
             session_token: token(),
         }),
+        ClientRequest::Watch(WatchRequest {
+            session_token: token(),
+            watcher: "5b1f0c3e-claude-session".into(),
+            wait_ms: Some(30_000),
+            limit: Some(50),
+            push: true,
+        }),
         ClientRequest::Sent(SentRequest {
             session_token: token(),
             limit: None,
@@ -290,6 +297,24 @@ fn replies() -> Vec<(&'static str, Reply)> {
             .into(),
         ),
         (
+            "watch",
+            WatchReply {
+                messages: vec![message()],
+                more: true,
+                replaced: false,
+            }
+            .into(),
+        ),
+        (
+            "watch",
+            WatchReply {
+                messages: vec![],
+                more: false,
+                replaced: true,
+            }
+            .into(),
+        ),
+        (
             "sent",
             SentReply {
                 messages: vec![
@@ -356,6 +381,7 @@ fn reply_round_trips(reply: &Reply) {
         Reply::Rename(inner) => round_trips(inner, &line),
         Reply::Count(inner) => round_trips(inner, &line),
         Reply::Logout(inner) => round_trips(inner, &line),
+        Reply::Watch(inner) => round_trips(inner, &line),
         Reply::Sent(inner) => round_trips(inner, &line),
         Reply::Error(inner) => round_trips(inner, &line),
     }
