@@ -91,7 +91,7 @@ fn receipt(row: SentRow) -> Receipt {
         delivery_count: row.delivery_count,
         sent_at: row.sent_at.to_text(),
         read_at: row.read_at.map(Timestamp::to_text),
-        pushed_at: None,
+        pushed_at: row.pushed_at.map(Timestamp::to_text),
         delivered_at: row.delivered_at.map(Timestamp::to_text),
         expired_at: row.expired_at.map(Timestamp::to_text),
     }

@@ -430,4 +430,52 @@ mod tests {
         assert_eq!(ago("2025-12-29T12:00:00.000Z", now), "3 days ago");
         assert_eq!(ago("not a time", now), "at an unknown time");
     }
+
+    fn receipt(fields: serde_json::Value) -> Receipt {
+        let mut base = serde_json::json!({
+            "id": 42, "to": "bob", "addressed_to": "bob", "kind": "direct",
+            "delivery_count": 1, "sent_at": "2026-01-01T11:50:00.000Z",
+        });
+        base.as_object_mut()
+            .unwrap()
+            .extend(fields.as_object().unwrap().clone());
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn receipts_say_where_each_message_is_and_since_when() {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
+        let line = |fields| receipt_line(&receipt(fields), now);
+        assert_eq!(
+            line(serde_json::json!({"state": "delivered",
+                "delivered_at": "2026-01-01T11:57:00.000Z",
+                "pushed_at": "2026-01-01T11:57:00.000Z"})),
+            "#42 to bob: delivered 3 min ago (pushed 3 min ago)"
+        );
+        assert_eq!(
+            line(serde_json::json!({"state": "waiting", "delivery_count": 0})),
+            "#42 to bob: waiting, sent 10 min ago"
+        );
+        assert_eq!(
+            line(serde_json::json!({"state": "read", "read_at": "2026-01-01T11:58:00.000Z"})),
+            "#42 to bob: read 2 min ago, not acknowledged yet (sent 10 min ago)"
+        );
+        assert_eq!(
+            line(serde_json::json!({"state": "waiting", "delivery_count": 2,
+                "read_at": "2026-01-01T11:55:00.000Z"})),
+            "#42 to bob: waiting again, sent 10 min ago: handed out twice (first 5 min ago) but not acknowledged"
+        );
+        assert_eq!(
+            line(serde_json::json!({"state": "expired", "to": "bbo", "addressed_to": "bbo",
+                "kind": "direct", "expired_at": "2026-01-01T11:59:00.000Z"})),
+            "#42 to bbo: expired 1 min ago unread: nobody registered 'bbo' in time (sent 10 min ago)"
+        );
+        assert_eq!(
+            line(
+                serde_json::json!({"state": "waiting", "delivery_count": 0, "to": "robert",
+                "kind": "broadcast"})
+            ),
+            "#42 to robert (sent to bob) (broadcast): waiting, sent 10 min ago"
+        );
+    }
 }

@@ -1,5 +1,5 @@
 //! The statements behind receipts (`sent`): a sender's mail, newest first or by id, with the
-//! facts a receipt reports (handed out, delivered, expired, and when), and the record the
+//! facts a receipt reports (handed out, pushed, delivered, expired, and when), and the record the
 //! sweeper keeps of mail it removed undelivered because its time ran out.
 //!
 //! Mail belongs to its sender by `messages.sent_by`, the sender's current name: a rename moves
@@ -22,6 +22,8 @@ pub struct SentRow {
     pub sent_at: Timestamp,
     /// Its first hand-out, by a check of either kind.
     pub read_at: Option<Timestamp>,
+    /// When a `watch` with `push` first announced it (`messages.pushed_at`).
+    pub pushed_at: Option<Timestamp>,
     pub delivered_at: Option<Timestamp>,
     /// When the sweeper removed it undelivered.
     pub expired_at: Option<Timestamp>,
@@ -35,7 +37,8 @@ pub struct SentRow {
 macro_rules! receipt_columns {
     () => {
         "SELECT id, recipient, addressed_to, kind, received_at, read_at, delivered_at,
-                NULL, delivery_count, coalesce(delivered_at IS NULL AND leased_until > ?2, 0)
+                NULL, delivery_count, coalesce(delivered_at IS NULL AND leased_until > ?2, 0),
+                pushed_at
          FROM messages"
     };
 }
@@ -43,7 +46,7 @@ macro_rules! receipt_columns {
 macro_rules! expired_columns {
     () => {
         "SELECT id, recipient, addressed_to, kind, sent_at, read_at, NULL,
-                expired_at, delivery_count, 0
+                expired_at, delivery_count, 0, pushed_at
          FROM expired_mail"
     };
 }
@@ -70,8 +73,10 @@ pub(crate) const FORGET_EXPIRED_MAIL: &str = "DELETE FROM expired_mail WHERE sen
 /// Copies message `?1` into `expired_mail` at `?2`, if it has a sender to tell and was never
 /// delivered. A message id SQLite gave out again replaces the older record.
 pub(crate) const RECORD_EXPIRY: &str = "INSERT OR REPLACE INTO expired_mail
-       (id, sent_by, addressed_to, recipient, kind, sent_at, read_at, delivery_count, expired_at)
-     SELECT id, sent_by, addressed_to, recipient, kind, received_at, read_at, delivery_count, ?2
+       (id, sent_by, addressed_to, recipient, kind, sent_at, read_at, pushed_at, delivery_count,
+        expired_at)
+     SELECT id, sent_by, addressed_to, recipient, kind, received_at, read_at, pushed_at,
+            delivery_count, ?2
      FROM messages WHERE id = ?1 AND sent_by IS NOT NULL AND delivered_at IS NULL";
 
 pub(crate) const SWEEP_EXPIRED_MAIL: &str =
@@ -172,5 +177,6 @@ fn sent_row(row: &Row<'_>) -> rusqlite::Result<SentRow> {
         expired_at: row.get(7)?,
         delivery_count: row.get(8)?,
         held: row.get(9)?,
+        pushed_at: row.get(10)?,
     })
 }

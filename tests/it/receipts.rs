@@ -8,7 +8,7 @@ use crate::common;
 use std::time::Duration;
 
 use chrono::Duration as Span;
-use claude_ipc::client::{CheckOptions, Client};
+use claude_ipc::client::{CheckOptions, Client, WatchOptions};
 use claude_ipc::protocol::schema::{Receipt, ReceiptState, SentReply};
 use claude_ipc::protocol::REPLY_BUDGET;
 use common::{legacy, legacy_check, legacy_raw, wait_until, McpProcess, TestBroker};
@@ -395,5 +395,58 @@ fn a_removed_instance_takes_its_receipts_along() {
     assert_eq!(
         asked.refused_count, 1,
         "not shown the earlier holder's mail"
+    );
+}
+
+#[test]
+fn a_push_by_a_channel_watcher_shows_as_pushed_and_is_not_delivery() {
+    let broker = TestBroker::start();
+    let (_, alice, bob) = broker.alice_and_bob();
+    let mut client = broker.client();
+    let id = send(&mut client, &alice, "bob", "pushed, not yet read");
+    broker.clock.advance(Span::seconds(10));
+    let hook = WatchOptions {
+        watcher: "claude-session-1".into(),
+        wait: None,
+        limit: None,
+        push: false,
+    };
+    assert_eq!(client.watch(&bob, &hook).unwrap().ids(), [id]);
+    let told = receipt_of(&mut client, &alice, id);
+    assert_eq!(told.pushed_at, None, "announcing without a push is no push");
+
+    broker.clock.advance(Span::seconds(10));
+    let channel = WatchOptions {
+        watcher: "mcp-7f3a9c".into(),
+        push: true,
+        ..hook
+    };
+    assert_eq!(client.watch(&bob, &channel).unwrap().ids(), [id]);
+    let pushed = receipt_of(&mut client, &alice, id);
+    assert_eq!(
+        pushed.pushed_at.as_deref(),
+        Some("2026-01-01T12:00:20.000Z")
+    );
+    assert_eq!(
+        pushed.state,
+        ReceiptState::Waiting,
+        "a push is not delivery"
+    );
+    assert_eq!((pushed.delivery_count, &pushed.read_at), (0, &None));
+
+    broker.clock.advance(Span::seconds(10));
+    let checked = client.check(&bob).unwrap();
+    assert_eq!(checked.ids(), [id]);
+    wait_until("the check is settled", || {
+        receipt_of(&mut client, &alice, id).state == ReceiptState::Delivered
+    });
+    let delivered = receipt_of(&mut client, &alice, id);
+    assert_eq!(
+        delivered.pushed_at.as_deref(),
+        Some("2026-01-01T12:00:20.000Z")
+    );
+    assert_eq!(
+        delivered.delivered_at.as_deref(),
+        Some("2026-01-01T12:00:30.000Z")
     );
 }
