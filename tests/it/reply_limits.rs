@@ -486,6 +486,11 @@ fn every_action_replies_within_one_legacy_read_however_large_the_data() {
     assert_eq!(renamed["status"], "ok", "{renamed}");
     let counted = ask("count", json!({"action": "count", "session_token": walker}));
     assert_eq!(counted["status"], "ok");
+    let told = ask(
+        "watch",
+        json!({"action": "watch", "session_token": walker, "watcher": "w", "limit": 500}),
+    );
+    assert_eq!(told["status"], "ok", "{told}");
     let receipts = ask(
         "sent",
         json!({"action": "sent", "session_token": sender, "limit": 500}),
