@@ -699,6 +699,40 @@ mod tests {
     }
 
     #[test]
+    fn mail_stored_before_v12_belongs_to_its_sender_but_notices_and_imports_to_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("ipc.db")).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(10))
+            .run(&mut conn)
+            .unwrap();
+        let at = "2026-01-01T00:00:00.000Z";
+        conn.execute_batch(&format!(
+            "INSERT INTO messages (id, sender, addressed_to, recipient, kind, content, received_at)
+               VALUES (1, 'alice', 'bob', 'bob', 'direct', 'sent here', '{at}'),
+                      (2, 'system', 'bob', 'bob', 'system', 'a notice', '{at}'),
+                      (3, 'carol', 'bob', 'bob', 'direct', 'imported', '{at}');
+             INSERT INTO legacy_imports (kind, fingerprint, legacy_key, source, message_id, imported_at)
+               VALUES ('message', 'f', '7', 'old.db', 3, '{at}');"
+        ))
+        .unwrap();
+        embedded::migrations::runner().run(&mut conn).unwrap();
+        let sent_by = |id: i64| -> Option<String> {
+            conn.query_row("SELECT sent_by FROM messages WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(sent_by(1).as_deref(), Some("alice"));
+        assert_eq!(
+            sent_by(2),
+            None,
+            "the broker's notice has no sender to tell"
+        );
+        assert_eq!(sent_by(3), None, "sent through the original, not here");
+    }
+
+    #[test]
     fn nonces_stored_by_name_before_v8_go_to_the_identity_that_holds_the_name() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = Connection::open(dir.path().join("ipc.db")).unwrap();
