@@ -316,6 +316,16 @@ fn bad_limits_and_ids_are_refused_with_what_to_send_instead() {
     assert_eq!(code, "invalid_field");
     assert!(message.contains("not both"), "{message}");
 
+    // The texts PROTOCOL.md shows.
+    assert_eq!(
+        refusal(json!({"limit": 501})).1,
+        "field `limit` must be a whole number from 1 to 500, not the number 501"
+    );
+    assert_eq!(
+        refusal(json!({"ids": []})).1,
+        "`ids` has 0 entries; send an array of 1 to 1000 message ids you sent"
+    );
+
     let stranger = legacy(&addr, &json!({"action": "sent", "session_token": "nope"}));
     assert_eq!(stranger["code"], "invalid_session");
     assert_eq!(stranger["message"], "Invalid or missing session token");
