@@ -776,7 +776,11 @@ impl IpcServer {
                 .map(|sent| {
                     let text = sent_text(&sent.message, Some(sent.message_id), &[], 0);
                     match &sent.did_you_mean {
-                        Some(meant) => format!("{text} {}", format::did_you_mean(to, meant)),
+                        Some(meant) => format!(
+                            "{}; {}",
+                            text.trim_end_matches('.'),
+                            format::did_you_mean(to, meant)
+                        ),
                         None => text,
                     }
                 }),

@@ -119,7 +119,12 @@ fn the_cli_and_the_mcp_send_say_did_you_mean() {
     let mut mcp = McpProcess::start(&broker.addr(), &broker.data_dir(), &[], &[]);
     mcp.ok("register", json!({"instance_id": "dave"}));
     let said = mcp.ok("send", json!({"to_id": "bbo", "content": "hi"}));
-    assert!(said.contains("did you mean 'bob'?"), "{said}");
+    assert!(
+        said.contains(
+            "(message id 3); no instance named 'bbo' has registered yet; did you mean 'bob'?"
+        ),
+        "{said}"
+    );
     let error = mcp.error("send", json!({"to_id": "system", "content": "hi"}));
     assert!(error.contains("reserved"), "{error}");
 }
