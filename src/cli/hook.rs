@@ -245,6 +245,36 @@ mod tests {
     }
 
     #[test]
+    fn wait_takes_whole_seconds_up_to_a_day_and_nothing_else() {
+        assert_eq!(parse_wait(None), Ok(None));
+        assert_eq!(parse_wait(Some("600")), Ok(Some(Duration::from_secs(600))));
+        assert_eq!(parse_wait(Some("0")), Ok(Some(Duration::ZERO)));
+        for bad in ["-1", "1.5", "soon", "", "86401"] {
+            let refused = parse_wait(Some(bad)).unwrap_err();
+            assert!(refused.contains("whole number of seconds"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_event_names_are_the_ones_the_plugin_and_the_docs_use() {
+        for (name, wakes) in [
+            ("user-prompt-submit", false),
+            ("post-tool-use", false),
+            ("stop", true),
+            ("session-start", true),
+            ("gemini-before-agent", false),
+            ("gemini-after-tool", false),
+            ("gemini-session-start", false),
+            ("gemini-after-agent", true),
+        ] {
+            let event = HookEvent::from_str(name, false).unwrap();
+            assert_eq!(event.name(), name);
+            assert_eq!(event.wakes(), wakes, "{name}");
+        }
+        assert!(HookEvent::from_str("Stop", false).is_err());
+    }
+
+    #[test]
     fn the_notice_counts_and_names_senders() {
         let two = Waiting {
             count: 2,
