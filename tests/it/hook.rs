@@ -684,3 +684,35 @@ fn a_waiting_hook_connects_again_when_the_broker_restarts() {
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(stderr(&output).starts_with("📬 1 new message from alice"));
 }
+
+#[test]
+fn a_waiting_hook_started_just_before_its_broker_finds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let socket = dir.path().join("ipc.sock");
+    let session_file = dir.path().join("session");
+    let serve_args = ["--socket", socket.to_str().unwrap()];
+    // A session from an earlier run of the broker, as a project's session file holds.
+    let earlier = BrokerProcess::spawn(&data_dir, &serve_args);
+    let over_socket = [("IPC_SOCKET", socket.to_str().unwrap())];
+    let registered = cli_with_env(NOWHERE, &session_file, &["register", "carol"], &over_socket);
+    assert!(registered.status.success(), "{registered:?}");
+    assert!(earlier.terminate().success());
+    let mut command = hook_command(NOWHERE, &session_file);
+    command
+        .args(["--event", "session-start", "--wait", "60"])
+        .env("IPC_SOCKET", &socket)
+        .env("IPC_DATA_DIR", &data_dir);
+    let mut waiter = spawn_with_stdin(command, &claude_session_start_input("starting"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let broker = BrokerProcess::spawn(&data_dir, &serve_args);
+    let mut client = broker.client();
+    let alice = client.register("alice", None).unwrap().session_token;
+    client.send(&alice, "carol", "hello", None, None).unwrap();
+    assert!(exited_within(
+        &mut waiter,
+        std::time::Duration::from_secs(20)
+    ));
+    let output = waiter.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+}

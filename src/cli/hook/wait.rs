@@ -7,8 +7,8 @@
 //! whichever run of the hook told it, and a model that ignores a message is not woken by it
 //! again. Nothing is consumed: the mail waits for `check`. A newer `watch` for the same
 //! watcher ends this one (`replaced`), so a session has one waiter. The wait is a chain of
-//! long-polls of at most [`MAX_POLL`] each until the deadline; a broker that restarts
-//! meanwhile is reconnected to. Every failure ends the run with exit 0 and a line in the
+//! long-polls of at most [`MAX_POLL`] each until the deadline; a broker that is not there
+//! yet gets [`START_GRACE`] to appear, and one that restarts meanwhile is reconnected to. Every failure ends the run with exit 0 and a line in the
 //! hook log.
 
 use std::process::ExitCode;
@@ -31,6 +31,9 @@ const WATCH_LIMIT: u32 = 500;
 
 /// How many senders the line names before it says how many more there are.
 const NAMED_SENDERS: usize = 5;
+
+/// How long a waiting hook looks for a broker that is not there when it starts.
+const START_GRACE: Duration = Duration::from_secs(5);
 
 /// The longest pause before reconnecting to a broker that went away.
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -106,7 +109,7 @@ fn wait_for_mail(args: &HookArgs, watcher: &str, deadline: Instant) -> Outcome {
         Ok(session) => session,
         Err(error) => return Outcome::Failed(error.to_string()),
     };
-    let mut client = match connect(args) {
+    let mut client = match connect_at_start(args, deadline) {
         Ok(client) => client,
         Err(error) => return Outcome::Failed(error.to_string()),
     };
@@ -154,6 +157,23 @@ fn wait_for_mail(args: &HookArgs, watcher: &str, deadline: Instant) -> Outcome {
         }
         if Instant::now() >= deadline {
             return Outcome::Deadline;
+        }
+    }
+}
+
+/// Connects, giving a broker that is not there yet [`START_GRACE`] to appear: Claude Code
+/// starts the MCP server that may host the broker and runs the `SessionStart` hook at the
+/// same moment.
+fn connect_at_start(args: &HookArgs, deadline: Instant) -> Result<Client, ClientError> {
+    let give_up = deadline.min(Instant::now() + START_GRACE);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match connect(args) {
+            Err(error) if is_connection_loss(&error) && Instant::now() + pause < give_up => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            connected => return connected,
         }
     }
 }
