@@ -43,6 +43,15 @@ pub struct McpArgs {
     #[arg(long, env = "IPC_ALLOW_SHARE_COMMAND", action = ArgAction::SetTrue,
           value_parser = BoolishValueParser::new())]
     pub allow_share_command: bool,
+    /// Run as a Claude Code channel: push each message for this session into the
+    /// conversation as it arrives (`notifications/claude/channel`), and negotiate an MCP
+    /// revision no newer than 2025-11-25. Pushed mail stays waiting until the model calls
+    /// `ack` or `check`. Start Claude Code with
+    /// `--dangerously-load-development-channels server:claude-ipc` to receive the pushes.
+    /// IPC_CHANNEL takes 1/0, true/false, yes/no or on/off.
+    #[arg(long, env = "IPC_CHANNEL", action = ArgAction::SetTrue,
+          value_parser = BoolishValueParser::new())]
+    pub channel: bool,
 }
 
 impl McpArgs {
@@ -60,6 +69,7 @@ impl McpArgs {
             command_output_cap: self.command_output_cap,
             allow_share_command: self.allow_share_command,
             data_dir_configured: given.is_some(),
+            channel: self.channel,
         })
     }
 }
