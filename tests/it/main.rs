@@ -8,6 +8,7 @@ mod common;
 
 mod broker_owner;
 mod challenge;
+mod channel;
 mod cli;
 mod cli_delivery;
 mod cli_escaping;
@@ -28,6 +29,7 @@ mod long_poll;
 mod manual_ack;
 mod mcp;
 mod name_claims;
+mod plugin;
 mod quotas;
 mod refusals;
 mod reply_limits;
