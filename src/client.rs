@@ -22,11 +22,12 @@ use crate::protocol::reply::parse_reply;
 use crate::protocol::schema::requests::{
     AckRequest, BroadcastRequest, ChallengeRequest, CheckRequest, CountRequest, ListRequest,
     LogoutRequest, RegisterRequest, RenameRequest, RequestBody, RequestStamp, SendRequest,
+    WatchRequest,
 };
 use crate::protocol::schema::{
     AckReply, BroadcastReply, ChallengeReply, CheckReply, ClientRequest, CountReply, ErrorReply,
     InstanceEntry, ListReply, LogoutReply, ManualAck, PingReply, RefusedId, RegisterReply,
-    ReleaseReply, RenameReply, SecurityMode, SendReply, WireBody, WireMessage,
+    ReleaseReply, RenameReply, SecurityMode, SendReply, WatchReply, WireBody, WireMessage,
 };
 use crate::protocol::ErrorCode;
 
@@ -310,6 +311,20 @@ pub struct CheckOptions {
     /// Wait up to this long for mail when none is waiting.
     pub wait: Option<Duration>,
     pub limit: Option<u32>,
+}
+
+/// How to `watch`: see [`Client::watch`].
+#[derive(Debug, Clone, Default)]
+pub struct WatchOptions {
+    /// Who is being told (1-128 letters, digits, `-_.:`): each message is announced to one
+    /// watcher once.
+    pub watcher: String,
+    /// Wait up to this long for new mail when nothing new is waiting.
+    pub wait: Option<Duration>,
+    /// At most this many messages (1-500; the broker's default is 100).
+    pub limit: Option<u32>,
+    /// The caller pushes what it is told into a live session (a channel-mode MCP server).
+    pub push: bool,
 }
 
 /// Closes a client's connection from another thread, which ends a call blocked on it (with
@@ -870,6 +885,27 @@ impl Client {
             wait_ms: Some(millis(wait)),
         });
         self.with_wait(wait, |client| client.call_as(request))
+    }
+
+    /// The caller's undelivered mail that `options.watcher` was never told about, recorded as
+    /// announced to it; nothing is consumed, so a later `check` still returns it. While it
+    /// long-polls, the read timeout is stretched to cover the wait.
+    pub fn watch(
+        &mut self,
+        token: &str,
+        options: &WatchOptions,
+    ) -> Result<WatchReply, ClientError> {
+        let request = ClientRequest::Watch(WatchRequest {
+            session_token: token.to_owned(),
+            watcher: options.watcher.clone(),
+            wait_ms: options.wait.map(millis),
+            limit: options.limit,
+            push: options.push,
+        });
+        match options.wait {
+            Some(wait) => self.with_wait(wait, |client| client.call_as(request)),
+            None => self.call_as(request),
+        }
     }
 
     /// Hands mail a manual-ack check leased back to the queue at once, unread.

@@ -72,19 +72,45 @@ pub struct DeliveryReceipt {
 }
 
 /// Who settles a receipt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum SettledBy {
     /// The connection, on evidence that the client took the reply (legacy auto ack).
     Receipt,
     /// The client's `ack` (manual ack).
     Ack,
+    /// Nobody: a `watch` reply announced this mail to `watcher` and consumed none. Returned
+    /// only when the reply provably never reached the client, which un-records the
+    /// announcement (and the push), so the mail is announced to that watcher again.
+    Announcement { watcher: String },
 }
 
 impl DeliveryReceipt {
+    /// The receipt of a `watch` reply: the announcement of `ids` to `watcher` at `at`.
+    pub(super) fn announcement(
+        recipient: InstanceName,
+        watcher: String,
+        ids: Vec<MessageId>,
+        at: Timestamp,
+    ) -> Self {
+        DeliveryReceipt {
+            recipient,
+            ids,
+            held_until: at,
+            settled_by: SettledBy::Announcement { watcher },
+            in_flight: None,
+        }
+    }
+
     /// Whether the connection marks this mail delivered itself (legacy auto ack), rather than
     /// leaving it to the client's `ack`.
     pub fn settles_on_receipt(&self) -> bool {
         self.settled_by == SettledBy::Receipt
+    }
+
+    /// Whether this is a `watch` reply's announcement rather than mail handed out. The
+    /// connection forgets it once the client sends its next request, having read the reply.
+    pub fn is_announcement(&self) -> bool {
+        matches!(self.settled_by, SettledBy::Announcement { .. })
     }
 }
 
@@ -750,6 +776,10 @@ impl Broker {
     /// Marks the receipt's mail delivered: the client took the reply. Mail whose hold ran
     /// out and was taken by another reader meanwhile is left to that reader.
     pub async fn confirm_delivery(&self, receipt: DeliveryReceipt) -> Result<usize, BrokerError> {
+        if receipt.is_announcement() {
+            // An announcement delivers nothing.
+            return Ok(0);
+        }
         let DeliveryReceipt {
             ids,
             held_until,
@@ -768,17 +798,21 @@ impl Broker {
 
     /// Ends the receipt's hold (or lease) at once: the client never took the reply, so the
     /// mail waits for the next check, which the doorbell wakes if it is already waiting.
+    /// For a `watch` reply, un-records its announcement instead: that watcher is told again.
     pub async fn return_to_queue(&self, receipt: DeliveryReceipt) -> Result<usize, BrokerError> {
         let DeliveryReceipt {
             recipient,
             ids,
             held_until,
             in_flight,
-            ..
+            settled_by,
         } = receipt;
         let released = self
-            .job(Durability::Flushed, move |tx, _now| {
-                done(tx.release_held(&ids, held_until)?)
+            .job(Durability::Flushed, move |tx, _now| match &settled_by {
+                SettledBy::Announcement { watcher } => {
+                    done(tx.unannounce(watcher, &ids, held_until)?)
+                }
+                SettledBy::Receipt | SettledBy::Ack => done(tx.release_held(&ids, held_until)?),
             })
             .await;
         drop(in_flight);
@@ -1086,14 +1120,14 @@ fn insert(
 
 /// The reply entries of one `check`, oldest first, filled until the next would make the reply
 /// outgrow a legacy client's single read. Always takes at least one message.
-struct ReplyBudget {
+pub(super) struct ReplyBudget {
     used: usize,
-    messages: Vec<WireMessage>,
-    ids: Vec<MessageId>,
+    pub(super) messages: Vec<WireMessage>,
+    pub(super) ids: Vec<MessageId>,
 }
 
 impl ReplyBudget {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         ReplyBudget {
             used: 64, // {"status":"ok","more":false,"messages":[]}
             messages: Vec::new(),
@@ -1102,7 +1136,7 @@ impl ReplyBudget {
     }
 
     /// Adds the message if it fits; false means it did not and the reply is full.
-    fn take(&mut self, stored: &StoredMessage) -> bool {
+    pub(super) fn take(&mut self, stored: &StoredMessage) -> bool {
         let entry = wire_message(stored);
         let size = entry_bytes(&entry) + 1;
         if !self.messages.is_empty() && self.used + size > CHECK_REPLY_BUDGET {

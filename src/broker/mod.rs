@@ -12,6 +12,8 @@
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
 //! - [`reader`]: tells a long-poll that its reader's connection closed.
 //! - [`listening`]: which sessions have a long-poll open, so their names count as in use.
+//! - [`watch`]: announces undelivered mail to a watcher once, consuming none (the waking
+//!   hook, push), and which watches are open.
 //! - [`unsettled`]: legacy replies waiting for evidence that their client took them.
 //! - [`sweeper`]: expiry and purging in bounded batches.
 //! - [`timekeeping`]: the broker clock every rule runs on, resumed and persisted.
@@ -30,6 +32,7 @@ pub mod storage_failure;
 pub mod sweeper;
 pub mod timekeeping;
 pub mod unsettled;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -263,6 +266,8 @@ pub struct Broker {
     listening: Arc<listening::Listening>,
     /// Challenges waiting for their `register`; memory only, bounded.
     challenges: challenge::Challenges,
+    /// The watches open now, one per session and watcher.
+    watchers: Arc<watch::Watchers>,
 }
 
 impl Broker {
@@ -290,6 +295,7 @@ impl Broker {
             unsettled: unsettled::Unsettled::default(),
             listening: Arc::default(),
             challenges: challenge::Challenges::default(),
+            watchers: Arc::default(),
         }
     }
 
@@ -467,6 +473,7 @@ impl Broker {
                 .await
                 .map(Outcome::reply),
             Action::Logout => self.logout(token, peer).await.map(Outcome::reply),
+            Action::Watch(options) => self.watch(token, peer, options, reader).await,
         }
     }
 

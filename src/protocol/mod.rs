@@ -20,7 +20,7 @@ pub use frame::{FrameScanner, FrameTooLarge, Scan};
 pub use reply::Reply;
 pub use request::{
     AckMode, Action, ChallengeAnswer, CheckOptions, InstanceName, ListOptions, MessageBody,
-    Request, ACTION_NAMES,
+    Request, WatchOptions, Watcher, ACTION_NAMES,
 };
 
 /// The protocol revision reported by `ping`. Bumped when a field changes meaning.

@@ -9,7 +9,7 @@ use super::ErrorCode;
 
 use super::schema::{
     AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, ListReply,
-    LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply,
+    LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply, WatchReply,
 };
 
 /// Declares [`Reply`] with one variant per reply type, its `From` conversions, and the map of
@@ -60,6 +60,7 @@ replies!(
     Rename(RenameReply),
     Count(CountReply),
     Logout(LogoutReply),
+    Watch(WatchReply),
     Error(ErrorReply),
 );
 

@@ -68,6 +68,9 @@ pub enum Action {
     /// Ends the caller's own session: the name is free at once for the next `register`, which
     /// then needs no takeover. Sent by an MCP server that shuts down.
     Logout,
+    /// Announces the caller's undelivered mail that `watcher` was not told about yet, without
+    /// consuming any of it.
+    Watch(WatchOptions),
 }
 
 impl Action {
@@ -84,6 +87,7 @@ impl Action {
             Action::Rename { .. } => "rename",
             Action::Count { .. } => "count",
             Action::Logout => "logout",
+            Action::Watch(_) => "watch",
         }
     }
 }
@@ -104,6 +108,46 @@ pub struct CheckOptions {
     /// Long-poll: with no mail waiting, answer as soon as some is committed, or empty at this
     /// deadline.
     pub wait: Option<Duration>,
+}
+
+/// What a `watch` asks for: whom to tell, how long to wait, how much, and whether the caller
+/// pushes the mail into a live session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchOptions {
+    /// Who is being told: each message is announced to one watcher once.
+    pub watcher: Watcher,
+    /// Long-poll: with nothing new, answer as soon as some is committed, or empty at this
+    /// deadline.
+    pub wait: Option<Duration>,
+    /// At most this many messages (1 to [`MAX_WATCH_LIMIT`]); the reply also stays under the
+    /// legacy read size.
+    pub limit: u32,
+    /// The caller pushes what it is told into a live session (a channel-mode MCP server):
+    /// recorded with the announcement, and as the message's `pushed_at` the first time.
+    pub push: bool,
+}
+
+/// The name of whoever a `watch` tells: 1 to [`WATCHER_MAX_CHARS`] ASCII letters, digits and
+/// `-_.:` (a Claude Code `session_id`, or a random id per MCP server session).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Watcher(String);
+
+/// The longest `watcher` a `watch` may name.
+pub const WATCHER_MAX_CHARS: usize = 128;
+/// The most messages one `watch` returns, and its default.
+pub const MAX_WATCH_LIMIT: u32 = 500;
+pub const DEFAULT_WATCH_LIMIT: u32 = 100;
+
+impl Watcher {
+    pub fn parse(text: &str) -> Option<Watcher> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':');
+        let fits = (1..=WATCHER_MAX_CHARS).contains(&text.len());
+        (fits && text.chars().all(allowed)).then(|| Watcher(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// Which page of `list` to return: names after `after` (in name order), at most `limit`.
@@ -192,7 +236,7 @@ impl RequestError {
 }
 
 /// Every action the broker answers, in the order the docs list them.
-pub const ACTION_NAMES: [&str; 11] = [
+pub const ACTION_NAMES: [&str; 12] = [
     "ping",
     "challenge",
     "register",
@@ -204,6 +248,7 @@ pub const ACTION_NAMES: [&str; 11] = [
     "rename",
     "count",
     "logout",
+    "watch",
 ];
 /// The most characters of a client's own text an error message repeats back, so a reply
 /// never grows with the request.
@@ -286,6 +331,7 @@ impl Fields<'_> {
                 wait: self.optional_millis("wait_ms", 0, MAX_WAIT_MS)?,
             },
             "logout" => Action::Logout,
+            "watch" => Action::Watch(self.watch_options()?),
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,
             },
@@ -468,6 +514,54 @@ impl Fields<'_> {
             ack,
             wait: self.optional_millis("wait_ms", 0, MAX_WAIT_MS)?,
         })
+    }
+
+    fn watch_options(&self) -> Result<WatchOptions, RequestError> {
+        Ok(WatchOptions {
+            watcher: self.watcher()?,
+            wait: self.optional_millis("wait_ms", 0, MAX_WAIT_MS)?,
+            limit: self.watch_limit()?,
+            push: self.optional_bool("push")?.unwrap_or(false),
+        })
+    }
+
+    /// `watcher` of a `watch`: required, and a name only, since it is stored and logged.
+    fn watcher(&self) -> Result<Watcher, RequestError> {
+        let rule = format!(
+            "use 1-{WATCHER_MAX_CHARS} letters, digits, `-`, `_`, `.` or `:` naming who is \
+             told, such as a Claude Code session_id"
+        );
+        let text = match self.0.get("watcher") {
+            Some(Value::String(text)) => text,
+            None | Some(Value::Null) => {
+                return Err(RequestError::new(
+                    ErrorCode::MissingField,
+                    format!("missing field `watcher`: {rule}"),
+                ))
+            }
+            Some(other) => return Err(wrong_type("watcher", "a string", other)),
+        };
+        Watcher::parse(text).ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::InvalidField,
+                format!("`watcher` `{}` is not a watcher name: {rule}", echo(text)),
+            )
+        })
+    }
+
+    /// `limit` of a `watch`: 1 to [`MAX_WATCH_LIMIT`], refused (not capped) outside it.
+    fn watch_limit(&self) -> Result<u32, RequestError> {
+        let expected = format!("a whole number from 1 to {MAX_WATCH_LIMIT}");
+        match self.0.get("limit") {
+            None | Some(Value::Null) => Ok(DEFAULT_WATCH_LIMIT),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(limit) if (1..=u64::from(MAX_WATCH_LIMIT)).contains(&limit) => {
+                    Ok(limit as u32)
+                }
+                _ => Err(wrong_type("limit", &expected, &Value::Number(n.clone()))),
+            },
+            Some(other) => Err(wrong_type("limit", &expected, other)),
+        }
     }
 
     /// An optional whole number of milliseconds in `min..=max`.
@@ -767,6 +861,44 @@ mod tests {
             code_of(r#"{"action": "list", "limit": 0}"#),
             ErrorCode::InvalidField
         );
+    }
+
+    #[test]
+    fn a_watch_names_its_watcher_and_keeps_its_numbers_in_range() {
+        let Action::Watch(options) = parse(r#"{"action": "watch", "watcher": "4f1c-9a:b_c.d"}"#)
+            .unwrap()
+            .action
+        else {
+            panic!("not a watch")
+        };
+        assert_eq!(options.watcher.as_str(), "4f1c-9a:b_c.d");
+        assert_eq!(
+            (options.wait, options.limit, options.push),
+            (None, 100, false)
+        );
+        let full =
+            r#"{"action": "watch", "watcher": "w", "wait_ms": 300000, "limit": 500, "push": true}"#;
+        let Action::Watch(options) = parse(full).unwrap().action else {
+            panic!("not a watch")
+        };
+        assert_eq!(options.wait, Some(Duration::from_secs(300)));
+        assert_eq!((options.limit, options.push), (500, true));
+        assert_eq!(code_of(r#"{"action": "watch"}"#), ErrorCode::MissingField);
+        let long = format!(r#"{{"action": "watch", "watcher": "{}"}}"#, "w".repeat(129));
+        for bad in [
+            r#"{"action": "watch", "watcher": ""}"#,
+            r#"{"action": "watch", "watcher": "a b"}"#,
+            r#"{"action": "watch", "watcher": "a/b"}"#,
+            r#"{"action": "watch", "watcher": 7}"#,
+            long.as_str(),
+            r#"{"action": "watch", "watcher": "w", "wait_ms": 300001}"#,
+            r#"{"action": "watch", "watcher": "w", "wait_ms": -1}"#,
+            r#"{"action": "watch", "watcher": "w", "limit": 0}"#,
+            r#"{"action": "watch", "watcher": "w", "limit": 501}"#,
+            r#"{"action": "watch", "watcher": "w", "push": "yes"}"#,
+        ] {
+            assert_eq!(code_of(bad), ErrorCode::InvalidField, "{bad}");
+        }
     }
 
     #[test]

@@ -170,6 +170,9 @@ impl<S: Socket> Connection<S> {
                 Ok(frame) => frame,
                 Err(ending) => return ending,
             };
+            // A client that sends its next request has read the `watch` reply before it: its
+            // announcement stands even if the connection resets later.
+            leases.retain(|receipt| !receipt.is_announcement());
             if !self.begin_request() {
                 // Evicted between reading the request and starting it: it is not served.
                 self.close_with(&evicted_reply(), &limits).await;

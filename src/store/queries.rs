@@ -707,6 +707,137 @@ fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     })
 }
 
+// ---- announcements: what a `watch` told each watcher, consuming nothing ----
+
+/// Undelivered mail for `?1` (leased or not) that watcher `?2` was not told about, oldest
+/// first. Walks the recipient's waiting mail in the index and looks each one up by the
+/// announcements' key.
+pub(crate) const UNANNOUNCED_FOR: &str =
+    "SELECT m.id, m.sender, m.addressed_to, m.recipient, m.kind, m.content, m.data, m.nonce,
+            m.sender_timestamp, m.received_at, m.delivery_count
+     FROM messages m
+     WHERE m.recipient = ?1 AND m.delivered_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM announcements a
+                       WHERE a.message_id = m.id AND a.watcher = ?2)
+     ORDER BY m.id LIMIT ?3";
+
+pub(crate) const ANNOUNCE: &str =
+    "INSERT OR IGNORE INTO announcements (watcher, message_id, announced_at, push)
+     VALUES (?1, ?2, ?3, ?4)";
+
+pub(crate) const MARK_PUSHED: &str =
+    "UPDATE messages SET pushed_at = ?2 WHERE id = ?1 AND pushed_at IS NULL";
+
+pub(crate) const UNANNOUNCE: &str =
+    "DELETE FROM announcements WHERE message_id = ?1 AND watcher = ?2 AND announced_at = ?3";
+
+/// After an un-recorded push: `pushed_at` becomes the earliest push still recorded, if any.
+pub(crate) const UNMARK_PUSHED: &str = "UPDATE messages SET pushed_at =
+       (SELECT min(announced_at) FROM announcements WHERE message_id = ?1 AND push = 1)
+     WHERE id = ?1 AND pushed_at = ?2";
+
+pub(crate) const ANNOUNCEMENTS_OF: &str =
+    "SELECT watcher, announced_at, push FROM announcements WHERE message_id = ?1
+     ORDER BY announced_at, watcher";
+
+pub(crate) const PUSHED_AT: &str = "SELECT pushed_at FROM messages WHERE id = ?1";
+
+/// One announcement of a message, as [`Tx::announcements_of`] reads it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Announcement {
+    pub watcher: String,
+    pub announced_at: Timestamp,
+    pub push: bool,
+}
+
+impl Tx<'_> {
+    /// Hands `recipient`'s undelivered mail that `watcher` was never told about to `take`,
+    /// oldest first, until `take` refuses one or `limit` were taken. Returns whether any was
+    /// left (the reply's `more`). Reads only; [`Tx::announce`] records what was taken.
+    pub fn unannounced_for(
+        &self,
+        recipient: &InstanceName,
+        watcher: &str,
+        limit: u32,
+        mut take: impl FnMut(&StoredMessage) -> bool,
+    ) -> Result<bool, StoreError> {
+        let mut statement = self.conn.prepare_cached(UNANNOUNCED_FOR)?;
+        let mut rows = statement.query(params![recipient, watcher, i64::from(limit) + 1])?;
+        let mut taken = 0;
+        while let Some(row) = rows.next()? {
+            if taken == limit || !take(&stored_message(row)?) {
+                return Ok(true);
+            }
+            taken += 1;
+        }
+        Ok(false)
+    }
+
+    /// Records these messages as announced to `watcher` at `now`; with `push`, also as pushed
+    /// (`messages.pushed_at`, set only the first time). Consumes nothing.
+    pub fn announce(
+        &self,
+        watcher: &str,
+        ids: &[MessageId],
+        now: Timestamp,
+        push: bool,
+    ) -> Result<(), StoreError> {
+        let mut announce = self.conn.prepare_cached(ANNOUNCE)?;
+        for id in ids {
+            announce.execute(params![watcher, id, now, push])?;
+        }
+        if push {
+            let mut pushed = self.conn.prepare_cached(MARK_PUSHED)?;
+            for id in ids {
+                pushed.execute(params![id, now])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the announcement of these messages to `watcher` made at `at` (its reply never
+    /// reached the watcher), and the push it recorded: `pushed_at` falls back to the earliest
+    /// push still recorded. Returns the announcements removed.
+    pub fn unannounce(
+        &self,
+        watcher: &str,
+        ids: &[MessageId],
+        at: Timestamp,
+    ) -> Result<usize, StoreError> {
+        let mut forget = self.conn.prepare_cached(UNANNOUNCE)?;
+        let mut unmark = self.conn.prepare_cached(UNMARK_PUSHED)?;
+        let mut removed = 0;
+        for id in ids {
+            removed += forget.execute(params![id, watcher, at])?;
+            unmark.execute(params![id, at])?;
+        }
+        Ok(removed)
+    }
+
+    /// Every announcement of message `id`, oldest first (for `claude-ipc` tooling and tests).
+    pub fn announcements_of(&self, id: MessageId) -> Result<Vec<Announcement>, StoreError> {
+        let mut statement = self.conn.prepare_cached(ANNOUNCEMENTS_OF)?;
+        let rows = statement.query_map([id], |row| {
+            Ok(Announcement {
+                watcher: row.get(0)?,
+                announced_at: row.get(1)?,
+                push: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// When message `id` was first pushed into a live session, if ever (and if it exists).
+    pub fn pushed_at(&self, id: MessageId) -> Result<Option<Timestamp>, StoreError> {
+        let pushed = self
+            .conn
+            .prepare_cached(PUSHED_AT)?
+            .query_row([id], |row| row.get(0))
+            .optional()?;
+        Ok(pushed.flatten())
+    }
+}
+
 // ---- replay protection ----
 
 pub(crate) const FIND_NONCE: &str = "SELECT message_id FROM send_nonces

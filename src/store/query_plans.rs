@@ -10,7 +10,8 @@ use rusqlite::Connection;
 use super::queries::*;
 
 /// Tables that grow with traffic or with the number of instances.
-const HOT_TABLES: [&str; 8] = [
+const HOT_TABLES: [&str; 9] = [
+    "announcements",
     "peer_activity",
     "auth_failures",
     "messages",
@@ -110,6 +111,11 @@ const STATEMENTS: &[Hot] = &[
     hot("release_owned", "ack with release", RELEASE_OWNED),
     hot("next_lease_expiry", "check (long-poll)", NEXT_LEASE_EXPIRY),
     hot("waiting_senders", "count", WAITING_SENDERS),
+    hot("unannounced_for", "watch (every read)", UNANNOUNCED_FOR),
+    hot("announce", "watch", ANNOUNCE),
+    hot("mark_pushed", "watch with push", MARK_PUSHED),
+    hot("unannounce", "watch, reply never read", UNANNOUNCE),
+    hot("unmark_pushed", "watch, reply never read", UNMARK_PUSHED),
     hot("ack_owned", "ack", ACK_OWNED),
     hot("ack_settle", "ack", ACK_SETTLE),
     hot("revoke_sessions", "register", REVOKE_SESSIONS),

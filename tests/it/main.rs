@@ -42,3 +42,4 @@ mod status;
 mod storage;
 mod time_rules;
 mod unix_socket;
+mod watch;

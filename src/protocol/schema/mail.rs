@@ -1,5 +1,5 @@
 //! The replies about mail: `send`, `broadcast`, `check` (with [`WireMessage`], one message as
-//! a reader sees it), `ack` and its `release`, and `count`.
+//! a reader sees it), `ack` and its `release`, `count` and `watch`.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -218,4 +218,23 @@ pub struct CountReply {
     pub count: u32,
     /// Distinct senders, by their oldest waiting message; at most ten.
     pub senders: Vec<String>,
+}
+
+/// `watch`: undelivered mail announced to the watcher for the first time, oldest first, each
+/// as `check` shows it. Nothing in it was marked delivered or leased.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchReply {
+    pub messages: Vec<WireMessage>,
+    /// More mail not yet announced to this watcher waits than this reply holds.
+    #[serde(default)]
+    pub more: bool,
+    /// A newer `watch` of the same session and watcher took over: this one ends, empty.
+    #[serde(default)]
+    pub replaced: bool,
+}
+
+impl WatchReply {
+    pub fn ids(&self) -> Vec<i64> {
+        self.messages.iter().map(|m| m.id.0).collect()
+    }
 }

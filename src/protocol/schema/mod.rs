@@ -7,7 +7,7 @@
 //!   The broker reads requests with the hand parser in [`super::request`], whose error texts
 //!   legacy clients match.
 //! - [`identity`]: the replies of `ping`, `challenge`, `register`, `rename`, `list`, `logout`.
-//! - [`mail`]: the replies of `send`, `broadcast`, `check`, `ack` and `count`.
+//! - [`mail`]: the replies of `send`, `broadcast`, `check`, `ack`, `count` and `watch`.
 //! - [`error`]: the error reply every action may give instead.
 //!
 //! Every reply is written by [`super::Reply::to_line`], which adds `status`.
@@ -30,7 +30,7 @@ pub use identity::{
 };
 pub use mail::{
     AckReply, BroadcastCopies, BroadcastReply, CheckReply, CountReply, ManualAck, RefusedId,
-    ReleaseReply, SendReply, WireBody, WireMessage,
+    ReleaseReply, SendReply, WatchReply, WireBody, WireMessage,
 };
 pub use requests::ClientRequest;
 

@@ -25,6 +25,7 @@ pub enum ClientRequest {
     Rename(RenameRequest),
     Count(CountRequest),
     Logout(LogoutRequest),
+    Watch(WatchRequest),
 }
 
 impl ClientRequest {
@@ -42,6 +43,7 @@ impl ClientRequest {
             ClientRequest::Rename(_) => "rename",
             ClientRequest::Count(_) => "count",
             ClientRequest::Logout(_) => "logout",
+            ClientRequest::Watch(_) => "watch",
         }
     }
 
@@ -173,4 +175,19 @@ pub struct CountRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogoutRequest {
     pub session_token: String,
+}
+
+/// `watch`: the caller's undelivered mail not yet announced to `watcher`, consuming none;
+/// `wait_ms` long-polls, `limit` caps the count, `push` says the caller pushes it into a live
+/// session.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct WatchRequest {
+    pub session_token: String,
+    pub watcher: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub push: bool,
 }

@@ -99,6 +99,13 @@ fn requests() -> Vec<ClientRequest> {
         ClientRequest::Logout(LogoutRequest {
             session_token: token(),
         }),
+        ClientRequest::Watch(WatchRequest {
+            session_token: token(),
+            watcher: "5b1f0c3e-claude-session".into(),
+            wait_ms: Some(30_000),
+            limit: Some(50),
+            push: true,
+        }),
     ]
 }
 
@@ -275,6 +282,24 @@ fn replies() -> Vec<(&'static str, Reply)> {
             }
             .into(),
         ),
+        (
+            "watch",
+            WatchReply {
+                messages: vec![message()],
+                more: true,
+                replaced: false,
+            }
+            .into(),
+        ),
+        (
+            "watch",
+            WatchReply {
+                messages: vec![],
+                more: false,
+                replaced: true,
+            }
+            .into(),
+        ),
         ("any", replaced.into()),
     ]
 }
@@ -305,6 +330,7 @@ fn reply_round_trips(reply: &Reply) {
         Reply::Rename(inner) => round_trips(inner, &line),
         Reply::Count(inner) => round_trips(inner, &line),
         Reply::Logout(inner) => round_trips(inner, &line),
+        Reply::Watch(inner) => round_trips(inner, &line),
         Reply::Error(inner) => round_trips(inner, &line),
     }
 }
