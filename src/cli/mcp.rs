@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args};
 use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{parse_duration, Config};
 use crate::mcp::{IpcServer, Settings};
@@ -84,6 +85,7 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
         .socket
         .as_ref()
         .map_or_else(|| "none".to_owned(), |s| s.display().to_string());
+    let channel = settings.channel;
     let server = IpcServer::new(settings);
     tracing::info!(
         pid = std::process::id(),
@@ -93,6 +95,11 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
         "claude-ipc MCP server ready on stdio"
     );
     let service = server.clone().serve(rmcp::transport::stdio()).await?;
+    let stop_pushing = CancellationToken::new();
+    let pusher = channel.then(|| {
+        let (server, peer, stop) = (server.clone(), service.peer().clone(), stop_pushing.clone());
+        tokio::spawn(async move { server.push_mail(peer, stop).await })
+    });
     tokio::select! {
         ended = service.waiting() => {
             if let Err(e) = ended {
@@ -101,6 +108,17 @@ pub async fn run(args: McpArgs) -> anyhow::Result<()> {
         }
         _ = signals.recv() => tracing::info!("signal received; stopping"),
     }
+    // The push loop ends first (its long-poll's connection is closed), so it neither holds
+    // the session nor races the logout.
+    stop_pushing.cancel();
+    if let Some(pusher) = pusher {
+        if tokio::time::timeout(PUSHER_STOP, pusher).await.is_err() {
+            tracing::warn!("the push loop did not stop in time");
+        }
+    }
     server.shutdown().await;
     Ok(())
 }
+
+/// How long the push loop may take to stop on the way out.
+const PUSHER_STOP: Duration = Duration::from_secs(2);

@@ -13,16 +13,23 @@
 //! action announces each message once per watcher, and the watcher is made fresh for each MCP
 //! session, so a new session pushes again whatever is still unacknowledged.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use rand::rngs::OsRng;
 use rand::TryRngCore;
 use rmcp::model::{CustomNotification, ProtocolVersion, ServerNotification};
+use rmcp::service::Peer;
+use rmcp::RoleServer;
 use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
 
+use crate::client::WatchOptions;
+use crate::domain::MessageId;
 use crate::protocol::schema::WireMessage;
 
 use super::guard::Secrets;
+use super::{IpcServer, ToolError};
 
 /// The experimental capability that makes Claude Code treat this server as a channel.
 pub const CAPABILITY: &str = "claude/channel";
@@ -113,6 +120,142 @@ pub fn retry_pause(failures: u32) -> Duration {
     RETRY_FIRST
         .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
         .min(RETRY_MAX)
+}
+
+/// Why the push loop stopped asking the broker for a while.
+enum Pause {
+    /// Until the model registers (again): no session, or the name was taken over.
+    UntilRegistered,
+    /// A failure that may pass (no broker, a takeover under way): retry after a pause.
+    Retry(ToolError),
+}
+
+impl IpcServer {
+    /// The push loop of channel mode: once this server has a session, long-polls the
+    /// broker's `watch` for mail not yet announced to this MCP session's watcher and sends
+    /// each message to the client as one channel notification. Nothing is consumed: the mail
+    /// stays waiting until `ack` or `check`. Ends when `stop` fires or the client is gone.
+    pub async fn push_mail(&self, peer: Peer<RoleServer>, stop: CancellationToken) {
+        let watcher = match fresh_watcher() {
+            Ok(watcher) => watcher,
+            Err(e) => {
+                tracing::error!("channel mode cannot push: {e}");
+                return;
+            }
+        };
+        tracing::info!(%watcher, "channel mode: mail is pushed once this server is registered");
+        let mut pushed = HashSet::new();
+        let mut changed = self.state.identity_changed.subscribe();
+        let mut failures = 0u32;
+        while !stop.is_cancelled() {
+            let pause = match self.watch_round(&watcher, &mut changed, &stop).await {
+                Ok(messages) => {
+                    failures = 0;
+                    if !self.push(&peer, messages, &mut pushed).await {
+                        tracing::info!("the MCP client is gone; the push loop ends");
+                        return;
+                    }
+                    continue;
+                }
+                Err(pause) => pause,
+            };
+            let resume = match pause {
+                Pause::UntilRegistered => None,
+                Pause::Retry(error) => {
+                    failures += 1;
+                    if failures == 1 {
+                        tracing::warn!(
+                            "channel mode: watching for mail failed ({error}); retrying"
+                        );
+                    } else {
+                        tracing::debug!(failures, "channel mode: watching still fails: {error}");
+                    }
+                    Some(retry_pause(failures))
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = changed.changed() => {}
+                _ = sleep_or_forever(resume) => {}
+            }
+        }
+    }
+
+    /// One `watch` long-poll as this server's session; moved to a new session at once when
+    /// the identity changes (register, a renewal).
+    async fn watch_round(
+        &self,
+        watcher: &str,
+        changed: &mut tokio::sync::watch::Receiver<u64>,
+        stop: &CancellationToken,
+    ) -> Result<Vec<WireMessage>, Pause> {
+        changed.mark_unchanged();
+        if self.identity().is_err() {
+            return Err(Pause::UntilRegistered);
+        }
+        let round = stop.child_token();
+        let options = WatchOptions {
+            watcher: watcher.to_owned(),
+            wait: Some(WATCH_WAIT),
+            limit: None,
+            push: true,
+        };
+        let watch =
+            self.as_session_until(move |client, token| client.watch(token, &options), &round);
+        tokio::pin!(watch);
+        let result = tokio::select! {
+            result = &mut watch => result,
+            _ = changed.changed() => {
+                round.cancel();
+                watch.await
+            }
+        };
+        match result {
+            Ok(reply) => Ok(reply.messages),
+            // Stopping, or moved to a new identity: the loop decides.
+            Err(ToolError::Cancelled) => Ok(Vec::new()),
+            Err(
+                ToolError::NotRegistered | ToolError::Replaced { .. } | ToolError::LostName { .. },
+            ) => Err(Pause::UntilRegistered),
+            Err(other) => Err(Pause::Retry(other)),
+        }
+    }
+
+    /// Sends one notification per message not pushed before in this MCP session; false when
+    /// the client is gone.
+    async fn push(
+        &self,
+        peer: &Peer<RoleServer>,
+        messages: Vec<WireMessage>,
+        pushed: &mut HashSet<MessageId>,
+    ) -> bool {
+        if messages.is_empty() {
+            return true;
+        }
+        let secrets = self.secrets().await;
+        for message in messages {
+            if !pushed.insert(message.id) {
+                continue;
+            }
+            if let Err(e) = peer
+                .send_notification(notification(&message, &secrets))
+                .await
+            {
+                tracing::info!("could not push message {}: {e}", message.id);
+                return false;
+            }
+            tracing::debug!(id = %message.id, from = %message.from, "pushed");
+        }
+        true
+    }
+}
+
+/// Sleeps for `pause`, or never returns when there is none.
+async fn sleep_or_forever(pause: Option<Duration>) {
+    match pause {
+        Some(pause) => tokio::time::sleep(pause).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
