@@ -8,6 +8,9 @@
 //! counts what is waiting and leaves the reading to `check`, and `check` acknowledges what it
 //! read only if the call was not cancelled by then, handing it back to the queue otherwise.
 //!
+//! In channel mode ([`channel`]) the server also pushes each message into the client's session
+//! as it arrives, and the model settles it with the `ack` tool; a push alone settles nothing.
+//!
 //! The client is blocking, so each broker call runs on tokio's blocking pool with a fresh
 //! loopback connection; a cancelled call closes that connection, which ends its long-poll. One client implementation serves the CLI, the tests and this server,
 //! and a fresh connection per call means a broker takeover between two calls needs no
