@@ -526,3 +526,35 @@ fn the_ack_tool_settles_unread_mail_in_either_mode_and_refuses_what_is_not_yours
         .unwrap()
         .contains("not a message id"));
 }
+
+/// An SDK that first probes the 2026-07-28 lifecycle (`server/discover`, as the official
+/// Python SDK's default client does) is refused with the revisions a channel server speaks,
+/// and then falls back to `initialize`, which negotiates 2025-11-25; pushes work on it.
+#[test]
+fn a_modern_probe_is_refused_so_the_client_falls_back_to_initialize() {
+    let broker = real_clock_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let mut bob = ChannelServer::spawn(
+        &broker.addr(),
+        &broker.data_dir(),
+        &dir.path().join("bob"),
+        &["--channel"],
+    );
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": ASKED_REVISION,
+        "io.modelcontextprotocol/clientCapabilities": {"experimental": {"claude/channel": {}}},
+        "io.modelcontextprotocol/clientInfo": {"name": "claude-code", "version": "2.1.232"},
+    });
+    let probe = bob.request("server/discover", json!({"_meta": meta}));
+    let supported = probe["error"]["data"]["supported"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the probe is refused with the supported revisions: {probe}"));
+    assert!(supported.contains(&json!("2025-11-25")));
+    assert!(!supported.contains(&json!(ASKED_REVISION)), "{probe}");
+    let reply = bob.initialize(ASKED_REVISION, true);
+    assert_eq!(reply["result"]["protocolVersion"], "2025-11-25");
+    bob.ok("register", json!({"instance_id": "bob"}));
+    let alice = broker.register("alice");
+    send(&mut broker.client(), &alice, "bob", "after the probe");
+    assert_eq!(bob.pushes(1)[0]["content"], "after the probe");
+}
