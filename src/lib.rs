@@ -17,7 +17,8 @@
 //! Around them: [`domain`] holds the values every layer shares (names, message ids, kinds,
 //! times), [`config`] holds every window and limit, [`clock`] gives the time (injectable
 //! for tests), [`client`] is the typed client that the CLI, the MCP server and the tests use,
-//! [`mcp`] is the MCP server's tools over that client (and its broker election), and [`cli`]
+//! [`mcp`] is the MCP server's tools over that client (and its broker election, and the channel
+//! mode that pushes mail into a live Claude Code session), and [`cli`]
 //! holds one file per subcommand. [`os`] holds the operating-system helpers the broker and the
 //! clients share (who owns a socket, which user a uid is, whether a data directory is safe,
 //! the open-file limit and the stop signals). [`session_file`] is the session the CLI, the

@@ -73,9 +73,26 @@ impl SessionFile {
     /// half-written session and a link planted in a shared directory is never followed.
     pub fn save(&self) -> Result<PathBuf, SessionFileError> {
         let path = path();
+        create_missing_parent(&path);
         let text = serde_json::to_string(self).expect("a session always serializes");
         private_file::write_private(&path, text.as_bytes()).map_err(|e| save_failed(&path, e))?;
         Ok(path)
+    }
+}
+
+/// Creates the session file's directory (mode 0700) when it is missing: the plugin's MCP
+/// server writes `<project>/.claude/ipc-session`, and a project need not have `.claude/` yet.
+/// A failure is left for the write to report.
+fn create_missing_parent(path: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(parent) = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent);
     }
 }
 

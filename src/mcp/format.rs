@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::command::CommandRun;
 use super::guard::Secrets;
-use crate::client::{Checked, Instance, Received, Waiting};
+use crate::client::{Acked, Checked, Instance, Received, Waiting};
 use crate::domain::SYSTEM_SENDER;
 use crate::protocol::schema::{Receipt, ReceiptState, SentReply};
 use crate::relative_time::relative_time;
@@ -200,6 +200,40 @@ pub fn instances(instances: &[Instance], me: &str, now: DateTime<Utc>) -> String
         ));
     }
     text
+}
+
+/// What `ack` did: how many messages it settled, which were settled before, and which ids
+/// are not this instance's mail.
+pub fn acked(reply: &Acked) -> String {
+    let mut text = match reply.acked {
+        0 => "Acknowledged nothing new.".to_owned(),
+        n => format!(
+            "Acknowledged {}; acknowledged mail is not pushed or shown by check again.",
+            messages(n)
+        ),
+    };
+    if reply.already_acked_count > 0 {
+        let ids = id_list(reply.already_acked.iter().map(|id| id.0));
+        text.push_str(&format!(
+            " Already acknowledged before: {} ({ids}).",
+            reply.already_acked_count
+        ));
+    }
+    if reply.refused_count > 0 {
+        let ids = id_list(reply.refused.iter().map(|refused| refused.id.0));
+        text.push_str(&format!(
+            " Not your mail or no such message: {} ({ids}); use the msg_id values from the channel tags or from check.",
+            reply.refused_count
+        ));
+    }
+    if reply.truncated {
+        text.push_str(" (Some ids are counted but not listed.)");
+    }
+    text
+}
+
+fn id_list(ids: impl Iterator<Item = i64>) -> String {
+    ids.map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn count_of(count: usize, noun: &str) -> String {

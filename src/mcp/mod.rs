@@ -8,22 +8,29 @@
 //! counts what is waiting and leaves the reading to `check`, and `check` acknowledges what it
 //! read only if the call was not cancelled by then, handing it back to the queue otherwise.
 //!
+//! In channel mode ([`channel`]) the server also pushes each message into the client's session
+//! as it arrives, and the model settles it with the `ack` tool; a push alone settles nothing.
+//!
 //! The client is blocking, so each broker call runs on tokio's blocking pool with a fresh
 //! loopback connection; a cancelled call closes that connection, which ends its long-poll. One client implementation serves the CLI, the tests and this server,
 //! and a fresh connection per call means a broker takeover between two calls needs no
 //! reconnection logic beyond the election in [`election`].
 
+pub mod channel;
 pub mod command;
 pub mod election;
 pub mod format;
 pub mod guard;
 pub mod share_file;
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{ContentBlock, Implementation, IntoContents, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    ContentBlock, Implementation, IntoContents, ProtocolVersion, ServerCapabilities, ServerConfig,
+};
 use rmcp::service::RequestContext;
 use rmcp::{schemars, tool, tool_handler, tool_router, RoleServer, ServerHandler};
 use serde::Deserialize;
@@ -71,6 +78,9 @@ pub struct Settings {
     /// The data directory was given (`IPC_DATA_DIR`, `--data-dir`): a broker serving another
     /// is refused (`data_dir_mismatch`).
     pub data_dir_configured: bool,
+    /// Channel mode (`--channel`, `IPC_CHANNEL=1`): declare the `claude/channel` capability,
+    /// cap the MCP revision and push mail as it arrives (see [`channel`]).
+    pub channel: bool,
 }
 
 /// A failure a tool reports to the model: what went wrong and what to do.
@@ -189,6 +199,9 @@ struct State {
     election: Election,
     /// A std `Mutex`: it is only held to copy or replace the identity, never across `.await`.
     identity: Mutex<Option<Identity>>,
+    /// Bumped whenever the identity changes, so the push loop (channel mode) starts or moves
+    /// its long-poll to the new session at once.
+    identity_changed: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -268,6 +281,35 @@ pub struct WaitArgs {
     pub timeout_seconds: Option<f64>,
 }
 
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct AckArgs {
+    /// The msg_id of each message to acknowledge, as the channel tag or check showed it
+    /// (for example [41, 42]).
+    pub ids: Vec<AckId>,
+}
+
+/// A message id as a model passes it: a number, or the string a channel tag's `msg_id`
+/// attribute holds (every channel meta value is a string).
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum AckId {
+    Number(i64),
+    Text(String),
+}
+
+impl AckId {
+    fn parse(&self) -> Result<i64, ToolError> {
+        match self {
+            AckId::Number(id) => Ok(*id),
+            AckId::Text(text) => text.trim().parse().map_err(|_| {
+                ToolError::Input(format!(
+                    "`{text}` is not a message id: pass the msg_id numbers, like ids=[41, 42]. Nothing was acknowledged."
+                ))
+            }),
+        }
+    }
+}
+
 /// A tool's failure as the model sees it: its text, in a result marked `isError` (rmcp marks
 /// the `Err` of a tool's `Result` so).
 impl IntoContents for ToolError {
@@ -286,6 +328,7 @@ impl IpcServer {
                 settings,
                 election,
                 identity: Mutex::new(None),
+                identity_changed: tokio::sync::watch::Sender::new(0),
             }),
         }
     }
@@ -338,7 +381,7 @@ impl IpcServer {
     }
 
     #[tool(
-        description = "Use to send a message to one other instance by name (it may register later; the mail waits)."
+        description = "Use to send a message to one other instance by name (it may register later; the mail waits). This is the tool that replies to a message from another instance, also one pushed as a <channel source=\"claude-ipc\"> tag (to_id = its from): never reply with Claude Code's own SendMessage, which does not reach other instances."
     )]
     async fn send(&self, Parameters(args): Parameters<SendArgs>) -> Result<String, ToolError> {
         self.send_message(Some(args.to_id), args.content, args.data)
@@ -405,6 +448,29 @@ impl IpcServer {
             .await?;
         let hint = "More of your mail is kept: call sent with a larger limit, or with ids.";
         Ok(format::receipts(&reply, chrono::Utc::now(), hint))
+    }
+
+    /// Settles mail by id: pushed mail stays waiting until this (or `check`). The broker's
+    /// `ack` settles waiting mail whether or not a check leased it.
+    #[tool(
+        description = "Use after reading messages pushed as <channel source=\"claude-ipc\" msg_id=...> tags: acknowledges them by msg_id (ids=[41, 42]). Until acknowledged a message stays waiting, check shows it again and a new session pushes it again. Reply to it with send, not SendMessage."
+    )]
+    async fn ack(&self, Parameters(args): Parameters<AckArgs>) -> Result<String, ToolError> {
+        let ids = args
+            .ids
+            .iter()
+            .map(AckId::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if ids.is_empty() {
+            return Err(ToolError::Input(
+                "`ids` is empty: pass the msg_id of each message to acknowledge, like ids=[41, 42]."
+                    .to_owned(),
+            ));
+        }
+        let acked = self
+            .as_session(move |client, token| client.ack(token, &ids))
+            .await?;
+        Ok(format::acked(&acked))
     }
 
     #[tool(description = "Use to see which instances are registered and when each was last seen.")]
@@ -540,13 +606,30 @@ impl IpcServer {
 #[tool_handler]
 impl ServerHandler for IpcServer {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("claude-ipc", crate::VERSION))
-            .with_instructions(
-                "A local post office for AI assistants on this machine. Call register once with \
-                 a name, then send, check, broadcast and list_instances. Your identity comes \
-                 from the session; you never pass your own name again.",
-            )
+        let server_info = Implementation::new("claude-ipc", crate::VERSION);
+        if !self.settings().channel {
+            return ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+                .with_server_info(server_info)
+                .with_instructions(channel::PLAIN_INSTRUCTIONS);
+        }
+        let capabilities = ServerCapabilities::builder()
+            .enable_experimental_with(channel::experimental_capabilities())
+            .enable_tools()
+            .build();
+        ServerConfig::new(capabilities)
+            .with_server_info(server_info)
+            .with_protocol_version(channel::MAX_REVISION)
+            .with_instructions(channel::INSTRUCTIONS)
+    }
+
+    /// In channel mode, nothing newer than [`channel::MAX_REVISION`], whatever the client
+    /// asks: Claude Code refuses a channel server that negotiates 2026-07-28.
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        if self.settings().channel {
+            Cow::Borrowed(ProtocolVersion::known_up_to(&channel::MAX_REVISION))
+        } else {
+            Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS)
+        }
     }
 }
 
@@ -593,6 +676,9 @@ impl IpcServer {
             }
         }
         *self.state.identity.lock().expect("identity lock poisoned") = Some(identity);
+        self.state
+            .identity_changed
+            .send_modify(|generation| *generation += 1);
     }
 
     /// Runs `work` on a broker connection. If the connection is lost (the broker died), it

@@ -8,6 +8,7 @@ mod common;
 
 mod broker_owner;
 mod challenge;
+mod channel;
 mod cli;
 mod cli_delivery;
 mod cli_escaping;
@@ -29,6 +30,8 @@ mod long_poll;
 mod manual_ack;
 mod mcp;
 mod name_claims;
+mod other_assistants;
+mod plugin;
 mod quotas;
 mod receipts;
 mod refusals;

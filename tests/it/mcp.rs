@@ -76,6 +76,7 @@ fn tools_list_has_exactly_the_named_tools_and_arguments() {
             expect(&["content", "data"], &["content"]),
         ),
         ("check".to_owned(), expect(&[], &[])),
+        ("ack".to_owned(), expect(&["ids"], &["ids"])),
         ("list_instances".to_owned(), expect(&[], &[])),
         ("rename".to_owned(), expect(&["new_id"], &["new_id"])),
         (
