@@ -478,6 +478,17 @@ fn every_action_replies_within_one_legacy_read_however_large_the_data() {
     assert_eq!(acked["refused_count"], 1000);
     let listed = ask("list", json!({"action": "list", "session_token": walker}));
     assert_eq!(listed["more"], true);
+    let watched = ask(
+        "watch",
+        json!({"action": "watch", "session_token": walker, "watcher": "w", "limit": 500}),
+    );
+    assert_eq!(watched["more"], true, "two large messages take two watches");
+    assert_eq!(watched["messages"].as_array().unwrap().len(), 1);
+    let bad_watcher = ask(
+        "watch",
+        json!({"action": "watch", "session_token": walker, "watcher": huge}),
+    );
+    assert_eq!(bad_watcher["code"], "invalid_field");
     let renamed = ask(
         "rename",
         json!({"action": "rename", "session_token": walker, "new_id": long_name("walker", 2)}),
