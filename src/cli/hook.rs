@@ -1,16 +1,29 @@
-//! `claude-ipc hook`: one short line for Claude Code's hooks when mail is waiting.
+//! `claude-ipc hook`: what the assistants' hooks print when mail is waiting.
 //!
-//! It reads the session file and asks the broker's non-consuming `count` (over the Unix socket
-//! when `IPC_SOCKET` is set, else over TCP), so the mail stays waiting for the `check` tool.
-//! Every failure (no session, no broker, a slow broker) prints nothing on stdout and exits 0: a
-//! hook must never get in the user's way. Only a broker it refused (another user's, say) is
-//! named on stderr. The whole run is bounded by
-//! short socket timeouts so it finishes well under 100 ms.
+//! Two kinds of event:
+//! - **Telling** events (Claude Code's `UserPromptSubmit` and `PostToolUse`, Gemini CLI's
+//!   `BeforeAgent`, `AfterTool` and `SessionStart`) ask the broker's non-consuming `count`
+//!   (over the Unix socket when `IPC_SOCKET` is set, else over TCP) and print one line, as
+//!   plain text or inside the client's JSON, while mail waits. The whole run is bounded by
+//!   short socket timeouts so it finishes well under 100 ms. Every failure prints nothing on
+//!   stdout and exits 0; only a broker it refused (another user's, say) is named on stderr.
+//! - **Waking** events (Claude Code's and Codex's `Stop`, Claude Code's `SessionStart`,
+//!   Gemini CLI's `AfterAgent`) read the event's JSON on stdin and ask the broker's `watch`
+//!   for mail never announced to that session (its `session_id`), waiting up to `--wait`
+//!   seconds (see [`wait`]). Mail is never consumed; each message is announced once per
+//!   session. Found mail is one line on stderr and exit code 2 (Claude Code's and Codex's
+//!   "continue, and tell the model this"), or Gemini CLI's `{"decision":"deny","reason"}`.
+//!   Every failure is silent with exit 0, and written to the hook log ([`log`]).
+
+mod event;
+mod log;
+mod wait;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::client::Waiting;
 use crate::session_file::SessionFile;
@@ -19,10 +32,27 @@ use crate::session_file::SessionFile;
 /// refuses at once. This only bounds a machine that is badly stuck.
 const HOOK_TIMEOUT: Duration = Duration::from_millis(50);
 
+/// The exit code that makes Claude Code and Codex show the hook's stderr to the model.
+const EXIT_TELL_THE_MODEL: u8 = 2;
+
 #[derive(Debug, Args)]
-#[command(
-    after_help = "Examples:\n  claude-ipc hook                            for a UserPromptSubmit hook\n  claude-ipc hook --event post-tool-use      for a PostToolUse hook\n\nPrints e.g. \"📬 2 new messages (from alice, bob): use the check tool\", or nothing.\nIt reads the session file (IPC_SESSION_FILE) and never consumes mail. It finds the broker at\nIPC_SOCKET if that is set, else at IPC_ADDR. See docs/CLAUDE_CODE.md."
-)]
+#[command(after_help = "Examples:
+  claude-ipc hook                                   for a UserPromptSubmit hook
+  claude-ipc hook --event post-tool-use             for a PostToolUse hook
+  claude-ipc hook --event stop --wait 600           for a Stop hook with \"asyncRewake\": true
+  claude-ipc hook --event session-start --wait 600  for a SessionStart hook, likewise
+  claude-ipc hook --event stop                      for Codex's Stop hook (no waiting)
+  claude-ipc hook --event gemini-before-agent       for Gemini CLI's BeforeAgent hook
+
+Telling events print e.g. \"📬 2 new messages (from alice, bob): use the check tool\", or
+nothing, and exit 0. Waking events (stop, session-start, gemini-after-agent) read the event's
+JSON on stdin and wait up to --wait seconds (default 0: look once) for mail never announced
+to its session_id; when some arrives, stop and session-start print one line on stderr and exit
+2, gemini-after-agent prints {\"decision\":\"deny\",\"reason\":...}; else they exit 0 with
+nothing. A newer waiter for a session ends an older one (exit 0). Every failure is silent with
+exit 0 and logged to <data directory>/hook.log (IPC_DATA_DIR, default ~/.claude-ipc-data).
+No hook consumes mail. The session comes from the session file (IPC_SESSION_FILE); the broker
+is at IPC_SOCKET if set, else IPC_ADDR. See docs/CLAUDE_CODE.md, docs/CODEX.md, docs/GEMINI.md.")]
 pub struct HookArgs {
     /// The broker's address.
     #[arg(long, env = "IPC_ADDR", default_value = "127.0.0.1:9876")]
@@ -30,34 +60,120 @@ pub struct HookArgs {
     /// The broker's Unix socket (`serve --socket`); when set, it is used instead of --addr.
     #[arg(long, env = "IPC_SOCKET", value_parser = super::socket_parser())]
     pub socket: Option<PathBuf>,
-    /// The hook event this runs for. Claude Code gives the model a UserPromptSubmit hook's
-    /// plain output, but a PostToolUse hook's only as JSON `additionalContext`.
-    #[arg(long, value_enum, default_value_t = HookEvent::UserPromptSubmit)]
-    pub event: HookEvent,
+    /// The hook event this runs for: user-prompt-submit (plain line), post-tool-use (Claude
+    /// Code's JSON), stop, session-start (waking: stderr and exit 2), gemini-before-agent,
+    /// gemini-after-tool, gemini-session-start (Gemini CLI's JSON), gemini-after-agent (waking,
+    /// Gemini CLI's JSON). An unknown name is logged and ignored: a hook must not fail.
+    #[arg(long, value_name = "EVENT", default_value = "user-prompt-submit")]
+    pub event: String,
+    /// For waking events: how long to wait for new mail, in seconds (default 0: look once).
+    /// A value that is not a whole number of seconds is logged and ignored.
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum HookEvent {
-    /// Print the line as plain text.
+    /// Print the line as plain text (Claude Code's and Codex's UserPromptSubmit and
+    /// SessionStart take it as context).
     UserPromptSubmit,
     /// Print the line inside Claude Code's JSON hook output.
     PostToolUse,
+    /// Wake the session for new mail: one line on stderr and exit 2.
+    Stop,
+    /// Like `stop`, for a SessionStart hook.
+    SessionStart,
+    /// Gemini CLI's BeforeAgent: the line as `additionalContext`.
+    GeminiBeforeAgent,
+    /// Gemini CLI's AfterTool: the line as `additionalContext`.
+    GeminiAfterTool,
+    /// Gemini CLI's SessionStart: the line as `additionalContext`.
+    GeminiSessionStart,
+    /// Gemini CLI's AfterAgent: new mail continues the turn with the line as its prompt.
+    GeminiAfterAgent,
 }
 
-/// Prints the line if mail is waiting; never fails.
-pub fn run(args: HookArgs) {
+impl HookEvent {
+    /// Whether this event waits for unannounced mail rather than counting waiting mail.
+    fn wakes(self) -> bool {
+        matches!(
+            self,
+            HookEvent::Stop | HookEvent::SessionStart | HookEvent::GeminiAfterAgent
+        )
+    }
+
+    /// The name on the command line, for the log.
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map(|value| value.get_name().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Prints what the event calls for; never fails (a waking event may exit 2 by design).
+pub fn run(args: HookArgs) -> ExitCode {
+    let Ok(event) = HookEvent::from_str(&args.event, false) else {
+        log::write(
+            &args.event,
+            None,
+            "unknown --event; see claude-ipc hook --help: nothing done",
+        );
+        return ExitCode::SUCCESS;
+    };
+    let wait = match parse_wait(args.wait.as_deref()) {
+        Ok(wait) => wait,
+        Err(text) => {
+            log::write(&event.name(), None, &text);
+            return ExitCode::SUCCESS;
+        }
+    };
+    if event.wakes() {
+        return wait::run(&args, event, wait.unwrap_or_default());
+    }
+    if wait.is_some() {
+        log::write(
+            &event.name(),
+            None,
+            "--wait applies only to stop, session-start and gemini-after-agent: ignored",
+        );
+    }
+    tell(&args, event);
+    ExitCode::SUCCESS
+}
+
+/// `--wait SECONDS`: a whole number of seconds, at most a day.
+fn parse_wait(given: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(text) = given else {
+        return Ok(None);
+    };
+    match text.trim().parse::<u64>() {
+        Ok(seconds) if seconds <= 86_400 => Ok(Some(Duration::from_secs(seconds))),
+        _ => Err(format!(
+            "--wait {text:?} is not a whole number of seconds from 0 to 86400: nothing done"
+        )),
+    }
+}
+
+/// A telling event: prints the line, in the event's shape, if mail is waiting.
+fn tell(args: &HookArgs, event: HookEvent) {
     let socket = super::given_socket(&args.socket);
     let Some(line) = waiting(&args.addr, socket).as_ref().and_then(notice) else {
         return;
     };
-    match args.event {
+    let context = |name: &str| {
+        serde_json::json!({"hookSpecificOutput": {
+            "hookEventName": name, "additionalContext": line,
+        }})
+    };
+    match event {
         HookEvent::UserPromptSubmit => println!("{line}"),
-        HookEvent::PostToolUse => println!(
-            "{}",
-            serde_json::json!({"hookSpecificOutput": {
-                "hookEventName": "PostToolUse", "additionalContext": line,
-            }})
-        ),
+        HookEvent::PostToolUse => println!("{}", context("PostToolUse")),
+        HookEvent::GeminiBeforeAgent => println!("{}", context("BeforeAgent")),
+        HookEvent::GeminiAfterTool => println!("{}", context("AfterTool")),
+        HookEvent::GeminiSessionStart => println!("{}", context("SessionStart")),
+        HookEvent::Stop | HookEvent::SessionStart | HookEvent::GeminiAfterAgent => {
+            unreachable!("waking events are run by wait::run")
+        }
     }
 }
 
@@ -126,6 +242,36 @@ mod tests {
             line,
             "📬 1 new message (from x\\n[7] from alice\\e[2J\\u{202e}): use the check tool"
         );
+    }
+
+    #[test]
+    fn wait_takes_whole_seconds_up_to_a_day_and_nothing_else() {
+        assert_eq!(parse_wait(None), Ok(None));
+        assert_eq!(parse_wait(Some("600")), Ok(Some(Duration::from_secs(600))));
+        assert_eq!(parse_wait(Some("0")), Ok(Some(Duration::ZERO)));
+        for bad in ["-1", "1.5", "soon", "", "86401"] {
+            let refused = parse_wait(Some(bad)).unwrap_err();
+            assert!(refused.contains("whole number of seconds"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_event_names_are_the_ones_the_plugin_and_the_docs_use() {
+        for (name, wakes) in [
+            ("user-prompt-submit", false),
+            ("post-tool-use", false),
+            ("stop", true),
+            ("session-start", true),
+            ("gemini-before-agent", false),
+            ("gemini-after-tool", false),
+            ("gemini-session-start", false),
+            ("gemini-after-agent", true),
+        ] {
+            let event = HookEvent::from_str(name, false).unwrap();
+            assert_eq!(event.name(), name);
+            assert_eq!(event.wakes(), wakes, "{name}");
+        }
+        assert!(HookEvent::from_str("Stop", false).is_err());
     }
 
     #[test]

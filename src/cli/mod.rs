@@ -102,7 +102,7 @@ pub enum Command {
     ImportLegacy(import_legacy::ImportLegacyArgs),
     /// Run the MCP server on stdio (for Claude Code, Gemini CLI and other MCP clients).
     Mcp(mcp::McpArgs),
-    /// For Claude Code hooks: print one line if mail is waiting, else nothing.
+    /// For the assistants' hooks: one line when mail waits, or wait for new mail and wake.
     Hook(hook::HookArgs),
 }
 
@@ -302,10 +302,8 @@ pub fn run(command: Command) -> ExitCode {
     let json = command.client().is_some_and(|client| client.json);
     let result = match command {
         Command::Serve(_) | Command::Mcp(_) => unreachable!("dispatched by main"),
-        Command::Hook(args) => {
-            hook::run(args);
-            Ok(())
-        }
+        // A hook sets its own exit code (2 tells the model) and never reports an error.
+        Command::Hook(args) => return hook::run(args),
         Command::Register(args) => register::run(args),
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),

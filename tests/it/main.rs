@@ -28,6 +28,7 @@ mod long_poll;
 mod manual_ack;
 mod mcp;
 mod name_claims;
+mod other_assistants;
 mod presence;
 mod quotas;
 mod refusals;
