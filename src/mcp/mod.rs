@@ -41,6 +41,7 @@ use crate::client::{CheckOptions, Client, ClientError, Stamp, Waiting};
 use crate::config::Config;
 use crate::domain::MessageId;
 use crate::protocol::schema::BroadcastReply;
+use crate::relative_time::recipient_reach;
 use crate::session_file::SessionFile;
 use election::Election;
 
@@ -449,7 +450,9 @@ impl IpcServer {
         Ok(format::acked(&acked))
     }
 
-    #[tool(description = "Use to see which instances are registered and when each was last seen.")]
+    #[tool(
+        description = "Use to see which instances are registered, which are online now (and whether mail is pushed into their session), and when each was last seen."
+    )]
     async fn list_instances(&self) -> Result<String, ToolError> {
         let instances = self.as_session(|client, token| client.list(token)).await?;
         let me = self.identity()?.name;
@@ -835,7 +838,15 @@ impl IpcServer {
         self.as_session(move |client, token| match &to {
             Some(to) => client
                 .send_stamped(token, to, &content, data.clone(), &stamp)
-                .map(|sent| sent_text(&sent.message, Some(sent.message_id), &[], 0)),
+                .map(|sent| {
+                    let text = sent_text(&sent.message, Some(sent.message_id), &[], 0);
+                    match recipient_reach(&sent, chrono::Utc::now()) {
+                        Some(reach) => {
+                            format!("{}; {reach}.", text.trim_end_matches('.'))
+                        }
+                        None => text,
+                    }
+                }),
             None => client
                 .broadcast_stamped(token, &content, data.clone(), &stamp)
                 .map(|reply| broadcast_text(&reply)),

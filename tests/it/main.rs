@@ -31,6 +31,7 @@ mod mcp;
 mod name_claims;
 mod other_assistants;
 mod plugin;
+mod presence;
 mod quotas;
 mod refusals;
 mod reply_limits;

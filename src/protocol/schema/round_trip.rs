@@ -169,6 +169,8 @@ fn replies() -> Vec<(&'static str, Reply)> {
         message_id: MessageId(3),
         recipient: Some(name("bob")),
         duplicate: false,
+        recipient_online: Some(false),
+        recipient_last_seen: Some(at("2026-01-01T09:00:00.000Z")),
     };
     let copies = BroadcastCopies {
         message: "Broadcast to 2 instances".into(),
@@ -251,6 +253,8 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 instances: vec![InstanceEntry {
                     id: name("alice"),
                     last_seen: at("2026-01-01T12:00:00.000Z"),
+                    online: true,
+                    push: true,
                 }],
                 more: true,
                 next_after: Some(name("alice")),
