@@ -1,5 +1,6 @@
 //! How long ago a time was, for people: "just now", "42 s ago", "3 min ago", "2 h ago",
-//! "5 days ago", "in 3 min". The CLI and the MCP server say it the same way.
+//! "5 days ago", "in 3 min". The CLI and the MCP server say it the same way, and say the same
+//! way whether an instance can be reached now ([`reach`], [`recipient_reach`]).
 
 use chrono::{DateTime, Utc};
 
@@ -39,6 +40,42 @@ pub fn relative_to_now(stored: &str) -> Option<String> {
     crate::clock::parse(stored).map(|then| relative_time(then, Utc::now()))
 }
 
+/// An instance's presence in a word or two: "online, pushed to" (a channel-mode MCP server
+/// holds its session, so mail reaches the live session), "online", or "offline".
+pub fn reach(online: bool, push: bool) -> &'static str {
+    match (online, push) {
+        (_, true) => "online, pushed to",
+        (true, false) => "online",
+        (false, false) => "offline",
+    }
+}
+
+/// What a sender is told about its recipient after a `send`: "bob is online", or "bob is
+/// offline, last seen 3 h ago; the mail will wait". `None` when the broker did not say (an
+/// older broker, a duplicate) or the name was never registered (the reply's message says so).
+pub fn recipient_reach(
+    reply: &crate::protocol::schema::SendReply,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let recipient = reply.recipient.as_deref()?;
+    match (
+        reply.recipient_online?,
+        reply.recipient_last_seen.as_deref(),
+    ) {
+        (true, _) => Some(format!("{recipient} is online")),
+        (false, Some(seen)) => {
+            let ago = crate::clock::parse(seen).map_or_else(
+                || "at an unknown time".to_owned(),
+                |then| relative_time(then, now),
+            );
+            Some(format!(
+                "{recipient} is offline, last seen {ago}; the mail will wait"
+            ))
+        }
+        (false, None) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,6 +84,31 @@ mod tests {
     fn ago(seconds: i64) -> String {
         let now = crate::clock::parse("2026-06-01T12:00:00Z").unwrap();
         relative_time(now - Duration::seconds(seconds), now)
+    }
+
+    #[test]
+    fn a_recipient_is_said_to_be_online_or_offline_since_when() {
+        let now = crate::clock::parse("2026-06-01T12:00:00Z").unwrap();
+        let mut reply = crate::protocol::schema::SendReply {
+            message: "Message sent".into(),
+            message_id: crate::domain::MessageId(1),
+            recipient: Some("bob".into()),
+            duplicate: false,
+            recipient_online: Some(false),
+            recipient_last_seen: Some("2026-06-01T09:00:00.000Z".into()),
+            did_you_mean: None,
+        };
+        assert_eq!(
+            recipient_reach(&reply, now).as_deref(),
+            Some("bob is offline, last seen 3 h ago; the mail will wait")
+        );
+        reply.recipient_online = Some(true);
+        assert_eq!(
+            recipient_reach(&reply, now).as_deref(),
+            Some("bob is online")
+        );
+        reply.recipient_online = None;
+        assert_eq!(recipient_reach(&reply, now), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use super::auth_guard::{AuthGuard, Failure};
 use super::listening::Listening;
+use super::online::Activity;
 use super::session::{new_token, TokenHash};
 use super::{done, refuse, Broker, BrokerError, ChallengeRefusal, JobEnd, Peer};
 use crate::domain::{MessageKind, Timestamp, SYSTEM_SENDER};
@@ -167,6 +168,8 @@ pub(super) struct SessionCheck {
     rate_limit: u32,
     /// Requests per window for all of the peer's names together; 0 is off.
     peer_rate_limit: u32,
+    /// Where a counted request is recorded as the session's last use, for presence.
+    activity: Arc<Activity>,
 }
 
 /// How a peer's failures are counted and recorded, on the writer thread.
@@ -273,6 +276,7 @@ impl SessionCheck {
         if let Some(refusal) = self.rate_limit_refusal(tx, &caller.name, now)? {
             return refuse(refusal);
         }
+        self.activity.used(caller.session_id, now);
         let granularity = TOUCH_GRANULARITY.min(self.idle_expiry / 100);
         let last_used = caller.last_used_at;
         // A last use stamped in the future (written before the broker's time went back) is
@@ -444,6 +448,7 @@ impl Broker {
             idle_expiry: self.limits.session_idle_expiry,
             rate_limit: self.limits.rate_limit,
             peer_rate_limit: self.limits.effective_peer_rate_limit(),
+            activity: self.activity.clone(),
         }
     }
 
@@ -662,8 +667,8 @@ impl Broker {
         Ok(renamed)
     }
 
-    /// `list`: registered instances in name order and when each was last seen, one page at a
-    /// time. A page holds what fits the reply budget (and `limit`); with more left, the reply
+    /// `list`: registered instances in name order, when each was last seen and whether it
+    /// is online and pushed to now (see [`super::online`]), one page at a time. A page holds what fits the reply budget (and `limit`); with more left, the reply
     /// says `more` and names its last entry in `next_after`, which the next request passes as
     /// `after`. Name order is stable, so paging returns every instance that stays registered
     /// exactly once.
@@ -678,13 +683,17 @@ impl Broker {
             .unwrap_or(LIST_MAX_INSTANCES)
             .min(LIST_MAX_INSTANCES);
         let after = options.after;
-        self.as_caller(token, peer, move |tx, _caller, _now| {
+        let online = self.online_rule();
+        self.as_caller(token, peer, move |tx, _caller, now| {
             let mut budget = EntryBudget::new(LIST_REPLY_FIXED_BYTES);
             let mut instances = Vec::new();
-            let more = tx.list_instances_after(after.as_ref(), limit, |id, last_seen| {
+            let more = tx.list_instances_after(after.as_ref(), limit, |listed| {
+                let reach = online.reach(listed.session, now);
                 let entry = InstanceEntry {
-                    id: id.to_string(),
-                    last_seen: last_seen.to_text(),
+                    id: listed.name.to_string(),
+                    last_seen: listed.last_seen.to_text(),
+                    online: reach.online,
+                    push: reach.push,
                 };
                 let fits = budget.take(&entry);
                 if fits {

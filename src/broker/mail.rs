@@ -17,6 +17,7 @@ use super::unsettled::InFlight;
 use tokio::time::Instant;
 
 use super::identity::{is_reserved, Caller};
+use super::online::OnlineRule;
 use super::session::TokenHash;
 use super::typos;
 use super::{done, large_message, refuse, text, Broker, BrokerError, JobEnd, Outcome, Peer};
@@ -303,7 +304,8 @@ impl Outgoing {
 
 impl Broker {
     /// `send`: stores one message for `to_id` (following a live forward), or reports the
-    /// original id if the sender already used this nonce inside the replay window.
+    /// original id if the sender already used this nonce inside the replay window. The reply
+    /// says whether the recipient is online now and when it was last seen.
     pub(super) async fn send(
         &self,
         token: Option<TokenHash>,
@@ -322,8 +324,9 @@ impl Broker {
                 }),
             )
         };
+        let online = self.online_rule();
         let store = move |tx: &Tx<'_>, caller: &Caller, now, outgoing: &Outgoing| {
-            store_send(tx, caller, now, &to_id, outgoing)
+            store_send(tx, caller, now, &to_id, outgoing, &online)
         };
         let reply = self
             .store_outgoing(token, peer, outgoing, check, store, |reply: &SendReply| {
@@ -922,6 +925,7 @@ fn store_send(
     now: Timestamp,
     to_id: &InstanceName,
     outgoing: &Outgoing,
+    online: &OnlineRule,
 ) -> Result<JobEnd<SendReply>, StoreError> {
     plan_send(tx, caller, now, to_id, outgoing)?.then(|plan| {
         let (recipient, forwarded_to, registered) = match plan {
@@ -951,12 +955,16 @@ fn store_send(
             (None, false) => meant_instead(tx, to_id)?,
             _ => None,
         };
+        let holder = tx.name_holder(&recipient)?;
+        let reach = online.reach(holder.map(|h| (h.session_id, h.last_used_at)), now);
         done(SendReply {
             message,
             message_id: id,
             recipient: Some(recipient.to_string()),
             duplicate: false,
             did_you_mean,
+            recipient_online: Some(reach.online),
+            recipient_last_seen: tx.instance_last_seen(&recipient)?.map(Timestamp::to_text),
         })
     })
 }

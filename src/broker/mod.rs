@@ -14,6 +14,7 @@
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
 //! - [`reader`]: tells a long-poll that its reader's connection closed.
 //! - [`listening`]: which sessions have a long-poll open, so their names count as in use.
+//! - [`online`]: presence: who is online now and whose session a pushing server holds.
 //! - [`watch`]: announces undelivered mail to a watcher once, consuming none (the waking
 //!   hook, push), and which watches are open.
 //! - [`unsettled`]: legacy replies waiting for evidence that their client took them.
@@ -27,6 +28,7 @@ pub mod identity;
 pub mod large_message;
 pub mod listening;
 pub mod mail;
+pub mod online;
 pub mod peer;
 pub mod reader;
 pub mod receipts;
@@ -275,6 +277,8 @@ pub struct Broker {
     challenges: challenge::Challenges,
     /// The watches open now, one per session and watcher.
     watchers: Arc<watch::Watchers>,
+    /// Each session's last request, for presence; shared with jobs on the writer thread.
+    activity: Arc<online::Activity>,
 }
 
 impl Broker {
@@ -292,7 +296,7 @@ impl Broker {
             shared_secret,
             large_message_dir,
             started_at: clock.now(),
-            clock,
+            clock: clock.clone(),
             offset_report: timekeeping::OffsetReport::default(),
             socket: None,
             data_dir: None,
@@ -302,7 +306,8 @@ impl Broker {
             unsettled: unsettled::Unsettled::default(),
             listening: Arc::default(),
             challenges: challenge::Challenges::default(),
-            watchers: Arc::default(),
+            watchers: Arc::new(watch::Watchers::new(clock.clone())),
+            activity: Arc::default(),
         }
     }
 
@@ -335,6 +340,15 @@ impl Broker {
     /// doorbell now: from then on any commit of mail for it answers the wait.
     pub fn is_waiting_for_mail(&self, session_id: SessionId) -> bool {
         self.listening.is_waiting(session_id)
+    }
+
+    /// What decides who is online, for jobs on the writer thread.
+    fn online_rule(&self) -> online::OnlineRule {
+        online::OnlineRule {
+            activity: self.activity.clone(),
+            listening: self.listening.clone(),
+            watchers: self.watchers.clone(),
+        }
     }
 
     /// The writer's work so far, for `ping`: jobs run and commits made. Jobs per commit is

@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
+
+use crate::clock::BrokerClock;
 use tokio::time::Instant;
 
 use super::mail::{DeliveryReceipt, ReplyBudget};
@@ -191,12 +193,24 @@ impl WatchReply {
 type SlotKey = (SessionId, String);
 
 /// The watches open now, one per session and watcher, and when each session's last push
-/// watch ended.
-#[derive(Debug, Default)]
+/// watch ended (for [`super::online`]).
 pub struct Watchers {
-    /// A std `Mutex`: it guards only the map and is never held across an `.await`.
+    /// A std `Mutex`: it guards only the map and is never held across an `.await`; the
+    /// writer thread reads it for `list` and `send`.
     open: Mutex<HashMap<SlotKey, Arc<SlotState>>>,
+    /// When each session's last push watch ended, by the broker clock. A std `Mutex` as
+    /// above; entries go once a session has a push watch open again or past the grace.
+    push_ended: Mutex<HashMap<SessionId, Timestamp>>,
     next_generation: AtomicU64,
+    clock: BrokerClock,
+}
+
+impl std::fmt::Debug for Watchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watchers")
+            .field("open", &self.open)
+            .finish()
+    }
 }
 
 /// One open watch's shared state: the registry sets `replaced` when a newer watch claims its
@@ -219,6 +233,15 @@ pub struct WatchSlot {
 }
 
 impl Watchers {
+    pub fn new(clock: BrokerClock) -> Self {
+        Watchers {
+            open: Mutex::default(),
+            push_ended: Mutex::default(),
+            next_generation: AtomicU64::new(0),
+            clock,
+        }
+    }
+
     /// Takes the key for a new watch, answering the older watch that held it.
     pub fn claim(self: &Arc<Self>, session_id: SessionId, watcher: &str, push: bool) -> WatchSlot {
         let key = (session_id, watcher.to_owned());
@@ -241,11 +264,30 @@ impl Watchers {
         }
     }
 
-    /// Whether `session_id` has a watch with `push` open now.
-    pub fn is_pushing(&self, session_id: SessionId) -> bool {
-        self.open()
+    /// Whether `session_id` has a watch with `push` open now, or ended one after
+    /// `ended_after`.
+    pub fn is_pushing(&self, session_id: SessionId, ended_after: Timestamp) -> bool {
+        let open = self
+            .open()
             .iter()
-            .any(|((session, _), state)| *session == session_id && state.push)
+            .any(|((session, _), state)| *session == session_id && state.push);
+        open || self
+            .push_ended()
+            .get(&session_id)
+            .is_some_and(|ended| *ended > ended_after)
+    }
+
+    /// Records that a push watch of `session_id` ended now.
+    fn push_ends(&self, session_id: SessionId) {
+        let now = Timestamp::new(self.clock.now());
+        let mut ended = self.push_ended();
+        let stale = now.minus(super::online::PUSH_GRACE);
+        ended.retain(|_, at| *at > stale);
+        ended.insert(session_id, now);
+    }
+
+    fn push_ended(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Timestamp>> {
+        self.push_ended.lock().expect("push registry poisoned")
     }
 
     fn open(&self) -> std::sync::MutexGuard<'_, HashMap<SlotKey, Arc<SlotState>>> {
@@ -268,12 +310,17 @@ impl WatchSlot {
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        let mut open = self.watchers.open();
-        if open
-            .get(&self.key)
-            .is_some_and(|state| state.generation == self.state.generation)
         {
-            open.remove(&self.key);
+            let mut open = self.watchers.open();
+            if open
+                .get(&self.key)
+                .is_some_and(|state| state.generation == self.state.generation)
+            {
+                open.remove(&self.key);
+            }
+        }
+        if self.state.push {
+            self.watchers.push_ends(self.key.0);
         }
     }
 }
@@ -282,16 +329,24 @@ impl Drop for WatchSlot {
 mod tests {
     use super::*;
 
+    fn watchers() -> Arc<Watchers> {
+        let clock = crate::clock::Clock::manual(chrono::Utc::now());
+        Arc::new(Watchers::new(BrokerClock::resume(clock, None, None).0))
+    }
+
     #[test]
     fn a_newer_claim_replaces_the_older_and_outlives_it() {
-        let watchers = Arc::new(Watchers::default());
+        let watchers = watchers();
         let older = watchers.claim(SessionId(1), "w", true);
         let other = watchers.claim(SessionId(1), "other", false);
         let newer = watchers.claim(SessionId(1), "w", false);
         assert!(older.is_replaced());
         assert!(!other.is_replaced() && !newer.is_replaced());
-        assert!(!watchers.is_pushing(SessionId(1)));
+        let long_ago = Timestamp::new(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        assert!(!watchers.is_pushing(SessionId(1), Timestamp::new(chrono::Utc::now())));
+        // The replaced push watch is no longer open; once it ends, it counts for a while.
         drop(older);
+        assert!(watchers.is_pushing(SessionId(1), long_ago));
         assert!(watchers
             .open()
             .contains_key(&(SessionId(1), "w".to_owned())));
@@ -302,7 +357,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_replaced_watch_wakes_even_if_it_was_not_waiting_yet() {
-        let watchers = Arc::new(Watchers::default());
+        let watchers = watchers();
         let older = watchers.claim(SessionId(1), "w", false);
         let _newer = watchers.claim(SessionId(1), "w", false);
         let woke = tokio::time::timeout(std::time::Duration::from_secs(5), older.replaced()).await;

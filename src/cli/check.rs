@@ -13,7 +13,7 @@ use serde_json::json;
 use super::output::{block_for_terminal, for_terminal};
 use super::{output, CliError, ClientArgs};
 use crate::client::{CheckOptions, Checked, Client, ClientError, Received};
-use crate::relative_time::relative_to_now;
+use crate::relative_time::{reach, relative_to_now};
 use crate::session_file::SessionFile;
 
 /// How long printed-but-unacknowledged mail is held before it is handed out again.
@@ -218,7 +218,7 @@ pub fn run_list(args: ListArgs) -> Result<(), CliError> {
     if args.client.json {
         let instances: Vec<_> = instances
             .iter()
-            .map(|i| json!({"id": i.id, "last_seen": i.last_seen}))
+            .map(|i| json!({"id": i.id, "last_seen": i.last_seen, "online": i.online, "push": i.push}))
             .collect();
         output::json(&json!({"status": "ok", "instances": instances}));
         return Ok(());
@@ -231,8 +231,9 @@ pub fn run_list(args: ListArgs) -> Result<(), CliError> {
             .map(|ago| format!(" ({ago})"))
             .unwrap_or_default();
         println!(
-            "{:<32}  last seen {}{ago}",
+            "{:<32}  {:<17}  last seen {}{ago}",
             for_terminal(&instance.id),
+            reach(instance.online, instance.push),
             for_terminal(&instance.last_seen)
         );
     }

@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use super::{output, CliError, ClientArgs};
 use crate::client::Stamp;
+use crate::relative_time::recipient_reach;
 use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
@@ -73,12 +74,16 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
     if args.client.json {
         output::json(&serde_json::json!({
             "status": "ok", "message": sent.message, "message_id": sent.message_id,
-            "duplicate": sent.duplicate,
+            "duplicate": sent.duplicate, "recipient_online": sent.recipient_online,
+            "recipient_last_seen": sent.recipient_last_seen,
             "did_you_mean": sent.did_you_mean,
         }));
     } else {
+        let reach = recipient_reach(&sent, chrono::Utc::now())
+            .map(|reach| format!("; {}", output::for_terminal(&reach)))
+            .unwrap_or_default();
         println!(
-            "{} (id {})",
+            "{} (id {}){reach}",
             output::for_terminal(&sent.message),
             sent.message_id
         );

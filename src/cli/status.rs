@@ -39,7 +39,9 @@ const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "An instance is online when it was seen in the last 5 minutes. With no broker answering,
+    after_help = "An instance is online as the broker's `list` says now (a long-poll waiting, or a request
+in the last minute; `push`: a channel-mode MCP server holds its session) when the broker answers
+and you have a session, else when it was seen in the last 5 minutes. With no broker answering,
 status still reads the database (read-only, without the broker's lock), prints the report and
 exits with 3. A broker that answers but refuses requests (its database was removed, replaced or
 is damaged) is shown as such and status exits with 1.
@@ -88,6 +90,9 @@ struct StatusReport {
     database: DatabaseReport,
     last_run: Option<LastRun>,
     online_window_seconds: u64,
+    /// Who said who is online: `broker` (its `list`, which knows who waits in a long-poll and
+    /// whose session a pushing server holds) or `database` (seen within the window).
+    presence: &'static str,
     instances: Vec<InstanceReport>,
     unregistered_mail: Vec<UnregisteredReport>,
     /// `None` when the database cannot be read.
@@ -166,6 +171,8 @@ struct LastRun {
 struct InstanceReport {
     name: String,
     online: bool,
+    /// A channel-mode MCP server holds its session (known only from the broker).
+    push: bool,
     last_seen: String,
     registered_at: String,
     waiting: i64,
@@ -219,6 +226,7 @@ fn gather(client: &ClientArgs, data_dir: &Path, now: DateTime<Utc>) -> StatusRep
         database,
         last_run: None,
         online_window_seconds: ONLINE_WINDOW.as_secs(),
+        presence: "database",
         instances: Vec::new(),
         unregistered_mail: Vec::new(),
         pending_total: None,
@@ -228,6 +236,9 @@ fn gather(client: &ClientArgs, data_dir: &Path, now: DateTime<Utc>) -> StatusRep
     };
     if let Some(snapshot) = &snapshot {
         fill_from_database(&mut report, snapshot, now);
+    }
+    if report.status == Health::Ok {
+        fill_from_broker(&mut report, client);
     }
     report.warnings = warnings(&report);
     report
@@ -308,6 +319,29 @@ fn answered(ping: PingReply, unanswered: BrokerReport) -> BrokerReport {
     }
 }
 
+/// Presence as the broker knows it, from its `list`, when this user has a session to ask
+/// with and the broker proves it is the one this client trusts (the token is sent only to
+/// it). Without that, the database's estimate stands.
+fn fill_from_broker(report: &mut StatusReport, client: &ClientArgs) {
+    let Ok(session) = crate::session_file::SessionFile::load() else {
+        return;
+    };
+    let listed = client.connect_within(PING_TIMEOUT).and_then(|mut broker| {
+        broker.verify_broker(&super::broker_check())?;
+        broker.list(&session.session_token)
+    });
+    let Ok(listed) = listed else {
+        return;
+    };
+    for instance in &mut report.instances {
+        if let Some(entry) = listed.iter().find(|entry| entry.id == instance.name) {
+            instance.online = entry.online;
+            instance.push = entry.push;
+        }
+    }
+    report.presence = "broker";
+}
+
 /// The security mode in one word: a Unix socket (whose file mode and peer check keep other
 /// users out) wins over the TCP modes.
 fn security(has_socket: bool, mode: Option<SecurityMode>) -> Option<Security> {
@@ -328,6 +362,7 @@ fn fill_from_database(report: &mut StatusReport, snapshot: &Snapshot, now: DateT
         .map(|i| InstanceReport {
             name: i.name.clone(),
             online: i.last_seen_at >= online_since,
+            push: false,
             last_seen: i.last_seen_at.clone(),
             registered_at: i.registered_at.clone(),
             waiting: i.waiting,
@@ -511,7 +546,7 @@ fn render(report: &StatusReport, now: DateTime<Utc>, colour: bool) -> String {
     }
     lines.push(data_line(report));
     if report.database.readable {
-        lines.extend(instance_lines(&report.instances, now, colour));
+        lines.extend(instance_lines(report, now, colour));
         lines.extend(unregistered_lines(&report.unregistered_mail, now));
         lines.push(format!(
             "mail waiting {} in all",
@@ -636,18 +671,22 @@ fn data_line(report: &StatusReport) -> String {
     )
 }
 
-fn instance_lines(instances: &[InstanceReport], now: DateTime<Utc>, colour: bool) -> Vec<String> {
+fn instance_lines(report: &StatusReport, now: DateTime<Utc>, colour: bool) -> Vec<String> {
+    let instances = &report.instances;
     let online = instances.iter().filter(|i| i.online).count();
+    let source = match report.presence {
+        "broker" => "as the broker sees them now".to_owned(),
+        _ => format!("seen in the last {}", span(ONLINE_WINDOW.as_secs())),
+    };
     let mut lines = vec![format!(
-        "instances    {} registered, {online} online (seen in the last {})",
+        "instances    {} registered, {online} online ({source})",
         instances.len(),
-        span(ONLINE_WINDOW.as_secs())
     )];
     for instance in instances {
-        let state = if instance.online {
-            paint("online ", Colour::Green, colour)
-        } else {
-            paint("offline", Colour::Dim, colour)
+        let state = match (instance.online, instance.push) {
+            (_, true) => paint("push   ", Colour::Green, colour),
+            (true, false) => paint("online ", Colour::Green, colour),
+            (false, false) => paint("offline", Colour::Dim, colour),
         };
         lines.push(format!(
             "  {:<32} {state}  last seen {:<12}  {} waiting",

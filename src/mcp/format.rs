@@ -10,7 +10,7 @@ use super::guard::Secrets;
 use crate::client::{Acked, Checked, Instance, Received, Waiting};
 use crate::domain::SYSTEM_SENDER;
 use crate::protocol::schema::{Receipt, ReceiptState, SentReply};
-use crate::relative_time::relative_time;
+use crate::relative_time::{reach, relative_time};
 
 /// "3 min ago" for a broker timestamp (worded as the CLI words it), or "at an unknown time"
 /// if it does not parse.
@@ -194,9 +194,10 @@ pub fn instances(instances: &[Instance], me: &str, now: DateTime<Utc>) -> String
     for instance in instances {
         let you = if instance.id == me { " (you)" } else { "" };
         text.push_str(&format!(
-            "- {}{you}: last seen {}\n",
+            "- {}{you}: last seen {}, {}\n",
             one_line(&instance.id),
-            ago(&instance.last_seen, now)
+            ago(&instance.last_seen, now),
+            reach(instance.online, instance.push)
         ));
     }
     text

@@ -41,6 +41,7 @@ use crate::client::{CheckOptions, Client, ClientError, Stamp, Waiting};
 use crate::config::Config;
 use crate::domain::MessageId;
 use crate::protocol::schema::BroadcastReply;
+use crate::relative_time::recipient_reach;
 use crate::session_file::SessionFile;
 use election::Election;
 
@@ -473,7 +474,9 @@ impl IpcServer {
         Ok(format::acked(&acked))
     }
 
-    #[tool(description = "Use to see which instances are registered and when each was last seen.")]
+    #[tool(
+        description = "Use to see which instances are registered, which are online now (and whether mail is pushed into their session), and when each was last seen."
+    )]
     async fn list_instances(&self) -> Result<String, ToolError> {
         let instances = self.as_session(|client, token| client.list(token)).await?;
         let me = self.identity()?.name;
@@ -861,6 +864,10 @@ impl IpcServer {
                 .send_stamped(token, to, &content, data.clone(), &stamp)
                 .map(|sent| {
                     let text = sent_text(&sent.message, Some(sent.message_id), &[], 0);
+                    let text = match recipient_reach(&sent, chrono::Utc::now()) {
+                        Some(reach) => format!("{}; {reach}.", text.trim_end_matches('.')),
+                        None => text,
+                    };
                     match &sent.did_you_mean {
                         Some(meant) => format!(
                             "{}; {}",

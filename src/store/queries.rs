@@ -122,6 +122,8 @@ pub(crate) const UPSERT_INSTANCE: &str =
 
 pub(crate) const INSTANCE_EXISTS: &str = "SELECT 1 FROM instances WHERE name = ?1";
 
+pub(crate) const INSTANCE_LAST_SEEN: &str = "SELECT last_seen_at FROM instances WHERE name = ?1";
+
 pub(crate) const CASE_VARIANT: &str = "SELECT name FROM instances
      WHERE name = ?1 COLLATE NOCASE AND name <> ?1 AND name <> ?2 LIMIT 1";
 
@@ -130,7 +132,18 @@ pub(crate) const LAST_RENAMED_AT: &str = "SELECT last_renamed_at FROM instances 
 pub(crate) const LIST_INSTANCES: &str = "SELECT name, last_seen_at FROM instances ORDER BY name";
 
 pub(crate) const LIST_INSTANCES_AFTER: &str =
-    "SELECT name, last_seen_at FROM instances WHERE name > ?1 ORDER BY name LIMIT ?2";
+    "SELECT i.name, i.last_seen_at, s.id, s.last_used_at FROM instances i
+     LEFT JOIN sessions s ON s.instance_name = i.name AND s.revoked_at IS NULL
+     WHERE i.name > ?1 ORDER BY i.name LIMIT ?2";
+
+/// One instance as `list` reads it: its name, last-seen time and live session, if any.
+#[derive(Debug, Clone)]
+pub struct ListedInstance {
+    pub name: InstanceName,
+    pub last_seen: Timestamp,
+    /// The live session (not revoked) and when it was last used, as stored.
+    pub session: Option<(SessionId, Timestamp)>,
+}
 
 pub(crate) const RENAME_INSTANCE_ROW: &str =
     "UPDATE instances SET name = ?2, last_renamed_at = ?3, last_seen_at = ?3 WHERE name = ?1";
@@ -266,6 +279,16 @@ impl Tx<'_> {
         Ok(self.conn.prepare_cached(INSTANCE_EXISTS)?.exists([name])?)
     }
 
+    /// When `name` was last seen; `None` if it is not registered.
+    pub fn instance_last_seen(&self, name: &InstanceName) -> Result<Option<Timestamp>, StoreError> {
+        let seen = self
+            .conn
+            .prepare_cached(INSTANCE_LAST_SEEN)?
+            .query_row([name], |row| row.get(0))
+            .optional()?;
+        Ok(seen)
+    }
+
     /// A registered instance other than `except` whose name differs from `name` only in
     /// letter case, if any.
     pub fn case_variant(
@@ -299,22 +322,28 @@ impl Tx<'_> {
     }
 
     /// Hands registered instances named after `after` (all of them without it), in name
-    /// order, to `take` with their last-seen time, until `take` refuses one or `limit` were
-    /// taken. Returns whether any was left (the reply's `more`). Rows are read one at a time,
-    /// so a page costs only what it holds.
+    /// order, to `take` with their last-seen time and live session, until `take` refuses one
+    /// or `limit` were taken. Returns whether any was left (the reply's `more`). Rows are read
+    /// one at a time, so a page costs only what it holds.
     pub fn list_instances_after(
         &self,
         after: Option<&InstanceName>,
         limit: u32,
-        mut take: impl FnMut(&InstanceName, Timestamp) -> bool,
+        mut take: impl FnMut(&ListedInstance) -> bool,
     ) -> Result<bool, StoreError> {
         let mut statement = self.conn.prepare_cached(LIST_INSTANCES_AFTER)?;
         let after = after.map_or("", InstanceName::as_str);
         let mut rows = statement.query(params![after, i64::from(limit) + 1])?;
         let mut taken = 0;
         while let Some(row) = rows.next()? {
-            let (name, last_seen): (InstanceName, Timestamp) = (row.get(0)?, row.get(1)?);
-            if taken == limit || !take(&name, last_seen) {
+            let session: Option<i64> = row.get(2)?;
+            let last_used: Option<Timestamp> = row.get(3)?;
+            let listed = ListedInstance {
+                name: row.get(0)?,
+                last_seen: row.get(1)?,
+                session: session.map(SessionId).zip(last_used),
+            };
+            if taken == limit || !take(&listed) {
                 return Ok(true);
             }
             taken += 1;

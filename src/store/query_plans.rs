@@ -115,6 +115,7 @@ const STATEMENTS: &[Hot] = &[
     hot("record_expiry", "sweeper", RECORD_EXPIRY),
     hot("sweep_expired_mail", "sweeper", SWEEP_EXPIRED_MAIL),
     hot("instance_exists", "send, rename", INSTANCE_EXISTS),
+    hot("instance_last_seen", "send", INSTANCE_LAST_SEEN),
     hot("find_nonce", "send", FIND_NONCE),
     hot("pending_count", "send, broadcast, register", PENDING_COUNT),
     hot("insert_message", "send, broadcast, rename", INSERT_MESSAGE),

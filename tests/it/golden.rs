@@ -161,23 +161,23 @@ fn send_to_a_known_and_an_unknown_name_and_a_repeated_nonce() {
     assert_golden(
         &send("bob", ""),
         &[],
-        r#"{"duplicate":false,"message":"Message sent","message_id":1,"recipient":"bob","status":"ok"}"#,
+        r#"{"duplicate":false,"message":"Message sent","message_id":1,"recipient":"bob","recipient_last_seen":"2026-01-01T12:00:00.000Z","recipient_online":true,"status":"ok"}"#,
     );
     assert_golden(
         &send("nobody", ""),
         &[],
-        r#"{"duplicate":false,"message":"Message queued for nobody (not yet registered)","message_id":2,"recipient":"nobody","status":"ok"}"#,
+        r#"{"duplicate":false,"message":"Message queued for nobody (not yet registered)","message_id":2,"recipient":"nobody","recipient_online":false,"status":"ok"}"#,
     );
     // A never-seen name one edit from a registered one gains `did_you_mean`.
     assert_golden(
         &send("bbo", ""),
         &[],
-        r#"{"did_you_mean":"bob","duplicate":false,"message":"Message queued for bbo (not yet registered)","message_id":3,"recipient":"bbo","status":"ok"}"#,
+        r#"{"did_you_mean":"bob","duplicate":false,"message":"Message queued for bbo (not yet registered)","message_id":3,"recipient":"bbo","recipient_online":false,"status":"ok"}"#,
     );
     assert_golden(
         &send("bob", r#", "nonce": "n-1""#),
         &[],
-        r#"{"duplicate":false,"message":"Message sent","message_id":4,"recipient":"bob","status":"ok"}"#,
+        r#"{"duplicate":false,"message":"Message sent","message_id":4,"recipient":"bob","recipient_last_seen":"2026-01-01T12:00:00.000Z","recipient_online":true,"status":"ok"}"#,
     );
     assert_golden(
         &send("bob", r#", "nonce": "n-1""#),
@@ -318,20 +318,20 @@ fn list_whole_and_by_pages() {
     assert_golden(
         &raw(&addr, &list),
         &[],
-        r#"{"instances":[{"id":"alice","last_seen":"2026-01-01T12:00:00.000Z"},{"id":"bob","last_seen":"2026-01-01T12:00:00.000Z"},{"id":"carol","last_seen":"2026-01-01T12:00:00.000Z"}],"more":false,"status":"ok"}"#,
+        r#"{"instances":[{"id":"alice","last_seen":"2026-01-01T12:00:00.000Z","online":true,"push":false},{"id":"bob","last_seen":"2026-01-01T12:00:00.000Z","online":true,"push":false},{"id":"carol","last_seen":"2026-01-01T12:00:00.000Z","online":true,"push":false}],"more":false,"status":"ok"}"#,
     );
     let page = format!(r#"{{"action": "list", "session_token": "{alice}", "limit": 2}}"#);
     assert_golden(
         &raw(&addr, &page),
         &[],
-        r#"{"instances":[{"id":"alice","last_seen":"2026-01-01T12:00:00.000Z"},{"id":"bob","last_seen":"2026-01-01T12:00:00.000Z"}],"more":true,"next_after":"bob","status":"ok"}"#,
+        r#"{"instances":[{"id":"alice","last_seen":"2026-01-01T12:00:00.000Z","online":true,"push":false},{"id":"bob","last_seen":"2026-01-01T12:00:00.000Z","online":true,"push":false}],"more":true,"next_after":"bob","status":"ok"}"#,
     );
     let next =
         format!(r#"{{"action": "list", "session_token": "{alice}", "limit": 2, "after": "bob"}}"#);
     assert_golden(
         &raw(&addr, &next),
         &[],
-        r#"{"instances":[{"id":"carol","last_seen":"2026-01-01T12:00:00.000Z"}],"more":false,"status":"ok"}"#,
+        r#"{"instances":[{"id":"carol","last_seen":"2026-01-01T12:00:00.000Z","online":true,"push":false}],"more":false,"status":"ok"}"#,
     );
 }
 

@@ -380,8 +380,9 @@ fn list_shows_every_instance_with_last_seen_and_no_secrets() {
     assert_eq!(
         reply["instances"],
         json!([
-            {"id": "alice", "last_seen": "2026-01-01T12:05:00.000Z"},
-            {"id": "bob", "last_seen": "2026-01-01T12:05:00.000Z"},
+            // The legacy fields, and beside them presence, which legacy scripts ignore.
+            {"id": "alice", "last_seen": "2026-01-01T12:05:00.000Z", "online": true, "push": false},
+            {"id": "bob", "last_seen": "2026-01-01T12:05:00.000Z", "online": true, "push": false},
         ]),
         "alice was seen when she listed, bob when he registered"
     );

@@ -32,6 +32,7 @@ mod mcp;
 mod name_claims;
 mod other_assistants;
 mod plugin;
+mod presence;
 mod quotas;
 mod receipts;
 mod refusals;

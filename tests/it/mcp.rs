@@ -116,10 +116,11 @@ fn two_servers_message_each_other_and_the_survivor_takes_over_after_sigkill() {
     )));
     bob.ok("register", json!({"instance_id": "bob"}));
 
-    alice.ok(
+    let said = alice.ok(
         "send",
         json!({"to_id": "bob", "content": "the API changed", "data": {"file": "src/api.rs"}}),
     );
+    assert!(said.ends_with("; bob is online."), "{said}");
     let read = bob.ok("check", json!({}));
     assert!(read.contains("From alice"), "{read}");
     assert!(read.contains("the API changed"), "{read}");
@@ -400,6 +401,7 @@ fn broadcast_rename_list_and_wait_for_messages_work_as_the_session() {
     let listed = mcp.ok("list_instances", json!({}));
     assert!(listed.contains("alicia (you)"), "{listed}");
     assert!(listed.contains("bob: last seen"), "{listed}");
+    assert!(listed.contains(", online\n"), "presence: {listed}");
 
     let waited = mcp.ok("wait_for_messages", json!({"timeout_seconds": 0.3}));
     assert!(

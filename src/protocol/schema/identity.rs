@@ -147,6 +147,13 @@ pub struct ListReply {
 pub struct InstanceEntry {
     pub id: String,
     pub last_seen: String,
+    /// A connection of its session waits in a long-poll now, or its session made a request
+    /// within the last minute. An older broker does not say: read as false.
+    #[serde(default)]
+    pub online: bool,
+    /// A channel-mode MCP server holds its session: mail is pushed into the live session.
+    #[serde(default)]
+    pub push: bool,
 }
 
 /// `logout`: `Logged out alice`.

@@ -26,6 +26,14 @@ pub struct SendReply {
     /// for the name it was sent to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub did_you_mean: Option<String>,
+    /// Whether the recipient is online now (see `list`); false for a name nobody registered.
+    /// Absent on a duplicate, which stored nothing, and from an older broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_online: Option<bool>,
+    /// When the recipient was last seen, if it ever registered: for "bob is offline, last
+    /// seen 3 h ago".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipient_last_seen: Option<String>,
 }
 
 /// The text of a send or broadcast whose nonce was already used.
@@ -40,6 +48,8 @@ impl SendReply {
             recipient: None,
             duplicate: true,
             did_you_mean: None,
+            recipient_online: None,
+            recipient_last_seen: None,
         }
     }
 }

@@ -174,6 +174,8 @@ fn replies() -> Vec<(&'static str, Reply)> {
         message_id: MessageId(3),
         recipient: Some(name("bob")),
         duplicate: false,
+        recipient_online: Some(false),
+        recipient_last_seen: Some(at("2026-01-01T09:00:00.000Z")),
         did_you_mean: None,
     };
     let near_miss = SendReply {
@@ -181,6 +183,8 @@ fn replies() -> Vec<(&'static str, Reply)> {
         message_id: MessageId(4),
         recipient: Some(name("bbo")),
         duplicate: false,
+        recipient_online: Some(false),
+        recipient_last_seen: None,
         did_you_mean: Some(name("bob")),
     };
     let copies = BroadcastCopies {
@@ -265,6 +269,8 @@ fn replies() -> Vec<(&'static str, Reply)> {
                 instances: vec![InstanceEntry {
                     id: name("alice"),
                     last_seen: at("2026-01-01T12:00:00.000Z"),
+                    online: true,
+                    push: true,
                 }],
                 more: true,
                 next_after: Some(name("alice")),
