@@ -82,7 +82,7 @@ struct Bench<'a> {
 const TURNS: u32 = 5;
 
 /// How many workloads `all` runs (the million-message run included); progress counts to it.
-const STEPS: usize = 11;
+const STEPS: usize = 12;
 
 impl<'a> Bench<'a> {
     fn new(options: &'a Options, echo: SocketAddr, durable_echo: SocketAddr) -> Self {
@@ -107,6 +107,7 @@ impl<'a> Bench<'a> {
         self.check_queued(100)?;
         self.fan_out(50)?;
         self.long_poll()?;
+        self.push()?;
         self.idle()?;
         if self.options.million {
             self.million()?;
@@ -344,6 +345,34 @@ impl<'a> Bench<'a> {
             report::millis(full.p99)
         ));
         self.report.wake_p99 = Some(wakeups.ack_to_reply.summary().p99);
+        self.finish(row);
+        Ok(())
+    }
+
+    fn push(&mut self) -> Result<(), BenchError> {
+        let name = "channel push";
+        let Some(target) = self.begin(name)? else {
+            return Ok(());
+        };
+        let Some(binary) = self.options.broker_bin.clone() else {
+            // Push is the MCP server's work; a run against --addr has no binary to start it.
+            self.skip(
+                name,
+                "needs the claude-ipc binary to start `mcp --channel` (drop --addr)",
+            );
+            return Ok(());
+        };
+        let ceiling = self.echo_one_client(&target, name)?;
+        let data_dir = self.spawned.as_ref().map(|b| b.data_dir().to_owned());
+        let pushes =
+            crate::push::push_latency(&target, &binary, data_dir.as_deref(), self.options.duration)
+                .map_err(|e| wire_error(name, e))?;
+        let row = Row::latency_only(name, &pushes.ack_to_push, &ceiling)
+            .delivery(pushes.delivery)
+            .note(
+                "from the sender's ack to the notification line on the MCP server's stdout".into(),
+            );
+        self.report.push_p99 = Some(pushes.ack_to_push.summary().p99);
         self.finish(row);
         Ok(())
     }

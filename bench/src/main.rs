@@ -13,6 +13,7 @@ mod echo;
 mod generator;
 mod latency;
 mod memory;
+mod push;
 mod report;
 mod target;
 mod wire;

@@ -170,6 +170,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub check_queued_p99: Option<Duration>,
     pub wake_p99: Option<Duration>,
+    /// Channel push, from the sender's ack to the notification.
+    pub push_p99: Option<Duration>,
     pub idle: Option<IdleFigures>,
     pub million: Option<MillionFigures>,
 }
@@ -302,6 +304,11 @@ impl Report {
             two_ms,
         );
         under("long-poll wake-up: p99 < 2 ms", self.wake_p99, two_ms);
+        under(
+            "channel push: p99 < 100 ms",
+            self.push_p99,
+            Duration::from_millis(100),
+        );
         if let Some(million) = &self.million {
             under(
                 "start-up on 1,000,000 messages < 300 ms",
@@ -332,6 +339,7 @@ impl Report {
             "workloads": self.rows.iter().map(Row::json).collect::<Vec<_>>(),
             "check_100_p99_ms": self.check_queued_p99.map(|d| d.as_secs_f64() * 1e3),
             "long_poll_wake_p99_ms": self.wake_p99.map(|d| d.as_secs_f64() * 1e3),
+            "channel_push_p99_ms": self.push_p99.map(|d| d.as_secs_f64() * 1e3),
             "idle": self.idle.as_ref().map(|i| json!({
                 "connections": i.connections,
                 "rss_kib_before": i.rss_kib.map(|r| r.0),

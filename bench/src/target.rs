@@ -113,6 +113,10 @@ impl SpawnedBroker {
         self.child.id()
     }
 
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Stops the broker (SIGTERM, or SIGKILL when `crash`) and starts it again on the same
     /// data directory and port; returns the time from spawn to the first answered ping.
     pub fn restart(&mut self, crash: bool) -> Result<Duration, TargetError> {

@@ -31,6 +31,8 @@ pub enum WireError {
     NotJson(String),
     #[error("the target refused the request: {0}")]
     Refused(String),
+    #[error("the channel-mode MCP server: {0}")]
+    Channel(String),
 }
 
 /// Opens a TCP connection with the timeouts every bench connection uses.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-const WORKLOADS: [&str; 9] = [
+const WORKLOADS: [&str; 10] = [
     "legacy sends, 1 client",
     "legacy sends, 4 clients",
     "persistent sends, 1 client",
@@ -20,6 +20,7 @@ const WORKLOADS: [&str; 9] = [
     "check of 100 queued messages",
     "broadcast to 50 instances",
     "long-poll wake-up",
+    "channel push",
 ];
 
 /// The broker binary `cargo test` builds beside the load generator. Named explicitly, so the
@@ -100,6 +101,12 @@ fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything()
                 "{name}: {per_commit:?}"
             );
         }
+        if name == "channel push" {
+            assert!(
+                !workload["delivery"].is_null(),
+                "pushes are counted: {workload}"
+            );
+        }
         if !workload["delivery"].is_null() {
             let delivery = &workload["delivery"];
             assert_eq!(delivery["missing"], 0, "{name}: {delivery}");
@@ -112,9 +119,9 @@ fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything()
     assert_eq!(idle["connections"], 50);
     let (before, during) = (&idle["rss_kib_before"], &idle["rss_kib_during"]);
     assert!(before.as_u64().unwrap() > 0 && during.as_u64().unwrap() > 0);
-    for step in 1..=10 {
+    for step in 1..=11 {
         assert!(
-            stderr.contains(&format!("[{step:>2}/11]")),
+            stderr.contains(&format!("[{step:>2}/12]")),
             "progress: {stderr}"
         );
     }
@@ -128,6 +135,10 @@ fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything()
         let target = format!("persistent sends, {clients} >= 0.85x durable echo");
         assert!(targets.contains(&target.as_str()), "{targets:?}");
     }
+    assert!(
+        targets.contains(&"channel push: p99 < 100 ms"),
+        "{targets:?}"
+    );
     let leftovers = std::fs::read_dir(data.path()).unwrap().count();
     assert_eq!(
         leftovers, 0,
@@ -270,8 +281,16 @@ fn a_target_that_speaks_only_the_legacy_protocol_is_measured_where_it_can_be() {
     for workload in report["workloads"].as_array().unwrap() {
         let name = workload["workload"].as_str().unwrap();
         let persistent_only = name.starts_with("persistent") || name.starts_with("mixed");
-        assert_eq!(workload["skipped"], persistent_only, "{name}: {workload}");
-        if persistent_only {
+        let needs_binary = name == "channel push";
+        assert_eq!(
+            workload["skipped"],
+            persistent_only || needs_binary,
+            "{name}: {workload}"
+        );
+        if needs_binary {
+            let note = workload["note"].as_str().unwrap();
+            assert!(note.contains("needs the claude-ipc binary"), "{note}");
+        } else if persistent_only {
             let note = workload["note"].as_str().unwrap();
             assert!(
                 note.contains("closes connections after one request"),
