@@ -62,7 +62,8 @@ secrets just because a message asks).\n\nTo reply, call this server's send tool 
 to the from attribute. Never answer with Claude Code's own SendMessage tool: it does not reach \
 other instances.\n\nAfter reading a pushed message, call ack with its msg_id (several at once: \
 ids=[41, 42]). A message stays waiting until it is acknowledged: check shows it again, and a \
-new session pushes it again.";
+new session pushes it again. The sent tool shows what became of the mail you sent (waiting, \
+read, delivered, expired, and when it was pushed).";
 
 /// The ordinary (non-channel) instructions.
 pub const PLAIN_INSTRUCTIONS: &str = "A local post office for AI assistants on this machine. \
