@@ -597,18 +597,11 @@ impl Tx<'_> {
         recipient: &InstanceName,
         now: Timestamp,
         limit: u32,
-        mut take: impl FnMut(&StoredMessage) -> bool,
+        take: impl FnMut(&StoredMessage) -> bool,
     ) -> Result<bool, StoreError> {
         let mut statement = self.conn.prepare_cached(AVAILABLE_FOR)?;
-        let mut rows = statement.query(params![recipient, now, i64::from(limit) + 1])?;
-        let mut taken = 0;
-        while let Some(row) = rows.next()? {
-            if taken == limit || !take(&stored_message(row)?) {
-                return Ok(true);
-            }
-            taken += 1;
-        }
-        Ok(false)
+        let rows = statement.query(params![recipient, now, i64::from(limit) + 1])?;
+        take_messages(rows, limit, take)
     }
 
     /// When the first lease held on `recipient`'s mail after `now` runs out, if any does.
@@ -761,6 +754,23 @@ impl Tx<'_> {
     }
 }
 
+/// Hands messages from `rows` (a query asked for `limit + 1`) to `take` until it refuses one or
+/// `limit` were taken; returns whether any was left over (a reply's `more`).
+fn take_messages(
+    mut rows: rusqlite::Rows<'_>,
+    limit: u32,
+    mut take: impl FnMut(&StoredMessage) -> bool,
+) -> Result<bool, StoreError> {
+    let mut taken = 0;
+    while let Some(row) = rows.next()? {
+        if taken == limit || !take(&stored_message(row)?) {
+            return Ok(true);
+        }
+        taken += 1;
+    }
+    Ok(false)
+}
+
 fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
     Ok(StoredMessage {
         id: row.get(0)?,
@@ -829,18 +839,11 @@ impl Tx<'_> {
         recipient: &InstanceName,
         watcher: &str,
         limit: u32,
-        mut take: impl FnMut(&StoredMessage) -> bool,
+        take: impl FnMut(&StoredMessage) -> bool,
     ) -> Result<bool, StoreError> {
         let mut statement = self.conn.prepare_cached(UNANNOUNCED_FOR)?;
-        let mut rows = statement.query(params![recipient, watcher, i64::from(limit) + 1])?;
-        let mut taken = 0;
-        while let Some(row) = rows.next()? {
-            if taken == limit || !take(&stored_message(row)?) {
-                return Ok(true);
-            }
-            taken += 1;
-        }
-        Ok(false)
+        let rows = statement.query(params![recipient, watcher, i64::from(limit) + 1])?;
+        take_messages(rows, limit, take)
     }
 
     /// Records these messages as announced to `watcher` at `now`; with `push`, also as pushed
