@@ -13,6 +13,7 @@ pub mod frame;
 pub mod reply;
 pub mod request;
 pub mod schema;
+pub mod search_query;
 
 pub use budget::{Capped, EntryBudget};
 pub use error_code::ErrorCode;
