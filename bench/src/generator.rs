@@ -29,6 +29,8 @@ pub struct Options {
     pub idle_connections: usize,
     /// Also store a million messages, restart on them and drain them (started brokers only).
     pub million: bool,
+    /// Also store this many messages between 100 instances and time `search` over them.
+    pub search: Option<u64>,
     /// Run only the workloads whose names contain this text.
     pub only: Option<String>,
     /// Where started brokers keep their throwaway data directories, and the durable echo its
@@ -82,7 +84,7 @@ struct Bench<'a> {
 const TURNS: u32 = 5;
 
 /// How many workloads `all` runs (the million-message run included); progress counts to it.
-const STEPS: usize = 12;
+const STEPS: usize = 13;
 
 impl<'a> Bench<'a> {
     fn new(options: &'a Options, echo: SocketAddr, durable_echo: SocketAddr) -> Self {
@@ -113,6 +115,13 @@ impl<'a> Bench<'a> {
             self.million()?;
         } else if self.options.only.is_none() {
             self.pass_over("million-message run", "skipped (pass --million)");
+        }
+        match self.options.search {
+            Some(messages) => self.search(messages)?,
+            None if self.options.only.is_none() => {
+                self.pass_over("search over stored messages", "skipped (pass --search)")
+            }
+            None => {}
         }
         Ok(())
     }
@@ -388,6 +397,26 @@ impl<'a> Bench<'a> {
         let outcome = idle.describe();
         self.report.idle = Some(idle);
         eprintln!("{outcome}");
+        Ok(())
+    }
+
+    fn search(&mut self, messages: u64) -> Result<(), BenchError> {
+        let name = "search over stored messages";
+        let Some(target) = self.begin(name)? else {
+            return Ok(());
+        };
+        let ceiling = self.echo_one_client(&target, name)?;
+        let data_dir = self.spawned.as_ref().map(|b| b.data_dir().to_owned());
+        let figures = crate::search::search(&target, messages, data_dir.as_deref())
+            .map_err(|e| wire_error(name, e))?;
+        eprintln!("{}", figures.describe());
+        for query in &figures.queries {
+            let more = if query.more { ", more" } else { "" };
+            let row = Row::latency_only(&format!("search: {}", query.kind), &query.latency, &ceiling)
+                .note(format!("`{}`: {} results{more}", query.query, query.results));
+            self.report.rows.push(row);
+        }
+        self.report.search = Some(figures);
         Ok(())
     }
 

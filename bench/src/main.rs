@@ -7,6 +7,7 @@
 //! - [`echo`]: the ceilings, the plain echo and the durable echo.
 //! - [`target`]: the broker under test, started here or reached at an address.
 //! - [`workloads`]: what is measured; [`memory`]: the million-message run and idle connections.
+//! - [`search`]: full-text search over a million stored messages.
 //! - [`report`]: the table and the targets.
 
 mod echo;
@@ -15,6 +16,7 @@ mod latency;
 mod memory;
 mod push;
 mod report;
+mod search;
 mod target;
 mod wire;
 mod workloads;
@@ -40,7 +42,7 @@ const EXIT_UNREACHABLE: u8 = 3;
 #[command(
     name = "claude-ipc-bench",
     about = "Measure a claude-ipc broker under load, beside an echo and a durable echo",
-    after_help = "Examples:\n  cargo run --release -p claude-ipc-bench                      start brokers and measure every workload\n  cargo run --release -p claude-ipc-bench -- --million         also store, restart on and drain a million messages\n  cargo run --release -p claude-ipc-bench -- --only \"persistent sends\" --data-dir /var/tmp\n  claude-ipc-bench --addr 127.0.0.1:9876 --pid 4242           a broker already running (lift its limits first)\n\nWithout --addr, each workload gets a fresh broker (`claude-ipc serve` from --broker-bin, by\ndefault the claude-ipc binary built beside this one; rate limit and queue cap off; a throwaway\ndata directory). Every figure is printed beside a bare echo server and a durable echo (each\nrequest written to a file and fdatasync'ed, group-synced) measured in the same run over the same\nkind of connection. Exits 1 if any acknowledged message was not delivered exactly once. See\ndocs/PERFORMANCE.md."
+    after_help = "Examples:\n  cargo run --release -p claude-ipc-bench                      start brokers and measure every workload\n  cargo run --release -p claude-ipc-bench -- --million         also store, restart on and drain a million messages\n  cargo run --release -p claude-ipc-bench -- --only search --search --data-dir /var/tmp   time search over a million messages\n  cargo run --release -p claude-ipc-bench -- --only \"persistent sends\" --data-dir /var/tmp\n  claude-ipc-bench --addr 127.0.0.1:9876 --pid 4242           a broker already running (lift its limits first)\n\nWithout --addr, each workload gets a fresh broker (`claude-ipc serve` from --broker-bin, by\ndefault the claude-ipc binary built beside this one; rate limit and queue cap off; a throwaway\ndata directory). Every figure is printed beside a bare echo server and a durable echo (each\nrequest written to a file and fdatasync'ed, group-synced) measured in the same run over the same\nkind of connection. Exits 1 if any acknowledged message was not delivered exactly once. See\ndocs/PERFORMANCE.md."
 )]
 struct Args {
     /// Drive the broker (or any program speaking the protocol) at this address instead of
@@ -59,6 +61,10 @@ struct Args {
     /// Also store a million messages, restart the broker on them and drain them.
     #[arg(long)]
     million: bool,
+    /// Also store this many messages (1000000 unless given) between 100 instances and time
+    /// `search` queries over them.
+    #[arg(long, num_args = 0..=1, default_missing_value = "1000000", value_name = "MESSAGES")]
+    search: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -102,6 +108,7 @@ fn main() -> ExitCode {
         duration: args.duration,
         idle_connections: args.idle,
         million: args.million,
+        search: args.search,
         only: args.only,
         data_parent: args.data_dir.unwrap_or_else(std::env::temp_dir),
         broker_bin,

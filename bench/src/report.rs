@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use crate::latency::{Samples, Summary};
 use crate::memory::{mib, IdleFigures, MillionFigures};
+use crate::search::SearchFigures;
 use crate::workloads::{Delivery, Run};
 
 /// One workload's figures.
@@ -174,6 +175,7 @@ pub struct Report {
     pub push_p99: Option<Duration>,
     pub idle: Option<IdleFigures>,
     pub million: Option<MillionFigures>,
+    pub search: Option<SearchFigures>,
 }
 
 /// The share of the durable echo persistent sends must reach.
@@ -260,6 +262,9 @@ impl Report {
         if let Some(million) = &self.million {
             let _ = writeln!(out, "  million-message run: {}", million.describe());
         }
+        if let Some(search) = &self.search {
+            let _ = writeln!(out, "  search: {}", search.describe());
+        }
         let _ = writeln!(out, "\ntargets:");
         for verdict in self.verdicts() {
             let mark = if verdict.met { "met   " } else { "MISSED" };
@@ -309,6 +314,13 @@ impl Report {
             self.push_p99,
             Duration::from_millis(100),
         );
+        if let Some(search) = &self.search {
+            under(
+                "search, one word, 1,000,000 messages: p99 < 50 ms",
+                Some(search.one_word_p99()).filter(|_| search.stored >= 1_000_000),
+                Duration::from_millis(50),
+            );
+        }
         if let Some(million) = &self.million {
             under(
                 "start-up on 1,000,000 messages < 300 ms",
@@ -358,6 +370,12 @@ impl Report {
                 "incomplete_receivers": m.incomplete_receivers,
                 "peak_rss_kib_fill": m.peak_after_fill_kib,
                 "peak_rss_kib_drain": m.peak_after_drain_kib,
+            })),
+            "search": self.search.as_ref().map(|s| json!({
+                "stored": s.stored,
+                "fill_seconds": s.fill_elapsed.as_secs_f64(),
+                "database_bytes": s.database_bytes,
+                "one_word_p99_ms": s.one_word_p99().as_secs_f64() * 1e3,
             })),
             "all_delivered": self.all_delivered(),
             "targets": self.verdicts().iter().map(|v| json!({

@@ -1,0 +1,243 @@
+//! The statements behind `search`: a match in the FTS5 index `search_index` (migration V15)
+//! over the subject and content of the caller's own mail, ranked by bm25, with a snippet.
+//!
+//! The client's query reaches FTS5 only as the expression [`SearchQuery::to_fts5`] builds (every
+//! term a quoted string), confined to the `subject` and `content` columns. The broker adds the
+//! rest from the `parties` column's tokens: `v<hex name>` for who may see a message (its sender
+//! and its recipient by their current names), `s…`/`r…` for `from`/`to`, `t<id>` for the
+//! thread. The rows found are read back through [`Tx::visible_message`], which checks the
+//! visibility rule once more.
+
+use rusqlite::params;
+
+use super::conversation::ConversationRow;
+use super::{StoreError, Tx};
+use crate::domain::{InstanceName, Timestamp};
+use crate::protocol::request::SearchFilters;
+use crate::protocol::search_query::SearchQuery;
+
+/// The most matches one query ranks: the caller's newest matches, at most this many. bm25 and
+/// its sort grow with the rows ranked; a query matching more says so (`capped`).
+pub const RANKED_MATCHES: usize = 1000;
+/// Weights of `subject`, `content` and `parties` in bm25: a word in the subject counts four
+/// times one in the content; the broker's own tokens count for nothing.
+macro_rules! ranking {
+    () => {
+        "bm25(search_index, 4.0, 1.0, 0.0)"
+    };
+}
+
+/// `?1` the FTS5 expression, `?2` the earliest time or NULL, `?3` how many: the newest matches,
+/// each with its bm25 (lower is better).
+pub(crate) const SEARCH_MATCHES: &str = concat!(
+    "SELECT search_index.rowid, ",
+    ranking!(),
+    " FROM search_index JOIN messages m ON m.id = search_index.rowid
+     WHERE search_index MATCH ?1 AND (?2 IS NULL OR m.received_at >= ?2)
+     ORDER BY search_index.rowid DESC LIMIT ?3"
+);
+
+/// `?1` the FTS5 expression, `?2` the message, `?3`/`?4` the marks: a snippet of the content and
+/// one of the subject, around the matched words.
+pub(crate) const SEARCH_SNIPPETS: &str = "SELECT
+       snippet(search_index, 1, ?3, ?4, '…', 16),
+       snippet(search_index, 0, ?3, ?4, '…', 16)
+     FROM search_index WHERE search_index MATCH ?1 AND rowid = ?2";
+
+/// Marks the index puts around a matched word while the broker decides which column's
+/// snippet to show: private-use characters, which real text practically never holds.
+const OPEN_MARK: &str = "\u{E000}";
+const CLOSE_MARK: &str = "\u{E001}";
+
+/// One match as the store found it.
+#[derive(Debug, Clone)]
+pub struct SearchHit {
+    pub row: ConversationRow,
+    /// The snippet with its marks (see [`crate::protocol::schema::search`]).
+    pub snippet: String,
+    /// bm25 as FTS5 gives it: lower (more negative) is better.
+    pub bm25: f64,
+}
+
+/// One page of matches.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPage {
+    pub hits: Vec<SearchHit>,
+    /// More matches follow this page.
+    pub more: bool,
+    /// More than [`RANKED_MATCHES`] matched: only the newest were ranked.
+    pub capped: bool,
+}
+
+impl Tx<'_> {
+    /// The `limit` matches from `offset` on, best first, among `caller`'s own mail.
+    pub fn search_visible(
+        &self,
+        caller: &InstanceName,
+        (query, filters): (&SearchQuery, &SearchFilters),
+        (offset, limit): (u32, u32),
+        now: Timestamp,
+    ) -> Result<SearchPage, StoreError> {
+        let expression = index_expression(caller, query, filters);
+        let mut ranked = self.newest_matches(&expression, filters.since)?;
+        let capped = ranked.len() > RANKED_MATCHES;
+        ranked.truncate(RANKED_MATCHES);
+        // Best first; among equals the newer first, so the order is the same on every page.
+        ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        let start = (offset as usize).min(ranked.len());
+        let end = start.saturating_add(limit as usize).min(ranked.len());
+        let mut hits = Vec::with_capacity(end - start);
+        for &(id, bm25) in &ranked[start..end] {
+            let Some(row) = self.visible_message(caller, crate::domain::MessageId(id), now)? else {
+                continue;
+            };
+            let snippet = self.snippet(&expression, id)?;
+            hits.push(SearchHit { row, snippet, bm25 });
+        }
+        Ok(SearchPage {
+            hits,
+            more: end < ranked.len(),
+            capped,
+        })
+    }
+
+    /// Ids and bm25 of the newest matches, one more than are ranked (to tell whether more
+    /// matched), newest first.
+    fn newest_matches(
+        &self,
+        expression: &str,
+        since: Option<Timestamp>,
+    ) -> Result<Vec<(i64, f64)>, StoreError> {
+        let mut statement = self.conn.prepare_cached(SEARCH_MATCHES)?;
+        let rows = statement.query_map(
+            params![expression, since, RANKED_MATCHES as i64 + 1],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The content's snippet if a matched word is in the content, else the subject's.
+    fn snippet(&self, expression: &str, id: i64) -> Result<String, StoreError> {
+        let mut statement = self.conn.prepare_cached(SEARCH_SNIPPETS)?;
+        let (content, subject): (Option<String>, Option<String>) = statement
+            .query_row(params![expression, id, OPEN_MARK, CLOSE_MARK], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+        let content = content.unwrap_or_default();
+        let chosen = match subject {
+            Some(subject) if !content.contains(OPEN_MARK) && subject.contains(OPEN_MARK) => {
+                subject
+            }
+            _ => content,
+        };
+        Ok(chosen.replace(OPEN_MARK, "[").replace(CLOSE_MARK, "]"))
+    }
+}
+
+/// The whole FTS5 expression: the client's query on subject and content, AND the caller's
+/// visibility token, AND a token for each filter the index can answer.
+pub(crate) fn index_expression(
+    caller: &InstanceName,
+    query: &SearchQuery,
+    filters: &SearchFilters,
+) -> String {
+    let mut expression = format!(
+        "{{subject content} : ({}) AND parties : {}",
+        query.to_fts5(),
+        party_token('v', caller)
+    );
+    if let Some(from) = &filters.from {
+        expression.push_str(&format!(" AND parties : {}", party_token('s', from)));
+    }
+    if let Some(to) = &filters.to {
+        expression.push_str(&format!(" AND parties : {}", party_token('r', to)));
+    }
+    if let Some(thread) = filters.thread_id {
+        expression.push_str(&format!(" AND parties : \"t{}\"", thread.0));
+    }
+    expression
+}
+
+/// A `parties` token for a name, quoted: its kind letter and the name's bytes in hex, as the
+/// migration's `hex()` writes them (one token whatever the name holds).
+fn party_token(kind: char, name: &InstanceName) -> String {
+    let hex: String = name
+        .as_str()
+        .bytes()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    format!("\"{kind}{hex}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::Connection;
+
+    /// Ids whose index entry matches `query` for `caller`, newest first.
+    fn matches(conn: &Connection, caller: &str, query: &str) -> Vec<i64> {
+        let caller = InstanceName::parse(caller).unwrap();
+        let query = SearchQuery::parse(query).unwrap();
+        let expression = index_expression(&caller, &query, &SearchFilters::default());
+        let mut statement = conn.prepare(SEARCH_MATCHES).unwrap();
+        let rows = statement
+            .query_map(params![expression, None::<String>, 10], |row| row.get(0))
+            .unwrap();
+        rows.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[test]
+    fn the_migration_indexes_mail_stored_before_it_and_triggers_keep_it_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("ipc.db")).unwrap();
+        super::super::embedded::migrations::runner()
+            .set_target(refinery::Target::Version(14))
+            .run(&mut conn)
+            .unwrap();
+        let at = "2026-01-01T00:00:00.000Z";
+        conn.execute_batch(&format!(
+            "INSERT INTO messages (id, sender, addressed_to, recipient, kind, content, received_at,
+                                   sent_by, received_by, subject)
+               VALUES (1, 'alice', 'bob', 'bob', 'direct', 'old harbour news', '{at}',
+                       'alice', 'bob', 'Harbour'),
+                      (2, 'system', 'bob', 'bob', 'system', 'harbour notice', '{at}',
+                       NULL, 'bob', NULL);"
+        ))
+        .unwrap();
+        super::super::embedded::migrations::runner()
+            .run(&mut conn)
+            .unwrap();
+        assert_eq!(matches(&conn, "alice", "harbour"), [1]);
+        assert_eq!(matches(&conn, "bob", "harbour"), [2, 1]);
+        assert!(matches(&conn, "carol", "harbour").is_empty());
+
+        conn.execute_batch(
+            "UPDATE messages SET received_by = 'robert' WHERE received_by = 'bob';
+             DELETE FROM messages WHERE id = 2;
+             INSERT INTO search_index (search_index) VALUES ('integrity-check');",
+        )
+        .unwrap();
+        assert!(matches(&conn, "bob", "harbour").is_empty());
+        assert_eq!(matches(&conn, "robert", "harbour"), [1]);
+        let entries: i64 = conn
+            .query_row("SELECT count(*) FROM search_index_docsize", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(entries, 1);
+    }
+
+    #[test]
+    fn the_expression_confines_the_query_and_adds_the_callers_token() {
+        let caller = InstanceName::parse("al-ice").unwrap();
+        let query = SearchQuery::parse("deploy OR api").unwrap();
+        let filters = SearchFilters {
+            from: InstanceName::parse("bob"),
+            thread_id: Some(crate::domain::MessageId(42)),
+            ..SearchFilters::default()
+        };
+        assert_eq!(
+            index_expression(&caller, &query, &filters),
+            "{subject content} : ((\"deploy\" OR \"api\")) AND parties : \"v616C2D696365\" \
+             AND parties : \"s626F62\" AND parties : \"t42\""
+        );
+    }
+}
