@@ -8,6 +8,8 @@
 //!   legacy clients match.
 //! - [`identity`]: the replies of `ping`, `challenge`, `register`, `rename`, `list`, `logout`.
 //! - [`mail`]: the replies of `send`, `broadcast`, `check`, `ack`, `count`, `watch` and `sent`.
+//! - [`conversation`]: one message as its sender or a recipient reads it back later, in the
+//!   replies of `thread`, `history` and `search`.
 //! - [`error`]: the error reply every action may give instead.
 //!
 //! Every reply is written by [`super::Reply::to_line`], which adds `status`.
@@ -18,11 +20,13 @@
 //! refuse the whole reply, and a broker that is not ours may say anything (see
 //! `tests/it/cli_escaping.rs`). The broker builds them from its domain values.
 
+pub mod conversation;
 pub mod error;
 pub mod identity;
 pub mod mail;
 pub mod requests;
 
+pub use conversation::{ConversationMessage, Direction};
 pub use error::ErrorReply;
 pub use identity::{
     ChallengeReply, ClockReport, InstanceEntry, ListReply, LogoutReply, PingRefusal, PingReply,
