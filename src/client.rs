@@ -965,6 +965,15 @@ impl Client {
         }))
     }
 
+    /// Full-text search over the mail this session sent or received: `request.query` in the
+    /// query language of `docs/PROTOCOL.md`, with its optional filters and page.
+    pub fn search(
+        &mut self,
+        request: &crate::protocol::schema::SearchRequest,
+    ) -> Result<crate::protocol::schema::SearchReply, ClientError> {
+        self.call_as(ClientRequest::Search(request.clone()))
+    }
+
     /// A handle that closes this connection from another thread.
     pub fn closer(&self) -> Result<Closer, ClientError> {
         Ok(Closer(self.writer.try_clone()?))

@@ -17,8 +17,6 @@ use crate::latency::Samples;
 use crate::wire::{expect_ok, Connection, WireError};
 use crate::workloads::{frame, register_many, Instance, Kind, Link, Target};
 
-/// How many messages the workload stores unless told otherwise.
-pub const DEFAULT_MESSAGES: u64 = 1_000_000;
 const INSTANCES: usize = 100;
 /// Distinct words in the text.
 const VOCABULARY: usize = 20_000;

@@ -10,6 +10,7 @@
 //! - [`auth_guard`]: throttles peers that keep failing authentication.
 //! - [`mail`]: send, broadcast, check, ack and delivery receipts.
 //! - [`receipts`]: `sent`, what became of the caller's own mail.
+//! - [`search`]: `search`, full-text search over the caller's own mail.
 //! - [`typos`]: the name a send to a never-seen name probably meant.
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
 //! - [`reader`]: tells a long-poll that its reader's connection closed.
@@ -33,6 +34,7 @@ pub mod online;
 pub mod peer;
 pub mod reader;
 pub mod receipts;
+pub mod search;
 pub mod session;
 pub mod storage_failure;
 pub mod sweeper;
@@ -506,6 +508,7 @@ impl Broker {
             Action::Logout => self.logout(token, peer).await.map(Outcome::reply),
             Action::Watch(options) => self.watch(token, peer, options, reader).await,
             Action::Sent(selection) => self.sent(token, peer, selection).await.map(Outcome::reply),
+            Action::Search(options) => self.search(token, peer, options).await.map(Outcome::reply),
         }
     }
 

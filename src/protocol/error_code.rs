@@ -67,6 +67,8 @@ pub enum ErrorCode {
     /// A `reply_to` naming a message the caller neither sent nor received (or one that does
     /// not exist, or was purged: alike, so ids cannot be probed).
     UnknownReplyTo,
+    /// A `search` query that does not parse, or is too long.
+    InvalidQuery,
     /// A code this client does not know: a newer broker's. Never sent.
     Unknown,
 }
@@ -116,6 +118,7 @@ impl ErrorCode {
         ErrorCode::ChallengeFailed,
         ErrorCode::StaticTokenRefused,
         ErrorCode::UnknownReplyTo,
+        ErrorCode::InvalidQuery,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -163,6 +166,7 @@ impl ErrorCode {
             ChallengeFailed => "challenge_failed",
             StaticTokenRefused => "static_token_refused",
             UnknownReplyTo => "unknown_reply_to",
+            InvalidQuery => "invalid_query",
             Unknown => "unknown",
         }
     }

@@ -9,8 +9,13 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{ErrorCode, Reply};
+pub use crate::protocol::request::search_fields::{
+    search_cursor, SearchFilters, SearchOptions, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT,
+};
 pub use crate::domain::InstanceName;
 use crate::domain::{MessageId, Subject};
+
+mod search_fields;
 
 /// A request that passed parsing; the broker still checks the session and its rules.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +81,8 @@ pub enum Action {
     Watch(WatchOptions),
     /// Receipts for the caller's own mail: what became of each message, and when.
     Sent(SentSelection),
+    /// Full-text search over the caller's own mail.
+    Search(SearchOptions),
 }
 
 /// Which of its mail a `sent` asks about.
@@ -103,6 +110,7 @@ impl Action {
             Action::Logout => "logout",
             Action::Watch(_) => "watch",
             Action::Sent(_) => "sent",
+            Action::Search(_) => "search",
         }
     }
 }
@@ -264,7 +272,7 @@ impl RequestError {
 }
 
 /// Every action the broker answers, in the order the docs list them.
-pub const ACTION_NAMES: [&str; 13] = [
+pub const ACTION_NAMES: [&str; 14] = [
     "ping",
     "challenge",
     "register",
@@ -278,6 +286,7 @@ pub const ACTION_NAMES: [&str; 13] = [
     "logout",
     "watch",
     "sent",
+    "search",
 ];
 /// The most characters of a client's own text an error message repeats back, so a reply
 /// never grows with the request.
@@ -364,6 +373,7 @@ impl Fields<'_> {
             "logout" => Action::Logout,
             "watch" => Action::Watch(self.watch_options()?),
             "sent" => Action::Sent(self.sent_selection()?),
+            "search" => Action::Search(self.search_options()?),
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,
             },

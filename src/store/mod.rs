@@ -26,6 +26,7 @@ pub mod queries;
 mod query_plans;
 pub mod receipts;
 pub mod rescue;
+pub mod search;
 pub mod security;
 pub mod startup;
 

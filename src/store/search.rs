@@ -142,7 +142,7 @@ pub(crate) fn index_expression(
     filters: &SearchFilters,
 ) -> String {
     let mut expression = format!(
-        "{{subject content} : ({}) AND parties : {}",
+        "{{subject content}} : ({}) AND parties : {}",
         query.to_fts5(),
         party_token('v', caller)
     );

@@ -43,6 +43,7 @@ mod serve_process;
 mod share_tools;
 mod smoke;
 mod status;
+mod search;
 mod storage;
 mod threads;
 mod time_rules;

@@ -267,7 +267,7 @@ fn malformed_and_hostile_queries_get_invalid_query_and_the_broker_stays_up() {
         "NEAR(content subject)",
         "parties:v",
         "rowid",
-        "x + y",
+        "x+y",
         "-subject",
     ] {
         let reply = search_raw(&addr, &alice, query, json!({}));
@@ -399,9 +399,9 @@ fn a_rename_takes_the_mail_along_and_a_restart_keeps_the_index() {
     let new_bob = broker.register("bob");
     assert!(found(&addr, &new_bob, "lighthouse").is_empty());
 
+    // Sessions are kept across a restart.
     let broker = broker.restart();
     let addr = broker.addr();
-    let alice = broker.register("alice");
     assert_eq!(found(&addr, &alice, "lighthouse"), [id]);
     let fresh = send(&addr, &alice, "robert", "lighthouse lamp", None);
     assert_eq!(sorted(found(&addr, &alice, "lighthouse")), [id, fresh]);

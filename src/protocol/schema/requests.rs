@@ -27,6 +27,7 @@ pub enum ClientRequest {
     Logout(LogoutRequest),
     Watch(WatchRequest),
     Sent(SentRequest),
+    Search(super::search::SearchRequest),
 }
 
 impl ClientRequest {
@@ -46,6 +47,7 @@ impl ClientRequest {
             ClientRequest::Logout(_) => "logout",
             ClientRequest::Watch(_) => "watch",
             ClientRequest::Sent(_) => "sent",
+            ClientRequest::Search(_) => "search",
         }
     }
 

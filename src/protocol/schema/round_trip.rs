@@ -116,6 +116,16 @@ fn requests() -> Vec<ClientRequest> {
             limit: None,
             ids: Some(vec![3, 999]),
         }),
+        ClientRequest::Search(SearchRequest {
+            session_token: token(),
+            query: "\"rate limit\" OR throttl*".into(),
+            from: Some(name("alice")),
+            to: None,
+            thread_id: Some(5),
+            since: Some(at("2026-01-01T00:00:00Z")),
+            limit: Some(10),
+            cursor: Some("rank:20".into()),
+        }),
     ]
 }
 
@@ -368,6 +378,34 @@ fn replies() -> Vec<(&'static str, Reply)> {
             }
             .into(),
         ),
+        (
+            "search",
+            SearchReply {
+                results: vec![SearchResult {
+                    message: ConversationMessage {
+                        id: MessageId(7),
+                        from: name("alice"),
+                        to: name("bob"),
+                        addressed_to: name("bob"),
+                        kind: MessageKind::Direct,
+                        timestamp: at("2026-01-01T12:00:00.000Z"),
+                        message: body(),
+                        thread_id: MessageId(5),
+                        reply_to: Some(MessageId(6)),
+                        subject: Some("the API".into()),
+                        direction: Direction::Received,
+                        state: ReceiptState::Delivered,
+                    },
+                    snippet: "the [rate] [limit] is…".into(),
+                    rank: 21,
+                    score: 3.25,
+                }],
+                more: true,
+                next_cursor: Some("rank:21".into()),
+                capped: true,
+            }
+            .into(),
+        ),
         ("any", replaced.into()),
     ]
 }
@@ -400,6 +438,7 @@ fn reply_round_trips(reply: &Reply) {
         Reply::Logout(inner) => round_trips(inner, &line),
         Reply::Watch(inner) => round_trips(inner, &line),
         Reply::Sent(inner) => round_trips(inner, &line),
+        Reply::Search(inner) => round_trips(inner, &line),
         Reply::Error(inner) => round_trips(inner, &line),
     }
 }
