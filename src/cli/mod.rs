@@ -12,6 +12,7 @@ pub mod output;
 mod ping;
 mod register;
 mod rename;
+mod search;
 mod send;
 mod sent;
 pub mod serve;
@@ -47,6 +48,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
   claude-ipc send bob \"API changed\"         send bob a message (registered or not yet)
   claude-ipc check                          read your mail
   claude-ipc sent                           what became of the mail you sent
+  claude-ipc search 'deploy NOT draft'      search the mail you sent and received
   claude-ipc status                         the broker, its instances and waiting mail
   claude mcp add claude-ipc -s user -- claude-ipc mcp    give Claude Code the tools
 
@@ -90,6 +92,8 @@ pub enum Command {
     Broadcast(send::BroadcastArgs),
     /// What became of the mail you sent: waiting, read, delivered or expired, and when.
     Sent(sent::SentArgs),
+    /// Search the mail you sent and received: words, "phrases", prefix*, AND/OR/NOT.
+    Search(search::SearchArgs),
     /// Read your waiting mail; it is acknowledged once printed.
     Check(check::CheckArgs),
     /// Print mail as it arrives, until interrupted.
@@ -312,6 +316,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),
         Command::Sent(args) => sent::run(args),
+        Command::Search(args) => search::run(args),
         Command::Check(args) => check::run(args),
         Command::Watch(args) => check::run_watch(args),
         Command::List(args) => check::run_list(args),
@@ -356,6 +361,7 @@ impl Command {
             Command::Send(args) => Some(&args.client),
             Command::Broadcast(args) => Some(&args.client),
             Command::Sent(args) => Some(&args.client),
+            Command::Search(args) => Some(&args.client),
             Command::Check(args) => Some(&args.client),
             Command::Watch(args) => Some(&args.client),
             Command::List(args) => Some(&args.client),

@@ -59,7 +59,7 @@ pub fn run(args: SearchArgs) -> Result<(), CliError> {
         output::json(&crate::protocol::Reply::from(reply).to_json());
         return Ok(());
     }
-    let text = crate::mcp::format::search_results(&reply, "--cursor");
+    let text = crate::mcp::format::search_results(&reply, chrono::Utc::now(), "pass --cursor");
     print!("{}", output::block_for_terminal(&text, ""));
     Ok(())
 }

@@ -275,6 +275,31 @@ pub struct SentArgs {
     pub ids: Option<Vec<i64>>,
 }
 
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+pub struct SearchArgs {
+    /// What to look for: words (all must match), "exact phrases", prefixes like deploy* (2+
+    /// letters before the *), OR, NOT, ( ) to group; operators in capitals.
+    pub query: String,
+    /// Only mail sent by this instance.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Only mail received by this instance.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// Only this thread (a thread id, as check and thread show it).
+    #[serde(default)]
+    pub thread_id: Option<i64>,
+    /// Only mail since this RFC 3339 time, like 2026-12-01T09:00:00Z.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// How many results (1-100, default 20).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// The cursor a previous search gave, for its next page.
+    #[serde(default)]
+    pub cursor: Option<String>,
+}
+
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct WaitArgs {
     /// How long to wait for mail, in seconds (default 30, at most 300).
@@ -449,6 +474,28 @@ impl IpcServer {
             .await?;
         let hint = "More of your mail is kept: call sent with a larger limit, or with ids.";
         Ok(format::receipts(&reply, chrono::Utc::now(), hint))
+    }
+
+    #[tool(
+        description = "Use to find earlier messages you sent or received by what they said (\"what did alice say about the API?\"): full-text search over subject and content, best match first, one line each with the matched words in [brackets]. Query: words (all must match), \"exact phrases\", prefixes like deploy*, OR, NOT, parentheses; narrow with from, to, thread_id, since. Reading never marks mail delivered."
+    )]
+    async fn search(&self, Parameters(args): Parameters<SearchArgs>) -> Result<String, ToolError> {
+        let reply = self
+            .as_session(move |client, token| {
+                client.search(&crate::protocol::schema::SearchRequest {
+                    session_token: token.to_owned(),
+                    query: args.query.clone(),
+                    from: args.from.clone(),
+                    to: args.to.clone(),
+                    thread_id: args.thread_id,
+                    since: args.since.clone(),
+                    limit: args.limit,
+                    cursor: args.cursor.clone(),
+                })
+            })
+            .await?;
+        let next_page = "call search again with the same query and cursor";
+        Ok(format::search_results(&reply, chrono::Utc::now(), next_page))
     }
 
     /// Settles mail by id: pushed mail stays waiting until this (or `check`). The broker's

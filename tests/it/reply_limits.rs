@@ -518,6 +518,16 @@ fn every_action_replies_within_one_legacy_read_however_large_the_data() {
         json!({"action": "sent", "session_token": sender, "ids": strangers}),
     );
     assert_eq!(unknown_receipts["refused_count"], 1000);
+    let found = ask(
+        "search",
+        json!({"action": "search", "session_token": sender, "query": "all OR x", "limit": 100}),
+    );
+    assert_eq!(found["status"], "ok", "{found}");
+    let bad_query = ask(
+        "search",
+        json!({"action": "search", "session_token": sender, "query": huge}),
+    );
+    assert_eq!(bad_query["code"], "invalid_query");
     let logged_out = ask(
         "logout",
         json!({"action": "logout", "session_token": walker}),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Duration as Span;
 use claude_ipc::protocol::schema::{SearchReply, SearchRequest};
 use claude_ipc::protocol::REPLY_BUDGET;
-use common::{legacy, legacy_check, legacy_raw, TestBroker};
+use common::{legacy, legacy_check, legacy_raw, McpProcess, TestBroker};
 use serde_json::{json, Value};
 
 /// Sends `content` (with `subject`, if any) and returns the message id.
@@ -432,4 +432,51 @@ fn the_typed_client_searches_too() {
     });
     let error = refused.expect_err("a bad query is refused");
     assert!(error.to_string().contains("invalid_query"), "{error}");
+}
+
+#[test]
+fn the_cli_and_the_mcp_tool_print_one_line_per_match() {
+    let broker = TestBroker::start_on_wall_clock();
+    let bob = broker.register("bob");
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("alice.session");
+    let run = |args: &[&str]| common::cli(&broker.addr(), &session, args);
+    assert!(run(&["register", "alice"]).status.success());
+    let addr = broker.addr();
+    let first = send(&addr, &bob, "alice", "the quarterly numbers are in", Some("numbers"));
+    send(&addr, &bob, "alice", "quarterly review on friday", None);
+
+    let output = run(&["search", "quarterly NOT review"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let line = text.lines().next().unwrap();
+    assert!(line.starts_with(&format!("1. #{first} bob→alice [numbers] ")), "{text}");
+    assert!(line.ends_with("the [quarterly] numbers are in"), "{text}");
+    assert!(!text.contains("review"), "{text}");
+
+    let output = run(&["search", "quarterly", "--limit", "1", "--json"]);
+    let reply: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(reply["status"], "ok");
+    assert_eq!(reply["results"].as_array().unwrap().len(), 1);
+    assert_eq!(reply["more"], true);
+    let cursor = reply["next_cursor"].as_str().unwrap();
+    let output = run(&["search", "quarterly", "--limit", "1", "--cursor", cursor]);
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("2. #"), "{text}");
+
+    let output = run(&["search", "quarterly OR"]);
+    assert!(!output.status.success());
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("OR at the end has no term after it"), "{error}");
+
+    let mut mcp = McpProcess::start(&broker.addr(), &broker.data_dir(), &[], &[]);
+    mcp.ok("register", json!({"instance_id": "dave"}));
+    mcp.ok("send", json!({"to_id": "bob", "content": "pelican briefing"}));
+    let said = mcp.ok("search", json!({"query": "pelic*"}));
+    assert!(said.contains("dave→bob"), "{said}");
+    assert!(said.contains("[pelican] briefing"), "{said}");
+    let none = mcp.ok("search", json!({"query": "quarterly"}));
+    assert!(none.contains("No mail you sent or received matches"), "{none}");
+    let refused = mcp.error("search", json!({"query": "(pelican"}));
+    assert!(refused.contains("never closed"), "{refused}");
 }
