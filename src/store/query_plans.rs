@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use super::conversation::*;
 use super::queries::*;
 use super::receipts::*;
+use super::search::*;
 
 /// Tables that grow with traffic or with the number of instances.
 const HOT_TABLES: [&str; 10] = [
@@ -115,6 +116,8 @@ const STATEMENTS: &[Hot] = &[
     hot("forget_expired_mail", "sweeper", FORGET_EXPIRED_MAIL),
     hot("record_expiry", "sweeper", RECORD_EXPIRY),
     hot("visible_message", "send with reply_to", VISIBLE_MESSAGE),
+    hot("search_matches", "search", SEARCH_MATCHES),
+    hot("search_snippets", "search (each result)", SEARCH_SNIPPETS),
     hot("move_received_mail", "rename", MOVE_RECEIVED_MAIL),
     hot("forget_received_mail", "sweeper", FORGET_RECEIVED_MAIL),
     hot("sweep_expired_mail", "sweeper", SWEEP_EXPIRED_MAIL),
