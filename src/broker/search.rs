@@ -36,8 +36,6 @@ impl Broker {
                     message: conversation_message(&hit.row, &caller.name),
                     snippet: hit.snippet,
                     rank: place + 1,
-                    // FTS5's bm25 is lower for a better match; the reply's score is higher.
-                    score: -hit.bm25,
                 };
                 if !budget.take(&result) {
                     left_out = true;

@@ -55,8 +55,6 @@ pub struct SearchHit {
     pub row: ConversationRow,
     /// The snippet with its marks (see [`crate::protocol::schema::search`]).
     pub snippet: String,
-    /// bm25 as FTS5 gives it: lower (more negative) is better.
-    pub bm25: f64,
 }
 
 /// One page of matches.
@@ -87,12 +85,12 @@ impl Tx<'_> {
         let start = (offset as usize).min(ranked.len());
         let end = start.saturating_add(limit as usize).min(ranked.len());
         let mut hits = Vec::with_capacity(end - start);
-        for &(id, bm25) in &ranked[start..end] {
+        for &(id, _) in &ranked[start..end] {
             let Some(row) = self.visible_message(caller, crate::domain::MessageId(id), now)? else {
                 continue;
             };
             let snippet = self.snippet(&expression, id)?;
-            hits.push(SearchHit { row, snippet, bm25 });
+            hits.push(SearchHit { row, snippet });
         }
         Ok(SearchPage {
             hits,

@@ -398,7 +398,6 @@ fn replies() -> Vec<(&'static str, Reply)> {
                     },
                     snippet: "the [rate] [limit] is…".into(),
                     rank: 21,
-                    score: 3.25,
                 }],
                 more: true,
                 next_cursor: Some("rank:21".into()),
