@@ -34,7 +34,10 @@ FROM messages;
 CREATE VIRTUAL TABLE search_index USING fts5(
     subject, content, parties,
     content = 'search_source', content_rowid = 'id',
-    tokenize = 'unicode61 remove_diacritics 2'
+    tokenize = 'unicode61 remove_diacritics 2',
+    -- Prefix queries of 2 and 3 characters (the shortest allowed, and the ones that match the
+    -- most words) read one list each instead of merging every word they expand to.
+    prefix = '2 3'
 );
 
 CREATE TRIGGER search_index_after_insert AFTER INSERT ON messages BEGIN

@@ -412,8 +412,12 @@ impl<'a> Bench<'a> {
         eprintln!("{}", figures.describe());
         for query in &figures.queries {
             let more = if query.more { ", more" } else { "" };
-            let row = Row::latency_only(&format!("search: {}", query.kind), &query.latency, &ceiling)
-                .note(format!("`{}`: {} results{more}", query.query, query.results));
+            let row =
+                Row::latency_only(&format!("search: {}", query.kind), &query.latency, &ceiling)
+                    .note(format!(
+                        "`{}`: {} results{more}",
+                        query.query, query.results
+                    ));
             self.report.rows.push(row);
         }
         self.report.search = Some(figures);

@@ -217,7 +217,7 @@ fn message(instances: &[Instance], vocabulary: &Vocabulary, seq: u64) -> Value {
     let content = vocabulary.text(&mut random, words as usize);
     let mut request = json!({"action": "send", "session_token": instances[from].token,
         "to_id": instances[to].name, "message": {"content": content}});
-    if seq % SUBJECT_EVERY == 0 {
+    if seq.is_multiple_of(SUBJECT_EVERY) {
         request["subject"] = json!(vocabulary.text(&mut random, SUBJECT_WORDS));
     }
     request

@@ -7,7 +7,8 @@ use crate::protocol::schema::SearchRequest;
 use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
-#[command(after_help = "The query: words (all must match), \"exact phrases\", prefixes like deploy* (at least 2
+#[command(
+    after_help = "The query: words (all must match), \"exact phrases\", prefixes like deploy* (at least 2
 letters before the *), OR, NOT, and ( ) to group; operators in capitals. Case and accents do
 not matter. Results are best first, the matched words in [brackets]; only mail you sent or
 received is searched.
@@ -16,7 +17,8 @@ Examples:
   claude-ipc search deploy                          mail about deploy
   claude-ipc search '\"rate limit\" OR throttl*'     a phrase or a prefix
   claude-ipc search 'api NOT draft' --from alice    from alice, without draft
-  claude-ipc search schema --since 2026-12-01T00:00:00Z --limit 50")]
+  claude-ipc search schema --since 2026-12-01T00:00:00Z --limit 50"
+)]
 pub struct SearchArgs {
     /// What to look for (quote it in the shell when it has spaces or quotes).
     pub query: String,

@@ -355,6 +355,65 @@ pub fn command_report(command: &str, run: &CommandRun, timeout_seconds: u64) -> 
     text
 }
 
+/// A `search` reply: one line per match, best first ("1. #42 alice→bob [subject] 3 min ago:
+/// snippet"), then how to get the next page with `next_page` (the tool's or the CLI's way to
+/// pass the cursor).
+pub fn search_results(
+    reply: &crate::protocol::schema::SearchReply,
+    now: DateTime<Utc>,
+    next_page: &str,
+) -> String {
+    let mut lines: Vec<String> = reply
+        .results
+        .iter()
+        .map(|result| search_line(result, now))
+        .collect();
+    if lines.is_empty() {
+        lines.push("No mail you sent or received matches.".to_owned());
+    } else {
+        lines.push(
+            "Matched words are in [brackets]; thread with an id shows the whole conversation."
+                .into(),
+        );
+    }
+    if let Some(cursor) = &reply.next_cursor {
+        lines.push(format!("More matches: {next_page} {cursor}"));
+    }
+    if reply.capped {
+        lines.push(
+            "Only your newest matches were ranked: add words or a filter (since, from, to) to reach older mail."
+                .into(),
+        );
+    }
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// "1. #42 alice→bob [Deploy] 3 min ago (thread 40): the [deploy] is friday".
+fn search_line(result: &crate::protocol::schema::SearchResult, now: DateTime<Utc>) -> String {
+    let message = &result.message;
+    let subject = message
+        .subject
+        .as_deref()
+        .map(|s| format!(" [{}]", one_line(s)))
+        .unwrap_or_default();
+    let thread = if message.thread_id == message.id {
+        String::new()
+    } else {
+        format!(" (thread {})", message.thread_id.0)
+    };
+    format!(
+        "{}. #{} {}→{}{subject} {}{thread}: {}",
+        result.rank,
+        message.id.0,
+        one_line(&message.from),
+        one_line(&message.to),
+        ago(&message.timestamp, now),
+        one_line(&result.snippet)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -513,62 +572,4 @@ mod tests {
             "#42 to robert (sent to bob) (broadcast): waiting, sent 10 min ago"
         );
     }
-}
-
-/// A `search` reply: one line per match, best first ("1. #42 alice→bob [subject] 3 min ago:
-/// snippet"), then how to get the next page with `next_page` (the tool's or the CLI's way to
-/// pass the cursor).
-pub fn search_results(
-    reply: &crate::protocol::schema::SearchReply,
-    now: DateTime<Utc>,
-    next_page: &str,
-) -> String {
-    let mut lines: Vec<String> = reply
-        .results
-        .iter()
-        .map(|result| search_line(result, now))
-        .collect();
-    if lines.is_empty() {
-        lines.push("No mail you sent or received matches.".to_owned());
-    } else {
-        lines.push(
-            "Matched words are in [brackets]; thread with an id shows the whole conversation.".into(),
-        );
-    }
-    if let Some(cursor) = &reply.next_cursor {
-        lines.push(format!("More matches: {next_page} {cursor}"));
-    }
-    if reply.capped {
-        lines.push(
-            "Only your newest matches were ranked: add words or a filter (since, from, to) to reach older mail."
-                .into(),
-        );
-    }
-    let mut text = lines.join("\n");
-    text.push('\n');
-    text
-}
-
-/// "1. #42 alice→bob [Deploy] 3 min ago (thread 40): the [deploy] is friday".
-fn search_line(result: &crate::protocol::schema::SearchResult, now: DateTime<Utc>) -> String {
-    let message = &result.message;
-    let subject = message
-        .subject
-        .as_deref()
-        .map(|s| format!(" [{}]", one_line(s)))
-        .unwrap_or_default();
-    let thread = if message.thread_id == message.id {
-        String::new()
-    } else {
-        format!(" (thread {})", message.thread_id.0)
-    };
-    format!(
-        "{}. #{} {}→{}{subject} {}{thread}: {}",
-        result.rank,
-        message.id.0,
-        one_line(&message.from),
-        one_line(&message.to),
-        ago(&message.timestamp, now),
-        one_line(&result.snippet)
-    )
 }

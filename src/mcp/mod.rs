@@ -495,7 +495,11 @@ impl IpcServer {
             })
             .await?;
         let next_page = "call search again with the same query and cursor";
-        Ok(format::search_results(&reply, chrono::Utc::now(), next_page))
+        Ok(format::search_results(
+            &reply,
+            chrono::Utc::now(),
+            next_page,
+        ))
     }
 
     /// Settles mail by id: pushed mail stays waiting until this (or `check`). The broker's

@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use super::{ErrorCode, Reply};
+pub use crate::domain::InstanceName;
+use crate::domain::{MessageId, Subject};
 pub use crate::protocol::request::search_fields::{
     search_cursor, SearchFilters, SearchOptions, DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT,
 };
-pub use crate::domain::InstanceName;
-use crate::domain::{MessageId, Subject};
 
 mod search_fields;
 

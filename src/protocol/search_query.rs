@@ -27,7 +27,10 @@ pub struct SearchQuery {
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
     /// One word or phrase; `prefix` when its last word ends with `*`.
-    Term { text: String, prefix: bool },
+    Term {
+        text: String,
+        prefix: bool,
+    },
     /// Every positive part matches and no negative part does.
     All {
         positive: Vec<Node>,
@@ -185,7 +188,10 @@ fn tokenize(text: &str) -> Result<Vec<(Token, usize)>, QueryError> {
 /// A phrase from the `"` at `start` to its closing `"`; returns it and the index after it.
 fn phrase(chars: &[char], start: usize) -> Result<(String, usize), QueryError> {
     let Some(length) = chars[start + 1..].iter().position(|&c| c == '"') else {
-        return refuse("this `\"` opens a phrase that is never closed", Some(start + 1));
+        return refuse(
+            "this `\"` opens a phrase that is never closed",
+            Some(start + 1),
+        );
     };
     let end = start + 1 + length;
     let text: String = chars[start + 1..end].iter().collect();
@@ -521,14 +527,20 @@ mod tests {
         let error = refused("a AND AND b");
         assert!(error.problem.contains("right after AND"), "{error}");
         assert_eq!(error.at, Some(7));
-        assert!(refused("OR a").problem.contains("OR needs a term before it"));
+        assert!(refused("OR a")
+            .problem
+            .contains("OR needs a term before it"));
         assert!(refused("a OR OR b").problem.contains("right after OR"));
         assert!(refused("a AND").problem.contains("AND at the end"));
         assert!(refused("a NOT").problem.contains("NOT at the end"));
         assert!(refused("NOT a").problem.contains("NOT needs something"));
-        assert!(refused("a OR NOT b").problem.contains("NOT needs something"));
+        assert!(refused("a OR NOT b")
+            .problem
+            .contains("NOT needs something"));
         assert!(refused("a NOT NOT b").problem.contains("cancels out"));
-        assert!(refused("a (OR b)").problem.contains("OR needs a term before it"));
+        assert!(refused("a (OR b)")
+            .problem
+            .contains("OR needs a term before it"));
     }
 
     #[test]
@@ -537,7 +549,10 @@ mod tests {
         assert!(error.problem.contains("never closed"));
         assert_eq!(error.at, Some(1));
         assert_eq!(refused("\"").at, Some(1));
-        assert_eq!(refused("\"a\" *").problem, "`*` must follow a word directly, like deploy*");
+        assert_eq!(
+            refused("\"a\" *").problem,
+            "`*` must follow a word directly, like deploy*"
+        );
         assert!(refused("\"a\"*").problem.contains("not after a phrase"));
         assert!(refused("(((").problem.contains("ends where a term"));
         let error = refused("(a (");
@@ -576,7 +591,9 @@ mod tests {
         // Deep nesting within the length cap parses without exhausting the stack.
         let deep = format!("{}a{}", "(".repeat(120), ")".repeat(120));
         assert_eq!(fts(&deep), r#""a""#);
-        assert!(refused(&"(".repeat(250)).problem.contains("ends where a term"));
+        assert!(refused(&"(".repeat(250))
+            .problem
+            .contains("ends where a term"));
     }
 
     #[test]

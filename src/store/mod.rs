@@ -27,6 +27,7 @@ mod query_plans;
 pub mod receipts;
 pub mod rescue;
 pub mod search;
+mod search_rank;
 pub mod security;
 pub mod startup;
 

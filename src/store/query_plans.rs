@@ -118,6 +118,7 @@ const STATEMENTS: &[Hot] = &[
     hot("visible_message", "send with reply_to", VISIBLE_MESSAGE),
     hot("search_matches", "search", SEARCH_MATCHES),
     hot("search_snippets", "search (each result)", SEARCH_SNIPPETS),
+    hot("visible_count", "search", VISIBLE_COUNT),
     hot("move_received_mail", "rename", MOVE_RECEIVED_MAIL),
     hot("forget_received_mail", "sweeper", FORGET_RECEIVED_MAIL),
     hot("sweep_expired_mail", "sweeper", SWEEP_EXPIRED_MAIL),

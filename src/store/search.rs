@@ -1,5 +1,6 @@
 //! The statements behind `search`: a match in the FTS5 index `search_index` (migration V15)
-//! over the subject and content of the caller's own mail, ranked by bm25, with a snippet.
+//! over the subject and content of the caller's own mail, ranked by bm25 over the caller's
+//! newest matches ([`search_rank`]), with a snippet.
 //!
 //! The client's query reaches FTS5 only as the expression [`SearchQuery::to_fts5`] builds (every
 //! term a quoted string), confined to the `subject` and `content` columns. The broker adds the
@@ -11,31 +12,30 @@
 use rusqlite::params;
 
 use super::conversation::ConversationRow;
+use super::search_rank::{self, Candidate, CLOSE_MARK, OPEN_MARK};
 use super::{StoreError, Tx};
 use crate::domain::{InstanceName, Timestamp};
 use crate::protocol::request::SearchFilters;
+use crate::protocol::schema::search::{SNIPPET_CLOSE, SNIPPET_OPEN};
 use crate::protocol::search_query::SearchQuery;
 
-/// The most matches one query ranks: the caller's newest matches, at most this many. bm25 and
-/// its sort grow with the rows ranked; a query matching more says so (`capped`).
+/// The most matches one query ranks: the caller's newest matches, at most this many. Ranking
+/// grows with the rows ranked; a query matching more says so (`capped`).
 pub const RANKED_MATCHES: usize = 1000;
-/// Weights of `subject`, `content` and `parties` in bm25: a word in the subject counts four
-/// times one in the content; the broker's own tokens count for nothing.
-macro_rules! ranking {
-    () => {
-        "bm25(search_index, 4.0, 1.0, 0.0)"
-    };
-}
 
-/// `?1` the FTS5 expression, `?2` the earliest time or NULL, `?3` how many: the newest matches,
-/// each with its bm25 (lower is better).
-pub(crate) const SEARCH_MATCHES: &str = concat!(
-    "SELECT search_index.rowid, ",
-    ranking!(),
-    " FROM search_index JOIN messages m ON m.id = search_index.rowid
+/// `?1` the FTS5 expression, `?2` the earliest time or NULL, `?3` how many, `?4`/`?5` the marks:
+/// the newest matches, each with its subject and content with the matches marked (which
+/// [`search_rank`] ranks).
+pub(crate) const SEARCH_MATCHES: &str = "SELECT search_index.rowid,
+       highlight(search_index, 0, ?4, ?5), highlight(search_index, 1, ?4, ?5)
+     FROM search_index JOIN messages m ON m.id = search_index.rowid
      WHERE search_index MATCH ?1 AND (?2 IS NULL OR m.received_at >= ?2)
-     ORDER BY search_index.rowid DESC LIMIT ?3"
-);
+     ORDER BY search_index.rowid DESC LIMIT ?3";
+
+/// `?1` the caller: how much mail it sent and received, the collection its ranking counts in.
+pub(crate) const VISIBLE_COUNT: &str = "SELECT
+       (SELECT count(*) FROM messages WHERE sent_by = ?1)
+     + (SELECT count(*) FROM messages WHERE received_by = ?1)";
 
 /// `?1` the FTS5 expression, `?2` the message, `?3`/`?4` the marks: a snippet of the content and
 /// one of the subject, around the matched words.
@@ -43,11 +43,6 @@ pub(crate) const SEARCH_SNIPPETS: &str = "SELECT
        snippet(search_index, 1, ?3, ?4, '…', 16),
        snippet(search_index, 0, ?3, ?4, '…', 16)
      FROM search_index WHERE search_index MATCH ?1 AND rowid = ?2";
-
-/// Marks the index puts around a matched word while the broker decides which column's
-/// snippet to show: private-use characters, which real text practically never holds.
-const OPEN_MARK: &str = "\u{E000}";
-const CLOSE_MARK: &str = "\u{E001}";
 
 /// One match as the store found it.
 #[derive(Debug, Clone)]
@@ -77,11 +72,11 @@ impl Tx<'_> {
         now: Timestamp,
     ) -> Result<SearchPage, StoreError> {
         let expression = index_expression(caller, query, filters);
-        let mut ranked = self.newest_matches(&expression, filters.since)?;
-        let capped = ranked.len() > RANKED_MATCHES;
-        ranked.truncate(RANKED_MATCHES);
-        // Best first; among equals the newer first, so the order is the same on every page.
-        ranked.sort_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)));
+        let mut candidates = self.newest_matches(&expression, filters.since)?;
+        let capped = candidates.len() > RANKED_MATCHES;
+        candidates.truncate(RANKED_MATCHES);
+        let collection = self.visible_count(caller)?;
+        let ranked = search_rank::rank(&candidates, collection);
         let start = (offset as usize).min(ranked.len());
         let end = start.saturating_add(limit as usize).min(ranked.len());
         let mut hits = Vec::with_capacity(end - start);
@@ -99,36 +94,52 @@ impl Tx<'_> {
         })
     }
 
-    /// Ids and bm25 of the newest matches, one more than are ranked (to tell whether more
-    /// matched), newest first.
+    /// The newest matches with their matches marked, one more than are ranked (to tell
+    /// whether more matched), newest first.
     fn newest_matches(
         &self,
         expression: &str,
         since: Option<Timestamp>,
-    ) -> Result<Vec<(i64, f64)>, StoreError> {
+    ) -> Result<Vec<Candidate>, StoreError> {
         let mut statement = self.conn.prepare_cached(SEARCH_MATCHES)?;
-        let rows = statement.query_map(
-            params![expression, since, RANKED_MATCHES as i64 + 1],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )?;
+        let (open, close) = (OPEN_MARK.to_string(), CLOSE_MARK.to_string());
+        let limit = RANKED_MATCHES as i64 + 1;
+        let rows = statement.query_map(params![expression, since, limit, open, close], |row| {
+            Ok(Candidate {
+                id: row.get(0)?,
+                subject: row.get(1)?,
+                content: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many messages `caller` sent and received (a message to itself counts twice, which
+    /// changes nothing a ranking can show).
+    fn visible_count(&self, caller: &InstanceName) -> Result<usize, StoreError> {
+        let count: i64 = self
+            .conn
+            .prepare_cached(VISIBLE_COUNT)?
+            .query_row([caller], |row| row.get(0))?;
+        Ok(count.max(0) as usize)
     }
 
     /// The content's snippet if a matched word is in the content, else the subject's.
     fn snippet(&self, expression: &str, id: i64) -> Result<String, StoreError> {
         let mut statement = self.conn.prepare_cached(SEARCH_SNIPPETS)?;
+        let (open, close) = (OPEN_MARK.to_string(), CLOSE_MARK.to_string());
         let (content, subject): (Option<String>, Option<String>) = statement
-            .query_row(params![expression, id, OPEN_MARK, CLOSE_MARK], |row| {
+            .query_row(params![expression, id, open, close], |row| {
                 Ok((row.get(0)?, row.get(1)?))
             })?;
         let content = content.unwrap_or_default();
         let chosen = match subject {
-            Some(subject) if !content.contains(OPEN_MARK) && subject.contains(OPEN_MARK) => {
-                subject
-            }
+            Some(subject) if !content.contains(OPEN_MARK) && subject.contains(OPEN_MARK) => subject,
             _ => content,
         };
-        Ok(chosen.replace(OPEN_MARK, "[").replace(CLOSE_MARK, "]"))
+        Ok(chosen
+            .replace(OPEN_MARK, SNIPPET_OPEN)
+            .replace(CLOSE_MARK, SNIPPET_CLOSE))
     }
 }
 
@@ -159,11 +170,7 @@ pub(crate) fn index_expression(
 /// A `parties` token for a name, quoted: its kind letter and the name's bytes in hex, as the
 /// migration's `hex()` writes them (one token whatever the name holds).
 fn party_token(kind: char, name: &InstanceName) -> String {
-    let hex: String = name
-        .as_str()
-        .bytes()
-        .map(|b| format!("{b:02X}"))
-        .collect();
+    let hex: String = name.as_str().bytes().map(|b| format!("{b:02X}")).collect();
     format!("\"{kind}{hex}\"")
 }
 
@@ -179,7 +186,9 @@ mod tests {
         let expression = index_expression(&caller, &query, &SearchFilters::default());
         let mut statement = conn.prepare(SEARCH_MATCHES).unwrap();
         let rows = statement
-            .query_map(params![expression, None::<String>, 10], |row| row.get(0))
+            .query_map(params![expression, None::<String>, 10, "<", ">"], |row| {
+                row.get(0)
+            })
             .unwrap();
         rows.collect::<rusqlite::Result<_>>().unwrap()
     }
@@ -218,7 +227,9 @@ mod tests {
         assert!(matches(&conn, "bob", "harbour").is_empty());
         assert_eq!(matches(&conn, "robert", "harbour"), [1]);
         let entries: i64 = conn
-            .query_row("SELECT count(*) FROM search_index_docsize", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM search_index_docsize", [], |r| {
+                r.get(0)
+            })
             .unwrap();
         assert_eq!(entries, 1);
     }

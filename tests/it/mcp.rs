@@ -98,7 +98,15 @@ fn tools_list_has_exactly_the_named_tools_and_arguments() {
         (
             "search".to_owned(),
             expect(
-                &["cursor", "from", "limit", "query", "since", "thread_id", "to"],
+                &[
+                    "cursor",
+                    "from",
+                    "limit",
+                    "query",
+                    "since",
+                    "thread_id",
+                    "to",
+                ],
                 &["query"],
             ),
         ),

@@ -104,7 +104,13 @@ fn the_subject_is_searched_and_ranks_above_the_content() {
         "the schema needs a new column",
         Some("schema change"),
     );
-    let subject_only = send(&addr, &bob, "alice", "see the title", Some("Quarterly budget"));
+    let subject_only = send(
+        &addr,
+        &bob,
+        "alice",
+        "see the title",
+        Some("Quarterly budget"),
+    );
     assert_eq!(found(&addr, &alice, "schema"), [both, once]);
     assert_eq!(found(&addr, &bob, "budget"), [subject_only]);
 
@@ -112,7 +118,10 @@ fn the_subject_is_searched_and_ranks_above_the_content() {
     let results = reply["results"].as_array().unwrap();
     assert_eq!(results[0]["rank"], 1);
     assert_eq!(results[1]["rank"], 2);
-    assert!(results[0].get("score").is_none(), "index-wide statistics stay inside");
+    assert!(
+        results[0].get("score").is_none(),
+        "index-wide statistics stay inside"
+    );
     assert_eq!(results[0]["message"]["subject"], "schema change");
     assert_eq!(results[0]["message"]["direction"], "sent");
     assert_eq!(results[0]["message"]["from"], "alice");
@@ -165,9 +174,19 @@ fn filters_narrow_by_sender_recipient_thread_and_time() {
     assert_eq!(from("bob"), [from_bob, in_thread]);
     let to = sorted(found_with(&addr, &alice, "report", json!({"to": "carol"})));
     assert_eq!(to, [to_carol]);
-    let both = found_with(&addr, &alice, "report", json!({"from": "carol", "to": "alice"}));
+    let both = found_with(
+        &addr,
+        &alice,
+        "report",
+        json!({"from": "carol", "to": "alice"}),
+    );
     assert_eq!(both, [later]);
-    let thread = sorted(found_with(&addr, &alice, "status", json!({"thread_id": to_bob})));
+    let thread = sorted(found_with(
+        &addr,
+        &alice,
+        "status",
+        json!({"thread_id": to_bob}),
+    ));
     assert_eq!(thread, [to_bob, in_thread]);
     let since = sorted(found_with(
         &addr,
@@ -197,9 +216,21 @@ fn a_third_party_never_finds_another_pairs_mail() {
     let broker = TestBroker::start();
     let (addr, alice, bob) = broker.alice_and_bob();
     let carol = broker.register("carol");
-    let secret = send(&addr, &alice, "bob", "the merger codename is bluebird", Some("merger"));
+    let secret = send(
+        &addr,
+        &alice,
+        "bob",
+        "the merger codename is bluebird",
+        Some("merger"),
+    );
     send(&addr, &bob, "alice", "bluebird acknowledged", None);
-    let own = send(&addr, &carol, "alice", "is there news about bluebird?", None);
+    let own = send(
+        &addr,
+        &carol,
+        "alice",
+        "is there news about bluebird?",
+        None,
+    );
 
     assert_eq!(found(&addr, &carol, "bluebird"), [own]);
     for filters in [
@@ -224,7 +255,13 @@ fn a_third_party_never_finds_another_pairs_mail() {
 fn malformed_and_hostile_queries_get_invalid_query_and_the_broker_stays_up() {
     let broker = TestBroker::start();
     let (addr, alice, _bob) = broker.alice_and_bob();
-    send(&addr, &alice, "bob", "content subject parties rowid near", Some("subject"));
+    send(
+        &addr,
+        &alice,
+        "bob",
+        "content subject parties rowid near",
+        Some("subject"),
+    );
     let long = "x".repeat(10_000);
     let hostile = [
         ("", "empty"),
@@ -250,7 +287,10 @@ fn malformed_and_hostile_queries_get_invalid_query_and_the_broker_stays_up() {
         assert_eq!(reply["code"], "invalid_query", "{query:?}: {reply}");
         let message = reply["message"].as_str().unwrap();
         assert!(message.contains(problem), "{query:?}: {message}");
-        assert!(message.contains("\"exact phrases\""), "{query:?}: {message}");
+        assert!(
+            message.contains("\"exact phrases\""),
+            "{query:?}: {message}"
+        );
         for leak in ["fts5", "SQL", "syntax error", "search_index", "parties :"] {
             assert!(!message.contains(leak), "{query:?}: {message}");
         }
@@ -277,7 +317,10 @@ fn malformed_and_hostile_queries_get_invalid_query_and_the_broker_stays_up() {
     assert!(found(&addr, &alice, "parties:v").is_empty());
     assert!(found(&addr, &alice, "v616C696365").is_empty());
 
-    let raw = legacy_raw(&addr, br#"{"action":"search","session_token":"x","query":7}"#);
+    let raw = legacy_raw(
+        &addr,
+        br#"{"action":"search","session_token":"x","query":7}"#,
+    );
     assert!(String::from_utf8_lossy(&raw).contains("invalid_field"));
     let reply = legacy(&addr, &json!({"action": "search", "query": "x"}));
     assert_eq!(reply["status"], "error");
@@ -292,7 +335,13 @@ fn pages_follow_the_cursor_without_repeats_and_reading_changes_nothing() {
     let (addr, alice, bob) = broker.alice_and_bob();
     let mut sent = Vec::new();
     for i in 0..7 {
-        sent.push(send(&addr, &alice, "bob", &format!("invoice number {i}"), None));
+        sent.push(send(
+            &addr,
+            &alice,
+            "bob",
+            &format!("invoice number {i}"),
+            None,
+        ));
     }
     let mut seen = Vec::new();
     let mut cursor = None::<String>;
@@ -316,7 +365,11 @@ fn pages_follow_the_cursor_without_repeats_and_reading_changes_nothing() {
     // Nothing was delivered by searching: bob's check still gets every message.
     assert_eq!(common::contents(&legacy_check(&addr, &bob)).len(), 7);
 
-    for bad in [json!({"limit": 0}), json!({"limit": 101}), json!({"cursor": "bogus"})] {
+    for bad in [
+        json!({"limit": 0}),
+        json!({"limit": 101}),
+        json!({"cursor": "bogus"}),
+    ] {
         let reply = search_raw(&addr, &bob, "invoice", bad.clone());
         assert_eq!(reply["code"], "invalid_field", "{bad}: {reply}");
     }
@@ -443,14 +496,27 @@ fn the_cli_and_the_mcp_tool_print_one_line_per_match() {
     let run = |args: &[&str]| common::cli(&broker.addr(), &session, args);
     assert!(run(&["register", "alice"]).status.success());
     let addr = broker.addr();
-    let first = send(&addr, &bob, "alice", "the quarterly numbers are in", Some("numbers"));
+    let first = send(
+        &addr,
+        &bob,
+        "alice",
+        "the quarterly numbers are in",
+        Some("numbers"),
+    );
     send(&addr, &bob, "alice", "quarterly review on friday", None);
 
     let output = run(&["search", "quarterly NOT review"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8(output.stdout).unwrap();
     let line = text.lines().next().unwrap();
-    assert!(line.starts_with(&format!("1. #{first} bob→alice [numbers] ")), "{text}");
+    assert!(
+        line.starts_with(&format!("1. #{first} bob→alice [numbers] ")),
+        "{text}"
+    );
     assert!(line.ends_with("the [quarterly] numbers are in"), "{text}");
     assert!(!text.contains("review"), "{text}");
 
@@ -467,16 +533,25 @@ fn the_cli_and_the_mcp_tool_print_one_line_per_match() {
     let output = run(&["search", "quarterly OR"]);
     assert!(!output.status.success());
     let error = String::from_utf8_lossy(&output.stderr);
-    assert!(error.contains("OR at the end has no term after it"), "{error}");
+    assert!(
+        error.contains("OR at the end has no term after it"),
+        "{error}"
+    );
 
     let mut mcp = McpProcess::start(&broker.addr(), &broker.data_dir(), &[], &[]);
     mcp.ok("register", json!({"instance_id": "dave"}));
-    mcp.ok("send", json!({"to_id": "bob", "content": "pelican briefing"}));
+    mcp.ok(
+        "send",
+        json!({"to_id": "bob", "content": "pelican briefing"}),
+    );
     let said = mcp.ok("search", json!({"query": "pelic*"}));
     assert!(said.contains("dave→bob"), "{said}");
     assert!(said.contains("[pelican] briefing"), "{said}");
     let none = mcp.ok("search", json!({"query": "quarterly"}));
-    assert!(none.contains("No mail you sent or received matches"), "{none}");
+    assert!(
+        none.contains("No mail you sent or received matches"),
+        "{none}"
+    );
     let refused = mcp.error("search", json!({"query": "(pelican"}));
     assert!(refused.contains("never closed"), "{refused}");
 }

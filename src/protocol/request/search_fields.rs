@@ -74,7 +74,11 @@ impl Fields<'_> {
         match self.0.get("thread_id") {
             None | Some(Value::Null) => Ok(None),
             Some(value) => value.as_i64().map(|id| Some(MessageId(id))).ok_or_else(|| {
-                wrong_type("thread_id", "a thread id (a whole number, as replies give it)", value)
+                wrong_type(
+                    "thread_id",
+                    "a thread id (a whole number, as replies give it)",
+                    value,
+                )
             }),
         }
     }
@@ -162,9 +166,14 @@ mod tests {
     #[test]
     fn bad_fields_say_which_and_a_bad_query_is_invalid_query() {
         assert_eq!(code(r#"{"action":"search"}"#), ErrorCode::MissingField);
-        assert_eq!(code(r#"{"action":"search","query":"x OR"}"#), ErrorCode::InvalidQuery);
+        assert_eq!(
+            code(r#"{"action":"search","query":"x OR"}"#),
+            ErrorCode::InvalidQuery
+        );
         let error = options(r#"{"action":"search","query":"(a"}"#).unwrap_err();
-        assert!(error.message.starts_with("query: this `(` is never closed (at character 1)"));
+        assert!(error
+            .message
+            .starts_with("query: this `(` is never closed (at character 1)"));
         for bad in [
             r#"{"action":"search","query":"a","limit":0}"#,
             r#"{"action":"search","query":"a","limit":101}"#,
