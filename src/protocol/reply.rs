@@ -9,7 +9,7 @@ use super::ErrorCode;
 
 use super::schema::{
     AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, ListReply,
-    LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply, SentReply,
+    HistoryReply, LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply, SentReply,
     WatchReply,
 };
 
@@ -63,6 +63,7 @@ replies!(
     Logout(LogoutReply),
     Watch(WatchReply),
     Sent(SentReply),
+    History(HistoryReply),
     Error(ErrorReply),
 );
 

@@ -11,6 +11,9 @@ use serde_json::{Map, Value};
 use super::{ErrorCode, Reply};
 pub use crate::domain::InstanceName;
 
+mod history;
+pub use history::{HistoryCursor, HistoryOptions, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT};
+
 /// A request that passed parsing; the broker still checks the session and its rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -73,6 +76,8 @@ pub enum Action {
     Watch(WatchOptions),
     /// Receipts for the caller's own mail: what became of each message, and when.
     Sent(SentSelection),
+    /// The caller's sent and received mail, newest first, read without changing it.
+    History(HistoryOptions),
 }
 
 /// Which of its mail a `sent` asks about.
@@ -100,6 +105,7 @@ impl Action {
             Action::Logout => "logout",
             Action::Watch(_) => "watch",
             Action::Sent(_) => "sent",
+            Action::History(_) => "history",
         }
     }
 }
@@ -252,7 +258,7 @@ impl RequestError {
 }
 
 /// Every action the broker answers, in the order the docs list them.
-pub const ACTION_NAMES: [&str; 13] = [
+pub const ACTION_NAMES: [&str; 14] = [
     "ping",
     "challenge",
     "register",
@@ -266,6 +272,7 @@ pub const ACTION_NAMES: [&str; 13] = [
     "logout",
     "watch",
     "sent",
+    "history",
 ];
 /// The most characters of a client's own text an error message repeats back, so a reply
 /// never grows with the request.
@@ -350,6 +357,7 @@ impl Fields<'_> {
             "logout" => Action::Logout,
             "watch" => Action::Watch(self.watch_options()?),
             "sent" => Action::Sent(self.sent_selection()?),
+            "history" => Action::History(self.history_options()?),
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,
             },

@@ -16,6 +16,7 @@
 
 mod columns;
 pub mod health;
+pub mod history;
 pub mod inspect;
 pub mod legacy;
 pub mod queries;

@@ -8,6 +8,7 @@
 //!   legacy clients match.
 //! - [`identity`]: the replies of `ping`, `challenge`, `register`, `rename`, `list`, `logout`.
 //! - [`mail`]: the replies of `send`, `broadcast`, `check`, `ack`, `count`, `watch` and `sent`.
+//! - [`history`]: the reply of `history`.
 //! - [`error`]: the error reply every action may give instead.
 //!
 //! Every reply is written by [`super::Reply::to_line`], which adds `status`.
@@ -19,11 +20,13 @@
 //! `tests/it/cli_escaping.rs`). The broker builds them from its domain values.
 
 pub mod error;
+pub mod history;
 pub mod identity;
 pub mod mail;
 pub mod requests;
 
 pub use error::ErrorReply;
+pub use history::HistoryReply;
 pub use identity::{
     ChallengeReply, ClockReport, InstanceEntry, ListReply, LogoutReply, PingRefusal, PingReply,
     RegisterReply, RenameReply, SecurityMode, StaticToken, StoreWork,
