@@ -5,6 +5,7 @@
 
 mod autostart;
 mod check;
+mod history;
 pub mod hook;
 mod import_legacy;
 pub mod mcp;
@@ -47,6 +48,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
   claude-ipc send bob \"API changed\"         send bob a message (registered or not yet)
   claude-ipc check                          read your mail
   claude-ipc sent                           what became of the mail you sent
+  claude-ipc history --with bob             what you and bob said, newest first
   claude-ipc status                         the broker, its instances and waiting mail
   claude mcp add claude-ipc -s user -- claude-ipc mcp    give Claude Code the tools
 
@@ -90,6 +92,8 @@ pub enum Command {
     Broadcast(send::BroadcastArgs),
     /// What became of the mail you sent: waiting, read, delivered or expired, and when.
     Sent(sent::SentArgs),
+    /// The mail you sent and received, newest first; --with NAME for one conversation.
+    History(history::HistoryArgs),
     /// Read your waiting mail; it is acknowledged once printed.
     Check(check::CheckArgs),
     /// Print mail as it arrives, until interrupted.
@@ -312,6 +316,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),
         Command::Sent(args) => sent::run(args),
+        Command::History(args) => history::run(args),
         Command::Check(args) => check::run(args),
         Command::Watch(args) => check::run_watch(args),
         Command::List(args) => check::run_list(args),
@@ -356,6 +361,7 @@ impl Command {
             Command::Send(args) => Some(&args.client),
             Command::Broadcast(args) => Some(&args.client),
             Command::Sent(args) => Some(&args.client),
+            Command::History(args) => Some(&args.client),
             Command::Check(args) => Some(&args.client),
             Command::Watch(args) => Some(&args.client),
             Command::List(args) => Some(&args.client),
