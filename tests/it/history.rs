@@ -214,7 +214,10 @@ fn with_keeps_one_conversation_together_across_renames_of_either_side() {
     let two = send(&mut client, &bob, "alice", "two");
     send(&mut client, &carol, "alice", "not part of it");
     send(&mut client, &carol, "bob", "nor this");
+    // Both read their mail first: delivered mail stays under the name it was delivered to
+    // (`recipient`), so only `received_by` can carry it across the rename.
     client.check(&bob).unwrap();
+    client.check(&alice).unwrap();
     client.ping().unwrap();
 
     client.rename(&alice, "alicia").expect("alice renames");
@@ -223,6 +226,16 @@ fn with_keeps_one_conversation_together_across_renames_of_either_side() {
     let four = send(&mut client, &alice, "robert", "four");
     // Sent to the old name inside the forward window: it reaches robert, and belongs.
     let five = send(&mut client, &alice, "bob", "five, to the old name");
+
+    let (recipient, received_by): (String, String) = broker
+        .sql()
+        .query_row(
+            "SELECT recipient, received_by FROM messages WHERE id = ?1",
+            [two],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((recipient.as_str(), received_by.as_str()), ("alice", "alicia"));
 
     let together = with(&mut client, &alice, "robert");
     assert_eq!(ids(&together), [five, four, three, two, one]);
