@@ -34,6 +34,7 @@ use crate::protocol::schema::{
 };
 use crate::protocol::ErrorCode;
 
+pub use crate::protocol::schema::requests::ThreadingFields;
 pub use broker_owner::{BrokerUser, Expected, NamedUser, BROKER_USER_ENV};
 
 #[derive(Debug, thiserror::Error)]
@@ -501,11 +502,26 @@ impl Client {
         data: Option<Value>,
         stamp: &Stamp,
     ) -> Result<Sent, ClientError> {
+        let thread = ThreadingFields::default();
+        self.send_threaded(token, to, content, data, &thread, stamp)
+    }
+
+    /// `send_stamped` in a conversation: answering `thread.reply_to`, with a subject.
+    pub fn send_threaded(
+        &mut self,
+        token: &str,
+        to: &str,
+        content: &str,
+        data: Option<Value>,
+        thread: &ThreadingFields,
+        stamp: &Stamp,
+    ) -> Result<Sent, ClientError> {
         self.call_stamped(ClientRequest::Send(SendRequest {
             session_token: token.to_owned(),
             to_id: to.to_owned(),
             message: message(content, data),
             stamp: stamp.fields(),
+            thread: thread.clone(),
         }))
     }
 
@@ -517,10 +533,24 @@ impl Client {
         data: Option<Value>,
         stamp: &Stamp,
     ) -> Result<BroadcastReply, ClientError> {
+        let thread = ThreadingFields::default();
+        self.broadcast_threaded(token, content, data, &thread, stamp)
+    }
+
+    /// `broadcast_stamped` in a conversation: answering `thread.reply_to`, with a subject.
+    pub fn broadcast_threaded(
+        &mut self,
+        token: &str,
+        content: &str,
+        data: Option<Value>,
+        thread: &ThreadingFields,
+        stamp: &Stamp,
+    ) -> Result<BroadcastReply, ClientError> {
         self.call_stamped(ClientRequest::Broadcast(BroadcastRequest {
             session_token: token.to_owned(),
             message: message(content, data),
             stamp: stamp.fields(),
+            thread: thread.clone(),
         }))
     }
 
@@ -775,6 +805,7 @@ impl Client {
                 nonce: nonce.map(str::to_owned),
                 timestamp: None,
             },
+            thread: ThreadingFields::default(),
         }))
     }
 
@@ -783,6 +814,7 @@ impl Client {
             session_token: token.to_owned(),
             message: message(content, None),
             stamp: RequestStamp::default(),
+            thread: ThreadingFields::default(),
         }))
     }
 

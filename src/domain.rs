@@ -1,6 +1,7 @@
 //! The values every layer shares, from the wire to the database: who ([`InstanceName`]),
-//! which message ([`MessageId`]), what kind ([`MessageKind`]), when ([`Timestamp`]) and which
-//! session ([`TokenHash`], what the store keeps of a session token).
+//! which message ([`MessageId`]), what kind ([`MessageKind`]), when ([`Timestamp`]), which
+//! session ([`TokenHash`], what the store keeps of a session token) and what about
+//! ([`Subject`]).
 //!
 //! They live below `protocol`, `broker` and `store` so that each of those can name them
 //! without importing another layer.
@@ -85,6 +86,29 @@ impl PartialEq<MessageId> for i64 {
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// A message's subject: short text the sender gives, shown with the message and in its
+/// thread. 1 to [`Subject::MAX_CHARS`] characters, none of them a control character (a
+/// subject is one line, and a terminal shows it as it is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject(String);
+
+impl Subject {
+    pub const MAX_CHARS: usize = 200;
+
+    /// The subject, or `None` for text that is empty, too long or holds a control character.
+    pub fn parse(text: &str) -> Option<Self> {
+        let chars = text.chars().count();
+        let valid = (1..=Self::MAX_CHARS).contains(&chars)
+            && !text.trim().is_empty()
+            && !text.chars().any(char::is_control);
+        valid.then(|| Subject(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

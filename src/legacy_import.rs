@@ -436,6 +436,9 @@ impl Importer<'_> {
             nonce: None,
             sender_timestamp: None,
             received_at: Timestamp::new(received),
+            thread_id: None,
+            reply_to: None,
+            subject: None,
         })?;
         report.messages += 1;
         self.record(

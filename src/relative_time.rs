@@ -92,6 +92,7 @@ mod tests {
         let mut reply = crate::protocol::schema::SendReply {
             message: "Message sent".into(),
             message_id: crate::domain::MessageId(1),
+            thread_id: None,
             recipient: Some("bob".into()),
             duplicate: false,
             recipient_online: Some(false),

@@ -745,6 +745,9 @@ fn notify_rename(
             nonce: None,
             sender_timestamp: None,
             received_at: now,
+            thread_id: None,
+            reply_to: None,
+            subject: None,
         })?;
     }
     Ok(())

@@ -23,7 +23,7 @@ use super::typos;
 use super::{done, large_message, refuse, text, Broker, BrokerError, JobEnd, Outcome, Peer};
 use crate::domain::{MessageKind, Timestamp};
 use crate::protocol::budget::entry_bytes;
-use crate::protocol::request::SenderStamp;
+use crate::protocol::request::{SenderStamp, Threading};
 use crate::protocol::schema::{
     AckReply, BroadcastCopies, BroadcastReply, CheckReply, CountReply, ManualAck, RefusedId,
     ReleaseReply, SendReply, WireBody, WireMessage,
@@ -208,6 +208,7 @@ impl LargeFile {
 struct Outgoing {
     prepared: Prepared,
     stamp: SenderStamp,
+    thread: Threading,
     queue_cap: u32,
     max_clock_skew: std::time::Duration,
     replay_window: std::time::Duration,
@@ -288,6 +289,33 @@ impl Outgoing {
         tx.find_nonce(caller.identity, nonce, now.minus(self.replay_window))
     }
 
+    /// Where the message goes in its conversation: the thread of the message it answers,
+    /// which the caller must have sent or received, and that message's subject unless it
+    /// brings its own. A message that answers nothing starts a thread.
+    fn place(
+        &self,
+        tx: &Tx<'_>,
+        caller: &Caller,
+        now: Timestamp,
+    ) -> Result<Result<Place, BrokerError>, StoreError> {
+        let subject = self.thread.subject.as_ref().map(|s| s.as_str().to_owned());
+        let Some(parent) = self.thread.reply_to else {
+            return Ok(Ok(Place {
+                thread_id: None,
+                reply_to: None,
+                subject,
+            }));
+        };
+        let Some(answered) = tx.visible_message(&caller.name, parent, now)? else {
+            return Ok(Err(BrokerError::UnknownReplyTo(parent)));
+        };
+        Ok(Ok(Place {
+            thread_id: Some(answered.thread_id),
+            reply_to: Some(parent),
+            subject: subject.or(answered.subject),
+        }))
+    }
+
     fn remember_nonce(
         &self,
         tx: &Tx<'_>,
@@ -313,8 +341,9 @@ impl Broker {
         to_id: InstanceName,
         message: MessageBody,
         stamp: SenderStamp,
+        thread: Threading,
     ) -> Result<SendReply, BrokerError> {
-        let outgoing = self.outgoing(&message, stamp)?;
+        let outgoing = self.outgoing(&message, stamp, thread)?;
         let to = to_id.clone();
         let check = move |tx: &Tx<'_>, caller: &Caller, now, outgoing: &Outgoing| {
             Ok(
@@ -348,8 +377,9 @@ impl Broker {
         peer: &Peer,
         message: MessageBody,
         stamp: SenderStamp,
+        thread: Threading,
     ) -> Result<BroadcastReply, BrokerError> {
-        let outgoing = self.outgoing(&message, stamp)?;
+        let outgoing = self.outgoing(&message, stamp, thread)?;
         let check = |tx: &Tx<'_>, caller: &Caller, now, outgoing: &Outgoing| {
             Ok(
                 plan_broadcast(tx, caller, now, outgoing)?.map(|plan| match plan {
@@ -359,6 +389,7 @@ impl Broker {
                     BroadcastPlan::Deliver {
                         recipients,
                         skipped,
+                        ..
                     } if recipients.is_empty() => {
                         Some(broadcast_reply(Capped::new(0), skipped, None))
                     }
@@ -453,11 +484,17 @@ impl Broker {
 
     /// Prepares a message for storing: checks the data size and, for large content, picks the
     /// file and builds its text and summary. Nothing is written yet.
-    fn outgoing(&self, message: &MessageBody, stamp: SenderStamp) -> Result<Outgoing, BrokerError> {
+    fn outgoing(
+        &self,
+        message: &MessageBody,
+        stamp: SenderStamp,
+        thread: Threading,
+    ) -> Result<Outgoing, BrokerError> {
         Ok(Outgoing {
             prepared: self.prepare(message)?,
             senders_clock: self.senders_clock(stamp.timestamp),
             stamp,
+            thread,
             queue_cap: self.limits.queue_cap,
             max_clock_skew: self.limits.max_clock_skew,
             replay_window: self.limits.replay_window,
@@ -883,7 +920,16 @@ enum SendPlan {
         recipient: InstanceName,
         forwarded_to: Option<InstanceName>,
         registered: bool,
+        place: Place,
     },
+}
+
+/// Where a message goes in its conversation (see [`Outgoing::place`]).
+struct Place {
+    /// The thread it joins; `None` starts one.
+    thread_id: Option<MessageId>,
+    reply_to: Option<MessageId>,
+    subject: Option<String>,
 }
 
 /// Checks a send against every rule without storing anything.
@@ -900,6 +946,10 @@ fn plan_send(
     if let Some(original) = outgoing.earlier_copy(tx, caller, now)? {
         return done(SendPlan::Duplicate(original));
     }
+    let place = match outgoing.place(tx, caller, now)? {
+        Ok(place) => place,
+        Err(refusal) => return refuse(refusal),
+    };
     let forwarded_to = tx.resolve_forward(to_id, now)?;
     let recipient = forwarded_to.as_ref().unwrap_or(to_id).clone();
     let registered = tx.instance_exists(&recipient)?;
@@ -916,6 +966,7 @@ fn plan_send(
         recipient,
         forwarded_to,
         registered,
+        place,
     })
 }
 
@@ -928,23 +979,21 @@ fn store_send(
     online: &OnlineRule,
 ) -> Result<JobEnd<SendReply>, StoreError> {
     plan_send(tx, caller, now, to_id, outgoing)?.then(|plan| {
-        let (recipient, forwarded_to, registered) = match plan {
+        let (recipient, forwarded_to, registered, place) = match plan {
             SendPlan::Duplicate(original) => return done(SendReply::duplicate(original)),
             SendPlan::Deliver {
                 recipient,
                 forwarded_to,
                 registered,
-            } => (recipient, forwarded_to, registered),
+                place,
+            } => (recipient, forwarded_to, registered, place),
         };
-        let id = insert(
-            tx,
-            caller,
-            now,
-            to_id,
-            &recipient,
-            MessageKind::Direct,
-            outgoing,
-        )?;
+        let to = Addressing {
+            addressed_to: to_id,
+            recipient: &recipient,
+            kind: MessageKind::Direct,
+        };
+        let id = insert(tx, caller, now, &to, outgoing, &place)?;
         outgoing.remember_nonce(tx, caller, id, now)?;
         let message = match (&forwarded_to, registered) {
             (Some(new), _) => format!("Message forwarded from {to_id} to {new}"),
@@ -960,6 +1009,7 @@ fn store_send(
         done(SendReply {
             message,
             message_id: id,
+            thread_id: Some(place.thread_id.unwrap_or(id)),
             recipient: Some(recipient.to_string()),
             duplicate: false,
             did_you_mean,
@@ -988,6 +1038,7 @@ enum BroadcastPlan {
         recipients: Vec<InstanceName>,
         /// Registered instances whose queue is full.
         skipped: Capped<String>,
+        place: Place,
     },
 }
 
@@ -1004,6 +1055,10 @@ fn plan_broadcast(
     if let Some(original) = outgoing.earlier_copy(tx, caller, now)? {
         return done(BroadcastPlan::Duplicate(original));
     }
+    let place = match outgoing.place(tx, caller, now)? {
+        Ok(place) => place,
+        Err(refusal) => return refuse(refusal),
+    };
     let mut recipients = Vec::new();
     let mut skipped = Capped::new(BROADCAST_SHOWN_SKIPPED);
     for (recipient, _) in tx.list_instances()? {
@@ -1024,6 +1079,7 @@ fn plan_broadcast(
     done(BroadcastPlan::Deliver {
         recipients,
         skipped,
+        place,
     })
 }
 
@@ -1034,20 +1090,28 @@ fn store_broadcast(
     outgoing: &Outgoing,
 ) -> Result<JobEnd<BroadcastReply>, StoreError> {
     plan_broadcast(tx, caller, now, outgoing)?.then(|plan| {
-        let (recipients, skipped) = match plan {
+        let (recipients, skipped, mut place) = match plan {
             BroadcastPlan::Duplicate(original) => {
                 return done(BroadcastReply::Duplicate(SendReply::duplicate(original)))
             }
             BroadcastPlan::Deliver {
                 recipients,
                 skipped,
-            } => (recipients, skipped),
+                place,
+            } => (recipients, skipped, place),
         };
         let mut ids = Capped::new(BROADCAST_SHOWN_IDS);
         let (mut first_id, mut last_id) = (None, None);
         for recipient in &recipients {
-            let kind = MessageKind::Broadcast;
-            let id = insert(tx, caller, now, recipient, recipient, kind, outgoing)?;
+            let to = Addressing {
+                addressed_to: recipient,
+                recipient,
+                kind: MessageKind::Broadcast,
+            };
+            let id = insert(tx, caller, now, &to, outgoing, &place)?;
+            // One broadcast is one thread: the first copy starts it (unless it answers a
+            // message), and every later copy joins that copy's thread.
+            place.thread_id.get_or_insert(id);
             first_id.get_or_insert(id);
             last_id = Some(id);
             ids.push(id);
@@ -1056,7 +1120,11 @@ fn store_broadcast(
             // A retry with this nonce is answered with the first copy's id.
             outgoing.remember_nonce(tx, caller, first, now)?;
         }
-        done(broadcast_reply(ids, skipped, first_id.zip(last_id)))
+        let mut reply = broadcast_reply(ids, skipped, first_id.zip(last_id));
+        if let BroadcastReply::Delivered(copies) = &mut reply {
+            copies.thread_id = place.thread_id;
+        }
+        done(reply)
     })
 }
 
@@ -1100,6 +1168,7 @@ fn broadcast_reply(
         skipped: skipped.into_shown(),
         first_id: first_and_last.map(|(first, _)| first),
         last_id: first_and_last.map(|(_, last)| last),
+        thread_id: None,
     })
 }
 
@@ -1118,14 +1187,20 @@ fn room_refusal(
     Ok(None)
 }
 
+/// To whom one stored copy goes, and as what.
+struct Addressing<'a> {
+    addressed_to: &'a InstanceName,
+    recipient: &'a InstanceName,
+    kind: MessageKind,
+}
+
 fn insert(
     tx: &Tx<'_>,
     caller: &Caller,
     now: Timestamp,
-    addressed_to: &InstanceName,
-    recipient: &InstanceName,
-    kind: MessageKind,
+    to: &Addressing<'_>,
     outgoing: &Outgoing,
+    place: &Place,
 ) -> Result<MessageId, StoreError> {
     let (prepared, stamp) = (&outgoing.prepared, &outgoing.stamp);
     let large_file = prepared
@@ -1135,9 +1210,9 @@ fn insert(
     tx.insert_message(&NewMessage {
         sender: caller.name.as_str(),
         sent_by: Some(&caller.name),
-        addressed_to,
-        recipient,
-        kind,
+        addressed_to: to.addressed_to,
+        recipient: to.recipient,
+        kind: to.kind,
         content: &prepared.content,
         data: prepared.data.as_deref(),
         large_file: large_file.as_deref(),
@@ -1145,6 +1220,9 @@ fn insert(
         nonce: stamp.nonce.as_deref(),
         sender_timestamp: stamp.timestamp.map(Timestamp::new),
         received_at: now,
+        thread_id: place.thread_id,
+        reply_to: place.reply_to,
+        subject: place.subject.as_deref(),
     })
 }
 
@@ -1193,6 +1271,9 @@ fn wire_message(stored: &StoredMessage) -> WireMessage {
         nonce: stored.nonce.clone(),
         sender_timestamp: stored.sender_timestamp.map(Timestamp::to_text),
         delivery_count: stored.delivery_count + 1,
+        thread_id: Some(stored.thread_id),
+        reply_to: stored.reply_to,
+        subject: stored.subject.clone(),
     }
 }
 

@@ -23,6 +23,7 @@
 
 pub mod auth_guard;
 pub mod challenge;
+pub mod conversation;
 pub mod doorbell;
 pub mod history;
 pub mod identity;
@@ -49,7 +50,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::clock::{self, BrokerClock};
 use crate::config::Limits;
-use crate::domain::{Timestamp, TokenHash};
+use crate::domain::{MessageId, Timestamp, TokenHash};
 use crate::protocol::schema::{
     ErrorReply, PingRefusal, PingReply, SecurityMode, StaticToken, StoreWork,
 };
@@ -74,6 +75,8 @@ pub enum BrokerError {
     ReservedName(String),
     #[error("`{0}` is a name reserved for the broker's own notices: no instance can ever hold it, so mail to it would never be read; nothing was sent. Send to an instance's name (`list` shows them)")]
     ReservedRecipient(String),
+    #[error("reply_to {0} is not a message you sent or received (or it was purged after the history retention); reply to an id your check, history, thread or search showed you")]
+    UnknownReplyTo(MessageId),
     #[error("Message queue full for {name} ({cap} message limit)")]
     QueueFull { name: String, cap: u32 },
     #[error("Rate limit: can rename again in {minutes} minutes")]
@@ -157,6 +160,7 @@ impl BrokerError {
             InvalidAuth => ErrorCode::InvalidAuth,
             ReservedName(_) | ReservedRecipient(_) => ErrorCode::ReservedName,
             QueueFull { .. } => ErrorCode::QueueFull,
+            UnknownReplyTo(_) => ErrorCode::UnknownReplyTo,
             RenameCooldown { .. } => ErrorCode::RenameCooldown,
             RateLimited { .. } => ErrorCode::RateLimited,
             PeerRateLimited { .. } => ErrorCode::PeerRateLimited,
@@ -203,6 +207,7 @@ impl BrokerError {
             | LargeMessageTotalFull { .. }
             | NameTaken(_)
             | SameName(_)
+            | UnknownReplyTo(_)
             | ReservedRecipient(_) => true,
             InvalidSession
             | InvalidAuth
@@ -472,12 +477,17 @@ impl Broker {
                 to_id,
                 message,
                 stamp,
+                thread,
             } => self
-                .send(token, peer, to_id, message, stamp)
+                .send(token, peer, to_id, message, stamp, thread)
                 .await
                 .map(Outcome::reply),
-            Action::Broadcast { message, stamp } => self
-                .broadcast(token, peer, message, stamp)
+            Action::Broadcast {
+                message,
+                stamp,
+                thread,
+            } => self
+                .broadcast(token, peer, message, stamp, thread)
                 .await
                 .map(Outcome::reply),
             Action::Check(options) => self.check(token, peer, options, reader).await,

@@ -90,16 +90,29 @@ pub fn fresh_watcher() -> std::io::Result<String> {
 
 /// The channel notification for one message. Every meta value is a string, and every key is
 /// letters and underscores: Claude Code drops a notification that breaks either rule. A
-/// secret or session token in the text (a leak from elsewhere) is shown as `[redacted]`, as
-/// `check` shows it.
+/// secret or session token in the text or subject (a leak from elsewhere) is shown as
+/// `[redacted]`, as `check` shows it. The thread's keys are there when the message has them.
 pub fn notification(message: &WireMessage, secrets: &Secrets) -> ServerNotification {
     let (content, _) = secrets.redact(&pushed_text(message));
-    let meta = json!({
+    let mut meta = json!({
         "from": message.from,
         "msg_id": message.id.to_string(),
         "kind": message.kind.as_str(),
         "sent_at": message.timestamp,
     });
+    let thread = [
+        ("thread_id", message.thread_id.map(|id| id.to_string())),
+        ("reply_to", message.reply_to.map(|id| id.to_string())),
+        (
+            "subject",
+            message.subject.as_deref().map(|s| secrets.redact(s).0),
+        ),
+    ];
+    for (key, value) in thread {
+        if let Some(value) = value {
+            meta[key] = Value::String(value);
+        }
+    }
     ServerNotification::CustomNotification(CustomNotification::new(
         NOTIFICATION_METHOD,
         Some(json!({"content": content, "meta": meta})),
@@ -280,6 +293,9 @@ mod tests {
             nonce: None,
             sender_timestamp: None,
             delivery_count: 0,
+            thread_id: None,
+            reply_to: None,
+            subject: None,
         }
     }
 
@@ -303,6 +319,19 @@ mod tests {
         }
         assert_eq!(meta["msg_id"], "42");
         assert_eq!(meta["kind"], "direct");
+    }
+
+    #[test]
+    fn a_reply_carries_its_thread_and_subject_as_strings_with_secrets_redacted() {
+        let mut reply = message(None);
+        reply.thread_id = Some(MessageId(40));
+        reply.reply_to = Some(MessageId(41));
+        reply.subject = Some("token hunter2-hunter2".to_owned());
+        let secrets = Secrets::of(Some("hunter2-hunter2"), &[], &[]);
+        let meta = params(notification(&reply, &secrets))["meta"].clone();
+        assert_eq!(meta["thread_id"], "40");
+        assert_eq!(meta["reply_to"], "41");
+        assert_eq!(meta["subject"], "token [redacted]");
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub enum ErrorCode {
     ChallengeFailed,
     /// A legacy register with the static `auth_token`, which the broker was told to refuse.
     StaticTokenRefused,
+    /// A `reply_to` naming a message the caller neither sent nor received (or one that does
+    /// not exist, or was purged: alike, so ids cannot be probed).
+    UnknownReplyTo,
     /// A code this client does not know: a newer broker's. Never sent.
     Unknown,
 }
@@ -112,6 +115,7 @@ impl ErrorCode {
         ErrorCode::NameTooSimilar,
         ErrorCode::ChallengeFailed,
         ErrorCode::StaticTokenRefused,
+        ErrorCode::UnknownReplyTo,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -158,6 +162,7 @@ impl ErrorCode {
             NameTooSimilar => "name_too_similar",
             ChallengeFailed => "challenge_failed",
             StaticTokenRefused => "static_token_refused",
+            UnknownReplyTo => "unknown_reply_to",
             Unknown => "unknown",
         }
     }

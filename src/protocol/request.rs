@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::{ErrorCode, Reply};
 pub use crate::domain::InstanceName;
+use crate::domain::{MessageId, Subject};
 
 mod history;
 pub use history::{HistoryCursor, HistoryOptions, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT};
@@ -47,10 +48,12 @@ pub enum Action {
         to_id: InstanceName,
         message: MessageBody,
         stamp: SenderStamp,
+        thread: Threading,
     },
     Broadcast {
         message: MessageBody,
         stamp: SenderStamp,
+        thread: Threading,
     },
     Check(CheckOptions),
     /// Settles messages a manual-ack `check` leased, or with `release` hands them back to
@@ -108,6 +111,15 @@ impl Action {
             Action::History(_) => "history",
         }
     }
+}
+
+/// Where a `send` or `broadcast` sits in a conversation: the message it answers, if any, and
+/// its subject. Both optional; a legacy client sends neither.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Threading {
+    /// Joins the thread of this message, which the caller must have sent or received.
+    pub reply_to: Option<MessageId>,
+    pub subject: Option<Subject>,
 }
 
 /// A `register`'s answer to an earlier `challenge`: which one, and the client's proof.
@@ -340,10 +352,12 @@ impl Fields<'_> {
                 to_id: self.name("to_id", "Invalid recipient ID format")?,
                 message: self.message()?,
                 stamp: self.stamp()?,
+                thread: self.threading()?,
             },
             "broadcast" => Action::Broadcast {
                 message: self.message()?,
                 stamp: self.stamp()?,
+                thread: self.threading()?,
             },
             "check" => Action::Check(self.check_options()?),
             "ack" => Action::Ack {
@@ -671,6 +685,41 @@ impl Fields<'_> {
                     .ok_or_else(|| wrong_type("ids[]", "a message id (a whole number)", item))
             })
             .collect()
+    }
+
+    /// `reply_to` and `subject` of a send or broadcast, both optional.
+    fn threading(&self) -> Result<Threading, RequestError> {
+        Ok(Threading {
+            reply_to: self.optional_message_id("reply_to")?,
+            subject: self.optional_subject()?,
+        })
+    }
+
+    /// A message id, if given: a positive whole number.
+    pub(super) fn optional_message_id(&self, key: &str) -> Result<Option<MessageId>, RequestError> {
+        let expected = "a message id (a positive whole number, as `send` or `check` gave it)";
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => match value.as_i64() {
+                Some(id) if id >= 1 => Ok(Some(MessageId(id))),
+                _ => Err(wrong_type(key, expected, value)),
+            },
+        }
+    }
+
+    fn optional_subject(&self) -> Result<Option<Subject>, RequestError> {
+        let Some(text) = self.optional_string("subject")? else {
+            return Ok(None);
+        };
+        Subject::parse(&text).map(Some).ok_or_else(|| {
+            RequestError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "`subject` must be 1 to {} characters on one line, without control characters; shorten it or leave it out",
+                    Subject::MAX_CHARS
+                ),
+            )
+        })
     }
 
     fn list_options(&self) -> Result<ListOptions, RequestError> {

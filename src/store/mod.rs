@@ -15,6 +15,9 @@
 //! store refuses every later job and says why.
 
 mod columns;
+// First, so that the statements of every later module can be built from its macros.
+#[macro_use]
+pub mod conversation;
 pub mod health;
 pub mod history;
 pub mod inspect;
@@ -731,6 +734,46 @@ mod tests {
             "the broker's notice has no sender to tell"
         );
         assert_eq!(sent_by(3), None, "sent through the original, not here");
+    }
+
+    #[test]
+    fn mail_stored_before_v13_belongs_to_its_registered_recipient_and_starts_its_own_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("ipc.db")).unwrap();
+        embedded::migrations::runner()
+            .set_target(refinery::Target::Version(12))
+            .run(&mut conn)
+            .unwrap();
+        let at = "2026-01-01T00:00:00.000Z";
+        conn.execute_batch(&format!(
+            "INSERT INTO instances (name, registered_at, last_seen_at) VALUES ('bob', '{at}', '{at}');
+             INSERT INTO messages (id, sender, addressed_to, recipient, kind, content, received_at,
+                                   delivered_at)
+               VALUES (1, 'alice', 'bob', 'bob', 'direct', 'delivered to bob', '{at}', '{at}'),
+                      (2, 'alice', 'carol', 'carol', 'direct', 'waits for carol', '{at}', NULL),
+                      (3, 'alice', 'dave', 'dave', 'direct', 'dave renamed away', '{at}', '{at}');"
+        ))
+        .unwrap();
+        embedded::migrations::runner().run(&mut conn).unwrap();
+        let row = |id: i64| -> (Option<String>, i64) {
+            conn.query_row(
+                "SELECT received_by, coalesce(thread_id, id) FROM messages WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        assert_eq!(row(1), (Some("bob".to_owned()), 1));
+        assert_eq!(
+            row(2),
+            (Some("carol".to_owned()), 2),
+            "waiting mail is its name's"
+        );
+        assert_eq!(
+            row(3),
+            (None, 3),
+            "delivered to a name nobody holds now: a later holder must not see it"
+        );
     }
 
     #[test]

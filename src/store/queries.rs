@@ -31,6 +31,11 @@ pub struct NewMessage<'a> {
     pub nonce: Option<&'a str>,
     pub sender_timestamp: Option<Timestamp>,
     pub received_at: Timestamp,
+    /// The thread's first message, for a message that joins a thread; `None` starts one.
+    pub thread_id: Option<MessageId>,
+    /// The message this one answers.
+    pub reply_to: Option<MessageId>,
+    pub subject: Option<&'a str>,
 }
 
 /// A queued message as `check` returns it.
@@ -49,6 +54,10 @@ pub struct StoredMessage {
     pub received_at: Timestamp,
     /// How many times it was handed out before this read.
     pub delivery_count: u32,
+    /// Its thread: the first message's id (its own, for a message that started one).
+    pub thread_id: MessageId,
+    pub reply_to: Option<MessageId>,
+    pub subject: Option<String>,
 }
 
 /// A session found by its token hash.
@@ -369,6 +378,7 @@ impl Tx<'_> {
         conn.execute(RENAME_REQUEST_LOG, params![old, new])?;
         conn.execute(RENAME_FORWARD_TARGETS, params![old, new])?;
         self.move_receipts(old, new)?;
+        self.move_received_mail(old, new)?;
         self.delete_forward(new)?;
         conn.execute(UPSERT_FORWARD, params![old, new, now, forward_expires_at])?;
         Ok(())
@@ -416,8 +426,9 @@ impl Tx<'_> {
 
 pub(crate) const INSERT_MESSAGE: &str =
     "INSERT INTO messages (sender, addressed_to, recipient, kind, content, data, large_file,
-                           nonce, sender_timestamp, received_at, large_file_bytes, sent_by)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)";
+                           nonce, sender_timestamp, received_at, large_file_bytes, sent_by,
+                           thread_id, reply_to, subject, received_by)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?3)";
 
 pub(crate) const PENDING_COUNT: &str =
     "SELECT count(*) FROM messages WHERE recipient = ?1 AND delivered_at IS NULL";
@@ -449,7 +460,8 @@ pub(crate) const WAITING_SENDERS: &str = concat!(
 
 pub(crate) const AVAILABLE_FOR: &str = concat!(
     "SELECT id, sender, addressed_to, recipient, kind, content, data, nonce,
-            sender_timestamp, received_at, delivery_count
+            sender_timestamp, received_at, delivery_count, coalesce(thread_id, id), reply_to,
+            subject
      FROM messages WHERE ",
     available_to_recipient!(),
     " ORDER BY id LIMIT ?3"
@@ -524,6 +536,9 @@ impl Tx<'_> {
             message.received_at,
             message.large_file_bytes.map(|bytes| bytes as i64),
             message.sent_by,
+            message.thread_id,
+            message.reply_to,
+            message.subject,
         ])?;
         Ok(MessageId(self.conn.last_insert_rowid()))
     }
@@ -784,6 +799,9 @@ fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
         sender_timestamp: row.get(8)?,
         received_at: row.get(9)?,
         delivery_count: row.get(10)?,
+        thread_id: row.get(11)?,
+        reply_to: row.get(12)?,
+        subject: row.get(13)?,
     })
 }
 
@@ -794,7 +812,8 @@ fn stored_message(row: &Row<'_>) -> rusqlite::Result<StoredMessage> {
 /// announcements' key.
 pub(crate) const UNANNOUNCED_FOR: &str =
     "SELECT m.id, m.sender, m.addressed_to, m.recipient, m.kind, m.content, m.data, m.nonce,
-            m.sender_timestamp, m.received_at, m.delivery_count
+            m.sender_timestamp, m.received_at, m.delivery_count, coalesce(m.thread_id, m.id),
+            m.reply_to, m.subject
      FROM messages m
      WHERE m.recipient = ?1 AND m.delivered_at IS NULL
        AND NOT EXISTS (SELECT 1 FROM announcements a
@@ -1428,6 +1447,7 @@ impl Tx<'_> {
             .collect::<rusqlite::Result<_>>()?;
         for name in &names {
             self.forget_receipts(name)?;
+            self.forget_received_mail(name)?;
             conn.execute(DELETE_NOTICES_FOR, [name])?;
             conn.execute(DELETE_SESSIONS_OF, [name])?;
             conn.execute(DELETE_INSTANCE, [name])?;

@@ -7,6 +7,7 @@
 use rusqlite::types::Null;
 use rusqlite::Connection;
 
+use super::conversation::*;
 use super::history::*;
 use super::queries::*;
 use super::receipts::*;
@@ -116,6 +117,9 @@ const STATEMENTS: &[Hot] = &[
     hot("history_with", "history with a peer", HISTORY_WITH),
     hot("forget_expired_mail", "sweeper", FORGET_EXPIRED_MAIL),
     hot("record_expiry", "sweeper", RECORD_EXPIRY),
+    hot("visible_message", "send with reply_to", VISIBLE_MESSAGE),
+    hot("move_received_mail", "rename", MOVE_RECEIVED_MAIL),
+    hot("forget_received_mail", "sweeper", FORGET_RECEIVED_MAIL),
     hot("sweep_expired_mail", "sweeper", SWEEP_EXPIRED_MAIL),
     hot("instance_exists", "send, rename", INSTANCE_EXISTS),
     hot("instance_last_seen", "send", INSTANCE_LAST_SEEN),

@@ -161,23 +161,23 @@ fn send_to_a_known_and_an_unknown_name_and_a_repeated_nonce() {
     assert_golden(
         &send("bob", ""),
         &[],
-        r#"{"duplicate":false,"message":"Message sent","message_id":1,"recipient":"bob","recipient_last_seen":"2026-01-01T12:00:00.000Z","recipient_online":true,"status":"ok"}"#,
+        r#"{"duplicate":false,"message":"Message sent","message_id":1,"recipient":"bob","recipient_last_seen":"2026-01-01T12:00:00.000Z","recipient_online":true,"status":"ok","thread_id":1}"#,
     );
     assert_golden(
         &send("nobody", ""),
         &[],
-        r#"{"duplicate":false,"message":"Message queued for nobody (not yet registered)","message_id":2,"recipient":"nobody","recipient_online":false,"status":"ok"}"#,
+        r#"{"duplicate":false,"message":"Message queued for nobody (not yet registered)","message_id":2,"recipient":"nobody","recipient_online":false,"status":"ok","thread_id":2}"#,
     );
     // A never-seen name one edit from a registered one gains `did_you_mean`.
     assert_golden(
         &send("bbo", ""),
         &[],
-        r#"{"did_you_mean":"bob","duplicate":false,"message":"Message queued for bbo (not yet registered)","message_id":3,"recipient":"bbo","recipient_online":false,"status":"ok"}"#,
+        r#"{"did_you_mean":"bob","duplicate":false,"message":"Message queued for bbo (not yet registered)","message_id":3,"recipient":"bbo","recipient_online":false,"status":"ok","thread_id":3}"#,
     );
     assert_golden(
         &send("bob", r#", "nonce": "n-1""#),
         &[],
-        r#"{"duplicate":false,"message":"Message sent","message_id":4,"recipient":"bob","recipient_last_seen":"2026-01-01T12:00:00.000Z","recipient_online":true,"status":"ok"}"#,
+        r#"{"duplicate":false,"message":"Message sent","message_id":4,"recipient":"bob","recipient_last_seen":"2026-01-01T12:00:00.000Z","recipient_online":true,"status":"ok","thread_id":4}"#,
     );
     assert_golden(
         &send("bob", r#", "nonce": "n-1""#),
@@ -209,12 +209,12 @@ fn broadcast_to_others_to_nobody_and_a_repeated_nonce() {
     assert_golden(
         &broadcast(""),
         &[],
-        r#"{"count":2,"first_id":1,"last_id":2,"message":"Broadcast to 2 instances","message_ids":[1,2],"skipped":[],"skipped_count":0,"status":"ok","truncated":false}"#,
+        r#"{"count":2,"first_id":1,"last_id":2,"message":"Broadcast to 2 instances","message_ids":[1,2],"skipped":[],"skipped_count":0,"status":"ok","thread_id":1,"truncated":false}"#,
     );
     assert_golden(
         &broadcast(r#", "nonce": "b-1""#),
         &[],
-        r#"{"count":2,"first_id":3,"last_id":4,"message":"Broadcast to 2 instances","message_ids":[3,4],"skipped":[],"skipped_count":0,"status":"ok","truncated":false}"#,
+        r#"{"count":2,"first_id":3,"last_id":4,"message":"Broadcast to 2 instances","message_ids":[3,4],"skipped":[],"skipped_count":0,"status":"ok","thread_id":3,"truncated":false}"#,
     );
     assert_golden(
         &broadcast(r#", "nonce": "b-1""#),
@@ -250,7 +250,7 @@ fn check_empty_with_mail_and_with_more_than_fits() {
     assert_golden(
         &raw(&addr, &check),
         &[],
-        r#"{"messages":[{"addressed_to":"bob","delivery_count":1,"from":"alice","id":1,"kind":"direct","message":{"content":"plain"},"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"},{"addressed_to":"bob","delivery_count":1,"from":"alice","id":2,"kind":"direct","message":{"content":"with data","data":{"a":"x","b":[1,2]}},"nonce":"n-7","sender_timestamp":"2026-01-01T12:00:30.000Z","timestamp":"2026-01-01T12:00:00.000Z","to":"bob"},{"addressed_to":"bob","delivery_count":1,"from":"alice","id":3,"kind":"broadcast","message":{"content":"to all"},"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
+        r#"{"messages":[{"addressed_to":"bob","delivery_count":1,"from":"alice","id":1,"kind":"direct","message":{"content":"plain"},"thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"},{"addressed_to":"bob","delivery_count":1,"from":"alice","id":2,"kind":"direct","message":{"content":"with data","data":{"a":"x","b":[1,2]}},"nonce":"n-7","sender_timestamp":"2026-01-01T12:00:30.000Z","thread_id":2,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"},{"addressed_to":"bob","delivery_count":1,"from":"alice","id":3,"kind":"broadcast","message":{"content":"to all"},"thread_id":3,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
     );
 
     // Four of these fill more than one reply's budget: three fit, and `more` says so.
@@ -261,12 +261,12 @@ fn check_empty_with_mail_and_with_more_than_fits() {
     assert_golden(
         &raw(&addr, &check),
         &["content"],
-        r#"{"messages":[{"addressed_to":"bob","delivery_count":1,"from":"alice","id":4,"kind":"direct","message":{"content":"<content>"},"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"},{"addressed_to":"bob","delivery_count":1,"from":"alice","id":5,"kind":"direct","message":{"content":"<content>"},"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"},{"addressed_to":"bob","delivery_count":1,"from":"alice","id":6,"kind":"direct","message":{"content":"<content>"},"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":true,"status":"ok"}"#,
+        r#"{"messages":[{"addressed_to":"bob","delivery_count":1,"from":"alice","id":4,"kind":"direct","message":{"content":"<content>"},"thread_id":4,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"},{"addressed_to":"bob","delivery_count":1,"from":"alice","id":5,"kind":"direct","message":{"content":"<content>"},"thread_id":5,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"},{"addressed_to":"bob","delivery_count":1,"from":"alice","id":6,"kind":"direct","message":{"content":"<content>"},"thread_id":6,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":true,"status":"ok"}"#,
     );
     assert_golden(
         &raw(&addr, &check),
         &["content"],
-        r#"{"messages":[{"addressed_to":"bob","delivery_count":1,"from":"alice","id":7,"kind":"direct","message":{"content":"<content>"},"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
+        r#"{"messages":[{"addressed_to":"bob","delivery_count":1,"from":"alice","id":7,"kind":"direct","message":{"content":"<content>"},"thread_id":7,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
     );
 
     // Content over the large-message threshold arrives as a file named in `data`.
@@ -275,7 +275,7 @@ fn check_empty_with_mail_and_with_more_than_fits() {
     assert_golden(
         &raw(&addr, &check),
         &masks,
-        r#"{"messages":[{"addressed_to":"bob","delivery_count":1,"from":"alice","id":8,"kind":"direct","message":{"content":"<content>","data":{"large_message_file":"<large_message_file>","original_size_kb":11.7}},"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
+        r#"{"messages":[{"addressed_to":"bob","delivery_count":1,"from":"alice","id":8,"kind":"direct","message":{"content":"<content>","data":{"large_message_file":"<large_message_file>","original_size_kb":11.7}},"thread_id":8,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
     );
 }
 
@@ -292,7 +292,7 @@ fn check_with_manual_ack_then_ack_and_release() {
     assert_golden(
         &raw(&addr, &check),
         &[],
-        r#"{"ack":"manual","lease_until":"2026-01-01T12:00:30.000Z","messages":[{"addressed_to":"bob","delivery_count":1,"from":"alice","id":1,"kind":"direct","message":{"content":"one"},"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"},{"addressed_to":"bob","delivery_count":1,"from":"alice","id":2,"kind":"direct","message":{"content":"two"},"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
+        r#"{"ack":"manual","lease_until":"2026-01-01T12:00:30.000Z","messages":[{"addressed_to":"bob","delivery_count":1,"from":"alice","id":1,"kind":"direct","message":{"content":"one"},"thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"},{"addressed_to":"bob","delivery_count":1,"from":"alice","id":2,"kind":"direct","message":{"content":"two"},"thread_id":2,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
     );
     let ack = format!(r#"{{"action": "ack", "session_token": "{bob}", "ids": [1, 1, 999]}}"#);
     assert_golden(

@@ -45,6 +45,7 @@ mod share_tools;
 mod smoke;
 mod status;
 mod storage;
+mod threads;
 mod time_rules;
 mod unix_socket;
 mod watch;

@@ -322,6 +322,9 @@ fn mail_through_the_store(broker: &TestBroker, recipient: &str, count: usize) ->
                             nonce: None,
                             sender_timestamp: None,
                             received_at: now,
+                            thread_id: None,
+                            reply_to: None,
+                            subject: None,
                         };
                         ids.push(tx.insert_message(&message)?.0);
                     }

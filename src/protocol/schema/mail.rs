@@ -15,6 +15,10 @@ pub struct SendReply {
     /// `Message sent`, `Message queued for ...`, `Message forwarded from ... to ...`.
     pub message: String,
     pub message_id: MessageId,
+    /// The thread the message is in: its own id when it started one, the thread of the
+    /// message it answers otherwise. Absent on a duplicate and from an older broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<MessageId>,
     /// Who holds the message now (a forward's target, or the name it was sent to); the
     /// broker wakes that reader's long-poll.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +49,7 @@ impl SendReply {
         SendReply {
             message: DUPLICATE_NONCE.to_owned(),
             message_id: original,
+            thread_id: None,
             recipient: None,
             duplicate: true,
             did_you_mean: None,
@@ -98,6 +103,10 @@ pub struct BroadcastCopies {
     pub first_id: Option<MessageId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_id: Option<MessageId>,
+    /// The thread every copy is in (the first copy's id, unless the broadcast answers a
+    /// message); absent when no copy was stored, and from an older broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<MessageId>,
 }
 
 /// `check`: the oldest waiting mail, as much as fits a legacy single read.
@@ -150,6 +159,15 @@ pub struct WireMessage {
     pub sender_timestamp: Option<String>,
     /// 1 the first time; more after a lease ran out unacknowledged.
     pub delivery_count: u32,
+    /// The thread it is in: the id of the thread's first message (its own id when it started
+    /// one). Absent from an older broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<MessageId>,
+    /// The message it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<MessageId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// What the sender wrote: `{content, data?}`. `data` is the sender's own JSON object, passed

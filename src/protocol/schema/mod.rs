@@ -8,6 +8,8 @@
 //!   legacy clients match.
 //! - [`identity`]: the replies of `ping`, `challenge`, `register`, `rename`, `list`, `logout`.
 //! - [`mail`]: the replies of `send`, `broadcast`, `check`, `ack`, `count`, `watch` and `sent`.
+//! - [`conversation`]: one message as its sender or a recipient reads it back later, in the
+//!   replies of `thread`, `history` and `search`.
 //! - [`history`]: the reply of `history`.
 //! - [`error`]: the error reply every action may give instead.
 //!
@@ -19,12 +21,14 @@
 //! refuse the whole reply, and a broker that is not ours may say anything (see
 //! `tests/it/cli_escaping.rs`). The broker builds them from its domain values.
 
+pub mod conversation;
 pub mod error;
 pub mod history;
 pub mod identity;
 pub mod mail;
 pub mod requests;
 
+pub use conversation::{ConversationMessage, Direction};
 pub use error::ErrorReply;
 pub use history::HistoryReply;
 pub use identity::{

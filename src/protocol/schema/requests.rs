@@ -107,6 +107,16 @@ pub struct RequestStamp {
     pub timestamp: Option<Timestamp>,
 }
 
+/// Where a send or broadcast sits in a conversation: the message it answers and its
+/// subject, both left out when absent (what a legacy client sends).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ThreadingFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
 /// `send`: one message to one name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SendRequest {
@@ -115,6 +125,8 @@ pub struct SendRequest {
     pub message: RequestBody,
     #[serde(flatten)]
     pub stamp: RequestStamp,
+    #[serde(flatten)]
+    pub thread: ThreadingFields,
 }
 
 /// `broadcast`: one copy for every other registered instance.
@@ -124,6 +136,8 @@ pub struct BroadcastRequest {
     pub message: RequestBody,
     #[serde(flatten)]
     pub stamp: RequestStamp,
+    #[serde(flatten)]
+    pub thread: ThreadingFields,
 }
 
 /// `check`: the legacy read (marked delivered once the reply is written), or with `ack:

@@ -65,11 +65,16 @@ fn requests() -> Vec<ClientRequest> {
             to_id: "bob".into(),
             message: request_body(),
             stamp: stamp.clone(),
+            thread: ThreadingFields {
+                reply_to: Some(41),
+                subject: Some("the API".into()),
+            },
         }),
         ClientRequest::Broadcast(BroadcastRequest {
             session_token: token(),
             message: request_body(),
             stamp,
+            thread: ThreadingFields::default(),
         }),
         ClientRequest::Check(CheckRequest {
             session_token: token(),
@@ -151,6 +156,9 @@ fn message() -> WireMessage {
         nonce: Some("n-1".into()),
         sender_timestamp: Some(at("2026-01-01T12:00:30.000Z")),
         delivery_count: 2,
+        thread_id: Some(MessageId(5)),
+        reply_to: Some(MessageId(6)),
+        subject: Some("the API".into()),
     }
 }
 
@@ -197,6 +205,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
     let sent = SendReply {
         message: "Message sent".into(),
         message_id: MessageId(3),
+        thread_id: Some(MessageId(3)),
         recipient: Some(name("bob")),
         duplicate: false,
         recipient_online: Some(false),
@@ -206,6 +215,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
     let near_miss = SendReply {
         message: "Message queued for bbo (not yet registered)".into(),
         message_id: MessageId(4),
+        thread_id: None,
         recipient: Some(name("bbo")),
         duplicate: false,
         recipient_online: Some(false),
@@ -221,6 +231,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
         truncated: false,
         first_id: Some(MessageId(1)),
         last_id: Some(MessageId(2)),
+        thread_id: Some(MessageId(1)),
     };
     vec![
         ("ping", ping.into()),
