@@ -490,9 +490,9 @@ fn a_removed_instances_name_registered_again_sees_none_of_its_history() {
     client.ping().unwrap();
     // Bob keeps using his session; alice goes quiet past the instance retention and is
     // removed (her session long expired).
-    for _ in 0..8 {
-        broker.clock.advance(Span::days(1));
-        client.count(&bob).unwrap();
+    for _ in 0..10 {
+        broker.clock.advance(Span::hours(20));
+        client.list(&bob).unwrap();
     }
     assert_eq!(broker.sweep().instances, 1);
     let (sent_by, received_by): (i64, i64) = broker
