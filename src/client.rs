@@ -19,12 +19,12 @@ use chrono::{DateTime, Utc};
 
 use crate::protocol::auth::{self, constant_time_eq, expected_auth_token, ProofUid};
 use crate::protocol::reply::parse_reply;
+use crate::protocol::schema::requests::HistoryRequest;
 use crate::protocol::schema::requests::{
     AckRequest, BroadcastRequest, ChallengeRequest, CheckRequest, CountRequest, ListRequest,
     LogoutRequest, RegisterRequest, RenameRequest, RequestBody, RequestStamp, SendRequest,
     SentRequest, WatchRequest,
 };
-use crate::protocol::schema::requests::HistoryRequest;
 use crate::protocol::schema::HistoryReply;
 use crate::protocol::schema::{
     AckReply, BroadcastReply, ChallengeReply, CheckReply, ClientRequest, CountReply, ErrorReply,

@@ -507,10 +507,9 @@ impl Broker {
             Action::Logout => self.logout(token, peer).await.map(Outcome::reply),
             Action::Watch(options) => self.watch(token, peer, options, reader).await,
             Action::Sent(selection) => self.sent(token, peer, selection).await.map(Outcome::reply),
-            Action::History(options) => self
-                .history(token, peer, options)
-                .await
-                .map(Outcome::reply),
+            Action::History(options) => {
+                self.history(token, peer, options).await.map(Outcome::reply)
+            }
         }
     }
 

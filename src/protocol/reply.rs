@@ -8,9 +8,9 @@ use serde_json::{Map, Value};
 use super::ErrorCode;
 
 use super::schema::{
-    AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, ListReply,
-    HistoryReply, LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply, SentReply,
-    WatchReply,
+    AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, HistoryReply,
+    ListReply, LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply,
+    SentReply, WatchReply,
 };
 
 /// Declares [`Reply`] with one variant per reply type, its `From` conversions, and the map of

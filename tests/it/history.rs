@@ -106,7 +106,10 @@ fn history_holds_sent_and_received_mail_newest_first_with_side_and_state() {
     );
     assert_eq!((alices.from.as_str(), alices.to.as_str()), ("alice", "bob"));
     assert_eq!(alices.timestamp, "2026-01-01T12:00:00.000Z");
-    assert_eq!(alices.thread_id.0, asked, "a message that answers nothing starts a thread");
+    assert_eq!(
+        alices.thread_id.0, asked,
+        "a message that answers nothing starts a thread"
+    );
     assert_eq!(
         (bobs.direction, bobs.state),
         (Direction::Received, ReceiptState::Delivered)
@@ -170,7 +173,9 @@ fn a_page_stops_early_at_the_reply_budget_and_the_cursor_goes_on_from_there() {
     let mut client = broker.client();
     // Inline content just under the large-message threshold: three fill a reply.
     let big = "b".repeat(broker.config.limits.large_message_bytes - 100);
-    let sent: Vec<i64> = (0..6).map(|_| send(&mut client, &alice, "bob", &big)).collect();
+    let sent: Vec<i64> = (0..6)
+        .map(|_| send(&mut client, &alice, "bob", &big))
+        .collect();
     let first = legacy(
         &addr,
         &json!({"action": "history", "session_token": bob, "limit": 100}),
@@ -195,7 +200,10 @@ fn a_page_stops_early_at_the_reply_budget_and_the_cursor_goes_on_from_there() {
                 ..HistoryQuery::default()
             },
         );
-        assert!(!page.messages.is_empty(), "a page that says more holds some");
+        assert!(
+            !page.messages.is_empty(),
+            "a page that says more holds some"
+        );
         seen.extend(ids(&page));
         cursor = page.next_cursor;
     }
@@ -235,7 +243,10 @@ fn with_keeps_one_conversation_together_across_renames_of_either_side() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!((recipient.as_str(), received_by.as_str()), ("alice", "alicia"));
+    assert_eq!(
+        (recipient.as_str(), received_by.as_str()),
+        ("alice", "alicia")
+    );
 
     let together = with(&mut client, &alice, "robert");
     assert_eq!(ids(&together), [five, four, three, two, one]);
@@ -243,7 +254,10 @@ fn with_keeps_one_conversation_together_across_renames_of_either_side() {
         together.messages[4].from, "alice",
         "a message shows the name it was sent under"
     );
-    assert_eq!(ids(&with(&mut client, &bob, "alicia")), [five, four, three, two, one]);
+    assert_eq!(
+        ids(&with(&mut client, &bob, "alicia")),
+        [five, four, three, two, one]
+    );
     // By current names: nobody holds `bob` or `alice` now.
     assert!(with(&mut client, &alice, "bob").messages.is_empty());
     assert!(with(&mut client, &bob, "alice").messages.is_empty());
@@ -275,14 +289,15 @@ fn reading_history_changes_nothing_about_delivery() {
             assert_eq!(ids(&with(&mut client, token, peer)), [waiting]);
         }
     }
-    let raw = legacy(
-        &addr,
-        &json!({"action": "history", "session_token": bob}),
-    );
+    let raw = legacy(&addr, &json!({"action": "history", "session_token": bob}));
     assert_eq!(raw["messages"][0]["state"], "waiting", "{raw}");
     assert_eq!(state(), before, "no lease, no hand-out, no delivery");
     assert_eq!(
-        client.sent(&alice, None, Some(&[waiting])).unwrap().messages[0].state,
+        client
+            .sent(&alice, None, Some(&[waiting]))
+            .unwrap()
+            .messages[0]
+            .state,
         ReceiptState::Waiting
     );
 
@@ -299,7 +314,11 @@ fn reading_history_changes_nothing_about_delivery() {
     };
     assert_eq!(client.check_with(&bob, lease).unwrap().ids(), [leased]);
     assert_eq!(all(&mut client, &bob).messages[0].state, ReceiptState::Read);
-    assert_eq!(client.ack(&bob, &[leased]).unwrap().acked, 1, "still bob's to settle");
+    assert_eq!(
+        client.ack(&bob, &[leased]).unwrap().acked,
+        1,
+        "still bob's to settle"
+    );
 }
 
 #[test]
@@ -395,7 +414,10 @@ fn the_history_retention_is_the_serve_flag_and_the_old_flag_still_sets_it() {
     broker.clock.advance(Span::minutes(2));
     assert_eq!(broker.sweep().delivered_mail, 1);
     assert!(all(&mut client, &alice).messages.is_empty());
-    assert!(!Path::new(&file).exists(), "its large-message file goes with it");
+    assert!(
+        !Path::new(&file).exists(),
+        "its large-message file goes with it"
+    );
 
     // Old command lines still start: `--delivered-retention` is a hidden alias.
     let dir = tempfile::tempdir().unwrap();
@@ -466,7 +488,10 @@ fn three_parties_each_see_only_their_own_pairs() {
         contents(&with(&mut client, &carol, "alice")),
         ["alice to everyone", "carol to alice"]
     );
-    assert_eq!(contents(&with(&mut client, &carol, "bob")), ["bob to carol"]);
+    assert_eq!(
+        contents(&with(&mut client, &carol, "bob")),
+        ["bob to carol"]
+    );
     // A cursor is a position, not a key: one below someone else's mail shows none of it.
     let below = history(
         &mut client,
@@ -548,14 +573,26 @@ fn bad_fields_are_refused_saying_what_to_send_and_a_session_is_required() {
     };
     let bad_name = ask(json!({"with": "no/such name"}));
     assert_eq!(bad_name["code"], "invalid_name", "{bad_name}");
-    assert!(bad_name["message"].as_str().unwrap().contains("`with` must be 1-32 letters"));
+    assert!(bad_name["message"]
+        .as_str()
+        .unwrap()
+        .contains("`with` must be 1-32 letters"));
     let bad_limit = ask(json!({"limit": 101}));
     assert_eq!(bad_limit["code"], "invalid_field");
-    assert!(bad_limit["message"].as_str().unwrap().contains("from 1 to 100"), "{bad_limit}");
+    assert!(
+        bad_limit["message"]
+            .as_str()
+            .unwrap()
+            .contains("from 1 to 100"),
+        "{bad_limit}"
+    );
     let bad_cursor = ask(json!({"cursor": "'; DROP TABLE messages; --"}));
     assert_eq!(bad_cursor["code"], "invalid_field");
     assert!(
-        bad_cursor["message"].as_str().unwrap().contains("start again without it"),
+        bad_cursor["message"]
+            .as_str()
+            .unwrap()
+            .contains("start again without it"),
         "{bad_cursor}"
     );
     let bad_time = ask(json!({"before": "yesterday"}));
@@ -616,12 +653,18 @@ fn the_cli_prints_one_line_per_message_and_the_raw_reply_with_json() {
 
     let text = run(&["history", "--with", "bob"]);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines[0], "Your history with bob: 2 messages, newest first.", "{text}");
+    assert_eq!(
+        lines[0], "Your history with bob: 2 messages, newest first.",
+        "{text}"
+    );
     assert!(
         lines[1].starts_with(&format!("#{answer} bob→alice just now: ")),
         "{text}"
     );
-    assert!(!text.contains('\u{1b}'), "escapes are shown, not run: {text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escapes are shown, not run: {text}"
+    );
     assert!(lines[2].ends_with("bob just now: first line…"), "{text}");
     assert!(text.contains("add --full"), "{text}");
     assert!(!text.contains("not alice's"), "{text}");
@@ -667,7 +710,10 @@ fn the_mcp_tool_shows_compact_lines_and_the_cursor_to_page_on() {
     let text = mcp.ok("history", json!({"limit": 1}));
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "Your history: 1 message, newest first.", "{text}");
-    assert!(lines[1].starts_with(&format!("#{answer} bob→dave just now: word word")), "{text}");
+    assert!(
+        lines[1].starts_with(&format!("#{answer} bob→dave just now: word word")),
+        "{text}"
+    );
     assert!(lines[1].ends_with('…'), "{text}");
     assert!(text.contains("call history with full=true"), "{text}");
     let cursor = text
@@ -738,11 +784,25 @@ fn sqlite3(db: &Path, sql: &str) -> Option<Vec<String>> {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(sql.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success() && stderr.is_empty(), "{stderr}\n{sql}");
-    Some(String::from_utf8(output.stdout).unwrap().lines().map(str::to_owned).collect())
+    assert!(
+        output.status.success() && stderr.is_empty(),
+        "{stderr}\n{sql}"
+    );
+    Some(
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    )
 }
 
 #[test]
@@ -751,12 +811,26 @@ fn the_operator_views_and_their_recipes_read_threads_and_pairs_in_the_sqlite3_sh
     let (_, alice, bob) = broker.alice_and_bob();
     let carol = broker.register("carol");
     let mut client = broker.client();
-    let root = thread_send(&mut client, &alice, "bob", "did the API change?", None, Some("the API"));
+    let root = thread_send(
+        &mut client,
+        &alice,
+        "bob",
+        "did the API change?",
+        None,
+        Some("the API"),
+    );
     broker.clock.advance(Span::minutes(1));
     let answer = thread_send(&mut client, &bob, "alice", "yes", Some(root), None);
     client.rename(&alice, "alicia").unwrap();
     broker.clock.advance(Span::minutes(1));
-    let last = thread_send(&mut client, &alice, "carol", "FYI: the API changed", Some(answer), None);
+    let last = thread_send(
+        &mut client,
+        &alice,
+        "carol",
+        "FYI: the API changed",
+        Some(answer),
+        None,
+    );
     let other = thread_send(&mut client, &carol, "bob", "lunch?", None, Some("lunch"));
     let db = broker.db_path();
 

@@ -198,7 +198,10 @@ mod tests {
         let secrets = Secrets::of(None, &[token], &[]);
         let text = history(&reply, None, now(), &secrets, false, &hints());
         assert!(!text.contains(token), "{text}");
-        assert!(text.contains("#3 alice→bob 3 min ago: ok [redacted]\n"), "{text}");
+        assert!(
+            text.contains("#3 alice→bob 3 min ago: ok [redacted]\n"),
+            "{text}"
+        );
         assert!(
             text.lines().all(|line| !line.starts_with("#9")),
             "a line break in content starts no line: {text}"

@@ -176,7 +176,11 @@ mod tests {
     fn a_bad_with_is_the_usual_invalid_name() {
         let error = refusal(r#"{"action": "history", "with": "no/such"}"#);
         assert_eq!(error.code, ErrorCode::InvalidName);
-        assert!(error.message.contains("`with` must be 1-32 letters"), "{}", error.message);
+        assert!(
+            error.message.contains("`with` must be 1-32 letters"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
@@ -190,7 +194,15 @@ mod tests {
 
     #[test]
     fn a_cursor_this_broker_did_not_give_is_refused_with_what_to_do() {
-        for bad in ["", "h", "42", "hx1", "h-1", "h99999999999999999999999", "s42"] {
+        for bad in [
+            "",
+            "h",
+            "42",
+            "hx1",
+            "h-1",
+            "h99999999999999999999999",
+            "s42",
+        ] {
             let error = refusal(&format!(r#"{{"action": "history", "cursor": "{bad}"}}"#));
             assert_eq!(error.code, ErrorCode::InvalidField, "{bad}");
             assert!(
