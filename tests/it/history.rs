@@ -870,3 +870,23 @@ fn the_operator_views_and_their_recipes_read_threads_and_pairs_in_the_sqlite3_sh
     .unwrap();
     assert_eq!(pairs, ["alicia|bob|2", "alicia|carol|1", "bob|carol|1"]);
 }
+
+#[test]
+fn a_name_freed_by_a_rename_comes_to_its_next_holder_without_the_old_mail() {
+    let broker = TestBroker::start();
+    let (_, alice, bob) = broker.alice_and_bob();
+    let mut client = broker.client();
+    let asked = send(&mut client, &alice, "bob", "sent as alice");
+    let answered = send(&mut client, &bob, "alice", "read as alice");
+    client.check(&alice).unwrap();
+    client.ping().unwrap();
+    client.rename(&alice, "alicia").unwrap();
+    // Past the two-hour forward, the old name is anyone's.
+    broker.clock.advance(Span::hours(3));
+    let stranger = broker.register("alice");
+    assert!(all(&mut client, &stranger).messages.is_empty());
+    assert!(with(&mut client, &stranger, "bob").messages.is_empty());
+    assert_eq!(ids(&all(&mut client, &alice)), [answered, asked]);
+    assert_eq!(ids(&with(&mut client, &bob, "alicia")), [answered, asked]);
+    assert!(with(&mut client, &bob, "alice").messages.is_empty());
+}
