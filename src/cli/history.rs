@@ -4,6 +4,7 @@ use clap::Args;
 
 use super::{output, CliError, ClientArgs};
 use crate::client::HistoryQuery;
+use crate::domain::Timestamp;
 use crate::mcp::format::{self, HistoryHints};
 use crate::mcp::guard::Secrets;
 use crate::session_file::SessionFile;
@@ -20,6 +21,7 @@ Examples:
   claude-ipc history                      your 20 newest messages, sent and received
   claude-ipc history --with bob           only those between you and bob
   claude-ipc history --cursor h41         the page after the one that ended with that cursor
+  claude-ipc history --before 2026-01-02T00:00:00Z   what was said before that time
   claude-ipc history --full --limit 5     the 5 newest, each whole"
 )]
 pub struct HistoryArgs {
@@ -32,6 +34,9 @@ pub struct HistoryArgs {
     /// Go on from where the previous page ended (the cursor it printed).
     #[arg(long)]
     pub cursor: Option<String>,
+    /// Only mail the broker received before this time (RFC 3339, like 2026-01-02T15:04:05Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub before: Option<Timestamp>,
     /// Show every message whole instead of one line each.
     #[arg(long)]
     pub full: bool,
@@ -46,7 +51,7 @@ pub fn run(args: HistoryArgs) -> Result<(), CliError> {
         with: args.with.clone(),
         limit: args.limit,
         cursor: args.cursor.clone(),
-        before: None,
+        before: args.before,
     };
     let reply = client.history(&session.session_token, &query)?;
     if args.client.json {
@@ -74,8 +79,17 @@ fn hints(args: &HistoryArgs) -> HistoryHints {
     if let Some(limit) = args.limit {
         same.push_str(&format!(" --limit {limit}"));
     }
+    if let Some(before) = args.before {
+        same.push_str(&format!(" --before {}", before.to_text()));
+    }
     HistoryHints {
         whole: "Lines ending in … are cut: add --full to see them whole.".to_owned(),
         next_page: format!("Older mail is kept: claude-ipc history --cursor {{cursor}}{same}"),
     }
+}
+
+fn parse_time(text: &str) -> Result<Timestamp, String> {
+    Timestamp::parse(text).ok_or_else(|| {
+        format!("`{text}` is not a time; write it in RFC 3339, like 2026-01-02T15:04:05Z")
+    })
 }

@@ -690,6 +690,15 @@ fn the_cli_prints_one_line_per_message_and_the_raw_reply_with_json() {
     assert_eq!(json["messages"][0]["direction"], "received");
     assert_eq!(json["messages"][1]["direction"], "sent");
 
+    let none = run(&["history", "--before", "2000-01-01T00:00:00Z"]);
+    assert_eq!(
+        none,
+        "No mail in your history (sent or received, still kept).\n"
+    );
+    let bad_time = common::cli(&broker.addr(), &session, &["history", "--before", "today"]);
+    assert_eq!(bad_time.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&bad_time.stderr).contains("RFC 3339"));
+
     let refused = common::cli(&broker.addr(), &session, &["history", "--with", "a b"]);
     assert_eq!(refused.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&refused.stderr);
