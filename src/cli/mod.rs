@@ -5,6 +5,7 @@
 
 mod autostart;
 mod check;
+mod history;
 pub mod hook;
 mod import_legacy;
 pub mod mcp;
@@ -48,6 +49,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
   claude-ipc send bob \"API changed\"         send bob a message (registered or not yet)
   claude-ipc check                          read your mail
   claude-ipc sent                           what became of the mail you sent
+  claude-ipc history --with bob             what you and bob said, newest first
   claude-ipc search 'deploy NOT draft'      search the mail you sent and received
   claude-ipc status                         the broker, its instances and waiting mail
   claude mcp add claude-ipc -s user -- claude-ipc mcp    give Claude Code the tools
@@ -92,6 +94,8 @@ pub enum Command {
     Broadcast(send::BroadcastArgs),
     /// What became of the mail you sent: waiting, read, delivered or expired, and when.
     Sent(sent::SentArgs),
+    /// The mail you sent and received, newest first; --with NAME for one conversation.
+    History(history::HistoryArgs),
     /// Search the mail you sent and received: words, "phrases", prefix*, AND/OR/NOT.
     Search(search::SearchArgs),
     /// Read your waiting mail; it is acknowledged once printed.
@@ -316,6 +320,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),
         Command::Sent(args) => sent::run(args),
+        Command::History(args) => history::run(args),
         Command::Search(args) => search::run(args),
         Command::Check(args) => check::run(args),
         Command::Watch(args) => check::run_watch(args),
@@ -361,6 +366,7 @@ impl Command {
             Command::Send(args) => Some(&args.client),
             Command::Broadcast(args) => Some(&args.client),
             Command::Sent(args) => Some(&args.client),
+            Command::History(args) => Some(&args.client),
             Command::Search(args) => Some(&args.client),
             Command::Check(args) => Some(&args.client),
             Command::Watch(args) => Some(&args.client),

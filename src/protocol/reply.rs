@@ -8,9 +8,9 @@ use serde_json::{Map, Value};
 use super::ErrorCode;
 
 use super::schema::{
-    AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, ListReply,
-    LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SearchReply, SendReply,
-    SentReply, WatchReply,
+    AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, HistoryReply,
+    ListReply, LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SearchReply,
+    SendReply, SentReply, WatchReply,
 };
 
 /// Declares [`Reply`] with one variant per reply type, its `From` conversions, and the map of
@@ -63,6 +63,7 @@ replies!(
     Logout(LogoutReply),
     Watch(WatchReply),
     Sent(SentReply),
+    History(HistoryReply),
     Search(SearchReply),
     Error(ErrorReply),
 );

@@ -17,6 +17,9 @@ pub use crate::protocol::request::search_fields::{
 
 mod search_fields;
 
+mod history;
+pub use history::{HistoryCursor, HistoryOptions, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT};
+
 /// A request that passed parsing; the broker still checks the session and its rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -81,6 +84,8 @@ pub enum Action {
     Watch(WatchOptions),
     /// Receipts for the caller's own mail: what became of each message, and when.
     Sent(SentSelection),
+    /// The caller's sent and received mail, newest first, read without changing it.
+    History(HistoryOptions),
     /// Full-text search over the caller's own mail.
     Search(SearchOptions),
 }
@@ -110,6 +115,7 @@ impl Action {
             Action::Logout => "logout",
             Action::Watch(_) => "watch",
             Action::Sent(_) => "sent",
+            Action::History(_) => "history",
             Action::Search(_) => "search",
         }
     }
@@ -272,7 +278,7 @@ impl RequestError {
 }
 
 /// Every action the broker answers, in the order the docs list them.
-pub const ACTION_NAMES: [&str; 14] = [
+pub const ACTION_NAMES: [&str; 15] = [
     "ping",
     "challenge",
     "register",
@@ -286,6 +292,7 @@ pub const ACTION_NAMES: [&str; 14] = [
     "logout",
     "watch",
     "sent",
+    "history",
     "search",
 ];
 /// The most characters of a client's own text an error message repeats back, so a reply
@@ -373,6 +380,7 @@ impl Fields<'_> {
             "logout" => Action::Logout,
             "watch" => Action::Watch(self.watch_options()?),
             "sent" => Action::Sent(self.sent_selection()?),
+            "history" => Action::History(self.history_options()?),
             "search" => Action::Search(self.search_options()?),
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,

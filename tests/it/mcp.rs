@@ -96,6 +96,10 @@ fn tools_list_has_exactly_the_named_tools_and_arguments() {
         ),
         ("sent".to_owned(), expect(&["ids", "limit"], &[])),
         (
+            "history".to_owned(),
+            expect(&["cursor", "full", "limit", "with"], &[]),
+        ),
+        (
             "search".to_owned(),
             expect(
                 &[
@@ -373,6 +377,7 @@ fn the_session_token_never_appears_on_stdout_and_stdout_is_only_json_rpc() {
         ("share_command", json!({"to_id": "bob", "command": "env"})),
         ("wait_for_messages", json!({"timeout_seconds": 0})),
         ("sent", json!({})),
+        ("history", json!({"with": "bob"})),
         ("search", json!({"query": "CLI"})),
         ("rename", json!({"new_id": "alicia"})),
     ] {

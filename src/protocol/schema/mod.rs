@@ -10,6 +10,7 @@
 //! - [`mail`]: the replies of `send`, `broadcast`, `check`, `ack`, `count`, `watch` and `sent`.
 //! - [`conversation`]: one message as its sender or a recipient reads it back later, in the
 //!   replies of `thread`, `history` and `search`.
+//! - [`history`]: the reply of `history`.
 //! - [`search`]: the request and reply of `search`.
 //! - [`error`]: the error reply every action may give instead.
 //!
@@ -23,6 +24,7 @@
 
 pub mod conversation;
 pub mod error;
+pub mod history;
 pub mod identity;
 pub mod mail;
 pub mod requests;
@@ -30,6 +32,7 @@ pub mod search;
 
 pub use conversation::{ConversationMessage, Direction};
 pub use error::ErrorReply;
+pub use history::HistoryReply;
 pub use identity::{
     ChallengeReply, ClockReport, InstanceEntry, ListReply, LogoutReply, PingRefusal, PingReply,
     RegisterReply, RenameReply, SecurityMode, StaticToken, StoreWork,

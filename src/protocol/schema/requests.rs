@@ -27,6 +27,7 @@ pub enum ClientRequest {
     Logout(LogoutRequest),
     Watch(WatchRequest),
     Sent(SentRequest),
+    History(HistoryRequest),
     Search(super::search::SearchRequest),
 }
 
@@ -47,6 +48,7 @@ impl ClientRequest {
             ClientRequest::Logout(_) => "logout",
             ClientRequest::Watch(_) => "watch",
             ClientRequest::Sent(_) => "sent",
+            ClientRequest::History(_) => "history",
             ClientRequest::Search(_) => "search",
         }
     }
@@ -218,4 +220,20 @@ pub struct SentRequest {
     pub limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ids: Option<Vec<i64>>,
+}
+
+/// `history`: one page of the caller's sent and received mail, newest first; `with` keeps only
+/// the mail between it and one peer, `cursor` (a previous reply's `next_cursor`) goes on from
+/// the last page, `before` starts at a time.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    pub session_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Timestamp>,
 }

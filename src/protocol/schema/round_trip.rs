@@ -116,6 +116,13 @@ fn requests() -> Vec<ClientRequest> {
             limit: None,
             ids: Some(vec![3, 999]),
         }),
+        ClientRequest::History(HistoryRequest {
+            session_token: token(),
+            with: Some("bob".into()),
+            limit: Some(2),
+            cursor: Some("h41".into()),
+            before: Timestamp::parse("2026-11-24T21:07:44.000Z"),
+        }),
         ClientRequest::Search(SearchRequest {
             session_token: token(),
             query: "\"rate limit\" OR throttl*".into(),
@@ -127,6 +134,24 @@ fn requests() -> Vec<ClientRequest> {
             cursor: Some("rank:20".into()),
         }),
     ]
+}
+
+/// One message as `history`, `thread` and `search` show it: a reply the caller received.
+fn conversation_message() -> ConversationMessage {
+    ConversationMessage {
+        id: MessageId(7),
+        from: name("alice"),
+        to: name("robert"),
+        addressed_to: name("bob"),
+        kind: MessageKind::Direct,
+        timestamp: at("2026-01-01T12:00:00.000Z"),
+        message: body(),
+        thread_id: MessageId(5),
+        reply_to: Some(MessageId(6)),
+        subject: Some("the API".into()),
+        direction: Direction::Received,
+        state: ReceiptState::Waiting,
+    }
 }
 
 fn message() -> WireMessage {
@@ -379,6 +404,24 @@ fn replies() -> Vec<(&'static str, Reply)> {
             .into(),
         ),
         (
+            "history",
+            HistoryReply {
+                messages: vec![conversation_message()],
+                more: true,
+                next_cursor: Some("h7".into()),
+            }
+            .into(),
+        ),
+        (
+            "history",
+            HistoryReply {
+                messages: vec![],
+                more: false,
+                next_cursor: None,
+            }
+            .into(),
+        ),
+        (
             "search",
             SearchReply {
                 results: vec![SearchResult {
@@ -437,6 +480,7 @@ fn reply_round_trips(reply: &Reply) {
         Reply::Logout(inner) => round_trips(inner, &line),
         Reply::Watch(inner) => round_trips(inner, &line),
         Reply::Sent(inner) => round_trips(inner, &line),
+        Reply::History(inner) => round_trips(inner, &line),
         Reply::Search(inner) => round_trips(inner, &line),
         Reply::Error(inner) => round_trips(inner, &line),
     }

@@ -58,8 +58,7 @@ pub struct SearchResult {
     /// A short piece of the content (or of the subject, when only it matched) with each
     /// matched word between `[` and `]`, and `…` where text was left out.
     pub snippet: String,
-    /// Its place in the ranking (bm25, subject weighted above content), from 1, counted
-    /// across pages. The bm25 value itself is not given: it is computed over the whole index,
-    /// so it would tell how common a word is in everyone's mail.
+    /// Its place in the ranking (bm25 over the caller's own mail, subject weighted above
+    /// content), from 1, counted across pages.
     pub rank: u32,
 }
