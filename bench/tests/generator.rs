@@ -50,6 +50,51 @@ fn bench(args: &[&str]) -> std::process::Output {
 }
 
 #[test]
+fn the_search_workload_stores_the_messages_and_times_every_kind_of_query() {
+    let data = tempfile::tempdir().unwrap();
+    let output = bench(&[
+        "--only",
+        "search",
+        "--search",
+        "3000",
+        "--json",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(report["search"]["stored"], 3000, "{report}");
+    let kinds: Vec<&str> = report["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["workload"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "search: one word, common",
+            "search: one word, medium",
+            "search: one word, rare",
+            "search: phrase of two common words",
+            "search: prefix"
+        ]
+    );
+    for workload in report["workloads"].as_array().unwrap() {
+        assert_eq!(workload["latency_ms"]["count"], 200, "{workload}");
+    }
+    // The common word is in most of the searcher's mail; the target is only judged on a million.
+    assert!(stderr.contains("one word, common: 20 results"), "{stderr}");
+    let judged = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["target"].as_str().unwrap().starts_with("search"));
+    assert!(!judged, "{report}");
+}
+
+#[test]
 fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything() {
     let data = tempfile::tempdir().unwrap();
     let output = bench(&[
@@ -119,12 +164,13 @@ fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything()
     assert_eq!(idle["connections"], 50);
     let (before, during) = (&idle["rss_kib_before"], &idle["rss_kib_during"]);
     assert!(before.as_u64().unwrap() > 0 && during.as_u64().unwrap() > 0);
-    for step in 1..=11 {
+    for step in 1..=13 {
         assert!(
-            stderr.contains(&format!("[{step:>2}/12]")),
+            stderr.contains(&format!("[{step:>2}/13]")),
             "progress: {stderr}"
         );
     }
+    assert!(stderr.contains("search over stored messages ... skipped (pass --search)"));
     let targets: Vec<&str> = report["targets"]
         .as_array()
         .unwrap()
