@@ -5,6 +5,7 @@
 //! broker is run by the expected local user (see [`broker_owner`]).
 
 mod broker_owner;
+mod threads;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -34,6 +35,7 @@ use crate::protocol::ErrorCode;
 
 pub use crate::protocol::schema::requests::ThreadingFields;
 pub use broker_owner::{BrokerUser, Expected, NamedUser, BROKER_USER_ENV};
+pub use threads::{other_party, Replied, THREAD_PAGE_MAX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -834,6 +836,7 @@ impl Client {
             lease_ms: options.manual_ack.map(millis),
             limit: options.limit,
             wait_ms: options.wait.map(millis),
+            reply_to: None,
         });
         match options.wait {
             Some(wait) => self.with_wait(wait, |client| client.call_as(request)),

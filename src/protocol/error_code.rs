@@ -67,6 +67,9 @@ pub enum ErrorCode {
     /// A `reply_to` naming a message the caller neither sent nor received (or one that does
     /// not exist, or was purged: alike, so ids cannot be probed).
     UnknownReplyTo,
+    /// A `thread` naming a thread the caller took no part in (or one that does not exist, or
+    /// was purged: alike, so threads cannot be probed).
+    UnknownThread,
     /// A code this client does not know: a newer broker's. Never sent.
     Unknown,
 }
@@ -116,6 +119,7 @@ impl ErrorCode {
         ErrorCode::ChallengeFailed,
         ErrorCode::StaticTokenRefused,
         ErrorCode::UnknownReplyTo,
+        ErrorCode::UnknownThread,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -163,6 +167,7 @@ impl ErrorCode {
             ChallengeFailed => "challenge_failed",
             StaticTokenRefused => "static_token_refused",
             UnknownReplyTo => "unknown_reply_to",
+            UnknownThread => "unknown_thread",
             Unknown => "unknown",
         }
     }

@@ -28,6 +28,7 @@ pub mod receipts;
 pub mod rescue;
 pub mod security;
 pub mod startup;
+pub mod threads;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -10,6 +10,7 @@ use rusqlite::Connection;
 use super::conversation::*;
 use super::queries::*;
 use super::receipts::*;
+use super::threads::*;
 
 /// Tables that grow with traffic or with the number of instances.
 const HOT_TABLES: [&str; 10] = [
@@ -116,6 +117,15 @@ const STATEMENTS: &[Hot] = &[
     hot("record_expiry", "sweeper", RECORD_EXPIRY),
     hot("visible_message", "send with reply_to", VISIBLE_MESSAGE),
     hot("move_received_mail", "rename", MOVE_RECEIVED_MAIL),
+    hot("thread_page", "thread", THREAD_PAGE),
+    hot("thread_subject", "thread", THREAD_SUBJECT),
+    hot("sees_reply_in", "thread", SEES_REPLY_IN),
+    hot("sent_by_caller", "check with reply_to", SENT_BY_CALLER),
+    hot(
+        "available_replies_for",
+        "check with reply_to",
+        AVAILABLE_REPLIES_FOR,
+    ),
     hot("forget_received_mail", "sweeper", FORGET_RECEIVED_MAIL),
     hot("sweep_expired_mail", "sweeper", SWEEP_EXPIRED_MAIL),
     hot("instance_exists", "send, rename", INSTANCE_EXISTS),

@@ -10,6 +10,7 @@
 //! - [`mail`]: the replies of `send`, `broadcast`, `check`, `ack`, `count`, `watch` and `sent`.
 //! - [`conversation`]: one message as its sender or a recipient reads it back later, in the
 //!   replies of `thread`, `history` and `search`.
+//! - [`thread`]: the reply of `thread`, one conversation's messages.
 //! - [`error`]: the error reply every action may give instead.
 //!
 //! Every reply is written by [`super::Reply::to_line`], which adds `status`.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod identity;
 pub mod mail;
 pub mod requests;
+pub mod thread;
 
 pub use conversation::{ConversationMessage, Direction};
 pub use error::ErrorReply;
@@ -38,6 +40,7 @@ pub use mail::{
 };
 pub use mail::{Receipt, ReceiptState, SentReply};
 pub use requests::ClientRequest;
+pub use thread::ThreadReply;
 
 #[cfg(test)]
 mod round_trip;
