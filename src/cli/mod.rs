@@ -1,7 +1,7 @@
 //! The command line: one file per subcommand. `main.rs` parses [`Cli`] and calls [`run`].
 //!
 //! Exit codes: 0 success, 1 the broker refused the request, 2 a usage error (including "not
-//! registered yet"), 3 no broker answered.
+//! registered yet"), 3 no broker answered, 4 no answer came in time (`--wait-reply`).
 
 mod autostart;
 mod check;
@@ -12,10 +12,12 @@ pub mod output;
 mod ping;
 mod register;
 mod rename;
+mod reply;
 mod send;
 mod sent;
 pub mod serve;
 mod status;
+mod thread;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,6 +34,8 @@ use crate::session_file::SessionFileError;
 pub const EXIT_BROKER_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// `send --wait-reply` (or `reply --wait-reply`): no answer came in time.
+pub const EXIT_NO_REPLY: u8 = 4;
 
 /// How long the client waits for the broker at each step.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,6 +50,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
   claude-ipc register alice                 register; the session goes to ~/.ipc-session
   claude-ipc send bob \"API changed\"         send bob a message (registered or not yet)
   claude-ipc check                          read your mail
+  claude-ipc reply 41 \"merged\"              answer message 41, in its thread
+  claude-ipc thread 41                      the conversation message 41 belongs to
   claude-ipc sent                           what became of the mail you sent
   claude-ipc status                         the broker, its instances and waiting mail
   claude mcp add claude-ipc -s user -- claude-ipc mcp    give Claude Code the tools
@@ -67,7 +73,8 @@ Environment:
   NO_COLOR            no colour, even on a terminal
 
 Exit codes: 0 success, 1 the broker refused (or a file or database failed), 2 usage error or
-not registered yet, 3 no broker answered (or the one that did is run by another user).
+not registered yet, 3 no broker answered (or the one that did is run by another user), 4 no
+answer came in time (send --wait-reply, reply --wait-reply).
 
 Each subcommand has its own --help. Guides: README.md and docs/ (OPERATIONS.md for running it)."
 )]
@@ -90,6 +97,10 @@ pub enum Command {
     Broadcast(send::BroadcastArgs),
     /// What became of the mail you sent: waiting, read, delivered or expired, and when.
     Sent(sent::SentArgs),
+    /// Answer a message: to its other party, in its thread.
+    Reply(reply::ReplyArgs),
+    /// Show one conversation, oldest first, as you took part in it.
+    Thread(thread::ThreadArgs),
     /// Read your waiting mail; it is acknowledged once printed.
     Check(check::CheckArgs),
     /// Print mail as it arrives, until interrupted.
@@ -312,6 +323,8 @@ pub fn run(command: Command) -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),
         Command::Sent(args) => sent::run(args),
+        Command::Reply(args) => reply::run(args),
+        Command::Thread(args) => thread::run(args),
         Command::Check(args) => check::run(args),
         Command::Watch(args) => check::run_watch(args),
         Command::List(args) => check::run_list(args),
@@ -356,6 +369,8 @@ impl Command {
             Command::Send(args) => Some(&args.client),
             Command::Broadcast(args) => Some(&args.client),
             Command::Sent(args) => Some(&args.client),
+            Command::Reply(args) => Some(&args.client),
+            Command::Thread(args) => Some(&args.client),
             Command::Check(args) => Some(&args.client),
             Command::Watch(args) => Some(&args.client),
             Command::List(args) => Some(&args.client),
