@@ -393,7 +393,7 @@ fn refusals_of_malformed_requests() {
         ),
         (
             r#"{"instance_id": "alice"}"#,
-            r#"{"code":"missing_field","message":"request has no `action`; use one of: ping, challenge, register, send, broadcast, check, ack, list, rename, count, logout, watch, sent","status":"error"}"#,
+            r#"{"code":"missing_field","message":"request has no `action`; use one of: ping, challenge, register, send, broadcast, check, ack, list, rename, count, logout, watch, sent, thread","status":"error"}"#,
         ),
         (
             r#"{"action": 7}"#,
