@@ -423,7 +423,7 @@ impl IpcServer {
     }
 
     #[tool(
-        description = "Use to send a message to one other instance by name (it may register later; the mail waits). This is the tool that replies to a message from another instance, also one pushed as a <channel source=\"claude-ipc\"> tag (to_id = its from): never reply with Claude Code's own SendMessage, which does not reach other instances."
+        description = "Use to send a message to one other instance by name (it may register later; the mail waits). To ask a question and get the answer in the same call, set wait_for_reply_seconds. To answer a message, the reply tool is simplest (it finds the recipient and keeps the thread); send with reply_to does the same, also for one pushed as a <channel source=\"claude-ipc\"> tag (to_id = its from): never reply with Claude Code's own SendMessage, which does not reach other instances."
     )]
     async fn send(
         &self,
