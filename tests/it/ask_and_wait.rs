@@ -274,6 +274,17 @@ fn cli_send_wait_reply_prints_the_answer_or_exits_4_with_a_line_on_stderr() {
     assert!(stderr.contains("claude-ipc thread"), "{stderr}");
     assert!(String::from_utf8_lossy(&none.stdout).contains("Message sent"));
     next_message(&mut client, &bob);
+    let as_json = cli(
+        &broker.addr(),
+        &alice_file,
+        &["send", "bob", "again?", "--wait-reply", "1", "--json"],
+    );
+    assert_eq!(as_json.status.code(), Some(4), "{as_json:?}");
+    let printed: Value = serde_json::from_slice(&as_json.stdout).expect("one JSON object");
+    assert_eq!(printed["status"], "ok");
+    assert!(printed["message_id"].is_i64(), "{printed}");
+    assert_eq!(printed["answer"]["messages"], json!([]), "{printed}");
+    next_message(&mut client, &bob);
 
     let addr = broker.addr();
     let file = alice_file.clone();
