@@ -7,11 +7,12 @@
 use super::conversation::conversation_message;
 use super::session::TokenHash;
 use super::{done, refuse, Broker, BrokerError, Peer};
-use crate::domain::MessageId;
+use crate::domain::{InstanceName, MessageId};
 use crate::protocol::request::ThreadQuery;
 use crate::protocol::schema::ThreadReply;
 use crate::protocol::thread_cursor::ThreadCursor;
 use crate::protocol::EntryBudget;
+use crate::store::conversation::ConversationRow;
 
 /// A `thread` reply without its messages: status, the thread's id, `more`, the cursor, and a
 /// subject of up to 200 characters of up to 4 bytes each, some of them escaped.
@@ -38,37 +39,49 @@ impl Broker {
             // One more than asked, to tell whether more are kept.
             let rows = tx.thread_page(&caller.name, thread_id, after, now, query.limit + 1)?;
             let subject = tx.thread_subject(&caller.name, thread_id)?;
-            let mut budget = EntryBudget::new(THREAD_REPLY_FIXED_BYTES);
-            let mut messages = Vec::new();
-            let mut more = rows.len() > query.limit as usize;
-            for row in rows.iter().take(query.limit as usize) {
-                let message = conversation_message(row, &caller.name);
-                // The first always goes in, so a page always moves the cursor on.
-                if !budget.take(&message) && !messages.is_empty() {
-                    more = true;
-                    break;
-                }
-                messages.push(message);
-            }
-            let next_cursor = match messages.last() {
-                Some(last) if more => Some(
-                    ThreadCursor {
-                        thread_id,
-                        after: last.id,
-                    }
-                    .encode(),
-                ),
-                _ => None,
-            };
-            done(ThreadReply {
-                thread_id,
-                subject,
-                messages,
-                more,
-                next_cursor,
-            })
+            done(page(thread_id, subject, &rows, query.limit, &caller.name))
         })
         .await
+    }
+}
+
+/// The reply for `rows` (at most one more than `limit`, oldest first): as many as `limit`
+/// allows and the reply budget holds, and where the next page starts if any are left.
+fn page(
+    thread_id: MessageId,
+    subject: Option<String>,
+    rows: &[ConversationRow],
+    limit: u32,
+    caller: &InstanceName,
+) -> ThreadReply {
+    let mut budget = EntryBudget::new(THREAD_REPLY_FIXED_BYTES);
+    let mut messages = Vec::new();
+    let mut more = rows.len() > limit as usize;
+    for row in rows.iter().take(limit as usize) {
+        let message = conversation_message(row, caller);
+        // The first always goes in, so a page always moves the cursor on.
+        if !budget.take(&message) && !messages.is_empty() {
+            more = true;
+            break;
+        }
+        messages.push(message);
+    }
+    let next_cursor = match messages.last() {
+        Some(last) if more => Some(
+            ThreadCursor {
+                thread_id,
+                after: last.id,
+            }
+            .encode(),
+        ),
+        _ => None,
+    };
+    ThreadReply {
+        thread_id,
+        subject,
+        messages,
+        more,
+        next_cursor,
     }
 }
 
