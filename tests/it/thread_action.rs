@@ -540,6 +540,16 @@ fn the_mcp_reply_and_thread_tools_answer_in_the_thread_and_read_it_back_compactl
     let got = client.check(&bob).expect("check");
     client.ping().unwrap();
     assert_eq!(got.messages[0].reply_to.map(|id| id.0), Some(mine));
+    // send with reply_to and a subject of its own joins the thread too.
+    mcp.ok(
+        "send",
+        json!({"to_id": "bob", "content": "and the docs", "reply_to": question,
+               "subject": "review, docs"}),
+    );
+    let got = client.check(&bob).expect("check");
+    client.ping().unwrap();
+    assert_eq!(got.messages[0].thread_id.map(|id| id.0), Some(question));
+    assert_eq!(got.messages[0].subject.as_deref(), Some("review, docs"));
     let long = format!("{}end", "word ".repeat(100));
     send(
         &mut client,
@@ -552,7 +562,7 @@ fn the_mcp_reply_and_thread_tools_answer_in_the_thread_and_read_it_back_compactl
 
     let text = mcp.ok("thread", json!({"msg_id": question}));
     assert!(
-        text.starts_with(&format!("Thread {question} \"review\": 4 messages")),
+        text.starts_with(&format!("Thread {question} \"review\": 5 messages")),
         "{text}"
     );
     assert!(
@@ -565,7 +575,7 @@ fn the_mcp_reply_and_thread_tools_answer_in_the_thread_and_read_it_back_compactl
     );
     assert_eq!(
         text.lines().filter(|line| line.starts_with('#')).count(),
-        4,
+        5,
         "{text}"
     );
     assert!(!text.contains("end\n"), "the long message is cut: {text}");
