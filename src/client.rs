@@ -20,11 +20,13 @@ use chrono::{DateTime, Utc};
 
 use crate::protocol::auth::{self, constant_time_eq, expected_auth_token, ProofUid};
 use crate::protocol::reply::parse_reply;
+use crate::protocol::schema::requests::HistoryRequest;
 use crate::protocol::schema::requests::{
     AckRequest, BroadcastRequest, ChallengeRequest, CheckRequest, CountRequest, ListRequest,
     LogoutRequest, RegisterRequest, RenameRequest, RequestBody, RequestStamp, SendRequest,
     SentRequest, WatchRequest,
 };
+use crate::protocol::schema::HistoryReply;
 use crate::protocol::schema::{
     AckReply, BroadcastReply, ChallengeReply, CheckReply, ClientRequest, CountReply, ErrorReply,
     InstanceEntry, ListReply, LogoutReply, ManualAck, PingReply, RefusedId, RegisterReply,
@@ -968,6 +970,22 @@ impl Client {
         }))
     }
 
+    /// One page of this session's sent and received mail, newest first (see
+    /// [`HistoryQuery`]).
+    pub fn history(
+        &mut self,
+        token: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryReply, ClientError> {
+        self.call_as(ClientRequest::History(HistoryRequest {
+            session_token: token.to_owned(),
+            with: query.with.clone(),
+            limit: query.limit,
+            cursor: query.cursor.clone(),
+            before: query.before,
+        }))
+    }
+
     /// A handle that closes this connection from another thread.
     pub fn closer(&self) -> Result<Closer, ClientError> {
         Ok(Closer(self.writer.try_clone()?))
@@ -987,6 +1005,19 @@ impl Client {
         self.reader.get_ref().set_read_timeout(usual)?;
         result
     }
+}
+
+/// Which page of `history` to ask for; all `None` is the newest 20 of all the mail.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryQuery {
+    /// Only the mail between this session and this instance.
+    pub with: Option<String>,
+    /// 1 to 100 messages (the broker's default is 20).
+    pub limit: Option<u32>,
+    /// The previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Only mail the broker received before this time.
+    pub before: Option<crate::domain::Timestamp>,
 }
 
 /// A reply this client cannot read, with the line it got.

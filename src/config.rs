@@ -37,9 +37,12 @@ pub struct Limits {
     /// Mail for a name nobody registered is dropped after this long.
     #[arg(long, default_value = "7d", value_parser = parse_duration)]
     pub future_mail_retention: Duration,
-    /// Delivered mail (and its large-message file) is purged after this long.
-    #[arg(long, default_value = "7d", value_parser = parse_duration)]
-    pub delivered_retention: Duration,
+    /// Delivered mail stays in its sender's and recipients' history this long, then it is
+    /// purged with its large-message file (and receipts of mail that expired unread go too).
+    // `--delivered-retention`, its name before history existed, is still accepted (hidden) so
+    // that old command lines keep working.
+    #[arg(long, alias = "delivered-retention", default_value = "30d", value_parser = parse_duration)]
+    pub history_retention: Duration,
     /// After a rename, the old name forwards to the new one this long.
     #[arg(long, default_value = "2h", value_parser = parse_duration)]
     pub forward_duration: Duration,
@@ -380,6 +383,36 @@ mod tests {
         assert_eq!(duration_text(Duration::from_millis(1500)), "1500ms");
         assert_eq!(duration_text(Duration::from_secs(7 * 86_400)), "7d");
         assert_eq!(duration_text(Duration::ZERO), "0s");
+    }
+
+    /// `Limits` as `serve` reads it from a command line.
+    fn limits_from(args: &[&str]) -> Result<Limits, clap::Error> {
+        #[derive(clap::Parser)]
+        struct OnlyLimits {
+            #[command(flatten)]
+            limits: Limits,
+        }
+        let line = std::iter::once("serve").chain(args.iter().copied());
+        <OnlyLimits as clap::Parser>::try_parse_from(line).map(|parsed| parsed.limits)
+    }
+
+    #[test]
+    fn history_is_kept_thirty_days_unless_told_otherwise() {
+        assert_eq!(
+            Limits::default().history_retention,
+            Duration::from_secs(30 * 86_400)
+        );
+        let limits = limits_from(&["--history-retention", "90d"]).unwrap();
+        assert_eq!(limits.history_retention, Duration::from_secs(90 * 86_400));
+    }
+
+    #[test]
+    fn the_old_delivered_retention_flag_still_sets_the_history_retention_unlisted() {
+        let limits = limits_from(&["--delivered-retention", "2h"]).unwrap();
+        assert_eq!(limits.history_retention, Duration::from_secs(7200));
+        let help = limits_from(&["--help"]).unwrap_err().to_string();
+        assert!(help.contains("--history-retention"), "{help}");
+        assert!(!help.contains("delivered-retention"), "{help}");
     }
 
     #[test]

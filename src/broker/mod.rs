@@ -26,6 +26,7 @@ pub mod auth_guard;
 pub mod challenge;
 pub mod conversation;
 pub mod doorbell;
+pub mod history;
 pub mod identity;
 pub mod large_message;
 pub mod listening;
@@ -522,6 +523,9 @@ impl Broker {
             Action::Watch(options) => self.watch(token, peer, options, reader).await,
             Action::Sent(selection) => self.sent(token, peer, selection).await.map(Outcome::reply),
             Action::Thread(query) => self.thread(token, peer, query).await.map(Outcome::reply),
+            Action::History(options) => {
+                self.history(token, peer, options).await.map(Outcome::reply)
+            }
         }
     }
 

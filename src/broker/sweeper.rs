@@ -117,15 +117,15 @@ fn cutoffs(limits: &crate::config::Limits, now: Timestamp) -> SweepCutoffs {
         now,
         session_idle_before: now.minus(limits.session_idle_expiry),
         future_mail_before: now.minus(limits.future_mail_retention),
-        delivered_before: now.minus(limits.delivered_retention),
+        delivered_before: now.minus(limits.history_retention),
         nonces_before: now.minus(limits.replay_window),
         request_log_before: rate_window,
         auth_failures_before: now.minus(AUTH_FAILURE_RETENTION),
         instances_unseen_before: now.minus(limits.instance_retention),
         renamed_before: now.minus(limits.rename_cooldown),
         peer_activity_before: rate_window,
-        // A sender may ask about expired mail as long as about delivered mail.
-        expired_receipts_before: now.minus(limits.delivered_retention),
+        // A sender may ask about expired mail as long as delivered mail stays in its history.
+        expired_receipts_before: now.minus(limits.history_retention),
     }
 }
 

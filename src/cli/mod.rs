@@ -5,6 +5,7 @@
 
 mod autostart;
 mod check;
+mod history;
 pub mod hook;
 mod import_legacy;
 pub mod mcp;
@@ -53,6 +54,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
   claude-ipc reply 41 \"merged\"              answer message 41, in its thread
   claude-ipc thread 41                      the conversation message 41 belongs to
   claude-ipc sent                           what became of the mail you sent
+  claude-ipc history --with bob             what you and bob said, newest first
   claude-ipc status                         the broker, its instances and waiting mail
   claude mcp add claude-ipc -s user -- claude-ipc mcp    give Claude Code the tools
 
@@ -101,6 +103,8 @@ pub enum Command {
     Reply(reply::ReplyArgs),
     /// Show one conversation, oldest first, as you took part in it.
     Thread(thread::ThreadArgs),
+    /// The mail you sent and received, newest first; --with NAME for one conversation.
+    History(history::HistoryArgs),
     /// Read your waiting mail; it is acknowledged once printed.
     Check(check::CheckArgs),
     /// Print mail as it arrives, until interrupted.
@@ -325,6 +329,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Sent(args) => sent::run(args),
         Command::Reply(args) => reply::run(args),
         Command::Thread(args) => thread::run(args),
+        Command::History(args) => history::run(args),
         Command::Check(args) => check::run(args),
         Command::Watch(args) => check::run_watch(args),
         Command::List(args) => check::run_list(args),
@@ -371,6 +376,7 @@ impl Command {
             Command::Sent(args) => Some(&args.client),
             Command::Reply(args) => Some(&args.client),
             Command::Thread(args) => Some(&args.client),
+            Command::History(args) => Some(&args.client),
             Command::Check(args) => Some(&args.client),
             Command::Watch(args) => Some(&args.client),
             Command::List(args) => Some(&args.client),

@@ -12,6 +12,9 @@ use crate::domain::{MessageId, SYSTEM_SENDER};
 use crate::protocol::schema::{ConversationMessage, Receipt, ReceiptState, SentReply, ThreadReply};
 use crate::relative_time::{reach, relative_time};
 
+mod history;
+pub use history::{history, HistoryHints};
+
 /// "3 min ago" for a broker timestamp (worded as the CLI words it), or "at an unknown time"
 /// if it does not parse.
 pub fn ago(timestamp: &str, now: DateTime<Utc>) -> String {

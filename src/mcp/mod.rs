@@ -21,6 +21,7 @@ pub mod command;
 pub mod election;
 pub mod format;
 pub mod guard;
+mod history;
 pub mod share_file;
 pub mod threads;
 
@@ -531,6 +532,16 @@ impl IpcServer {
             .await?;
         let hint = "More of your mail is kept: call sent with a larger limit, or with ids.";
         Ok(format::receipts(&reply, chrono::Utc::now(), hint))
+    }
+
+    #[tool(
+        description = "Use to look back at your conversations: the messages you sent and received (delivered ones too, kept 30 days by default), newest first, one line each; with=\"bob\" shows only those between you and bob. Reading history changes nothing (waiting mail stays waiting for check). Page back with the cursor it gives."
+    )]
+    async fn history(
+        &self,
+        Parameters(args): Parameters<history::HistoryArgs>,
+    ) -> Result<String, ToolError> {
+        self.history_text(args).await
     }
 
     /// Settles mail by id: pushed mail stays waiting until this (or `check`). The broker's

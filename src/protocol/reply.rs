@@ -8,9 +8,9 @@ use serde_json::{Map, Value};
 use super::ErrorCode;
 
 use super::schema::{
-    AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, ListReply,
-    LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply, SentReply,
-    ThreadReply, WatchReply,
+    AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, HistoryReply,
+    ListReply, LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SendReply,
+    SentReply, ThreadReply, WatchReply,
 };
 
 /// Declares [`Reply`] with one variant per reply type, its `From` conversions, and the map of
@@ -64,6 +64,7 @@ replies!(
     Watch(WatchReply),
     Sent(SentReply),
     Thread(ThreadReply),
+    History(HistoryReply),
     Error(ErrorReply),
 );
 

@@ -13,6 +13,9 @@ use super::{ErrorCode, Reply};
 pub use crate::domain::InstanceName;
 use crate::domain::{MessageId, Subject};
 
+mod history;
+pub use history::{HistoryCursor, HistoryOptions, DEFAULT_HISTORY_LIMIT, MAX_HISTORY_LIMIT};
+
 /// A request that passed parsing; the broker still checks the session and its rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -79,6 +82,8 @@ pub enum Action {
     Sent(SentSelection),
     /// One conversation the caller took part in, oldest first, one page at a time.
     Thread(ThreadQuery),
+    /// The caller's sent and received mail, newest first, read without changing it.
+    History(HistoryOptions),
 }
 
 /// Which thread a `thread` reads, and which page of it.
@@ -122,6 +127,7 @@ impl Action {
             Action::Watch(_) => "watch",
             Action::Sent(_) => "sent",
             Action::Thread(_) => "thread",
+            Action::History(_) => "history",
         }
     }
 }
@@ -286,7 +292,7 @@ impl RequestError {
 }
 
 /// Every action the broker answers, in the order the docs list them.
-pub const ACTION_NAMES: [&str; 14] = [
+pub const ACTION_NAMES: [&str; 15] = [
     "ping",
     "challenge",
     "register",
@@ -301,6 +307,7 @@ pub const ACTION_NAMES: [&str; 14] = [
     "watch",
     "sent",
     "thread",
+    "history",
 ];
 /// The most characters of a client's own text an error message repeats back, so a reply
 /// never grows with the request.
@@ -388,6 +395,7 @@ impl Fields<'_> {
             "watch" => Action::Watch(self.watch_options()?),
             "sent" => Action::Sent(self.sent_selection()?),
             "thread" => Action::Thread(self.thread_query()?),
+            "history" => Action::History(self.history_options()?),
             "rename" => Action::Rename {
                 new_id: self.name("new_id", "Invalid new instance ID format")?,
             },

@@ -19,6 +19,7 @@ mod columns;
 #[macro_use]
 pub mod conversation;
 pub mod health;
+pub mod history;
 pub mod inspect;
 pub mod legacy;
 pub mod queries;

@@ -8,6 +8,7 @@ use rusqlite::types::Null;
 use rusqlite::Connection;
 
 use super::conversation::*;
+use super::history::*;
 use super::queries::*;
 use super::receipts::*;
 use super::threads::*;
@@ -113,6 +114,8 @@ const STATEMENTS: &[Hot] = &[
     hot("move_sent_mail", "rename", MOVE_SENT_MAIL),
     hot("move_expired_mail", "rename", MOVE_EXPIRED_MAIL),
     hot("forget_sent_mail", "sweeper", FORGET_SENT_MAIL),
+    hot("history", "history", HISTORY),
+    hot("history_with", "history with a peer", HISTORY_WITH),
     hot("forget_expired_mail", "sweeper", FORGET_EXPIRED_MAIL),
     hot("record_expiry", "sweeper", RECORD_EXPIRY),
     hot("visible_message", "send with reply_to", VISIBLE_MESSAGE),

@@ -393,7 +393,7 @@ fn refusals_of_malformed_requests() {
         ),
         (
             r#"{"instance_id": "alice"}"#,
-            r#"{"code":"missing_field","message":"request has no `action`; use one of: ping, challenge, register, send, broadcast, check, ack, list, rename, count, logout, watch, sent, thread","status":"error"}"#,
+            r#"{"code":"missing_field","message":"request has no `action`; use one of: ping, challenge, register, send, broadcast, check, ack, list, rename, count, logout, watch, sent, thread, history","status":"error"}"#,
         ),
         (
             r#"{"action": 7}"#,
@@ -550,6 +550,56 @@ fn sent_receipts_and_a_send_to_a_reserved_name() {
         ),
         &[],
         r#"{"code":"reserved_name","message":"`system` is a name reserved for the broker's own notices: no instance can ever hold it, so mail to it would never be read; nothing was sent. Send to an instance's name (`list` shows them)","status":"error"}"#,
+    );
+}
+
+#[test]
+fn history_pages_of_a_conversation() {
+    let broker = TestBroker::start();
+    let (addr, alice, bob) = broker.alice_and_bob();
+    legacy(
+        &addr,
+        &serde_json::json!({"action": "send", "session_token": alice, "to_id": "bob",
+                            "message": {"content": "Did the API change?"}, "subject": "the API"}),
+    );
+    broker.clock.advance(chrono::Duration::seconds(30));
+    legacy(
+        &addr,
+        &serde_json::json!({"action": "send", "session_token": bob, "to_id": "alice",
+                            "message": {"content": "Yes: see src/api.rs"}, "reply_to": 1}),
+    );
+    legacy_check(&addr, &bob);
+    wait_until("bob's check is settled", || {
+        broker.count("SELECT count(*) FROM messages WHERE delivered_at IS NOT NULL") == 1
+    });
+    legacy_send(&addr, &alice, "carol", "not with bob");
+    assert_golden(
+        &raw(
+            &addr,
+            &format!(
+                r#"{{"action": "history", "session_token": "{alice}", "with": "bob", "limit": 1}}"#
+            ),
+        ),
+        &[],
+        r#"{"messages":[{"addressed_to":"alice","direction":"received","from":"bob","id":2,"kind":"direct","message":{"content":"Yes: see src/api.rs"},"reply_to":1,"state":"waiting","subject":"the API","thread_id":1,"timestamp":"2026-01-01T12:00:30.000Z","to":"alice"}],"more":true,"next_cursor":"h2","status":"ok"}"#,
+    );
+    assert_golden(
+        &raw(
+            &addr,
+            &format!(
+                r#"{{"action": "history", "session_token": "{alice}", "with": "bob", "limit": 1, "cursor": "h2"}}"#
+            ),
+        ),
+        &[],
+        r#"{"messages":[{"addressed_to":"bob","direction":"sent","from":"alice","id":1,"kind":"direct","message":{"content":"Did the API change?"},"state":"delivered","subject":"the API","thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
+    );
+    assert_golden(
+        &raw(
+            &addr,
+            &format!(r#"{{"action": "history", "session_token": "{alice}", "cursor": "2"}}"#),
+        ),
+        &[],
+        r#"{"code":"invalid_field","message":"cursor `2` is not one this broker gave; start again without it (pass back the `next_cursor` of the previous `history` reply)","status":"error"}"#,
     );
 }
 

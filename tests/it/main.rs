@@ -23,6 +23,7 @@ mod did_you_mean;
 mod floods;
 mod golden;
 mod gone_readers;
+mod history;
 mod hook;
 mod hostile_input;
 mod import_legacy;

@@ -113,6 +113,10 @@ fn tools_list_has_exactly_the_named_tools_and_arguments() {
             expect(&["timeout_seconds"], &[]),
         ),
         ("sent".to_owned(), expect(&["ids", "limit"], &[])),
+        (
+            "history".to_owned(),
+            expect(&["cursor", "full", "limit", "with"], &[]),
+        ),
     ]);
     assert_eq!(found, wanted);
 }
@@ -376,6 +380,7 @@ fn the_session_token_never_appears_on_stdout_and_stdout_is_only_json_rpc() {
         ("share_command", json!({"to_id": "bob", "command": "env"})),
         ("wait_for_messages", json!({"timeout_seconds": 0})),
         ("sent", json!({})),
+        ("history", json!({"with": "bob"})),
         ("rename", json!({"new_id": "alicia"})),
     ] {
         mcp.ok(tool, arguments);

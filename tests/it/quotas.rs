@@ -293,7 +293,7 @@ fn large_message_caps_refuse_the_next_file_and_small_mail_still_flows() {
     let broker = TestBroker::start_with(|c| {
         c.limits.large_message_sender_bytes = 250_000;
         c.limits.large_message_total_bytes = 400_000;
-        c.limits.delivered_retention = std::time::Duration::from_secs(3600);
+        c.limits.history_retention = std::time::Duration::from_secs(3600);
     });
     let (addr, alice, bob) = broker.alice_and_bob();
     let reader = broker.register("reader");

@@ -538,6 +538,19 @@ fn every_action_replies_within_one_legacy_read_however_large_the_data() {
                "cursor": huge}),
     );
     assert_eq!(bad_cursor["code"], "invalid_field");
+    // The walker's conversation with the sender: three of the largest messages and a broadcast
+    // copy do not fit one page, whatever the limit.
+    let past = ask(
+        "history",
+        json!({"action": "history", "session_token": walker, "with": "sender", "limit": 100}),
+    );
+    assert_eq!(past["more"], true, "{past}");
+    assert!(past["messages"].as_array().unwrap().len() < 4, "{past}");
+    let bad_cursor = ask(
+        "history",
+        json!({"action": "history", "session_token": walker, "cursor": huge}),
+    );
+    assert_eq!(bad_cursor["code"], "invalid_field");
     let logged_out = ask(
         "logout",
         json!({"action": "logout", "session_token": walker}),

@@ -37,6 +37,8 @@ const VIEWS: &[&str] = &[
     "live_forwards",
     "recent_auth_failures",
     "leased_mail",
+    "threads",
+    "conversations",
 ];
 
 /// A broker with a little of everything in its database, and what the test needs to know

@@ -371,7 +371,7 @@ fn announcements_go_when_the_sweeper_removes_their_mail() {
         )
         .unwrap();
     client.ack(&alice, &checked.ids()).unwrap();
-    broker.clock.advance(chrono::Duration::days(30));
+    broker.clock.advance(chrono::Duration::days(31));
     let report = broker.sweep();
     assert_eq!(report.delivered_mail, 1, "{report:?}");
     assert_eq!(announcements(&broker, "w"), 1);

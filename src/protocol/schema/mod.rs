@@ -11,6 +11,7 @@
 //! - [`conversation`]: one message as its sender or a recipient reads it back later, in the
 //!   replies of `thread`, `history` and `search`.
 //! - [`thread`]: the reply of `thread`, one conversation's messages.
+//! - [`history`]: the reply of `history`.
 //! - [`error`]: the error reply every action may give instead.
 //!
 //! Every reply is written by [`super::Reply::to_line`], which adds `status`.
@@ -23,6 +24,7 @@
 
 pub mod conversation;
 pub mod error;
+pub mod history;
 pub mod identity;
 pub mod mail;
 pub mod requests;
@@ -30,6 +32,7 @@ pub mod thread;
 
 pub use conversation::{ConversationMessage, Direction};
 pub use error::ErrorReply;
+pub use history::HistoryReply;
 pub use identity::{
     ChallengeReply, ClockReport, InstanceEntry, ListReply, LogoutReply, PingRefusal, PingReply,
     RegisterReply, RenameReply, SecurityMode, StaticToken, StoreWork,

@@ -28,6 +28,7 @@ pub enum ClientRequest {
     Watch(WatchRequest),
     Sent(SentRequest),
     Thread(ThreadRequest),
+    History(HistoryRequest),
 }
 
 impl ClientRequest {
@@ -48,6 +49,7 @@ impl ClientRequest {
             ClientRequest::Watch(_) => "watch",
             ClientRequest::Sent(_) => "sent",
             ClientRequest::Thread(_) => "thread",
+            ClientRequest::History(_) => "history",
         }
     }
 
@@ -233,4 +235,20 @@ pub struct ThreadRequest {
     pub limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
+}
+
+/// `history`: one page of the caller's sent and received mail, newest first; `with` keeps only
+/// the mail between it and one peer, `cursor` (a previous reply's `next_cursor`) goes on from
+/// the last page, `before` starts at a time.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct HistoryRequest {
+    pub session_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<Timestamp>,
 }

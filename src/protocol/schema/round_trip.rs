@@ -129,7 +129,32 @@ fn requests() -> Vec<ClientRequest> {
                 .encode(),
             ),
         }),
+        ClientRequest::History(HistoryRequest {
+            session_token: token(),
+            with: Some("bob".into()),
+            limit: Some(2),
+            cursor: Some("h41".into()),
+            before: Timestamp::parse("2026-11-24T21:07:44.000Z"),
+        }),
     ]
+}
+
+/// One message as `history`, `thread` and `search` show it: a reply the caller received.
+fn conversation_message() -> ConversationMessage {
+    ConversationMessage {
+        id: MessageId(7),
+        from: name("alice"),
+        to: name("robert"),
+        addressed_to: name("bob"),
+        kind: MessageKind::Direct,
+        timestamp: at("2026-01-01T12:00:00.000Z"),
+        message: body(),
+        thread_id: MessageId(5),
+        reply_to: Some(MessageId(6)),
+        subject: Some("the API".into()),
+        direction: Direction::Received,
+        state: ReceiptState::Waiting,
+    }
 }
 
 fn message() -> WireMessage {
@@ -405,6 +430,24 @@ fn replies() -> Vec<(&'static str, Reply)> {
             }
             .into(),
         ),
+        (
+            "history",
+            HistoryReply {
+                messages: vec![conversation_message()],
+                more: true,
+                next_cursor: Some("h7".into()),
+            }
+            .into(),
+        ),
+        (
+            "history",
+            HistoryReply {
+                messages: vec![],
+                more: false,
+                next_cursor: None,
+            }
+            .into(),
+        ),
         ("any", replaced.into()),
     ]
 }
@@ -438,6 +481,7 @@ fn reply_round_trips(reply: &Reply) {
         Reply::Watch(inner) => round_trips(inner, &line),
         Reply::Sent(inner) => round_trips(inner, &line),
         Reply::Thread(inner) => round_trips(inner, &line),
+        Reply::History(inner) => round_trips(inner, &line),
         Reply::Error(inner) => round_trips(inner, &line),
     }
 }
