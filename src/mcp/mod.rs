@@ -181,6 +181,9 @@ fn hint_for(code: &str) -> &'static str {
         "name_in_use" => "Another session uses this name now. Register another name, or pass takeover: true only if you are sure that session is gone or the user asked you to.",
         "session_replaced" => "Another session registered your name. Register with takeover: true only if you are sure it is gone or the user asked you to; otherwise register another name.",
         "same_name" => "Nothing to do.",
+        "unknown_thread" | "unknown_reply_to" => {
+            "Use an id that check, thread or history showed you (a message you sent or received)."
+        }
         _ => "Fix the request and try again.",
     }
 }
