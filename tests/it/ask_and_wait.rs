@@ -312,3 +312,18 @@ fn cli_send_wait_reply_prints_the_answer_or_exits_4_with_a_line_on_stderr() {
     assert!(stdout.contains("  9876"), "{stdout}");
     assert!(stdout.contains("subject \"ports\""), "{stdout}");
 }
+
+#[test]
+fn the_asker_may_rename_before_the_answer_comes() {
+    let broker = TestBroker::start();
+    let (_, alice, bob) = broker.alice_and_bob();
+    let mut client = broker.client();
+    let question = send(&mut client, &alice, "bob", "still on for 3pm?", None);
+    client.rename(&alice, "alicia").expect("rename");
+    // bob answers the name he knows; the forward takes it to alicia, and the question is
+    // still hers to wait on.
+    let answer = send(&mut client, &bob, "alice", "yes", Some(question));
+    let reply = check_replies(&mut client, &alice, question, 5_000);
+    assert_eq!(ids(&reply), [answer], "{reply}");
+    assert_eq!(reply["messages"][0]["to"], "alicia");
+}
