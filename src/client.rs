@@ -5,6 +5,7 @@
 //! broker is run by the expected local user (see [`broker_owner`]).
 
 mod broker_owner;
+mod threads;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -36,6 +37,7 @@ use crate::protocol::ErrorCode;
 
 pub use crate::protocol::schema::requests::ThreadingFields;
 pub use broker_owner::{BrokerUser, Expected, NamedUser, BROKER_USER_ENV};
+pub use threads::{other_party, Replied, THREAD_PAGE_MAX};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -836,6 +838,7 @@ impl Client {
             lease_ms: options.manual_ack.map(millis),
             limit: options.limit,
             wait_ms: options.wait.map(millis),
+            reply_to: None,
         });
         match options.wait {
             Some(wait) => self.with_wait(wait, |client| client.call_as(request)),

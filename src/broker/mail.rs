@@ -679,10 +679,18 @@ impl Broker {
             .unwrap_or(CHECK_MAX_MESSAGES)
             .min(CHECK_MAX_MESSAGES);
         let ack = options.ack;
+        let reply_to = options.reply_to;
         let hold = self.receipt_hold();
         let read = move |tx: &Tx<'_>, caller: &Caller, now: Timestamp| {
             let mut budget = ReplyBudget::new();
-            let more = tx.available_for(&caller.name, now, fetch, |stored| budget.take(stored))?;
+            let take = |stored: &StoredMessage| budget.take(stored);
+            let more = match reply_to {
+                None => tx.available_for(&caller.name, now, fetch, take)?,
+                Some(question) if tx.sent_by_caller(&caller.name, question)? => {
+                    tx.available_replies_for(&caller.name, now, question, fetch, take)?
+                }
+                Some(question) => return refuse(BrokerError::UnknownQuestion(question)),
+            };
             let (messages, ids) = (budget.messages, budget.ids);
             let held_until = match ack {
                 AckMode::Auto => {

@@ -10,6 +10,7 @@
 //! - [`auth_guard`]: throttles peers that keep failing authentication.
 //! - [`mail`]: send, broadcast, check, ack and delivery receipts.
 //! - [`receipts`]: `sent`, what became of the caller's own mail.
+//! - [`thread`]: `thread`, one conversation as the caller took part in it.
 //! - [`search`]: `search`, full-text search over the caller's own mail.
 //! - [`typos`]: the name a send to a never-seen name probably meant.
 //! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
@@ -39,6 +40,7 @@ pub mod search;
 pub mod session;
 pub mod storage_failure;
 pub mod sweeper;
+pub mod thread;
 pub mod timekeeping;
 pub mod typos;
 pub mod unsettled;
@@ -79,6 +81,13 @@ pub enum BrokerError {
     ReservedRecipient(String),
     #[error("reply_to {0} is not a message you sent or received (or it was purged after the history retention); reply to an id your check, history, thread or search showed you")]
     UnknownReplyTo(MessageId),
+    /// The same text whatever the reason, so a thread's existence cannot be probed.
+    #[error("no thread you took part in has that id (or it was purged after the history retention); name a thread, or a message in it, that your check, history, thread or search showed you")]
+    UnknownThread,
+    #[error("`cursor` belongs to another thread; pass the `next_cursor` of this thread's previous page, or start again without it")]
+    CursorOfAnotherThread,
+    #[error("check's reply_to {0} is not a message you sent (or it was purged after the history retention); wait for the answers to an id your send or broadcast returned")]
+    UnknownQuestion(MessageId),
     #[error("Message queue full for {name} ({cap} message limit)")]
     QueueFull { name: String, cap: u32 },
     #[error("Rate limit: can rename again in {minutes} minutes")]
@@ -163,6 +172,9 @@ impl BrokerError {
             ReservedName(_) | ReservedRecipient(_) => ErrorCode::ReservedName,
             QueueFull { .. } => ErrorCode::QueueFull,
             UnknownReplyTo(_) => ErrorCode::UnknownReplyTo,
+            UnknownThread => ErrorCode::UnknownThread,
+            CursorOfAnotherThread => ErrorCode::InvalidField,
+            UnknownQuestion(_) => ErrorCode::UnknownReplyTo,
             RenameCooldown { .. } => ErrorCode::RenameCooldown,
             RateLimited { .. } => ErrorCode::RateLimited,
             PeerRateLimited { .. } => ErrorCode::PeerRateLimited,
@@ -210,6 +222,9 @@ impl BrokerError {
             | NameTaken(_)
             | SameName(_)
             | UnknownReplyTo(_)
+            | UnknownThread
+            | CursorOfAnotherThread
+            | UnknownQuestion(_)
             | ReservedRecipient(_) => true,
             InvalidSession
             | InvalidAuth
@@ -509,6 +524,7 @@ impl Broker {
             Action::Logout => self.logout(token, peer).await.map(Outcome::reply),
             Action::Watch(options) => self.watch(token, peer, options, reader).await,
             Action::Sent(selection) => self.sent(token, peer, selection).await.map(Outcome::reply),
+            Action::Thread(query) => self.thread(token, peer, query).await.map(Outcome::reply),
             Action::History(options) => {
                 self.history(token, peer, options).await.map(Outcome::reply)
             }

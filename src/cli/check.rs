@@ -17,7 +17,7 @@ use crate::relative_time::{reach, relative_to_now};
 use crate::session_file::SessionFile;
 
 /// How long printed-but-unacknowledged mail is held before it is handed out again.
-const LEASE: Duration = Duration::from_secs(30);
+pub(super) const LEASE: Duration = Duration::from_secs(30);
 /// How long one `watch` long-poll waits before asking again.
 const WATCH_POLL: Duration = Duration::from_secs(25);
 /// What every line of a message's content and data begins with, so none looks like a header.
@@ -131,7 +131,7 @@ fn reconnect(args: &ClientArgs) -> Result<Client, CliError> {
 
 /// Writes the text to stdout and only then acknowledges the mail in it. If stdout is gone,
 /// nothing is acknowledged and the mail is handed out again after its lease.
-fn print_then_ack(
+pub(super) fn print_then_ack(
     client: &mut Client,
     session: &SessionFile,
     text: &str,
@@ -162,18 +162,24 @@ fn print_then_ack(
 }
 
 fn check_json(checked: &Checked) -> String {
+    output::json_text(&check_value(checked))
+}
+
+/// A check's reply as `--json` prints it.
+pub(super) fn check_value(checked: &Checked) -> serde_json::Value {
     let messages: Vec<_> = checked.messages.iter().map(message_json).collect();
-    output::json_text(&json!({"status": "ok", "messages": messages, "more": checked.more}))
+    json!({"status": "ok", "messages": messages, "more": checked.more})
 }
 
 fn message_json(m: &Received) -> serde_json::Value {
     json!({"id": m.id, "from": m.from, "to": m.to, "timestamp": m.timestamp,
            "message": {"content": m.message.content, "data": m.message.data},
            "nonce": m.nonce, "sender_timestamp": m.sender_timestamp,
-           "delivery_count": m.delivery_count})
+           "delivery_count": m.delivery_count, "thread_id": m.thread_id,
+           "reply_to": m.reply_to, "subject": m.subject})
 }
 
-fn check_text(checked: &Checked) -> String {
+pub(super) fn check_text(checked: &Checked) -> String {
     let mut text = String::new();
     if checked.messages.is_empty() {
         text.push_str("No new messages\n");
@@ -195,11 +201,18 @@ fn message_text(message: &Received) -> String {
     let ago = relative_to_now(&message.timestamp)
         .map(|ago| format!(" ({ago})"))
         .unwrap_or_default();
+    let threading = crate::mcp::format::threading(
+        message.id.0,
+        message.thread_id,
+        message.reply_to,
+        message.subject.as_deref(),
+    );
     let mut text = format!(
-        "[{}] from {} at {}{ago}\n{}\n",
+        "[{}] from {} at {}{ago}{}\n{}\n",
         message.id,
         for_terminal(&message.from),
         for_terminal(&message.timestamp),
+        for_terminal(&threading),
         block_for_terminal(&message.message.content, CONTENT_INDENT)
     );
     if let Some(data) = &message.message.data {

@@ -1,7 +1,7 @@
 //! The command line: one file per subcommand. `main.rs` parses [`Cli`] and calls [`run`].
 //!
 //! Exit codes: 0 success, 1 the broker refused the request, 2 a usage error (including "not
-//! registered yet"), 3 no broker answered.
+//! registered yet"), 3 no broker answered, 4 no answer came in time (`--wait-reply`).
 
 mod autostart;
 mod check;
@@ -13,11 +13,13 @@ pub mod output;
 mod ping;
 mod register;
 mod rename;
+mod reply;
 mod search;
 mod send;
 mod sent;
 pub mod serve;
 mod status;
+mod thread;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,6 +36,8 @@ use crate::session_file::SessionFileError;
 pub const EXIT_BROKER_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_UNREACHABLE: u8 = 3;
+/// `send --wait-reply` (or `reply --wait-reply`): no answer came in time.
+pub const EXIT_NO_REPLY: u8 = 4;
 
 /// How long the client waits for the broker at each step.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +52,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
   claude-ipc register alice                 register; the session goes to ~/.ipc-session
   claude-ipc send bob \"API changed\"         send bob a message (registered or not yet)
   claude-ipc check                          read your mail
+  claude-ipc reply 41 \"merged\"              answer message 41, in its thread
+  claude-ipc thread 41                      the conversation message 41 belongs to
   claude-ipc sent                           what became of the mail you sent
   claude-ipc history --with bob             what you and bob said, newest first
   claude-ipc search 'deploy NOT draft'      search the mail you sent and received
@@ -71,7 +77,8 @@ Environment:
   NO_COLOR            no colour, even on a terminal
 
 Exit codes: 0 success, 1 the broker refused (or a file or database failed), 2 usage error or
-not registered yet, 3 no broker answered (or the one that did is run by another user).
+not registered yet, 3 no broker answered (or the one that did is run by another user), 4 no
+answer came in time (send --wait-reply, reply --wait-reply).
 
 Each subcommand has its own --help. Guides: README.md and docs/ (OPERATIONS.md for running it)."
 )]
@@ -94,6 +101,10 @@ pub enum Command {
     Broadcast(send::BroadcastArgs),
     /// What became of the mail you sent: waiting, read, delivered or expired, and when.
     Sent(sent::SentArgs),
+    /// Answer a message: to its other party, in its thread.
+    Reply(reply::ReplyArgs),
+    /// Show one conversation, oldest first, as you took part in it.
+    Thread(thread::ThreadArgs),
     /// The mail you sent and received, newest first; --with NAME for one conversation.
     History(history::HistoryArgs),
     /// Search the mail you sent and received: words, "phrases", prefix*, AND/OR/NOT.
@@ -320,6 +331,8 @@ pub fn run(command: Command) -> ExitCode {
         Command::Send(args) => send::run(args),
         Command::Broadcast(args) => send::run_broadcast(args),
         Command::Sent(args) => sent::run(args),
+        Command::Reply(args) => reply::run(args),
+        Command::Thread(args) => thread::run(args),
         Command::History(args) => history::run(args),
         Command::Search(args) => search::run(args),
         Command::Check(args) => check::run(args),
@@ -366,6 +379,8 @@ impl Command {
             Command::Send(args) => Some(&args.client),
             Command::Broadcast(args) => Some(&args.client),
             Command::Sent(args) => Some(&args.client),
+            Command::Reply(args) => Some(&args.client),
+            Command::Thread(args) => Some(&args.client),
             Command::History(args) => Some(&args.client),
             Command::Search(args) => Some(&args.client),
             Command::Check(args) => Some(&args.client),

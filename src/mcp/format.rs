@@ -8,8 +8,8 @@ use serde_json::Value;
 use super::command::CommandRun;
 use super::guard::Secrets;
 use crate::client::{Acked, Checked, Instance, Received, Waiting};
-use crate::domain::SYSTEM_SENDER;
-use crate::protocol::schema::{Receipt, ReceiptState, SentReply};
+use crate::domain::{MessageId, SYSTEM_SENDER};
+use crate::protocol::schema::{ConversationMessage, Receipt, ReceiptState, SentReply, ThreadReply};
 use crate::relative_time::{reach, relative_time};
 
 mod history;
@@ -78,8 +78,14 @@ pub fn mail(checked: &Checked, now: DateTime<Utc>, secrets: &Secrets) -> String 
 }
 
 fn one_message(message: &Received, now: DateTime<Utc>, secrets: &Secrets) -> String {
+    let threading = threading(
+        message.id.0,
+        message.thread_id,
+        message.reply_to,
+        message.subject.as_deref(),
+    );
     let mut text = format!(
-        "# {}, id {}, {} ({}):\n",
+        "# {}, id {}{threading}, {} ({}):\n",
         who_and_kind(message),
         message.id,
         ago(&message.timestamp, now),
@@ -354,6 +360,118 @@ pub fn command_report(command: &str, run: &CommandRun, timeout_seconds: u64) -> 
     }
     if run.truncated {
         text.push_str("(output was cut at the size cap)\n");
+    }
+    text
+}
+
+/// How many characters of a message's content a line of a thread shows; the rest is cut,
+/// with a note that says how to read it whole.
+pub const THREAD_LINE_CHARS: usize = 160;
+
+/// A thread for the model, one line per message (`#id from→to [subject] time: first line…`),
+/// so a long thread stays compact; `full` shows every line of every message instead of the
+/// first, quoted as `check` quotes mail. Guarded values are redacted.
+pub fn thread(reply: &ThreadReply, now: DateTime<Utc>, secrets: &Secrets, full: bool) -> String {
+    let subject = match &reply.subject {
+        Some(subject) => format!(" \"{}\"", one_line(subject)),
+        None => String::new(),
+    };
+    let mut text = format!(
+        "Thread {}{subject}: {} you sent or received, oldest first.\n",
+        reply.thread_id,
+        messages(reply.messages.len())
+    );
+    let mut cut = false;
+    let mut redacted = false;
+    for message in &reply.messages {
+        let (line, was_cut, was_redacted) = thread_entry(message, now, secrets, full);
+        text.push_str(&line);
+        cut |= was_cut;
+        redacted |= was_redacted;
+    }
+    if cut {
+        text.push_str(&format!(
+            "Lines ending in … are cut: call thread with thread_id={} and full=true to read them whole.\n",
+            reply.thread_id
+        ));
+    }
+    if redacted {
+        text.push_str("A message contained this server's shared secret or a session token; it is shown as [redacted]. Do not send it on.\n");
+    }
+    if let (true, Some(cursor)) = (reply.more, &reply.next_cursor) {
+        text.push_str(&format!(
+            "Later messages are kept: call thread with thread_id={} and cursor=\"{}\".\n",
+            reply.thread_id,
+            one_line(cursor)
+        ));
+    }
+    text
+}
+
+/// One message of a thread: its header line with the start of its content, or (with `full`)
+/// the header and the whole content quoted. Says whether it cut or redacted anything.
+fn thread_entry(
+    message: &ConversationMessage,
+    now: DateTime<Utc>,
+    secrets: &Secrets,
+    full: bool,
+) -> (String, bool, bool) {
+    let subject = match &message.subject {
+        Some(subject) => format!(" [{}]", one_line(subject)),
+        None => String::new(),
+    };
+    let reply_to = match message.reply_to {
+        Some(parent) => format!(" ↩#{parent}"),
+        None => String::new(),
+    };
+    let head = format!(
+        "#{} {}→{}{subject}{reply_to} {}",
+        message.id,
+        one_line(&message.from),
+        one_line(&message.to),
+        ago(&message.timestamp, now),
+    );
+    let (content, redacted) = secrets.redact(&message.message.content);
+    if full {
+        return (format!("# {head}:\n{}", quoted(&content)), false, redacted);
+    }
+    let (start, cut) = first_line_cut(&content, THREAD_LINE_CHARS);
+    let ellipsis = if cut { "…" } else { "" };
+    (
+        format!("{head}: {}{ellipsis}\n", one_line(&start)),
+        cut,
+        redacted,
+    )
+}
+
+/// The first line of `content`, at most `max` characters of it, and whether anything (the
+/// rest of the line, or later lines) was left out.
+pub fn first_line_cut(content: &str, max: usize) -> (String, bool) {
+    let lines = content_lines(content);
+    let first = lines.first().copied().unwrap_or_default();
+    let start: String = first.chars().take(max).collect();
+    let cut = lines.len() > 1 || first.chars().count() > max;
+    (start, cut)
+}
+
+/// The subject, thread and parent of a message as `check` shows them after its sender: empty
+/// for mail that starts no thread and has no subject, as legacy mail does.
+pub fn threading(
+    id: i64,
+    thread_id: Option<MessageId>,
+    reply_to: Option<MessageId>,
+    subject: Option<&str>,
+) -> String {
+    let mut text = String::new();
+    if let Some(subject) = subject {
+        text.push_str(&format!(", subject \"{}\"", one_line(subject)));
+    }
+    if let Some(parent) = reply_to {
+        text.push_str(&format!(", reply to {parent}"));
+    }
+    match thread_id {
+        Some(thread) if thread.0 != id => text.push_str(&format!(", thread {thread}")),
+        _ => {}
     }
     text
 }

@@ -23,6 +23,7 @@ pub mod format;
 pub mod guard;
 mod history;
 pub mod share_file;
+pub mod threads;
 
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{CheckOptions, Client, ClientError, Stamp, Waiting};
 use crate::config::Config;
 use crate::domain::MessageId;
+use crate::protocol::schema::requests::ThreadingFields;
 use crate::protocol::schema::BroadcastReply;
 use crate::relative_time::recipient_reach;
 use crate::session_file::SessionFile;
@@ -49,7 +51,7 @@ use election::Election;
 /// How long mail a tool read stays leased to it before it is handed out again unacknowledged.
 /// The ack follows within milliseconds; the lease only matters if this process or the broker
 /// dies in between.
-const CHECK_LEASE: Duration = Duration::from_secs(30);
+pub(crate) const CHECK_LEASE: Duration = Duration::from_secs(30);
 /// How many times a call is retried after losing its connection to the broker.
 const CONNECTION_RETRIES: u32 = 3;
 /// The pause before the first such retry; it grows with each one.
@@ -179,6 +181,9 @@ fn hint_for(code: &str) -> &'static str {
         "name_in_use" => "Another session uses this name now. Register another name, or pass takeover: true only if you are sure that session is gone or the user asked you to.",
         "session_replaced" => "Another session registered your name. Register with takeover: true only if you are sure it is gone or the user asked you to; otherwise register another name.",
         "same_name" => "Nothing to do.",
+        "unknown_thread" | "unknown_reply_to" => {
+            "Use an id that check, thread or history showed you (a message you sent or received)."
+        }
         _ => "Fix the request and try again.",
     }
 }
@@ -226,6 +231,45 @@ pub struct SendArgs {
     #[serde(default)]
     #[schemars(extend("type" = ["object", "null"]))]
     pub data: Option<Value>,
+    /// Optional subject: 1-200 characters on one line. A reply without one keeps its thread's.
+    #[serde(default)]
+    pub subject: Option<String>,
+    /// Optional: the id of the message this answers (as check, thread or a channel tag showed
+    /// it); the message joins that message's thread. The reply tool finds the recipient itself.
+    #[serde(default)]
+    pub reply_to: Option<AckId>,
+    /// Optional: after sending, wait up to this many seconds (0-300) for the recipient's
+    /// answer and return it in the same result. Other mail is left waiting.
+    #[serde(default)]
+    pub wait_for_reply_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ReplyArgs {
+    /// The id of the message to answer: the msg_id of a channel tag, or the id check or
+    /// thread showed.
+    pub msg_id: AckId,
+    /// The reply text.
+    pub content: String,
+    /// Optional subject: 1-200 characters on one line; without it the reply keeps its thread's.
+    #[serde(default)]
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub struct ThreadArgs {
+    /// The thread's id, as check or thread showed it.
+    #[serde(default)]
+    pub thread_id: Option<AckId>,
+    /// Or the id of any message in the thread.
+    #[serde(default)]
+    pub msg_id: Option<AckId>,
+    /// The cursor a previous thread call gave, for the thread's later messages.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Show every message whole instead of one line each (default false).
+    #[serde(default)]
+    pub full: bool,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -408,11 +452,52 @@ impl IpcServer {
     }
 
     #[tool(
-        description = "Use to send a message to one other instance by name (it may register later; the mail waits). This is the tool that replies to a message from another instance, also one pushed as a <channel source=\"claude-ipc\"> tag (to_id = its from): never reply with Claude Code's own SendMessage, which does not reach other instances."
+        description = "Use to send a message to one other instance by name (it may register later; the mail waits). To ask a question and get the answer in the same call, set wait_for_reply_seconds. To answer a message, the reply tool is simplest (it finds the recipient and keeps the thread); send with reply_to does the same, also for one pushed as a <channel source=\"claude-ipc\"> tag (to_id = its from): never reply with Claude Code's own SendMessage, which does not reach other instances."
     )]
-    async fn send(&self, Parameters(args): Parameters<SendArgs>) -> Result<String, ToolError> {
-        self.send_message(Some(args.to_id), args.content, args.data)
-            .await
+    async fn send(
+        &self,
+        Parameters(args): Parameters<SendArgs>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<String, ToolError> {
+        let wait = threads::reply_wait(args.wait_for_reply_seconds)?;
+        let thread = ThreadingFields {
+            reply_to: args.reply_to.as_ref().map(AckId::parse).transpose()?,
+            subject: args.subject,
+        };
+        let (text, id) = self
+            .send_threaded(Some(args.to_id), args.content, args.data, thread)
+            .await?;
+        match (wait, id) {
+            (Some(seconds), Some(id)) => {
+                let answer = self.await_reply(id, seconds, &context.ct).await?;
+                Ok(format!("{text}\n{answer}"))
+            }
+            _ => Ok(text),
+        }
+    }
+
+    #[tool(
+        description = "Use to answer a message, whether you received it or sent it: the reply goes to its other party and joins its thread, so the conversation stays together. msg_id is the id check, thread or a <channel> tag showed. To wait for the answer to your reply, use send with reply_to and wait_for_reply_seconds instead."
+    )]
+    async fn reply(&self, Parameters(args): Parameters<ReplyArgs>) -> Result<String, ToolError> {
+        let id = args.msg_id.parse()?;
+        self.reply_to_message(id, args.content, args.subject).await
+    }
+
+    #[tool(
+        description = "Use to read a conversation back, e.g. to recall what was said earlier: the messages of one thread that you sent or received, oldest first, one line each (full=true for whole messages). Give thread_id, or msg_id of any message in it. Consumes nothing; mail already read is included."
+    )]
+    async fn thread(&self, Parameters(args): Parameters<ThreadArgs>) -> Result<String, ToolError> {
+        let id = match (&args.thread_id, &args.msg_id) {
+            (Some(id), None) | (None, Some(id)) => id.parse()?,
+            (Some(thread), Some(msg)) if thread.parse()? == msg.parse()? => thread.parse()?,
+            _ => {
+                return Err(ToolError::Input(
+                    "Give thread_id (or msg_id of a message in the thread), one of them, like thread_id=41.".to_owned(),
+                ))
+            }
+        };
+        self.thread_text(id, args.cursor, args.full).await
     }
 
     #[tool(description = "Use to send one message to every other registered instance.")]
@@ -916,6 +1001,19 @@ impl IpcServer {
         content: String,
         data: Option<Value>,
     ) -> Result<String, ToolError> {
+        let thread = ThreadingFields::default();
+        Ok(self.send_threaded(to, content, data, thread).await?.0)
+    }
+
+    /// [`IpcServer::send_message`] with a place in a conversation (`reply_to`, `subject`);
+    /// also returns the sent message's id (a broadcast's: none).
+    async fn send_threaded(
+        &self,
+        to: Option<String>,
+        content: String,
+        data: Option<Value>,
+        thread: ThreadingFields,
+    ) -> Result<(String, Option<MessageId>), ToolError> {
         let data = object_or_none(data)?.map(Value::Object);
         // One stamp for every attempt: a retry after a lost connection (here or inside the
         // client) repeats the same nonce, so the broker stores the message once.
@@ -923,25 +1021,26 @@ impl IpcServer {
             Stamp::fresh().map_err(|e| ToolError::Input(format!("cannot make a nonce: {e}")))?;
         self.as_session(move |client, token| match &to {
             Some(to) => client
-                .send_stamped(token, to, &content, data.clone(), &stamp)
+                .send_threaded(token, to, &content, data.clone(), &thread, &stamp)
                 .map(|sent| {
                     let text = sent_text(&sent.message, Some(sent.message_id), &[], 0);
                     let text = match recipient_reach(&sent, chrono::Utc::now()) {
                         Some(reach) => format!("{}; {reach}.", text.trim_end_matches('.')),
                         None => text,
                     };
-                    match &sent.did_you_mean {
+                    let text = match &sent.did_you_mean {
                         Some(meant) => format!(
                             "{}; {}",
                             text.trim_end_matches('.'),
                             format::did_you_mean(to, meant)
                         ),
                         None => text,
-                    }
+                    };
+                    (text, Some(sent.message_id))
                 }),
             None => client
-                .broadcast_stamped(token, &content, data.clone(), &stamp)
-                .map(|reply| broadcast_text(&reply)),
+                .broadcast_threaded(token, &content, data.clone(), &thread, &stamp)
+                .map(|reply| (broadcast_text(&reply), None)),
         })
         .await
     }

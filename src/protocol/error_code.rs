@@ -67,6 +67,9 @@ pub enum ErrorCode {
     /// A `reply_to` naming a message the caller neither sent nor received (or one that does
     /// not exist, or was purged: alike, so ids cannot be probed).
     UnknownReplyTo,
+    /// A `thread` naming a thread the caller took no part in (or one that does not exist, or
+    /// was purged: alike, so threads cannot be probed).
+    UnknownThread,
     /// A `search` query that does not parse, or is too long.
     InvalidQuery,
     /// A code this client does not know: a newer broker's. Never sent.
@@ -118,6 +121,7 @@ impl ErrorCode {
         ErrorCode::ChallengeFailed,
         ErrorCode::StaticTokenRefused,
         ErrorCode::UnknownReplyTo,
+        ErrorCode::UnknownThread,
         ErrorCode::InvalidQuery,
     ];
 
@@ -166,6 +170,7 @@ impl ErrorCode {
             ChallengeFailed => "challenge_failed",
             StaticTokenRefused => "static_token_refused",
             UnknownReplyTo => "unknown_reply_to",
+            UnknownThread => "unknown_thread",
             InvalidQuery => "invalid_query",
             Unknown => "unknown",
         }

@@ -14,6 +14,7 @@ pub mod reply;
 pub mod request;
 pub mod schema;
 pub mod search_query;
+pub mod thread_cursor;
 
 pub use budget::{Capped, EntryBudget};
 pub use error_code::ErrorCode;
@@ -21,7 +22,7 @@ pub use frame::{FrameScanner, FrameTooLarge, Scan};
 pub use reply::Reply;
 pub use request::{
     AckMode, Action, ChallengeAnswer, CheckOptions, InstanceName, ListOptions, MessageBody,
-    Request, SentSelection, WatchOptions, Watcher, ACTION_NAMES,
+    Request, SentSelection, ThreadQuery, WatchOptions, Watcher, ACTION_NAMES,
 };
 
 /// The protocol revision reported by `ping`. Bumped when a field changes meaning.

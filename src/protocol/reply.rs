@@ -10,7 +10,7 @@ use super::ErrorCode;
 use super::schema::{
     AckReply, BroadcastReply, ChallengeReply, CheckReply, CountReply, ErrorReply, HistoryReply,
     ListReply, LogoutReply, PingReply, RegisterReply, ReleaseReply, RenameReply, SearchReply,
-    SendReply, SentReply, WatchReply,
+    SendReply, SentReply, ThreadReply, WatchReply,
 };
 
 /// Declares [`Reply`] with one variant per reply type, its `From` conversions, and the map of
@@ -63,6 +63,7 @@ replies!(
     Logout(LogoutReply),
     Watch(WatchReply),
     Sent(SentReply),
+    Thread(ThreadReply),
     History(HistoryReply),
     Search(SearchReply),
     Error(ErrorReply),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
+use super::thread_cursor::ThreadCursor;
 use super::{ErrorCode, Reply};
 pub use crate::domain::InstanceName;
 use crate::domain::{MessageId, Subject};
@@ -84,11 +85,28 @@ pub enum Action {
     Watch(WatchOptions),
     /// Receipts for the caller's own mail: what became of each message, and when.
     Sent(SentSelection),
+    /// One conversation the caller took part in, oldest first, one page at a time.
+    Thread(ThreadQuery),
     /// The caller's sent and received mail, newest first, read without changing it.
     History(HistoryOptions),
     /// Full-text search over the caller's own mail.
     Search(SearchOptions),
 }
+
+/// Which thread a `thread` reads, and which page of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadQuery {
+    /// The thread's id, or the id of any message in it the caller can see.
+    pub thread_id: MessageId,
+    /// At most this many messages (1 to [`MAX_THREAD_LIMIT`]).
+    pub limit: u32,
+    /// Where the previous page ended.
+    pub cursor: Option<ThreadCursor>,
+}
+
+/// The most messages one `thread` page holds, and how many without a `limit`.
+pub const MAX_THREAD_LIMIT: u32 = 100;
+pub const DEFAULT_THREAD_LIMIT: u32 = 20;
 
 /// Which of its mail a `sent` asks about.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +133,7 @@ impl Action {
             Action::Logout => "logout",
             Action::Watch(_) => "watch",
             Action::Sent(_) => "sent",
+            Action::Thread(_) => "thread",
             Action::History(_) => "history",
             Action::Search(_) => "search",
         }
@@ -146,6 +165,9 @@ pub struct CheckOptions {
     /// Long-poll: with no mail waiting, answer as soon as some is committed, or empty at this
     /// deadline.
     pub wait: Option<Duration>,
+    /// Only mail answering this message (one the caller sent) is handed out, and waited
+    /// for; the rest stays waiting, untouched.
+    pub reply_to: Option<MessageId>,
 }
 
 /// What a `watch` asks for: whom to tell, how long to wait, how much, and whether the caller
@@ -278,7 +300,7 @@ impl RequestError {
 }
 
 /// Every action the broker answers, in the order the docs list them.
-pub const ACTION_NAMES: [&str; 15] = [
+pub const ACTION_NAMES: [&str; 16] = [
     "ping",
     "challenge",
     "register",
@@ -292,6 +314,7 @@ pub const ACTION_NAMES: [&str; 15] = [
     "logout",
     "watch",
     "sent",
+    "thread",
     "history",
     "search",
 ];
@@ -380,6 +403,7 @@ impl Fields<'_> {
             "logout" => Action::Logout,
             "watch" => Action::Watch(self.watch_options()?),
             "sent" => Action::Sent(self.sent_selection()?),
+            "thread" => Action::Thread(self.thread_query()?),
             "history" => Action::History(self.history_options()?),
             "search" => Action::Search(self.search_options()?),
             "rename" => Action::Rename {
@@ -563,7 +587,47 @@ impl Fields<'_> {
             limit: self.optional_limit()?,
             ack,
             wait: self.optional_millis("wait_ms", 0, MAX_WAIT_MS)?,
+            reply_to: self.optional_message_id("reply_to")?,
         })
+    }
+
+    /// What a `thread` asks for: `thread_id` (required), `limit`, `cursor`.
+    fn thread_query(&self) -> Result<ThreadQuery, RequestError> {
+        let Some(thread_id) = self.optional_message_id("thread_id")? else {
+            return Err(RequestError::new(
+                ErrorCode::MissingField,
+                "missing field `thread_id` (the id of the thread, or of any message in it, as check or send gave it)",
+            ));
+        };
+        let expected = format!("a whole number from 1 to {MAX_THREAD_LIMIT}");
+        let limit = match self.0.get("limit") {
+            None | Some(Value::Null) => DEFAULT_THREAD_LIMIT,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(limit) if (1..=u64::from(MAX_THREAD_LIMIT)).contains(&limit) => limit as u32,
+                _ => return Err(wrong_type("limit", &expected, &Value::Number(n.clone()))),
+            },
+            Some(other) => return Err(wrong_type("limit", &expected, other)),
+        };
+        Ok(ThreadQuery {
+            thread_id,
+            limit,
+            cursor: self.thread_cursor()?,
+        })
+    }
+
+    /// `cursor` of a `thread`: absent, or a `next_cursor` this broker gave.
+    fn thread_cursor(&self) -> Result<Option<ThreadCursor>, RequestError> {
+        let refused = || {
+            RequestError::new(
+                ErrorCode::InvalidField,
+                "`cursor` is not one this broker gave; start again without it",
+            )
+        };
+        match self.0.get("cursor") {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => ThreadCursor::parse(text).map(Some).ok_or_else(refused),
+            Some(_) => Err(refused()),
+        }
     }
 
     fn watch_options(&self) -> Result<WatchOptions, RequestError> {
@@ -1021,6 +1085,67 @@ mod tests {
         ] {
             assert_eq!(code_of(bad), ErrorCode::InvalidField, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_thread_names_its_thread_and_keeps_its_page_in_range() {
+        let Action::Thread(query) = parse(r#"{"action": "thread", "thread_id": 41}"#)
+            .unwrap()
+            .action
+        else {
+            panic!("not a thread")
+        };
+        assert_eq!(
+            query,
+            ThreadQuery {
+                thread_id: MessageId(41),
+                limit: DEFAULT_THREAD_LIMIT,
+                cursor: None
+            }
+        );
+        let cursor = ThreadCursor {
+            thread_id: MessageId(41),
+            after: MessageId(57),
+        };
+        let paged = format!(
+            r#"{{"action": "thread", "thread_id": 57, "limit": 100, "cursor": "{}"}}"#,
+            cursor.encode()
+        );
+        let Action::Thread(query) = parse(&paged).unwrap().action else {
+            panic!("not a thread")
+        };
+        assert_eq!((query.limit, query.cursor), (100, Some(cursor)));
+        assert_eq!(code_of(r#"{"action": "thread"}"#), ErrorCode::MissingField);
+        for bad in [
+            r#"{"action": "thread", "thread_id": "41"}"#,
+            r#"{"action": "thread", "thread_id": 0}"#,
+            r#"{"action": "thread", "thread_id": 41, "limit": 0}"#,
+            r#"{"action": "thread", "thread_id": 41, "limit": 101}"#,
+            r#"{"action": "thread", "thread_id": 41, "cursor": "x"}"#,
+            r#"{"action": "thread", "thread_id": 41, "cursor": 5}"#,
+        ] {
+            assert_eq!(code_of(bad), ErrorCode::InvalidField, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_check_may_ask_for_the_answers_to_one_message() {
+        let Action::Check(options) =
+            parse(r#"{"action": "check", "reply_to": 7, "wait_ms": 1000}"#)
+                .unwrap()
+                .action
+        else {
+            panic!("not a check")
+        };
+        assert_eq!(options.reply_to, Some(MessageId(7)));
+        let Action::Check(plain) = parse(r#"{"action": "check"}"#).unwrap().action else {
+            panic!("not a check")
+        };
+        assert_eq!(plain.reply_to, None);
+        assert_eq!(
+            code_of(r#"{"action": "check", "reply_to": "7"}"#),
+            ErrorCode::InvalidField
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod search;
 mod search_rank;
 pub mod security;
 pub mod startup;
+pub mod threads;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

@@ -467,6 +467,16 @@ pub(crate) const AVAILABLE_FOR: &str = concat!(
     " ORDER BY id LIMIT ?3"
 );
 
+/// [`AVAILABLE_FOR`], only the mail answering message `?4`.
+pub(crate) const AVAILABLE_REPLIES_FOR: &str = concat!(
+    "SELECT id, sender, addressed_to, recipient, kind, content, data, nonce,
+            sender_timestamp, received_at, delivery_count, coalesce(thread_id, id), reply_to,
+            subject
+     FROM messages WHERE ",
+    available_to_recipient!(),
+    " AND reply_to = ?4 ORDER BY id LIMIT ?3"
+);
+
 pub(crate) const NEXT_LEASE_EXPIRY: &str = "SELECT min(leased_until) FROM messages
      WHERE recipient = ?1 AND delivered_at IS NULL AND leased_until > ?2";
 
@@ -616,6 +626,20 @@ impl Tx<'_> {
     ) -> Result<bool, StoreError> {
         let mut statement = self.conn.prepare_cached(AVAILABLE_FOR)?;
         let rows = statement.query(params![recipient, now, i64::from(limit) + 1])?;
+        take_messages(rows, limit, take)
+    }
+
+    /// [`Tx::available_for`], only the mail that answers message `reply_to`.
+    pub fn available_replies_for(
+        &self,
+        recipient: &InstanceName,
+        now: Timestamp,
+        reply_to: MessageId,
+        limit: u32,
+        take: impl FnMut(&StoredMessage) -> bool,
+    ) -> Result<bool, StoreError> {
+        let mut statement = self.conn.prepare_cached(AVAILABLE_REPLIES_FOR)?;
+        let rows = statement.query(params![recipient, now, i64::from(limit) + 1, reply_to])?;
         take_messages(rows, limit, take)
     }
 

@@ -12,6 +12,7 @@ use super::history::*;
 use super::queries::*;
 use super::receipts::*;
 use super::search::*;
+use super::threads::*;
 
 /// Tables that grow with traffic or with the number of instances.
 const HOT_TABLES: [&str; 10] = [
@@ -123,6 +124,15 @@ const STATEMENTS: &[Hot] = &[
     hot("search_snippets", "search (each result)", SEARCH_SNIPPETS),
     hot("visible_count", "search", VISIBLE_COUNT),
     hot("move_received_mail", "rename", MOVE_RECEIVED_MAIL),
+    hot("thread_page", "thread", THREAD_PAGE),
+    hot("thread_subject", "thread", THREAD_SUBJECT),
+    hot("sees_reply_in", "thread", SEES_REPLY_IN),
+    hot("sent_by_caller", "check with reply_to", SENT_BY_CALLER),
+    hot(
+        "available_replies_for",
+        "check with reply_to",
+        AVAILABLE_REPLIES_FOR,
+    ),
     hot("forget_received_mail", "sweeper", FORGET_RECEIVED_MAIL),
     hot("sweep_expired_mail", "sweeper", SWEEP_EXPIRED_MAIL),
     hot("instance_exists", "send, rename", INSTANCE_EXISTS),

@@ -393,7 +393,7 @@ fn refusals_of_malformed_requests() {
         ),
         (
             r#"{"instance_id": "alice"}"#,
-            r#"{"code":"missing_field","message":"request has no `action`; use one of: ping, challenge, register, send, broadcast, check, ack, list, rename, count, logout, watch, sent, history, search","status":"error"}"#,
+            r#"{"code":"missing_field","message":"request has no `action`; use one of: ping, challenge, register, send, broadcast, check, ack, list, rename, count, logout, watch, sent, thread, history, search","status":"error"}"#,
         ),
         (
             r#"{"action": 7}"#,
@@ -600,5 +600,58 @@ fn history_pages_of_a_conversation() {
         ),
         &[],
         r#"{"code":"invalid_field","message":"cursor `2` is not one this broker gave; start again without it (pass back the `next_cursor` of the previous `history` reply)","status":"error"}"#,
+    );
+}
+
+#[test]
+fn a_thread_by_pages_and_a_check_for_the_answers_to_one_message() {
+    let broker = TestBroker::start();
+    let (addr, alice, bob) = broker.alice_and_bob();
+    let send = |token: &str, to: &str, content: &str, extra: &str| {
+        raw(
+            &addr,
+            &format!(
+                r#"{{"action": "send", "session_token": "{token}", "to_id": "{to}", "message": {{"content": "{content}"}}{extra}}}"#
+            ),
+        )
+    };
+    send(&alice, "bob", "frozen?", r#", "subject": "API""#);
+    send(&bob, "alice", "lunch?", "");
+    send(&bob, "alice", "yes", r#", "reply_to": 1"#);
+    assert_golden(
+        &raw(
+            &addr,
+            &format!(
+                r#"{{"action": "thread", "session_token": "{alice}", "thread_id": 3, "limit": 1}}"#
+            ),
+        ),
+        &[],
+        r#"{"messages":[{"addressed_to":"bob","direction":"sent","from":"alice","id":1,"kind":"direct","message":{"content":"frozen?"},"state":"waiting","subject":"API","thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":true,"next_cursor":"dGhyZWFkOjE6MQ","status":"ok","subject":"API","thread_id":1}"#,
+    );
+    assert_golden(
+        &raw(
+            &addr,
+            &format!(
+                r#"{{"action": "thread", "session_token": "{alice}", "thread_id": 1, "cursor": "dGhyZWFkOjE6MQ"}}"#
+            ),
+        ),
+        &[],
+        r#"{"messages":[{"addressed_to":"alice","direction":"received","from":"bob","id":3,"kind":"direct","message":{"content":"yes"},"reply_to":1,"state":"waiting","subject":"API","thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"alice"}],"more":false,"status":"ok","subject":"API","thread_id":1}"#,
+    );
+    assert_golden(
+        &raw(
+            &addr,
+            &format!(r#"{{"action": "check", "session_token": "{alice}", "reply_to": 1}}"#),
+        ),
+        &[],
+        r#"{"messages":[{"addressed_to":"alice","delivery_count":1,"from":"bob","id":3,"kind":"direct","message":{"content":"yes"},"reply_to":1,"subject":"API","thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"alice"}],"more":false,"status":"ok"}"#,
+    );
+    assert_golden(
+        &raw(
+            &addr,
+            &format!(r#"{{"action": "thread", "session_token": "{alice}", "thread_id": 99}}"#),
+        ),
+        &[],
+        r#"{"code":"unknown_thread","message":"no thread you took part in has that id (or it was purged after the history retention); name a thread, or a message in it, that your check, history, thread or search showed you","status":"error"}"#,
     );
 }

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod ask_and_wait;
 mod broker_owner;
 mod challenge;
 mod channel;
@@ -46,6 +47,7 @@ mod share_tools;
 mod smoke;
 mod status;
 mod storage;
+mod thread_action;
 mod threads;
 mod time_rules;
 mod unix_socket;

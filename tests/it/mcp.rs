@@ -69,7 +69,25 @@ fn tools_list_has_exactly_the_named_tools_and_arguments() {
         ),
         (
             "send".to_owned(),
-            expect(&["content", "data", "to_id"], &["content", "to_id"]),
+            expect(
+                &[
+                    "content",
+                    "data",
+                    "reply_to",
+                    "subject",
+                    "to_id",
+                    "wait_for_reply_seconds",
+                ],
+                &["content", "to_id"],
+            ),
+        ),
+        (
+            "reply".to_owned(),
+            expect(&["content", "msg_id", "subject"], &["content", "msg_id"]),
+        ),
+        (
+            "thread".to_owned(),
+            expect(&["cursor", "full", "msg_id", "thread_id"], &[]),
         ),
         (
             "broadcast".to_owned(),

@@ -413,14 +413,19 @@ fn every_action_replies_within_one_legacy_read_however_large_the_data() {
     // 128-character nonce: one of these alone must fit a check reply.
     let content = "c".repeat(limits.large_message_bytes - 2);
     let data = json!({"k": "d".repeat(limits.max_data_bytes - 10)});
+    // One thread: the first starts it, the others answer it.
+    let mut first_id = Value::Null;
     for i in 0..3 {
         let sent = one_read(
             &addr,
             &json!({"action": "send", "session_token": sender, "to_id": "walker",
                     "message": {"content": content, "data": data},
-                    "nonce": format!("{}{i}", escaped(127))}),
+                    "nonce": format!("{}{i}", escaped(127)), "reply_to": first_id}),
         );
         assert_eq!(sent["status"], "ok", "{sent}");
+        if first_id.is_null() {
+            first_id = sent["message_id"].clone();
+        }
     }
     let huge = "h".repeat(900_000);
     let mut covered = BTreeSet::new();
@@ -518,6 +523,21 @@ fn every_action_replies_within_one_legacy_read_however_large_the_data() {
         json!({"action": "sent", "session_token": sender, "ids": strangers}),
     );
     assert_eq!(unknown_receipts["refused_count"], 1000);
+    let threaded = ask(
+        "thread",
+        json!({"action": "thread", "session_token": sender, "thread_id": first_id,
+               "limit": 100}),
+    );
+    assert_eq!(
+        threaded["more"], true,
+        "three large messages take three pages"
+    );
+    let bad_cursor = ask(
+        "thread",
+        json!({"action": "thread", "session_token": sender, "thread_id": first_id,
+               "cursor": huge}),
+    );
+    assert_eq!(bad_cursor["code"], "invalid_field");
     // The walker's conversation with the sender: three of the largest messages and a broadcast
     // copy do not fit one page, whatever the limit.
     let past = ask(

@@ -31,6 +31,8 @@ const WATCH_LIMIT: u32 = 500;
 
 /// How many senders the line names before it says how many more there are.
 const NAMED_SENDERS: usize = 5;
+/// How many subjects the line names before it says how many more there are.
+const NAMED_SUBJECTS: usize = 3;
 
 /// How long a waiting hook looks for a broker that is not there when it starts.
 const START_GRACE: Duration = Duration::from_secs(5);
@@ -215,9 +217,43 @@ fn wake_line(messages: &[WireMessage], more: bool) -> String {
         "them"
     };
     format!(
-        "📬 {count} from {}: use the check tool of claude-ipc to read {it}",
-        senders(messages)
+        "📬 {count} from {}{}: use the check tool of claude-ipc to read {it}",
+        senders(messages),
+        subjects(messages)
     )
+}
+
+/// The subjects (with their threads) of the messages, each once, the first
+/// [`NAMED_SUBJECTS`]: ` about "release" (thread 41), "API"`; empty when none has one.
+fn subjects(messages: &[WireMessage]) -> String {
+    let mut seen: Vec<(&str, Option<i64>)> = Vec::new();
+    for message in messages {
+        if let Some(subject) = message.subject.as_deref() {
+            let thread = message.thread_id.map(|thread| thread.0);
+            if !seen.iter().any(|(shown, _)| *shown == subject) {
+                seen.push((subject, thread));
+            }
+        }
+    }
+    if seen.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = seen
+        .iter()
+        .take(NAMED_SUBJECTS)
+        .map(|(subject, thread)| {
+            let subject = super::super::output::for_terminal(subject);
+            match thread {
+                Some(thread) => format!("\"{subject}\" (thread {thread})"),
+                None => format!("\"{subject}\""),
+            }
+        })
+        .collect();
+    let more = match seen.len().saturating_sub(NAMED_SUBJECTS) {
+        0 => String::new(),
+        n => format!(", {n} more"),
+    };
+    format!(" about {}{more}", shown.join(", "))
 }
 
 /// The senders in the order of their first message, each once, escaped so that no name can
@@ -281,6 +317,19 @@ mod tests {
         assert_eq!(
             line,
             "📬 7 new messages from a, b, c, d, e, 2 more: use the check tool of claude-ipc to read them"
+        );
+    }
+
+    #[test]
+    fn the_line_names_the_subjects_and_their_threads() {
+        let mut messages = from(&["alice", "bob", "alice"]);
+        messages[0].subject = Some("release".into());
+        messages[0].thread_id = Some(crate::domain::MessageId(41));
+        messages[2].subject = Some("release".into());
+        messages[1].subject = Some("line\nbreak".into());
+        assert_eq!(
+            wake_line(&messages, false),
+            "📬 3 new messages from alice, bob about \"release\" (thread 41), \"line\\nbreak\": use the check tool of claude-ipc to read them"
         );
     }
 

@@ -10,6 +10,7 @@
 //! - [`mail`]: the replies of `send`, `broadcast`, `check`, `ack`, `count`, `watch` and `sent`.
 //! - [`conversation`]: one message as its sender or a recipient reads it back later, in the
 //!   replies of `thread`, `history` and `search`.
+//! - [`thread`]: the reply of `thread`, one conversation's messages.
 //! - [`history`]: the reply of `history`.
 //! - [`search`]: the request and reply of `search`.
 //! - [`error`]: the error reply every action may give instead.
@@ -29,6 +30,7 @@ pub mod identity;
 pub mod mail;
 pub mod requests;
 pub mod search;
+pub mod thread;
 
 pub use conversation::{ConversationMessage, Direction};
 pub use error::ErrorReply;
@@ -44,6 +46,7 @@ pub use mail::{
 pub use mail::{Receipt, ReceiptState, SentReply};
 pub use requests::ClientRequest;
 pub use search::{SearchReply, SearchRequest, SearchResult};
+pub use thread::ThreadReply;
 
 #[cfg(test)]
 mod round_trip;

@@ -27,6 +27,7 @@ pub enum ClientRequest {
     Logout(LogoutRequest),
     Watch(WatchRequest),
     Sent(SentRequest),
+    Thread(ThreadRequest),
     History(HistoryRequest),
     Search(super::search::SearchRequest),
 }
@@ -48,6 +49,7 @@ impl ClientRequest {
             ClientRequest::Logout(_) => "logout",
             ClientRequest::Watch(_) => "watch",
             ClientRequest::Sent(_) => "sent",
+            ClientRequest::Thread(_) => "thread",
             ClientRequest::History(_) => "history",
             ClientRequest::Search(_) => "search",
         }
@@ -155,6 +157,9 @@ pub struct CheckRequest {
     pub limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait_ms: Option<u64>,
+    /// Only mail answering this message (one the caller sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<i64>,
 }
 
 /// `ack`: settles mail a manual-ack check leased; with `release`, hands it back unread.
@@ -220,6 +225,18 @@ pub struct SentRequest {
     pub limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ids: Option<Vec<i64>>,
+}
+
+/// `thread`: one page of the thread `thread_id` names (its id, or any of its messages' ids),
+/// after `cursor` (a previous page's `next_cursor`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ThreadRequest {
+    pub session_token: String,
+    pub thread_id: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 /// `history`: one page of the caller's sent and received mail, newest first; `with` keeps only

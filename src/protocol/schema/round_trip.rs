@@ -82,6 +82,7 @@ fn requests() -> Vec<ClientRequest> {
             lease_ms: Some(30_000),
             limit: Some(2),
             wait_ms: Some(1_000),
+            reply_to: Some(41),
         }),
         ClientRequest::Ack(AckRequest {
             session_token: token(),
@@ -115,6 +116,18 @@ fn requests() -> Vec<ClientRequest> {
             session_token: token(),
             limit: None,
             ids: Some(vec![3, 999]),
+        }),
+        ClientRequest::Thread(ThreadRequest {
+            session_token: token(),
+            thread_id: 41,
+            limit: Some(10),
+            cursor: Some(
+                crate::protocol::thread_cursor::ThreadCursor {
+                    thread_id: MessageId(41),
+                    after: MessageId(57),
+                }
+                .encode(),
+            ),
         }),
         ClientRequest::History(HistoryRequest {
             session_token: token(),
@@ -404,6 +417,30 @@ fn replies() -> Vec<(&'static str, Reply)> {
             .into(),
         ),
         (
+            "thread",
+            ThreadReply {
+                thread_id: MessageId(41),
+                subject: Some("the API".into()),
+                messages: vec![ConversationMessage {
+                    id: MessageId(57),
+                    from: name("bob"),
+                    to: name("alice"),
+                    addressed_to: name("alice"),
+                    kind: MessageKind::Direct,
+                    timestamp: at("2026-01-01T12:00:00.000Z"),
+                    message: body(),
+                    thread_id: MessageId(41),
+                    reply_to: Some(MessageId(41)),
+                    subject: Some("the API".into()),
+                    direction: Direction::Received,
+                    state: ReceiptState::Delivered,
+                }],
+                more: true,
+                next_cursor: Some("dGhyZWFkOjQxOjU3".into()),
+            }
+            .into(),
+        ),
+        (
             "history",
             HistoryReply {
                 messages: vec![conversation_message()],
@@ -480,6 +517,7 @@ fn reply_round_trips(reply: &Reply) {
         Reply::Logout(inner) => round_trips(inner, &line),
         Reply::Watch(inner) => round_trips(inner, &line),
         Reply::Sent(inner) => round_trips(inner, &line),
+        Reply::Thread(inner) => round_trips(inner, &line),
         Reply::History(inner) => round_trips(inner, &line),
         Reply::Search(inner) => round_trips(inner, &line),
         Reply::Error(inner) => round_trips(inner, &line),
