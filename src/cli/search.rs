@@ -61,7 +61,11 @@ pub fn run(args: SearchArgs) -> Result<(), CliError> {
         output::json(&crate::protocol::Reply::from(reply).to_json());
         return Ok(());
     }
-    let text = crate::mcp::format::search_results(&reply, chrono::Utc::now(), "pass --cursor");
+    let hints = crate::mcp::format::SearchHints {
+        next_page: "pass --cursor",
+        whole_message: "`claude-ipc thread ID` shows a match whole, in its conversation.",
+    };
+    let text = crate::mcp::format::search_results(&reply, chrono::Utc::now(), &hints);
     print!("{}", output::block_for_terminal(&text, ""));
     Ok(())
 }

@@ -476,13 +476,19 @@ pub fn threading(
     text
 }
 
+/// How a reader of [`search_results`] goes on: the next page, given the cursor, and the
+/// whole message behind a match (the tool's words or the CLI's).
+pub struct SearchHints<'a> {
+    pub next_page: &'a str,
+    pub whole_message: &'a str,
+}
+
 /// A `search` reply: one line per match, best first ("1. #42 alice→bob [subject] 3 min ago:
-/// snippet"), then how to get the next page with `next_page` (the tool's or the CLI's way to
-/// pass the cursor).
+/// snippet"), then how to read a match whole and how to get the next page.
 pub fn search_results(
     reply: &crate::protocol::schema::SearchReply,
     now: DateTime<Utc>,
-    next_page: &str,
+    hints: &SearchHints<'_>,
 ) -> String {
     let mut lines: Vec<String> = reply
         .results
@@ -492,13 +498,13 @@ pub fn search_results(
     if lines.is_empty() {
         lines.push("No mail you sent or received matches.".to_owned());
     } else {
-        lines.push(
-            "Matched words are in [brackets]; thread with an id shows the whole conversation."
-                .into(),
-        );
+        lines.push(format!(
+            "Matched words are in [brackets]; {}",
+            hints.whole_message
+        ));
     }
     if let Some(cursor) = &reply.next_cursor {
-        lines.push(format!("More matches: {next_page} {cursor}"));
+        lines.push(format!("More matches: {} {cursor}", hints.next_page));
     }
     if reply.capped {
         lines.push(

@@ -590,12 +590,12 @@ impl IpcServer {
                 })
             })
             .await?;
-        let next_page = "call search again with the same query and cursor";
-        Ok(format::search_results(
-            &reply,
-            chrono::Utc::now(),
-            next_page,
-        ))
+        let hints = format::SearchHints {
+            next_page: "call search again with the same query and cursor",
+            whole_message:
+                "call thread with msg_id=<the #id> to read a match whole, in its conversation.",
+        };
+        Ok(format::search_results(&reply, chrono::Utc::now(), &hints))
     }
 
     /// Settles mail by id: pushed mail stays waiting until this (or `check`). The broker's

@@ -519,6 +519,7 @@ fn the_cli_and_the_mcp_tool_print_one_line_per_match() {
     );
     assert!(line.ends_with("the [quarterly] numbers are in"), "{text}");
     assert!(!text.contains("review"), "{text}");
+    assert!(text.contains("`claude-ipc thread ID` shows a match whole"), "{text}");
 
     let output = run(&["search", "quarterly", "--limit", "1", "--json"]);
     let reply: Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -547,6 +548,7 @@ fn the_cli_and_the_mcp_tool_print_one_line_per_match() {
     let said = mcp.ok("search", json!({"query": "pelic*"}));
     assert!(said.contains("dave→bob"), "{said}");
     assert!(said.contains("[pelican] briefing"), "{said}");
+    assert!(said.contains("call thread with msg_id="), "{said}");
     let none = mcp.ok("search", json!({"query": "quarterly"}));
     assert!(
         none.contains("No mail you sent or received matches"),
