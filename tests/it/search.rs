@@ -519,7 +519,10 @@ fn the_cli_and_the_mcp_tool_print_one_line_per_match() {
     );
     assert!(line.ends_with("the [quarterly] numbers are in"), "{text}");
     assert!(!text.contains("review"), "{text}");
-    assert!(text.contains("`claude-ipc thread ID` shows a match whole"), "{text}");
+    assert!(
+        text.contains("`claude-ipc thread ID` shows a match whole"),
+        "{text}"
+    );
 
     let output = run(&["search", "quarterly", "--limit", "1", "--json"]);
     let reply: Value = serde_json::from_slice(&output.stdout).unwrap();
