@@ -35,6 +35,7 @@ mod name_claims;
 mod other_assistants;
 mod plugin;
 mod presence;
+mod privacy;
 mod quotas;
 mod receipts;
 mod refusals;
