@@ -9,10 +9,10 @@ use crate::store::conversation::ConversationRow;
 /// message to oneself counts as sent); otherwise the store only returned it because the
 /// caller received it.
 pub fn conversation_message(row: &ConversationRow, caller: &InstanceName) -> ConversationMessage {
-    let direction = if row.sent_by.as_ref() == Some(caller) {
-        Direction::Sent
+    let (direction, peer) = if row.sent_by.as_ref() == Some(caller) {
+        (Direction::Sent, &row.received_by)
     } else {
-        Direction::Received
+        (Direction::Received, &row.sent_by)
     };
     ConversationMessage {
         id: row.id,
@@ -26,6 +26,7 @@ pub fn conversation_message(row: &ConversationRow, caller: &InstanceName) -> Con
         reply_to: row.reply_to,
         subject: row.subject.clone(),
         direction,
+        peer: peer.as_ref().map(InstanceName::to_string),
         state: state_of(row),
     }
 }

@@ -76,7 +76,9 @@ impl Client {
         stamp: &Stamp,
     ) -> Result<Replied, ClientError> {
         let original = self.conversation_message(token, id)?;
-        let to = other_party(&original).to_owned();
+        let to = other_party(&original)
+            .ok_or_else(|| ClientError::Protocol(no_party_to_answer(&original)))?
+            .to_owned();
         let thread = ThreadingFields {
             reply_to: Some(id),
             subject: subject.map(str::to_owned),
@@ -115,12 +117,21 @@ impl Client {
     }
 }
 
-/// Whom a reply to `message` goes to: its sender when the caller received it, else (the
-/// caller sent it) its recipient.
-pub fn other_party(message: &ConversationMessage) -> &str {
-    if message.direction == Direction::Received {
-        &message.from
-    } else {
-        &message.to
-    }
+/// Whom a reply to `message` goes to: the other party under its current name (`peer`), so
+/// a reply follows a rename however long ago it was, and never goes to an old name that
+/// someone else may hold by now. `None` when that instance is gone.
+pub fn other_party(message: &ConversationMessage) -> Option<&str> {
+    message.peer.as_deref()
+}
+
+/// Why a reply to `message` cannot be addressed, and what to do instead.
+fn no_party_to_answer(message: &ConversationMessage) -> String {
+    let id = message.id;
+    let gone = match message.direction {
+        Direction::Received => &message.from,
+        Direction::Sent => &message.to,
+    };
+    format!(
+        "nobody to answer message {id}: {gone} is no longer registered (its instance was removed, or it is the broker's notice or mail imported from the original), so nothing was sent; send to a name that `list` shows, with reply_to {id} to keep the thread"
+    )
 }

@@ -581,7 +581,7 @@ fn history_pages_of_a_conversation() {
             ),
         ),
         &[],
-        r#"{"messages":[{"addressed_to":"alice","direction":"received","from":"bob","id":2,"kind":"direct","message":{"content":"Yes: see src/api.rs"},"reply_to":1,"state":"waiting","subject":"the API","thread_id":1,"timestamp":"2026-01-01T12:00:30.000Z","to":"alice"}],"more":true,"next_cursor":"h2","status":"ok"}"#,
+        r#"{"messages":[{"addressed_to":"alice","direction":"received","from":"bob","id":2,"kind":"direct","message":{"content":"Yes: see src/api.rs"},"peer":"bob","reply_to":1,"state":"waiting","subject":"the API","thread_id":1,"timestamp":"2026-01-01T12:00:30.000Z","to":"alice"}],"more":true,"next_cursor":"h2","status":"ok"}"#,
     );
     assert_golden(
         &raw(
@@ -591,7 +591,7 @@ fn history_pages_of_a_conversation() {
             ),
         ),
         &[],
-        r#"{"messages":[{"addressed_to":"bob","direction":"sent","from":"alice","id":1,"kind":"direct","message":{"content":"Did the API change?"},"state":"delivered","subject":"the API","thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
+        r#"{"messages":[{"addressed_to":"bob","direction":"sent","from":"alice","id":1,"kind":"direct","message":{"content":"Did the API change?"},"peer":"bob","state":"delivered","subject":"the API","thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":false,"status":"ok"}"#,
     );
     assert_golden(
         &raw(
@@ -626,7 +626,7 @@ fn a_thread_by_pages_and_a_check_for_the_answers_to_one_message() {
             ),
         ),
         &[],
-        r#"{"messages":[{"addressed_to":"bob","direction":"sent","from":"alice","id":1,"kind":"direct","message":{"content":"frozen?"},"state":"waiting","subject":"API","thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":true,"next_cursor":"dGhyZWFkOjE6MQ","status":"ok","subject":"API","thread_id":1}"#,
+        r#"{"messages":[{"addressed_to":"bob","direction":"sent","from":"alice","id":1,"kind":"direct","message":{"content":"frozen?"},"peer":"bob","state":"waiting","subject":"API","thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"bob"}],"more":true,"next_cursor":"dGhyZWFkOjE6MQ","status":"ok","subject":"API","thread_id":1}"#,
     );
     assert_golden(
         &raw(
@@ -636,7 +636,7 @@ fn a_thread_by_pages_and_a_check_for_the_answers_to_one_message() {
             ),
         ),
         &[],
-        r#"{"messages":[{"addressed_to":"alice","direction":"received","from":"bob","id":3,"kind":"direct","message":{"content":"yes"},"reply_to":1,"state":"waiting","subject":"API","thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"alice"}],"more":false,"status":"ok","subject":"API","thread_id":1}"#,
+        r#"{"messages":[{"addressed_to":"alice","direction":"received","from":"bob","id":3,"kind":"direct","message":{"content":"yes"},"peer":"bob","reply_to":1,"state":"waiting","subject":"API","thread_id":1,"timestamp":"2026-01-01T12:00:00.000Z","to":"alice"}],"more":false,"status":"ok","subject":"API","thread_id":1}"#,
     );
     assert_golden(
         &raw(

@@ -320,3 +320,48 @@ fn reading_past_mail_never_changes_its_delivery() {
         .collect();
     assert_eq!(first, vec![(c.carols_copy, 1)], "{checked}");
 }
+
+#[test]
+fn a_reply_follows_a_rename_long_after_its_forward_expired_and_never_reaches_the_old_name() {
+    use chrono::Duration as Span;
+    use claude_ipc::client::Stamp;
+
+    let broker = TestBroker::start();
+    let (_, alice, bob) = broker.alice_and_bob();
+    let mut client = broker.client();
+    let question = client
+        .send(&bob, "alice", "which port?", None, None)
+        .expect("send")
+        .message_id
+        .0;
+    ok(
+        &broker,
+        json!({"action": "rename", "session_token": bob, "new_id": "robert"}),
+    );
+    // Long after the rename's forward from `bob` ran out, a newcomer takes the name.
+    broker.clock.advance(Span::hours(3));
+    let newcomer = broker.register("bob");
+
+    let stamp = Stamp {
+        nonce: "reply-after-rename".into(),
+        timestamp: broker.clock.now(),
+    };
+    let replied = client
+        .reply(&alice, question, "9876", None, &stamp)
+        .expect("reply");
+    assert_eq!(
+        replied.to, "robert",
+        "the sender's current name, not the one it wrote under"
+    );
+    let to_newcomer = ok(
+        &broker,
+        json!({"action": "check", "session_token": newcomer}),
+    );
+    assert_eq!(to_newcomer["messages"], json!([]), "{to_newcomer}");
+    let to_robert = ok(&broker, json!({"action": "check", "session_token": bob}));
+    assert_eq!(
+        to_robert["messages"][0]["message"]["content"], "9876",
+        "{to_robert}"
+    );
+    assert_eq!(to_robert["messages"][0]["reply_to"], question);
+}

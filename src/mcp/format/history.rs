@@ -140,6 +140,7 @@ mod tests {
             reply_to: None,
             subject: None,
             direction: Direction::Sent,
+            peer: Some("bob".into()),
             state: ReceiptState::Delivered,
         }
     }

@@ -30,6 +30,13 @@ pub struct ConversationMessage {
     pub subject: Option<String>,
     /// Whether the caller sent it or received it.
     pub direction: Direction,
+    /// The other party under its current name, where a reply should go: the recipient of
+    /// mail the caller sent, the sender of mail it received (the caller itself for mail to
+    /// itself). It follows renames, so it can differ from `from` and `to`, which keep the
+    /// names the message was sent under. Absent when that instance is gone (removed, or the
+    /// broker's own notices, or mail imported from the original), and from an older broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
     /// Where it is on its way: `waiting`, `read` (handed out, not acknowledged) or
     /// `delivered`.
     pub state: ReceiptState,

@@ -163,6 +163,7 @@ fn conversation_message() -> ConversationMessage {
         reply_to: Some(MessageId(6)),
         subject: Some("the API".into()),
         direction: Direction::Received,
+        peer: Some(name("alicia")),
         state: ReceiptState::Waiting,
     }
 }
@@ -433,6 +434,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
                     reply_to: Some(MessageId(41)),
                     subject: Some("the API".into()),
                     direction: Direction::Received,
+                    peer: Some(name("alice")),
                     state: ReceiptState::Delivered,
                 }],
                 more: true,
@@ -474,6 +476,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
                         reply_to: Some(MessageId(6)),
                         subject: Some("the API".into()),
                         direction: Direction::Received,
+                        peer: Some(name("alice")),
                         state: ReceiptState::Delivered,
                     },
                     snippet: "the [rate] [limit] is…".into(),
