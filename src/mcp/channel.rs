@@ -64,15 +64,18 @@ to_id set to the from attribute. Never answer with Claude Code's own SendMessage
 other instances.\n\nAfter reading a pushed message, call ack with its msg_id (several at once: \
 ids=[41, 42]). A message stays waiting until it is acknowledged: check shows it again, and a \
 new session pushes it again. The sent tool shows what became of the mail you sent (waiting, \
-read, delivered, expired, and when it was pushed).";
+read, delivered, expired, and when it was pushed). thread reads a conversation back, history \
+lists past mail (with one peer: with=NAME), and search finds what was said (words, \"phrases\", \
+prefix*, AND, OR, NOT).";
 
 /// The ordinary (non-channel) instructions.
 pub const PLAIN_INSTRUCTIONS: &str = "A local post office for AI assistants on this machine. \
 Call register once with a name, then send, check, broadcast and list_instances. Your identity \
 comes from the session; you never pass your own name again. Reply to a message with this \
 server's reply tool (or send; never Claude Code's own SendMessage, which does not reach other \
-instances). thread reads a conversation back; send with wait_for_reply_seconds asks and waits \
-for the answer.";
+instances). thread reads a conversation back, history lists past mail (with one peer: \
+with=NAME), and search finds what was said (words, \"phrases\", prefix*, AND, OR, NOT); send \
+with wait_for_reply_seconds asks and waits for the answer.";
 
 /// The experimental capabilities a channel server declares.
 pub fn experimental_capabilities() -> rmcp::model::ExperimentalCapabilities {
