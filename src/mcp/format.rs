@@ -384,7 +384,7 @@ pub fn thread(reply: &ThreadReply, now: DateTime<Utc>, secrets: &Secrets, full: 
     let mut cut = false;
     let mut redacted = false;
     for message in &reply.messages {
-        let (line, was_cut, was_redacted) = thread_entry(message, now, secrets, full);
+        let (line, was_cut, was_redacted) = conversation_entry(message, now, secrets, full);
         text.push_str(&line);
         cut |= was_cut;
         redacted |= was_redacted;
@@ -408,9 +408,10 @@ pub fn thread(reply: &ThreadReply, now: DateTime<Utc>, secrets: &Secrets, full: 
     text
 }
 
-/// One message of a thread: its header line with the start of its content, or (with `full`)
-/// the header and the whole content quoted. Says whether it cut or redacted anything.
-fn thread_entry(
+/// One message of a thread or a history page, `#id from→to [subject] ↩#parent 3 min ago:
+/// first line…`, or (with `full`) that header and the whole content quoted. Says whether it
+/// cut or redacted anything.
+fn conversation_entry(
     message: &ConversationMessage,
     now: DateTime<Utc>,
     secrets: &Secrets,

@@ -3,11 +3,8 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{ago, content_lines, one_line, quoted, Secrets};
-use crate::protocol::schema::{ConversationMessage, HistoryReply};
-
-/// How many characters of a message's content its history line shows.
-pub const HISTORY_LINE_CHARS: usize = 160;
+use super::{one_line, Secrets};
+use crate::protocol::schema::HistoryReply;
 
 /// How to ask for the next page and for whole messages, in the words of the caller (the MCP
 /// tool's parameters, or the CLI's flags).
@@ -41,10 +38,10 @@ pub fn history(
     );
     let (mut cut, mut redacted) = (false, false);
     for message in &reply.messages {
-        let entry = history_entry(message, now, secrets, full);
-        text.push_str(&entry.text);
-        cut |= entry.cut;
-        redacted |= entry.redacted;
+        let (line, was_cut, was_redacted) = super::conversation_entry(message, now, secrets, full);
+        text.push_str(&line);
+        cut |= was_cut;
+        redacted |= was_redacted;
     }
     if cut {
         text.push_str(&hints.whole);
@@ -60,68 +57,11 @@ pub fn history(
     text
 }
 
-/// One message's text, and whether it cut or redacted anything.
-struct Entry {
-    text: String,
-    cut: bool,
-    redacted: bool,
-}
-
-/// `#id from→to [subject] ↩#parent 3 min ago: first line…`, or with `full` that header and
-/// the whole content quoted below it.
-fn history_entry(
-    message: &ConversationMessage,
-    now: DateTime<Utc>,
-    secrets: &Secrets,
-    full: bool,
-) -> Entry {
-    let subject = match &message.subject {
-        Some(subject) => format!(" [{}]", one_line(subject)),
-        None => String::new(),
-    };
-    let reply_to = match message.reply_to {
-        Some(parent) => format!(" ↩#{parent}"),
-        None => String::new(),
-    };
-    let head = format!(
-        "#{} {}→{}{subject}{reply_to} {}",
-        message.id,
-        one_line(&message.from),
-        one_line(&message.to),
-        ago(&message.timestamp, now),
-    );
-    let (content, redacted) = secrets.redact(&message.message.content);
-    if full {
-        let text = format!("# {head}:\n{}", quoted(&content));
-        return Entry {
-            text,
-            cut: false,
-            redacted,
-        };
-    }
-    let (start, cut) = first_line_cut(&content, HISTORY_LINE_CHARS);
-    let ellipsis = if cut { "…" } else { "" };
-    Entry {
-        text: format!("{head}: {}{ellipsis}\n", one_line(&start)),
-        cut,
-        redacted,
-    }
-}
-
-/// The first line of `content`, at most `max` characters of it, and whether anything (the
-/// rest of that line, or later lines) was left out.
-fn first_line_cut(content: &str, max: usize) -> (String, bool) {
-    let lines = content_lines(content);
-    let first = lines.first().copied().unwrap_or("");
-    let start: String = first.chars().take(max).collect();
-    let cut = lines.len() > 1 || first.chars().count() > max;
-    (start, cut)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::{MessageId, MessageKind};
+    use crate::protocol::schema::ConversationMessage;
     use crate::protocol::schema::{Direction, ReceiptState, WireBody};
 
     fn message(id: i64, content: &str) -> ConversationMessage {
