@@ -1,0 +1,215 @@
+//! `/events`: the live stream (server-sent events) behind every page's updates.
+//!
+//! A stream waits on the broker's change signal (bumped after each commit of mail, delivery
+//! state or presence; see `broker::doorbell`), never on a timer over the database. Woken, it
+//! reads the delta from the read-only store: mail stored after the last id it sent
+//! (`message` events, each the rendered `<li>` the page inserts) and the delivery state of the
+//! recent messages it tracks (`state` events). Wake-ups are coalesced to at most one read per
+//! [`COALESCE`] per stream, so many busy agents do not become a read storm, and the number of
+//! open streams is capped ([`MAX_STREAMS`]) so a flood of them cannot take the broker down.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream};
+use serde_json::json;
+use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
+
+use super::html::Html;
+use super::pages::message_item;
+use super::WebState;
+use crate::domain::MessageId;
+use crate::store::dashboard::{MailRow, MailState};
+
+/// The most live streams open at once (every dashboard tab holds one).
+pub const MAX_STREAMS: usize = 64;
+/// The least time between two reads of one stream.
+pub const COALESCE: Duration = Duration::from_millis(100);
+/// The most messages one read sends; more follow on the next read at once.
+const DELTA: u32 = 100;
+/// How many recent messages a stream watches the delivery state of.
+const TRACKED: usize = 200;
+
+/// One open stream's place: what it sent, and the states it last reported.
+struct Cursor {
+    state: Arc<WebState>,
+    changes: watch::Receiver<u64>,
+    stop: watch::Receiver<bool>,
+    last_id: MessageId,
+    tracked: HashMap<MessageId, MailState>,
+    /// Tracked ids, oldest first, so the map stays bounded.
+    order: VecDeque<MessageId>,
+    pending: VecDeque<Event>,
+    last_read: Option<Instant>,
+    /// More mail was waiting after the last read's page: read again without waiting.
+    behind: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// `GET /events?after=ID`: mail after `ID` (or after the newest now), then everything new.
+pub async fn events(
+    State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let Ok(permit) = state.streams.clone().try_acquire_owned() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("too many live streams are open (the limit is {MAX_STREAMS}); close other dashboard tabs and reload\n"),
+        )
+            .into_response();
+    };
+    let given = params
+        .get("after")
+        .or(headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.to_owned())
+            .as_ref())
+        .and_then(|text| text.parse::<i64>().ok())
+        .map(MessageId);
+    // Subscribed before the first read, so a commit between the two is not missed.
+    let changes = state.broker.changes();
+    let recent = state
+        .dashboard
+        .read(|reader| reader.newest_mail(None, TRACKED as u32))
+        .await;
+    let recent = match recent {
+        Ok(recent) => recent,
+        Err(e) => return super::pages::PageError::Store(e).into_response(),
+    };
+    let newest = recent.first().map_or(MessageId(0), |row| row.id);
+    let mut cursor = Cursor {
+        changes,
+        stop: state.stop.clone(),
+        state,
+        last_id: given.map_or(newest, |given| given.min(newest)),
+        tracked: HashMap::new(),
+        order: VecDeque::new(),
+        pending: VecDeque::new(),
+        last_read: None,
+        // The first read runs at once: it sends what came after `given`.
+        behind: true,
+        _permit: permit,
+    };
+    let start = cursor.last_id;
+    for row in recent.iter().rev().filter(|row| row.id <= start) {
+        cursor.track(row.id, row.state());
+    }
+    Sse::new(stream_of(cursor))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+fn stream_of(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
+    stream::unfold(cursor, |mut cursor| async move {
+        loop {
+            if let Some(event) = cursor.pending.pop_front() {
+                return Some((Ok(event), cursor));
+            }
+            if !cursor.wait().await {
+                return None;
+            }
+            cursor.read().await;
+        }
+    })
+}
+
+impl Cursor {
+    /// Waits for a change (and out the coalescing interval); false once the dashboard stops.
+    async fn wait(&mut self) -> bool {
+        if !self.behind {
+            tokio::select! {
+                changed = self.changes.changed() => {
+                    if changed.is_err() {
+                        return false;
+                    }
+                }
+                _ = self.stop.wait_for(|stop| *stop) => return false,
+            }
+        }
+        if let Some(last) = self.last_read {
+            tokio::select! {
+                _ = tokio::time::sleep_until(last + COALESCE) => {}
+                _ = self.stop.wait_for(|stop| *stop) => return false,
+            }
+        }
+        // Everything committed up to now is in the read below.
+        self.changes.borrow_and_update();
+        !*self.stop.borrow()
+    }
+
+    /// Reads the delta and queues its events.
+    async fn read(&mut self) {
+        self.last_read = Some(Instant::now());
+        let after = self.last_id;
+        let ids: Vec<MessageId> = self.order.iter().copied().collect();
+        let read = self
+            .state
+            .dashboard
+            .read(move |reader| Ok((reader.mail_after(after, DELTA)?, reader.states(&ids)?)))
+            .await;
+        let (mail, states) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!("the dashboard's live stream could not read: {e}");
+                return;
+            }
+        };
+        self.behind = mail.len() as u32 == DELTA;
+        for state in states {
+            if self.tracked.get(&state.id) != Some(&state.state) {
+                self.tracked.insert(state.id, state.state);
+                self.pending.push_back(state_event(state.id, state.state));
+            }
+        }
+        for row in mail {
+            self.last_id = row.id;
+            self.track(row.id, row.state());
+            self.pending.push_back(message_event(&row));
+        }
+    }
+
+    fn track(&mut self, id: MessageId, state: MailState) {
+        if self.tracked.insert(id, state).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > TRACKED {
+            if let Some(oldest) = self.order.pop_front() {
+                self.tracked.remove(&oldest);
+            }
+        }
+    }
+}
+
+/// A new message: its id (the event id, so a reconnect resumes after it), where it belongs,
+/// and its `<li>` as the pages render it (escaped there).
+fn message_event(row: &MailRow) -> Event {
+    let mut item = Html::new();
+    message_item(&mut item, row);
+    let data = json!({
+        "id": row.id.0,
+        "thread": row.thread_id.0,
+        "from": row.sender,
+        "to": row.recipient,
+        "html": item.as_str(),
+    });
+    Event::default()
+        .event("message")
+        .id(row.id.0.to_string())
+        .data(data.to_string())
+}
+
+fn state_event(id: MessageId, state: MailState) -> Event {
+    Event::default()
+        .event("state")
+        .data(json!({"id": id.0, "state": state.as_str()}).to_string())
+}
