@@ -179,6 +179,9 @@ pub(crate) const NEWEST_THREADS: &str = "SELECT coalesce(thread_id, id) AS threa
            WHERE id < coalesce(?1, 9223372036854775807) AND kind <> 'system'
            ORDER BY id DESC LIMIT ?2)
      GROUP BY thread ORDER BY max(id) DESC";
+/// A thread's newest message (`?1` the thread): its last reply, or its first message.
+pub(crate) const THREAD_NEWEST: &str =
+    "SELECT coalesce(max(id), ?1) FROM messages WHERE thread_id = ?1";
 /// How many messages a thread holds.
 pub(crate) const THREAD_SIZE: &str =
     "SELECT count(*) + (SELECT count(*) FROM messages WHERE id = ?1 AND thread_id IS NULL)
@@ -384,8 +387,17 @@ impl Reader<'_> {
             })?
             .collect::<rusqlite::Result<_>>()?;
         let mut size = self.conn.prepare_cached(THREAD_SIZE)?;
+        let mut newest_of = self.conn.prepare_cached(THREAD_NEWEST)?;
         let mut threads = Vec::new();
-        for (thread_id, newest_id) in found.into_iter().take(limit as usize) {
+        for (thread_id, newest_id) in found {
+            if threads.len() == limit as usize {
+                break;
+            }
+            // A thread whose newest message is above `before` was on an earlier page.
+            let newest_anywhere: MessageId = newest_of.query_row([thread_id], |row| row.get(0))?;
+            if newest_anywhere != newest_id {
+                continue;
+            }
             let root = self.mail(THREAD_ROOT, params![thread_id])?.pop();
             let newest = self.mail(ONE_MAIL, params![newest_id])?.pop();
             let messages: i64 = size.query_row([thread_id], |row| row.get(0))?;

@@ -404,39 +404,52 @@ fn the_human_reaches_an_agents_check_with_kind_human_and_everyone_by_broadcast()
 }
 
 #[test]
-fn a_long_polling_check_wakes_at_once_for_the_humans_message() {
+fn a_long_polling_check_and_a_push_watch_wake_at_once_for_the_humans_message() {
     let dashboard = Dashboard::start();
     let addr = dashboard.broker.addr.clone();
     let alice = legacy_register(&addr, "alice");
-    let waiting = std::thread::spawn({
-        let addr = addr.clone();
-        move || {
-            let mut stream = TcpStream::connect(&addr).unwrap();
-            stream
-                .set_read_timeout(Some(Duration::from_secs(120)))
-                .unwrap();
-            let request = json!({"action": "check", "session_token": alice, "wait_ms": 60_000});
-            stream.write_all(request.to_string().as_bytes()).unwrap();
-            let mut reply = vec![0u8; 65536];
-            let n = stream.read(&mut reply).unwrap();
-            serde_json::from_slice::<Value>(&reply[..n]).unwrap()
-        }
-    });
-    // The check is waiting once its session is listening; then the human writes.
+    let bob = legacy_register(&addr, "bob");
+    let check = json!({"action": "check", "session_token": alice, "wait_ms": 60_000});
+    // What a channel-mode MCP server holds open to push mail into a live session.
+    let watch = json!({"action": "watch", "session_token": bob, "watcher": "channel",
+                       "push": true, "wait_ms": 60_000});
+    let waiting: Vec<_> = [check, watch]
+        .into_iter()
+        .map(|request| {
+            let addr = addr.clone();
+            std::thread::spawn(move || long_poll(&addr, &request))
+        })
+        .collect();
+    // Both wait once their sessions are listening; then the human writes to everyone.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         dashboard
-            .compose(&[("to", "alice"), ("content", "wake up")])
+            .compose(&[("to", "*"), ("content", "wake up")])
             .status,
         303
     );
-    let reply = waiting.join().unwrap();
-    // Had the doorbell not rung, the wait would have ended empty after 60 s.
-    assert_eq!(
-        reply["messages"][0]["message"]["content"], "wake up",
-        "{reply}"
-    );
-    assert_eq!(reply["messages"][0]["kind"], "human");
+    for waiter in waiting {
+        let reply = waiter.join().unwrap();
+        // Had the doorbell not rung, the wait would have ended empty after 60 s.
+        assert_eq!(
+            reply["messages"][0]["message"]["content"], "wake up",
+            "{reply}"
+        );
+        assert_eq!(reply["messages"][0]["kind"], "human");
+        assert_eq!(reply["messages"][0]["from"], "human");
+    }
+}
+
+/// Sends one long-polling request and reads its one reply.
+fn long_poll(addr: &str, request: &Value) -> Value {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    stream.write_all(request.to_string().as_bytes()).unwrap();
+    let mut reply = vec![0u8; 65536];
+    let n = stream.read(&mut reply).unwrap();
+    serde_json::from_slice::<Value>(&reply[..n]).unwrap()
 }
 
 #[test]
@@ -643,6 +656,15 @@ fn web_json_is_private_holds_the_login_and_goes_at_a_clean_stop() {
     let ping = legacy(&dashboard.broker.addr, &json!({"action": "ping"}));
     assert_eq!(ping["web"], web["url"], "{ping}");
     assert!(!ping.to_string().contains(token));
+    let status = cli_with_env(
+        &dashboard.broker.addr,
+        &session,
+        &["status"],
+        &[("IPC_DATA_DIR", data_dir)],
+    );
+    let said = String::from_utf8_lossy(&status.stdout);
+    assert!(said.contains(web["url"].as_str().unwrap()), "{said}");
+    assert!(!said.contains(token));
 
     let Dashboard { broker, _dir, .. } = dashboard;
     assert!(broker.terminate().success());
