@@ -111,18 +111,42 @@ impl Broker {
         }
     }
 
-    async fn try_send_as_human(&self, message: &HumanMessage) -> Result<HumanSent, HumanRefusal> {
+    /// Marks the human's mail `ids` read and done, as an `ack` of its own: the person pressed
+    /// "Done" on the inbox (looking alone never does this). Ids not addressed to the human
+    /// are refused one by one, as for any `ack`. Returns how many were settled now.
+    pub async fn human_done(&self, ids: Vec<i64>) -> Result<u32, HumanRefusal> {
+        let first = self.try_human_done(ids.clone()).await;
+        match first {
+            Err(refusal) if refusal.code == ErrorCode::InvalidSession => {
+                self.admit_human().await?;
+                self.try_human_done(ids).await
+            }
+            other => other,
+        }
+    }
+
+    async fn try_human_done(&self, ids: Vec<i64>) -> Result<u32, HumanRefusal> {
+        let token = self.human_token()?;
+        let peer = Peer::new("dashboard", Some(crate::os::users::effective_uid()));
+        let reply = self.ack(Some(TokenHash::of(&token)), &peer, ids).await?;
+        Ok(reply.acked as u32)
+    }
+
+    /// The human's session token, or why there is none.
+    fn human_token(&self) -> Result<String, HumanRefusal> {
         let token = self
             .human_session
             .lock()
             .expect("human session poisoned")
             .clone();
-        let Some(token) = token else {
-            return Err(HumanRefusal {
-                code: ErrorCode::InvalidSession,
-                message: "the dashboard is off: there is no human to send as".to_owned(),
-            });
-        };
+        token.ok_or_else(|| HumanRefusal {
+            code: ErrorCode::InvalidSession,
+            message: "the dashboard is off: there is no human to act as".to_owned(),
+        })
+    }
+
+    async fn try_send_as_human(&self, message: &HumanMessage) -> Result<HumanSent, HumanRefusal> {
+        let token = self.human_token()?;
         let request =
             Request::parse(human_frame(&token, message).as_bytes()).map_err(|e| HumanRefusal {
                 code: e.code,

@@ -166,6 +166,8 @@ pub(crate) const MAIL_STATE: &str = "SELECT read_at, delivered_at FROM messages 
 /// Instances by name after `?1`, `?2` how many.
 pub(crate) const AGENTS: &str = "SELECT name, registered_at, last_seen_at FROM instances
      WHERE name > ?1 ORDER BY name LIMIT ?2";
+/// The first `?1` instance names, for the compose box's list.
+pub(crate) const AGENT_NAMES: &str = "SELECT name FROM instances ORDER BY name LIMIT ?1";
 /// Mail waiting for `?1` and when the oldest was sent.
 pub(crate) const WAITING_FOR: &str =
     "SELECT count(*), min(received_at) FROM messages WHERE recipient = ?1 AND delivered_at IS NULL";
@@ -370,6 +372,15 @@ impl Reader<'_> {
                 })
             })
             .collect()
+    }
+
+    /// The first `limit` instance names, by name.
+    pub fn agent_names(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(AGENT_NAMES)?
+            .query_map([limit], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
     }
 
     /// Threads whose newest message is below `before`, newest first: found among the newest

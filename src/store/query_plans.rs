@@ -234,6 +234,11 @@ const STATEMENTS: &[Hot] = &[
     hot("dashboard_one_mail", "dashboard threads", ONE_MAIL),
     hot("dashboard_mail_content", "dashboard content", MAIL_CONTENT),
     hot("dashboard_agents", "dashboard agents", AGENTS),
+    hot(
+        "dashboard_agent_names",
+        "dashboard compose box",
+        AGENT_NAMES,
+    ),
     hot("dashboard_waiting_for", "dashboard agents", WAITING_FOR),
     hot("dashboard_live_session", "dashboard agents", LIVE_SESSION),
     hot(

@@ -52,6 +52,51 @@ pub async fn compose(
     }
 }
 
+/// `POST /inbox/done`: the person marks the inbox mail `ids` (comma-separated) as read and
+/// done, so it stops filling the human's queue. The only way the dashboard settles mail, and
+/// only the human's own.
+pub async fn done(
+    State(state): State<Arc<WebState>>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let ids: Result<Vec<i64>, _> = form
+        .get("ids")
+        .map(String::as_str)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::parse::<i64>)
+        .collect();
+    let ids =
+        match ids {
+            Ok(ids) if !ids.is_empty() => ids,
+            _ => return refused(
+                StatusCode::BAD_REQUEST,
+                "invalid_field",
+                "`ids` must be message ids separated by commas, as the inbox's own form sends them",
+            ),
+        };
+    match state.broker.human_done(ids).await {
+        Ok(settled) => (
+            StatusCode::SEE_OTHER,
+            [
+                (header::LOCATION, back_to(form.get("back"))),
+                (
+                    header::HeaderName::from_static("x-ipc-settled"),
+                    settled.to_string(),
+                ),
+            ],
+        )
+            .into_response(),
+        Err(refusal) => refused(
+            StatusCode::BAD_REQUEST,
+            refusal.code.as_str(),
+            &refusal.message,
+        ),
+    }
+}
+
 /// The form's fields as a message, or what is wrong with them.
 fn human_message(form: &HashMap<String, String>) -> Result<HumanMessage, String> {
     let to = form.get("to").map(|t| t.trim()).unwrap_or_default();

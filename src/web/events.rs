@@ -67,15 +67,16 @@ pub async fn events(
         )
             .into_response();
     };
-    let given = params
-        .get("after")
-        .or(headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.to_owned())
-            .as_ref())
-        .and_then(|text| text.parse::<i64>().ok())
-        .map(MessageId);
+    // A reconnecting EventSource repeats the page's `after` and adds the id it last got.
+    let given = [
+        params.get("after").map(String::as_str),
+        headers.get("last-event-id").and_then(|v| v.to_str().ok()),
+    ]
+    .into_iter()
+    .flatten()
+    .filter_map(|text| text.parse::<i64>().ok())
+    .max()
+    .map(MessageId);
     // Subscribed before the first read, so a commit between the two is not missed.
     let changes = state.broker.changes();
     let recent = state

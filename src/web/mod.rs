@@ -37,6 +37,9 @@ use crate::store::dashboard::Dashboard;
 /// The file, in the data directory, that holds the login URL while the dashboard runs.
 pub const WEB_FILE: &str = "web.json";
 
+/// How long a stop waits for the dashboard's connections to close.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How long after its oldest waiting message was sent an agent's mail counts as stuck.
 const STUCK_AFTER: std::time::Duration = std::time::Duration::from_secs(10 * 60);
 
@@ -236,6 +239,7 @@ fn router(state: Arc<WebState>, body_limit: usize) -> Router {
         .route("/message/{id}/content", get(pages::content))
         .route("/events", get(events::events))
         .route("/compose", post(compose::compose))
+        .route("/inbox/done", post(compose::done))
         .route("/assets/style.css", get(style))
         .route("/assets/live.js", get(script))
         .fallback(not_found)
@@ -308,7 +312,14 @@ impl WebServer {
     /// Ends the live streams, stops serving and removes `web.json`.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        // Streams end at the stop signal and pages take milliseconds; a browser that holds a
+        // connection open without reading does not hold up the broker's stop.
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the dashboard's connections did not close in time; stopping anyway");
+        }
         if let Err(e) = std::fs::remove_file(&self.web_file) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!("could not remove {}: {e}", self.web_file.display());

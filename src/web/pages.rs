@@ -152,7 +152,7 @@ pub async fn overview(State(state): State<Arc<WebState>>, Query(params): Params)
             Ok((
                 reader.agents("", PAGE + 1)?,
                 reader.newest_mail(before, PAGE + 1)?,
-                reader.agents("", COMPOSE_NAMES)?,
+                reader.agent_names(COMPOSE_NAMES)?,
             ))
         })
         .await?;
@@ -250,7 +250,7 @@ fn agents_table(body: &mut Html, state: &WebState, agents: &[AgentRow], next: &'
 fn compose_form(
     body: &mut Html,
     state: &WebState,
-    names: &[AgentRow],
+    names: &[String],
     reply: Option<(&MailRow, &str)>,
     back: &str,
 ) {
@@ -262,8 +262,8 @@ fn compose_form(
         body.text(to);
     }
     body.raw("\"></label><datalist id=\"agent-names\"><option value=\"*\">everyone</option>");
-    for agent in names.iter().filter(|a| a.name != state.human()) {
-        body.raw("<option value=\"").text(&agent.name).raw("\">");
+    for name in names.iter().filter(|name| *name != state.human()) {
+        body.raw("<option value=\"").text(name).raw("\">");
     }
     body.raw("</datalist><label>Subject <input name=\"subject\" maxlength=\"200\" value=\"");
     if let Some((parent, _)) = reply {
@@ -517,7 +517,7 @@ pub async fn thread(
         .read(move |reader| {
             Ok((
                 reader.thread(thread, before, PAGE + 1)?,
-                reader.agents("", COMPOSE_NAMES)?,
+                reader.agent_names(COMPOSE_NAMES)?,
             ))
         })
         .await?;
@@ -642,6 +642,22 @@ pub async fn inbox(State(state): State<Arc<WebState>>, Query(params): Params) ->
         .await?;
     let mut body = Html::new();
     body.raw("<h1>Inbox of ").text(state.human()).raw("</h1>");
+    let waiting: Vec<String> = mail
+        .iter()
+        .take(PAGE as usize)
+        .filter(|row| row.state() != crate::store::dashboard::MailState::Delivered)
+        .map(|row| row.id.0.to_string())
+        .collect();
+    if !waiting.is_empty() {
+        // Mail to the human waits (and fills its queue) until the person says it is done.
+        body.raw("<form id=\"done\" method=\"post\" action=\"/inbox/done\">")
+            .raw("<input type=\"hidden\" name=\"back\" value=\"/inbox\">")
+            .raw("<input type=\"hidden\" name=\"ids\" value=\"")
+            .text(&waiting.join(","))
+            .raw("\"><button type=\"submit\">Mark the ")
+            .value(waiting.len())
+            .raw(" waiting here as read</button></form>");
+    }
     body.raw("<ol id=\"messages\">");
     for row in mail.iter().take(PAGE as usize) {
         message_item(&mut body, row);

@@ -758,3 +758,125 @@ fn a_malformed_search_shows_the_invalid_query_text() {
         answer.body
     );
 }
+
+#[test]
+fn the_person_marks_inbox_mail_done_and_only_its_own() {
+    let dashboard = Dashboard::start();
+    let addr = dashboard.broker.addr.clone();
+    let alice = legacy_register(&addr, "alice");
+    let to_human = legacy_send(&addr, &alice, "human", "for you")["message_id"]
+        .as_i64()
+        .unwrap();
+    let to_bob = legacy_send(&addr, &alice, "bob", "not yours")["message_id"]
+        .as_i64()
+        .unwrap();
+    let inbox = dashboard.page("/inbox");
+    assert!(inbox.body.contains("id=\"done\""), "{}", inbox.body);
+    let (cookie, origin) = (dashboard.cookie.clone(), dashboard.origin());
+    let ids = format!("{to_human},{to_bob}");
+    let done = dashboard.request(
+        "POST",
+        "/inbox/done",
+        &[("Cookie", &cookie), ("Origin", &origin)],
+        &form(&[("ids", &ids), ("back", "/inbox")]),
+    );
+    assert_eq!(done.status, 303, "{done:?}");
+    assert_eq!(done.header("x-ipc-settled"), Some("1"));
+    let delivered = |id: i64| {
+        dashboard.count(&format!(
+            "SELECT count(*) FROM messages WHERE id = {id} AND delivered_at IS NOT NULL"
+        ))
+    };
+    assert_eq!(delivered(to_human), 1);
+    assert_eq!(
+        delivered(to_bob),
+        0,
+        "bob's mail is not the human's to settle"
+    );
+    // Without the dashboard's Origin the same post does nothing.
+    let to_human_again = legacy_send(&addr, &alice, "human", "again")["message_id"]
+        .as_i64()
+        .unwrap();
+    let forged = dashboard.request(
+        "POST",
+        "/inbox/done",
+        &[("Cookie", &cookie), ("Origin", "http://attacker.example")],
+        &form(&[("ids", &to_human_again.to_string())]),
+    );
+    assert_eq!(forged.status, 403);
+    assert_eq!(delivered(to_human_again), 0);
+}
+
+#[test]
+fn live_streams_are_capped_and_the_broker_keeps_serving() {
+    let dashboard = Dashboard::start();
+    let open_stream = || {
+        let mut stream = TcpStream::connect(&dashboard.host).unwrap();
+        let request = format!(
+            "GET /events HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\n\r\n",
+            dashboard.host, dashboard.cookie
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        stream
+    };
+    let mut streams = Vec::new();
+    for _ in 0..64 {
+        let mut stream = open_stream();
+        let mut seen = Vec::new();
+        read_until(&mut stream, &mut seen, "200 OK");
+        streams.push(stream);
+    }
+    let mut refused = open_stream();
+    let mut seen = Vec::new();
+    let text = read_until(&mut refused, &mut seen, "limit is 64");
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    // Pages and the broker itself still answer.
+    assert_eq!(dashboard.page("/").status, 200);
+    let ping = legacy(&dashboard.broker.addr, &json!({"action": "ping"}));
+    assert_eq!(ping["status"], "ok");
+    // A closed stream frees its place.
+    drop(streams.pop());
+    wait_until("a freed stream can be opened again", || {
+        let mut again = open_stream();
+        let mut seen = Vec::new();
+        let head = read_until(&mut again, &mut seen, "\r\n");
+        head.starts_with("HTTP/1.1 200")
+    });
+}
+
+#[test]
+fn an_oversized_compose_is_refused_and_stores_nothing() {
+    let dashboard = Dashboard::start();
+    legacy_register(&dashboard.broker.addr, "alice");
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let answer = dashboard.compose(&[("to", "alice"), ("content", &huge)]);
+    assert_eq!(answer.status, 413, "{:?}", answer.status);
+    assert_eq!(dashboard.count("SELECT count(*) FROM messages"), 0);
+}
+
+#[test]
+fn a_clean_stop_ends_open_live_streams() {
+    let dashboard = Dashboard::start();
+    let mut stream = TcpStream::connect(&dashboard.host).unwrap();
+    let request = format!(
+        "GET /events HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\n\r\n",
+        dashboard.host, dashboard.cookie
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stream, &mut seen, "text/event-stream");
+    let Dashboard { broker, _dir, .. } = dashboard;
+    assert!(broker.terminate().success());
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut rest = Vec::new();
+    assert!(
+        stream.read_to_end(&mut rest).is_ok(),
+        "the stream was ended"
+    );
+}
