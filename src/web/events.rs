@@ -7,6 +7,11 @@
 //! recent messages it tracks (`state` events). Wake-ups are coalesced to at most one read per
 //! [`COALESCE`] per stream, so many busy agents do not become a read storm, and the number of
 //! open streams is capped ([`MAX_STREAMS`]) so a flood of them cannot take the broker down.
+//!
+//! A stream opened with `agents=1` (a page showing the first page of the agents table) also
+//! gets `agents` events: the table's rows again, when they changed. They are read at most once
+//! per [`AGENTS_EVERY`] after a change, and at least every [`AGENTS_AT_LEAST`] without one,
+//! since presence also changes by time passing (an agent idle past the online window).
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -36,6 +41,29 @@ pub const COALESCE: Duration = Duration::from_millis(100);
 const DELTA: u32 = 100;
 /// How many recent messages a stream watches the delivery state of.
 const TRACKED: usize = 200;
+/// The least time between two reads of the agents table by one stream.
+pub const AGENTS_EVERY: Duration = Duration::from_secs(1);
+/// The most time between two reads of the agents table by one stream.
+pub const AGENTS_AT_LEAST: Duration = Duration::from_secs(15);
+
+/// A stream's view of the agents table, when its page shows one.
+struct AgentsFeed {
+    /// The rows last sent (or rendered with the page: the first read sends them if changed).
+    last_rows: String,
+    last_read: Instant,
+    /// A change came since the last read.
+    dirty: bool,
+}
+
+impl AgentsFeed {
+    fn due(&self) -> Instant {
+        if self.dirty {
+            self.last_read + AGENTS_EVERY
+        } else {
+            self.last_read + AGENTS_AT_LEAST
+        }
+    }
+}
 
 /// One open stream's place: what it sent, and the states it last reported.
 struct Cursor {
@@ -50,6 +78,7 @@ struct Cursor {
     last_read: Option<Instant>,
     /// More mail was waiting after the last read's page: read again without waiting.
     behind: bool,
+    agents: Option<AgentsFeed>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -99,6 +128,11 @@ pub async fn events(
         last_read: None,
         // The first read runs at once: it sends what came after `given`.
         behind: true,
+        agents: (params.get("agents").map(String::as_str) == Some("1")).then(|| AgentsFeed {
+            last_rows: String::new(),
+            last_read: Instant::now(),
+            dirty: true,
+        }),
         _permit: permit,
     };
     let start = cursor.last_id;
@@ -128,12 +162,23 @@ impl Cursor {
     /// Waits for a change (and out the coalescing interval); false once the dashboard stops.
     async fn wait(&mut self) -> bool {
         if !self.behind {
+            let agents_due = self.agents.as_ref().map(AgentsFeed::due);
+            let agents_timer = async move {
+                match agents_due {
+                    Some(due) => tokio::time::sleep_until(due).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = self.changes.changed() => {
                     if changed.is_err() {
                         return false;
                     }
+                    if let Some(agents) = self.agents.as_mut() {
+                        agents.dirty = true;
+                    }
                 }
+                _ = agents_timer => {}
                 _ = self.stop.wait_for(|stop| *stop) => return false,
             }
         }
@@ -176,6 +221,45 @@ impl Cursor {
             self.last_id = row.id;
             self.track(row.id, row.state());
             self.pending.push_back(message_event(&row));
+        }
+        self.read_agents().await;
+    }
+
+    /// Sends the agents table's rows again if they are due and changed.
+    async fn read_agents(&mut self) {
+        let Some(agents) = self.agents.as_ref() else {
+            return;
+        };
+        if Instant::now() < agents.due() {
+            return;
+        }
+        let read = self
+            .state
+            .dashboard
+            .read(|reader| reader.agents("", super::pages::PAGE))
+            .await;
+        let rows = match read {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("the dashboard's live stream could not read the agents: {e}");
+                return;
+            }
+        };
+        let mut html = Html::new();
+        super::pages::agent_rows(&mut html, &self.state, &rows);
+        let html = html.into_string();
+        let Some(agents) = self.agents.as_mut() else {
+            return;
+        };
+        agents.last_read = Instant::now();
+        agents.dirty = false;
+        if html != agents.last_rows {
+            self.pending.push_back(
+                Event::default()
+                    .event("agents")
+                    .data(json!({"html": html}).to_string()),
+            );
+            agents.last_rows = html;
         }
     }
 

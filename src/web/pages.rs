@@ -178,13 +178,14 @@ pub async fn overview(State(state): State<Arc<WebState>>, Query(params): Params)
 /// `/agents`: every instance, by name, 50 a page.
 pub async fn agents(State(state): State<Arc<WebState>>, Query(params): Params) -> PageResult {
     let after = params.get("after").cloned().unwrap_or_default();
+    let first_page = after.is_empty();
     let agents = state
         .dashboard
         .read(move |reader| reader.agents(&after, PAGE + 1))
         .await?;
     let mut body = Html::new();
     body.raw("<h1>Agents</h1>");
-    agents_table(&mut body, &state, &agents, "/agents?after=");
+    agents_table_from(&mut body, &state, &agents, "/agents?after=", first_page);
     Ok(html_response(layout(
         "Agents",
         "Agents",
@@ -194,13 +195,43 @@ pub async fn agents(State(state): State<Arc<WebState>>, Query(params): Params) -
 }
 
 fn agents_table(body: &mut Html, state: &WebState, agents: &[AgentRow], next: &'static str) {
+    agents_table_from(body, state, agents, next, true)
+}
+
+/// The agents table; `first_page` marks it for live updates (the stream sends the first
+/// page's rows again when they change).
+fn agents_table_from(
+    body: &mut Html,
+    state: &WebState,
+    agents: &[AgentRow],
+    next: &'static str,
+    first_page: bool,
+) {
     let shown = &agents[..agents.len().min(PAGE as usize)];
+    body.raw("<table id=\"agents\"");
+    if first_page {
+        body.raw(" data-live=\"agents\"");
+    }
     body.raw(
-        "<table id=\"agents\"><thead><tr><th>Name</th><th>Online</th><th>Push</th>\
+        "><thead><tr><th>Name</th><th>Online</th><th>Push</th>\
          <th>Last seen</th><th>Mail waiting</th><th>Oldest waiting since</th></tr></thead><tbody>",
     );
+    agent_rows(body, state, shown);
+    body.raw("</tbody></table>");
+    if agents.len() > PAGE as usize {
+        if let Some(last) = shown.last() {
+            body.raw("<p><a rel=\"next\" href=\"")
+                .raw(next)
+                .query_value(&last.name)
+                .raw("\">More agents</a></p>");
+        }
+    }
+}
+
+/// One `<tr>` per agent: presence, last seen, mail waiting and since when (stuck mail marked).
+pub fn agent_rows(body: &mut Html, state: &WebState, agents: &[AgentRow]) {
     let stuck_before = state.stuck_before();
-    for agent in shown {
+    for agent in agents {
         let reach = state.broker.reach(agent.session);
         let stuck = agent
             .oldest_waiting
@@ -210,6 +241,10 @@ fn agents_table(body: &mut Html, state: &WebState, agents: &[AgentRow], next: &'
             .text(&agent.name)
             .raw("\" data-online=\"")
             .raw(if reach.online { "true" } else { "false" })
+            .raw("\" data-push=\"")
+            .raw(if reach.push { "true" } else { "false" })
+            .raw("\" data-waiting=\"")
+            .value(agent.waiting)
             .raw("\"");
         if stuck {
             body.raw(" class=\"stuck\"");
@@ -234,15 +269,6 @@ fn agents_table(body: &mut Html, state: &WebState, agents: &[AgentRow], next: &'
             }
         }
         body.raw("</td></tr>");
-    }
-    body.raw("</tbody></table>");
-    if agents.len() > PAGE as usize {
-        if let Some(last) = shown.last() {
-            body.raw("<p><a rel=\"next\" href=\"")
-                .raw(next)
-                .query_value(&last.name)
-                .raw("\">More agents</a></p>");
-        }
     }
 }
 

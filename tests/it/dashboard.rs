@@ -880,3 +880,28 @@ fn a_clean_stop_ends_open_live_streams() {
         "the stream was ended"
     );
 }
+
+#[test]
+fn the_live_stream_sends_the_agents_table_again_when_an_agent_arrives() {
+    let dashboard = Dashboard::start();
+    let overview = dashboard.page("/");
+    assert!(
+        overview.body.contains("data-live=\"agents\""),
+        "{}",
+        overview.body
+    );
+    let mut stream = TcpStream::connect(&dashboard.host).unwrap();
+    let request = format!(
+        "GET /events?agents=1 HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\n\r\n",
+        dashboard.host, dashboard.cookie
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stream, &mut seen, "text/event-stream");
+    legacy_register(&dashboard.broker.addr, "carol");
+    let text = read_until(&mut stream, &mut seen, "data-agent=\\\"carol\\\"");
+    assert!(text.contains("event: agents"), "{text}");
+}

@@ -1,11 +1,13 @@
 // The dashboard's live updates: one EventSource on /events per page. New messages that
 // belong on this page (the body's data-live says which) are inserted at the top of
-// #messages; a delivery-state change updates every item of that message on the page.
-// The inserted markup is the server's own rendering, escaped there.
+// #messages; a delivery-state change updates every item of that message on the page; a
+// live agents table gets its rows again when they change. The inserted markup is the
+// server's own rendering, escaped there.
 (function () {
   "use strict";
   var list = document.getElementById("messages") || document.getElementById("results");
-  if (!list || typeof EventSource === "undefined") {
+  var agents = document.querySelector('table#agents[data-live="agents"] tbody');
+  if ((!list && !agents) || typeof EventSource === "undefined") {
     return;
   }
   var body = document.body;
@@ -13,6 +15,9 @@
 
   function newestShown() {
     var newest = 0;
+    if (!list) {
+      return newest;
+    }
     list.querySelectorAll("li.message").forEach(function (item) {
       newest = Math.max(newest, Number(item.dataset.id) || 0);
     });
@@ -35,11 +40,11 @@
     }
   }
 
-  var source = new EventSource("/events?after=" + newestShown());
+  var source = new EventSource("/events?after=" + newestShown() + (agents ? "&agents=1" : ""));
 
   source.addEventListener("message", function (event) {
     var message = JSON.parse(event.data);
-    if (!belongs(message) || list.querySelector('li.message[data-id="' + message.id + '"]')) {
+    if (!list || !belongs(message) || list.querySelector('li.message[data-id="' + message.id + '"]')) {
       return;
     }
     var template = document.createElement("template");
@@ -48,6 +53,12 @@
     if (item) {
       item.classList.add("new");
       list.prepend(item);
+    }
+  });
+
+  source.addEventListener("agents", function (event) {
+    if (agents) {
+      agents.innerHTML = JSON.parse(event.data).html;
     }
   });
 
