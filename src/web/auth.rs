@@ -169,7 +169,12 @@ pub async fn guard(
 }
 
 /// What every response says to the browser: run no script but ours, never inside a frame,
-/// send no referrer (the login URL carries the token), cache nothing, trust the content type.
+/// send a referrer only to the dashboard itself (the login URL carries the token, and no
+/// other site may see it), cache nothing, trust the content type.
+///
+/// Not `no-referrer`: under it a browser sends `Origin: null` with the dashboard's own form
+/// posts, which the Origin check must refuse (a sandboxed frame of any site sends `null`
+/// too), so the compose box could not send.
 fn add_security_headers(headers: &mut HeaderMap) {
     let fixed = [
         (
@@ -177,7 +182,7 @@ fn add_security_headers(headers: &mut HeaderMap) {
             "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
         ),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ];
