@@ -96,6 +96,15 @@ impl Auth {
             })
     }
 
+    /// The path of a `Referer` on this dashboard (`/thread/4`), if the request has one.
+    pub fn own_referer_path(&self, headers: &HeaderMap) -> Option<String> {
+        let referer = headers.get(header::REFERER)?.to_str().ok()?;
+        self.origins.iter().find_map(|origin| {
+            let rest = referer.strip_prefix(origin.as_str())?;
+            rest.starts_with('/').then(|| rest.to_owned())
+        })
+    }
+
     fn origin_is_ours(&self, headers: &HeaderMap) -> bool {
         headers
             .get(header::ORIGIN)

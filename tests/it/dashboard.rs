@@ -379,6 +379,25 @@ fn the_human_reaches_an_agents_check_with_kind_human_and_everyone_by_broadcast()
     ]);
     assert_eq!(sent.status, 303, "{sent:?}");
     assert_eq!(sent.header("location"), Some("/inbox"));
+    // Without `back`, a same-origin Referer says where to return; another site's never does.
+    let (cookie, origin) = (dashboard.cookie.clone(), dashboard.origin());
+    let body = form(&[("to", "alice"), ("content", "again")]);
+    for (referer, location) in [
+        (format!("{origin}/thread/1"), "/thread/1"),
+        ("http://attacker.example/x".to_owned(), "/"),
+    ] {
+        let answer = dashboard.request(
+            "POST",
+            "/compose",
+            &[
+                ("Cookie", &cookie),
+                ("Origin", &origin),
+                ("Referer", &referer),
+            ],
+            &body,
+        );
+        assert_eq!(answer.header("location"), Some(location), "{referer}");
+    }
     let mail = legacy_check(&addr, &alice);
     let message = &mail["messages"][0];
     assert_eq!(message["from"], "human", "{mail}");
