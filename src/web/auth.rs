@@ -139,10 +139,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Paths anyone who reached the right `Host` may load: the login, and the stylesheet and
-/// script, which hold no data.
+/// Paths anyone who reached the right `Host` may load: the login, and the stylesheet, script
+/// and icon, which hold no data.
 fn is_public(path: &str) -> bool {
-    path == "/login" || path.starts_with("/assets/")
+    path == "/login" || path == "/favicon.ico" || path.starts_with("/assets/")
 }
 
 /// The gate every request passes, in order: `Host`, then the cookie, then `Origin` for a

@@ -793,6 +793,10 @@ fn markup_in_a_subject_or_content_is_shown_as_text() {
 fn a_malformed_search_shows_the_invalid_query_text() {
     let dashboard = Dashboard::start();
     let answer = dashboard.page("/search?q=%22unclosed");
+    assert_eq!(
+        answer.status, 200,
+        "a page with an error message, not a failed load"
+    );
     assert!(
         answer.body.contains("<p class=\"error\">query:"),
         "{}",
