@@ -950,3 +950,40 @@ fn the_live_stream_sends_the_agents_table_again_when_an_agent_arrives() {
     let text = read_until(&mut stream, &mut seen, "data-agent=\\\"carol\\\"");
     assert!(text.contains("event: agents"), "{text}");
 }
+
+#[test]
+fn the_sweeper_keeps_the_humans_name_and_its_expired_session_is_renewed() {
+    use claude_ipc::broker::human::{HumanMessage, HumanSent};
+    let broker = crate::common::TestBroker::start_with(|c| {
+        c.limits.instance_retention = Duration::from_secs(7 * 86_400);
+        c.human = claude_ipc::domain::InstanceName::parse("human");
+    });
+    let hub = broker.broker();
+    broker.block_on(hub.admit_human()).unwrap();
+    broker.register("alice");
+    // Ten idle days: past the session expiry (24 h) and the instance retention (7 d).
+    for _ in 0..10 {
+        broker.clock.advance(chrono::Duration::days(1));
+        broker.sweep();
+    }
+    assert_eq!(
+        broker.count("SELECT count(*) FROM instances WHERE name = 'human'"),
+        1,
+        "agents can still send to the human"
+    );
+    assert_eq!(
+        broker.count("SELECT count(*) FROM instances WHERE name = 'alice'"),
+        0,
+        "an idle agent was reaped as usual"
+    );
+    let alice = broker.register("alice");
+    let sent = broker.block_on(hub.send_as_human(HumanMessage {
+        to: "alice".into(),
+        subject: None,
+        content: "still here".into(),
+        reply_to: None,
+    }));
+    assert!(matches!(sent, Ok(HumanSent::One(_))), "{sent:?}");
+    let mail = legacy_check(&broker.addr.to_string(), &alice);
+    assert_eq!(mail["messages"][0]["kind"], "human", "{mail}");
+}
