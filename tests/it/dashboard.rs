@@ -987,3 +987,41 @@ fn the_sweeper_keeps_the_humans_name_and_its_expired_session_is_renewed() {
     let mail = legacy_check(&broker.addr.to_string(), &alice);
     assert_eq!(mail["messages"][0]["kind"], "human", "{mail}");
 }
+
+#[test]
+fn a_large_message_shows_its_summary_and_links_its_content() {
+    let dashboard = Dashboard::start();
+    let addr = dashboard.broker.addr.clone();
+    let alice = legacy_register(&addr, "alice");
+    let content = format!("LARGE-START {} LARGE-END", "word ".repeat(20_000));
+    let sent = legacy_send(&addr, &alice, "bob", &content);
+    let id = sent["message_id"].as_i64().unwrap();
+    let overview = dashboard.page("/");
+    let link = format!("class=\"large\" href=\"/message/{id}/content\"");
+    assert!(overview.body.contains(&link), "{}", overview.body);
+    assert!(
+        overview.body.contains("LARGE-START"),
+        "the summary is shown"
+    );
+    assert!(
+        !overview.body.contains("LARGE-END"),
+        "the page holds the summary only"
+    );
+    let full = dashboard.page(&format!("/message/{id}/content"));
+    assert_eq!(full.status, 200);
+    assert!(full
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(
+        full.body.contains("LARGE-END"),
+        "the link gives the whole content"
+    );
+    let before = delivery_rows(&dashboard);
+    dashboard.page(&format!("/message/{id}/content"));
+    assert_eq!(
+        delivery_rows(&dashboard),
+        before,
+        "reading it consumes nothing"
+    );
+}
