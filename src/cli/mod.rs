@@ -3,8 +3,10 @@
 //! Exit codes: 0 success, 1 the broker refused the request, 2 a usage error (including "not
 //! registered yet"), 3 no broker answered, 4 no answer came in time (`--wait-reply`).
 
+mod arg;
 mod autostart;
 mod check;
+mod content;
 mod history;
 pub mod hook;
 mod import_legacy;
@@ -359,16 +361,59 @@ pub fn run(command: Command) -> ExitCode {
     }
 }
 
-/// With `--json`, a client failure is also printed on stdout as `{"status": "error", "code",
-/// "message"}`, so a script can tell an impostor broker from a refusal by its code.
+/// With `--json`, every failure is also printed on stdout as one JSON document, the shape of
+/// the broker's own error replies: `{"status": "error", "code", "message"}`. A refusal keeps
+/// the broker's code (so a script can tell an impostor broker from a refusal); the CLI's own
+/// failures are `usage` (exit code 2) and `failed` (exit code 1).
 fn print_json_error(error: &CliError) {
-    if let CliError::Client(client_error) = error {
-        output::json(&serde_json::json!({
-            "status": "error",
-            "code": client_error.code(),
-            "message": error.to_string(),
-        }));
+    let code = match error {
+        CliError::Client(client_error) => client_error.code(),
+        CliError::Usage(_) => "usage",
+        CliError::Failed(_) => "failed",
+        CliError::Reported(_) => return,
+    };
+    output::json(&json_error(code, &error.to_string()));
+}
+
+/// An error as `--json` prints it (see [`print_json_error`]).
+pub fn json_error(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({"status": "error", "code": code, "message": message})
+}
+
+/// Parses the command line; on a usage error exits with code 2 after printing it on stderr
+/// and, when `--json` was asked for, also as one JSON document on stdout, so a script piping
+/// into a JSON parser gets the error too. `--help` and `--version` print as usual.
+pub fn parse_or_exit() -> Cli {
+    use clap::error::ErrorKind;
+    let error = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(error) => error,
+    };
+    let informational = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !informational && json_was_asked() {
+        output::json(&json_error("usage", &clap_error_text(&error)));
     }
+    error.exit()
+}
+
+/// Whether `--json` is among the arguments (before a `--`, after which words are content).
+fn json_was_asked() -> bool {
+    std::env::args()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json")
+}
+
+/// Clap's error without its `error: ` prefix and the usage lines under it.
+fn clap_error_text(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let text = rendered.split("\n\n").next().unwrap_or_default();
+    text.trim().trim_start_matches("error: ").to_owned()
 }
 
 impl Command {

@@ -1,11 +1,13 @@
-//! `claude-ipc send TO MESSAGE...` and `claude-ipc broadcast MESSAGE...`.
+//! `claude-ipc send TO MESSAGE...` and `claude-ipc broadcast MESSAGE...` (the message may
+//! also come from `--file PATH` or, as `-`, from standard input: see [`super::content`]).
 
 use clap::Args;
 use serde_json::Value;
 
 use std::time::Duration;
 
-use super::{check, output, CliError, ClientArgs, EXIT_NO_REPLY};
+use super::content::{self, ContentArgs};
+use super::{arg, check, output, CliError, ClientArgs, EXIT_NO_REPLY};
 use crate::client::{Client, Sent, Stamp};
 use crate::protocol::schema::requests::ThreadingFields;
 use crate::relative_time::recipient_reach;
@@ -30,18 +32,18 @@ Examples:
 )]
 pub struct SendArgs {
     /// The recipient's name (it need not be registered yet).
+    #[arg(value_parser = arg::name)]
     pub to: String,
-    /// The message; several words are joined with spaces.
-    #[arg(required = true, num_args = 1..)]
-    pub message: Vec<String>,
+    #[command(flatten)]
+    pub content: ContentArgs,
     /// A JSON object to attach as `data`.
     #[arg(long)]
     pub data: Option<String>,
     /// A subject (1-200 characters on one line); a reply without one keeps its thread's.
-    #[arg(long)]
+    #[arg(long, value_parser = arg::subject)]
     pub subject: Option<String>,
     /// The id of the message this answers; the message joins its thread.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = arg::message_id)]
     pub reply_to: Option<i64>,
     /// Then wait up to SECONDS for the answer and print it (exit code 4 if none comes).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -59,9 +61,8 @@ Example:
   claude-ipc broadcast \"deploying in 5 minutes\""
 )]
 pub struct BroadcastArgs {
-    /// The message; several words are joined with spaces.
-    #[arg(required = true, num_args = 1..)]
-    pub message: Vec<String>,
+    #[command(flatten)]
+    pub content: ContentArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -79,7 +80,7 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
             }
         },
     };
-    let content = args.message.join(" ");
+    let content = args.content.read()?;
     let thread = ThreadingFields {
         reply_to: args.reply_to,
         subject: args.subject.clone(),
@@ -92,7 +93,8 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
         data,
         &thread,
         &fresh_stamp()?,
-    )?;
+    )
+    .map_err(|e| content::explain_too_large(e, &content))?;
     // With --json and a wait, one object at the end holds both the send and the answer.
     if !args.client.json || args.wait_reply.is_none() {
         print_sent(&sent, &args.to, args.client.json);
@@ -168,12 +170,14 @@ pub(super) fn wait_for_answer(
 
 pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
+    let content = args.content.read()?;
     let reply = args.client.connect_or_start()?.broadcast_stamped(
         &session.session_token,
-        &args.message.join(" "),
+        &content,
         None,
         &fresh_stamp()?,
-    )?;
+    )
+    .map_err(|e| content::explain_too_large(e, &content))?;
     if args.client.json {
         output::json(&crate::protocol::Reply::from(reply).to_json());
     } else {
