@@ -115,7 +115,7 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print mail as it arrives, until interrupted.
     Watch(check::WatchArgs),
-    /// List registered instances.
+    /// List registered instances (works before you register: names and presence, read-only).
     List(check::ListArgs),
     /// Rename your instance; the old name forwards to the new one for a while.
     Rename(rename::RenameArgs),

@@ -714,6 +714,7 @@ impl IpcServer {
             "command": args.command, "argv": run.argv, "exit_code": run.exit_code,
             "timed_out": run.timed_out, "truncated": run.truncated,
         });
+        let preview = format::command_preview(&run.argv, &content);
         let sent = self
             .send_message(Some(args.to_id), content, Some(data))
             .await?;
@@ -723,7 +724,7 @@ impl IpcServer {
             (None, _) => "was killed by a signal".to_owned(),
         };
         Ok(format!(
-            "`{}` {outcome}; its output was sent. {sent}",
+            "`{}` {outcome}; its output was sent. {sent}\n{preview}",
             args.command
         ))
     }
