@@ -866,7 +866,11 @@ impl Client {
         self.list_all("", true)
     }
 
-    fn list_all(&mut self, token: &str, without_session: bool) -> Result<Vec<Instance>, ClientError> {
+    fn list_all(
+        &mut self,
+        token: &str,
+        without_session: bool,
+    ) -> Result<Vec<Instance>, ClientError> {
         let mut instances = Vec::new();
         let mut after: Option<String> = None;
         loop {

@@ -310,11 +310,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         format!("`{text}` is not a duration; write a number and a unit, like 30s, 10m, 2h or 30d")
     })?;
     let seconds_per_unit = match unit {
-        "" => {
-            return Err(format!(
-                "`{text}` has no unit; write it as {text}s, {text}m, {text}h or {text}d (or {text}ms)"
-            ))
-        }
+        "" => return Err(format!(
+            "`{text}` has no unit; write it as {text}s, {text}m, {text}h or {text}d (or {text}ms)"
+        )),
         "s" => 1,
         "ms" => return Ok(Duration::from_millis(number)),
         "m" => 60,
@@ -458,7 +456,9 @@ mod tests {
     #[test]
     fn bad_durations_say_how_to_write_one() {
         assert!(parse_duration("soon").unwrap_err().contains("30s"));
-        assert!(parse_duration("5").unwrap_err().contains("5s, 5m, 5h or 5d"));
+        assert!(parse_duration("5")
+            .unwrap_err()
+            .contains("5s, 5m, 5h or 5d"));
         assert!(parse_duration("5w").unwrap_err().contains("unknown unit"));
     }
 }

@@ -49,7 +49,9 @@ mod tests {
         assert_eq!(message_id("41"), Ok(41));
         assert!(message_id("0").is_err());
         assert!(message_id("-3").is_err());
-        assert!(message_id("x").unwrap_err().contains("positive whole number"));
+        assert!(message_id("x")
+            .unwrap_err()
+            .contains("positive whole number"));
         assert!(subject("release").is_ok());
         assert!(subject("two\nlines").is_err());
         assert!(subject(&"x".repeat(201)).is_err());

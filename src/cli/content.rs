@@ -53,9 +53,8 @@ impl ContentArgs {
 }
 
 fn read_file(path: &Path) -> Result<String, CliError> {
-    let bytes = std::fs::read(path).map_err(|e| {
-        CliError::Usage(format!("cannot read --file {}: {e}", path.display()))
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| CliError::Usage(format!("cannot read --file {}: {e}", path.display())))?;
     String::from_utf8(bytes).map_err(|_| {
         CliError::Usage(format!(
             "--file {} is not UTF-8 text; messages are text (send its path instead)",
@@ -66,9 +65,9 @@ fn read_file(path: &Path) -> Result<String, CliError> {
 
 fn read_stdin() -> Result<String, CliError> {
     let mut bytes = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut bytes)
-        .map_err(|e| CliError::Usage(format!("cannot read the message from standard input: {e}")))?;
+    std::io::stdin().read_to_end(&mut bytes).map_err(|e| {
+        CliError::Usage(format!("cannot read the message from standard input: {e}"))
+    })?;
     String::from_utf8(bytes).map_err(|_| {
         CliError::Usage(
             "standard input is not UTF-8 text; messages are text (send a file's path instead)"

@@ -1,7 +1,8 @@
 //! The command line: one file per subcommand. `main.rs` parses [`Cli`] and calls [`run`].
 //!
 //! Exit codes: 0 success, 1 the broker refused the request, 2 a usage error (including "not
-//! registered yet"), 3 no broker answered, 4 no answer came in time (`--wait-reply`).
+//! registered yet"), 3 no broker answered, 4 no answer came in time (`--wait-reply`). With
+//! `--json` every outcome is one JSON document on stdout (see [`print_json_error`]).
 
 mod arg;
 mod autostart;
@@ -53,6 +54,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
   claude-ipc serve                          run the broker on 127.0.0.1:9876
   claude-ipc register alice                 register; the session goes to ~/.ipc-session
   claude-ipc send bob \"API changed\"         send bob a message (registered or not yet)
+  claude-ipc send bob --file build.log      the message from a file (or `-` for stdin)
   claude-ipc check                          read your mail
   claude-ipc reply 41 \"merged\"              answer message 41, in its thread
   claude-ipc thread 41                      the conversation message 41 belongs to
@@ -80,7 +82,9 @@ Environment:
 
 Exit codes: 0 success, 1 the broker refused (or a file or database failed), 2 usage error or
 not registered yet, 3 no broker answered (or the one that did is run by another user), 4 no
-answer came in time (send --wait-reply, reply --wait-reply).
+answer came in time (send --wait-reply, reply --wait-reply). With --json every outcome is one
+JSON document on stdout; a failure is {\"status\": \"error\", \"code\": ..., \"message\": ...}.
+Durations take a unit: 250ms, 30s, 10m, 2h, 30d.
 
 Each subcommand has its own --help. Guides: README.md and docs/ (OPERATIONS.md for running it)."
 )]

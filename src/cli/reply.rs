@@ -2,19 +2,21 @@
 
 use clap::Args;
 
-use super::send::{fresh_stamp, print_sent, wait_for_answer};
 use super::content::{self, ContentArgs};
+use super::send::{fresh_stamp, print_sent, wait_for_answer};
 use super::{arg, CliError, ClientArgs};
 use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
 #[command(
     after_help = "The reply goes to the message's sender if you received it, or to its recipient if you sent
-it, and joins its thread (with its subject, unless you give another).
+it, and joins its thread (with its subject, unless you give another). The reply may also be
+`-` (standard input) or --file PATH.
 
 Examples:
   claude-ipc reply 41 \"yes, merged\"
-  claude-ipc reply 41 \"which branch?\" --wait-reply 60"
+  claude-ipc reply 41 \"which branch?\" --wait-reply 60
+  cargo test 2>&1 | claude-ipc reply 41 -"
 )]
 pub struct ReplyArgs {
     /// The id of the message to answer (as check or thread printed it).
@@ -36,14 +38,15 @@ pub fn run(args: ReplyArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
     let content = args.content.read()?;
     let mut client = args.client.connect_or_start()?;
-    let replied = client.reply(
-        &session.session_token,
-        args.id,
-        &content,
-        args.subject.as_deref(),
-        &fresh_stamp()?,
-    )
-    .map_err(|e| content::explain_too_large(e, &content))?;
+    let replied = client
+        .reply(
+            &session.session_token,
+            args.id,
+            &content,
+            args.subject.as_deref(),
+            &fresh_stamp()?,
+        )
+        .map_err(|e| content::explain_too_large(e, &content))?;
     let sent = replied.sent;
     if !args.client.json || args.wait_reply.is_none() {
         print_sent(&sent, &replied.to, args.client.json);

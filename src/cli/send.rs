@@ -16,9 +16,11 @@ use crate::session_file::SessionFile;
 #[derive(Debug, Args)]
 #[command(
     after_help = "Mail to a name nobody has registered yet waits for it (7 days); if the name is close to a
-registered one, the reply asks whether you meant that one. Content over 10 KiB is
-stored in a file and the recipient gets a summary with its path. Each send carries a fresh
-nonce, so a retried request is stored once.
+registered one, the reply asks whether you meant that one. The message is the words after
+TO, or `-` alone to read it from standard input, or --file PATH; empty messages are refused.
+Content over 10 KiB is stored in a file and the recipient gets a summary with its path; one
+request may be at most 1 MiB (the broker's --max-request-bytes): for more, send a file's path.
+Each send carries a fresh nonce, so a retried request is stored once.
 
 With --wait-reply it then waits for the answer (a message that replies to this one) and
 prints it; other mail stays waiting. No answer in time: a line on stderr and exit code 4.
@@ -27,6 +29,8 @@ Examples:
   claude-ipc send bob \"the API changed, see src/api.rs\"
   claude-ipc send bob \"build done\" --data '{\"exit\": 0}'
   claude-ipc send reviewer \"$(git diff --stat)\"
+  git diff | claude-ipc send reviewer -
+  claude-ipc send bob --file build.log
   claude-ipc send bob \"ship it?\" --subject release --wait-reply 60
   claude-ipc send bob \"done\" --reply-to 41"
 )]
@@ -57,8 +61,11 @@ pub struct SendArgs {
     after_help = "Goes to every registered instance except you; instances whose queue is full are skipped and
 named in the reply.
 
-Example:
-  claude-ipc broadcast \"deploying in 5 minutes\""
+The message may also be `-` (standard input) or --file PATH.
+
+Examples:
+  claude-ipc broadcast \"deploying in 5 minutes\"
+  claude-ipc broadcast --file release-notes.md"
 )]
 pub struct BroadcastArgs {
     #[command(flatten)]
@@ -86,15 +93,16 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
         subject: args.subject.clone(),
     };
     let mut client = args.client.connect_or_start()?;
-    let sent = client.send_threaded(
-        &session.session_token,
-        &args.to,
-        &content,
-        data,
-        &thread,
-        &fresh_stamp()?,
-    )
-    .map_err(|e| content::explain_too_large(e, &content))?;
+    let sent = client
+        .send_threaded(
+            &session.session_token,
+            &args.to,
+            &content,
+            data,
+            &thread,
+            &fresh_stamp()?,
+        )
+        .map_err(|e| content::explain_too_large(e, &content))?;
     // With --json and a wait, one object at the end holds both the send and the answer.
     if !args.client.json || args.wait_reply.is_none() {
         print_sent(&sent, &args.to, args.client.json);
@@ -171,13 +179,11 @@ pub(super) fn wait_for_answer(
 pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
     let content = args.content.read()?;
-    let reply = args.client.connect_or_start()?.broadcast_stamped(
-        &session.session_token,
-        &content,
-        None,
-        &fresh_stamp()?,
-    )
-    .map_err(|e| content::explain_too_large(e, &content))?;
+    let reply = args
+        .client
+        .connect_or_start()?
+        .broadcast_stamped(&session.session_token, &content, None, &fresh_stamp()?)
+        .map_err(|e| content::explain_too_large(e, &content))?;
     if args.client.json {
         output::json(&crate::protocol::Reply::from(reply).to_json());
     } else {

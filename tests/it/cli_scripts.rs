@@ -126,7 +126,13 @@ fn with_json_every_verb_prints_one_json_document_when_it_fails() {
         json_failure(&addr, &nobody, args, 2, "usage");
     }
     // The broker refused: exit code 1, the broker's own code.
-    json_failure(&addr, &session, &["reply", "999", "hi"], 1, "unknown_thread");
+    json_failure(
+        &addr,
+        &session,
+        &["reply", "999", "hi"],
+        1,
+        "unknown_thread",
+    );
     json_failure(&addr, &session, &["thread", "999"], 1, "unknown_thread");
     json_failure(&addr, &session, &["search", "\"open"], 1, "invalid_query");
     json_failure(&addr, &session, &["rename", "alice"], 1, "same_name");
@@ -196,7 +202,10 @@ fn what_the_user_typed_is_checked_first_and_named_as_typed() {
         (&["reply", "0", "hi"], "<ID>"),
         (&["thread", "-1"], "<ID>"),
         (&["send", "bob", "hi", "--reply-to", "0"], "--reply-to"),
-        (&["send", "bob", "hi", "--subject", "two\nlines"], "--subject"),
+        (
+            &["send", "bob", "hi", "--subject", "two\nlines"],
+            "--subject",
+        ),
         (&["history", "--with", "bad name"], "--with"),
     ] {
         let out = cli(&broker.addr(), &session, args);
@@ -226,7 +235,15 @@ fn durations_without_a_unit_are_refused_saying_how_to_write_them() {
         "--idle-timeout",
     ] {
         let out = Command::new(binary())
-            .args(["serve", "--data-dir", data, "--addr", &free_addr(), flag, "5"])
+            .args([
+                "serve",
+                "--data-dir",
+                data,
+                "--addr",
+                &free_addr(),
+                flag,
+                "5",
+            ])
             .env_remove("IPC_SHARED_SECRET")
             .output()
             .unwrap();
@@ -279,17 +296,31 @@ fn large_content_goes_through_a_file_or_standard_input() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(received_large(&broker, &bob).contains(&text));
 
-    let out = cli_with_stdin(&broker.addr(), &session, &["send", "bob", "-"], text.as_bytes());
+    let out = cli_with_stdin(
+        &broker.addr(),
+        &session,
+        &["send", "bob", "-"],
+        text.as_bytes(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(received_large(&broker, &bob).contains(&text));
 
-    let out = cli_with_stdin(&broker.addr(), &session, &["broadcast", "-"], text.as_bytes());
+    let out = cli_with_stdin(
+        &broker.addr(),
+        &session,
+        &["broadcast", "-"],
+        text.as_bytes(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(received_large(&broker, &bob).contains(&text));
 
     // A reply, from bob's side: its own session file, answering alice's last message.
     let bob_session = dir.path().join("bob.session");
-    let out = cli(&broker.addr(), &bob_session, &["register", "bob", "--takeover"]);
+    let out = cli(
+        &broker.addr(),
+        &bob_session,
+        &["register", "bob", "--takeover"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let last = broker.count("SELECT MAX(id) FROM messages");
     let alice_token = std::fs::read_to_string(&session).unwrap();
@@ -324,12 +355,20 @@ fn content_comes_from_exactly_one_source_and_a_bad_file_says_why() {
     let file = dir.path().join("note.txt");
     std::fs::write(&file, "from the file").unwrap();
     let file = file.to_str().unwrap();
-    let both = cli(&broker.addr(), &session, &["send", "bob", "words", "--file", file]);
+    let both = cli(
+        &broker.addr(),
+        &session,
+        &["send", "bob", "words", "--file", file],
+    );
     assert_eq!(both.status.code(), Some(2));
     assert!(stderr(&both).contains("--file"), "{}", stderr(&both));
     let neither = cli(&broker.addr(), &session, &["send", "bob"]);
     assert_eq!(neither.status.code(), Some(2));
-    assert!(stderr(&neither).contains("<MESSAGE>"), "{}", stderr(&neither));
+    assert!(
+        stderr(&neither).contains("<MESSAGE>"),
+        "{}",
+        stderr(&neither)
+    );
 
     let missing = dir.path().join("missing.txt");
     let out = cli(
@@ -399,7 +438,10 @@ fn empty_messages_are_refused_by_the_broker_for_every_client() {
         assert_eq!(reply["status"], "error", "{content:?}: {reply}");
         assert_eq!(reply["code"], "empty_message", "{content:?}: {reply}");
         assert!(
-            reply["message"].as_str().unwrap().contains("write something"),
+            reply["message"]
+                .as_str()
+                .unwrap()
+                .contains("write something"),
             "{reply}"
         );
     }
@@ -411,8 +453,14 @@ fn empty_messages_are_refused_by_the_broker_for_every_client() {
     // The CLI refuses before sending, as a usage error.
     let dir = tempfile::tempdir().unwrap();
     let session = dir.path().join("carol.session");
-    assert!(cli(&addr, &session, &["register", "carol"]).status.success());
-    for args in [&["send", "bob", ""][..], &["broadcast", "  "], &["reply", "1", " "]] {
+    assert!(cli(&addr, &session, &["register", "carol"])
+        .status
+        .success());
+    for args in [
+        &["send", "bob", ""][..],
+        &["broadcast", "  "],
+        &["reply", "1", " "],
+    ] {
         let out = cli(&addr, &session, args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("empty"), "{}", stderr(&out));
@@ -437,7 +485,10 @@ fn list_works_without_a_session_file_and_changes_nothing() {
     let out = cli(&addr, &no_session, &["list"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert!(listed.contains("alice") && listed.contains("bob"), "{listed}");
+    assert!(
+        listed.contains("alice") && listed.contains("bob"),
+        "{listed}"
+    );
     let out = cli(&addr, &no_session, &["list", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let document = one_json_document(&out, "list without a session");

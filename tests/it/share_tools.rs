@@ -945,7 +945,10 @@ fn share_command_tells_the_caller_what_was_sent_and_that_no_shell_ran() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(got[0].contains("hello $HOME; ls\n"), "{got:?}");
     assert!(said.contains("│ hello $HOME; ls"), "{said}");
-    assert!(!said.contains("cut here"), "a short output is shown whole: {said}");
+    assert!(
+        !said.contains("cut here"),
+        "a short output is shown whole: {said}"
+    );
 
     let said = mcp.ok(
         "share_command",
