@@ -310,9 +310,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         format!("`{text}` is not a duration; write a number and a unit, like 30s, 10m, 2h or 30d")
     })?;
     let seconds_per_unit = match unit {
-        "" => return Err(format!(
+        "" => {
+            return Err(format!(
             "`{text}` has no unit; write it as {text}s, {text}m, {text}h or {text}d (or {text}ms)"
-        )),
+        ))
+        }
         "s" => 1,
         "ms" => return Ok(Duration::from_millis(number)),
         "m" => 60,

@@ -328,7 +328,7 @@ fn next_step(error: &ClientError) -> &'static str {
 
 /// Runs one client subcommand (`serve` and `mcp` are run by `main`, which owns the runtime).
 pub fn run(command: Command) -> ExitCode {
-    let json = command.client().is_some_and(|client| client.json);
+    let json = command.wants_json();
     let result = match command {
         Command::Serve(_) | Command::Mcp(_) => unreachable!("dispatched by main"),
         // A hook sets its own exit code (2 tells the model) and never reports an error.
@@ -421,6 +421,14 @@ fn clap_error_text(error: &clap::Error) -> String {
 }
 
 impl Command {
+    /// Whether `--json` was given, so that a failure is printed as JSON too.
+    fn wants_json(&self) -> bool {
+        match self {
+            Command::ImportLegacy(args) => args.json,
+            command => command.client().is_some_and(|client| client.json),
+        }
+    }
+
     /// The client options of a subcommand that talks to the broker.
     fn client(&self) -> Option<&ClientArgs> {
         match self {

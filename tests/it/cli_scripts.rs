@@ -121,6 +121,19 @@ fn with_json_every_verb_prints_one_json_document_when_it_fails() {
     ] {
         json_failure(&addr, &session, args, 2, "usage");
     }
+    let data_dir = dir.path().join("import-data");
+    json_failure(
+        &addr,
+        &session,
+        &[
+            "import-legacy",
+            "/nonexistent/messages.db",
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+        ],
+        2,
+        "usage",
+    );
     // Not registered yet: a usage error too.
     for args in [&["check"][..], &["watch"], &["sent"], &["thread", "1"]] {
         json_failure(&addr, &nobody, args, 2, "usage");
@@ -505,4 +518,30 @@ fn list_works_without_a_session_file_and_changes_nothing() {
     assert_eq!(instance_names(&reply), ["alice", "bob"]);
     let legacy_reply = legacy(&addr, &json!({"action": "list"}));
     assert_eq!(legacy_reply["code"], "invalid_session", "{legacy_reply}");
+}
+
+#[test]
+fn with_json_a_broker_that_never_answers_is_one_document_too() {
+    // Something of this user's accepts connections and never replies.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("alice.session");
+    let out = cli(&addr, &session, &["register", "alice", "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let document = one_json_document(&out, "a silent broker");
+    assert_eq!(document["status"], "error", "{document}");
+    assert!(
+        document["message"]
+            .as_str()
+            .unwrap()
+            .contains("claude-ipc status"),
+        "says what to do: {document}"
+    );
 }
