@@ -545,3 +545,34 @@ fn with_json_a_broker_that_never_answers_is_one_document_too() {
         "says what to do: {document}"
     );
 }
+
+#[test]
+fn another_user_still_needs_a_session_to_list() {
+    if claude_ipc::server::unix_socket::effective_uid() != 0 {
+        eprintln!("skipped: switching to another uid needs root");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let broker = TestBroker::start_on_wall_clock();
+    let (addr, _alice, _bob) = broker.alice_and_bob();
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    // A raw client run as `nobody`, asking over loopback TCP without a session.
+    let script = format!(
+        "import socket; s = socket.create_connection(('{host}', {port})); \
+         s.sendall(b'{{\"action\": \"list\", \"without_session\": true}}'); \
+         print(s.recv(65536).decode())"
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["code"], "invalid_session", "{reply}");
+    assert!(!reply.to_string().contains("alice"), "{reply}");
+    // The broker's own user, the same request: the list.
+    let own = legacy(&addr, &json!({"action": "list", "without_session": true}));
+    assert_eq!(instance_names(&own), ["alice", "bob"], "{own}");
+}
