@@ -2,7 +2,7 @@
 //! or a file (`--file PATH`). Exactly one source; content over the shell's argument limit
 //! (about 128 KiB for one argument) goes through the file or standard input.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -64,6 +64,9 @@ fn read_file(path: &Path) -> Result<String, CliError> {
 }
 
 fn read_stdin() -> Result<String, CliError> {
+    if std::io::stdin().is_terminal() {
+        eprintln!("reading the message from standard input; end it with Ctrl-D");
+    }
     let mut bytes = Vec::new();
     std::io::stdin().read_to_end(&mut bytes).map_err(|e| {
         CliError::Usage(format!("cannot read the message from standard input: {e}"))

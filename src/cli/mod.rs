@@ -144,7 +144,8 @@ pub struct ClientArgs {
     /// The broker's Unix socket (`serve --socket`); when set, it is used instead of --addr.
     #[arg(long, env = "IPC_SOCKET", value_parser = socket_parser())]
     pub socket: Option<PathBuf>,
-    /// Print the broker's reply as JSON, for scripts.
+    /// Print the outcome as one JSON document on stdout, for scripts: the reply, or on any
+    /// failure {"status": "error", "code", "message"}.
     #[arg(long)]
     pub json: bool,
     /// The user the broker must run as: a name, a uid, or `any` to skip the check. By default
