@@ -857,10 +857,29 @@ impl Client {
 
     /// Every registered instance, in name order: follows `list`'s pages to the end.
     pub fn list(&mut self, token: &str) -> Result<Vec<Instance>, ClientError> {
+        self.list_all(token, false)
+    }
+
+    /// Every registered instance without a session: the read-only list a broker gives a
+    /// process of its own user (anyone else gets `invalid_session`).
+    pub fn list_without_session(&mut self) -> Result<Vec<Instance>, ClientError> {
+        self.list_all("", true)
+    }
+
+    fn list_all(
+        &mut self,
+        token: &str,
+        without_session: bool,
+    ) -> Result<Vec<Instance>, ClientError> {
         let mut instances = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let page = self.list_page(token, after.as_deref(), None)?;
+            let page: InstancePage = self.call_as(ClientRequest::List(ListRequest {
+                session_token: token.to_owned(),
+                without_session,
+                after: after.clone(),
+                limit: None,
+            }))?;
             instances.extend(page.instances);
             if !page.more {
                 return Ok(instances);
@@ -888,6 +907,7 @@ impl Client {
     ) -> Result<InstancePage, ClientError> {
         self.call_as(ClientRequest::List(ListRequest {
             session_token: token.to_owned(),
+            without_session: false,
             after: after.map(str::to_owned),
             limit,
         }))

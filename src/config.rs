@@ -300,26 +300,33 @@ impl Config {
     }
 }
 
-/// Parses a duration written as a number and a unit: `90s`, `10m`, `24h`, `7d`, or plain
-/// seconds (`30`). Used by the `serve` flags.
+/// Parses a duration written as a number and a unit: `250ms`, `90s`, `10m`, `24h`, `7d`.
+/// Used by every duration flag (`serve`, `mcp`, `import-legacy`). A bare number is refused:
+/// `--session-idle-expiry 5` could mean seconds, minutes or days, and guessing seconds would
+/// silently make sessions expire within moments.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; write it like 30s, 10m, 24h or 7d"))?;
+    let number: u64 = number.parse().map_err(|_| {
+        format!("`{text}` is not a duration; write a number and a unit, like 30s, 10m, 2h or 30d")
+    })?;
     let seconds_per_unit = match unit {
-        "" | "s" => 1,
+        "" => {
+            return Err(format!(
+            "`{text}` has no unit; write it as {text}s, {text}m, {text}h or {text}d (or {text}ms)"
+        ))
+        }
+        "s" => 1,
         "ms" => return Ok(Duration::from_millis(number)),
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         _ => {
             return Err(format!(
-                "unknown unit `{unit}` in `{text}`; use ms, s, m, h or d"
+                "unknown unit `{unit}` in `{text}`; use ms, s, m, h or d, like 30s, 10m, 2h or 30d"
             ))
         }
     };
@@ -341,9 +348,33 @@ pub fn duration_text(duration: Duration) -> String {
     format!("{seconds}s")
 }
 
+/// A size as people say it: `512 bytes`, `64 KiB`, `1.3 MiB`.
+pub fn size_text(bytes: usize) -> String {
+    const KIB: usize = 1024;
+    const MIB: usize = 1024 * 1024;
+    let (unit, size) = match bytes {
+        b if b >= MIB => ("MiB", MIB),
+        b if b >= KIB => ("KiB", KIB),
+        _ => return format!("{bytes} bytes"),
+    };
+    if bytes.is_multiple_of(size) {
+        format!("{} {unit}", bytes / size)
+    } else {
+        format!("{:.1} {unit}", bytes as f64 / size as f64)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_read_as_people_say_them() {
+        assert_eq!(size_text(512), "512 bytes");
+        assert_eq!(size_text(64 * 1024), "64 KiB");
+        assert_eq!(size_text(1024 * 1024), "1 MiB");
+        assert_eq!(size_text(1_400_000), "1.3 MiB");
+    }
 
     #[test]
     fn the_default_limits_are_valid() {
@@ -421,7 +452,6 @@ mod tests {
 
     #[test]
     fn durations_take_the_usual_units() {
-        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
@@ -432,6 +462,9 @@ mod tests {
     #[test]
     fn bad_durations_say_how_to_write_one() {
         assert!(parse_duration("soon").unwrap_err().contains("30s"));
+        assert!(parse_duration("5")
+            .unwrap_err()
+            .contains("5s, 5m, 5h or 5d"));
         assert!(parse_duration("5w").unwrap_err().contains("unknown unit"));
     }
 }

@@ -3,12 +3,11 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
-use claude_ipc::cli::{self, Cli, Command};
+use claude_ipc::cli::{self, Command};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse_or_exit();
     let default_level = match cli.command {
         Command::Serve(_) => "info",
         // Which process hosts the broker is worth a line; the MCP library's chatter is not.

@@ -688,38 +688,30 @@ impl Broker {
         peer: &Peer,
         options: ListOptions,
     ) -> Result<ListReply, BrokerError> {
-        let limit = options
-            .limit
-            .unwrap_or(LIST_MAX_INSTANCES)
-            .min(LIST_MAX_INSTANCES);
-        let after = options.after;
+        if token.is_none() && options.without_session {
+            return self.list_without_session(peer, options).await;
+        }
         let online = self.online_rule();
         self.as_caller(token, peer, move |tx, _caller, now| {
-            let mut budget = EntryBudget::new(LIST_REPLY_FIXED_BYTES);
-            let mut instances = Vec::new();
-            let more = tx.list_instances_after(after.as_ref(), limit, |listed| {
-                let reach = online.reach(listed.session, now);
-                let entry = InstanceEntry {
-                    id: listed.name.to_string(),
-                    last_seen: listed.last_seen.to_text(),
-                    online: reach.online,
-                    push: reach.push,
-                };
-                let fits = budget.take(&entry);
-                if fits {
-                    instances.push(entry);
-                }
-                fits
-            })?;
-            let next_after = instances
-                .last()
-                .filter(|_| more)
-                .map(|entry| entry.id.clone());
-            done(ListReply {
-                instances,
-                more,
-                next_after,
-            })
+            done(list_page(tx, now, &online, &options)?)
+        })
+        .await
+    }
+
+    /// `list` with `without_session`: the same page, read-only, for a process of the broker's
+    /// own user, which could read the same from the database (as `status` does) anyway.
+    /// Anyone else still needs a session, so another local user learns no names.
+    async fn list_without_session(
+        &self,
+        peer: &Peer,
+        options: ListOptions,
+    ) -> Result<ListReply, BrokerError> {
+        if peer.uid != Some(crate::os::users::effective_uid()) {
+            return Err(BrokerError::InvalidSession);
+        }
+        let online = self.online_rule();
+        self.job(Durability::Unflushed, move |tx, now| {
+            done(list_page(tx, now, &online, &options)?)
         })
         .await
     }
@@ -761,6 +753,44 @@ fn notify_rename(
         })?;
     }
     Ok(())
+}
+
+/// One page of `list` (see [`Broker::list`]): what fits the reply budget and the limit.
+fn list_page(
+    tx: &Tx<'_>,
+    now: Timestamp,
+    online: &super::online::OnlineRule,
+    options: &ListOptions,
+) -> Result<ListReply, StoreError> {
+    let limit = options
+        .limit
+        .unwrap_or(LIST_MAX_INSTANCES)
+        .min(LIST_MAX_INSTANCES);
+    let mut budget = EntryBudget::new(LIST_REPLY_FIXED_BYTES);
+    let mut instances = Vec::new();
+    let more = tx.list_instances_after(options.after.as_ref(), limit, |listed| {
+        let reach = online.reach(listed.session, now);
+        let entry = InstanceEntry {
+            id: listed.name.to_string(),
+            last_seen: listed.last_seen.to_text(),
+            online: reach.online,
+            push: reach.push,
+        };
+        let fits = budget.take(&entry);
+        if fits {
+            instances.push(entry);
+        }
+        fits
+    })?;
+    let next_after = instances
+        .last()
+        .filter(|_| more)
+        .map(|entry| entry.id.clone());
+    Ok(ListReply {
+        instances,
+        more,
+        next_after,
+    })
 }
 
 #[cfg(test)]

@@ -924,6 +924,11 @@ impl Broker {
     /// Checks the data size and, for large content, chooses its file and builds the summary
     /// that is queued in its place.
     fn prepare(&self, message: &MessageBody) -> Result<Prepared, BrokerError> {
+        // A message must say something: an empty one is almost always a script's mistake (an
+        // unset variable, a failed `$(cat file)`), and its recipient could not tell why it came.
+        if message.content.trim().is_empty() {
+            return Err(BrokerError::EmptyMessage);
+        }
         let data = message.data_text();
         let data_bytes = data.as_ref().map_or(0, String::len);
         if data_bytes > self.limits.max_data_bytes {

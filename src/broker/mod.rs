@@ -148,6 +148,8 @@ pub enum BrokerError {
         off_by_ms: i64,
         limit_ms: i64,
     },
+    #[error("the message is empty: `message.content` is blank or only whitespace; write something to send")]
+    EmptyMessage,
     #[error("`message.data` is {bytes} bytes of JSON; the limit is {limit}. Put large payloads in `content`, which is stored as a file when large")]
     DataTooLarge { bytes: usize, limit: usize },
     #[error("cannot write the large-message file: {0}; nothing was stored")]
@@ -194,6 +196,7 @@ impl BrokerError {
             SameName(_) => ErrorCode::SameName,
             StaleTimestamp { .. } => ErrorCode::StaleTimestamp,
             DataTooLarge { .. } => ErrorCode::DataTooLarge,
+            EmptyMessage => ErrorCode::EmptyMessage,
             Store(StoreError::Unavailable(fault)) => fault_code(fault),
             LargeFile(_) | Store(_) => ErrorCode::StorageFailed,
             Entropy(_) => ErrorCode::Internal,
@@ -242,6 +245,7 @@ impl BrokerError {
             | ReservedForHuman(_)
             | StaleTimestamp { .. }
             | DataTooLarge { .. }
+            | EmptyMessage
             | LargeFile(_)
             | Entropy(_)
             | Store(_)

@@ -14,7 +14,7 @@ use super::output::{block_for_terminal, for_terminal};
 use super::{output, CliError, ClientArgs};
 use crate::client::{CheckOptions, Checked, Client, ClientError, Received};
 use crate::relative_time::{reach, relative_to_now};
-use crate::session_file::SessionFile;
+use crate::session_file::{SessionFile, SessionFileError};
 
 /// How long printed-but-unacknowledged mail is held before it is handed out again.
 pub(super) const LEASE: Duration = Duration::from_secs(30);
@@ -222,12 +222,21 @@ fn message_text(message: &Received) -> String {
     text
 }
 
+/// `list`: with a session as that instance; without one (no session file yet) the read-only
+/// list the broker gives its own user, names and presence, as `status` shows them.
 pub fn run_list(args: ListArgs) -> Result<(), CliError> {
-    let session = SessionFile::load()?;
-    let instances = args
-        .client
-        .connect_or_start()?
-        .list(&session.session_token)?;
+    let instances = match SessionFile::load() {
+        Ok(session) => args
+            .client
+            .connect_or_start()?
+            .list(&session.session_token)?,
+        Err(SessionFileError::NotRegistered(_)) => {
+            let mut client = args.client.connect()?;
+            client.verify_broker(&super::broker_check())?;
+            client.list_without_session()?
+        }
+        Err(other) => return Err(other.into()),
+    };
     if args.client.json {
         let instances: Vec<_> = instances
             .iter()

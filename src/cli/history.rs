@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{output, CliError, ClientArgs};
+use super::{arg, output, CliError, ClientArgs};
 use crate::client::HistoryQuery;
 use crate::domain::Timestamp;
 use crate::mcp::format::{self, HistoryHints};
@@ -26,7 +26,7 @@ Examples:
 )]
 pub struct HistoryArgs {
     /// Only the mail between you and this instance (by its current name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = arg::name)]
     pub with: Option<String>,
     /// How many messages to show (1-100; the broker's default is 20).
     #[arg(long)]

@@ -1,10 +1,13 @@
 //! The command line: one file per subcommand. `main.rs` parses [`Cli`] and calls [`run`].
 //!
 //! Exit codes: 0 success, 1 the broker refused the request, 2 a usage error (including "not
-//! registered yet"), 3 no broker answered, 4 no answer came in time (`--wait-reply`).
+//! registered yet"), 3 no broker answered, 4 no answer came in time (`--wait-reply`). With
+//! `--json` every outcome is one JSON document on stdout (see [`print_json_error`]).
 
+mod arg;
 mod autostart;
 mod check;
+mod content;
 mod history;
 pub mod hook;
 mod import_legacy;
@@ -52,6 +55,7 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
   claude-ipc serve                          run the broker on 127.0.0.1:9876
   claude-ipc register alice                 register; the session goes to ~/.ipc-session
   claude-ipc send bob \"API changed\"         send bob a message (registered or not yet)
+  claude-ipc send bob --file build.log      the message from a file (or `-` for stdin)
   claude-ipc check                          read your mail
   claude-ipc reply 41 \"merged\"              answer message 41, in its thread
   claude-ipc thread 41                      the conversation message 41 belongs to
@@ -79,7 +83,9 @@ Environment:
 
 Exit codes: 0 success, 1 the broker refused (or a file or database failed), 2 usage error or
 not registered yet, 3 no broker answered (or the one that did is run by another user), 4 no
-answer came in time (send --wait-reply, reply --wait-reply).
+answer came in time (send --wait-reply, reply --wait-reply). With --json every outcome is one
+JSON document on stdout; a failure is {\"status\": \"error\", \"code\": ..., \"message\": ...}.
+Durations take a unit: 250ms, 30s, 10m, 2h, 30d.
 
 Each subcommand has its own --help. Guides: README.md and docs/ (OPERATIONS.md for running it)."
 )]
@@ -114,7 +120,7 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Print mail as it arrives, until interrupted.
     Watch(check::WatchArgs),
-    /// List registered instances.
+    /// List registered instances (works before you register: names and presence, read-only).
     List(check::ListArgs),
     /// Rename your instance; the old name forwards to the new one for a while.
     Rename(rename::RenameArgs),
@@ -141,7 +147,8 @@ pub struct ClientArgs {
     /// The broker's Unix socket (`serve --socket`); when set, it is used instead of --addr.
     #[arg(long, env = "IPC_SOCKET", value_parser = socket_parser())]
     pub socket: Option<PathBuf>,
-    /// Print the broker's reply as JSON, for scripts.
+    /// Print the outcome as one JSON document on stdout, for scripts: the reply, or on any
+    /// failure {"status": "error", "code", "message"}.
     #[arg(long)]
     pub json: bool,
     /// The user the broker must run as: a name, a uid, or `any` to skip the check. By default
@@ -325,7 +332,7 @@ fn next_step(error: &ClientError) -> &'static str {
 
 /// Runs one client subcommand (`serve` and `mcp` are run by `main`, which owns the runtime).
 pub fn run(command: Command) -> ExitCode {
-    let json = command.client().is_some_and(|client| client.json);
+    let json = command.wants_json();
     let result = match command {
         Command::Serve(_) | Command::Mcp(_) => unreachable!("dispatched by main"),
         // A hook sets its own exit code (2 tells the model) and never reports an error.
@@ -363,19 +370,70 @@ pub fn run(command: Command) -> ExitCode {
     }
 }
 
-/// With `--json`, a client failure is also printed on stdout as `{"status": "error", "code",
-/// "message"}`, so a script can tell an impostor broker from a refusal by its code.
+/// With `--json`, every failure is also printed on stdout as one JSON document, the shape of
+/// the broker's own error replies: `{"status": "error", "code", "message"}`. A refusal keeps
+/// the broker's code (so a script can tell an impostor broker from a refusal); the CLI's own
+/// failures are `usage` (exit code 2) and `failed` (exit code 1).
 fn print_json_error(error: &CliError) {
-    if let CliError::Client(client_error) = error {
-        output::json(&serde_json::json!({
-            "status": "error",
-            "code": client_error.code(),
-            "message": error.to_string(),
-        }));
+    let code = match error {
+        CliError::Client(client_error) => client_error.code(),
+        CliError::Usage(_) => "usage",
+        CliError::Failed(_) => "failed",
+        CliError::Reported(_) => return,
+    };
+    output::json(&json_error(code, &error.to_string()));
+}
+
+/// An error as `--json` prints it (see [`print_json_error`]).
+pub fn json_error(code: &str, message: &str) -> serde_json::Value {
+    serde_json::json!({"status": "error", "code": code, "message": message})
+}
+
+/// Parses the command line; on a usage error exits with code 2 after printing it on stderr
+/// and, when `--json` was asked for, also as one JSON document on stdout, so a script piping
+/// into a JSON parser gets the error too. `--help` and `--version` print as usual.
+pub fn parse_or_exit() -> Cli {
+    use clap::error::ErrorKind;
+    let error = match Cli::try_parse() {
+        Ok(cli) => return cli,
+        Err(error) => error,
+    };
+    let informational = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !informational && json_was_asked() {
+        output::json(&json_error("usage", &clap_error_text(&error)));
     }
+    error.exit()
+}
+
+/// Whether `--json` is among the arguments (before a `--`, after which words are content).
+fn json_was_asked() -> bool {
+    std::env::args()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json")
+}
+
+/// Clap's error without its `error: ` prefix and the usage lines under it.
+fn clap_error_text(error: &clap::Error) -> String {
+    let rendered = error.render().to_string();
+    let text = rendered.split("\n\n").next().unwrap_or_default();
+    text.trim().trim_start_matches("error: ").to_owned()
 }
 
 impl Command {
+    /// Whether `--json` was given, so that a failure is printed as JSON too.
+    fn wants_json(&self) -> bool {
+        match self {
+            Command::ImportLegacy(args) => args.json,
+            command => command.client().is_some_and(|client| client.json),
+        }
+    }
+
     /// The client options of a subcommand that talks to the broker.
     fn client(&self) -> Option<&ClientArgs> {
         match self {

@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::{output, CliError, ClientArgs};
+use super::{arg, output, CliError, ClientArgs};
 use crate::secret::shared_secret_from_env;
 use crate::session_file::SessionFile;
 
@@ -26,6 +26,7 @@ Examples:
 )]
 pub struct RegisterArgs {
     /// The name to register: 1-32 letters, digits, hyphens or underscores.
+    #[arg(value_parser = arg::name)]
     pub name: String,
     /// Replace the name's session even if it is in use; its holder is told it was replaced.
     #[arg(long)]

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{output, CliError, ClientArgs};
+use super::{arg, output, CliError, ClientArgs};
 use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
@@ -14,7 +14,8 @@ Example:
   claude-ipc rename alice-review"
 )]
 pub struct RenameArgs {
-    /// The new name.
+    /// The new name: 1-32 letters, digits, hyphens or underscores.
+    #[arg(value_parser = arg::name)]
     pub new_name: String,
     #[command(flatten)]
     pub client: ClientArgs,

@@ -2,27 +2,30 @@
 
 use clap::Args;
 
+use super::content::{self, ContentArgs};
 use super::send::{fresh_stamp, print_sent, wait_for_answer};
-use super::{CliError, ClientArgs};
+use super::{arg, CliError, ClientArgs};
 use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
 #[command(
     after_help = "The reply goes to the message's sender if you received it, or to its recipient if you sent
-it, and joins its thread (with its subject, unless you give another).
+it, and joins its thread (with its subject, unless you give another). The reply may also be
+`-` (standard input) or --file PATH.
 
 Examples:
   claude-ipc reply 41 \"yes, merged\"
-  claude-ipc reply 41 \"which branch?\" --wait-reply 60"
+  claude-ipc reply 41 \"which branch?\" --wait-reply 60
+  cargo test 2>&1 | claude-ipc reply 41 -"
 )]
 pub struct ReplyArgs {
     /// The id of the message to answer (as check or thread printed it).
+    #[arg(value_parser = arg::message_id)]
     pub id: i64,
-    /// The reply; several words are joined with spaces.
-    #[arg(required = true, num_args = 1..)]
-    pub message: Vec<String>,
+    #[command(flatten)]
+    pub content: ContentArgs,
     /// A subject (1-200 characters on one line); without it the reply keeps its thread's.
-    #[arg(long)]
+    #[arg(long, value_parser = arg::subject)]
     pub subject: Option<String>,
     /// Then wait up to SECONDS for the answer and print it (exit code 4 if none comes).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -33,14 +36,17 @@ pub struct ReplyArgs {
 
 pub fn run(args: ReplyArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
+    let content = args.content.read()?;
     let mut client = args.client.connect_or_start()?;
-    let replied = client.reply(
-        &session.session_token,
-        args.id,
-        &args.message.join(" "),
-        args.subject.as_deref(),
-        &fresh_stamp()?,
-    )?;
+    let replied = client
+        .reply(
+            &session.session_token,
+            args.id,
+            &content,
+            args.subject.as_deref(),
+            &fresh_stamp()?,
+        )
+        .map_err(|e| content::explain_too_large(e, &content))?;
     let sent = replied.sent;
     if !args.client.json || args.wait_reply.is_none() {
         print_sent(&sent, &replied.to, args.client.json);

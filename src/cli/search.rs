@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{output, CliError, ClientArgs};
+use super::{arg, output, CliError, ClientArgs};
 use crate::protocol::schema::SearchRequest;
 use crate::session_file::SessionFile;
 
@@ -23,13 +23,13 @@ pub struct SearchArgs {
     /// What to look for (quote it in the shell when it has spaces or quotes).
     pub query: String,
     /// Only mail sent by this instance.
-    #[arg(long)]
+    #[arg(long, value_name = "NAME", value_parser = arg::name)]
     pub from: Option<String>,
     /// Only mail received by this instance.
-    #[arg(long)]
+    #[arg(long, value_name = "NAME", value_parser = arg::name)]
     pub to: Option<String>,
     /// Only this thread (a thread id, as `thread` and `check` show it).
-    #[arg(long = "thread")]
+    #[arg(long = "thread", value_name = "ID", value_parser = arg::message_id)]
     pub thread_id: Option<i64>,
     /// Only mail since this RFC 3339 time, like 2026-12-01T09:00:00Z.
     #[arg(long)]

@@ -1,11 +1,13 @@
-//! `claude-ipc send TO MESSAGE...` and `claude-ipc broadcast MESSAGE...`.
+//! `claude-ipc send TO MESSAGE...` and `claude-ipc broadcast MESSAGE...` (the message may
+//! also come from `--file PATH` or, as `-`, from standard input: see [`super::content`]).
 
 use clap::Args;
 use serde_json::Value;
 
 use std::time::Duration;
 
-use super::{check, output, CliError, ClientArgs, EXIT_NO_REPLY};
+use super::content::{self, ContentArgs};
+use super::{arg, check, output, CliError, ClientArgs, EXIT_NO_REPLY};
 use crate::client::{Client, Sent, Stamp};
 use crate::protocol::schema::requests::ThreadingFields;
 use crate::relative_time::recipient_reach;
@@ -14,9 +16,11 @@ use crate::session_file::SessionFile;
 #[derive(Debug, Args)]
 #[command(
     after_help = "Mail to a name nobody has registered yet waits for it (7 days); if the name is close to a
-registered one, the reply asks whether you meant that one. Content over 10 KiB is
-stored in a file and the recipient gets a summary with its path. Each send carries a fresh
-nonce, so a retried request is stored once.
+registered one, the reply asks whether you meant that one. The message is the words after
+TO, or `-` alone to read it from standard input, or --file PATH; empty messages are refused.
+Content over 10 KiB is stored in a file and the recipient gets a summary with its path; one
+request may be at most 1 MiB (the broker's --max-request-bytes): for more, send a file's path.
+Each send carries a fresh nonce, so a retried request is stored once.
 
 With --wait-reply it then waits for the answer (a message that replies to this one) and
 prints it; other mail stays waiting. No answer in time: a line on stderr and exit code 4.
@@ -25,23 +29,25 @@ Examples:
   claude-ipc send bob \"the API changed, see src/api.rs\"
   claude-ipc send bob \"build done\" --data '{\"exit\": 0}'
   claude-ipc send reviewer \"$(git diff --stat)\"
+  git diff | claude-ipc send reviewer -
+  claude-ipc send bob --file build.log
   claude-ipc send bob \"ship it?\" --subject release --wait-reply 60
   claude-ipc send bob \"done\" --reply-to 41"
 )]
 pub struct SendArgs {
     /// The recipient's name (it need not be registered yet).
+    #[arg(value_parser = arg::name)]
     pub to: String,
-    /// The message; several words are joined with spaces.
-    #[arg(required = true, num_args = 1..)]
-    pub message: Vec<String>,
+    #[command(flatten)]
+    pub content: ContentArgs,
     /// A JSON object to attach as `data`.
     #[arg(long)]
     pub data: Option<String>,
     /// A subject (1-200 characters on one line); a reply without one keeps its thread's.
-    #[arg(long)]
+    #[arg(long, value_parser = arg::subject)]
     pub subject: Option<String>,
     /// The id of the message this answers; the message joins its thread.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = arg::message_id)]
     pub reply_to: Option<i64>,
     /// Then wait up to SECONDS for the answer and print it (exit code 4 if none comes).
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -55,13 +61,15 @@ pub struct SendArgs {
     after_help = "Goes to every registered instance except you; instances whose queue is full are skipped and
 named in the reply.
 
-Example:
-  claude-ipc broadcast \"deploying in 5 minutes\""
+The message may also be `-` (standard input) or --file PATH.
+
+Examples:
+  claude-ipc broadcast \"deploying in 5 minutes\"
+  claude-ipc broadcast --file release-notes.md"
 )]
 pub struct BroadcastArgs {
-    /// The message; several words are joined with spaces.
-    #[arg(required = true, num_args = 1..)]
-    pub message: Vec<String>,
+    #[command(flatten)]
+    pub content: ContentArgs,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -79,20 +87,22 @@ pub fn run(args: SendArgs) -> Result<(), CliError> {
             }
         },
     };
-    let content = args.message.join(" ");
+    let content = args.content.read()?;
     let thread = ThreadingFields {
         reply_to: args.reply_to,
         subject: args.subject.clone(),
     };
     let mut client = args.client.connect_or_start()?;
-    let sent = client.send_threaded(
-        &session.session_token,
-        &args.to,
-        &content,
-        data,
-        &thread,
-        &fresh_stamp()?,
-    )?;
+    let sent = client
+        .send_threaded(
+            &session.session_token,
+            &args.to,
+            &content,
+            data,
+            &thread,
+            &fresh_stamp()?,
+        )
+        .map_err(|e| content::explain_too_large(e, &content))?;
     // With --json and a wait, one object at the end holds both the send and the answer.
     if !args.client.json || args.wait_reply.is_none() {
         print_sent(&sent, &args.to, args.client.json);
@@ -168,12 +178,12 @@ pub(super) fn wait_for_answer(
 
 pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
     let session = SessionFile::load()?;
-    let reply = args.client.connect_or_start()?.broadcast_stamped(
-        &session.session_token,
-        &args.message.join(" "),
-        None,
-        &fresh_stamp()?,
-    )?;
+    let content = args.content.read()?;
+    let reply = args
+        .client
+        .connect_or_start()?
+        .broadcast_stamped(&session.session_token, &content, None, &fresh_stamp()?)
+        .map_err(|e| content::explain_too_large(e, &content))?;
     if args.client.json {
         output::json(&crate::protocol::Reply::from(reply).to_json());
     } else {

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::{output, CliError, ClientArgs};
+use super::{arg, output, CliError, ClientArgs};
 use crate::session_file::SessionFile;
 
 #[derive(Debug, Args)]
@@ -18,6 +18,7 @@ Examples:
 )]
 pub struct SentArgs {
     /// Only these message ids; without them, your newest messages.
+    #[arg(value_name = "ID", value_parser = arg::message_id)]
     pub ids: Vec<i64>,
     /// How many of your newest messages to show (1-500; the broker's default is 20).
     #[arg(long, conflicts_with = "ids")]

@@ -3,7 +3,7 @@
 use clap::Args;
 
 use super::output::{block_for_terminal, for_terminal};
-use super::{output, CliError, ClientArgs};
+use super::{arg, output, CliError, ClientArgs};
 use crate::protocol::schema::{ConversationMessage, ThreadReply};
 use crate::relative_time::relative_to_now;
 use crate::session_file::SessionFile;
@@ -25,6 +25,7 @@ Examples:
 )]
 pub struct ThreadArgs {
     /// The thread's id, or the id of any message in it.
+    #[arg(value_parser = arg::message_id)]
     pub id: i64,
     /// Messages per page (1-100; the broker's default is 20).
     #[arg(long)]

@@ -366,6 +366,51 @@ pub fn command_report(command: &str, run: &CommandRun, timeout_seconds: u64) -> 
     text
 }
 
+/// How many lines and bytes of what `share_command` sent its reply shows the caller.
+pub const COMMAND_PREVIEW_LINES: usize = 8;
+pub const COMMAND_PREVIEW_BYTES: usize = 600;
+
+/// What `share_command` tells its caller besides the outcome: that the command ran without a
+/// shell (its argv as the program got it, so a `$HOME` or `;` that stayed literal is visible),
+/// and the start of what was sent, cut with a note, so the caller knows what the recipient
+/// reads without sending it again.
+pub fn command_preview(argv: &[String], sent: &str) -> String {
+    let argv_text = argv
+        .iter()
+        .map(|arg| format!("{arg:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = format!(
+        "It ran without a shell, as the argv [{argv_text}]: $VARIABLES, globs, ;, | and && were passed literally, not expanded (for a shell, share `sh -c '...'`).\nWhat was sent begins:\n"
+    );
+    let shown = preview_of(sent);
+    text.push_str(&quoted(shown));
+    if shown.len() < sent.len() {
+        let rest = &sent[shown.len()..];
+        text.push_str(&format!(
+            "(cut here: {} more bytes in {} more lines were sent, {} bytes in all)\n",
+            rest.len(),
+            rest.lines().count(),
+            sent.len()
+        ));
+    }
+    text
+}
+
+/// The first [`COMMAND_PREVIEW_LINES`] lines of `text`, at most [`COMMAND_PREVIEW_BYTES`]
+/// bytes of it, cut at a character boundary.
+fn preview_of(text: &str) -> &str {
+    let by_lines = text
+        .match_indices('\n')
+        .nth(COMMAND_PREVIEW_LINES - 1)
+        .map_or(text.len(), |(at, _)| at + 1);
+    let mut end = by_lines.min(COMMAND_PREVIEW_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// How many characters of a message's content a line of a thread shows; the rest is cut,
 /// with a note that says how to read it whole.
 pub const THREAD_LINE_CHARS: usize = 160;

@@ -683,7 +683,7 @@ impl IpcServer {
     }
 
     #[tool(
-        description = "Use to run a command here and send its stdout, stderr and exit code to another instance; off unless the user enabled it in this MCP server's configuration (--allow-share-command or IPC_ALLOW_SHARE_COMMAND=1), because text from another instance could talk a model into running a command. No shell, a minimal environment, 30 s limit."
+        description = "Use to run a command here and send its stdout, stderr and exit code to another instance; off unless the user enabled it in this MCP server's configuration (--allow-share-command or IPC_ALLOW_SHARE_COMMAND=1), because text from another instance could talk a model into running a command. No shell (so $HOME and ; stay literal), a minimal environment, 30 s limit; the reply shows the start of what was sent."
     )]
     async fn share_command(
         &self,
@@ -714,6 +714,7 @@ impl IpcServer {
             "command": args.command, "argv": run.argv, "exit_code": run.exit_code,
             "timed_out": run.timed_out, "truncated": run.truncated,
         });
+        let preview = format::command_preview(&run.argv, &content);
         let sent = self
             .send_message(Some(args.to_id), content, Some(data))
             .await?;
@@ -723,7 +724,7 @@ impl IpcServer {
             (None, _) => "was killed by a signal".to_owned(),
         };
         Ok(format!(
-            "`{}` {outcome}; its output was sent. {sent}",
+            "`{}` {outcome}; its output was sent. {sent}\n{preview}",
             args.command
         ))
     }

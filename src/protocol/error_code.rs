@@ -72,6 +72,8 @@ pub enum ErrorCode {
     UnknownThread,
     /// A `search` query that does not parse, or is too long.
     InvalidQuery,
+    /// A `send` or `broadcast` whose content is empty or only whitespace.
+    EmptyMessage,
     /// A code this client does not know: a newer broker's. Never sent.
     Unknown,
 }
@@ -123,6 +125,7 @@ impl ErrorCode {
         ErrorCode::UnknownReplyTo,
         ErrorCode::UnknownThread,
         ErrorCode::InvalidQuery,
+        ErrorCode::EmptyMessage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -172,6 +175,7 @@ impl ErrorCode {
             UnknownReplyTo => "unknown_reply_to",
             UnknownThread => "unknown_thread",
             InvalidQuery => "invalid_query",
+            EmptyMessage => "empty_message",
             Unknown => "unknown",
         }
     }

@@ -217,6 +217,9 @@ pub struct ListOptions {
     /// The `next_after` of the previous page: the last name it held.
     pub after: Option<InstanceName>,
     pub limit: Option<u32>,
+    /// Asked without a session: answered read-only to the broker's own user (see
+    /// `Broker::list`). A request with a session is served as always.
+    pub without_session: bool,
 }
 
 /// Who settles the mail a `check` returns.
@@ -810,6 +813,7 @@ impl Fields<'_> {
         Ok(ListOptions {
             after,
             limit: self.optional_limit()?,
+            without_session: self.optional_bool("without_session")?.unwrap_or(false),
         })
     }
 

@@ -573,12 +573,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
+/// The refusal of a request over `--max-request-bytes`. Most such requests carry one long
+/// message, so it says what does fit and what to do with the rest; the code is the legacy one.
 fn too_large(limits: &Limits) -> Reply {
     Reply::error(
         ErrorCode::RequestTooLarge,
         format!(
-            "request is larger than {} bytes; the connection is closed. Send smaller requests",
-            limits.max_request_bytes
+            "request is larger than {} bytes ({}), the most this broker takes in one request, \
+             message content included (counted as JSON text); the connection is closed. For \
+             longer content, write it to a file and send the file's path, or split it into \
+             several messages",
+            limits.max_request_bytes,
+            crate::config::size_text(limits.max_request_bytes)
         ),
     )
 }

@@ -519,7 +519,7 @@ fn refusal_of_a_request_over_the_size_limit() {
     assert_golden(
         &String::from_utf8(reply).unwrap(),
         &[],
-        r#"{"code":"request_too_large","message":"request is larger than 65536 bytes; the connection is closed. Send smaller requests","status":"error"}"#,
+        r#"{"code":"request_too_large","message":"request is larger than 65536 bytes (64 KiB), the most this broker takes in one request, message content included (counted as JSON text); the connection is closed. For longer content, write it to a file and send the file's path, or split it into several messages","status":"error"}"#,
     );
 }
 

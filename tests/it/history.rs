@@ -700,9 +700,10 @@ fn the_cli_prints_one_line_per_message_and_the_raw_reply_with_json() {
     assert!(String::from_utf8_lossy(&bad_time.stderr).contains("RFC 3339"));
 
     let refused = common::cli(&broker.addr(), &session, &["history", "--with", "a b"]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2), "checked before sending");
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("`with` must be 1-32 letters"), "{stderr}");
+    assert!(stderr.contains("--with"), "{stderr}");
+    assert!(stderr.contains("1-32 letters"), "{stderr}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod channel;
 mod cli;
 mod cli_delivery;
 mod cli_escaping;
+mod cli_scripts;
 mod cli_takeover;
 mod clock_jumps;
 mod crash_restart;

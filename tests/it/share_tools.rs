@@ -924,3 +924,40 @@ fn a_link_another_user_flips_to_the_session_file_never_delivers_it() {
         "the link never pointed at the session file when read"
     );
 }
+
+#[test]
+fn share_command_tells_the_caller_what_was_sent_and_that_no_shell_ran() {
+    let broker = broker_with(None);
+    let bob = legacy_bob(&broker);
+    let home = fake_home();
+    let mut mcp = alice(&broker, home.path(), &[], &["--allow-share-command"]);
+    let said = mcp.ok(
+        "share_command",
+        json!({"to_id": "bob", "command": "echo hello $HOME; ls"}),
+    );
+    assert!(said.contains("without a shell"), "{said}");
+    assert!(
+        said.contains(r#"["echo", "hello", "$HOME;", "ls"]"#),
+        "the argv as the program got it: {said}"
+    );
+    // The preview quotes what bob got: the literal words, not a home directory or a listing.
+    let got = delivered(&broker, &bob);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].contains("hello $HOME; ls\n"), "{got:?}");
+    assert!(said.contains("│ hello $HOME; ls"), "{said}");
+    assert!(
+        !said.contains("cut here"),
+        "a short output is shown whole: {said}"
+    );
+
+    let said = mcp.ok(
+        "share_command",
+        json!({"to_id": "bob", "command": "seq 1 500"}),
+    );
+    let got = delivered(&broker, &bob);
+    assert!(got[0].contains("\n500\n"), "bob got all of it: {got:?}");
+    assert!(said.contains("│ 1\n"), "{said}");
+    assert!(!said.contains("│ 500"), "the preview is short: {said}");
+    assert!(said.contains("cut here"), "{said}");
+    assert!(said.contains("more lines were sent"), "{said}");
+}

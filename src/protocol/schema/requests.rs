@@ -174,7 +174,12 @@ pub struct AckRequest {
 /// `list`: one page of instances, names after `after`, at most `limit`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct ListRequest {
+    /// Empty (and left out) with `without_session`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub session_token: String,
+    /// Without a session: the read-only list the broker gives its own user.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub without_session: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

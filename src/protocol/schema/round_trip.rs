@@ -91,6 +91,7 @@ fn requests() -> Vec<ClientRequest> {
         }),
         ClientRequest::List(ListRequest {
             session_token: token(),
+            without_session: true,
             after: Some("bob".into()),
             limit: Some(2),
         }),
