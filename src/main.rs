@@ -18,14 +18,28 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+        .with_env_filter(log_filter(default_level))
         .init();
     match cli.command {
         Command::Serve(args) => run_async(cli::serve::run(args), cli::serve::exit_code),
         Command::Mcp(args) => run_async(cli::mcp::run(args), |_| 1),
         command => cli::run(command),
+    }
+}
+
+/// `RUST_LOG` if set, else `default_level`; either way without the migration library's info
+/// lines (the store logs each migration it applies), unless `RUST_LOG` names it.
+fn log_filter(default_level: &str) -> EnvFilter {
+    let asked = std::env::var("RUST_LOG").ok();
+    let names_refinery = asked
+        .as_deref()
+        .is_some_and(|spec| spec.contains("refinery"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    if names_refinery {
+        filter
+    } else {
+        filter.add_directive("refinery_core=warn".parse().expect("a valid directive"))
     }
 }
 

@@ -48,9 +48,22 @@ pub const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// The longest pause between two attempts to reach the broker.
 pub const RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// The tools both modes describe the same way: waiting, sharing and renaming.
+macro_rules! common_tools {
+    () => {
+        "wait_for_messages waits until mail arrives (up to timeout_seconds) without reading it: \
+then call check. share_file sends a local text file (not credentials or this server's own \
+files); share_command, only when the user enabled it, runs a command here without a shell \
+($HOME, pipes and ; are not interpreted) and sends its output. rename changes your name, at \
+most once an hour (the broker's rename cooldown; a rename too soon is refused and says when it \
+is allowed), and mail to the old name forwards to the new one for two hours."
+    };
+}
+
 /// What the model is told in channel mode: what a pushed message is, which tool replies and
 /// which acknowledges.
-pub const INSTRUCTIONS: &str = "A local post office for AI assistants on this machine. Call \
+pub const INSTRUCTIONS: &str = concat!(
+    "A local post office for AI assistants on this machine. Call \
 register once with a name; then send, check, ack, broadcast and list_instances speak as that \
 name (you never pass your own name again).\n\nThis server runs as a channel: once you are \
 registered, each message another instance sends you is pushed into this conversation as \
@@ -66,16 +79,23 @@ ids=[41, 42]). A message stays waiting until it is acknowledged: check shows it 
 new session pushes it again. The sent tool shows what became of the mail you sent (waiting, \
 read, delivered, expired, and when it was pushed). thread reads a conversation back, history \
 lists past mail (with one peer: with=NAME), and search finds what was said (words, \"phrases\", \
-prefix*, AND, OR, NOT).";
+prefix*, AND, OR, NOT).\n\n",
+    common_tools!()
+);
 
 /// The ordinary (non-channel) instructions.
-pub const PLAIN_INSTRUCTIONS: &str = "A local post office for AI assistants on this machine. \
+pub const PLAIN_INSTRUCTIONS: &str = concat!(
+    "A local post office for AI assistants on this machine. \
 Call register once with a name, then send, check, broadcast and list_instances. Your identity \
 comes from the session; you never pass your own name again. Reply to a message with this \
 server's reply tool (or send; never Claude Code's own SendMessage, which does not reach other \
-instances). thread reads a conversation back, history lists past mail (with one peer: \
-with=NAME), and search finds what was said (words, \"phrases\", prefix*, AND, OR, NOT); send \
-with wait_for_reply_seconds asks and waits for the answer.";
+instances). check reads your waiting mail (each message is shown once); ack is for mail pushed \
+in channel mode; sent shows what became of the mail you sent. thread reads a conversation back, history \
+lists past mail (with one peer: with=NAME), and search finds what was said (words, \
+\"phrases\", prefix*, AND, OR, NOT); send with wait_for_reply_seconds asks and waits for the \
+answer.\n\n",
+    common_tools!()
+);
 
 /// The experimental capabilities a channel server declares.
 pub fn experimental_capabilities() -> rmcp::model::ExperimentalCapabilities {

@@ -631,7 +631,7 @@ impl IpcServer {
     }
 
     #[tool(
-        description = "Use to change this instance's name; mail to the old name forwards to the new one for a while."
+        description = "Use to change this instance's name; mail to the old name forwards to the new one for two hours. At most one rename an hour (the broker's rename cooldown): a rename too soon is refused and says when it is allowed."
     )]
     async fn rename(&self, Parameters(args): Parameters<RenameArgs>) -> Result<String, ToolError> {
         let new_name = args.new_id;

@@ -431,9 +431,14 @@ fn open_connection(path: &Path, check: bool) -> Result<Connection, StoreError> {
             .map_err(|finding| open_error(path, startup::damaged_advice(path, &finding)))?;
     }
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-    embedded::migrations::runner()
+    let report = embedded::migrations::runner()
         .run(&mut conn)
         .map_err(|e| explain_open_failure(path, format!("migrating the schema failed: {e}")))?;
+    // One line per migration applied, none on the usual start (refinery's own lines are
+    // silenced in main.rs: it also logs "no migrations to apply" on every start).
+    for migration in report.applied_migrations() {
+        tracing::info!(migration = %migration, db = %path.display(), "applied a schema migration");
+    }
     startup::mark_created(path);
     Ok(conn)
 }

@@ -558,3 +558,31 @@ fn a_modern_probe_is_refused_so_the_client_falls_back_to_initialize() {
     send(&mut broker.client(), &alice, "bob", "after the probe");
     assert_eq!(bob.pushes(1)[0]["content"], "after the probe");
 }
+
+/// The instructions of both modes name every tool the server lists (so a model that reads only
+/// them knows wait_for_messages and the share tools), and say rename's one-hour cooldown.
+#[test]
+fn the_instructions_of_both_modes_name_every_tool_and_the_rename_cooldown() {
+    let broker = real_clock_broker();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("session");
+    for (args, channel) in [(&["--channel"][..], true), (&[][..], false)] {
+        let mut server = ChannelServer::spawn(&broker.addr(), &broker.data_dir(), &file, args);
+        let reply = server.initialize(ASKED_REVISION, channel);
+        let instructions = reply["result"]["instructions"].as_str().unwrap().to_owned();
+        let listed = server.request("tools/list", json!({}));
+        let tools = listed["result"]["tools"].as_array().unwrap();
+        assert!(tools.len() >= 15, "{listed}");
+        for tool in tools {
+            let name = tool["name"].as_str().unwrap();
+            assert!(
+                instructions.contains(name),
+                "channel={channel}: `{name}` is not in the instructions: {instructions}"
+            );
+        }
+        assert!(
+            instructions.contains("once an hour"),
+            "channel={channel}: {instructions}"
+        );
+    }
+}

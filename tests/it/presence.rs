@@ -242,3 +242,40 @@ fn status_shows_presence_as_the_broker_sees_it() {
     assert!(line.contains("push"), "{text}");
     drop(stream);
 }
+
+/// `instances.last_seen_at` as the stock shell would read it.
+fn last_seen_at(broker: &TestBroker, name: &str) -> String {
+    broker
+        .sql()
+        .query_row(
+            "SELECT last_seen_at FROM instances WHERE name = ?1",
+            [name],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+/// STORAGE.md: `last_seen_at` moves in 60-second steps, not on every request.
+#[test]
+fn last_seen_at_moves_in_sixty_second_steps() {
+    let broker = TestBroker::start();
+    let alice = broker.register("alice");
+    let mut client = broker.client();
+    let registered = last_seen_at(&broker, "alice");
+
+    broker.clock.advance(chrono::Duration::seconds(59));
+    client.list(&alice).unwrap();
+    assert_eq!(
+        last_seen_at(&broker, "alice"),
+        registered,
+        "a request 59 s later leaves it"
+    );
+
+    broker.clock.advance(chrono::Duration::seconds(2));
+    client.list(&alice).unwrap();
+    let moved = last_seen_at(&broker, "alice");
+    assert!(
+        moved > registered,
+        "a request 61 s after the stored time moves it: {registered} -> {moved}"
+    );
+}

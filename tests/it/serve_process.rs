@@ -249,3 +249,55 @@ fn the_data_directory_is_free_again_once_its_broker_is_killed() {
     let second = BrokerProcess::spawn(&data, &[]);
     assert_eq!(ping_json(&mut second.client())["status"], "ok");
 }
+
+/// Everything `serve` logs at info from its start until it listens, then a clean stop.
+fn start_log(data: &std::path::Path) -> Vec<String> {
+    let mut child = Command::new(binary())
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env_remove("IPC_SHARED_SECRET")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let _ = lines.send(line.unwrap());
+        }
+    });
+    let said = lines_until(&log, "broker listening");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    said
+}
+
+/// A migration is logged when it is applied, once; a start with nothing to apply says nothing
+/// about migrations (the migration library's own "no migrations to apply" lines stay quiet
+/// even with RUST_LOG=info, as the service unit sets it).
+#[test]
+fn migrations_are_logged_only_when_one_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = start_log(&data);
+    let applied: Vec<_> = first
+        .iter()
+        .filter(|line| line.contains("applied a schema migration"))
+        .collect();
+    let migrations = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    assert_eq!(applied.len(), migrations, "{first:#?}");
+    assert!(applied[0].contains("migration=V1__"), "{first:#?}");
+
+    let second = start_log(&data);
+    let mentions: Vec<_> = second
+        .iter()
+        .filter(|line| line.to_lowercase().contains("migration"))
+        .collect();
+    assert!(mentions.is_empty(), "a second start: {mentions:#?}");
+}
