@@ -22,6 +22,9 @@ pub struct Config {
     /// directory's own, ending every session, instead of refusing a directory protected by
     /// another secret (see `server::data_dir_guard`).
     pub reset_secret: bool,
+    /// The dashboard's person's reserved name, when `serve --web` is on (see
+    /// `broker::human`); `None` without the dashboard.
+    pub human: Option<crate::domain::InstanceName>,
 }
 
 /// The rules' windows and caps, and the per-connection limits.
@@ -279,6 +282,7 @@ impl Config {
             shared_secret: None,
             limits: Limits::default(),
             reset_secret: false,
+            human: None,
         }
     }
 

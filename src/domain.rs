@@ -122,6 +122,8 @@ pub enum MessageKind {
     Broadcast,
     /// A notice from the broker itself (sender `system`).
     System,
+    /// Written by the person at the dashboard (sender: the reserved human name).
+    Human,
 }
 
 impl MessageKind {
@@ -130,6 +132,7 @@ impl MessageKind {
             MessageKind::Direct => "direct",
             MessageKind::Broadcast => "broadcast",
             MessageKind::System => "system",
+            MessageKind::Human => "human",
         }
     }
 
@@ -138,6 +141,7 @@ impl MessageKind {
             "direct" => Some(MessageKind::Direct),
             "broadcast" => Some(MessageKind::Broadcast),
             "system" => Some(MessageKind::System),
+            "human" => Some(MessageKind::Human),
             _ => None,
         }
     }
@@ -328,6 +332,7 @@ mod tests {
             MessageKind::Direct,
             MessageKind::Broadcast,
             MessageKind::System,
+            MessageKind::Human,
         ] {
             assert_eq!(MessageKind::parse(kind.as_str()), Some(kind));
             assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());

@@ -24,6 +24,8 @@
 //! the open-file limit and the stop signals). [`session_file`] is the session the CLI, the
 //! hook and the MCP server keep on disk; [`background_serve`] starts a broker in the
 //! background for them. [`legacy_import`] brings over the Python original's database.
+//! [`web`] is the dashboard (`serve --web`): pages over a read-only store connection, a live
+//! stream, and the human's compose box.
 //! [`relative_time`] says how long ago a time was, the one wording the CLI and the MCP
 //! server share.
 //! [`secret`] finds the shared secret (`IPC_SHARED_SECRET` or `IPC_SHARED_SECRET_FILE`) for
@@ -50,6 +52,7 @@ pub mod secret;
 pub mod server;
 pub mod session_file;
 pub mod store;
+pub mod web;
 
 /// The version reported by `ping` and logged at start.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

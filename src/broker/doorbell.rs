@@ -1,5 +1,6 @@
 //! Doorbells: wake a long-polling `check` the moment mail for its instance is committed,
-//! rather than having it poll the database.
+//! rather than having it poll the database. Beside the bells, one broker-wide change counter
+//! that every commit of mail or delivery state bumps: the dashboard's live streams wait on it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,8 @@ pub struct Doorbells {
     /// A std `Mutex`: it guards only the map and is never held across an `.await`.
     bells: Mutex<HashMap<String, Arc<Notify>>>,
     closing: watch::Sender<bool>,
+    /// Bumped after each commit that stored mail or changed its delivery state or presence.
+    changes: watch::Sender<u64>,
 }
 
 impl Default for Doorbells {
@@ -18,6 +21,7 @@ impl Default for Doorbells {
         Doorbells {
             bells: Mutex::new(HashMap::new()),
             closing: watch::channel(false).0,
+            changes: watch::channel(0).0,
         }
     }
 }
@@ -33,6 +37,7 @@ impl Doorbells {
 
     /// Wakes whoever waits for `name`'s mail. Call after the commit, never before.
     pub fn ring(&self, name: &str) {
+        self.changed();
         let bells = self.bells.lock().expect("doorbell map poisoned");
         if let Some(bell) = bells.get(name) {
             bell.notify_waiters();
@@ -41,6 +46,7 @@ impl Doorbells {
 
     /// Wakes every waiter (a broadcast, a rename, shutdown).
     pub fn ring_all(&self) {
+        self.changed();
         let bells = self.bells.lock().expect("doorbell map poisoned");
         for bell in bells.values() {
             bell.notify_waiters();
@@ -51,6 +57,17 @@ impl Doorbells {
     pub fn close(&self) {
         self.closing.send_replace(true);
         self.ring_all();
+    }
+
+    /// Tells the change watchers (the dashboard) that something was committed. Cheap: one
+    /// atomic bump, and watchers that are not waiting are not woken.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that wakes after each [`Doorbells::changed`].
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn closing(&self) -> watch::Receiver<bool> {

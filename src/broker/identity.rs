@@ -486,6 +486,9 @@ impl Broker {
         if is_reserved(name.as_str()) {
             return Err(BrokerError::ReservedName(name.to_string()));
         }
+        if self.is_human_name(name.as_str()) {
+            return Err(BrokerError::ReservedForHuman(name.to_string()));
+        }
         let refusal = self.judge_credentials(name.as_str(), auth_token, answer.as_ref(), peer)?;
         let record = self.peer_record(peer);
         if self.shared_secret.is_some() {
@@ -624,6 +627,7 @@ impl Broker {
         let cooldown = self.limits.rename_cooldown;
         let forward_for = self.limits.forward_duration;
         let queue_cap = self.limits.queue_cap;
+        let human = self.human_name().cloned();
         let renamed = self
             .as_caller(token, peer, move |tx, caller, now| {
                 let old = caller.name.clone();
@@ -632,6 +636,12 @@ impl Broker {
                 }
                 if is_reserved(new.as_str()) {
                     return refuse(BrokerError::ReservedName(new.to_string()));
+                }
+                if human
+                    .as_ref()
+                    .is_some_and(|h| h.as_str().eq_ignore_ascii_case(new.as_str()))
+                {
+                    return refuse(BrokerError::ReservedForHuman(new.to_string()));
                 }
                 if tx.instance_exists(&new)? {
                     return refuse(BrokerError::NameTaken(new.to_string()));

@@ -205,7 +205,7 @@ impl LargeFile {
 }
 
 /// A message on its way in: prepared body, the sender's stamp, and the caps to respect.
-struct Outgoing {
+pub(super) struct Outgoing {
     prepared: Prepared,
     stamp: SenderStamp,
     thread: Threading,
@@ -218,6 +218,8 @@ struct Outgoing {
     /// The wall clock the `timestamp` is checked against, not the broker clock: senders
     /// stamp with the wall clock, so after a wall-clock jump only it still agrees with them.
     senders_clock: DateTime<Utc>,
+    /// Written by the person at the dashboard: stored with kind `human` (see [`super::human`]).
+    pub(super) from_human: bool,
 }
 
 impl Outgoing {
@@ -344,6 +346,18 @@ impl Broker {
         thread: Threading,
     ) -> Result<SendReply, BrokerError> {
         let outgoing = self.outgoing(&message, stamp, thread)?;
+        self.send_outgoing(token, peer, to_id, outgoing).await
+    }
+
+    /// Stores a prepared message for `to_id` as the caller `token` proves: `send`'s rules,
+    /// shared with the dashboard's human (see [`super::human`]).
+    pub(super) async fn send_outgoing(
+        &self,
+        token: Option<TokenHash>,
+        peer: &Peer,
+        to_id: InstanceName,
+        outgoing: Outgoing,
+    ) -> Result<SendReply, BrokerError> {
         let to = to_id.clone();
         let check = move |tx: &Tx<'_>, caller: &Caller, now, outgoing: &Outgoing| {
             Ok(
@@ -380,6 +394,17 @@ impl Broker {
         thread: Threading,
     ) -> Result<BroadcastReply, BrokerError> {
         let outgoing = self.outgoing(&message, stamp, thread)?;
+        self.broadcast_outgoing(token, peer, outgoing).await
+    }
+
+    /// Stores one copy of a prepared message for every other instance: `broadcast`'s rules,
+    /// shared with the dashboard's human.
+    pub(super) async fn broadcast_outgoing(
+        &self,
+        token: Option<TokenHash>,
+        peer: &Peer,
+        outgoing: Outgoing,
+    ) -> Result<BroadcastReply, BrokerError> {
         let check = |tx: &Tx<'_>, caller: &Caller, now, outgoing: &Outgoing| {
             Ok(
                 plan_broadcast(tx, caller, now, outgoing)?.map(|plan| match plan {
@@ -420,28 +445,31 @@ impl Broker {
         peer: &Peer,
         ids: Vec<i64>,
     ) -> Result<AckReply, BrokerError> {
-        self.as_caller(token, peer, move |tx, caller, now| {
-            let mut acked = 0;
-            let mut already = Capped::new(ACK_SHOWN_IDS);
-            let mut refused = Capped::new(ACK_SHOWN_REFUSALS);
-            for id in ids {
-                match tx.ack(&caller.name, MessageId(id), now)? {
-                    Settled::Acked => acked += 1,
-                    Settled::AlreadyAcked => already.push(MessageId(id)),
-                    Settled::Unknown => refused.push(RefusedId::unknown_message(MessageId(id))),
+        let acked = self
+            .as_caller(token, peer, move |tx, caller, now| {
+                let mut acked = 0;
+                let mut already = Capped::new(ACK_SHOWN_IDS);
+                let mut refused = Capped::new(ACK_SHOWN_REFUSALS);
+                for id in ids {
+                    match tx.ack(&caller.name, MessageId(id), now)? {
+                        Settled::Acked => acked += 1,
+                        Settled::AlreadyAcked => already.push(MessageId(id)),
+                        Settled::Unknown => refused.push(RefusedId::unknown_message(MessageId(id))),
+                    }
                 }
-            }
-            let unsettled = Unsettled::of(already, refused);
-            done(AckReply {
-                acked,
-                truncated: unsettled.truncated,
-                already_acked_count: unsettled.already_count,
-                already_acked: unsettled.already,
-                refused_count: unsettled.refused_count,
-                refused: unsettled.refused,
+                let unsettled = Unsettled::of(already, refused);
+                done(AckReply {
+                    acked,
+                    truncated: unsettled.truncated,
+                    already_acked_count: unsettled.already_count,
+                    already_acked: unsettled.already,
+                    refused_count: unsettled.refused_count,
+                    refused: unsettled.refused,
+                })
             })
-        })
-        .await
+            .await;
+        self.doorbells.changed();
+        acked
     }
 
     /// `ack` with `release`: hands the caller's leased mail back to its queue at once, for a
@@ -484,7 +512,7 @@ impl Broker {
 
     /// Prepares a message for storing: checks the data size and, for large content, picks the
     /// file and builds its text and summary. Nothing is written yet.
-    fn outgoing(
+    pub(super) fn outgoing(
         &self,
         message: &MessageBody,
         stamp: SenderStamp,
@@ -500,6 +528,7 @@ impl Broker {
             replay_window: self.limits.replay_window,
             large_sender_cap: self.limits.large_message_sender_bytes,
             large_total_cap: self.limits.large_message_total_bytes,
+            from_human: false,
         })
     }
 
@@ -623,6 +652,10 @@ impl Broker {
             let out_of_time = deadline.is_none_or(|deadline| Instant::now() >= deadline);
             let stop = out_of_time || self.doorbells.is_closing() || reader.is_gone();
             if !batch.ids.is_empty() || stop {
+                if !batch.ids.is_empty() {
+                    // Handed out: its delivery state changed (the dashboard shows `read`).
+                    self.doorbells.changed();
+                }
                 return Ok(batch.into_outcome(options.ack, in_flight));
             }
             let Some(rung) = rung else {
@@ -842,6 +875,7 @@ impl Broker {
             .await;
         // Settled (or failed) only now that the job is done, so a check woken by this sees it.
         drop(in_flight);
+        self.doorbells.changed();
         marked
     }
 
@@ -1220,7 +1254,11 @@ fn insert(
         sent_by: Some(&caller.name),
         addressed_to: to.addressed_to,
         recipient: to.recipient,
-        kind: to.kind,
+        kind: if outgoing.from_human {
+            MessageKind::Human
+        } else {
+            to.kind
+        },
         content: &prepared.content,
         data: prepared.data.as_deref(),
         large_file: large_file.as_deref(),

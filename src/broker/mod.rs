@@ -13,7 +13,9 @@
 //! - [`thread`]: `thread`, one conversation as the caller took part in it.
 //! - [`search`]: `search`, full-text search over the caller's own mail.
 //! - [`typos`]: the name a send to a never-seen name probably meant.
-//! - [`doorbell`]: wakes long-polling checks when mail for them is committed.
+//! - [`doorbell`]: wakes long-polling checks when mail for them is committed, and tells the
+//!   dashboard's live streams that something changed.
+//! - [`human`]: the dashboard's person, a reserved name that sends with kind `human`.
 //! - [`reader`]: tells a long-poll that its reader's connection closed.
 //! - [`listening`]: which sessions have a long-poll open, so their names count as in use.
 //! - [`online`]: presence: who is online now and whose session a pushing server holds.
@@ -28,6 +30,7 @@ pub mod challenge;
 pub mod conversation;
 pub mod doorbell;
 pub mod history;
+pub mod human;
 pub mod identity;
 pub mod large_message;
 pub mod listening;
@@ -77,6 +80,8 @@ pub enum BrokerError {
     InvalidAuth,
     #[error("`{0}` is reserved for broker notices; choose another name")]
     ReservedName(String),
+    #[error("`{0}` is reserved for the person at the dashboard (serve --web-human names it); no client can register or rename to it. Choose another name")]
+    ReservedForHuman(String),
     #[error("`{0}` is a name reserved for the broker's own notices: no instance can ever hold it, so mail to it would never be read; nothing was sent. Send to an instance's name (`list` shows them)")]
     ReservedRecipient(String),
     #[error("reply_to {0} is not a message you sent or received (or it was purged after the history retention); reply to an id your check, history, thread or search showed you")]
@@ -169,7 +174,7 @@ impl BrokerError {
         match self {
             InvalidSession => ErrorCode::InvalidSession,
             InvalidAuth => ErrorCode::InvalidAuth,
-            ReservedName(_) | ReservedRecipient(_) => ErrorCode::ReservedName,
+            ReservedName(_) | ReservedRecipient(_) | ReservedForHuman(_) => ErrorCode::ReservedName,
             QueueFull { .. } => ErrorCode::QueueFull,
             UnknownReplyTo(_) => ErrorCode::UnknownReplyTo,
             UnknownThread => ErrorCode::UnknownThread,
@@ -234,6 +239,7 @@ impl BrokerError {
             | PeerRegisterLimited { .. }
             | RegisterLimited { .. }
             | ReservedName(_)
+            | ReservedForHuman(_)
             | StaleTimestamp { .. }
             | DataTooLarge { .. }
             | LargeFile(_)
@@ -302,6 +308,13 @@ pub struct Broker {
     watchers: Arc<watch::Watchers>,
     /// Each session's last request, for presence; shared with jobs on the writer thread.
     activity: Arc<online::Activity>,
+    /// The dashboard's person's reserved name, when the dashboard is on (see [`human`]).
+    human: Option<crate::domain::InstanceName>,
+    /// The human's session token, kept only in memory. A std `Mutex`, held only to read or
+    /// replace it.
+    human_session: Mutex<Option<String>>,
+    /// The dashboard's address (without its token), for `ping` and `status`.
+    web_url: std::sync::OnceLock<String>,
 }
 
 impl Broker {
@@ -331,7 +344,26 @@ impl Broker {
             challenges: challenge::Challenges::default(),
             watchers: Arc::new(watch::Watchers::new(clock.clone())),
             activity: Arc::default(),
+            human: None,
+            human_session: Mutex::new(None),
+            web_url: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Reserves `human` for the dashboard's person (see [`human`]).
+    pub fn with_human(mut self, human: Option<crate::domain::InstanceName>) -> Self {
+        self.human = human;
+        self
+    }
+
+    /// Records the dashboard's address once it listens, so `ping` can report it.
+    pub fn set_web_url(&self, url: String) {
+        let _ = self.web_url.set(url);
+    }
+
+    /// A receiver woken after each commit of mail, delivery state or presence.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.doorbells.changes()
     }
 
     /// Records the Unix socket the server listens on, so `ping` can report it.
@@ -576,7 +608,13 @@ impl Broker {
                 .shared_secret
                 .as_ref()
                 .map(|_| self.static_token_state()),
+            web: self.web_url.get().cloned(),
         }
+    }
+
+    /// What `ping` reports, for the dashboard's broker page.
+    pub async fn status_report(&self) -> PingReply {
+        self.ping().await
     }
 
     /// Whether a legacy register with the static `auth_token` is accepted, or refused

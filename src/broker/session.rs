@@ -21,6 +21,16 @@ pub fn new_token() -> std::io::Result<String> {
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// `bytes` random bytes from the OS random source, as lower-case hex (the dashboard's login
+/// token).
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    let mut random = vec![0u8; bytes];
+    OsRng
+        .try_fill_bytes(&mut random)
+        .map_err(|e| std::io::Error::other(format!("the OS random source failed: {e}")))?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

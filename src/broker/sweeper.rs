@@ -103,7 +103,13 @@ impl Broker {
 
     async fn sweep_batch(&self, tables: SweepTables) -> Result<SweepReport, BrokerError> {
         let limits = self.limits.clone();
+        let human = self.human_name().cloned();
         self.job(Durability::Flushed, move |tx, now| {
+            // The dashboard's person is seen while the dashboard runs: its name stays
+            // registered, so agents can always send to it.
+            if let Some(human) = &human {
+                tx.upsert_instance(human, now)?;
+            }
             done(tx.sweep(&cutoffs(&limits, now), tables, SWEEP_BATCH)?)
         })
         .await

@@ -20,6 +20,7 @@ mod sent;
 pub mod serve;
 mod status;
 mod thread;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -127,6 +128,8 @@ pub enum Command {
     Mcp(mcp::McpArgs),
     /// For the assistants' hooks: one line when mail waits, or wait for new mail and wake.
     Hook(hook::HookArgs),
+    /// Print the web dashboard's login link (`serve --web`) and open it in a browser.
+    Web(web::WebArgs),
 }
 
 /// Options every client subcommand takes.
@@ -342,6 +345,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Ping(args) => ping::run(args),
         Command::Status(args) => status::run(args),
         Command::ImportLegacy(args) => import_legacy::run(args),
+        Command::Web(args) => web::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

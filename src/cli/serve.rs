@@ -8,6 +8,7 @@ use clap::Args;
 
 use crate::clock::Clock;
 use crate::config::{Config, Limits};
+use crate::domain::InstanceName;
 use crate::os::{self, ShutdownSignals};
 use crate::secret::{self, SecretError};
 use crate::server;
@@ -51,6 +52,27 @@ pub struct ServeArgs {
         value_parser = clap::builder::FalseyValueParser::new()
     )]
     pub no_static_token: bool,
+    /// Also serve the web dashboard on this loopback address (port 0 picks a free one);
+    /// `claude-ipc web` prints its login link. Off unless given.
+    #[arg(long, env = "IPC_WEB", value_name = "ADDR")]
+    pub web: Option<SocketAddr>,
+    /// The reserved name the dashboard's person sends as; no client can register it.
+    #[arg(long, env = "IPC_WEB_HUMAN", value_name = "NAME", default_value = "human", value_parser = human_name)]
+    pub web_human: InstanceName,
+}
+
+/// `--web-human`: a valid instance name that is not the broker's own.
+fn human_name(text: &str) -> Result<InstanceName, String> {
+    let name = InstanceName::parse(text).ok_or_else(|| {
+        format!("{text:?} is not an instance name: 1 to 32 letters, digits, - or _")
+    })?;
+    if name
+        .as_str()
+        .eq_ignore_ascii_case(crate::domain::SYSTEM_SENDER)
+    {
+        return Err("`system` is the broker's own name; choose another".to_owned());
+    }
+    Ok(name)
 }
 
 impl ServeArgs {
@@ -79,6 +101,7 @@ impl ServeArgs {
             shared_secret,
             limits: self.limits(),
             reset_secret: self.reset_secret,
+            human: self.web.map(|_| self.web_human.clone()),
         })
     }
 }
@@ -102,6 +125,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     if let Some(warning) = config.limits.legacy_read_warning() {
         tracing::warn!("{warning}");
+    }
+    if let Some(web) = args.web {
+        crate::web::check_address(web)?;
     }
     let mut signals = ShutdownSignals::install()?;
     // Each listener has its own table of --max-connections.
@@ -140,11 +166,44 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!("--no-static-token has no effect in open mode: there is no secret");
         }
     }
+    let dashboard = match args.web {
+        Some(addr) => match start_web(&running, &config, addr).await {
+            Ok(dashboard) => Some(dashboard),
+            Err(e) => {
+                running.shutdown().await;
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     signals.recv().await;
     tracing::info!("shutting down: finishing requests in flight");
+    if let Some(dashboard) = dashboard {
+        dashboard.shutdown().await;
+    }
     running.shutdown().await;
     tracing::info!("database closed; bye");
     Ok(())
+}
+
+/// Starts the dashboard beside the running broker.
+async fn start_web(
+    running: &server::RunningServer,
+    config: &Config,
+    addr: SocketAddr,
+) -> Result<crate::web::WebServer, crate::web::WebError> {
+    crate::web::start(
+        running.broker.clone(),
+        crate::web::WebConfig {
+            addr,
+            broker_addr: running.addr,
+            data_dir: &config.data_dir,
+            database: &config.database_path(),
+            large_message_dir: config.large_message_dir(),
+            max_request_bytes: config.limits.max_request_bytes,
+        },
+    )
+    .await
 }
 
 /// Says at start how register proves the secret, and what accepting the static token costs.

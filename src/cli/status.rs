@@ -132,6 +132,9 @@ struct BrokerReport {
     clock: Option<ClockReport>,
     database: Option<String>,
     static_token: Option<String>,
+    /// The dashboard's address (`serve --web`), without its login token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    web: Option<String>,
 }
 
 /// The security mode in one word.
@@ -315,6 +318,7 @@ fn answered(ping: PingReply, unanswered: BrokerReport) -> BrokerReport {
         clock: ping.clock,
         database: Some(ping.database),
         static_token: ping.static_token.map(|token| token.as_str().to_owned()),
+        web: ping.web,
         ..unanswered
     }
 }
@@ -606,6 +610,13 @@ fn broker_lines(broker: &BrokerReport, colour: bool) -> Vec<String> {
             shown(&broker.version),
         ),
         format!("security     {}", security_text(broker, colour)),
+        match &broker.web {
+            Some(url) => format!(
+                "dashboard    {}; `claude-ipc web` prints the login link",
+                for_terminal(url)
+            ),
+            None => "dashboard    off (`claude-ipc serve --web 127.0.0.1:0` turns it on)".into(),
+        },
     ]
 }
 

@@ -114,6 +114,8 @@ fn who_and_kind(message: &Received) -> String {
     let kind = match kind {
         Some("direct") | None => "direct message".to_owned(),
         Some("broadcast") => "broadcast".to_owned(),
+        // Written at the dashboard by the person who runs the agents, not by a peer.
+        Some("human") => "message from your person at the dashboard".to_owned(),
         Some(other) => format!("{} message", one_line(other)),
     };
     format!("From {}, {kind}", one_line(&message.from))

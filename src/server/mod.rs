@@ -189,6 +189,7 @@ pub async fn start(
             config.large_message_dir(),
             broker_clock,
         )
+        .with_human(config.human.clone())
         .with_socket(socket.as_ref().map(|s| s.path.clone()))
         .with_data_dir(canonical_data_dir),
     );

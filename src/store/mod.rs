@@ -18,6 +18,7 @@ mod columns;
 // First, so that the statements of every later module can be built from its macros.
 #[macro_use]
 pub mod conversation;
+pub mod dashboard;
 pub mod health;
 pub mod history;
 pub mod inspect;

@@ -8,6 +8,7 @@ use rusqlite::types::Null;
 use rusqlite::Connection;
 
 use super::conversation::*;
+use super::dashboard::*;
 use super::history::*;
 use super::queries::*;
 use super::receipts::*;
@@ -222,6 +223,46 @@ const STATEMENTS: &[Hot] = &[
     hot("sweep_delivered_mail", "sweeper", SWEEP_DELIVERED_MAIL),
     hot("delete_message", "sweeper", DELETE_MESSAGE),
     hot("large_file_in_use", "sweeper", LARGE_FILE_IN_USE),
+    hot("dashboard_newest_mail", "dashboard overview", NEWEST_MAIL),
+    hot("dashboard_mail_after", "dashboard live stream", MAIL_AFTER),
+    hot("dashboard_mail_state", "dashboard live stream", MAIL_STATE),
+    hot("dashboard_thread_mail", "dashboard thread", THREAD_MAIL),
+    hot("dashboard_thread_root", "dashboard thread", THREAD_ROOT),
+    hot("dashboard_mail_for", "dashboard inbox, agent", MAIL_FOR),
+    hot("dashboard_pair_mail", "dashboard pair", PAIR_MAIL),
+    hot("dashboard_search_all", "dashboard search", SEARCH_ALL),
+    hot("dashboard_one_mail", "dashboard threads", ONE_MAIL),
+    hot("dashboard_mail_content", "dashboard content", MAIL_CONTENT),
+    hot("dashboard_agents", "dashboard agents", AGENTS),
+    hot(
+        "dashboard_agent_names",
+        "dashboard compose box",
+        AGENT_NAMES,
+    ),
+    hot("dashboard_waiting_for", "dashboard agents", WAITING_FOR),
+    hot("dashboard_live_session", "dashboard agents", LIVE_SESSION),
+    hot(
+        "dashboard_newest_threads",
+        "dashboard conversations",
+        NEWEST_THREADS,
+    ),
+    hot(
+        "dashboard_thread_newest",
+        "dashboard conversations",
+        THREAD_NEWEST,
+    ),
+    hot(
+        "dashboard_thread_size",
+        "dashboard conversations",
+        THREAD_SIZE,
+    ),
+    scans(
+        "dashboard_auth_failures",
+        "dashboard broker",
+        AUTH_FAILURES,
+        "SCAN auth_failures",
+        "the table is trimmed to --auth-failure-rows (status reads it the same way)",
+    ),
 ];
 
 /// A migrated database file, opened the way the broker opens it.

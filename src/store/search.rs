@@ -167,6 +167,12 @@ pub(crate) fn index_expression(
     expression
 }
 
+/// The operator's expression (the dashboard): the query on subject and content over all mail,
+/// without any caller's visibility token.
+pub(crate) fn operator_expression(query: &SearchQuery) -> String {
+    format!("{{subject content}} : ({})", query.to_fts5())
+}
+
 /// A `parties` token for a name, quoted: its kind letter and the name's bytes in hex, as the
 /// migration's `hex()` writes them (one token whatever the name holds).
 fn party_token(kind: char, name: &InstanceName) -> String {

@@ -17,6 +17,7 @@ mod cli_takeover;
 mod clock_jumps;
 mod crash_restart;
 mod crash_torture;
+mod dashboard;
 mod dashboard_browser;
 mod database_guard;
 mod defects;

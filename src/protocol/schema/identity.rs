@@ -38,6 +38,9 @@ pub struct PingReply {
     /// In secret mode: whether the legacy static `auth_token` is accepted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub static_token: Option<StaticToken>,
+    /// The dashboard's address (`serve --web`), without its login token; absent when off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web: Option<String>,
 }
 
 /// Why a `ping` is an error: the database's fault, as every other request reports it.

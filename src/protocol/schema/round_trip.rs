@@ -209,6 +209,7 @@ fn replies() -> Vec<(&'static str, Reply)> {
         data_dir: Some("/home/alice/.claude-ipc".into()),
         socket: Some("/home/alice/.claude-ipc/broker.sock".into()),
         static_token: Some(StaticToken::Refused),
+        web: Some("http://127.0.0.1:9877/".into()),
     };
     let gone = PingReply {
         refusal: Some(PingRefusal {

@@ -1,0 +1,471 @@
+//! The dashboard's reads: every statement behind its pages and live stream, on a read-only
+//! connection of its own, so looking never queues behind the writer thread, never slows it
+//! (WAL lets readers and the writer run side by side) and can never change a row
+//! (`SQLITE_OPEN_READ_ONLY` and `query_only`). The dashboard is the operator's view: it reads
+//! all mail, never as any one instance.
+//!
+//! Every list is one page of a keyset (`id < before`, or `name > after`) on an index; none
+//! uses OFFSET, so a page costs the same at the millionth message as at the first.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+
+use super::queries::SessionId;
+use super::StoreError;
+use crate::domain::{MessageId, Timestamp};
+use crate::protocol::search_query::SearchQuery;
+
+/// A message as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MailRow {
+    pub id: MessageId,
+    pub sender: String,
+    pub recipient: String,
+    /// The name the sender wrote (differs from `recipient` after a forward).
+    pub addressed_to: String,
+    pub kind: String,
+    pub subject: Option<String>,
+    /// The content, or for a large message its summary (the full text is in its file).
+    pub content: String,
+    pub large: bool,
+    pub sent_at: String,
+    pub read_at: Option<String>,
+    pub delivered_at: Option<String>,
+    pub thread_id: MessageId,
+}
+
+/// Where a message stands: the dashboard shows it, and never changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailState {
+    Waiting,
+    Read,
+    Delivered,
+    Expired,
+}
+
+impl MailState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MailState::Waiting => "waiting",
+            MailState::Read => "read",
+            MailState::Delivered => "delivered",
+            MailState::Expired => "expired",
+        }
+    }
+
+    fn of(read_at: Option<&str>, delivered_at: Option<&str>) -> MailState {
+        match (read_at, delivered_at) {
+            (_, Some(_)) => MailState::Delivered,
+            (Some(_), None) => MailState::Read,
+            (None, None) => MailState::Waiting,
+        }
+    }
+}
+
+impl MailRow {
+    pub fn state(&self) -> MailState {
+        MailState::of(self.read_at.as_deref(), self.delivered_at.as_deref())
+    }
+}
+
+/// An instance as the agents table shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRow {
+    pub name: String,
+    pub registered_at: String,
+    pub last_seen_at: String,
+    /// Mail for it not yet delivered.
+    pub waiting: u64,
+    /// When the oldest of that mail was sent.
+    pub oldest_waiting: Option<String>,
+    /// Its live session and when that was last used, for presence.
+    pub session: Option<(SessionId, Timestamp)>,
+}
+
+/// A thread as the conversations list shows it: its first message and its newest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadRow {
+    pub thread_id: MessageId,
+    pub subject: Option<String>,
+    pub started_by: String,
+    pub newest_id: MessageId,
+    pub newest_at: String,
+    pub messages: u64,
+}
+
+/// A message whose delivery state the live stream reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateRow {
+    pub id: MessageId,
+    pub state: MailState,
+}
+
+/// The columns every [`MailRow`] statement returns, in [`mail_row`]'s order.
+macro_rules! mail_columns {
+    () => {
+        "SELECT id, sender, recipient, addressed_to, kind, subject, content,
+                large_file IS NOT NULL, received_at, read_at, delivered_at,
+                coalesce(thread_id, id)
+         FROM messages"
+    };
+}
+
+/// The newest mail, `?1` an id to start below (or none), `?2` how many.
+pub(crate) const NEWEST_MAIL: &str = concat!(
+    mail_columns!(),
+    " WHERE id < coalesce(?1, 9223372036854775807) ORDER BY id DESC LIMIT ?2"
+);
+/// Mail stored after `?1`, oldest first, `?2` how many: the live stream's delta.
+pub(crate) const MAIL_AFTER: &str = concat!(mail_columns!(), " WHERE id > ?1 ORDER BY id LIMIT ?2");
+/// One thread's mail, newest first: `?1` the thread, `?2` the id to start below.
+pub(crate) const THREAD_MAIL: &str = concat!(
+    mail_columns!(),
+    " WHERE thread_id = ?1 AND id < coalesce(?2, 9223372036854775807)
+      ORDER BY id DESC LIMIT ?3"
+);
+/// A thread's first message, which has no `thread_id` of its own when it started it.
+pub(crate) const THREAD_ROOT: &str = concat!(mail_columns!(), " WHERE id = ?1");
+/// Mail for one recipient (the human's inbox), newest first.
+pub(crate) const MAIL_FOR: &str = concat!(
+    mail_columns!(),
+    " WHERE received_by = ?1 AND id < coalesce(?2, 9223372036854775807)
+      ORDER BY id DESC LIMIT ?3"
+);
+/// Mail between two names either way, newest first: `?1` and `?2` the names.
+pub(crate) const PAIR_MAIL: &str = concat!(
+    mail_columns!(),
+    " WHERE id IN (
+        SELECT id FROM (
+          SELECT id FROM messages
+          WHERE sent_by = ?1 AND received_by = ?2 AND id < coalesce(?3, 9223372036854775807)
+          ORDER BY id DESC LIMIT ?4)
+        UNION ALL
+        SELECT id FROM (
+          SELECT id FROM messages
+          WHERE sent_by = ?2 AND received_by = ?1 AND id < coalesce(?3, 9223372036854775807)
+          ORDER BY id DESC LIMIT ?4))
+      ORDER BY id DESC LIMIT ?4"
+);
+/// All mail matching the FTS5 expression `?1` below `?2`, newest first (the operator's search,
+/// see [`super::search::operator_expression`]).
+pub(crate) const SEARCH_ALL: &str = concat!(
+    mail_columns!(),
+    " WHERE id IN (SELECT rowid FROM search_index
+                   WHERE search_index MATCH ?1 AND rowid < coalesce(?2, 9223372036854775807)
+                   ORDER BY rowid DESC LIMIT ?3)
+      ORDER BY id DESC"
+);
+/// One message by id.
+pub(crate) const ONE_MAIL: &str = concat!(mail_columns!(), " WHERE id = ?1");
+/// A message's content and its large-message file, if any.
+pub(crate) const MAIL_CONTENT: &str = "SELECT content, large_file FROM messages WHERE id = ?1";
+/// The delivery state of one message, by id.
+pub(crate) const MAIL_STATE: &str = "SELECT read_at, delivered_at FROM messages WHERE id = ?1";
+/// Instances by name after `?1`, `?2` how many.
+pub(crate) const AGENTS: &str = "SELECT name, registered_at, last_seen_at FROM instances
+     WHERE name > ?1 ORDER BY name LIMIT ?2";
+/// The first `?1` instance names, for the compose box's list.
+pub(crate) const AGENT_NAMES: &str = "SELECT name FROM instances ORDER BY name LIMIT ?1";
+/// Mail waiting for `?1` and when the oldest was sent.
+pub(crate) const WAITING_FOR: &str =
+    "SELECT count(*), min(received_at) FROM messages WHERE recipient = ?1 AND delivered_at IS NULL";
+/// The live session of `?1`: the same statement as the writer's name holder.
+pub(crate) const LIVE_SESSION: &str = "SELECT id, last_used_at FROM sessions
+     WHERE instance_name = ?1 AND revoked_at IS NULL ORDER BY id DESC LIMIT 1";
+/// Threads by their newest message, newest first: the thread ids of the newest messages
+/// below `?1`, each once.
+pub(crate) const NEWEST_THREADS: &str = "SELECT coalesce(thread_id, id) AS thread, max(id)
+     FROM (SELECT id, thread_id FROM messages
+           WHERE id < coalesce(?1, 9223372036854775807) AND kind <> 'system'
+           ORDER BY id DESC LIMIT ?2)
+     GROUP BY thread ORDER BY max(id) DESC";
+/// A thread's newest message (`?1` the thread): its last reply, or its first message.
+pub(crate) const THREAD_NEWEST: &str =
+    "SELECT coalesce(max(id), ?1) FROM messages WHERE thread_id = ?1";
+/// How many messages a thread holds.
+pub(crate) const THREAD_SIZE: &str =
+    "SELECT count(*) + (SELECT count(*) FROM messages WHERE id = ?1 AND thread_id IS NULL)
+     FROM messages WHERE thread_id = ?1";
+
+/// Authentication failures since `?1` by reason: the statement `status` reads.
+pub(crate) const AUTH_FAILURES: &str = "SELECT reason, sum(failures) AS total FROM auth_failures
+     WHERE coalesce(last_at, at) > ?1
+     GROUP BY reason ORDER BY total DESC, reason";
+
+/// How many recent messages a threads page scans for its threads.
+const THREAD_SCAN: u32 = 2000;
+
+/// The read-only connection. Cheap to clone; reads take turns on it.
+#[derive(Clone)]
+pub struct Dashboard {
+    /// A std `Mutex`: held only inside `spawn_blocking`, never across an `.await`.
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Dashboard {
+    /// Opens `path` read-only. The broker's store has created and migrated it already.
+    pub fn open(path: &Path) -> Result<Dashboard, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        conn.pragma_update(None, "query_only", true)?;
+        conn.busy_timeout(std::time::Duration::from_secs(2))?;
+        conn.set_prepared_statement_cache_capacity(32);
+        Ok(Dashboard {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `read` on a blocking thread, so the async executor never waits on SQLite.
+    pub async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // One snapshot for the whole page, so its parts agree.
+            let snapshot = conn.unchecked_transaction()?;
+            let result = read(&Reader { conn: &snapshot });
+            drop(snapshot);
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Panicked(e.to_string()))?
+    }
+}
+
+/// One page's view of the database.
+pub struct Reader<'a> {
+    conn: &'a Connection,
+}
+
+impl Reader<'_> {
+    /// The newest mail below `before`, newest first.
+    pub fn newest_mail(
+        &self,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MailRow>, StoreError> {
+        self.mail(NEWEST_MAIL, params![before, limit])
+    }
+
+    /// Mail stored after `after`, oldest first.
+    pub fn mail_after(&self, after: MessageId, limit: u32) -> Result<Vec<MailRow>, StoreError> {
+        self.mail(MAIL_AFTER, params![after, limit])
+    }
+
+    /// One thread, newest first; its first message last.
+    pub fn thread(
+        &self,
+        thread: MessageId,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MailRow>, StoreError> {
+        let mut rows = self.mail(THREAD_MAIL, params![thread, before, limit])?;
+        let root_fits = (rows.len() as u32) < limit && before.is_none_or(|b| thread < b);
+        if root_fits {
+            let root = self.mail(THREAD_ROOT, params![thread])?;
+            rows.extend(root.into_iter().filter(|row| row.thread_id == thread));
+            rows.dedup_by_key(|row| row.id);
+        }
+        Ok(rows)
+    }
+
+    /// Mail received by `name`, newest first.
+    pub fn mail_for(
+        &self,
+        name: &str,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MailRow>, StoreError> {
+        self.mail(MAIL_FOR, params![name, before, limit])
+    }
+
+    /// Mail between `a` and `b`, either way, newest first.
+    pub fn pair(
+        &self,
+        a: &str,
+        b: &str,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MailRow>, StoreError> {
+        self.mail(PAIR_MAIL, params![a, b, before, limit])
+    }
+
+    /// All mail matching `query`, newest first: the same query language as `search`, over
+    /// every instance's mail.
+    pub fn search(
+        &self,
+        query: &SearchQuery,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<MailRow>, StoreError> {
+        let expression = super::search::operator_expression(query);
+        self.mail(SEARCH_ALL, params![expression, before, limit])
+    }
+
+    pub fn one(&self, id: MessageId) -> Result<Option<MailRow>, StoreError> {
+        Ok(self.mail(ONE_MAIL, params![id])?.pop())
+    }
+
+    /// A message's stored content and its large-message file path, if it has one.
+    pub fn content(&self, id: MessageId) -> Result<Option<(String, Option<String>)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(MAIL_CONTENT)?
+            .query_row([id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()?)
+    }
+
+    /// The delivery state of each of `ids` still stored; one stored no longer was expired or
+    /// purged, and is left out.
+    pub fn states(&self, ids: &[MessageId]) -> Result<Vec<StateRow>, StoreError> {
+        let mut statement = self.conn.prepare_cached(MAIL_STATE)?;
+        let mut states = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let found = statement
+                .query_row([id], |row| {
+                    let read: Option<String> = row.get(0)?;
+                    let delivered: Option<String> = row.get(1)?;
+                    Ok(MailState::of(read.as_deref(), delivered.as_deref()))
+                })
+                .optional()?;
+            if let Some(state) = found {
+                states.push(StateRow { id, state });
+            }
+        }
+        Ok(states)
+    }
+
+    /// Instances by name after `after`, with the mail waiting for each.
+    pub fn agents(&self, after: &str, limit: u32) -> Result<Vec<AgentRow>, StoreError> {
+        let names: Vec<(String, String, String)> = self
+            .conn
+            .prepare_cached(AGENTS)?
+            .query_map(params![after, limit], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut waiting = self.conn.prepare_cached(WAITING_FOR)?;
+        let mut session = self.conn.prepare_cached(LIVE_SESSION)?;
+        names
+            .into_iter()
+            .map(|(name, registered_at, last_seen_at)| {
+                let (count, oldest): (i64, Option<String>) =
+                    waiting.query_row([&name], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                let live = session
+                    .query_row([&name], |row| Ok((SessionId(row.get(0)?), row.get(1)?)))
+                    .optional()?;
+                Ok(AgentRow {
+                    name,
+                    registered_at,
+                    last_seen_at,
+                    waiting: count.max(0) as u64,
+                    oldest_waiting: oldest,
+                    session: live,
+                })
+            })
+            .collect()
+    }
+
+    /// The first `limit` instance names, by name.
+    pub fn agent_names(&self, limit: u32) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(AGENT_NAMES)?
+            .query_map([limit], |row| row.get(0))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Threads whose newest message is below `before`, newest first: found among the newest
+    /// messages scanned, so the page costs the same however much mail is stored.
+    pub fn threads(
+        &self,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<ThreadRow>, StoreError> {
+        let found: Vec<(MessageId, MessageId)> = self
+            .conn
+            .prepare_cached(NEWEST_THREADS)?
+            .query_map(params![before, THREAD_SCAN], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut size = self.conn.prepare_cached(THREAD_SIZE)?;
+        let mut newest_of = self.conn.prepare_cached(THREAD_NEWEST)?;
+        let mut threads = Vec::new();
+        for (thread_id, newest_id) in found {
+            if threads.len() == limit as usize {
+                break;
+            }
+            // A thread whose newest message is above `before` was on an earlier page.
+            let newest_anywhere: MessageId = newest_of.query_row([thread_id], |row| row.get(0))?;
+            if newest_anywhere != newest_id {
+                continue;
+            }
+            let root = self.mail(THREAD_ROOT, params![thread_id])?.pop();
+            let newest = self.mail(ONE_MAIL, params![newest_id])?.pop();
+            let messages: i64 = size.query_row([thread_id], |row| row.get(0))?;
+            let Some(newest) = newest else { continue };
+            threads.push(ThreadRow {
+                thread_id,
+                subject: root
+                    .as_ref()
+                    .and_then(|r| r.subject.clone())
+                    .or(newest.subject),
+                started_by: root.map_or_else(|| newest.sender.clone(), |r| r.sender),
+                newest_id,
+                newest_at: newest.sent_at,
+                messages: messages.max(1) as u64,
+            });
+        }
+        Ok(threads)
+    }
+
+    /// Authentication failures since `since`, summed by reason, most first (as `status`).
+    pub fn auth_failures(&self, since: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(AUTH_FAILURES)?
+            .query_map([since], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The database's size in bytes (pages in use times the page size).
+    pub fn database_bytes(&self) -> Result<u64, StoreError> {
+        let pages: i64 = self.conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        let size: i64 = self.conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        Ok((pages.max(0) * size.max(0)) as u64)
+    }
+
+    fn mail(&self, sql: &str, params: impl rusqlite::Params) -> Result<Vec<MailRow>, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(sql)?
+            .query_map(params, mail_row)?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn mail_row(row: &Row<'_>) -> rusqlite::Result<MailRow> {
+    Ok(MailRow {
+        id: row.get(0)?,
+        sender: row.get(1)?,
+        recipient: row.get(2)?,
+        addressed_to: row.get(3)?,
+        kind: row.get(4)?,
+        subject: row.get(5)?,
+        content: row.get(6)?,
+        large: row.get(7)?,
+        sent_at: row.get(8)?,
+        read_at: row.get(9)?,
+        delivered_at: row.get(10)?,
+        thread_id: row.get(11)?,
+    })
+}
