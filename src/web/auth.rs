@@ -169,7 +169,9 @@ pub async fn guard(
 }
 
 /// What every response says to the browser: run no script but ours, never inside a frame,
-/// send no referrer (the login URL carries the token), cache nothing, trust the content type.
+/// send no referrer to another origin (the login URL carries the token), cache nothing, trust
+/// the content type. Not `no-referrer`: under it Chromium sends `Origin: null` with the
+/// dashboard's own form posts, and the Origin check refuses them.
 fn add_security_headers(headers: &mut HeaderMap) {
     let fixed = [
         (
@@ -177,7 +179,7 @@ fn add_security_headers(headers: &mut HeaderMap) {
             "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
         ),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, "same-origin"),
         (header::CACHE_CONTROL, "no-store"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ];

@@ -269,7 +269,7 @@ fn the_login_sets_an_http_only_strict_cookie_and_a_wrong_token_sets_none() {
     assert!(cookie.contains("Path=/"), "{cookie}");
     let token = dashboard.login_url.split("token=").nth(1).unwrap();
     assert!(!cookie.contains(token), "the cookie is not the token");
-    assert_eq!(login.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(login.header("referrer-policy"), Some("same-origin"));
 
     let wrong = dashboard.get(&format!("/login?token={}", "0".repeat(64)), &[]);
     assert_eq!(wrong.status, 401);
