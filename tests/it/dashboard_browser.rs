@@ -264,11 +264,12 @@ fn the_human_writes_from_the_page_and_the_agent_reads_it_and_answers_to_the_inbo
         "content",
         "Please run the browser suite once more before merging.",
     );
-    page.click(&format!("{form} button[type=\"submit\"]"));
+    page.click_to_load(&format!("{form} button[type=\"submit\"]"));
     assert_eq!(
         page.current_url(),
         dashboard.page("/"),
-        "compose goes back to the page it was sent from"
+        "compose goes back to the page it was sent from; the page says: {}",
+        page.text()
     );
 
     let mail = reviewer.check();
@@ -346,12 +347,15 @@ fn every_page_shows_the_agents_conversation() {
     page.goto(&dashboard.page(&format!("/thread/{question}")));
     let messages = page.texts("#messages li.message");
     assert_eq!(messages.len(), 3, "{messages:?}");
-    for (message, said) in messages.iter().zip([
+    for said in [
         "Is the build green on main?",
         "Green: 412 tests passed",
         "Tagging 2.1 now.",
-    ]) {
-        assert!(message.contains(said), "{said:?} not in {message:?}");
+    ] {
+        assert!(
+            messages.iter().any(|m| m.contains(said)),
+            "{said:?} not in {messages:?}"
+        );
     }
     let states = page.attributes("#messages li.message", "data-state");
     assert!(
@@ -556,7 +560,7 @@ fn a_form_or_fetch_from_another_site_is_refused_and_stores_nothing() {
 
     // Another site altogether: SameSite=Strict keeps the cookie home, and Origin is foreign.
     page.goto(&format!("http://attacker.example:{}/", site.port));
-    page.click("#attack button");
+    page.click_to_load("#attack button");
     assert!(
         page.current_url().starts_with(&dashboard.origin),
         "{}",
@@ -577,7 +581,7 @@ fn a_form_or_fetch_from_another_site_is_refused_and_stores_nothing() {
     // Same site, other origin (another port on 127.0.0.1): the cookie goes along, so the
     // Origin check alone must refuse it.
     page.goto(&format!("http://127.0.0.1:{}/", site.port));
-    page.click("#attack button");
+    page.click_to_load("#attack button");
     assert_eq!(
         page.status(),
         403,
@@ -623,7 +627,7 @@ fn a_form_or_fetch_from_another_site_is_refused_and_stores_nothing() {
         "content",
         "The genuine one, from the dashboard.",
     );
-    page.click("form#compose button[type=\"submit\"]");
+    page.click_to_load("form#compose button[type=\"submit\"]");
     let mail = deployer.check();
     let contents: Vec<&str> = mail.iter().map(content).collect();
     assert_eq!(contents, ["The genuine one, from the dashboard."]);

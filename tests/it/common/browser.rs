@@ -269,6 +269,29 @@ impl Page<'_> {
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
+    /// Clicks the first element matching `css`, which submits a form or follows a link, and
+    /// waits until the new page has loaded: a click returns once the navigation has begun, so
+    /// without waiting the next look could still see the old page, or none.
+    pub fn click_to_load(&self, css: &str) {
+        self.execute("window.beforeTheClick = true; return null;");
+        self.click(css);
+        let started = Instant::now();
+        loop {
+            let loaded = self.run(self.client().execute(
+                "return document.readyState === 'complete' && !window.beforeTheClick;",
+                Vec::new(),
+            ));
+            if matches!(loaded, Ok(Value::Bool(true))) {
+                return;
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "clicking {css} loaded no new page within {DEADLINE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Takes a PNG of what the window shows. With `IPC_SCREENSHOTS=DIR` set it is written to
     /// `DIR/NAME.png` (docs/DASHBOARD.md's pictures come from such a run).
     pub fn screenshot(&self, name: &str) {
