@@ -36,7 +36,7 @@ const CHROMIUM_FLAGS: [&str; 10] = [
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--window-size=1280,900",
+    "--window-size=1280,1400",
 ];
 
 /// Serialises the browser tests: each takes this for its whole run.
