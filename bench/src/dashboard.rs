@@ -41,7 +41,7 @@ const SAMPLES_PER_PAGE: usize = 100;
 /// the 10,000th thread back.
 const DEEP_STEPS: usize = 200;
 /// Agents in the stream-cost workload, and dashboard streams open in its "with" rounds.
-const BUSY_AGENTS: usize = 50;
+pub const BUSY_AGENTS: usize = 50;
 const STREAMS: usize = 5;
 /// Rounds of the stream-cost workload, alternating without and with streams.
 const ROUNDS: usize = 8;

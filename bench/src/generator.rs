@@ -525,14 +525,10 @@ impl<'a> Bench<'a> {
             return Ok(());
         };
         let round = self.options.duration;
+        let ceiling = self.echo_clients(dashboard::BUSY_AGENTS, name)?;
         let cost =
             dashboard::stream_cost(&target, &login, round).map_err(|e| wire_error(name, e))?;
-        let row = |workload: &str, run: &workloads::Run| Row {
-            workload: workload.to_owned(),
-            rate: Some(run.rate()),
-            latency: run.latency.summary(),
-            ..Row::default()
-        };
+        let row = |workload: &str, run: &workloads::Run| Row::new(workload, run, &ceiling);
         self.report
             .rows
             .push(row("web: 50 busy agents, no stream", &cost.without));
@@ -542,6 +538,27 @@ impl<'a> Bench<'a> {
         self.finish(with);
         self.report.stream_cost = Some(cost);
         Ok(())
+    }
+
+    /// The echo ceiling for `clients` persistent clients, as many as a workload drives.
+    fn echo_clients(&self, clients: usize, name: &str) -> Result<Run, BenchError> {
+        let nobody: Vec<Instance> = (0..clients)
+            .map(|i| Instance {
+                name: format!("ceiling-{i}"),
+                token: "ceiling".into(),
+            })
+            .collect();
+        let to = (nobody.as_slice(), "ceiling");
+        let (ceiling, _) = workloads::sends(
+            self.echo,
+            Kind::Persistent,
+            to,
+            self.options.duration,
+            Replies::Echoed,
+            &[],
+        )
+        .map_err(|e| wire_error(name, e))?;
+        Ok(ceiling)
     }
 
     /// The echo ceiling for one client over the connection kind the target supports.
