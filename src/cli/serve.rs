@@ -15,7 +15,7 @@ use crate::server;
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --secret-file ~/.config/claude-ipc/secret    (the secret from a 0600 file)\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n  claude-ipc serve --socket ~/.claude-ipc.sock    (also a Unix socket, for your user only)\n\nDurations are written like 30s, 10m, 24h or 7d.\nIPC_SHARED_SECRET, when set, is the secret that register requires; IPC_SHARED_SECRET_FILE (or\n--secret-file) names a file (mode 0600, yours) holding it instead. Without either the broker\nruns in open mode and says so loudly. The first start with a secret protects the data\ndirectory: from then on a broker started there without that secret refuses, until one start\nwith --reset-secret makes the secret then given (or open mode) the directory's own.\n\nThe data directory must be one only you can write; an existing one keeps its mode, a new one\nis created 0700.\n\nExit codes: 0 after a clean stop, 1 when it refuses to start (the message says why), 4 when\nanother broker already holds the data directory, the address or the socket."
+    after_help = "Examples:\n  claude-ipc serve\n  IPC_SHARED_SECRET=long-random-string claude-ipc serve --data-dir /srv/ipc\n  claude-ipc serve --secret-file ~/.config/claude-ipc/secret    (the secret from a 0600 file)\n  claude-ipc serve --rate-limit 0 --queue-cap 0    (no limits, for trusted scripts)\n  claude-ipc serve --socket ~/.claude-ipc.sock    (also a Unix socket, for your user only)\n  claude-ipc serve --web 127.0.0.1:0    (also the web dashboard; `claude-ipc web` prints its login link)\n\nDurations are written like 30s, 10m, 24h or 7d.\nIPC_SHARED_SECRET, when set, is the secret that register requires; IPC_SHARED_SECRET_FILE (or\n--secret-file) names a file (mode 0600, yours) holding it instead. Without either the broker\nruns in open mode and says so loudly. The first start with a secret protects the data\ndirectory: from then on a broker started there without that secret refuses, until one start\nwith --reset-secret makes the secret then given (or open mode) the directory's own.\n\nThe data directory must be one only you can write; an existing one keeps its mode, a new one\nis created 0700.\n\nExit codes: 0 after a clean stop, 1 when it refuses to start (the message says why), 4 when\nanother broker already holds the data directory, the address or the socket."
 )]
 pub struct ServeArgs {
     /// Address to listen on (loopback unless --allow-remote).
@@ -273,6 +273,30 @@ mod tests {
         );
         assert_eq!(Limits::default().max_request_bytes, 1024 * 1024);
         assert!(Limits::default().static_token_accepted);
+    }
+
+    #[test]
+    fn the_human_is_reserved_only_with_the_dashboard_on_and_never_as_system() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["claude-ipc", "serve"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map(|cli| match cli.command {
+                Command::Serve(args) => args,
+                _ => panic!("`serve` parses as the serve command"),
+            })
+        };
+        let human = |args: ServeArgs| args.config().unwrap().human.map(|h| h.to_string());
+        assert_eq!(human(parse(&[]).unwrap()), None);
+        assert_eq!(
+            human(parse(&["--web", "127.0.0.1:0"]).unwrap()),
+            Some("human".to_owned())
+        );
+        assert_eq!(
+            human(parse(&["--web", "127.0.0.1:0", "--web-human", "op"]).unwrap()),
+            Some("op".to_owned())
+        );
+        assert!(parse(&["--web", "127.0.0.1:0", "--web-human", "System"]).is_err());
+        assert!(parse(&["--web", "127.0.0.1:0", "--web-human", "no spaces"]).is_err());
     }
 
     #[test]

@@ -167,7 +167,8 @@ pub(crate) const MAIL_STATE: &str = "SELECT read_at, delivered_at FROM messages 
 pub(crate) const AGENTS: &str = "SELECT name, registered_at, last_seen_at FROM instances
      WHERE name > ?1 ORDER BY name LIMIT ?2";
 /// The first `?1` instance names, for the compose box's list.
-pub(crate) const AGENT_NAMES: &str = "SELECT name FROM instances ORDER BY name LIMIT ?1";
+pub(crate) const AGENT_NAMES: &str =
+    "SELECT name FROM instances WHERE name > '' ORDER BY name LIMIT ?1";
 /// Mail waiting for `?1` and when the oldest was sent.
 pub(crate) const WAITING_FOR: &str =
     "SELECT count(*), min(received_at) FROM messages WHERE recipient = ?1 AND delivered_at IS NULL";

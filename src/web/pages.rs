@@ -272,33 +272,41 @@ pub fn agent_rows(body: &mut Html, state: &WebState, agents: &[AgentRow]) {
     }
 }
 
+/// What the compose box is filled with when it answers a thread.
+struct Reply<'a> {
+    to: &'a str,
+    subject: Option<&'a str>,
+    /// The message answered: one the human sent or received, or none (a new thread).
+    reply_to: Option<MessageId>,
+}
+
 /// The compose box: to one agent or `*`, subject, content, and `reply_to` when answering.
 fn compose_form(
     body: &mut Html,
     state: &WebState,
     names: &[String],
-    reply: Option<(&MailRow, &str)>,
+    reply: Option<Reply<'_>>,
     back: &str,
 ) {
     body.raw("<form id=\"compose\" method=\"post\" action=\"/compose\">")
         .raw("<input type=\"hidden\" name=\"back\" value=\"")
         .text(back)
         .raw("\"><label>To <input name=\"to\" list=\"agent-names\" required placeholder=\"an agent, or * for everyone\" value=\"");
-    if let Some((_, to)) = reply {
-        body.text(to);
+    if let Some(reply) = &reply {
+        body.text(reply.to);
     }
     body.raw("\"></label><datalist id=\"agent-names\"><option value=\"*\">everyone</option>");
     for name in names.iter().filter(|name| *name != state.human()) {
         body.raw("<option value=\"").text(name).raw("\">");
     }
     body.raw("</datalist><label>Subject <input name=\"subject\" maxlength=\"200\" value=\"");
-    if let Some((parent, _)) = reply {
-        body.text(parent.subject.as_deref().unwrap_or(""));
+    if let Some(subject) = reply.as_ref().and_then(|r| r.subject) {
+        body.text(subject);
     }
     body.raw("\"></label>");
-    if let Some((parent, _)) = reply {
+    if let Some(parent) = reply.as_ref().and_then(|r| r.reply_to) {
         body.raw("<input type=\"hidden\" name=\"reply_to\" value=\"")
-            .value(parent.id.0)
+            .value(parent.0)
             .raw("\">");
     }
     body.raw("<label>Message <textarea name=\"content\" rows=\"4\" required></textarea></label>")
@@ -560,17 +568,26 @@ pub async fn thread(
         .find_map(|m| m.subject.clone())
         .unwrap_or_else(|| "(no subject)".to_owned());
     body.raw("<h1>").text(&subject).raw("</h1>");
-    let newest = &mail[0];
-    let other = if newest.sender == state.human() {
+    let human = state.human();
+    // The human can answer only mail it sent or received (the broker's rule for any
+    // reply_to); in a thread between agents it writes to the newest sender, in a new thread.
+    let answered = mail
+        .iter()
+        .find(|m| m.sender == human || m.recipient == human);
+    let newest = answered.unwrap_or(&mail[0]);
+    let other = if newest.sender == human {
         newest.recipient.clone()
     } else {
         newest.sender.clone()
     };
-    body.raw("<section><h2>Reply as ")
-        .text(state.human())
-        .raw("</h2>");
+    body.raw("<section><h2>Reply as ").text(human).raw("</h2>");
     let back = format!("/thread/{}", thread.0);
-    compose_form(&mut body, &state, &names, Some((newest, &other)), &back);
+    let reply = Reply {
+        to: &other,
+        subject: newest.subject.as_deref(),
+        reply_to: answered.map(|m| m.id),
+    };
+    compose_form(&mut body, &state, &names, Some(reply), &back);
     body.raw("</section>");
     body.raw("<ol id=\"messages\">");
     for row in mail.iter().take(PAGE as usize) {

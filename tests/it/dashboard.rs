@@ -517,6 +517,20 @@ fn an_agents_reply_to_the_human_shows_on_the_inbox_without_being_consumed() {
     );
     let thread = dashboard.page(&format!("/thread/{question}"));
     assert!(thread.body.contains("all green, boss") && thread.body.contains("how is it"));
+    // Its reply box answers the agent's reply, in the same thread.
+    let answer_id = reply["message_id"].as_i64().unwrap();
+    let hidden = format!("name=\"reply_to\" value=\"{answer_id}\"");
+    assert!(thread.body.contains(&hidden), "{}", thread.body);
+    let answer_id = answer_id.to_string();
+    let sent = dashboard.compose(&[
+        ("to", "alice"),
+        ("content", "thanks"),
+        ("reply_to", &answer_id),
+    ]);
+    assert_eq!(sent.status, 303, "{sent:?}");
+    let mail = legacy_check(&addr, &alice);
+    assert_eq!(mail["messages"][0]["thread_id"], question, "{mail}");
+    assert_eq!(mail["messages"][0]["subject"], "Status?", "{mail}");
     assert_eq!(
         dashboard.count("SELECT count(*) FROM messages WHERE recipient = 'human' AND delivered_at IS NULL AND read_at IS NULL"),
         1
@@ -544,6 +558,14 @@ fn looking_at_every_page_changes_no_delivery_state() {
     }
     let after = delivery_rows(&dashboard);
     assert_eq!(before, after);
+    // A thread between agents offers a reply box without a reply_to the human may not use.
+    let thread = dashboard.page(&format!("/thread/{first}"));
+    assert!(thread.body.contains("id=\"compose\""));
+    assert!(
+        !thread.body.contains("name=\"reply_to\""),
+        "{}",
+        thread.body
+    );
     // The pages did show the mail they left alone.
     assert!(dashboard.page("/").body.contains("secretword four"));
     assert!(dashboard
