@@ -8,7 +8,8 @@
 //! uses OFFSET, so a page costs the same at the millionth message as at the first.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
@@ -198,26 +199,28 @@ pub(crate) const AUTH_FAILURES: &str = "SELECT reason, sum(failures) AS total FR
 /// How many recent messages a threads page scans for its threads.
 const THREAD_SCAN: u32 = 2000;
 
-/// The read-only connection. Cheap to clone; reads take turns on it.
+/// Read-only connections the dashboard keeps: a few, so a page load need not wait for a live
+/// stream's read (or another tab's page), and few enough that the dashboard never takes
+/// more than a core or two from the broker.
+const READERS: usize = 3;
+
+/// The read-only connections. Cheap to clone; a read takes a free one, or waits its turn.
 #[derive(Clone)]
 pub struct Dashboard {
-    /// A std `Mutex`: held only inside `spawn_blocking`, never across an `.await`.
-    conn: Arc<Mutex<Connection>>,
+    /// Std `Mutex`es: each held only inside `spawn_blocking`, never across an `.await`.
+    conns: Arc<Vec<Mutex<Connection>>>,
+    next: Arc<AtomicUsize>,
 }
 
 impl Dashboard {
     /// Opens `path` read-only. The broker's store has created and migrated it already.
     pub fn open(path: &Path) -> Result<Dashboard, StoreError> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        conn.pragma_update(None, "query_only", true)?;
-        conn.busy_timeout(std::time::Duration::from_secs(2))?;
-        conn.set_prepared_statement_cache_capacity(32);
+        let conns = (0..READERS)
+            .map(|_| open_reader(path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Dashboard {
-            conn: Arc::new(Mutex::new(conn)),
+            conns: Arc::new(conns),
+            next: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -227,9 +230,10 @@ impl Dashboard {
         T: Send + 'static,
         F: FnOnce(&Reader<'_>) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = self.conn.clone();
+        let conns = self.conns.clone();
+        let first = self.next.fetch_add(1, Ordering::Relaxed) % conns.len();
         tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let conn = free_or_first(&conns, first);
             // One snapshot for the whole page, so its parts agree.
             let snapshot = conn.unchecked_transaction()?;
             let result = read(&Reader { conn: &snapshot });
@@ -239,6 +243,36 @@ impl Dashboard {
         .await
         .map_err(|e| StoreError::Panicked(e.to_string()))?
     }
+}
+
+/// A free connection, trying `first` and then the others; `first` once it is free, if
+/// none is.
+fn free_or_first(conns: &[Mutex<Connection>], first: usize) -> MutexGuard<'_, Connection> {
+    (0..conns.len())
+        .map(|offset| (first + offset) % conns.len())
+        .find_map(|i| match conns[i].try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        })
+        .unwrap_or_else(|| {
+            conns[first]
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        })
+}
+
+/// One read-only connection that cannot write even by mistake (`query_only`).
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    conn.pragma_update(None, "query_only", true)?;
+    conn.busy_timeout(std::time::Duration::from_secs(2))?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
 }
 
 /// One page's view of the database.
@@ -469,4 +503,41 @@ fn mail_row(row: &Row<'_>) -> rusqlite::Result<MailRow> {
         delivered_at: row.get(10)?,
         thread_id: row.get(11)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_dashboards_connections_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipc.db");
+        let writer = super::super::open_side_connection(&path).unwrap();
+        writer
+            .execute_batch(
+                "INSERT INTO messages (id, sender, addressed_to, recipient, content, received_at)
+                 VALUES (1, 'alice', 'bob', 'bob', 'hi', '2026-01-01T00:00:00.000Z');",
+            )
+            .unwrap();
+        let dashboard = Dashboard::open(&path).unwrap();
+        for _ in 0..READERS + 1 {
+            let tried = dashboard
+                .read(|reader| {
+                    Ok(reader
+                        .conn
+                        .execute("UPDATE messages SET delivered_at = 'x' WHERE id = 1", [])
+                        .is_err())
+                })
+                .await
+                .unwrap();
+            assert!(tried, "a dashboard connection wrote");
+        }
+        let rows = dashboard
+            .read(|reader| reader.newest_mail(None, 10))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state(), MailState::Waiting);
+    }
 }

@@ -96,6 +96,15 @@ impl Auth {
             })
     }
 
+    /// The path of a `Referer` on this dashboard (`/thread/4`), if the request has one.
+    pub fn own_referer_path(&self, headers: &HeaderMap) -> Option<String> {
+        let referer = headers.get(header::REFERER)?.to_str().ok()?;
+        self.origins.iter().find_map(|origin| {
+            let rest = referer.strip_prefix(origin.as_str())?;
+            rest.starts_with('/').then(|| rest.to_owned())
+        })
+    }
+
     fn origin_is_ours(&self, headers: &HeaderMap) -> bool {
         headers
             .get(header::ORIGIN)
@@ -130,10 +139,10 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Paths anyone who reached the right `Host` may load: the login, and the stylesheet and
-/// script, which hold no data.
+/// Paths anyone who reached the right `Host` may load: the login, and the stylesheet, script
+/// and icon, which hold no data.
 fn is_public(path: &str) -> bool {
-    path == "/login" || path.starts_with("/assets/")
+    path == "/login" || path == "/favicon.ico" || path.starts_with("/assets/")
 }
 
 /// The gate every request passes, in order: `Host`, then the cookie, then `Origin` for a
@@ -169,9 +178,12 @@ pub async fn guard(
 }
 
 /// What every response says to the browser: run no script but ours, never inside a frame,
-/// send no referrer to another origin (the login URL carries the token), cache nothing, trust
-/// the content type. Not `no-referrer`: under it Chromium sends `Origin: null` with the
-/// dashboard's own form posts, and the Origin check refuses them.
+/// send a referrer only to the dashboard itself (the login URL carries the token, and no
+/// other site may see it), cache nothing, trust the content type.
+///
+/// Not `no-referrer`: under it a browser sends `Origin: null` with the dashboard's own form
+/// posts, which the Origin check must refuse (a sandboxed frame of any site sends `null`
+/// too), so the compose box could not send.
 fn add_security_headers(headers: &mut HeaderMap) {
     let fixed = [
         (

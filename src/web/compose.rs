@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 
@@ -23,8 +23,14 @@ pub fn body_limit(max_request_bytes: usize) -> usize {
 /// Sends the form's message; 303 back to the page it came from, or a page saying why not.
 pub async fn compose(
     State(state): State<Arc<WebState>>,
+    headers: HeaderMap,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
+    // The page it came from: the form's own `back`, else the (same-origin) Referer.
+    let back = form
+        .get("back")
+        .cloned()
+        .or_else(|| state.auth.own_referer_path(&headers));
     let message = match human_message(&form) {
         Ok(message) => message,
         Err(problem) => return refused(StatusCode::BAD_REQUEST, "invalid_field", &problem),
@@ -38,7 +44,7 @@ pub async fn compose(
             (
                 StatusCode::SEE_OTHER,
                 [
-                    (header::LOCATION, back_to(form.get("back"))),
+                    (header::LOCATION, back_to(back.as_ref())),
                     (header::HeaderName::from_static("x-ipc-sent"), id),
                 ],
             )

@@ -197,7 +197,13 @@ impl Cursor {
     async fn read(&mut self) {
         self.last_read = Some(Instant::now());
         let after = self.last_id;
-        let ids: Vec<MessageId> = self.order.iter().copied().collect();
+        // Delivered is final: only mail still on its way can change state.
+        let ids: Vec<MessageId> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|id| self.tracked.get(id) != Some(&MailState::Delivered))
+            .collect();
         let read = self
             .state
             .dashboard

@@ -242,6 +242,8 @@ fn router(state: Arc<WebState>, body_limit: usize) -> Router {
         .route("/inbox/done", post(compose::done))
         .route("/assets/style.css", get(style))
         .route("/assets/live.js", get(script))
+        .route("/assets/icon.svg", get(icon))
+        .route("/favicon.ico", get(icon))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::from_fn_with_state(
@@ -282,6 +284,15 @@ async fn script() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         include_str!("assets/live.js"),
+    )
+        .into_response()
+}
+
+/// The tab's icon (also at `/favicon.ico`, where browsers look without being told).
+async fn icon() -> Response {
+    (
+        [(header::CONTENT_TYPE, "image/svg+xml")],
+        include_str!("assets/icon.svg"),
     )
         .into_response()
 }

@@ -87,6 +87,7 @@ fn layout(title: &str, active: &str, live: &Html, body: &Html) -> String {
         .text(title)
         .raw(" · claude-ipc</title>")
         .raw("<link rel=\"stylesheet\" href=\"/assets/style.css\">")
+        .raw("<link rel=\"icon\" href=\"/assets/icon.svg\" type=\"image/svg+xml\">")
         .raw("<script src=\"/assets/live.js\" defer></script></head><body")
         .fragment(live)
         .raw("><header><nav>");
@@ -640,11 +641,13 @@ pub async fn search(State(state): State<Arc<WebState>>, Query(params): Params) -
             body.raw("<p class=\"error\">query: ")
                 .text(&e.to_string())
                 .raw("</p>");
-            return Ok((
-                StatusCode::BAD_REQUEST,
-                html_response(layout("Search", "Search", &Html::new(), &body)),
-            )
-                .into_response());
+            // The page itself is fine (the form, and what was wrong): 200, like any page.
+            return Ok(html_response(layout(
+                "Search",
+                "Search",
+                &Html::new(),
+                &body,
+            )));
         }
     };
     let mail = state

@@ -379,6 +379,25 @@ fn the_human_reaches_an_agents_check_with_kind_human_and_everyone_by_broadcast()
     ]);
     assert_eq!(sent.status, 303, "{sent:?}");
     assert_eq!(sent.header("location"), Some("/inbox"));
+    // Without `back`, a same-origin Referer says where to return; another site's never does.
+    let (cookie, origin) = (dashboard.cookie.clone(), dashboard.origin());
+    let body = form(&[("to", "alice"), ("content", "again")]);
+    for (referer, location) in [
+        (format!("{origin}/thread/1"), "/thread/1"),
+        ("http://attacker.example/x".to_owned(), "/"),
+    ] {
+        let answer = dashboard.request(
+            "POST",
+            "/compose",
+            &[
+                ("Cookie", &cookie),
+                ("Origin", &origin),
+                ("Referer", &referer),
+            ],
+            &body,
+        );
+        assert_eq!(answer.header("location"), Some(location), "{referer}");
+    }
     let mail = legacy_check(&addr, &alice);
     let message = &mail["messages"][0];
     assert_eq!(message["from"], "human", "{mail}");
@@ -774,6 +793,10 @@ fn markup_in_a_subject_or_content_is_shown_as_text() {
 fn a_malformed_search_shows_the_invalid_query_text() {
     let dashboard = Dashboard::start();
     let answer = dashboard.page("/search?q=%22unclosed");
+    assert_eq!(
+        answer.status, 200,
+        "a page with an error message, not a failed load"
+    );
     assert!(
         answer.body.contains("<p class=\"error\">query:"),
         "{}",
@@ -926,4 +949,79 @@ fn the_live_stream_sends_the_agents_table_again_when_an_agent_arrives() {
     legacy_register(&dashboard.broker.addr, "carol");
     let text = read_until(&mut stream, &mut seen, "data-agent=\\\"carol\\\"");
     assert!(text.contains("event: agents"), "{text}");
+}
+
+#[test]
+fn the_sweeper_keeps_the_humans_name_and_its_expired_session_is_renewed() {
+    use claude_ipc::broker::human::{HumanMessage, HumanSent};
+    let broker = crate::common::TestBroker::start_with(|c| {
+        c.limits.instance_retention = Duration::from_secs(7 * 86_400);
+        c.human = claude_ipc::domain::InstanceName::parse("human");
+    });
+    let hub = broker.broker();
+    broker.block_on(hub.admit_human()).unwrap();
+    broker.register("alice");
+    // Ten idle days: past the session expiry (24 h) and the instance retention (7 d).
+    for _ in 0..10 {
+        broker.clock.advance(chrono::Duration::days(1));
+        broker.sweep();
+    }
+    assert_eq!(
+        broker.count("SELECT count(*) FROM instances WHERE name = 'human'"),
+        1,
+        "agents can still send to the human"
+    );
+    assert_eq!(
+        broker.count("SELECT count(*) FROM instances WHERE name = 'alice'"),
+        0,
+        "an idle agent was reaped as usual"
+    );
+    let alice = broker.register("alice");
+    let sent = broker.block_on(hub.send_as_human(HumanMessage {
+        to: "alice".into(),
+        subject: None,
+        content: "still here".into(),
+        reply_to: None,
+    }));
+    assert!(matches!(sent, Ok(HumanSent::One(_))), "{sent:?}");
+    let mail = legacy_check(&broker.addr.to_string(), &alice);
+    assert_eq!(mail["messages"][0]["kind"], "human", "{mail}");
+}
+
+#[test]
+fn a_large_message_shows_its_summary_and_links_its_content() {
+    let dashboard = Dashboard::start();
+    let addr = dashboard.broker.addr.clone();
+    let alice = legacy_register(&addr, "alice");
+    let content = format!("LARGE-START {} LARGE-END", "word ".repeat(20_000));
+    let sent = legacy_send(&addr, &alice, "bob", &content);
+    let id = sent["message_id"].as_i64().unwrap();
+    let overview = dashboard.page("/");
+    let link = format!("class=\"large\" href=\"/message/{id}/content\"");
+    assert!(overview.body.contains(&link), "{}", overview.body);
+    assert!(
+        overview.body.contains("LARGE-START"),
+        "the summary is shown"
+    );
+    assert!(
+        !overview.body.contains("LARGE-END"),
+        "the page holds the summary only"
+    );
+    let full = dashboard.page(&format!("/message/{id}/content"));
+    assert_eq!(full.status, 200);
+    assert!(full
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(
+        full.body.contains("LARGE-END"),
+        "the link gives the whole content"
+    );
+    let before = delivery_rows(&dashboard);
+    dashboard.page(&format!("/message/{id}/content"));
+    assert_eq!(
+        delivery_rows(&dashboard),
+        before,
+        "reading it consumes nothing"
+    );
 }
