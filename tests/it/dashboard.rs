@@ -1025,3 +1025,76 @@ fn a_large_message_shows_its_summary_and_links_its_content() {
         "reading it consumes nothing"
     );
 }
+
+/// A GET on `host` with `cookie`, for the in-process dashboard below.
+fn get_with_cookie(host: &str, path: &str, cookie: &str) -> Answer {
+    let mut stream = TcpStream::connect(host).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    parse_answer(&raw)
+}
+
+#[test]
+fn mail_waiting_past_ten_minutes_marks_its_agent_stuck() {
+    let broker = crate::common::TestBroker::start_with(|c| {
+        c.human = claude_ipc::domain::InstanceName::parse("human");
+    });
+    let web = broker
+        .block_on(claude_ipc::web::start(
+            broker.broker(),
+            claude_ipc::web::WebConfig {
+                addr: "127.0.0.1:0".parse().unwrap(),
+                broker_addr: broker.addr,
+                data_dir: &broker.data_dir(),
+                database: &broker.db_path(),
+                large_message_dir: broker.data_dir().join("large-messages"),
+                max_request_bytes: 1024 * 1024,
+            },
+        ))
+        .unwrap();
+    let host = web.addr.to_string();
+    let login_url = web_file(&broker.data_dir())["login_url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let login_path = &login_url[login_url.find("/login").unwrap()..];
+    let login = get_with_cookie(&host, login_path, "");
+    let cookie = login
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (alice, bob) = (broker.register("alice"), broker.register("bob"));
+    let mut client = broker.client();
+    client
+        .send(&bob, "alice", "are you there?", None, None)
+        .unwrap();
+    let row = |page: &Answer| {
+        let start = page.body.find("data-agent=\"alice\"").unwrap();
+        page.body[start..start + 200].to_owned()
+    };
+    let fresh = get_with_cookie(&host, "/agents", &cookie);
+    assert!(!row(&fresh).contains("stuck"), "{}", row(&fresh));
+    assert!(
+        row(&fresh).contains("data-waiting=\"1\""),
+        "{}",
+        row(&fresh)
+    );
+    broker.clock.advance(chrono::Duration::minutes(11));
+    let later = get_with_cookie(&host, "/agents", &cookie);
+    assert!(row(&later).contains("class=\"stuck\""), "{}", row(&later));
+    // Read at last, the agent is not stuck any more.
+    client.check(&alice).unwrap();
+    // Marked delivered once the broker knows the reply was taken, just after it is written.
+    wait_until("the agent's row is no longer stuck", || {
+        !row(&get_with_cookie(&host, "/agents", &cookie)).contains("stuck")
+    });
+    broker.block_on(web.shutdown());
+}
