@@ -140,11 +140,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             tracing::warn!("--no-static-token has no effect in open mode: there is no secret");
         }
     }
-    signals.recv().await;
+    clear_stop_marker(&config.data_dir);
+    tokio::select! {
+        () = signals.recv() => {}
+        () = crate::stop_marker::appears(&config.data_dir) => {
+            tracing::info!("`claude-ipc stop` asked the broker to stop");
+        }
+    }
     tracing::info!("shutting down: finishing requests in flight");
     running.shutdown().await;
     tracing::info!("database closed; bye");
     Ok(())
+}
+
+/// `serve` run by hand lets clients start brokers again: it removes `claude-ipc stop`'s marker
+/// once it serves. (A client never starts `serve` while the marker is there, so this is a start
+/// by hand, or a service manager's.)
+fn clear_stop_marker(data_dir: &std::path::Path) {
+    match crate::stop_marker::clear(data_dir) {
+        Ok(true) => tracing::info!(
+            "removed the marker `claude-ipc stop` left: clients may start a broker again"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
+            "cannot remove the marker `claude-ipc stop` left ({}): {e}; clients still start no broker",
+            crate::stop_marker::marker_path(data_dir).display()
+        ),
+    }
 }
 
 /// Says at start how register proves the secret, and what accepting the static token costs.

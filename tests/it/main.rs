@@ -47,6 +47,7 @@ mod serve_process;
 mod share_tools;
 mod smoke;
 mod status;
+mod stop;
 mod storage;
 mod thread_action;
 mod threads;
