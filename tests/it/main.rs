@@ -44,6 +44,7 @@ mod safe_files;
 mod search;
 mod secret_mode;
 mod serve_process;
+mod service_unit;
 mod share_tools;
 mod smoke;
 mod status;
