@@ -19,14 +19,25 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
+        .with_env_filter(log_filter(default_level))
         .init();
     match cli.command {
         Command::Serve(args) => run_async(cli::serve::run(args), cli::serve::exit_code),
         Command::Mcp(args) => run_async(cli::mcp::run(args), |_| 1),
         command => cli::run(command),
+    }
+}
+
+/// `RUST_LOG`, else the command's default; either way refinery's own lines (one per start,
+/// "going to apply 0 migrations" included) are kept to warnings unless `RUST_LOG` names it:
+/// the store logs each migration it applies itself.
+fn log_filter(default_level: &str) -> EnvFilter {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let names_refinery = std::env::var("RUST_LOG").is_ok_and(|given| given.contains("refinery"));
+    match "refinery_core=warn".parse() {
+        Ok(quiet) if !names_refinery => filter.add_directive(quiet),
+        _ => filter,
     }
 }
 

@@ -631,7 +631,7 @@ impl IpcServer {
     }
 
     #[tool(
-        description = "Use to change this instance's name; mail to the old name forwards to the new one for a while."
+        description = "Use to change this instance's name, at most once an hour (the broker refuses a sooner rename and says when it may be done); mail to the old name forwards to the new one for a while."
     )]
     async fn rename(&self, Parameters(args): Parameters<RenameArgs>) -> Result<String, ToolError> {
         let new_name = args.new_id;

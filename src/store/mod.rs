@@ -430,11 +430,29 @@ fn open_connection(path: &Path, check: bool) -> Result<Connection, StoreError> {
             .map_err(|finding| open_error(path, startup::damaged_advice(path, &finding)))?;
     }
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
-    embedded::migrations::runner()
+    let report = embedded::migrations::runner()
         .run(&mut conn)
         .map_err(|e| explain_open_failure(path, format!("migrating the schema failed: {e}")))?;
+    log_applied(report.applied_migrations());
     startup::mark_created(path);
     Ok(conn)
+}
+
+/// One line naming the migrations this start applied; nothing when none was (every start after
+/// the first, until an upgrade brings a new one).
+fn log_applied(applied: &[refinery::Migration]) {
+    if applied.is_empty() {
+        return;
+    }
+    let names: Vec<String> = applied
+        .iter()
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect();
+    tracing::info!(
+        count = applied.len(),
+        "applied schema migrations: {}",
+        names.join(", ")
+    );
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {

@@ -249,3 +249,44 @@ fn the_data_directory_is_free_again_once_its_broker_is_killed() {
     let second = BrokerProcess::spawn(&data, &[]);
     assert_eq!(ping_json(&mut second.client())["status"], "ok");
 }
+
+/// Runs `serve` on `data` until it answers, stops it with SIGTERM, and returns its whole log.
+fn one_start_log(data: &std::path::Path) -> String {
+    let addr = free_addr();
+    let log = data.with_extension("log");
+    let mut child = Command::new(binary())
+        .args(["serve", "--addr", &addr, "--data-dir"])
+        .arg(data)
+        .env("RUST_LOG", "info")
+        .env_remove("IPC_SHARED_SECRET")
+        .env_remove("IPC_SOCKET")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start serve");
+    wait_until("the broker answers", || {
+        claude_ipc::client::Client::connect(&addr, Duration::from_millis(200)).is_ok()
+    });
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(&log).unwrap()
+}
+
+#[test]
+fn migrations_are_logged_only_on_the_start_that_applies_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let first = one_start_log(&data);
+    assert!(
+        first.contains("applied schema migrations: V1__init"),
+        "{first}"
+    );
+    let second = one_start_log(&data);
+    assert!(second.contains("claude-ipc broker listening"), "{second}");
+    assert!(
+        !second.to_lowercase().contains("migration"),
+        "a start with nothing to migrate logged a migration line: {second}"
+    );
+}
