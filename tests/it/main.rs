@@ -38,6 +38,7 @@ mod presence;
 mod privacy;
 mod quotas;
 mod receipts;
+mod recipes;
 mod refusals;
 mod reply_limits;
 mod safe_files;
