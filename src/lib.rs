@@ -51,6 +51,7 @@ pub mod relative_time;
 pub mod secret;
 pub mod server;
 pub mod session_file;
+pub mod stop_marker;
 pub mod store;
 pub mod web;
 

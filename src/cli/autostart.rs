@@ -6,7 +6,8 @@
 //! way an MCP server does; it starts a detached `serve` instead, in its own process group so a
 //! Ctrl-C in the terminal does not take it down. The data-directory lock still decides: if
 //! another process wins the race, this one's `serve` exits and the winner answers.
-//! `IPC_AUTOSTART=0` turns this off; `ping`, `status` and `hook` never start a broker.
+//! `IPC_AUTOSTART=0` turns this off, and so does the marker `claude-ipc stop` leaves (see
+//! [`crate::stop_marker`]); `ping`, `status`, `hook` and `watch` never start a broker.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::{data_dir_or_default, ClientArgs};
 use crate::background_serve::{self, BackgroundServe};
 use crate::client::{Client, ClientError};
+use crate::stop_marker;
 
 /// How long a freshly started broker gets to answer.
 const START_WAIT: Duration = Duration::from_secs(5);
@@ -24,25 +26,19 @@ const POLL: Duration = Duration::from_millis(25);
 /// The started broker's log, inside its data directory.
 const LOG_FILE: &str = "broker.log";
 
-/// Whether `IPC_AUTOSTART` allows starting a broker (anything but `0`, `false`, `no`, `off`).
-fn enabled() -> bool {
-    let value = std::env::var("IPC_AUTOSTART").unwrap_or_default();
-    !matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "0" | "false" | "no" | "off"
-    )
-}
-
 /// Connects, starting a broker in the background first if none answers.
 pub fn connect_or_start(args: &ClientArgs, timeout: Duration) -> Result<Client, ClientError> {
     let unreachable = match args.connect_within(timeout) {
         Err(error @ ClientError::Unreachable { .. }) => error,
         other => return other,
     };
-    if !enabled() || !loopback(args) {
+    if !loopback(args) {
         return Err(unreachable);
     }
     let data_dir = data_dir_or_default(std::env::var_os("IPC_DATA_DIR").map(PathBuf::from));
+    if let Some(hold) = stop_marker::hold_reason(&data_dir) {
+        return Err(held_off(unreachable, &hold));
+    }
     let mut started = match spawn_serve(args, &data_dir) {
         Ok(started) => started,
         Err(e) => {
@@ -86,6 +82,17 @@ pub fn connect_or_start(args: &ClientArgs, timeout: Duration) -> Result<Client, 
         data_dir.join(LOG_FILE).display()
     );
     Err(unreachable)
+}
+
+/// The unreachable error, with why no broker was started and how to start one.
+pub fn held_off(unreachable: ClientError, hold: &str) -> ClientError {
+    match unreachable {
+        ClientError::Unreachable { addr, reason } => ClientError::Unreachable {
+            addr,
+            reason: format!("{reason}; {hold}"),
+        },
+        other => other,
+    }
 }
 
 /// Only a broker on this machine can be started from here.

@@ -77,7 +77,7 @@ pub fn run_watch(args: WatchArgs) -> Result<(), CliError> {
         wait: Some(WATCH_POLL),
         limit: None,
     };
-    let mut client = args.client.connect_or_start()?;
+    let mut client = wait_for_broker(&args.client, false)?;
     if !args.client.json {
         eprintln!("watching mail for {} (Ctrl-C to stop)", session.instance_id);
     }
@@ -101,31 +101,43 @@ pub fn run_watch(args: WatchArgs) -> Result<(), CliError> {
                 print_then_ack(&mut client, &session, &text, &checked)?;
             }
             Err(ClientError::Io(_) | ClientError::Closed | ClientError::Unreachable { .. }) => {
-                client = reconnect(&args.client)?;
+                client = wait_for_broker(&args.client, true)?;
             }
             Err(other) => return Err(other.into()),
         }
     }
 }
 
-/// Connects again, waiting as long as it takes; says so once on stderr. A broker that came
-/// back but must not be trusted (run by another user, or failing [`Client::verify_broker`])
-/// ends the watch instead: waiting on it would never end.
-fn reconnect(args: &ClientArgs) -> Result<Client, CliError> {
-    eprintln!(
-        "lost the broker at {}; waiting for it to come back",
-        args.target()
-    );
+/// Connects, waiting as long as it takes; says so once on stderr. `watch` never starts a
+/// broker: one stopped on purpose (`claude-ipc stop`) must stay stopped while watches wait.
+/// A broker that answers but must not be trusted (run by another user, or failing
+/// [`Client::verify_broker`]) ends the watch instead: waiting on it would never end.
+fn wait_for_broker(args: &ClientArgs, lost: bool) -> Result<Client, CliError> {
+    let mut said = false;
     loop {
-        std::thread::sleep(WATCH_RECONNECT);
-        match args.connect_or_start() {
+        match args.connect_verified() {
             Ok(client) => {
-                eprintln!("reconnected");
+                if said {
+                    eprintln!("connected to the broker at {}", args.target());
+                }
                 return Ok(client);
             }
             Err(CliError::Client(error)) if error.is_broker_refused() => return Err(error.into()),
-            Err(_) => {}
+            Err(_) if said => {}
+            Err(_) => {
+                let what = if lost {
+                    "lost the broker"
+                } else {
+                    "no broker answers"
+                };
+                eprintln!(
+                    "{what} at {}; waiting for it (watch starts none: run `claude-ipc serve`)",
+                    args.target()
+                );
+                said = true;
+            }
         }
+        std::thread::sleep(WATCH_RECONNECT);
     }
 }
 

@@ -17,6 +17,7 @@
 
 mod event;
 mod log;
+mod once;
 mod wait;
 
 use std::path::{Path, PathBuf};
@@ -154,10 +155,18 @@ fn parse_wait(given: Option<&str>) -> Result<Option<Duration>, String> {
     }
 }
 
-/// A telling event: prints the line, in the event's shape, if mail is waiting.
+/// A telling event: prints the line, in the event's shape, if mail is waiting. A
+/// `PostToolUse` with its event on stdin says only what is new to the session (see [`once`]);
+/// without one it counts, as the other telling events do.
 fn tell(args: &HookArgs, event: HookEvent) {
-    let socket = super::given_socket(&args.socket);
-    let Some(line) = waiting(&args.addr, socket).as_ref().and_then(notice) else {
+    let line = match event {
+        HookEvent::PostToolUse => match once::new_since_last_notice(args, event) {
+            Ok(line) => line,
+            Err(()) => counted(args, event),
+        },
+        _ => counted(args, event),
+    };
+    let Some(line) = line else {
         return;
     };
     let context = |name: &str| {
@@ -177,24 +186,41 @@ fn tell(args: &HookArgs, event: HookEvent) {
     }
 }
 
-fn waiting(addr: &str, socket: Option<&Path>) -> Option<Waiting> {
-    let session = SessionFile::load().ok()?;
+/// The count line, or `None`; a failure is written to the hook log, never to stdout.
+fn counted(args: &HookArgs, event: HookEvent) -> Option<String> {
+    let socket = super::given_socket(&args.socket);
+    match waiting(&args.addr, socket) {
+        Ok(waiting) => notice(&waiting),
+        Err(reason) => {
+            log::write(&event.name(), None, &format!("{reason}: nothing said"));
+            None
+        }
+    }
+}
+
+fn waiting(addr: &str, socket: Option<&Path>) -> Result<Waiting, String> {
+    let session = SessionFile::load().map_err(|e| e.to_string())?;
     // The broker's user comes from IPC_BROKER_USER; a broker run by anyone else gets nothing.
-    let broker_user = crate::client::BrokerUser::from_env().ok()?;
+    let broker_user = crate::client::BrokerUser::from_env().map_err(|e| e.to_string())?;
     let connected =
         super::connect_to(addr, socket, broker_user, HOOK_TIMEOUT).and_then(|mut client| {
             // The session token goes only to a broker this client may trust with it.
             client.verify_broker(&super::broker_check())?;
             Ok(client)
         });
-    let mut client = connected.map_err(warn_if_refused).ok()?;
-    client.count(&session.session_token).ok()
+    let mut client = connected.map_err(|e| {
+        warn_if_refused_ref(&e);
+        e.to_string()
+    })?;
+    client
+        .count(&session.session_token)
+        .map_err(|e| e.to_string())
 }
 
 /// A broker this client refused (another user's, an open one although we hold the secret) is
 /// worth a line on stderr, which Claude Code shows the person but not the model; the hook's
 /// output stays empty and its exit code 0.
-fn warn_if_refused(error: crate::client::ClientError) {
+fn warn_if_refused_ref(error: &crate::client::ClientError) {
     if error.is_broker_refused() {
         eprintln!(
             "claude-ipc hook: {}",

@@ -22,6 +22,7 @@ mod send;
 mod sent;
 pub mod serve;
 mod status;
+mod stop;
 mod thread;
 mod web;
 
@@ -128,6 +129,8 @@ pub enum Command {
     Ping(ping::PingArgs),
     /// Show the broker, its instances and the mail waiting (also with the broker down).
     Status(status::StatusArgs),
+    /// Stop the broker cleanly and keep it stopped until `serve` is run by hand.
+    Stop(stop::StopArgs),
     /// Import the Python original's messages.db: unread mail, instances and live forwards.
     ImportLegacy(import_legacy::ImportLegacyArgs),
     /// Run the MCP server on stdio (for Claude Code, Gemini CLI and other MCP clients).
@@ -172,6 +175,13 @@ impl ClientArgs {
     /// command that registers or uses a session connects through here.
     fn connect_or_start(&self) -> Result<Client, CliError> {
         let mut client = autostart::connect_or_start(self, CLIENT_TIMEOUT)?;
+        client.verify_broker(&broker_check())?;
+        Ok(client)
+    }
+
+    /// Connects without ever starting a broker, refusing one this client must not talk to.
+    fn connect_verified(&self) -> Result<Client, CliError> {
+        let mut client = self.connect()?;
         client.verify_broker(&broker_check())?;
         Ok(client)
     }
@@ -351,6 +361,7 @@ pub fn run(command: Command) -> ExitCode {
         Command::Rename(args) => rename::run(args),
         Command::Ping(args) => ping::run(args),
         Command::Status(args) => status::run(args),
+        Command::Stop(args) => stop::run(args),
         Command::ImportLegacy(args) => import_legacy::run(args),
         Command::Web(args) => web::run(args),
     };

@@ -176,7 +176,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         None => None,
     };
-    signals.recv().await;
+    clear_stop_marker(&config.data_dir);
+    tokio::select! {
+        () = signals.recv() => {}
+        () = crate::stop_marker::appears(&config.data_dir) => {
+            tracing::info!("`claude-ipc stop` asked the broker to stop");
+        }
+    }
     tracing::info!("shutting down: finishing requests in flight");
     if let Some(dashboard) = dashboard {
         dashboard.shutdown().await;
@@ -204,6 +210,22 @@ async fn start_web(
         },
     )
     .await
+}
+
+/// `serve` run by hand lets clients start brokers again: it removes `claude-ipc stop`'s marker
+/// once it serves. (A client never starts `serve` while the marker is there, so this is a start
+/// by hand, or a service manager's.)
+fn clear_stop_marker(data_dir: &std::path::Path) {
+    match crate::stop_marker::clear(data_dir) {
+        Ok(true) => tracing::info!(
+            "removed the marker `claude-ipc stop` left: clients may start a broker again"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
+            "cannot remove the marker `claude-ipc stop` left ({}): {e}; clients still start no broker",
+            crate::stop_marker::marker_path(data_dir).display()
+        ),
+    }
 }
 
 /// Says at start how register proves the secret, and what accepting the static token costs.

@@ -7,11 +7,16 @@
 //! the winner to answer. When the hosting process dies, the kernel releases both, and the next
 //! MCP server that needs the broker takes over; all state is in SQLite, so nothing is lost.
 //!
+//! It hosts none when told not to (see [`crate::stop_marker`]): `IPC_AUTOSTART=0` in its
+//! environment, or the marker `claude-ipc stop` leaves in the data directory. A hosted broker
+//! watches for that marker and shuts down cleanly when it appears, so `stop` stops it too.
+//!
 //! With a Unix socket configured (`IPC_SOCKET`), the broker is looked for on the socket instead,
 //! and a hosted broker listens on it as well as on the address, exactly as `serve --socket`
 //! does. The socket file a killed host leaves behind is replaced by `server::unix_socket` when
 //! the next host binds it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Mutex;
@@ -39,7 +44,7 @@ pub struct Election {
     data_dir_configured: bool,
     /// The broker this process hosts, if it won an election. Holding it keeps it running; the
     /// async mutex also makes elections inside one process take turns.
-    hosted: Mutex<Option<RunningServer>>,
+    hosted: Arc<Mutex<Option<RunningServer>>>,
 }
 
 impl Election {
@@ -47,7 +52,7 @@ impl Election {
         Election {
             config,
             data_dir_configured,
-            hosted: Mutex::new(None),
+            hosted: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -74,6 +79,12 @@ impl Election {
                 }
                 Err(e) => e.to_string(),
             };
+            if let Some(hold) = self.hold_reason().await {
+                return Err(ToolError::NoBroker {
+                    target: self.target(),
+                    reason: format!("{last_failure}; {hold}"),
+                });
+            }
             match self.try_host().await {
                 Ok(()) => continue,
                 Err(e) if e.is_taken() && Instant::now() < deadline => {
@@ -98,6 +109,32 @@ impl Election {
                 }
             }
         }
+    }
+
+    /// Why this process must not host a broker now, if it must not. One it already hosts is
+    /// not held off (it is stopping, or the connection failed for another reason).
+    async fn hold_reason(&self) -> Option<String> {
+        if self.is_hosting().await {
+            return None;
+        }
+        crate::stop_marker::hold_reason(&self.config.data_dir)
+    }
+
+    /// Stops the hosted broker cleanly once `claude-ipc stop` leaves its marker.
+    fn stop_on_marker(&self) {
+        let hosted = Arc::clone(&self.hosted);
+        let data_dir = self.config.data_dir.clone();
+        tokio::spawn(async move {
+            crate::stop_marker::appears(&data_dir).await;
+            if let Some(running) = hosted.lock().await.take() {
+                tracing::info!(
+                    pid = std::process::id(),
+                    "`claude-ipc stop` asked the broker to stop: stopping the broker this \
+                     process hosts; it hosts none again until `claude-ipc serve` is run by hand"
+                );
+                running.shutdown().await;
+            }
+        });
     }
 
     /// Starts the broker in this process, unless it already runs here.
@@ -129,6 +166,7 @@ impl Election {
             );
         }
         *hosted = Some(running);
+        self.stop_on_marker();
         Ok(())
     }
 

@@ -58,6 +58,18 @@ impl DataDirLock {
     }
 }
 
+/// The pid of the broker that holds `data_dir`'s lock now (`?` if it has not written it), or
+/// `None` when no broker holds it. Only looks: takes a shared lock for an instant, never
+/// creates or writes the file (`claude-ipc stop` waits on this until the broker is gone).
+pub fn holder(data_dir: &Path) -> Option<String> {
+    let mut file = File::open(data_dir.join(LOCK_FILE)).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(std::fs::TryLockError::WouldBlock) => Some(holder_pid(&mut file)),
+        Err(std::fs::TryLockError::Error(_)) => None,
+    }
+}
+
 /// Takes the lock, retrying for [`HELD_RETRY`] while it is held; `false` if it stayed held.
 fn try_lock_briefly(file: &File) -> std::io::Result<bool> {
     let deadline = Instant::now() + HELD_RETRY;

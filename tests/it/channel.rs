@@ -294,6 +294,10 @@ fn channel_mode_caps_the_revision_and_declares_the_capability_and_the_instructio
             "send tool",
             "SendMessage",
             "ack",
+            "wait_for_messages",
+            "share_file",
+            "share_command",
+            "rename changes your name at most once an hour",
         ] {
             assert!(instructions.contains(needed), "{needed}: {instructions}");
         }
@@ -313,10 +317,24 @@ fn channel_mode_caps_the_revision_and_declares_the_capability_and_the_instructio
         result["capabilities"].get("experimental").is_none(),
         "{reply}"
     );
-    assert!(!result["instructions"]
-        .as_str()
-        .unwrap()
-        .contains("<channel"));
+    let plain_instructions = result["instructions"].as_str().unwrap();
+    assert!(!plain_instructions.contains("<channel"));
+    for needed in [
+        "wait_for_messages",
+        "share_file",
+        "share_command",
+        "rename changes your name at most once an hour",
+    ] {
+        assert!(
+            plain_instructions.contains(needed),
+            "{needed}: {plain_instructions}"
+        );
+    }
+    // "once an hour" is the broker's real default cooldown.
+    assert_eq!(
+        claude_ipc::config::Limits::default().rename_cooldown,
+        std::time::Duration::from_secs(3600)
+    );
 }
 
 #[test]

@@ -720,3 +720,84 @@ fn a_waiting_hook_started_just_before_its_broker_finds_it() {
     let output = waiter.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{output:?}");
 }
+
+/// The `additionalContext` a `PostToolUse` run printed, or `None` when it printed nothing.
+fn post_tool_use_context(output: &Output) -> Option<String> {
+    assert!(output.status.success(), "{output:?}");
+    if output.stdout.is_empty() {
+        return None;
+    }
+    let reply: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(reply["hookSpecificOutput"]["hookEventName"], "PostToolUse");
+    Some(
+        reply["hookSpecificOutput"]["additionalContext"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    )
+}
+
+#[test]
+fn post_tool_use_announces_each_message_once_per_session_and_counts_the_new() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let session_file = dir.path().join("session");
+    register(&broker, &session_file, "carol");
+    let (alice, bob) = (broker.register("alice"), broker.register("bob"));
+    let mut client = broker.client();
+    client.send(&alice, "carol", "one", None, None).unwrap();
+    client.send(&bob, "carol", "two", None, None).unwrap();
+    let args = ["--event", "post-tool-use"];
+    let event = |session: &str| {
+        json!({"session_id": session, "hook_event_name": "PostToolUse"}).to_string()
+    };
+    let run = |session: &str| {
+        post_tool_use_context(&run_hook(
+            &broker.addr(),
+            &session_file,
+            &broker.data_dir(),
+            &args,
+            &event(session),
+        ))
+    };
+    assert_eq!(
+        run("session-1").as_deref(),
+        Some("📬 2 new messages since the last notice (from alice, bob): use the check tool")
+    );
+    // The same session's next tool calls: nothing new, nothing said.
+    for _ in 0..3 {
+        assert_eq!(run("session-1"), None);
+    }
+    client.send(&alice, "carol", "three", None, None).unwrap();
+    assert_eq!(
+        run("session-1").as_deref(),
+        Some("📬 1 new message since the last notice (from alice; 3 waiting): use the check tool")
+    );
+    assert_eq!(run("session-1"), None);
+    // Another session has been told nothing yet; nothing was consumed.
+    assert_eq!(
+        run("session-2").as_deref(),
+        Some("📬 3 new messages since the last notice (from alice, bob): use the check tool")
+    );
+    assert_eq!(waiting_for(&broker, &session_file).len(), 3);
+}
+
+#[test]
+fn a_misconfigured_post_tool_use_hook_is_silent_and_logs_why() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-session-file");
+    let output = run_hook(
+        &broker.addr(),
+        &missing,
+        &broker.data_dir(),
+        &["--event", "post-tool-use"],
+        &json!({"session_id": "session-1"}).to_string(),
+    );
+    assert_silent(&output);
+    let log = hook_log(&broker.data_dir());
+    assert!(log.contains("post-tool-use"), "{log}");
+    assert!(log.contains("session-1"), "{log}");
+    assert!(log.contains("nothing said"), "{log}");
+    assert!(log.contains("no-session-file"), "{log}");
+}

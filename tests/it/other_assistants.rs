@@ -188,9 +188,11 @@ fn codex_post_tool_use_gets_its_documented_json_shape() {
         json_stdout(&setup.hook(&args, &input)),
         json!({"hookSpecificOutput": {
             "hookEventName": "PostToolUse",
-            "additionalContext": "📬 1 new message (from alice): use the check tool",
+            "additionalContext": "📬 1 new message since the last notice (from alice): use the check tool",
         }})
     );
+    // The same session's next tool call: told already, nothing said.
+    assert_nothing(&setup.hook(&args, &input));
 }
 
 #[test]

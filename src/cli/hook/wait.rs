@@ -258,7 +258,7 @@ fn subjects(messages: &[WireMessage]) -> String {
 
 /// The senders in the order of their first message, each once, escaped so that no name can
 /// break the line; past [`NAMED_SENDERS`], how many more.
-fn senders(messages: &[WireMessage]) -> String {
+pub(super) fn senders(messages: &[WireMessage]) -> String {
     let mut names: Vec<&str> = Vec::new();
     for message in messages {
         if !names.contains(&message.from.as_str()) {
