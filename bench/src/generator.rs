@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::dashboard;
 use crate::echo::EchoServer;
 use crate::latency;
 use crate::memory;
@@ -31,6 +32,9 @@ pub struct Options {
     pub million: bool,
     /// Also store this many messages between 100 instances and time `search` over them.
     pub search: Option<u64>,
+    /// Also store this many messages between 1,000 instances and time the dashboard's pages
+    /// (also when `only` selects them).
+    pub web: Option<u64>,
     /// Run only the workloads whose names contain this text.
     pub only: Option<String>,
     /// Where started brokers keep their throwaway data directories, and the durable echo its
@@ -80,11 +84,18 @@ struct Bench<'a> {
     spawned: Option<SpawnedBroker>,
 }
 
+/// The dashboard workloads' names (`--only web` picks both).
+const WEB_PAGES: &str = "web pages over stored messages";
+const WEB_STREAMS: &str = "web streams beside 50 busy agents";
+
 /// How many turns a send workload and its two ceilings take (see [`Bench::in_turns`]).
 const TURNS: u32 = 5;
 
 /// How many workloads `all` runs (the million-message run included); progress counts to it.
-const STEPS: usize = 13;
+const STEPS: usize = 15;
+
+/// The messages the dashboard's pages are timed over when `--only` picks them without `--web`.
+const WEB_MESSAGES: u64 = 1_000_000;
 
 impl<'a> Bench<'a> {
     fn new(options: &'a Options, echo: SocketAddr, durable_echo: SocketAddr) -> Self {
@@ -123,12 +134,35 @@ impl<'a> Bench<'a> {
             }
             None => {}
         }
+        self.stream_cost()?;
+        let web_selected = self
+            .options
+            .only
+            .as_deref()
+            .is_some_and(|only| WEB_PAGES.contains(only));
+        match self.options.web {
+            Some(messages) => self.web_pages(messages)?,
+            None if web_selected => self.web_pages(WEB_MESSAGES)?,
+            None if self.options.only.is_none() => {
+                self.pass_over(WEB_PAGES, "skipped (pass --web or --only web)")
+            }
+            None => {}
+        }
         Ok(())
     }
 
     /// Announces the next workload and returns a fresh target for it: a new broker on an
     /// empty data directory, or the given address.
     fn begin(&mut self, name: &str) -> Result<Option<Target>, BenchError> {
+        self.begin_with(name, &[])
+    }
+
+    /// [`Bench::begin`], with more arguments for a broker this run starts.
+    fn begin_with(
+        &mut self,
+        name: &str,
+        serve_args: &[&str],
+    ) -> Result<Option<Target>, BenchError> {
         self.step += 1;
         let selected = self
             .options
@@ -149,7 +183,8 @@ impl<'a> Bench<'a> {
                     .as_deref()
                     .expect("a run without --addr has its broker binary");
                 let label = format!("step{}", self.step);
-                let broker = SpawnedBroker::start(binary, &self.options.data_parent, &label)?;
+                let broker =
+                    SpawnedBroker::start(binary, &self.options.data_parent, &label, serve_args)?;
                 let addr = broker.addr;
                 self.spawned = Some(broker);
                 addr
@@ -442,6 +477,90 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
+    /// Logs in to the dashboard of the broker this run started for the current workload.
+    fn dashboard_login(&self, name: &str) -> Result<Option<dashboard::Login>, BenchError> {
+        let Some(broker) = &self.spawned else {
+            return Ok(None);
+        };
+        dashboard::log_in(broker.binary(), broker.data_dir())
+            .map(Some)
+            .map_err(|e| wire_error(name, e))
+    }
+
+    fn web_pages(&mut self, messages: u64) -> Result<(), BenchError> {
+        let name = WEB_PAGES;
+        let Some(target) = self.begin_with(name, &dashboard::SERVE_WEB)? else {
+            return Ok(());
+        };
+        let Some(login) = self.dashboard_login(name)? else {
+            self.skip(
+                name,
+                "needs a broker this run starts with --web (drop --addr)",
+            );
+            return Ok(());
+        };
+        let ceiling = self.echo_one_client(&target, name)?;
+        let figures =
+            dashboard::pages(&target, &login, messages).map_err(|e| wire_error(name, e))?;
+        eprintln!("{}", figures.describe());
+        for page in &figures.pages {
+            let row = Row::latency_only(&format!("web: {}", page.page), &page.latency, &ceiling)
+                .note(page_note(page));
+            self.report.rows.push(row);
+        }
+        self.report.web = Some(figures);
+        Ok(())
+    }
+
+    fn stream_cost(&mut self) -> Result<(), BenchError> {
+        let name = WEB_STREAMS;
+        let Some(target) = self.begin_with(name, &dashboard::SERVE_WEB)? else {
+            return Ok(());
+        };
+        let Some(login) = self.dashboard_login(name)? else {
+            self.skip(
+                name,
+                "needs a broker this run starts with --web (drop --addr)",
+            );
+            return Ok(());
+        };
+        let round = self.options.duration;
+        let ceiling = self.echo_clients(dashboard::BUSY_AGENTS, name)?;
+        let cost =
+            dashboard::stream_cost(&target, &login, round).map_err(|e| wire_error(name, e))?;
+        let row = |workload: &str, run: &workloads::Run| Row::new(workload, run, &ceiling);
+        self.report
+            .rows
+            .push(row("web: 50 busy agents, no stream", &cost.without));
+        let with = row("web: 50 busy agents, 5 streams", &cost.with)
+            .delivery(cost.delivery)
+            .note(cost.describe());
+        self.finish(with);
+        self.report.stream_cost = Some(cost);
+        Ok(())
+    }
+
+    /// The echo ceiling for `clients` persistent clients, as many as a workload drives.
+    fn echo_clients(&self, clients: usize, name: &str) -> Result<Run, BenchError> {
+        let nobody: Vec<Instance> = (0..clients)
+            .map(|i| Instance {
+                name: format!("ceiling-{i}"),
+                token: "ceiling".into(),
+            })
+            .collect();
+        let to = (nobody.as_slice(), "ceiling");
+        let (ceiling, _) = workloads::sends(
+            self.echo,
+            Kind::Persistent,
+            to,
+            self.options.duration,
+            Replies::Echoed,
+            &[],
+        )
+        .map_err(|e| wire_error(name, e))?;
+        Ok(ceiling)
+    }
+
     /// The echo ceiling for one client over the connection kind the target supports.
     fn echo_one_client(&self, target: &Target, name: &str) -> Result<Run, BenchError> {
         let nobody = [Instance {
@@ -475,6 +594,16 @@ impl<'a> Bench<'a> {
         eprintln!("{}", row.progress_line());
         self.report.rows.push(row);
     }
+}
+
+/// Where a timed dashboard page is and how it was reached.
+fn page_note(page: &dashboard::PageFigures) -> String {
+    let depth = match (page.depth, page.ended_early) {
+        (0, _) => String::new(),
+        (depth, false) => format!(", {depth} next links deep"),
+        (depth, true) => format!(", only {depth} next links deep: the list ENDED there"),
+    };
+    format!("{} ({} bytes{depth})", page.path, page.bytes)
 }
 
 fn wire_error(workload: &str, source: WireError) -> BenchError {

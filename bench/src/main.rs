@@ -8,10 +8,14 @@
 //! - [`target`]: the broker under test, started here or reached at an address.
 //! - [`workloads`]: what is measured; [`memory`]: the million-message run and idle connections.
 //! - [`search`]: full-text search over a million stored messages.
+//! - [`dashboard`]: the dashboard's pages over a million messages, and what its live
+//!   streams cost busy agents; [`http`]: the HTTP client for it.
 //! - [`report`]: the table and the targets.
 
+mod dashboard;
 mod echo;
 mod generator;
+mod http;
 mod latency;
 mod memory;
 mod push;
@@ -42,7 +46,7 @@ const EXIT_UNREACHABLE: u8 = 3;
 #[command(
     name = "claude-ipc-bench",
     about = "Measure a claude-ipc broker under load, beside an echo and a durable echo",
-    after_help = "Examples:\n  cargo run --release -p claude-ipc-bench                      start brokers and measure every workload\n  cargo run --release -p claude-ipc-bench -- --million         also store, restart on and drain a million messages\n  cargo run --release -p claude-ipc-bench -- --only search --search --data-dir /var/tmp   time search over a million messages\n  cargo run --release -p claude-ipc-bench -- --only \"persistent sends\" --data-dir /var/tmp\n  claude-ipc-bench --addr 127.0.0.1:9876 --pid 4242           a broker already running (lift its limits first)\n\nWithout --addr, each workload gets a fresh broker (`claude-ipc serve` from --broker-bin, by\ndefault the claude-ipc binary built beside this one; rate limit and queue cap off; a throwaway\ndata directory). Every figure is printed beside a bare echo server and a durable echo (each\nrequest written to a file and fdatasync'ed, group-synced) measured in the same run over the same\nkind of connection. Exits 1 if any acknowledged message was not delivered exactly once. See\ndocs/PERFORMANCE.md."
+    after_help = "Examples:\n  cargo run --release -p claude-ipc-bench                      start brokers and measure every workload\n  cargo run --release -p claude-ipc-bench -- --million         also store, restart on and drain a million messages\n  cargo run --release -p claude-ipc-bench -- --only search --search --data-dir /var/tmp   time search over a million messages\n  cargo run --release -p claude-ipc-bench -- --only web --data-dir /var/tmp   time every dashboard page over a million messages, and its streams' cost\n  cargo run --release -p claude-ipc-bench -- --only \"persistent sends\" --data-dir /var/tmp\n  claude-ipc-bench --addr 127.0.0.1:9876 --pid 4242           a broker already running (lift its limits first)\n\nWithout --addr, each workload gets a fresh broker (`claude-ipc serve` from --broker-bin, by\ndefault the claude-ipc binary built beside this one; rate limit and queue cap off; a throwaway\ndata directory). Every figure is printed beside a bare echo server and a durable echo (each\nrequest written to a file and fdatasync'ed, group-synced) measured in the same run over the same\nkind of connection. Exits 1 if any acknowledged message was not delivered exactly once. See\ndocs/PERFORMANCE.md."
 )]
 struct Args {
     /// Drive the broker (or any program speaking the protocol) at this address instead of
@@ -65,6 +69,10 @@ struct Args {
     /// `search` queries over them.
     #[arg(long, num_args = 0..=1, default_missing_value = "1000000", value_name = "MESSAGES")]
     search: Option<u64>,
+    /// Also store this many messages (1000000 unless given) between 1,000 instances and time
+    /// every dashboard page over them (`--only web` does this too).
+    #[arg(long, num_args = 0..=1, default_missing_value = "1000000", value_name = "MESSAGES")]
+    web: Option<u64>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -109,6 +117,7 @@ fn main() -> ExitCode {
         idle_connections: args.idle,
         million: args.million,
         search: args.search,
+        web: args.web,
         only: args.only,
         data_parent: args.data_dir.unwrap_or_else(std::env::temp_dir),
         broker_bin,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::dashboard::{StreamCost, WebFigures};
 use crate::latency::{Samples, Summary};
 use crate::memory::{mib, IdleFigures, MillionFigures};
 use crate::search::SearchFigures;
@@ -176,7 +177,12 @@ pub struct Report {
     pub idle: Option<IdleFigures>,
     pub million: Option<MillionFigures>,
     pub search: Option<SearchFigures>,
+    pub web: Option<WebFigures>,
+    pub stream_cost: Option<StreamCost>,
 }
+
+/// The share of their throughput without a dashboard stream busy agents keep with streams open.
+const STREAM_COST_GOAL: f64 = 0.95;
 
 /// The share of the durable echo persistent sends must reach.
 const PERSISTENT_SENDS_GOAL: f64 = 0.85;
@@ -265,6 +271,9 @@ impl Report {
         if let Some(search) = &self.search {
             let _ = writeln!(out, "  search: {}", search.describe());
         }
+        if let Some(web) = &self.web {
+            let _ = writeln!(out, "  web pages: {}", web.describe());
+        }
         let _ = writeln!(out, "\ntargets:");
         for verdict in self.verdicts() {
             let mark = if verdict.met { "met   " } else { "MISSED" };
@@ -293,6 +302,13 @@ impl Report {
                 });
             }
         }
+        if let Some(cost) = &self.stream_cost {
+            verdicts.push(Verdict {
+                target: "50 busy agents with 5 dashboard streams >= 0.95x without",
+                figure: format!("{:.3}x", cost.ratio()),
+                met: cost.ratio() >= STREAM_COST_GOAL,
+            });
+        }
         let two_ms = Duration::from_millis(2);
         let mut under = |target, figure: Option<Duration>, goal: Duration| {
             if let Some(figure) = figure {
@@ -319,6 +335,13 @@ impl Report {
                 "search, one word, 1,000,000 messages: p99 < 50 ms",
                 Some(search.one_word_p99()).filter(|_| search.stored >= 1_000_000),
                 Duration::from_millis(50),
+            );
+        }
+        if let Some(web) = &self.web {
+            under(
+                "every dashboard page, 1,000,000 messages: p99 < 100 ms",
+                Some(web.slowest_p99()).filter(|_| web.stored >= 1_000_000),
+                Duration::from_millis(100),
             );
         }
         if let Some(million) = &self.million {
@@ -376,6 +399,17 @@ impl Report {
                 "fill_seconds": s.fill_elapsed.as_secs_f64(),
                 "database_bytes": s.database_bytes,
                 "one_word_p99_ms": s.one_word_p99().as_secs_f64() * 1e3,
+            })),
+            "web": self.web.as_ref().map(|w| json!({
+                "stored": w.stored,
+                "fill_seconds": w.fill_elapsed.as_secs_f64(),
+                "slowest_p99_ms": w.slowest_p99().as_secs_f64() * 1e3,
+            })),
+            "stream_cost": self.stream_cost.as_ref().map(|c| json!({
+                "without_per_second": c.without.rate(),
+                "with_per_second": c.with.rate(),
+                "ratio": c.ratio(),
+                "events_per_stream": c.events_per_stream,
             })),
             "all_delivered": self.all_delivered(),
             "targets": self.verdicts().iter().map(|v| json!({

@@ -150,8 +150,9 @@ fn time_query(
     })
 }
 
-/// Sends `total` messages over a few pipelined connections; shows progress.
-fn fill(
+/// Sends `total` messages between `instances` over a few pipelined connections; shows
+/// progress. The dashboard workload fills its database the same way.
+pub fn fill(
     target: &Target,
     instances: &[Instance],
     vocabulary: &Vocabulary,
@@ -206,9 +207,10 @@ fn fill_from(
 /// The `seq`th message: the same for the same `seq` in every run.
 fn message(instances: &[Instance], vocabulary: &Vocabulary, seq: u64) -> Value {
     let mut random = SplitMix(seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5EED);
-    let from = random.below(INSTANCES as u64) as usize;
-    // Any other instance: a draw among the remaining 99, shifted past the sender.
-    let mut to = random.below(INSTANCES as u64 - 1) as usize;
+    let count = instances.len() as u64;
+    let from = random.below(count) as usize;
+    // Any other instance: a draw among the others, shifted past the sender.
+    let mut to = random.below(count - 1) as usize;
     if to >= from {
         to += 1;
     }
@@ -224,7 +226,7 @@ fn message(instances: &[Instance], vocabulary: &Vocabulary, seq: u64) -> Value {
 }
 
 /// Pseudo-words by Zipf rank, and a sampler over them.
-struct Vocabulary {
+pub struct Vocabulary {
     words: Vec<String>,
     /// cumulative[i]: the probability of drawing a word of rank <= i.
     cumulative: Vec<f64>,
@@ -238,7 +240,7 @@ const SYLLABLES: [&str; 30] = [
 ];
 
 impl Vocabulary {
-    fn new() -> Vocabulary {
+    pub fn new() -> Vocabulary {
         let words = (0..VOCABULARY).map(pseudo_word).collect();
         let weights: Vec<f64> = (1..=VOCABULARY).map(|rank| 1.0 / rank as f64).collect();
         let sum: f64 = weights.iter().sum();
@@ -253,7 +255,7 @@ impl Vocabulary {
         Vocabulary { words, cumulative }
     }
 
-    fn word(&self, rank: usize) -> &str {
+    pub fn word(&self, rank: usize) -> &str {
         &self.words[rank]
     }
 

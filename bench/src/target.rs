@@ -84,6 +84,8 @@ fn build_with_cargo(beside: &Path) {
 pub struct SpawnedBroker {
     child: Child,
     binary: PathBuf,
+    /// Arguments beyond the load test's own, such as `--web 127.0.0.1:0`; kept for restarts.
+    extra_args: Vec<String>,
     pub addr: SocketAddr,
     data_dir: PathBuf,
     /// How long the last start took, from spawning the process to its first answered ping.
@@ -91,18 +93,26 @@ pub struct SpawnedBroker {
 }
 
 impl SpawnedBroker {
-    /// Starts a broker on a new, empty data directory under `parent`.
-    pub fn start(binary: &Path, parent: &Path, label: &str) -> Result<SpawnedBroker, TargetError> {
+    /// Starts a broker on a new, empty data directory under `parent`, with `extra_args` for
+    /// `serve` beyond the load test's own.
+    pub fn start(
+        binary: &Path,
+        parent: &Path,
+        label: &str,
+        extra_args: &[&str],
+    ) -> Result<SpawnedBroker, TargetError> {
+        let extra_args: Vec<String> = extra_args.iter().map(|a| a.to_string()).collect();
         let data_dir = parent.join(format!(
             "claude-ipc-bench-{}-{label}-{}",
             std::process::id(),
             unique_micros()
         ));
         let addr = free_port().map_err(TargetError::Spawn)?;
-        let (child, start_time) = spawn_serve(binary, &data_dir, addr)?;
+        let (child, start_time) = spawn_serve(binary, &data_dir, addr, &extra_args)?;
         Ok(SpawnedBroker {
             child,
             binary: binary.to_owned(),
+            extra_args,
             addr,
             data_dir,
             start_time,
@@ -117,11 +127,16 @@ impl SpawnedBroker {
         &self.data_dir
     }
 
+    pub fn binary(&self) -> &Path {
+        &self.binary
+    }
+
     /// Stops the broker (SIGTERM, or SIGKILL when `crash`) and starts it again on the same
     /// data directory and port; returns the time from spawn to the first answered ping.
     pub fn restart(&mut self, crash: bool) -> Result<Duration, TargetError> {
         self.stop(if crash { libc::SIGKILL } else { libc::SIGTERM });
-        let (child, start_time) = spawn_serve(&self.binary, &self.data_dir, self.addr)?;
+        let (child, start_time) =
+            spawn_serve(&self.binary, &self.data_dir, self.addr, &self.extra_args)?;
         self.child = child;
         self.start_time = start_time;
         Ok(start_time)
@@ -147,6 +162,7 @@ fn spawn_serve(
     binary: &Path,
     data_dir: &Path,
     addr: SocketAddr,
+    extra_args: &[String],
 ) -> Result<(Child, Duration), TargetError> {
     let started = Instant::now();
     let serve = background_serve::spawn(
@@ -157,6 +173,7 @@ fn spawn_serve(
         |command| {
             command
                 .args(["--rate-limit", "0", "--queue-cap", "0"])
+                .args(extra_args)
                 .env_remove(secret::SECRET_VAR)
                 .env_remove(secret::SECRET_FILE_VAR)
                 .env_remove("IPC_SOCKET")

@@ -42,7 +42,7 @@ pub struct Target {
 }
 
 /// A closed loop's totals: operations finished, how long the loop ran, and each latency.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Run {
     pub ops: u64,
     pub elapsed: Duration,

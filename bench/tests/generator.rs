@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-const WORKLOADS: [&str; 10] = [
+const WORKLOADS: [&str; 12] = [
     "legacy sends, 1 client",
     "legacy sends, 4 clients",
     "persistent sends, 1 client",
@@ -21,6 +21,8 @@ const WORKLOADS: [&str; 10] = [
     "broadcast to 50 instances",
     "long-poll wake-up",
     "channel push",
+    "web: 50 busy agents, no stream",
+    "web: 50 busy agents, 5 streams",
 ];
 
 /// The broker binary `cargo test` builds beside the load generator. Named explicitly, so the
@@ -95,6 +97,60 @@ fn the_search_workload_stores_the_messages_and_times_every_kind_of_query() {
 }
 
 #[test]
+fn the_web_workloads_time_every_dashboard_page_and_the_streams_cost() {
+    let data = tempfile::tempdir().unwrap();
+    let output = bench(&[
+        "--only",
+        "web",
+        "--web",
+        "3000",
+        "--duration",
+        "200ms",
+        "--json",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "bench failed: {stderr}");
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    // 3,000 spread messages, the long thread's 2,001 and 1,000 to the human.
+    assert_eq!(report["web"]["stored"], 6001, "{report}");
+    let workloads = report["workloads"].as_array().unwrap();
+    let pages: Vec<&Value> = workloads
+        .iter()
+        .filter(|w| w["latency_ms"]["count"] == 100)
+        .collect();
+    assert_eq!(pages.len(), 16, "every page timed 100 times: {report}");
+    let deep = workloads
+        .iter()
+        .find(|w| w["workload"] == "web: thread of 2,001, last page")
+        .expect("the thread's last page");
+    assert!(
+        deep["note"].as_str().unwrap().contains("before="),
+        "reached by next links: {deep}"
+    );
+    let streams = &report["stream_cost"];
+    assert!(streams["ratio"].as_f64().unwrap() > 0.0, "{streams}");
+    let events = streams["events_per_stream"].as_array().unwrap();
+    assert_eq!(events.len(), 5);
+    assert!(
+        events.iter().all(|e| e.as_u64().unwrap() > 0),
+        "every stream saw the agents' mail: {streams}"
+    );
+    assert_eq!(report["all_delivered"], true);
+    let judged = report["targets"].as_array().unwrap().iter().any(|t| {
+        t["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("every dashboard page")
+    });
+    assert!(
+        !judged,
+        "the page target is only judged on a million: {report}"
+    );
+}
+
+#[test]
 fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything() {
     let data = tempfile::tempdir().unwrap();
     let output = bench(&[
@@ -164,13 +220,16 @@ fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything()
     assert_eq!(idle["connections"], 50);
     let (before, during) = (&idle["rss_kib_before"], &idle["rss_kib_during"]);
     assert!(before.as_u64().unwrap() > 0 && during.as_u64().unwrap() > 0);
-    for step in 1..=13 {
+    for step in 1..=15 {
         assert!(
-            stderr.contains(&format!("[{step:>2}/13]")),
+            stderr.contains(&format!("[{step:>2}/15]")),
             "progress: {stderr}"
         );
     }
     assert!(stderr.contains("search over stored messages ... skipped (pass --search)"));
+    assert!(
+        stderr.contains("web pages over stored messages ... skipped (pass --web or --only web)")
+    );
     let targets: Vec<&str> = report["targets"]
         .as_array()
         .unwrap()
@@ -183,6 +242,10 @@ fn a_short_run_measures_every_workload_beside_the_echo_and_delivers_everything()
     }
     assert!(
         targets.contains(&"channel push: p99 < 100 ms"),
+        "{targets:?}"
+    );
+    assert!(
+        targets.contains(&"50 busy agents with 5 dashboard streams >= 0.95x without"),
         "{targets:?}"
     );
     let leftovers = std::fs::read_dir(data.path()).unwrap().count();
@@ -328,12 +391,16 @@ fn a_target_that_speaks_only_the_legacy_protocol_is_measured_where_it_can_be() {
         let name = workload["workload"].as_str().unwrap();
         let persistent_only = name.starts_with("persistent") || name.starts_with("mixed");
         let needs_binary = name == "channel push";
+        let needs_dashboard = name.starts_with("web");
         assert_eq!(
             workload["skipped"],
-            persistent_only || needs_binary,
+            persistent_only || needs_binary || needs_dashboard,
             "{name}: {workload}"
         );
-        if needs_binary {
+        if needs_dashboard {
+            let note = workload["note"].as_str().unwrap();
+            assert!(note.contains("needs a broker this run starts"), "{note}");
+        } else if needs_binary {
             let note = workload["note"].as_str().unwrap();
             assert!(note.contains("needs the claude-ipc binary"), "{note}");
         } else if persistent_only {

@@ -179,7 +179,7 @@ pub(super) fn check_value(checked: &Checked) -> serde_json::Value {
 }
 
 fn message_json(m: &Received) -> serde_json::Value {
-    json!({"id": m.id, "from": m.from, "to": m.to, "timestamp": m.timestamp,
+    json!({"id": m.id, "from": m.from, "to": m.to, "kind": m.kind, "timestamp": m.timestamp,
            "message": {"content": m.message.content, "data": m.message.data},
            "nonce": m.nonce, "sender_timestamp": m.sender_timestamp,
            "delivery_count": m.delivery_count, "thread_id": m.thread_id,

@@ -19,6 +19,7 @@ mod clock_jumps;
 mod crash_restart;
 mod crash_torture;
 mod dashboard;
+mod dashboard_browser;
 mod database_guard;
 mod defects;
 mod did_you_mean;

@@ -2,6 +2,8 @@
 //! real binary as a subprocess, and a client that speaks exactly like the legacy scripts.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
