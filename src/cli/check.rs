@@ -4,6 +4,7 @@
 //! Both readers lease the mail with a manual ack and acknowledge it only once it has been
 //! written to stdout, so mail printed to a closed pipe comes back instead of being lost.
 
+use crate::cli::output::outln;
 use std::io::Write;
 use std::time::Duration;
 
@@ -154,10 +155,16 @@ pub(super) fn print_then_ack(
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
         .map_err(|e| {
-            CliError::Usage(format!(
+            let note = format!(
                 "cannot write to stdout ({e}); the mail was not acknowledged and comes back in {} s",
                 LEASE.as_secs()
-            ))
+            );
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                // The reader went away: the status a shell expects of a writer to a closed pipe.
+                eprintln!("note: {note}");
+                std::process::exit(141);
+            }
+            CliError::Usage(note)
         })?;
     let ids = checked.ids();
     if ids.is_empty() {
@@ -258,13 +265,13 @@ pub fn run_list(args: ListArgs) -> Result<(), CliError> {
         return Ok(());
     }
     if instances.is_empty() {
-        println!("No instances registered");
+        outln!("No instances registered");
     }
     for instance in instances {
         let ago = relative_to_now(&instance.last_seen)
             .map(|ago| format!(" ({ago})"))
             .unwrap_or_default();
-        println!(
+        outln!(
             "{:<32}  {:<17}  last seen {}{ago}",
             for_terminal(&instance.id),
             reach(instance.online, instance.push),

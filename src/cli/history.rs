@@ -1,5 +1,6 @@
 //! `claude-ipc history [--with NAME]`: the mail you sent and received, newest first.
 
+use crate::cli::output::out;
 use clap::Args;
 
 use super::{arg, output, CliError, ClientArgs};
@@ -66,7 +67,7 @@ pub fn run(args: HistoryArgs) -> Result<(), CliError> {
         args.full,
         &hints(&args),
     );
-    print!("{}", output::block_for_terminal(&text, ""));
+    out!("{}", output::block_for_terminal(&text, ""));
     Ok(())
 }
 

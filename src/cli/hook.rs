@@ -20,6 +20,7 @@ mod log;
 mod once;
 mod wait;
 
+use crate::cli::output::outln;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -175,11 +176,11 @@ fn tell(args: &HookArgs, event: HookEvent) {
         }})
     };
     match event {
-        HookEvent::UserPromptSubmit => println!("{line}"),
-        HookEvent::PostToolUse => println!("{}", context("PostToolUse")),
-        HookEvent::GeminiBeforeAgent => println!("{}", context("BeforeAgent")),
-        HookEvent::GeminiAfterTool => println!("{}", context("AfterTool")),
-        HookEvent::GeminiSessionStart => println!("{}", context("SessionStart")),
+        HookEvent::UserPromptSubmit => outln!("{line}"),
+        HookEvent::PostToolUse => outln!("{}", context("PostToolUse")),
+        HookEvent::GeminiBeforeAgent => outln!("{}", context("BeforeAgent")),
+        HookEvent::GeminiAfterTool => outln!("{}", context("AfterTool")),
+        HookEvent::GeminiSessionStart => outln!("{}", context("SessionStart")),
         HookEvent::Stop | HookEvent::SessionStart | HookEvent::GeminiAfterAgent => {
             unreachable!("waking events are run by wait::run")
         }

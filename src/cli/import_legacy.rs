@@ -1,6 +1,7 @@
 //! `claude-ipc import-legacy PATH`: bring the Python original's unread mail, instances and
 //! live forwards into this broker's database, once. The work is in [`crate::legacy_import`].
 
+use crate::cli::output::outln;
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -80,8 +81,8 @@ pub fn run(args: ImportLegacyArgs) -> Result<(), CliError> {
             "summary": report.summary(),
         }));
     } else {
-        println!("{}", report.summary());
-        println!("into {}", options.database.display());
+        outln!("{}", report.summary());
+        outln!("into {}", options.database.display());
     }
     Ok(())
 }

@@ -9,12 +9,41 @@
 //! the same characters as `\u` sequences, which leaves the values unchanged for a parser.
 
 use std::borrow::Cow;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use serde_json::Value;
 
+/// `print!` for the CLI's results. A reader that went away (`claude-ipc list --json | head
+/// -1`) ends the program quietly with 141, the status a shell gives a writer killed by SIGPIPE,
+/// rather than a panic; any other failure to write says what happened and exits 1.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::output::write_stdout(format_args!($($arg)*)) };
+}
+
+/// `println!` for the CLI's results; see [`out!`].
+macro_rules! outln {
+    () => { $crate::cli::output::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::cli::output::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+pub(crate) use {out, outln};
+
+/// Writes to stdout and flushes; see [`out!`].
+pub fn write_stdout(text: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_fmt(text).and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 pub fn json(value: &Value) {
-    println!("{}", json_text(value).trim_end());
+    outln!("{}", json_text(value).trim_end());
 }
 
 /// Pretty JSON with a trailing newline, for callers that write it themselves.

@@ -1,6 +1,7 @@
 //! `claude-ipc ping`: does a broker answer, which version is it, and, when this client holds
 //! the shared secret, does the broker prove it knows it too?
 
+use crate::cli::output::outln;
 use clap::Args;
 
 use super::{output, CliError, ClientArgs};
@@ -42,7 +43,7 @@ pub fn run(args: PingArgs) -> Result<(), CliError> {
         reply["secret_verified"] = verified.into();
         output::json(&reply);
     } else {
-        println!(
+        outln!(
             "broker at {} is up: version {}, protocol {}, {}",
             args.client.target(),
             output::for_terminal(&ping.version),

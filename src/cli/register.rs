@@ -1,5 +1,6 @@
 //! `claude-ipc register NAME`: get a session and save it to the session file.
 
+use crate::cli::output::outln;
 use clap::Args;
 use serde_json::json;
 
@@ -61,7 +62,7 @@ pub fn run(args: RegisterArgs) -> Result<(), CliError> {
             "queued": registered.queued, "session_file": path,
         }));
     } else {
-        println!(
+        outln!(
             "{} (session saved to {})",
             output::for_terminal(&registered.message),
             path.display()

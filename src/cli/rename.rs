@@ -1,5 +1,6 @@
 //! `claude-ipc rename NEW`: rename yourself and update the session file.
 
+use crate::cli::output::outln;
 use clap::Args;
 
 use super::{arg, output, CliError, ClientArgs};
@@ -32,7 +33,7 @@ pub fn run(args: RenameArgs) -> Result<(), CliError> {
     if args.client.json {
         output::json(&crate::protocol::Reply::from(reply).to_json());
     } else {
-        println!("{}", output::for_terminal(&reply.message));
+        outln!("{}", output::for_terminal(&reply.message));
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `claude-ipc search QUERY`: full-text search over the mail you sent and received.
 
+use crate::cli::output::out;
 use clap::Args;
 
 use super::{arg, output, CliError, ClientArgs};
@@ -66,6 +67,6 @@ pub fn run(args: SearchArgs) -> Result<(), CliError> {
         whole_message: "`claude-ipc thread ID` shows a match whole, in its conversation.",
     };
     let text = crate::mcp::format::search_results(&reply, chrono::Utc::now(), &hints);
-    print!("{}", output::block_for_terminal(&text, ""));
+    out!("{}", output::block_for_terminal(&text, ""));
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `claude-ipc send TO MESSAGE...` and `claude-ipc broadcast MESSAGE...` (the message may
 //! also come from `--file PATH` or, as `-`, from standard input: see [`super::content`]).
 
+use crate::cli::output::outln;
 use clap::Args;
 use serde_json::Value;
 
@@ -122,14 +123,14 @@ pub(super) fn print_sent(sent: &Sent, to: &str, json: bool) {
     let reach = recipient_reach(sent, chrono::Utc::now())
         .map(|reach| format!("; {}", output::for_terminal(&reach)))
         .unwrap_or_default();
-    println!(
+    outln!(
         "{} (id {}){reach}",
         output::for_terminal(&sent.message),
         sent.message_id
     );
     if let Some(meant) = &sent.did_you_mean {
         let hint = crate::mcp::format::did_you_mean(to, meant);
-        println!("{}", output::for_terminal(&hint));
+        outln!("{}", output::for_terminal(&hint));
     }
 }
 
@@ -187,7 +188,7 @@ pub fn run_broadcast(args: BroadcastArgs) -> Result<(), CliError> {
     if args.client.json {
         output::json(&crate::protocol::Reply::from(reply).to_json());
     } else {
-        println!("{}", output::for_terminal(reply.message()));
+        outln!("{}", output::for_terminal(reply.message()));
     }
     Ok(())
 }

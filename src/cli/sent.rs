@@ -1,5 +1,6 @@
 //! `claude-ipc sent [IDS...]`: what became of the mail you sent.
 
+use crate::cli::output::out;
 use clap::Args;
 
 use super::{arg, output, CliError, ClientArgs};
@@ -38,6 +39,6 @@ pub fn run(args: SentArgs) -> Result<(), CliError> {
     }
     let hint = "More of your mail is kept: pass --limit, or the ids you want.";
     let text = crate::mcp::format::receipts(&reply, chrono::Utc::now(), hint);
-    print!("{}", output::block_for_terminal(&text, ""));
+    out!("{}", output::block_for_terminal(&text, ""));
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! broker answering it still prints everything it can and exits with 3; a broker that answers
 //! but refuses requests (its database removed, replaced or damaged) makes it exit with 1.
 
+use crate::cli::output::out;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -67,7 +68,7 @@ pub fn run(args: StatusArgs) -> Result<(), CliError> {
     if args.client.json {
         output::json(&serde_json::to_value(&report).expect("a status report serializes"));
     } else {
-        print!("{}", render(&report, now, output::colour_enabled()));
+        out!("{}", render(&report, now, output::colour_enabled()));
     }
     match report.status {
         Health::Ok => Ok(()),

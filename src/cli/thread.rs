@@ -1,5 +1,6 @@
 //! `claude-ipc thread ID`: one conversation, oldest first, as you took part in it.
 
+use crate::cli::output::out;
 use clap::Args;
 
 use super::output::{block_for_terminal, for_terminal};
@@ -50,7 +51,7 @@ pub fn run(args: ThreadArgs) -> Result<(), CliError> {
         output::json(&crate::protocol::Reply::from(reply).to_json());
         return Ok(());
     }
-    print!("{}", thread_text(&reply, args.id));
+    out!("{}", thread_text(&reply, args.id));
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `claude-ipc web`: print the dashboard's login link (from `web.json` in the data
 //! directory, which only this user can read) and open it in a browser when one is at hand.
 
+use crate::cli::output::outln;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -55,7 +56,7 @@ pub fn run(args: WebArgs) -> Result<(), CliError> {
     if args.json {
         output::json(&json!({"login_url": file.login_url, "url": file.url}));
     } else {
-        println!("{}", file.login_url);
+        outln!("{}", file.login_url);
     }
     if !args.no_open {
         open_browser(&file.login_url);

@@ -118,8 +118,9 @@ pub(crate) const NEWEST_MAIL: &str = concat!(
     mail_columns!(),
     " WHERE id < coalesce(?1, 9223372036854775807) ORDER BY id DESC LIMIT ?2"
 );
-/// Mail stored after `?1`, oldest first, `?2` how many: the live stream's delta.
-pub(crate) const MAIL_AFTER: &str = concat!(mail_columns!(), " WHERE id > ?1 ORDER BY id LIMIT ?2");
+/// The newest `?2` messages stored after `?1`, newest first: the live stream's delta.
+pub(crate) const MAIL_AFTER: &str =
+    concat!(mail_columns!(), " WHERE id > ?1 ORDER BY id DESC LIMIT ?2");
 /// One thread's mail, newest first: `?1` the thread, `?2` the id to start below.
 pub(crate) const THREAD_MAIL: &str = concat!(
     mail_columns!(),
@@ -171,14 +172,23 @@ pub(crate) const AGENTS: &str = "SELECT name, registered_at, last_seen_at FROM i
 pub(crate) const AGENT_NAMES: &str =
     "SELECT name FROM instances WHERE name > '' ORDER BY name LIMIT ?1";
 /// Mail waiting for `?1` and when the oldest was sent.
-pub(crate) const WAITING_FOR: &str =
-    "SELECT count(*), min(received_at) FROM messages WHERE recipient = ?1 AND delivered_at IS NULL";
+///
+/// The count reads only the pending index; the oldest is the lowest id's `received_at` (ids
+/// grow with arrival), one row, where `min(received_at)` read every waiting row: with 1,000
+/// waiting messages an agent, a page of 50 agents went from 50,000 row reads to 50.
+pub(crate) const WAITING_FOR: &str = "SELECT count(*),
+            (SELECT received_at FROM messages
+             WHERE recipient = ?1 AND delivered_at IS NULL ORDER BY id LIMIT 1)
+     FROM messages WHERE recipient = ?1 AND delivered_at IS NULL";
 /// The live session of `?1`: the same statement as the writer's name holder.
 pub(crate) const LIVE_SESSION: &str = "SELECT id, last_used_at FROM sessions
      WHERE instance_name = ?1 AND revoked_at IS NULL ORDER BY id DESC LIMIT 1";
 /// Threads by their newest message, newest first: the thread ids of the newest messages
 /// below `?1`, each once.
-pub(crate) const NEWEST_THREADS: &str = "SELECT coalesce(thread_id, id) AS thread, max(id)
+/// Each row also says the lowest id it saw and how many, so the caller knows where the window
+/// ended and whether it reached the oldest mail.
+pub(crate) const NEWEST_THREADS: &str = "SELECT coalesce(thread_id, id) AS thread, max(id),
+            min(id), count(*)
      FROM (SELECT id, thread_id FROM messages
            WHERE id < coalesce(?1, 9223372036854775807) AND kind <> 'system'
            ORDER BY id DESC LIMIT ?2)
@@ -290,9 +300,12 @@ impl Reader<'_> {
         self.mail(NEWEST_MAIL, params![before, limit])
     }
 
-    /// Mail stored after `after`, oldest first.
+    /// The newest `limit` messages stored after `after`, oldest first: when more came, the
+    /// older ones are left out (a live view shows the newest, not a backlog).
     pub fn mail_after(&self, after: MessageId, limit: u32) -> Result<Vec<MailRow>, StoreError> {
-        self.mail(MAIL_AFTER, params![after, limit])
+        let mut newest_first = self.mail(MAIL_AFTER, params![after, limit])?;
+        newest_first.reverse();
+        Ok(newest_first)
     }
 
     /// One thread, newest first; its first message last.
@@ -418,49 +431,77 @@ impl Reader<'_> {
             .collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Threads whose newest message is below `before`, newest first: found among the newest
-    /// messages scanned, so the page costs the same however much mail is stored.
+    /// Threads whose newest message is below `before`, newest first: found window by window
+    /// among the newest messages, so a page costs about the same however much mail is stored,
+    /// and a long thread (more messages than one window) never hides the threads behind it.
     pub fn threads(
         &self,
         before: Option<MessageId>,
         limit: u32,
     ) -> Result<Vec<ThreadRow>, StoreError> {
-        let found: Vec<(MessageId, MessageId)> = self
-            .conn
-            .prepare_cached(NEWEST_THREADS)?
-            .query_map(params![before, THREAD_SCAN], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })?
-            .collect::<rusqlite::Result<_>>()?;
-        let mut size = self.conn.prepare_cached(THREAD_SIZE)?;
-        let mut newest_of = self.conn.prepare_cached(THREAD_NEWEST)?;
         let mut threads = Vec::new();
-        for (thread_id, newest_id) in found {
-            if threads.len() == limit as usize {
+        let mut window_below = before;
+        while threads.len() < limit as usize {
+            let window: Vec<(MessageId, MessageId, MessageId, u32)> = self
+                .conn
+                .prepare_cached(NEWEST_THREADS)?
+                .query_map(params![window_below, THREAD_SCAN], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let scanned: u32 = window.iter().map(|(_, _, _, count)| count).sum();
+            let Some(lowest) = window.iter().map(|(_, _, low, _)| *low).min() else {
                 break;
+            };
+            for (thread_id, newest_id, _, _) in window {
+                if threads.len() == limit as usize {
+                    break;
+                }
+                if let Some(thread) = self.thread_row(thread_id, newest_id)? {
+                    threads.push(thread);
+                }
             }
-            // A thread whose newest message is above `before` was on an earlier page.
-            let newest_anywhere: MessageId = newest_of.query_row([thread_id], |row| row.get(0))?;
-            if newest_anywhere != newest_id {
-                continue;
+            if scanned < THREAD_SCAN {
+                break; // the window reached the oldest message
             }
-            let root = self.mail(THREAD_ROOT, params![thread_id])?.pop();
-            let newest = self.mail(ONE_MAIL, params![newest_id])?.pop();
-            let messages: i64 = size.query_row([thread_id], |row| row.get(0))?;
-            let Some(newest) = newest else { continue };
-            threads.push(ThreadRow {
-                thread_id,
-                subject: root
-                    .as_ref()
-                    .and_then(|r| r.subject.clone())
-                    .or(newest.subject),
-                started_by: root.map_or_else(|| newest.sender.clone(), |r| r.sender),
-                newest_id,
-                newest_at: newest.sent_at,
-                messages: messages.max(1) as u64,
-            });
+            window_below = Some(lowest);
         }
         Ok(threads)
+    }
+
+    /// The list entry of a thread seen with `newest_id` as its newest message in a window, or
+    /// `None` if it has a newer one (it was listed on an earlier page or window).
+    fn thread_row(
+        &self,
+        thread_id: MessageId,
+        newest_id: MessageId,
+    ) -> Result<Option<ThreadRow>, StoreError> {
+        let newest_anywhere: MessageId = self
+            .conn
+            .prepare_cached(THREAD_NEWEST)?
+            .query_row([thread_id], |row| row.get(0))?;
+        if newest_anywhere != newest_id {
+            return Ok(None);
+        }
+        let root = self.mail(THREAD_ROOT, params![thread_id])?.pop();
+        let Some(newest) = self.mail(ONE_MAIL, params![newest_id])?.pop() else {
+            return Ok(None);
+        };
+        let messages: i64 = self
+            .conn
+            .prepare_cached(THREAD_SIZE)?
+            .query_row([thread_id], |row| row.get(0))?;
+        Ok(Some(ThreadRow {
+            thread_id,
+            subject: root
+                .as_ref()
+                .and_then(|r| r.subject.clone())
+                .or(newest.subject),
+            started_by: root.map_or_else(|| newest.sender.clone(), |r| r.sender),
+            newest_id,
+            newest_at: newest.sent_at,
+            messages: messages.max(1) as u64,
+        }))
     }
 
     /// Authentication failures since `since`, summed by reason, most first (as `status`).
@@ -539,5 +580,37 @@ mod tests {
             .unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].state(), MailState::Waiting);
+    }
+
+    /// A thread longer than one scan window (2,000 messages) does not end the list: the
+    /// threads behind it are on the same and the following pages.
+    #[tokio::test]
+    async fn a_thread_longer_than_a_window_hides_no_older_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipc.db");
+        let writer = super::super::open_side_connection(&path).unwrap();
+        let insert = "INSERT INTO messages (id, sender, addressed_to, recipient, content,
+                          received_at, thread_id)
+                      VALUES (?1, 'alice', 'bob', 'bob', 'hi', '2026-01-01T00:00:00.000Z', ?2)";
+        // Ten one-message threads (ids 1..=10), then one thread of 2,500 (ids 11..=2510).
+        for id in 1..=10i64 {
+            writer.execute(insert, params![id, None::<i64>]).unwrap();
+        }
+        writer.execute(insert, params![11i64, None::<i64>]).unwrap();
+        for id in 12..=2510i64 {
+            writer.execute(insert, params![id, 11i64]).unwrap();
+        }
+        let dashboard = Dashboard::open(&path).unwrap();
+        let first = dashboard.read(|r| r.threads(None, 5)).await.unwrap();
+        let ids: Vec<i64> = first.iter().map(|t| t.thread_id.0).collect();
+        assert_eq!(ids, [11, 10, 9, 8, 7]);
+        assert_eq!(first[0].messages, 2500);
+        let next = first.last().unwrap().newest_id;
+        let second = dashboard
+            .read(move |r| r.threads(Some(next), 50))
+            .await
+            .unwrap();
+        let ids: Vec<i64> = second.iter().map(|t| t.thread_id.0).collect();
+        assert_eq!(ids, [6, 5, 4, 3, 2, 1]);
     }
 }

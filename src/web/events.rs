@@ -2,8 +2,9 @@
 //!
 //! A stream waits on the broker's change signal (bumped after each commit of mail, delivery
 //! state or presence; see `broker::doorbell`), never on a timer over the database. Woken, it
-//! reads the delta from the read-only store: mail stored after the last id it sent
-//! (`message` events, each the rendered `<li>` the page inserts) and the delivery state of the
+//! reads the delta from the read-only store: the newest mail stored after the last id it sent
+//! (`message` events, each the rendered `<li>` the page inserts; when more arrived than one
+//! read sends, a `skipped` event says how many were left out) and the delivery state of the
 //! recent messages it tracks (`state` events). Wake-ups are coalesced to at most one read per
 //! [`COALESCE`] per stream, so many busy agents do not become a read storm, and the number of
 //! open streams is capped ([`MAX_STREAMS`]) so a flood of them cannot take the broker down.
@@ -35,10 +36,13 @@ use crate::store::dashboard::{MailRow, MailState};
 
 /// The most live streams open at once (every dashboard tab holds one).
 pub const MAX_STREAMS: usize = 64;
-/// The least time between two reads of one stream.
-pub const COALESCE: Duration = Duration::from_millis(100);
-/// The most messages one read sends; more follow on the next read at once.
-const DELTA: u32 = 100;
+/// The least time between two reads of one stream: well inside the second in which a new
+/// message must show, and few enough reads that open streams cost the broker little.
+pub const COALESCE: Duration = Duration::from_millis(250);
+/// The most messages one read sends. When more arrived since the last read, only the newest
+/// are sent and a `skipped` event says how many were left out: a person cannot read faster,
+/// and rendering every message of 50 busy agents for every open tab slowed the broker.
+const DELTA: u32 = 50;
 /// How many recent messages a stream watches the delivery state of.
 const TRACKED: usize = 200;
 /// The least time between two reads of the agents table by one stream.
@@ -76,7 +80,7 @@ struct Cursor {
     order: VecDeque<MessageId>,
     pending: VecDeque<Event>,
     last_read: Option<Instant>,
-    /// More mail was waiting after the last read's page: read again without waiting.
+    /// Read at once, without waiting for a change: true only for the first read.
     behind: bool,
     agents: Option<AgentsFeed>,
     _permit: OwnedSemaphorePermit,
@@ -216,7 +220,13 @@ impl Cursor {
                 return;
             }
         };
-        self.behind = mail.len() as u32 == DELTA;
+        self.behind = false;
+        if let Some(oldest) = mail.first() {
+            let left_out = oldest.id.0 - after.0 - 1;
+            if mail.len() as u32 == DELTA && left_out > 0 {
+                self.pending.push_back(skipped_event(left_out));
+            }
+        }
         for state in states {
             if self.tracked.get(&state.id) != Some(&state.state) {
                 self.tracked.insert(state.id, state.state);
@@ -297,6 +307,13 @@ fn message_event(row: &MailRow) -> Event {
         .event("message")
         .id(row.id.0.to_string())
         .data(data.to_string())
+}
+
+/// About `count` messages (ids are a sequence) arrived too fast to be sent one by one.
+fn skipped_event(count: i64) -> Event {
+    Event::default()
+        .event("skipped")
+        .data(json!({"count": count}).to_string())
 }
 
 fn state_event(id: MessageId, state: MailState) -> Event {

@@ -576,3 +576,51 @@ fn another_user_still_needs_a_session_to_list() {
     let own = legacy(&addr, &json!({"action": "list", "without_session": true}));
     assert_eq!(instance_names(&own), ["alice", "bob"], "{own}");
 }
+
+/// `claude-ipc list --json | head -1`: a reader that goes away before the output is written
+/// ends the CLI quietly with 141 (as SIGPIPE would), not with a panic, for a success and a
+/// failure alike; and mail that `check` could not print stays waiting.
+#[test]
+fn a_reader_that_goes_away_ends_the_cli_quietly_with_141() {
+    let broker = TestBroker::start_on_wall_clock();
+    let dir = tempfile::tempdir().unwrap();
+    let session = alice(&broker, &dir);
+    let bob = broker.register("bob");
+    broker
+        .client()
+        .send(&bob, "alice", "still here after a closed pipe", None, None)
+        .unwrap();
+    for args in [
+        &["list", "--json"][..],
+        &["check"][..],
+        &["send", "bad name", "x", "--json"][..],
+    ] {
+        let mut child = Command::new(binary())
+            .args(args)
+            .env("IPC_ADDR", broker.addr())
+            .env("IPC_SESSION_FILE", &session)
+            .env_remove("IPC_SHARED_SECRET")
+            .env_remove("IPC_SOCKET")
+            .env("IPC_AUTOSTART", "0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the CLI has even connected.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {}", stderr(&out));
+        assert!(
+            !stderr(&out).contains("panicked"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(
+        broker.count(
+            "SELECT count(*) FROM messages WHERE recipient = 'alice' AND delivered_at IS NULL"
+        ),
+        1,
+        "the mail check could not print is not delivered"
+    );
+}

@@ -629,6 +629,45 @@ fn the_live_stream_delivers_a_message_sent_from_the_cli() {
     );
 }
 
+/// More mail in one read than the stream sends (a broadcast to 60 agents is one commit): the
+/// newest 50 are sent, and a `skipped` event says how many were left out.
+#[test]
+fn a_burst_sends_the_newest_and_says_how_many_were_left_out() {
+    let dashboard = Dashboard::start();
+    let mut client = dashboard.broker.client();
+    let sender = client.register("loud", None).unwrap().session_token;
+    for n in 0..60 {
+        client.register(&format!("agent{n}"), None).unwrap();
+    }
+    let mut stream = TcpStream::connect(&dashboard.host).unwrap();
+    let request = format!(
+        "GET /events HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nAccept: text/event-stream\r\n\r\n",
+        dashboard.host, dashboard.cookie
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stream, &mut seen, "text/event-stream");
+    let reply = client.broadcast(&sender, "one burst").unwrap();
+    let claude_ipc::protocol::schema::mail::BroadcastReply::Delivered(copies) = reply else {
+        panic!("{reply:?}")
+    };
+    let ids: Vec<i64> = copies.message_ids.iter().map(|id| id.0).collect();
+    // The 60 agents and the dashboard's person.
+    let n = ids.len();
+    assert!(n >= 60, "{copies:?}");
+    read_until(&mut stream, &mut seen, "event: skipped");
+    let text = read_until(&mut stream, &mut seen, &format!("\"id\":{}", ids[n - 1]));
+    assert!(text.contains(&format!("\"count\":{}", n - 50)), "{text}");
+    assert_eq!(text.matches("event: message").count(), 50, "{text}");
+    assert!(
+        !text.contains(&format!("\"id\":{},", ids[n - 51])),
+        "the oldest are left out: {text}"
+    );
+}
+
 /// Reads `stream` into `seen` until it holds `wanted`, for up to 30 s; returns all read.
 fn read_until(stream: &mut TcpStream, seen: &mut Vec<u8>, wanted: &str) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -11,6 +11,7 @@
 //! yet gets [`START_GRACE`] to appear, and one that restarts meanwhile is reconnected to. Every failure ends the run with exit 0 and a line in the
 //! hook log.
 
+use crate::cli::output::outln;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -92,7 +93,7 @@ pub fn run(args: &HookArgs, event: HookEvent, wait: Duration) -> ExitCode {
 fn tell_the_model(event: HookEvent, line: &str) -> ExitCode {
     match event {
         HookEvent::GeminiAfterAgent => {
-            println!(
+            outln!(
                 "{}",
                 serde_json::json!({"decision": "deny", "reason": line})
             );

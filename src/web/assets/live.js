@@ -12,6 +12,9 @@
   }
   var body = document.body;
   var live = body.dataset.live;
+  // A page left open on busy agents keeps only this many messages, newest first.
+  var MAX_SHOWN = 200;
+  var skipped = 0;
 
   function newestShown() {
     var newest = 0;
@@ -53,7 +56,27 @@
     if (item) {
       item.classList.add("new");
       list.prepend(item);
+      while (list.children.length > MAX_SHOWN) {
+        list.lastElementChild.remove();
+      }
     }
+  });
+
+  // More mail arrived than the stream sends at once: say so, and how to see it all.
+  source.addEventListener("skipped", function (event) {
+    if (!list) {
+      return;
+    }
+    skipped += JSON.parse(event.data).count;
+    var notice = document.getElementById("skipped");
+    if (!notice) {
+      notice = document.createElement("p");
+      notice.id = "skipped";
+      notice.className = "notice";
+      list.parentNode.insertBefore(notice, list);
+    }
+    notice.textContent = "About " + skipped + " more messages arrived too fast to show live; " +
+      "reload the page to list them all.";
   });
 
   source.addEventListener("agents", function (event) {
