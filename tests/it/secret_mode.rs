@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use claude_ipc::client::Client;
-use common::{binary, cli_with_env, free_addr, McpProcess, TestBroker, TIMEOUT};
+use common::{binary, cli_with_env, free_addr, wait_until, McpProcess, TestBroker, TIMEOUT};
 use serde_json::json;
 
 const SECRET: &str = "correct-horse-battery-staple-7f3a9c";
@@ -472,11 +472,10 @@ fn an_mcp_server_without_the_secret_is_told_why_it_cannot_host_the_broker() {
     let text = mcp.error("register", json!({"instance_id": "mallory"}));
     assert!(text.contains("is protected by a shared secret"), "{text}");
     assert!(text.contains("data_dir_protected"), "{text}");
-    assert!(
-        mcp.log().contains("IPC_SHARED_SECRET is not set"),
-        "{}",
-        mcp.log()
-    );
+    // The log line is written by the server's own thread; it may land just after the reply.
+    wait_until("the MCP server logs why it cannot host", || {
+        mcp.log().contains("IPC_SHARED_SECRET is not set")
+    });
     assert!(Client::connect(&addr, Duration::from_millis(500)).is_err());
     drop(mcp);
     mail_survives_a_correct_restart(&data);
