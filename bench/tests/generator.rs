@@ -104,8 +104,9 @@ fn the_web_workloads_time_every_dashboard_page_and_the_streams_cost() {
         "web",
         "--web",
         "3000",
+        // Longer than a stream's 250 ms between two reads, so each round's streams read.
         "--duration",
-        "200ms",
+        "600ms",
         "--json",
         "--data-dir",
         data.path().to_str().unwrap(),
