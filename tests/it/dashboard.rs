@@ -599,18 +599,7 @@ fn the_live_stream_delivers_a_message_sent_from_the_cli() {
     let session = dashboard._dir.path().join("alice.session");
     let registered = cli(&dashboard.broker.addr, &session, &["register", "alice"]);
     assert!(registered.status.success(), "{registered:?}");
-    let mut stream = TcpStream::connect(&dashboard.host).unwrap();
-    let request = format!(
-        "GET /events HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nAccept: text/event-stream\r\n\r\n",
-        dashboard.host, dashboard.cookie
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut seen = Vec::new();
-    // The stream's head first, so it is open before the send.
-    read_until(&mut stream, &mut seen, "text/event-stream");
+    let (mut stream, mut seen) = open_events(&dashboard);
     let sent = cli(
         &dashboard.broker.addr,
         &session,
@@ -639,17 +628,7 @@ fn a_burst_sends_the_newest_and_says_how_many_were_left_out() {
     for n in 0..60 {
         client.register(&format!("agent{n}"), None).unwrap();
     }
-    let mut stream = TcpStream::connect(&dashboard.host).unwrap();
-    let request = format!(
-        "GET /events HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nAccept: text/event-stream\r\n\r\n",
-        dashboard.host, dashboard.cookie
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let mut seen = Vec::new();
-    read_until(&mut stream, &mut seen, "text/event-stream");
+    let (mut stream, mut seen) = open_events(&dashboard);
     let reply = client.broadcast(&sender, "one burst").unwrap();
     let claude_ipc::protocol::schema::mail::BroadcastReply::Delivered(copies) = reply else {
         panic!("{reply:?}")
@@ -666,6 +645,23 @@ fn a_burst_sends_the_newest_and_says_how_many_were_left_out() {
         !text.contains(&format!("\"id\":{},", ids[n - 51])),
         "the oldest are left out: {text}"
     );
+}
+
+/// A live stream with the login cookie, read up to its head, so it is open before what the
+/// test does next; returns it with the bytes read so far.
+fn open_events(dashboard: &Dashboard) -> (TcpStream, Vec<u8>) {
+    let mut stream = TcpStream::connect(&dashboard.host).unwrap();
+    let request = format!(
+        "GET /events HTTP/1.1\r\nHost: {}\r\nCookie: {}\r\nAccept: text/event-stream\r\n\r\n",
+        dashboard.host, dashboard.cookie
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut seen = Vec::new();
+    read_until(&mut stream, &mut seen, "text/event-stream");
+    (stream, seen)
 }
 
 /// Reads `stream` into `seen` until it holds `wanted`, for up to 30 s; returns all read.
