@@ -198,7 +198,10 @@ fn stop_with_a_watch_and_an_mcp_server_running_keeps_the_broker_stopped_until_se
 
     // `serve` by hand clears the hold: the watch reconnects and the MCP server sends again.
     let mut serve = serve_by_hand(&addr, &data);
-    assert!(!data.join("stopped").exists());
+    // `serve` lifts the hold once it has started, a moment after it first answers.
+    wait_until("serve by hand removes the marker", || {
+        !data.join("stopped").exists()
+    });
     wait_until("the watch reconnects", || {
         watch
             .said()
