@@ -196,6 +196,7 @@ impl ImportTarget {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         work(&Tx { conn: &transaction })?;
+        super::search::index_pending(&transaction)?;
         Ok(transaction.commit()?)
     }
 }

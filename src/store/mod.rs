@@ -439,6 +439,11 @@ fn open_connection(path: &Path, check: bool) -> Result<Connection, StoreError> {
     for migration in report.applied_migrations() {
         tracing::info!(migration = %migration, db = %path.display(), "applied a schema migration");
     }
+    // Mail another writer queued for the search index (V16) is indexed before serving.
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .and_then(|()| search::index_pending(&conn))
+        .and_then(|()| conn.execute_batch("COMMIT"))
+        .map_err(|e| explain_open_failure(path, format!("indexing queued mail failed: {e}")))?;
     startup::mark_created(path);
     Ok(conn)
 }
@@ -595,6 +600,17 @@ fn run_batch(conn: &Connection, guard: &Guard, batch: Vec<Job>) {
         return;
     }
     let completions: Vec<Completion> = batch.into_iter().map(|job| job(Some(conn))).collect();
+    // The batch's new mail joins the search index in this transaction, once for all its jobs.
+    if let Err(e) = search::index_pending(conn).map_err(StoreError::from) {
+        tracing::error!(
+            "indexing the batch's mail failed, {} job(s) refused: {e}",
+            completions.len()
+        );
+        let _ = conn.execute_batch("ROLLBACK");
+        let failure = guard.failure(&e);
+        finish(completions, Err(failure));
+        return;
+    }
     // Checked last, right before the commit: a file removed while the jobs ran is noticed
     // before any of them is acknowledged.
     if let Err(what) = guard.files.verify() {

@@ -44,6 +44,31 @@ pub(crate) const SEARCH_SNIPPETS: &str = "SELECT
        snippet(search_index, 0, ?3, ?4, '…', 16)
      FROM search_index WHERE search_index MATCH ?1 AND rowid = ?2";
 
+/// Whether any message waits to be indexed (migration V16).
+const ANY_PENDING: &str = "SELECT EXISTS (SELECT 1 FROM search_pending)";
+/// Indexes every queued message from its row as it is now, in id order (FTS5 appends rows in
+/// ascending order without writing out what it holds first).
+const INDEX_PENDING: &str = "INSERT INTO search_index (rowid, subject, content, parties)
+     SELECT s.id, s.subject, s.content, s.parties
+     FROM search_pending p JOIN search_source s ON s.id = p.message_id
+     ORDER BY p.message_id";
+const CLEAR_PENDING: &str = "DELETE FROM search_pending";
+
+/// Writes the messages queued in `search_pending` into the search index and empties the queue.
+/// Runs in the transaction about to commit, outside every job's savepoint, so that FTS5 writes
+/// one segment per commit instead of one per message (V16 says why). A failure fails the whole
+/// transaction: nothing is committed without its index entries.
+pub(crate) fn index_pending(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    let pending: bool = conn
+        .prepare_cached(ANY_PENDING)?
+        .query_row([], |r| r.get(0))?;
+    if pending {
+        conn.prepare_cached(INDEX_PENDING)?.execute([])?;
+        conn.prepare_cached(CLEAR_PENDING)?.execute([])?;
+    }
+    Ok(())
+}
+
 /// One match as the store found it.
 #[derive(Debug, Clone)]
 pub struct SearchHit {
@@ -238,6 +263,82 @@ mod tests {
             })
             .unwrap();
         assert_eq!(entries, 1);
+    }
+
+    fn pending(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM search_pending", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn new_mail_waits_in_the_queue_until_the_commit_indexes_it_and_changes_before_that_are_safe() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("ipc.db")).unwrap();
+        super::super::embedded::migrations::runner()
+            .run(&mut conn)
+            .unwrap();
+        let at = "2026-01-01T00:00:00.000Z";
+        let insert = |id: i64, content: &str| {
+            conn.execute(
+                "INSERT INTO messages (id, sender, addressed_to, recipient, kind, content,
+                                       received_at, sent_by, received_by)
+                 VALUES (?1, 'alice', 'bob', 'bob', 'direct', ?2, ?3, 'alice', 'bob')",
+                params![id, content, at],
+            )
+            .unwrap();
+        };
+        conn.execute_batch("BEGIN").unwrap();
+        insert(1, "harbour one");
+        insert(2, "harbour two");
+        insert(3, "harbour three");
+        // Queued, not indexed: each change to a queued message must leave FTS5 alone.
+        assert_eq!(pending(&conn), 3);
+        assert!(matches(&conn, "bob", "harbour").is_empty());
+        conn.execute_batch(
+            "UPDATE messages SET content = 'lighthouse two', received_by = 'robert' WHERE id = 2;
+             DELETE FROM messages WHERE id = 3;",
+        )
+        .unwrap();
+        assert_eq!(pending(&conn), 2, "the deleted message left the queue");
+        index_pending(&conn).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+
+        assert_eq!(pending(&conn), 0);
+        assert_eq!(matches(&conn, "bob", "harbour"), [1]);
+        assert_eq!(matches(&conn, "robert", "lighthouse"), [2]);
+        assert!(matches(&conn, "bob", "lighthouse").is_empty());
+        // Once indexed, the triggers keep the index in step again.
+        conn.execute_batch(
+            "UPDATE messages SET received_by = 'robert' WHERE id = 1;
+             DELETE FROM messages WHERE id = 2;
+             INSERT INTO search_index (search_index) VALUES ('integrity-check');",
+        )
+        .unwrap();
+        assert_eq!(matches(&conn, "robert", "harbour"), [1]);
+        assert!(matches(&conn, "robert", "lighthouse").is_empty());
+        assert_eq!(pending(&conn), 0);
+    }
+
+    #[test]
+    fn mail_another_writer_queued_is_indexed_when_the_broker_opens_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipc.db");
+        drop(super::super::Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "INSERT INTO messages (sender, addressed_to, recipient, kind, content, received_at,
+                                   sent_by, received_by)
+             VALUES ('alice', 'bob', 'bob', 'direct', 'typed by hand', ?1, 'alice', 'bob')",
+            ["2026-01-01T00:00:00.000Z"],
+        )
+        .unwrap();
+        assert_eq!(pending(&conn), 1);
+        drop(conn);
+
+        drop(super::super::Store::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(pending(&conn), 0);
+        assert_eq!(matches(&conn, "bob", "hand").len(), 1);
     }
 
     #[test]
