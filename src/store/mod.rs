@@ -56,11 +56,11 @@ mod embedded {
 
 /// How many queued jobs one transaction may take; bounds the latency a big batch adds.
 const MAX_BATCH: usize = 512;
-/// Prepared statements the connection keeps. `queries` caches 29 distinct statements (all
-/// of send, check, ack, count, register and list), the writer thread 5 more for its
-/// transactions and savepoints; rusqlite's default of 16 would make a send followed by a
-/// check evict and re-parse statements on every request. 64 leaves room for the import's 5.
-const STATEMENT_CACHE_CAPACITY: usize = 64;
+/// Prepared statements the connection keeps. The store has about 90 `prepare_cached` call
+/// sites (send, check, ack, threads, history, search, receipts, the sweeper, the writer's own
+/// transaction and savepoint statements); a cache smaller than the statements in use evicts
+/// in a cycle and re-parses on almost every request. 256 holds them all with room to grow.
+const STATEMENT_CACHE_CAPACITY: usize = 256;
 /// How often an idle writer checks the database's files. A removal is noticed within this
 /// long even with no traffic, while the open connection can still save everything.
 const IDLE_FILE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
@@ -455,6 +455,14 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
             "journal_mode is {mode}, WAL is required"
         )));
     }
+    // The query planner stability guarantee: a statement keeps the plan it was prepared with.
+    // Without it SQLite re-prepares a cached statement whenever a newly bound value might
+    // allow a better plan (for `name_holder`, on every send: a tenth of the writer's time),
+    // and the plans `query_plans` pins are the ones that run.
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
     conn.execute_batch(
         "PRAGMA synchronous = FULL;
          PRAGMA busy_timeout = 5000;
