@@ -341,6 +341,71 @@ mod tests {
         assert_eq!(matches(&conn, "bob", "hand").len(), 1);
     }
 
+    /// The ids of the FTS5 segments the index holds: a data row's id carries its segment in
+    /// the bits above 37 (FTS5's `FTS5_SEGMENT_ROWID`); rows 1 and 10 are the index's own
+    /// records. FTS5 gives a new segment the smallest id not in use, so an index whose only
+    /// segment is 1 wrote nothing before it that was merged away.
+    fn segments(conn: &Connection) -> Vec<i64> {
+        let mut statement = conn
+            .prepare("SELECT DISTINCT id >> 37 FROM search_index_data WHERE id >> 37 > 0")
+            .unwrap();
+        let ids = statement.query_map([], |r| r.get(0)).unwrap();
+        ids.collect::<rusqlite::Result<_>>().unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_group_commit_of_many_sends_writes_one_index_segment() {
+        use super::super::{Durability, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipc.db");
+        let store = Store::open(&path).unwrap();
+        // Hold the writer inside a job while 16 sends queue up, so that they share the next
+        // commit, each in its own savepoint: FTS5 wrote out the words it held at each one (V15).
+        let (started, writer_is_busy) = std::sync::mpsc::channel();
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let holding = store.write(Durability::Flushed, move |_| {
+            started.send(()).unwrap();
+            hold.recv().unwrap();
+            Ok::<_, StoreError>(())
+        });
+        writer_is_busy.recv().unwrap();
+        let sends: Vec<_> = (0..16)
+            .map(|n| {
+                store.write(Durability::Flushed, move |tx| {
+                    tx.conn.execute(
+                        "INSERT INTO messages (sender, addressed_to, recipient, kind, content,
+                                               received_at, sent_by, received_by)
+                         VALUES ('alice', ?1, ?1, 'direct', 'harbour news', ?2, 'alice', ?1)",
+                        params![format!("peer-{n}"), "2026-01-01T00:00:00.000Z"],
+                    )?;
+                    Ok::<_, StoreError>(())
+                })
+            })
+            .collect();
+        release.send(()).unwrap();
+        holding.await.unwrap();
+        for send in sends {
+            send.await.unwrap();
+        }
+        let stats = store.stats();
+        store.shutdown().await;
+
+        assert_eq!(
+            stats.jobs - stats.commits,
+            15,
+            "the 16 sends shared one commit"
+        );
+        let conn = Connection::open(&path).unwrap();
+        // With V15's trigger: segment 17, the merge of the 16 written one per send.
+        assert_eq!(segments(&conn), [1], "one segment, written once");
+        assert_eq!(matches(&conn, "peer-7", "harbour").len(), 1);
+        assert_eq!(
+            matches(&conn, "alice", "harbour").len(),
+            10,
+            "the first page of 16"
+        );
+    }
+
     #[test]
     fn the_expression_confines_the_query_and_adds_the_callers_token() {
         let caller = InstanceName::parse("al-ice").unwrap();
