@@ -258,6 +258,23 @@ pub fn notice(waiting: &Waiting) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// One waiting message from each of `names`, in order, as the broker returns them: the
+    /// fixture of the hooks' line tests.
+    pub(super) fn mail_from(names: &[&str]) -> Vec<crate::protocol::schema::WireMessage> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                serde_json::from_value(serde_json::json!({
+                    "id": i + 1, "from": name, "to": "carol", "addressed_to": "carol",
+                    "kind": "direct", "timestamp": "2026-12-02T03:00:00Z",
+                    "message": {"content": "hi"}, "delivery_count": 0,
+                }))
+                .unwrap()
+            })
+            .collect()
+    }
+
     #[test]
     fn a_sender_name_cannot_break_the_line_or_drive_a_terminal() {
         let forged = Waiting {

@@ -92,21 +92,7 @@ fn line(messages: &[WireMessage], more: bool, waiting: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn from(names: &[&str]) -> Vec<WireMessage> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                serde_json::from_value(serde_json::json!({
-                    "id": i + 1, "from": name, "to": "carol", "addressed_to": "carol",
-                    "kind": "direct", "timestamp": "2026-12-02T03:00:00Z",
-                    "message": {"content": "hi"}, "delivery_count": 0,
-                }))
-                .unwrap()
-            })
-            .collect()
-    }
+    use crate::cli::hook::tests::mail_from as from;
 
     #[test]
     fn the_line_counts_the_new_and_the_waiting() {

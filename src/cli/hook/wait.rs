@@ -280,21 +280,7 @@ pub(super) fn senders(messages: &[WireMessage]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn from(names: &[&str]) -> Vec<WireMessage> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                serde_json::from_value(serde_json::json!({
-                    "id": i + 1, "from": name, "to": "carol", "addressed_to": "carol",
-                    "kind": "direct", "timestamp": "2026-12-02T03:00:00Z",
-                    "message": {"content": "hi"}, "delivery_count": 0,
-                }))
-                .unwrap()
-            })
-            .collect()
-    }
+    use crate::cli::hook::tests::mail_from as from;
 
     #[test]
     fn the_line_counts_names_each_sender_once_and_says_which_tool_reads_them() {
