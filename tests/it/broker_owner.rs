@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -166,14 +166,6 @@ fn session_file(dir: &Path) -> PathBuf {
     path
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// The refusal every client must give for a broker run by `user` at `place`.
 fn refusal(user: &LocalUser, place: &str) -> String {
     format!(
@@ -205,7 +197,7 @@ fn every_cli_command_is_refused(
         &["list"],
     ] {
         let output = cli_with_env(addr, session, args, &with_secret);
-        let said = text(&output);
+        let said = output_text(&output);
         assert_eq!(output.status.code(), Some(3), "{args:?}: {said}");
         assert!(said.contains(&expected), "{args:?}: {said}");
         assert!(said.contains(&way_out), "{args:?}: {said}");
@@ -213,7 +205,7 @@ fn every_cli_command_is_refused(
     }
     let json = cli_with_env(addr, session, &["ping", "--json"], &with_secret);
     let reply: Value = serde_json::from_slice(&json.stdout)
-        .unwrap_or_else(|e| panic!("ping --json printed no JSON ({e}): {}", text(&json)));
+        .unwrap_or_else(|e| panic!("ping --json printed no JSON ({e}): {}", output_text(&json)));
     assert_eq!(reply["status"], "error", "{reply}");
     assert_eq!(reply["code"], "broker_wrong_user", "{reply}");
     assert!(
@@ -224,14 +216,14 @@ fn every_cli_command_is_refused(
     assert!(
         hook.status.success(),
         "the hook never fails: {}",
-        text(&hook)
+        output_text(&hook)
     );
-    assert!(hook.stdout.is_empty(), "{}", text(&hook));
+    assert!(hook.stdout.is_empty(), "{}", output_text(&hook));
     // The person is told on stderr, which Claude Code does not give the model.
     assert!(
         String::from_utf8_lossy(&hook.stderr).contains(&expected),
         "{}",
-        text(&hook)
+        output_text(&hook)
     );
 }
 
@@ -274,15 +266,19 @@ fn a_fake_broker_of_another_user_on_the_port_gets_nothing_from_any_client() {
         &["ping"],
         &[("IPC_BROKER_USER", &user.name)],
     );
-    assert!(trusted.status.success(), "{}", text(&trusted));
-    assert!(text(&trusted).contains("secret mode"), "{}", text(&trusted));
+    assert!(trusted.status.success(), "{}", output_text(&trusted));
+    assert!(
+        output_text(&trusted).contains("secret mode"),
+        "{}",
+        output_text(&trusted)
+    );
     assert!(fake.wait_for("ping").contains("\"ping\""));
 
     let by_uid = user.uid.to_string();
     let flag = cli(&addr, &session, &["ping", "--broker-user", &by_uid]);
-    assert!(flag.status.success(), "{}", text(&flag));
+    assert!(flag.status.success(), "{}", output_text(&flag));
     let any = cli_with_env(&addr, &session, &["ping"], &[("IPC_BROKER_USER", "any")]);
-    assert!(any.status.success(), "{}", text(&any));
+    assert!(any.status.success(), "{}", output_text(&any));
 }
 
 /// On a Unix socket path in a directory the impostor can write: the same refusals, checked
@@ -315,7 +311,7 @@ fn a_fake_broker_of_another_user_on_a_socket_path_gets_nothing_from_any_client()
         &["ping"],
         &[("IPC_SOCKET", socket_text), ("IPC_BROKER_USER", &user.name)],
     );
-    assert!(trusted.status.success(), "{}", text(&trusted));
+    assert!(trusted.status.success(), "{}", output_text(&trusted));
     assert!(fake.wait_for("ping").contains("\"ping\""));
 }
 
@@ -337,11 +333,11 @@ fn a_fake_broker_that_has_not_accepted_yet_is_refused_too() {
         &["register", "alice"],
         &[("IPC_SHARED_SECRET", SECRET)],
     );
-    assert_eq!(output.status.code(), Some(3), "{}", text(&output));
+    assert_eq!(output.status.code(), Some(3), "{}", output_text(&output));
     assert!(
-        text(&output).contains(&refusal(&user, &addr)),
+        output_text(&output).contains(&refusal(&user, &addr)),
         "{}",
-        text(&output)
+        output_text(&output)
     );
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(fake.received(), "", "the impostor received bytes");
@@ -361,7 +357,11 @@ fn the_own_users_broker_works_and_the_broker_user_setting_is_enforced() {
         &["check"],
     ] {
         let output = cli(&addr, &session, args);
-        assert!(output.status.success(), "{args:?}: {}", text(&output));
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            output_text(&output)
+        );
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -372,11 +372,11 @@ fn the_own_users_broker_works_and_the_broker_user_setting_is_enforced() {
         &["ping"],
         &[("IPC_BROKER_USER", &someone_else)],
     );
-    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    assert_eq!(refused.status.code(), Some(3), "{}", output_text(&refused));
     assert!(
-        text(&refused).contains("whom IPC_BROKER_USER names"),
+        output_text(&refused).contains("whom IPC_BROKER_USER names"),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
     let nobody = cli_with_env(
         &addr,
@@ -384,8 +384,12 @@ fn the_own_users_broker_works_and_the_broker_user_setting_is_enforced() {
         &["ping"],
         &[("IPC_BROKER_USER", "no-such-user-anywhere")],
     );
-    assert_eq!(nobody.status.code(), Some(2), "{}", text(&nobody));
-    assert!(text(&nobody).contains("names no user"), "{}", text(&nobody));
+    assert_eq!(nobody.status.code(), Some(2), "{}", output_text(&nobody));
+    assert!(
+        output_text(&nobody).contains("names no user"),
+        "{}",
+        output_text(&nobody)
+    );
 }
 
 /// `watch` that loses its broker and finds another user's in its place stops with the
@@ -401,7 +405,7 @@ fn watch_stops_when_another_users_broker_takes_the_port() {
     let dir = tempfile::tempdir().unwrap();
     let session = dir.path().join("session");
     let registered = cli(&addr, &session, &["register", "alice"]);
-    assert!(registered.status.success(), "{}", text(&registered));
+    assert!(registered.status.success(), "{}", output_text(&registered));
     let mut watch = Command::new(binary())
         .arg("watch")
         .env("IPC_ADDR", &addr)

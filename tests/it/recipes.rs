@@ -7,8 +7,7 @@ use crate::common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output, Stdio};
 
 use common::*;
 use serde_json::json;
@@ -44,32 +43,6 @@ fn run_recipe(name: &str, home: &Path) -> Output {
         .unwrap()
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-fn serve(addr: &str, data: &Path) -> Child {
-    #[allow(clippy::zombie_processes)] // reaped by the test
-    let child = Command::new(binary())
-        .args(["serve", "--addr", addr, "--data-dir"])
-        .arg(data)
-        .env_remove("IPC_SHARED_SECRET")
-        .env_remove("IPC_SOCKET")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the broker answers", || {
-        claude_ipc::client::Client::connect(addr, Duration::from_millis(200)).is_ok()
-    });
-    child
-}
-
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -100,7 +73,7 @@ fn backup_restore_and_reset_run_as_written_with_clients_running() {
     let addr = free_addr();
     let _cleanup = Cleanup(data.clone());
     let (alice, bob) = (dir.path().join("alice"), dir.path().join("bob"));
-    let mut broker = serve(&addr, &data);
+    let mut broker = serve_on(&addr, &data);
     assert!(cli(&addr, &alice, &["register", "alice"]).status.success());
     assert!(cli(&addr, &bob, &["register", "bob"]).status.success());
     assert!(cli(&addr, &alice, &["send", "bob", "kept"])
@@ -121,7 +94,7 @@ fn backup_restore_and_reset_run_as_written_with_clients_running() {
     mcp.ok("register", json!({"instance_id": "carol"}));
 
     let backup = run_recipe("backup", &home);
-    assert!(backup.status.success(), "{}", text(&backup));
+    assert!(backup.status.success(), "{}", output_text(&backup));
     assert_eq!(String::from_utf8_lossy(&backup.stdout).trim(), "ok");
     let backups = home.join("ipc-backups");
     assert_eq!(mode(&backups), 0o700);
@@ -136,7 +109,7 @@ fn backup_restore_and_reset_run_as_written_with_clients_running() {
         .status
         .success());
     let restore = run_recipe("restore", &home);
-    assert!(restore.status.success(), "{}", text(&restore));
+    assert!(restore.status.success(), "{}", output_text(&restore));
     assert!(
         broker.wait().unwrap().success(),
         "the broker stopped cleanly"
@@ -150,14 +123,14 @@ fn backup_restore_and_reset_run_as_written_with_clients_running() {
         &["check"],
         &[("IPC_AUTOSTART", "1"), ("IPC_DATA_DIR", data_text)],
     );
-    assert_eq!(held.status.code(), Some(3), "{}", text(&held));
+    assert_eq!(held.status.code(), Some(3), "{}", output_text(&held));
     assert!(
         claude_ipc::server::lock::holder(&data).is_none(),
         "a client restarted the broker"
     );
 
     // Started by hand, the restored broker has the backed-up mail and not the later one.
-    let mut broker = serve(&addr, &data);
+    let mut broker = serve_on(&addr, &data);
     let mail = cli(&addr, &bob, &["check"]);
     let mail = String::from_utf8_lossy(&mail.stdout).into_owned();
     assert!(
@@ -166,10 +139,10 @@ fn backup_restore_and_reset_run_as_written_with_clients_running() {
     );
 
     let reset_sql = run_recipe("reset-sql", &home);
-    assert!(reset_sql.status.success(), "{}", text(&reset_sql));
+    assert!(reset_sql.status.success(), "{}", output_text(&reset_sql));
     assert!(broker.wait().unwrap().success());
     let reset = run_recipe("reset", &home);
-    assert!(reset.status.success(), "{}", text(&reset));
+    assert!(reset.status.success(), "{}", output_text(&reset));
     let moved: Vec<_> = std::fs::read_dir(&home)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

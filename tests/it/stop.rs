@@ -21,26 +21,6 @@ use serde_json::json;
 /// would start a broker to have done it.
 const A_FEW_RETRIES: Duration = Duration::from_secs(3);
 
-/// `serve` started by hand on a fixed address, as a person would.
-fn serve_by_hand(addr: &str, data: &Path) -> Child {
-    #[allow(clippy::zombie_processes)] // reaped by the test
-    let child = Command::new(binary())
-        .args(["serve", "--addr", addr, "--data-dir"])
-        .arg(data)
-        .env_remove("IPC_SHARED_SECRET")
-        .env_remove("IPC_SOCKET")
-        .env_remove("IPC_DATA_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start serve");
-    wait_until("the broker answers", || {
-        claude_ipc::client::Client::connect(addr, Duration::from_millis(200)).is_ok()
-    });
-    child
-}
-
 /// A `watch` allowed to start brokers (`IPC_AUTOSTART=1`), its output lines collected.
 struct Watch {
     child: Child,
@@ -99,14 +79,6 @@ fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>
     lines
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// A mail command allowed to start a broker on `data`.
 fn send_autostarting(addr: &str, data: &Path, session: &Path, to: &str) -> Output {
     cli_with_env(
@@ -151,7 +123,7 @@ fn stop_with_a_watch_and_an_mcp_server_running_keeps_the_broker_stopped_until_se
     let (data, addr) = (dir.path().join("data"), free_addr());
     let (alice, carol) = (dir.path().join("alice"), dir.path().join("carol"));
     let _cleanup = Cleanup(data.clone());
-    let mut serve = serve_by_hand(&addr, &data);
+    let mut serve = serve_on(&addr, &data);
     let serve_pid = serve.id();
     assert!(cli(&addr, &alice, &["register", "alice"]).status.success());
     assert!(cli(&addr, &carol, &["register", "carol"]).status.success());
@@ -160,11 +132,11 @@ fn stop_with_a_watch_and_an_mcp_server_running_keeps_the_broker_stopped_until_se
     mcp.ok("register", json!({"instance_id": "bob"}));
 
     let stopped = stop(&data);
-    assert!(stopped.status.success(), "{}", text(&stopped));
+    assert!(stopped.status.success(), "{}", output_text(&stopped));
     assert!(
-        text(&stopped).contains(&format!("stopped the broker (pid {serve_pid})")),
+        output_text(&stopped).contains(&format!("stopped the broker (pid {serve_pid})")),
         "{}",
-        text(&stopped)
+        output_text(&stopped)
     );
     // A clean stop: serve exits 0 and the WAL was checkpointed into the database.
     assert!(serve.wait().unwrap().success());
@@ -175,13 +147,13 @@ fn stop_with_a_watch_and_an_mcp_server_running_keeps_the_broker_stopped_until_se
 
     // Every client that could start a broker is held off and says why.
     let refused = send_autostarting(&addr, &data, &carol, "alice");
-    assert_eq!(refused.status.code(), Some(3), "{}", text(&refused));
+    assert_eq!(refused.status.code(), Some(3), "{}", output_text(&refused));
     assert!(
-        text(&refused).contains("claude-ipc stop"),
+        output_text(&refused).contains("claude-ipc stop"),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
-    assert!(text(&refused).contains("`claude-ipc serve` is run by hand"));
+    assert!(output_text(&refused).contains("`claude-ipc serve` is run by hand"));
     let tool = mcp.error(
         "send",
         json!({"to_id": "alice", "content": "while stopped"}),
@@ -197,7 +169,7 @@ fn stop_with_a_watch_and_an_mcp_server_running_keeps_the_broker_stopped_until_se
     assert_eq!(waiting.len(), 1, "{:#?}", watch.said());
 
     // `serve` by hand clears the hold: the watch reconnects and the MCP server sends again.
-    let mut serve = serve_by_hand(&addr, &data);
+    let mut serve = serve_on(&addr, &data);
     // `serve` lifts the hold once it has started, a moment after it first answers.
     wait_until("serve by hand removes the marker", || {
         !data.join("stopped").exists()
@@ -231,7 +203,7 @@ fn a_broker_hosted_by_an_mcp_server_is_stopped_too_and_not_hosted_again() {
     assert_eq!(host, mcp.pid());
 
     let stopped = stop(&data);
-    assert!(stopped.status.success(), "{}", text(&stopped));
+    assert!(stopped.status.success(), "{}", output_text(&stopped));
     assert!(nobody_serves(&addr, &data));
     let tool = mcp.error("check", json!({}));
     assert!(tool.contains("claude-ipc stop"), "{tool}");
@@ -252,14 +224,19 @@ fn ipc_autostart_0_holds_off_every_client_on_its_own() {
         ("IPC_DATA_DIR", data.to_str().unwrap()),
     ];
     let register = cli_with_env(&addr, &session, &["register", "alice"], &off);
-    assert_eq!(register.status.code(), Some(3), "{}", text(&register));
-    assert!(
-        text(&register).contains("IPC_AUTOSTART is off"),
+    assert_eq!(
+        register.status.code(),
+        Some(3),
         "{}",
-        text(&register)
+        output_text(&register)
+    );
+    assert!(
+        output_text(&register).contains("IPC_AUTOSTART is off"),
+        "{}",
+        output_text(&register)
     );
     let hook = cli_with_env(&addr, &session, &["hook"], &off);
-    assert_eq!(hook.status.code(), Some(0), "{}", text(&hook));
+    assert_eq!(hook.status.code(), Some(0), "{}", output_text(&hook));
     let mut mcp = McpProcess::start(&addr, &data, &off, &[]);
     let tool = mcp.error("register", json!({"instance_id": "bob"}));
     assert!(tool.contains("IPC_AUTOSTART is off"), "{tool}");
@@ -276,7 +253,7 @@ fn a_watch_that_finds_no_broker_waits_and_starts_none() {
     let (data, addr) = (dir.path().join("data"), free_addr());
     let session = dir.path().join("alice");
     let _cleanup = Cleanup(data.clone());
-    let mut serve = serve_by_hand(&addr, &data);
+    let mut serve = serve_on(&addr, &data);
     assert!(cli(&addr, &session, &["register", "alice"])
         .status
         .success());
@@ -303,7 +280,7 @@ fn another_local_user_cannot_stop_the_broker() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (data, addr) = (dir.path().join("data"), free_addr());
     let _cleanup = Cleanup(data.clone());
-    let mut serve = serve_by_hand(&addr, &data);
+    let mut serve = serve_on(&addr, &data);
     let refused = Command::new(binary())
         .arg("stop")
         .env("IPC_DATA_DIR", &data)
@@ -312,11 +289,11 @@ fn another_local_user_cannot_stop_the_broker() {
         .current_dir("/")
         .output()
         .unwrap();
-    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert_eq!(refused.status.code(), Some(2), "{}", output_text(&refused));
     assert!(
-        text(&refused).contains("only the broker's own user can stop it"),
+        output_text(&refused).contains("only the broker's own user can stop it"),
         "{}",
-        text(&refused)
+        output_text(&refused)
     );
     assert!(!data.join("stopped").exists());
     assert!(lock::holder(&data).is_some(), "the broker stopped");

@@ -304,6 +304,36 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_claude-ipc")
 }
 
+/// `claude-ipc serve` started as a person would, on a fixed address, its output discarded;
+/// returns once it answers. Nothing of the test's environment points it elsewhere.
+pub fn serve_on(addr: &str, data_dir: &Path) -> Child {
+    #[allow(clippy::zombie_processes)] // reaped by the test
+    let child = Command::new(binary())
+        .args(["serve", "--addr", addr, "--data-dir"])
+        .arg(data_dir)
+        .env_remove("IPC_SHARED_SECRET")
+        .env_remove("IPC_SOCKET")
+        .env_remove("IPC_DATA_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start serve");
+    wait_until("the broker answers", || {
+        Client::connect(addr, Duration::from_millis(200)).is_ok()
+    });
+    child
+}
+
+/// A command's stdout and stderr, as one text.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// `claude-ipc serve` as a child process on port 0; learns its address from the start log.
 pub struct BrokerProcess {
     pub child: Child,
