@@ -316,24 +316,30 @@ fn compose_form(
 
 /// A list of messages, `<ol id="messages">`, with a link to the next (older) page.
 fn mail_list(body: &mut Html, mail: &[MailRow], next: &'static str) {
-    let shown = &mail[..mail.len().min(PAGE as usize)];
-    body.raw("<ol id=\"messages\">");
-    for row in shown {
+    message_list(body, "<ol id=\"messages\">", mail);
+    older_link(body, mail, |h| {
+        h.raw(next);
+    });
+}
+
+fn older_link(body: &mut Html, mail: &[MailRow], href: impl FnOnce(&mut Html)) {
+    if mail.len() > PAGE as usize {
+        if let Some(last) = mail.get(PAGE as usize - 1) {
+            body.raw("<p><a rel=\"next\" href=\"");
+            href(body);
+            body.value(last.id.0).raw("\">Older</a></p>");
+        }
+    }
+}
+
+/// A page of messages as the list `open` starts (`<ol id="…">`): the first [`PAGE`] of `mail`,
+/// which holds one more when older ones follow.
+fn message_list(body: &mut Html, open: &'static str, mail: &[MailRow]) {
+    body.raw(open);
+    for row in mail.iter().take(PAGE as usize) {
         message_item(body, row);
     }
     body.raw("</ol>");
-    older_link(body, mail, next);
-}
-
-fn older_link(body: &mut Html, mail: &[MailRow], next: &'static str) {
-    if mail.len() > PAGE as usize {
-        if let Some(last) = mail.get(PAGE as usize - 1) {
-            body.raw("<p><a rel=\"next\" href=\"")
-                .raw(next)
-                .value(last.id.0)
-                .raw("\">Older</a></p>");
-        }
-    }
 }
 
 /// One message: who to whom, subject, time, delivery state, and the content (a large
@@ -457,21 +463,15 @@ async fn pair(state: Arc<WebState>, a: String, b: String, before: Option<Message
         .text(&a)
         .raw(" and ")
         .text(&b)
-        .raw("</h1><ol id=\"messages\">");
-    for row in mail.iter().take(PAGE as usize) {
-        message_item(&mut body, row);
-    }
-    body.raw("</ol>");
-    if mail.len() > PAGE as usize {
-        let last = &mail[PAGE as usize - 1];
-        body.raw("<p><a rel=\"next\" href=\"/conversations?with=")
+        .raw("</h1>");
+    message_list(&mut body, "<ol id=\"messages\">", &mail);
+    older_link(&mut body, &mail, |h| {
+        h.raw("/conversations?with=")
             .query_value(&a)
             .raw("&amp;and=")
             .query_value(&b)
-            .raw("&amp;before=")
-            .value(last.id.0)
-            .raw("\">Older</a></p>");
-    }
+            .raw("&amp;before=");
+    });
     let mut live = Html::new();
     live.raw(" data-live=\"pair\" data-a=\"")
         .text(&a)
@@ -514,19 +514,12 @@ async fn agent_mail(state: Arc<WebState>, name: String, before: Option<MessageId
         }
         body.raw("</p>");
     }
-    body.raw("<ol id=\"messages\">");
-    for row in mail.iter().take(PAGE as usize) {
-        message_item(&mut body, row);
-    }
-    body.raw("</ol>");
-    if mail.len() > PAGE as usize {
-        let last = &mail[PAGE as usize - 1];
-        body.raw("<p><a rel=\"next\" href=\"/conversations?with=")
+    message_list(&mut body, "<ol id=\"messages\">", &mail);
+    older_link(&mut body, &mail, |h| {
+        h.raw("/conversations?with=")
             .query_value(&name)
-            .raw("&amp;before=")
-            .value(last.id.0)
-            .raw("\">Older</a></p>");
-    }
+            .raw("&amp;before=");
+    });
     Ok(html_response(layout(
         "Agent",
         "Conversations",
@@ -590,19 +583,10 @@ pub async fn thread(
     };
     compose_form(&mut body, &state, &names, Some(reply), &back);
     body.raw("</section>");
-    body.raw("<ol id=\"messages\">");
-    for row in mail.iter().take(PAGE as usize) {
-        message_item(&mut body, row);
-    }
-    body.raw("</ol>");
-    if mail.len() > PAGE as usize {
-        let last = &mail[PAGE as usize - 1];
-        body.raw("<p><a rel=\"next\" href=\"/thread/")
-            .value(thread.0)
-            .raw("?before=")
-            .value(last.id.0)
-            .raw("\">Older</a></p>");
-    }
+    message_list(&mut body, "<ol id=\"messages\">", &mail);
+    older_link(&mut body, &mail, |h| {
+        h.raw("/thread/").value(thread.0).raw("?before=");
+    });
     let mut live = Html::new();
     if before.is_none() {
         live.raw(" data-live=\"thread\" data-thread=\"")
@@ -654,22 +638,13 @@ pub async fn search(State(state): State<Arc<WebState>>, Query(params): Params) -
         .dashboard
         .read(move |reader| reader.search(&query, before, PAGE + 1))
         .await?;
-    body.raw("<ol id=\"results\">");
-    for row in mail.iter().take(PAGE as usize) {
-        message_item(&mut body, row);
-    }
-    body.raw("</ol>");
+    message_list(&mut body, "<ol id=\"results\">", &mail);
     if mail.is_empty() {
         body.raw("<p>No message matches.</p>");
     }
-    if mail.len() > PAGE as usize {
-        let last = &mail[PAGE as usize - 1];
-        body.raw("<p><a rel=\"next\" href=\"/search?q=")
-            .query_value(&text)
-            .raw("&amp;before=")
-            .value(last.id.0)
-            .raw("\">Older</a></p>");
-    }
+    older_link(&mut body, &mail, |h| {
+        h.raw("/search?q=").query_value(&text).raw("&amp;before=");
+    });
     Ok(html_response(layout(
         "Search",
         "Search",
@@ -704,12 +679,7 @@ pub async fn inbox(State(state): State<Arc<WebState>>, Query(params): Params) ->
             .value(waiting.len())
             .raw(" waiting here as read</button></form>");
     }
-    body.raw("<ol id=\"messages\">");
-    for row in mail.iter().take(PAGE as usize) {
-        message_item(&mut body, row);
-    }
-    body.raw("</ol>");
-    older_link(&mut body, &mail, "/inbox?before=");
+    mail_list(&mut body, &mail, "/inbox?before=");
     let mut live = Html::new();
     if before.is_none() {
         live.raw(" data-live=\"to\" data-to=\"")
